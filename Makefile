@@ -1,0 +1,27 @@
+# Two commands on a fresh clone: `make demo` (set up + the main job) and `make test` (set up + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONVZOO := $(VENV)/bin/convzoo
+# Real data shipped beside the repository; a user's own data goes in --data-path or $$CONVZOO_DATA.
+export CONVZOO_DATA ?= $(abspath ../shared/data)
+DEMO   ?= runs/demo
+
+.PHONY: demo test setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(CONVZOO) data info mnist
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,149 @@
+"""What each data set is: its official files and checksums, mirrors, classes, statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import unknown
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One official file. `md5` is of the file as published; `raw_md5` of its decompressed bytes
+    (so a copy re-compressed by someone else, like Debian's Fashion-MNIST, still verifies)."""
+
+    name: str
+    split: str
+    role: str  # images | labels | batch
+    md5: str | None = None
+    raw_md5: str | None = None
+    count: int = 0  # records in the official file
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """An archive that is downloaded instead of the single files (CIFAR-10's tarball)."""
+
+    name: str
+    md5: str
+    folder: str  # the folder inside the archive that holds the files
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    format: str  # idx | cifar
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_shape: tuple[int, int, int]  # C, H, W
+    files: tuple[FileSpec, ...]
+    mirrors: tuple[str, ...]
+    folder_names: tuple[str, ...]  # sub-folder names people keep this data set under
+    archive: ArchiveSpec | None = None
+    meta_file: str | None = None
+    sizes: dict = field(default_factory=dict)  # official split sizes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_files(self, split: str) -> list[FileSpec]:
+        return [f for f in self.files if f.split == split]
+
+
+def _idx_files(md5s: dict, raw_md5s: dict, train: int, test: int) -> tuple[FileSpec, ...]:
+    files = []
+    for split, prefix, count in (("train", "train", train), ("test", "t10k", test)):
+        for role, stem in (("images", f"{prefix}-images-idx3-ubyte"), ("labels", f"{prefix}-labels-idx1-ubyte")):
+            files.append(FileSpec(f"{stem}.gz", split, role, md5s[stem], raw_md5s[stem], count))
+    return tuple(files)
+
+
+MNIST = DatasetSpec(
+    name="mnist",
+    title="MNIST",
+    format="idx",
+    classes=tuple(str(d) for d in range(10)),
+    mean=(0.1307,),
+    std=(0.3081,),
+    image_shape=(1, 28, 28),
+    files=_idx_files(
+        {
+            "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        {
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        60000,
+        10000,
+    ),
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    folder_names=("mnist", "MNIST", "MNIST_Data", "mnist_data"),
+    sizes={"train": 60000, "test": 10000},
+)
+
+FASHION_MNIST = DatasetSpec(
+    name="fashion-mnist",
+    title="Fashion-MNIST",
+    format="idx",
+    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    mean=(0.2860,),
+    std=(0.3530,),
+    image_shape=(1, 28, 28),
+    files=_idx_files(
+        {
+            "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        {
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        60000,
+        10000,
+    ),
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    folder_names=("fashion-mnist", "FashionMNIST", "fashion_mnist", "Fashion-MNIST"),
+    sizes={"train": 60000, "test": 10000},
+)
+
+CIFAR10 = DatasetSpec(
+    name="cifar10",
+    title="CIFAR-10",
+    format="cifar",
+    classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    image_shape=(3, 32, 32),
+    # The per-file checksums are not published; only the tarball's. A verified download records
+    # the extracted files' sha256 in a manifest so later runs can verify them.
+    files=tuple(FileSpec(f"data_batch_{i}.bin", "train", "batch", count=10000) for i in range(1, 6))
+    + (FileSpec("test_batch.bin", "test", "batch", count=10000),),
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    folder_names=("cifar10", "cifar-10", "CIFAR10", "cifar-10-batches-bin"),
+    archive=ArchiveSpec("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", "cifar-10-batches-bin"),
+    meta_file="batches.meta.txt",
+    sizes={"train": 50000, "test": 10000},
+)
+
+DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10)}
+ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar": "cifar10"}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in DATASETS:
+        raise unknown("dataset", name, DATASETS)
+    return DATASETS[key]

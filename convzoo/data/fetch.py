@@ -1,0 +1,302 @@
+"""Find a data set on disk, or download and verify it.
+
+Search order: --data-path, $CONVZOO_DATA, the user cache ($CONVZOO_CACHE or ~/.cache/convzoo),
+/usr/share/datasets/<name>/ (Debian's packages). Within a folder the layouts people already have are
+accepted: flat, one sub-folder per data set, torchvision's <Name>/raw, MindSpore's Data/train +
+Data/test with `train-images.idx3-ubyte` spellings, gzipped or not, `cifar-10-batches-bin/` and
+MindSpore's `cifar-10-verify-bin/`.
+
+Local copies that fail their checksum are used with a one-line warning (they may be partial or
+re-encoded on purpose); a download that fails its checksum is always rejected and removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from ..errors import DataError, DownloadError
+from .catalog import DatasetSpec, FileSpec
+from .formats import read_maybe_gzip
+
+MANIFEST = ".convzoo-verified.json"
+SYSTEM_ROOT = Path("/usr/share/datasets")
+TIMEOUT_S = 30
+
+
+@dataclass
+class FileCheck:
+    spec: FileSpec
+    path: Path
+    status: str  # verified | differs | unchecked
+    detail: str = ""
+
+
+@dataclass
+class Located:
+    spec: DatasetSpec
+    root: Path
+    source: str  # where it was found: --data-path, $CONVZOO_DATA, cache, system, download
+    files: dict[str, Path]  # FileSpec.name -> path on disk
+    checks: list[FileCheck] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return all(c.status == "verified" for c in self.checks)
+
+    def path(self, file: FileSpec) -> Path:
+        return self.files[file.name]
+
+    def warning(self) -> str | None:
+        """One line saying what differs from the official files, or None."""
+        bad = [c for c in self.checks if c.status != "verified"]
+        if not bad:
+            return None
+        parts = "; ".join(f"{c.path.name}: {c.detail}" for c in bad)
+        return f"warning: {self.root}: {self.spec.title} files are not the official ones ({parts}); using them anyway"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CONVZOO_CACHE") or Path.home() / ".cache" / "convzoo")
+
+
+def search_roots(data_path=None) -> list[tuple[str, Path]]:
+    if data_path:
+        return [("--data-path", Path(data_path))]
+    roots = []
+    if os.environ.get("CONVZOO_DATA"):
+        roots.append(("$CONVZOO_DATA", Path(os.environ["CONVZOO_DATA"])))
+    roots += [("cache", cache_root()), ("system", SYSTEM_ROOT)]
+    return roots
+
+
+def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=None, verify: bool = True) -> Located:
+    """Find `spec` locally (in search order) or download it; returns paths and checksum results."""
+    if data_path is not None and not Path(data_path).is_dir():
+        raise DataError("--data-path is not a folder", data_path)
+    for source, root in search_roots(data_path):
+        found = find_in(spec, root)
+        if found is not None:
+            located = Located(spec, common_folder(found), source, found)
+            if verify:
+                located.checks = verify_files(spec, found)
+            return located
+        if source == "--data-path":
+            break  # an explicit folder is the only place looked in
+    if not download:
+        raise missing_error(spec, data_path)
+    return download_dataset(spec, Path(data_path) if data_path else cache_root(), mirrors=mirrors)
+
+
+def missing_error(spec: DatasetSpec, data_path) -> DataError:
+    where = ", ".join(str(r) for _, r in search_roots(data_path))
+    names = ", ".join(f.name for f in spec.files[:2]) + ", ..."
+    return DataError(
+        f"{spec.title} not found (looked for {names} in {where}); "
+        f"run `convzoo data download {spec.name}` or pass --data-path FOLDER",
+        data_path or spec.name,
+    )
+
+
+def find_in(spec: DatasetSpec, root: Path) -> dict[str, Path] | None:
+    """Paths of all of `spec`'s files under `root` in any known layout, or None."""
+    if not root.is_dir():
+        return None
+    subs = [root] + [root / n for n in (spec.name, *spec.folder_names)] + [root / n / "raw" for n in spec.folder_names]
+    for folder in dict.fromkeys(subs):
+        found = {}
+        for file in spec.files:
+            path = find_file(folder, file, spec)
+            if path is None:
+                break
+            found[file.name] = path
+        else:
+            if spec.meta_file:
+                meta = find_file(folder, FileSpec(spec.meta_file, "train", "meta"), spec)
+                if meta is not None:
+                    found[spec.meta_file] = meta
+            return found
+    return None
+
+
+def find_file(folder: Path, file: FileSpec, spec: DatasetSpec) -> Path | None:
+    for sub in split_folders(file.split, spec):
+        for name in spellings(file.name):
+            path = folder / sub / name
+            if path.is_file():
+                return path
+    return None
+
+
+def split_folders(split: str, spec: DatasetSpec) -> list[str]:
+    if spec.format == "cifar":
+        extra = ["cifar-10-verify-bin"] if split == "test" else []
+        return [".", spec.archive.folder, *extra]
+    return [".", split, f"Data/{split}"]
+
+
+def spellings(name: str) -> list[str]:
+    """train-images-idx3-ubyte.gz -> also without .gz and MindSpore's train-images.idx3-ubyte."""
+    stem = name.removesuffix(".gz")
+    dotted = stem.replace("-idx", ".idx")
+    return list(dict.fromkeys([name, stem, dotted, dotted + ".gz"]))
+
+
+def verify_files(spec: DatasetSpec, files: dict[str, Path]) -> list[FileCheck]:
+    manifest = read_manifest(next(iter(files.values())).parent)
+    return [check_file(f, files[f.name], manifest) for f in spec.files]
+
+
+def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
+    data = path.read_bytes()
+    if file.md5 and md5_hex(data) == file.md5:
+        return FileCheck(file, path, "verified", "md5 matches the official file")
+    if manifest.get(path.name) and manifest[path.name] == hashlib.sha256(data).hexdigest():
+        return FileCheck(file, path, "verified", "sha256 matches the verified download")
+    raw = read_maybe_gzip(path)
+    if file.raw_md5 and md5_hex(raw) == file.raw_md5:
+        return FileCheck(file, path, "verified", "decompressed md5 matches the official file")
+    count = record_count(file, raw)
+    what = f"{count:,} of {file.count:,} records" if count != file.count else f"{count:,} records"
+    if file.md5 or file.raw_md5:
+        return FileCheck(file, path, "differs", f"{what}, md5 {md5_hex(raw)[:12]}... is not the official one")
+    return FileCheck(file, path, "differs", f"{what}, no official per-file checksum and no verified-download record")
+
+
+def record_count(file: FileSpec, raw: bytes) -> int:
+    if file.role == "batch":
+        return len(raw) // 3073
+    return int.from_bytes(raw[4:8], "big") if len(raw) >= 8 else 0
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------- download
+
+
+def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: float = TIMEOUT_S) -> Located:
+    """Download every file of `spec` into root/<name>/, verified; returns it located."""
+    target = root / spec.name
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=target, prefix=".probe")
+        probe.close()
+    except OSError as exc:
+        raise DataError(
+            f"cannot write to the data folder ({exc.strerror or exc}); pass --data-path to a writable folder "
+            "or set $CONVZOO_CACHE",
+            target,
+        ) from None
+    mirrors = list(mirrors or spec.mirrors)
+    if spec.archive:
+        archive = target / spec.archive.name
+        if not (archive.is_file() and md5_hex(archive.read_bytes()) == spec.archive.md5):
+            download_file([m.rstrip("/") + "/" + spec.archive.name for m in mirrors], archive, spec.archive.md5, timeout)
+        extract_archive(archive, target, spec.archive.folder)
+    else:
+        for file in spec.files:
+            dest = target / file.name
+            if dest.is_file() and md5_hex(dest.read_bytes()) == file.md5:
+                continue
+            download_file([m.rstrip("/") + "/" + file.name for m in mirrors], dest, file.md5, timeout)
+    found = find_in(spec, root)
+    if found is None:
+        raise DataError(f"downloaded {spec.title} but its files are incomplete", target)
+    return Located(spec, common_folder(found), "download", found, verify_files(spec, found))
+
+
+def common_folder(found: dict[str, Path]) -> Path:
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in found.values()]))
+
+
+def download_file(urls: list[str], dest: Path, md5: str, timeout: float = TIMEOUT_S) -> Path:
+    """Stream the first URL that works into `dest`; md5 checked before the final rename.
+
+    Failures (HTTP errors, timeouts, dropped connections, wrong checksum) move on to the next
+    mirror; the temp file is always removed, so nothing half-downloaded is ever left behind.
+    """
+    failures = []
+    for url in urls:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest = stream(url, out, timeout, dest.name)
+            if digest != md5:
+                failures.append(f"{url}: md5 {digest} does not match the official {md5} (rejected and removed)")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except urllib.error.HTTPError as exc:
+            failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            failures.append(f"{url}: {type(reason).__name__}: {reason}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise DownloadError("download failed on every mirror: " + " | ".join(failures), dest)
+
+
+def stream(url: str, out, timeout: float, label: str) -> str:
+    from tqdm import tqdm
+
+    digest = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        total = int(resp.headers.get("Content-Length") or 0)
+        done = 0
+        with tqdm(total=total or None, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()) as bar:
+            while chunk := resp.read(1 << 16):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
+    if total and done != total:
+        raise http.client.IncompleteRead(b"", total - done)
+    return digest.hexdigest()
+
+
+def extract_archive(archive: Path, target: Path, folder: str) -> None:
+    """Extract `folder`'s regular files from a tarball into target/folder, refusing any member
+    that would land outside target (absolute paths, '..', links, devices)."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = PurePosixPath(m.name).parts
+                if m.name.startswith("/") or ".." in parts:
+                    raise DataError(f"unsafe member path {m.name!r} in archive (escapes the target folder)", archive)
+                if not (m.isfile() or m.isdir()):
+                    raise DataError(f"archive member {m.name!r} is a link or device; refused", archive)
+            wanted = [m for m in members if m.isfile() and PurePosixPath(m.name).parts[:1] == (folder,)]
+            if not wanted:
+                raise DataError(f"archive has no {folder}/ folder", archive)
+            with tempfile.TemporaryDirectory(dir=target, prefix=".extract") as tmp:
+                tar.extractall(tmp, members=wanted, filter="data")
+                files = {Path(tmp, m.name).name: hashlib.sha256(Path(tmp, m.name).read_bytes()).hexdigest() for m in wanted}
+                Path(tmp, folder, MANIFEST).write_text(json.dumps(files, indent=1))
+                final = target / folder
+                if final.exists():
+                    import shutil
+
+                    shutil.rmtree(final)
+                os.replace(Path(tmp, folder), final)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"cannot extract archive: {exc}", archive) from None

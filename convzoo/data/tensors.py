@@ -1,0 +1,169 @@
+"""Decoded data sets as uint8 tensors held once on the device, and whole-batch preprocessing.
+
+Batches are slices of a seeded permutation; fitting to the model's input size, augmentation and
+normalisation run on the whole batch on the device. Every random draw is seeded from
+(seed, epoch, step), so a run resumed at step k sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from . import formats
+from .catalog import DatasetSpec, get_spec
+from .fetch import Located, locate
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.classes)
+
+    def subset(self, index) -> "Split":
+        return Split(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How uint8 images become model input; travels in checkpoints and ONNX metadata."""
+
+    channels: int
+    size: int  # model input is size x size
+    fit: str  # pad (centre on a zero canvas, as MNIST -> 32x32) | resize (bilinear) | none
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(int(d["channels"]), int(d["size"]), str(d["fit"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=None, quiet: bool = False):
+    """(train Split, test Split, Located) on the CPU; prints the non-official-files warning once."""
+    spec = get_spec(name)
+    located = locate(spec, data_path, download=download, mirrors=mirrors)
+    if located.warning() and not quiet:
+        print(located.warning(), file=sys.stderr)
+    return read_split(located, "train"), read_split(located, "test"), located
+
+
+def read_split(located: Located, split: str) -> Split:
+    spec: DatasetSpec = located.spec
+    files = spec.split_files(split)
+    if spec.format == "idx":
+        images_file, labels_file = (next(f for f in files if f.role == r) for r in ("images", "labels"))
+        images = formats.read_idx_images(located.path(images_file))
+        labels = formats.read_idx_labels(located.path(labels_file), spec.num_classes)
+        if len(images) != len(labels):
+            raise formats.DataError(
+                f"{len(images)} images but {len(labels)} labels in {located.path(labels_file).name}",
+                located.path(images_file),
+            )
+    else:
+        parts = [formats.read_cifar_bin(located.path(f), spec.num_classes) for f in files]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+    # np.array copies the read-only decode buffer into memory torch may own and write.
+    return Split(torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels)), spec.classes)
+
+
+def split_validation(train: Split, fraction: float) -> tuple[Split, Split | None]:
+    """Keras' validation_split: the last `fraction` of the training set, unshuffled."""
+    if not fraction:
+        return train, None
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--val-split must be in (0, 1), got {fraction}")
+    cut = len(train) - max(1, int(round(len(train) * fraction)))
+    return train.subset(slice(0, cut)), train.subset(slice(cut, None))
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, start_step: int = 0,
+            drop_last: bool = False, rank: int = 0, world_size: int = 1):
+    """Yield (step, uint8 images, labels) for one epoch.
+
+    With world_size > 1 each global batch of `batch_size` is cut into equal, disjoint rank shards,
+    so N ranks together see exactly the batches one process would.
+    """
+    n = len(split)
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g).to(split.labels.device)
+    else:
+        order = torch.arange(n, device=split.labels.device)
+    steps = steps_per_epoch(n, batch_size, drop_last)
+    per_rank = batch_size // world_size
+    for step in range(start_step, steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        if world_size > 1:
+            index = index[rank * per_rank : (rank + 1) * per_rank]
+        yield step, split.images[index], split.labels[index]
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def to_model_input(images: torch.Tensor, spec: InputSpec, *, augment: str = "none", generator=None,
+                   shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> normalised float (B, C, size, size), optionally augmented.
+
+    augment: none | shift (random crop of the 4-pixel-padded image, as MindSpore's RandomCrop)
+    | shift-flip (the same plus a horizontal flip half the time). Random draws are made for the
+    whole global batch and `shard` = (rank, world_size) takes this rank's slice of them, so data-
+    parallel ranks augment their samples exactly as a single process would.
+    """
+    x = images.float().div_(255)
+    x = fit(x, spec)
+    if augment != "none":
+        x = random_shift_flip(x, flip=augment == "shift-flip", generator=generator, shard=shard)
+    mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def fit(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if (h, w) == (spec.size, spec.size) or spec.fit == "none":
+        return x
+    if spec.fit == "pad" and h <= spec.size and w <= spec.size:
+        top, left = (spec.size - h) // 2, (spec.size - w) // 2
+        return F.pad(x, (left, spec.size - w - left, top, spec.size - h - top))
+    return F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=h > spec.size)
+
+
+def random_shift_flip(x: torch.Tensor, *, flip: bool, generator, shard=(0, 1), padding: int = 4) -> torch.Tensor:
+    rank, world = shard
+    b, c, h, w = x.shape
+    total = b * world
+    offsets = torch.randint(0, 2 * padding + 1, (total, 2), generator=generator, device=generator.device)
+    flips = torch.rand(total, generator=generator, device=generator.device) < 0.5
+    offsets, flips = offsets[rank * b : (rank + 1) * b].to(x.device), flips[rank * b : (rank + 1) * b].to(x.device)
+    padded = F.pad(x, (padding,) * 4)
+    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w)
+    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    out = padded[torch.arange(b, device=x.device).view(b, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1),
+                 rows, cols]
+    if flip:
+        out = torch.where(flips.view(b, 1, 1, 1), out.flip(-1), out)
+    return out
+
+
+def step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator:
+    """The generator for one step's augmentation: a pure function of (seed, epoch, step)."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)

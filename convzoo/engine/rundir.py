@@ -1,0 +1,80 @@
+"""The run directory: config.yaml, metrics.csv, train.log, checkpoints. Only rank 0 writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from ..data.formats import atomic_write_bytes
+from ..errors import ConfigError
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s"]
+
+
+def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
+    """Create or reuse the run folder; refuse one that holds another run unless told otherwise."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError("output folder is a file", path)
+    if not resume and not exist_ok and (path / "config.yaml").exists():
+        raise ConfigError("output folder already holds a run; pass --resume to continue it, --exist-ok to "
+                          "overwrite it, or another --output-dir", path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
+    return path
+
+
+def write_config(path: Path, config: dict) -> None:
+    atomic_write_bytes(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, METRIC_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path / "metrics.csv", buf.getvalue().encode())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path / "metrics.csv", newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+class RunLog:
+    """Writes the seeds' text lines to train.log and stdout, or JSON lines to stdout with --json."""
+
+    def __init__(self, folder: Path | None, *, json_lines: bool = False, quiet: bool = False):
+        self.file = open(folder / "train.log", "a", buffering=1) if folder else None
+        self.json_lines = json_lines
+        self.quiet = quiet
+        self.write_hook = None  # set by a progress bar so lines print above it
+
+    def line(self, text: str, **event) -> None:
+        if self.file:
+            self.file.write(text + "\n")
+        if self.quiet:
+            return
+        if self.json_lines:
+            if event:
+                print(json.dumps(event), flush=True)
+        elif self.write_hook:
+            self.write_hook(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

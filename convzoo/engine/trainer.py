@@ -1,0 +1,393 @@
+"""The training loop: data on the device, one readable loop, checkpoints that resume at the exact step.
+
+Works as one process or under torchrun (DistributedDataParallel): each rank takes a disjoint shard
+of every global batch, and only rank 0 logs and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.catalog import get_spec
+from ..data.tensors import (InputSpec, Split, batches, load_dataset, split_validation, step_generator, steps_per_epoch,
+                            to_model_input)
+from ..errors import CheckpointError, ConfigError
+from ..models.registry import create_model, get_model_info
+from . import distributed, rundir
+from .checkpoint import check_model_name, freeze, load_checkpoint, restore_weights, save_checkpoint
+from .evaluate import evaluate
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, json_lines: bool = False,
+          quiet: bool = False) -> dict:
+    """Train per `cfg`; returns the final metrics. The run directory ends with best.pt and last.pt."""
+    cfg.validate()
+    info = get_model_info(cfg.model)
+    data_spec = get_spec(cfg.dataset)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    distributed.setup(device)
+    device = distributed.local_device(device)
+    distributed.check_batch(cfg.batch_size)
+    main = distributed.is_main()
+    threads = configure_threads(cfg.threads or info.default_threads, device)
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    out = Path(cfg.output_dir or f"runs/{cfg.model}-{data_spec.name}")
+    state = None
+    if resume:
+        state = load_checkpoint(out / "last.pt")
+        check_model_name(state, cfg.model, out / "last.pt")
+        check_resumable(state, cfg, out / "last.pt")
+    if main:
+        rundir.prepare(out, resume=resume, exist_ok=exist_ok)
+    log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
+
+    train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main)
+    train_split, test_split = select_classes(train_split, test_split, cfg.classes)
+    if cfg.train_limit:
+        train_split = train_split.subset(slice(0, cfg.train_limit))
+    train_split, val_split = split_validation(train_split, cfg.val_split)
+    spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+
+    model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
+    if cfg.restore and not resume:
+        report = restore_weights(model, cfg.restore, cfg.restore_exclude)
+        log.line(format_restore(report, cfg.restore), restore=report)
+    frozen = freeze(model, cfg.freeze) if cfg.freeze else []
+    if frozen:
+        log.line(f"frozen: {', '.join(frozen)}", frozen=frozen)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    world = distributed.world_size()
+    spe = cfg.steps_per_epoch or steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
+    if spe == 0:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
+    total_steps = cfg.epochs * spe
+    start_epoch, start_step, history, best, epoch_acc = 0, 0, [], -1.0, None
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        history, best = list(state.get("history", [])), state.get("best_acc", -1.0)
+        epoch_acc = state.get("epoch_accumulators")
+        torch.set_rng_state(state["rng"]["torch"])
+        log.line(f"resumed from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step}")
+    ddp_model = wrap_ddp(model, device)
+    train_split, test_split = train_split.to(device), test_split.to(device)
+    val_split = val_split.to(device) if val_split is not None else None
+
+    base = dict(model=cfg.model, num_classes=len(train_split.classes), class_names=list(train_split.classes),
+                dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
+    if main:
+        rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
+                                  "data_found_in": str(located.root), "data_verified": located.verified})
+    log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
+             f"{f' / {len(val_split)} val' if val_split is not None else ''}), device {device}, threads {threads}, "
+             f"world size {world}, {cfg.epochs} epochs x {spe} steps, batch {cfg.batch_size}, output {out}",
+             event="start", model=cfg.model, dataset=data_spec.name, device=str(device), threads=threads,
+             world_size=world, epochs=cfg.epochs, steps_per_epoch=spe, output_dir=str(out))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    augment = cfg.augment
+
+    def checkpoint(epoch: int, step: int, acc: dict | None, name: str = "last.pt") -> None:
+        if main:
+            save_checkpoint(out / name, {**base, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
+                                         "global_step": epoch * spe + step, "rng": {"torch": torch.get_rng_state()},
+                                         "history": history, "best_acc": best, "epoch_accumulators": acc,
+                                         "scheduler": {"name": cfg.schedule, "total_steps": total_steps}})
+
+    epoch, step = start_epoch, start_step
+    stop = interrupt_flag()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            ddp_model.train()
+            acc = epoch_acc or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+            epoch_acc = None
+            loss_sum = torch.tensor(acc["loss_sum"], dtype=torch.float64, device=device)
+            correct = torch.tensor(acc["correct"], dtype=torch.long, device=device)
+            seen, t0 = acc["seen"], time.perf_counter() - acc["time"]
+            first = start_step if epoch == start_epoch else 0
+            bar = progress(spe, first, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not quiet and not json_lines)
+            log.write_hook = bar.write if bar else None
+            for step, images, labels in epoch_batches(train_split, cfg, epoch, first, spe):
+                lr = set_lr(optimizer, lr_at(epoch * spe + step, total_steps, spe, cfg))
+                gen = step_generator(cfg.seed, epoch, step, device) if augment != "none" else None
+                x = to_model_input(images, spec, augment=augment, generator=gen, shard=(distributed.rank(), world))
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = ddp_model(x)
+                    loss = criterion(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.detach().argmax(1) == labels).sum()
+                seen += len(labels)
+                if bar:
+                    bar.update(1)
+                done = step + 1
+                if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
+                    elapsed = (time.perf_counter() - t0) * 1000
+                    cur, avg = float(loss), float(loss_sum) / max(seen, 1)
+                    log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
+                             f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
+                             step=done, loss=cur, avg_loss=avg, lr=lr, time_ms=elapsed)
+                interrupted = stop.is_set() and done != spe
+                if (cfg.save_every and done % cfg.save_every == 0 and done != spe) or interrupted:
+                    checkpoint(epoch, done, {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
+                                             "time": time.perf_counter() - t0})
+                if interrupted:
+                    raise KeyboardInterrupt
+            if bar:
+                bar.close()
+                log.write_hook = None
+            epoch_time = time.perf_counter() - t0
+            stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                              device=device)])
+            distributed.all_reduce_sum(stats)
+            train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
+            steps_run = spe - first
+            log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / max(steps_run, 1):.3f}, "
+                     f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
+                     step_ms=epoch_time * 1000 / max(steps_run, 1), avg_loss=train_loss)
+            val = evaluate(model, val_split, spec, amp_dtype=amp_dtype) if val_split is not None else None
+            test = evaluate(model, test_split, spec, amp_dtype=amp_dtype)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                   "val_acc": val.accuracy if val else None, "test_acc": test.accuracy, "lr": lr,
+                   "epoch_time_s": epoch_time, "images_per_s": float(stats[2]) / epoch_time}
+            history.append(row)
+            log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}] train acc: {train_acc:.4f}"
+                     + (f", val acc: {val.accuracy:.4f}" if val else "") + f", test acc: {test.accuracy:.4f}, "
+                     f"lr: {lr:.6f}, {row['images_per_s']:.0f} img/s", event="epoch", **row)
+            score = val.accuracy if val else test.accuracy
+            if score > best:
+                best = score
+                checkpoint(epoch + 1, 0, None, "best.pt")
+            checkpoint(epoch + 1, 0, None)
+            if main:
+                rundir.write_metrics(out, history)
+            start_step = 0
+            if stop.is_set() and epoch + 1 < cfg.epochs:
+                raise KeyboardInterrupt  # this epoch's last.pt is complete
+    except KeyboardInterrupt:
+        log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from")
+        log.close()
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        distributed.cleanup()
+    final = history[-1] if history else {}
+    if main:
+        finish_run(out)
+    log.line(f"done: best {'val' if val_split is not None else 'test'} accuracy {best:.4f}, last test accuracy "
+             f"{final.get('test_acc', float('nan')):.4f}; run directory {out}", event="done", best_acc=best,
+             test_acc=final.get("test_acc"), output_dir=str(out))
+    log.close()
+    return {"best_acc": best, **final, "output_dir": str(out)}
+
+
+def interrupt_flag() -> threading.Event:
+    """The first Ctrl-C sets a flag the loop checks after each step (so last.pt is written between
+    steps, never mid-update); a second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            flag.set()
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, handler)
+    return flag
+
+
+def finish_run(out: Path) -> None:
+    """Post-training extras (plots); missing optional pieces never fail a finished run."""
+    try:
+        from ..report.plots import plot_curves
+
+        plot_curves(rundir.read_metrics(out), out / "curves.png")
+    except ImportError:
+        pass
+
+
+def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: int):
+    """`spe` training batches for `epoch`, starting at step `first`; when a preset asks for more
+    steps than one pass gives (Ascend TF's 1000 steps), further seeded passes follow."""
+    world, rank = distributed.world_size(), distributed.rank()
+    natural = steps_per_epoch(len(split), cfg.batch_size, drop_last=True)
+    step = first
+    while step < spe:
+        sub, offset = divmod(step, natural)
+        for s, images, labels in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + 7919 * sub,
+                                         epoch=epoch, start_step=offset, drop_last=True, rank=rank,
+                                         world_size=world):
+            if sub * natural + s >= spe:
+                return
+            yield sub * natural + s, images, labels
+        step = (sub + 1) * natural
+
+
+def lr_at(step: int, total: int, spe: int, cfg: TrainConfig) -> float:
+    """Learning rate at a global step: linear warm-up, then the schedule (a pure function, so resume is exact)."""
+    warm = int(cfg.warmup_epochs * spe)
+    if cfg.schedule == "onecycle":
+        up = warm or max(1, int(0.3 * total))
+        if step < up:
+            return cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * (1 - math.cos(math.pi * step / up)) / 2
+        t = (step - up) / max(1, total - up)
+        low = cfg.lr / 25 / 1e4
+        return low + (cfg.lr - low) * (1 + math.cos(math.pi * t)) / 2
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** ((step // spe) // cfg.step_size)
+    t = (step - warm) / max(1, total - warm)
+    return cfg.lr * (1 + math.cos(math.pi * t)) / 2
+
+
+def set_lr(optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def build_optimizer(cfg: TrainConfig, params):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
+    old = state.get("config", {})
+    if old.get("epochs") != cfg.epochs and cfg.schedule != "constant":
+        raise CheckpointError(f"checkpoint was trained with a {old.get('epochs')}-epoch {cfg.schedule} schedule; "
+                              f"--resume cannot stretch it to {cfg.epochs} epochs (start a new run with --restore)", path)
+    if state["epoch"] >= cfg.epochs:
+        raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
+                              "schedule, or start a new run with --restore", path)
+    for key in ("batch_size", "steps_per_epoch", "dataset", "seed"):
+        if key in old and old[key] != getattr(cfg, key):
+            raise CheckpointError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the run's {old[key]}; "
+                                  "resume needs the same setting", path)
+
+
+def select_classes(train: Split, test: Split, classes: list[int] | None) -> tuple[Split, Split]:
+    """Keep only `classes` (by index), relabelled 0..k-1 in the order given."""
+    if not classes:
+        return train, test
+    bad = [c for c in classes if not 0 <= c < len(train.classes)]
+    if bad or len(set(classes)) != len(classes):
+        raise ConfigError(f"--classes must be distinct indices in 0..{len(train.classes) - 1}, got {classes}")
+    lookup = torch.full((len(train.classes),), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    names = tuple(train.classes[c] for c in classes)
+
+    def keep(split: Split) -> Split:
+        mask = lookup[split.labels] >= 0
+        return Split(split.images[mask], lookup[split.labels[mask]], names)
+
+    return keep(train), keep(test)
+
+
+def select_classes_by_name(split: Split, names: list[str], path) -> Split:
+    """The part of `split` whose classes a checkpoint was trained on, relabelled to its order."""
+    if list(split.classes) == list(names):
+        return split
+    missing = [n for n in names if n not in split.classes]
+    if missing:
+        raise CheckpointError(f"checkpoint's classes {missing} are not in this data set ({', '.join(split.classes)})", path)
+    _, subset = select_classes(split, split, [split.classes.index(n) for n in names])
+    return subset
+
+
+def resolve_device(name: str) -> torch.device:
+    aliases = {"gpu": "cuda", "cpu": "cpu", "ascend": "ascend", "auto": "auto"}
+    key = aliases.get(name.lower(), name.lower())
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+    if key == "auto":
+        return torch.device(available[1] if len(available) > 1 else "cpu")
+    base = key.split(":")[0]
+    if base not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name}: convzoo runs on cpu, cuda or mps (available here: {', '.join(available)})")
+    if base not in available:
+        raise ConfigError(f"--device {name}: no {base.upper()} device is visible (available here: {', '.join(available)})")
+    return torch.device(key)
+
+
+def resolve_amp(amp: str, device: torch.device):
+    if amp == "none":
+        return None
+    if amp == "fp16" and device.type == "cpu":
+        raise ConfigError("--amp fp16 needs a CUDA GPU (float16 autocast with gradient scaling); on CPU use --amp bf16")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def configure_threads(threads: int, device: torch.device) -> int:
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    if distributed.world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def progress(total: int, initial: int, desc: str, *, enabled: bool):
+    if not (enabled and sys.stdout.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def format_restore(report: dict, path) -> str:
+    parts = [f"restored from {path}: loaded {len(report['loaded'])} tensors ({', '.join(report['loaded']) or '-'})"]
+    if report["excluded"]:
+        parts.append(f"excluded {', '.join(report['excluded'])}")
+    if report["shape_mismatch"]:
+        parts.append(f"skipped (shape) {', '.join(report['shape_mismatch'])}")
+    parts.append(f"newly initialised {', '.join(report['new']) or '-'}")
+    return "; ".join(parts)

@@ -1,0 +1,38 @@
+"""User-facing errors: the CLI prints them as one line and exits 2; anything else is a bug."""
+
+
+class ConvzooError(Exception):
+    """A mistake in the user's input (files, flags, data); never a bug in convzoo."""
+
+    def __init__(self, message: str, path=None):
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class DataError(ConvzooError):
+    """Missing, corrupt or unverifiable data files."""
+
+
+class DownloadError(DataError):
+    """Every mirror failed, or a download failed its checksum."""
+
+
+class CheckpointError(ConvzooError):
+    """A checkpoint that is missing, corrupt, unsafe or of another model."""
+
+
+class ConfigError(ConvzooError):
+    """Bad flags, unknown names, impossible settings."""
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean X?)' when a close match exists, else ''."""
+    import difflib
+
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def unknown(kind: str, name: str, choices) -> ConfigError:
+    choices = sorted(choices)
+    return ConfigError(f"unknown {kind} {name!r}{closest(name, choices)}; choose from: {', '.join(choices)}")

@@ -1,0 +1,140 @@
+"""The LeNet family: the MindSpore model zoo's LeNet5, the Keras tutorial's variant, and the 1998 paper's net."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LeNet5(nn.Module):
+    """MindSpore model zoo LeNet5: 32x32 input, valid 5x5 convs, ReLU, max-pool, FC 400-120-84-classes.
+    61,706 parameters for 10 classes; layer names follow the seed (conv1, conv2, fc1, fc2, fc3)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.relu = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = self.flatten(x)
+        x = self.relu(self.fc1(x))
+        x = self.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class LeNet5Keras(nn.Module):
+    """The Keras tutorial's LeNet-5 on 28x28: Conv 6/16/32 5x5 'same' with ReLU, two 2x2 max-pools
+    (after the first two convs), Flatten (7*7*32 = 1,568), Dense 200 ReLU, Dense classes.
+    331,214 parameters for 10 classes."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding="same")
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 5, padding="same")
+        self.pool2 = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(16, 32, 5, padding="same")
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(7 * 7 * 32, 200)
+        self.fc2 = nn.Linear(200, num_classes)
+
+    def forward(self, x):
+        x = self.pool1(F.relu(self.conv1(x)))
+        x = self.pool2(F.relu(self.conv2(x)))
+        x = self.flatten(F.relu(self.conv3(x)))
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+# C3's connection table from LeCun et al. 1998, Table I: which S2 maps (rows) feed each C3 map (columns).
+C3_TABLE = [
+    "X...XXX..XXXX.XX",
+    "XX...XXX..XXXX.X",
+    "XXX...XXX..X.XXX",
+    ".XXX..XXXX..X.XX",
+    "..XXX..XXXX.XX.X",
+    "...XXX..XXXX.XXX",
+]
+
+
+class ScaledTanh(nn.Module):
+    """The paper's squashing function f(a) = A tanh(S a), A = 1.7159, S = 2/3."""
+
+    def forward(self, x):
+        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+
+
+class Subsample(nn.Module):
+    """S2/S4: 2x2 sum pooling times a trainable coefficient plus a trainable bias, per map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), 0.25))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 2) * 4 * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class PartialConv(nn.Conv2d):
+    """C3: a 5x5 conv whose kernel is masked by the paper's connection table (1,516 parameters)."""
+
+    def __init__(self):
+        super().__init__(6, 16, 5)
+        mask = torch.tensor([[c == "X" for c in row] for row in C3_TABLE], dtype=torch.float32).t()  # (16, 6)
+        self.register_buffer("mask", mask.view(16, 6, 1, 1), persistent=False)
+        with torch.no_grad():
+            self.weight.mul_(self.mask)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+class EuclideanRBF(nn.Module):
+    """Output layer: logit_i = -||x - w_i||^2, one centre per class (the paper's RBF units)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        # The paper fixes the centres to stylised 7x12 bitmaps of the characters; those bitmaps are
+        # not published, so the centres start as random +-1 codes and are trained.
+        self.centres = nn.Parameter(torch.randint(0, 2, (num_classes, in_features)).float() * 2 - 1)
+
+    def forward(self, x):
+        return -(x.pow(2).sum(1, keepdim=True) - 2 * x @ self.centres.t() + self.centres.pow(2).sum(1))
+
+
+class LeNet5Paper(nn.Module):
+    """LeNet-5 as in LeCun et al. 1998: C1 conv 6@28x28, S2 trainable subsampling, C3 with the
+    partial connection table, S4, C5 conv 120, F6 84 units, Euclidean RBF output; scaled-tanh
+    squashing; 32x32 input.
+
+    Departures: the RBF centres are learned from a random +-1 start (the paper's fixed bitmaps are
+    not published) and training uses cross-entropy on -distance logits rather than the paper's MAP
+    criterion; the trainable S2/S4 coefficients are followed by the squashing function as in the paper.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 6, 5)
+        self.s2 = Subsample(6)
+        self.c3 = PartialConv()
+        self.s4 = Subsample(16)
+        self.c5 = nn.Conv2d(16, 120, 5)
+        self.f6 = nn.Linear(120, 84)
+        self.output = EuclideanRBF(84, num_classes)
+        self.act = ScaledTanh()
+        self.flatten = nn.Flatten()
+
+    def forward(self, x):
+        x = self.act(self.s2(self.act(self.c1(x))))
+        x = self.act(self.s4(self.act(self.c3(x))))
+        x = self.flatten(self.act(self.c5(x)))
+        return self.output(self.act(self.f6(x)))

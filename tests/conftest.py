@@ -1,0 +1,99 @@
+"""Shared fixtures: where the real data lives, the real CLI in a subprocess, a real HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CONVZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+MNIST_DIR = SHARED_DATA / "mnist"
+CIFAR_DIR = SHARED_DATA / "cifar10"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"real data missing: {path} (CI must provide ../shared/data and dataset-fashion-mnist)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real cache; $CONVZOO_DATA is unset unless a test sets it."""
+    monkeypatch.setenv("CONVZOO_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("CONVZOO_DATA", raising=False)
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, check=None) -> subprocess.CompletedProcess:
+    """The real `convzoo` command line in a fresh interpreter."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "convzoo", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, a single `convzoo: error:` line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("convzoo: error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment.lower() in errors[0].lower(), f"{fragment!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving `files` (url path -> bytes); `drop` paths send half
+    of the body then close the connection; `hits` counts requests per path."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.drop: set[str] = set()
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path in server.drop:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()

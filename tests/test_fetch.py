@@ -1,0 +1,255 @@
+"""Locating data in the layouts users have, and downloading from a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from convzoo.data import fetch, formats
+from convzoo.data.catalog import CIFAR10, MNIST, FileSpec
+from convzoo.errors import DataError, DownloadError
+
+from conftest import CIFAR_DIR, MNIST_DIR, assert_user_error, need, run_cli
+
+OFFICIAL_T10K = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def small_mnist_files(n_train=50, n_test=20) -> dict[str, bytes]:
+    """Real MNIST digits (a prefix of the shared files) written in the official gzipped IDX format."""
+    images = formats.read_idx(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")
+    labels = formats.read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    out = {}
+    for name, arr in [("train-images-idx3-ubyte.gz", images[:n_train]), ("train-labels-idx1-ubyte.gz", labels[:n_train]),
+                      ("t10k-images-idx3-ubyte.gz", images[n_train:n_train + n_test]),
+                      ("t10k-labels-idx1-ubyte.gz", labels[n_train:n_train + n_test])]:
+        header = bytes([0, 0, 8, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+        out[name] = gzip.compress(header + arr.tobytes(), mtime=0)
+    return out
+
+
+def spec_for(files: dict[str, bytes]):
+    """MNIST's spec with the md5s of `files`, so a download of them verifies."""
+    specs = tuple(dataclasses.replace(f, md5=md5(files[f.name]), raw_md5=None) for f in MNIST.files)
+    return dataclasses.replace(MNIST, files=specs)
+
+
+def test_download_happy_path(tmp_path, file_server):
+    files = small_mnist_files()
+    file_server.files = {f"/mnist/{k}": v for k, v in files.items()}
+    located = fetch.download_dataset(spec_for(files), tmp_path, mirrors=[file_server.url + "/mnist/"])
+    assert located.verified and located.source == "download"
+    assert (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes() == files["t10k-images-idx3-ubyte.gz"]
+    assert not list((tmp_path / "mnist").glob(".*part"))
+
+
+def test_real_official_file_downloads_and_verifies(tmp_path, file_server):
+    """The shared t10k files are byte-identical to the official ones: served locally, they pass
+    the catalog's real official md5."""
+    body = (need(MNIST_DIR) / OFFICIAL_T10K[1]).read_bytes()
+    file_server.files = {"/a/" + OFFICIAL_T10K[1]: body}
+    spec = next(f for f in MNIST.files if f.name == OFFICIAL_T10K[1])
+    dest = fetch.download_file([file_server.url + "/a/" + spec.name], tmp_path / spec.name, spec.md5)
+    assert dest.read_bytes() == body
+
+
+def test_first_mirror_404_then_second(tmp_path, file_server):
+    files = small_mnist_files()
+    file_server.files = {f"/second/{k}": v for k, v in files.items()}
+    located = fetch.download_dataset(spec_for(files), tmp_path,
+                                     mirrors=[file_server.url + "/first/", file_server.url + "/second/"])
+    assert located.verified
+    assert file_server.hits["/first/train-images-idx3-ubyte.gz"] == 1
+
+
+def test_wrong_bytes_rejected_and_removed(tmp_path, file_server):
+    file_server.files = {"/m/t10k-labels-idx1-ubyte.gz": b"not the official bytes"}
+    with pytest.raises(DownloadError, match="does not match the official"):
+        fetch.download_file([file_server.url + "/m/t10k-labels-idx1-ubyte.gz"], tmp_path / "t10k-labels-idx1-ubyte.gz",
+                            "ec29112dd5afa0611ce80d1b7f02629c")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_connection_dropped_half_way_leaves_nothing(tmp_path, file_server):
+    body = bytes(range(256)) * 4000
+    file_server.files = {"/x.bin": body}
+    file_server.drop = {"/x.bin"}
+    with pytest.raises(DownloadError, match="IncompleteRead|Connection"):
+        fetch.download_file([file_server.url + "/x.bin"], tmp_path / "x.bin", md5(body), timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_download_checksum_mismatch(tmp_path, file_server):
+    file_server.files = {f"/m/{k}": v for k, v in small_mnist_files().items()}  # not the official bytes
+    proc = run_cli("data", "download", "mnist", "--data-path", tmp_path, "--mirror", file_server.url + "/m/")
+    assert_user_error(proc, "md5", "rejected")
+    assert not any(p.is_file() for p in (tmp_path / "mnist").iterdir())
+
+
+def test_cli_every_mirror_404(tmp_path, file_server):
+    proc = run_cli("data", "download", "fashion-mnist", "--data-path", tmp_path,
+                   "--mirror", file_server.url + "/a/", "--mirror", file_server.url + "/b/")
+    line = assert_user_error(proc, "every mirror", "HTTP 404")
+    assert line.count("HTTP 404") == 2
+
+
+def test_cli_timeout(tmp_path):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    try:
+        proc = run_cli("data", "download", "mnist", "--data-path", tmp_path, "--timeout", "1",
+                       "--mirror", f"http://127.0.0.1:{silent.getsockname()[1]}/")
+    finally:
+        silent.close()
+    assert_user_error(proc, "timed out")
+
+
+def make_tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def small_cifar_files() -> dict[str, bytes]:
+    folder = need(CIFAR_DIR) / "cifar-10-batches-bin"
+    out = {f"cifar-10-batches-bin/{f.name}": (folder / f.name).read_bytes()[: 3073 * 8] for f in CIFAR10.files}
+    out["cifar-10-batches-bin/batches.meta.txt"] = (folder / "batches.meta.txt").read_bytes()
+    return out
+
+
+def test_cifar_archive_download_extract_verify(tmp_path, file_server):
+    archive = make_tar(small_cifar_files())
+    file_server.files = {"/c/cifar-10-binary.tar.gz": archive}
+    spec = dataclasses.replace(CIFAR10, archive=dataclasses.replace(CIFAR10.archive, md5=md5(archive)))
+    located = fetch.download_dataset(spec, tmp_path, mirrors=[file_server.url + "/c/"])
+    assert located.verified  # via the manifest written after the archive's md5 matched
+    again = fetch.locate(spec, tmp_path, download=False)
+    assert again.verified and again.root == (tmp_path / "cifar10" / "cifar-10-batches-bin").resolve()
+
+
+def test_tar_member_escaping_is_refused(tmp_path, file_server):
+    archive = make_tar({"cifar-10-batches-bin/../../evil.txt": b"owned", **small_cifar_files()})
+    file_server.files = {"/c/cifar-10-binary.tar.gz": archive}
+    spec = dataclasses.replace(CIFAR10, archive=dataclasses.replace(CIFAR10.archive, md5=md5(archive)))
+    with pytest.raises(DataError, match=r"unsafe member path .*\.\./\.\./evil\.txt"):
+        fetch.download_dataset(spec, tmp_path / "root", mirrors=[file_server.url + "/c/"])
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_cli_unwritable_cache(tmp_path, file_server):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("data", "download", "mnist", "--mirror", file_server.url + "/", env={"CONVZOO_CACHE": str(blocker / "sub")})
+    assert_user_error(proc, "cannot write to the data folder")
+
+
+@pytest.mark.real_data
+def test_mindspore_layout_uncompressed(tmp_path):
+    """MindSpore's Data/train + Data/test with `train-images.idx3-ubyte` spellings, not gzipped."""
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        (tmp_path / "Data" / split).mkdir(parents=True)
+        for kind, ext in (("images", "idx3"), ("labels", "idx1")):
+            raw = gzip.decompress((need(MNIST_DIR) / f"{prefix}-{kind}-{ext}-ubyte.gz").read_bytes())
+            (tmp_path / "Data" / split / f"{prefix}-{kind}.{ext}-ubyte").write_bytes(raw)
+    located = fetch.locate(MNIST, tmp_path, download=False)
+    status = {c.path.name: c.status for c in located.checks}
+    assert status == {"train-images.idx3-ubyte": "differs", "train-labels.idx1-ubyte": "differs",
+                      "t10k-images.idx3-ubyte": "verified", "t10k-labels.idx1-ubyte": "verified"}
+    assert "22,699 of 60,000 records" in located.warning()
+
+
+@pytest.mark.real_data
+def test_mindspore_cifar_verify_bin_layout(tmp_path):
+    src = need(CIFAR_DIR) / "cifar-10-batches-bin"
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    (tmp_path / "cifar-10-verify-bin").mkdir()
+    for i in range(1, 6):
+        (tmp_path / "cifar-10-batches-bin" / f"data_batch_{i}.bin").symlink_to(src / f"data_batch_{i}.bin")
+    (tmp_path / "cifar-10-verify-bin" / "test_batch.bin").symlink_to(src / "test_batch.bin")
+    located = fetch.locate(CIFAR10, tmp_path, download=False)
+    assert located.files["test_batch.bin"].parent.name == "cifar-10-verify-bin"
+    assert not located.verified and "no official per-file checksum" in located.warning()
+
+
+@pytest.mark.real_data
+def test_cli_verify_reports_official_t10k(tmp_path):
+    proc = run_cli("data", "verify", "mnist", "--data-path", need(MNIST_DIR))
+    assert proc.returncode == 1  # the 22,699-image train files are not the official ones
+    lines = {line.split()[1].rsplit("/", 1)[-1]: line.split()[0] for line in proc.stdout.splitlines()}
+    assert lines["t10k-images-idx3-ubyte.gz"] == "verified" and lines["t10k-labels-idx1-ubyte.gz"] == "verified"
+    assert lines["train-images-idx3-ubyte.gz"] == "differs"
+    assert "22,699 of 60,000" in proc.stderr
+
+
+@pytest.mark.real_data
+def test_cli_info_debian_fashion_mnist_verified():
+    """Debian re-compressed the .gz files; the decompressed contents match the official md5s."""
+    proc = run_cli("data", "info", "fashion-mnist", "--data-path", "/usr/share/datasets/fashion-mnist", check=0)
+    assert "verified     yes" in proc.stdout and "60,000 images" in proc.stdout
+    assert "warning" not in proc.stderr
+
+
+@pytest.mark.real_data
+def test_cli_info_from_env(tmp_path):
+    proc = run_cli("data", "info", "mnist", env={"CONVZOO_DATA": str(need(MNIST_DIR).parent)}, check=0)
+    assert "22,699 images (official: 60,000)" in proc.stdout
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "not the official ones" in warning[0]
+
+
+def corrupt_copy(tmp_path, name: str, payload: bytes):
+    folder = tmp_path / "mnist"
+    shutil.copytree(need(MNIST_DIR), folder)
+    (folder / name).write_bytes(payload)
+    return folder
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name,payload,message", [
+    ("train-images-idx3-ubyte.gz", "truncate", "truncated gzip"),
+    ("t10k-images-idx3-ubyte.gz", gzip.compress(b"\x00\x00\x99\x03" + bytes(20)), "bad magic"),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (20000).to_bytes(4, "big") + bytes(100)),
+     "header says 20000 items"),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([1, 200, 3])),
+     "label 200 at index 1"),
+])
+def test_cli_corrupt_local_files(tmp_path, name, payload, message):
+    if payload == "truncate":
+        payload = (MNIST_DIR / name).read_bytes()[:100000]
+    folder = corrupt_copy(tmp_path, name, payload)
+    assert_user_error(run_cli("data", "info", "mnist", "--data-path", folder), name, message)
+
+
+@pytest.mark.real_data
+def test_cli_cifar_wrong_size(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    shutil.copytree(need(CIFAR_DIR) / "cifar-10-batches-bin", folder)
+    with open(folder / "data_batch_3.bin", "r+b") as f:
+        f.truncate(3073 * 10000 - 7)
+    assert_user_error(run_cli("data", "info", "cifar10", "--data-path", tmp_path), "data_batch_3.bin", "3073-byte")
+
+
+def test_cli_missing_data_says_how_to_fix(tmp_path):
+    proc = run_cli("data", "info", "mnist", "--data-path", tmp_path)
+    assert_user_error(proc, "not found", "convzoo data download mnist", "--data-path")
+
+
+def test_cli_unknown_dataset_suggests():
+    assert_user_error(run_cli("data", "info", "minst"), "unknown dataset 'minst'", "did you mean 'mnist'")
