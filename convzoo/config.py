@@ -29,7 +29,8 @@ class TrainConfig:
     step_size: int = 10  # epochs between decays for `step`
     gamma: float = 0.1
     label_smoothing: float = 0.0
-    augment: str = "none"  # none | shift | shift-flip
+    augment: str = "none"  # none | shift | flip | shift-flip
+    shift_pad: int = 4  # random shifts of up to this many pixels (pad + random crop)
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     seed: int = 0
@@ -61,7 +62,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         choices = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "step", "cosine", "onecycle"),
-                   "augment": ("none", "shift", "shift-flip"), "amp": ("none", "bf16", "fp16")}
+                   "augment": ("none", "shift", "flip", "shift-flip"), "amp": ("none", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise unknown(name.replace("_", "-"), getattr(self, name), allowed)

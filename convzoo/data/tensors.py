@@ -120,18 +120,19 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def to_model_input(images: torch.Tensor, spec: InputSpec, *, augment: str = "none", generator=None,
-                   shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+                   shard: tuple[int, int] = (0, 1), shift_pad: int = 4) -> torch.Tensor:
     """uint8 (B, C, H, W) -> normalised float (B, C, size, size), optionally augmented.
 
-    augment: none | shift (random crop of the 4-pixel-padded image, as MindSpore's RandomCrop)
-    | shift-flip (the same plus a horizontal flip half the time). Random draws are made for the
+    augment: none | shift (random crop of the `shift_pad`-padded image, as MindSpore's RandomCrop)
+    | flip (a horizontal flip half the time) | shift-flip (both). Random draws are made for the
     whole global batch and `shard` = (rank, world_size) takes this rank's slice of them, so data-
     parallel ranks augment their samples exactly as a single process would.
     """
     x = images.float().div_(255)
     x = fit(x, spec)
     if augment != "none":
-        x = random_shift_flip(x, flip=augment == "shift-flip", generator=generator, shard=shard)
+        pad = shift_pad if augment in ("shift", "shift-flip") else 0
+        x = random_shift_flip(x, flip="flip" in augment, generator=generator, shard=shard, padding=pad)
     mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean) / std

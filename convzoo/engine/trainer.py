@@ -132,7 +132,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
             for step, images, labels in epoch_batches(train_split, cfg, epoch, first, spe):
                 lr = set_lr(optimizer, lr_at(epoch * spe + step, total_steps, spe, cfg))
                 gen = step_generator(cfg.seed, epoch, step, device) if augment != "none" else None
-                x = to_model_input(images, spec, augment=augment, generator=gen, shard=(distributed.rank(), world))
+                x = to_model_input(images, spec, augment=augment, generator=gen, shard=(distributed.rank(), world),
+                                   shift_pad=cfg.shift_pad)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

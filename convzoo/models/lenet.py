@@ -84,18 +84,26 @@ class Subsample(nn.Module):
         return F.avg_pool2d(x, 2) * 4 * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
-class PartialConv(nn.Conv2d):
-    """C3: a 5x5 conv whose kernel is masked by the paper's connection table (1,516 parameters)."""
+class PartialConv(nn.Module):
+    """C3: 6 -> 16 maps, 5x5, each output map connected only to the input maps the paper's table
+    lists: 60 connections, 60*25 weights + 16 biases = 1,516 parameters."""
 
     def __init__(self):
-        super().__init__(6, 16, 5)
-        mask = torch.tensor([[c == "X" for c in row] for row in C3_TABLE], dtype=torch.float32).t()  # (16, 6)
-        self.register_buffer("mask", mask.view(16, 6, 1, 1), persistent=False)
-        with torch.no_grad():
-            self.weight.mul_(self.mask)
+        super().__init__()
+        table = torch.tensor([[c == "X" for c in row] for row in C3_TABLE]).t().reshape(-1)  # (16*6,) out-major
+        connected = table.nonzero().squeeze(1)
+        self.in_channels, self.out_channels, self.kernel_size = 6, 16, (5, 5)
+        self.weight = nn.Parameter(torch.empty(len(connected), 25).uniform_(-1, 1) / (25 * 3) ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(16))
+        # Fixed 0/1 matrix placing the connected kernels into a full (16*6) x 25 kernel bank: a
+        # matmul, so the layer exports to ONNX and quantizes like any conv.
+        place = torch.zeros(16 * 6, len(connected))
+        place[connected, torch.arange(len(connected))] = 1
+        self.register_buffer("place", place, persistent=False)
 
     def forward(self, x):
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
+        kernel = (self.place @ self.weight).view(16, 6, 5, 5)
+        return F.conv2d(x, kernel, self.bias)
 
 
 class EuclideanRBF(nn.Module):

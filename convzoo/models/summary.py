@@ -55,9 +55,9 @@ def _recorder(name: str, module: nn.Module, rows: list[LayerRow]):
 
 
 def _macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
-    if isinstance(module, nn.Conv2d):
-        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        return out.numel() * k
+    if isinstance(module, nn.Conv2d) or hasattr(module, "kernel_size") and hasattr(module, "out_channels"):
+        # weights per output channel (a partially connected conv has fewer than in_channels * k * k)
+        return out.numel() * module.weight.numel() // module.out_channels
     if isinstance(module, nn.Linear):
         return out.numel() * module.in_features
     weight = getattr(module, "weight", None)

@@ -1,0 +1,193 @@
+"""Training and evaluation on the real data sets through the real CLI; resume; checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, need, run_cli
+
+MNIST = ["--dataset", "mnist", "--data-path", str(MNIST_DIR)]
+
+
+@pytest.mark.real_data
+def test_lenet5_mnist_reaches_98_5(tmp_path):
+    """All 22,699 real training images, the official 10k test set."""
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", *MNIST, "--epochs", "4", "--schedule", "onecycle", "--lr", "0.05",
+            "--weight-decay", "5e-4", "--output-dir", out, check=0)
+    for name in ("config.yaml", "metrics.csv", "train.log", "last.pt", "best.pt"):
+        assert (out / name).is_file(), name
+    log = (out / "train.log").read_text()
+    assert "Epoch: [ 4/ 4], step: [ 354/ 354], loss: [" in log and "Epoch time: " in log
+    proc = run_cli("eval", "--ckpt", out / "best.pt", "--data-path", MNIST_DIR, check=0)
+    accuracy = float(proc.stdout.split("'Accuracy': ")[1].split()[0])
+    assert accuracy >= 0.985, proc.stdout
+    assert "class" in proc.stdout and proc.stdout.count("\n") >= 11  # per-class table
+
+
+@pytest.mark.real_data
+def test_lenet5_fashion_mnist_reaches_87(tmp_path):
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", "--dataset", "fashion-mnist", "--data-path", need(FASHION_DIR),
+            "--epochs", "2", "--schedule", "onecycle", "--lr", "0.05", "--output-dir", out, "--json", check=0)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["class_names"][0] == "T-shirt/top" and ckpt["input"]["size"] == 32
+    assert max(h["test_acc"] for h in ckpt["history"]) >= 0.87
+
+
+def final_weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+RESUME_ARGS = ["--model", "lenet5", *MNIST, "--train-limit", "6400", "--batch-size", "32", "--epochs", "2",
+               "--schedule", "cosine", "--augment", "shift", "--deterministic", "--threads", "1", "--save-every", "10",
+               "--print-freq", "0"]
+
+
+def start_train(out, *extra):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "convzoo", "train", *RESUME_ARGS, "--output-dir", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_mid_epoch_checkpoint(out, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (out / "last.pt").exists():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("no last.pt appeared")
+
+
+@pytest.mark.real_data
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    run_cli("train", *RESUME_ARGS, "--output-dir", tmp_path / "straight", check=0)
+    out = tmp_path / "killed"
+    proc = start_train(out)
+    wait_for_mid_epoch_checkpoint(out, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["step"] < 200, (state["epoch"], state["step"])
+    run_cli("train", *RESUME_ARGS, "--output-dir", out, "--resume", check=0)
+    a, b = final_weights(tmp_path / "straight" / "last.pt"), final_weights(out / "last.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.real_data
+def test_ctrl_c_leaves_valid_last_pt(tmp_path):
+    out = tmp_path / "run"
+    proc = start_train(out)
+    wait_for_mid_epoch_checkpoint(out, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["format"] == "convzoo-checkpoint" and (state["epoch"], state["step"]) > (0, 0)
+    run_cli("train", *RESUME_ARGS, "--output-dir", out, "--resume", check=0)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("model,params,shapes", [
+    ("lenet5", 61706, ["(None, 6, 28, 28)", "(None, 16, 5, 5)", "(None, 400)", "(None, 10)"]),
+    ("lenet5-keras", 331214, ["(None, 6, 28, 28)", "(None, 16, 7, 7)", "(None, 32, 7, 7)", "(None, 1568)",
+                              "(None, 200)", "(None, 10)"]),
+    ("lenet5-1998", 60840, ["(None, 6, 28, 28)", "(None, 16, 10, 10)", "(None, 120, 1, 1)", "(None, 84)"]),
+])
+def test_summary(model, params, shapes):
+    out = run_cli("summary", "--model", model, check=0).stdout
+    assert f"Total params: {params:,}" in out
+    for shape in shapes:
+        assert shape in out, (shape, out)
+    assert "MACs per image:" in out
+
+
+def test_paper_c3_connection_table():
+    from convzoo.models.lenet import LeNet5Paper
+
+    c3 = LeNet5Paper().c3
+    assert sum(p.numel() for p in c3.parameters()) == 1516  # 60 connections * 25 + 16 biases
+    kernel = (c3.place @ c3.weight).view(16, 6, 5, 5)
+    connected = kernel.abs().sum((2, 3)).ne(0)  # (out, in)
+    assert connected[0].tolist() == [True, True, True, False, False, False]  # C3 map 0 <- S2 maps 0, 1, 2
+    assert connected[15].tolist() == [True] * 6  # the last map sees all six
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_cli("train", "--model", "lenet5", *MNIST, "--train-limit", "640", "--epochs", "1", "--output-dir", out,
+            "--quiet", check=0)
+    return out
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("args,fragments", [
+    (["train", "--model", "lenet6"], ["unknown model 'lenet6'", "did you mean 'lenet5'"]),
+    (["train", "--config", "lenet-mindspor"], ["unknown preset", "did you mean 'lenet-mindspore'"]),
+    (["train", "--dataset", "fashion"], ["unknown dataset"]),
+    (["train", "--batch-size", "0"], ["--batch-size must be >= 1"]),
+    (["train", "--lr", "-0.1"], ["--lr must be > 0"]),
+    (["train", "--device_target", "Ascend"], ["Ascend", "available here: cpu"]),
+    (["train", "--device", "cuda"], ["no CUDA device", "available here: cpu"]),
+    (["train", "--amp", "fp16"], ["--amp fp16 needs a CUDA GPU"]),
+    (["eval", "--ckpt", "/nonexistent/best.pt"], ["/nonexistent/best.pt", "checkpoint not found"]),
+])
+def test_bad_input(tmp_path, args, fragments):
+    assert_user_error(run_cli(*args, "--data-path", MNIST_DIR, cwd=tmp_path) if args[0] == "train"
+                      else run_cli(*args, cwd=tmp_path), *fragments)
+
+
+@pytest.mark.real_data
+def test_bad_checkpoints(tmp_path, tiny_run):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((tiny_run / "best.pt").read_bytes()[:5000])
+    assert_user_error(run_cli("eval", "--ckpt", truncated), "truncated.pt", "truncated or corrupt")
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, plain)
+    assert_user_error(run_cli("eval", "--ckpt", plain), "plain.pt", "not a convzoo checkpoint")
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "convzoo-checkpoint", "payload": RunsCode(marker)}, evil)
+    assert_user_error(run_cli("eval", "--ckpt", evil), "evil.pt", "refused to load")
+    assert not marker.exists()
+
+
+class RunsCode:
+    """Pickling this yields a file whose unpickling would run `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.real_data
+def test_output_dir_rules(tmp_path, tiny_run):
+    base = ["train", "--model", "lenet5", *MNIST, "--train-limit", "640", "--epochs", "1", "--quiet"]
+    assert_user_error(run_cli(*base, "--output-dir", tiny_run), "already holds a run", "--exist-ok")
+    before = (tiny_run / "best.pt").read_bytes()
+    assert (tiny_run / "best.pt").read_bytes() == before  # refused run touched nothing
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run_cli(*base, "--output-dir", blocker / "run"), "not writable")
+    # resume with a longer cosine schedule than the run was planned for
+    assert_user_error(run_cli(*base, "--epochs", "3", "--schedule", "cosine", "--output-dir", tiny_run, "--resume"),
+                      "cannot stretch")
+    # resume a lenet5 run as another model
+    assert_user_error(run_cli(*base[:2], "lenet5-keras", *base[3:], "--output-dir", tiny_run, "--resume"),
+                      "of model 'lenet5', not 'lenet5-keras'")
