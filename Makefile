@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(CONVZOO) data info mnist
+	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok
+	$(CONVZOO) eval --ckpt $(DEMO)/best.pt
 
 test: setup
 	$(PY) -m pytest -q
