@@ -217,7 +217,7 @@ def cmd_summary(args) -> int:
         except (ValueError, AssertionError):
             raise ConfigError(f"--input must be C,H,W with positive integers, got {args.input!r}") from None
     else:
-        shape = (1, info.input_size, info.input_size)
+        shape = (info.in_channels, info.input_size, info.input_size)
     model = create_model(args.model, num_classes=args.num_classes, in_channels=shape[0])
     try:
         rows = summarize(model, shape)

@@ -151,7 +151,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
                 done = step + 1
                 if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
                     elapsed = (time.perf_counter() - t0) * 1000
-                    cur, avg = float(loss), float(loss_sum) / max(seen, 1)
+                    cur, avg = loss.item(), float(loss_sum) / max(seen, 1)
                     log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
                              f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
                              step=done, loss=cur, avg_loss=avg, lr=lr, time_ms=elapsed)

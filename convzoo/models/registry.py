@@ -8,7 +8,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import unknown
-from . import lenet
+from . import alexnet, lenet
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ModelInfo:
     fit: str  # how dataset images reach input_size: pad | resize | none
     default_threads: int  # CPU threads that train it fastest on a shared 2-core machine
     description: str
+    in_channels: int = 1  # of the data set it was made for (a checkpoint records the real one)
 
 
 MODELS: dict[str, ModelInfo] = {}
@@ -31,6 +32,9 @@ def register(info: ModelInfo) -> None:
 register(ModelInfo("lenet5", lenet.LeNet5, 32, "pad", 1, "MindSpore model-zoo LeNet5 (ReLU, max-pool, 32x32)"))
 register(ModelInfo("lenet5-keras", lenet.LeNet5Keras, 28, "resize", 1, "the Keras tutorial's LeNet-5 variant (28x28)"))
 register(ModelInfo("lenet5-1998", lenet.LeNet5Paper, 32, "pad", 1, "LeCun et al. 1998: tanh, trainable subsampling, C3 table, RBF"))
+
+register(ModelInfo("alexnet", alexnet.AlexNet, 227, "resize", 2, "MindSpore model-zoo AlexNet (227x227, 58.3M params)", 3))
+register(ModelInfo("alexnet-cifar", alexnet.AlexNetCifar, 32, "none", 2, "AlexNet's shape for 32x32 with BatchNorm", 3))
 
 
 def get_model_info(name: str) -> ModelInfo:
