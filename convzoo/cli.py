@@ -105,6 +105,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="C,H,W (default: the model's own input)")
     p.set_defaults(handler=cmd_summary)
 
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (checked in onnxruntime) or torch.export .pt2")
+    p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True)
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--output", "-o", help="output file (default: beside the checkpoint)")
+    p.add_argument("--int8", action="store_true", help="int8 ONNX via post-training quantization")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--data-path", "--data_path", dest="data_path", help="data for the int8 calibration and checks")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("predict", help="classify image files")
+    p.add_argument("--model", required=True, help="model.onnx, a convzoo checkpoint, or NAME:DATASET")
+    p.add_argument("images", nargs="*")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--from-test", type=int, default=0, metavar="N", help="predict the first N test images instead")
+    p.add_argument("--grid", default="grid.png", help="with --from-test: where to write the 5x5 grid")
+    p.add_argument("--data-path", "--data_path", dest="data_path")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-upload-mb", type=float, default=5.0)
+    p.set_defaults(handler=cmd_serve)
+
     return parser
 
 
@@ -224,4 +253,81 @@ def cmd_summary(args) -> int:
     except RuntimeError as exc:
         raise ConfigError(f"model {args.model} cannot take input {shape}: {str(exc).splitlines()[0]}") from None
     print(format_summary(args.model, rows, model))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from .deploy.export import export_onnx, export_pt2
+
+    ckpt = Path(args.ckpt)
+    if args.int8:
+        from .quant.ptq import export_int8_from_checkpoint
+
+        out = Path(args.output or ckpt.with_name(ckpt.stem + "-int8.onnx"))
+        result = export_int8_from_checkpoint(ckpt, out, data_path=args.data_path)
+    elif args.format == "pt2":
+        result = export_pt2(ckpt, args.output or ckpt.with_suffix(".pt2"))
+    else:
+        result = export_onnx(ckpt, args.output or ckpt.with_suffix(".onnx"), opset=args.opset,
+                             dynamic_batch=args.dynamic_batch)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .deploy.predict import Predictor
+    from .errors import ConfigError
+
+    predictor = Predictor(resolve_model(args.model), threads=args.threads)
+    if args.from_test:
+        return predict_test_images(predictor, args)
+    if not args.images:
+        raise ConfigError("predict needs IMAGE files (or --from-test N)")
+    results = predictor.predict_files(args.images, topk=args.topk)
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
+            print(f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else ""))
+    return 0
+
+
+def predict_test_images(predictor, args) -> int:
+    from .data.tensors import load_dataset
+    from .deploy.preprocess import from_dataset
+    from .report.plots import plot_grid
+
+    _, test, _ = load_dataset(predictor.meta["dataset"], args.data_path)
+    images = test.images[: args.from_test].numpy()
+    truth = [test.classes[i] for i in test.labels[: args.from_test].tolist()]
+    results = predictor.predict_arrays(from_dataset(images, predictor.meta), topk=args.topk)
+    for i, (r, t) in enumerate(zip(results, truth)):
+        r.update(index_in_test=i, true=t)
+        print(json.dumps(r) if args.json else f"test[{i}]: {r['class']} ({r['probability']:.4f}), true {t}"
+              + ("" if r["class"] == t else "  WRONG"))
+    plot_grid(images, truth, [r["class"] for r in results], args.grid)
+    if not args.json:
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def resolve_model(name: str) -> str:
+    """A file path as is; NAME:DATASET is a shipped pretrained model."""
+    from pathlib import Path
+
+    if ":" in name and not Path(name).exists():
+        from .models.pretrained import pretrained_path
+
+        return str(pretrained_path(name))
+    return name
+
+
+def cmd_serve(args) -> int:
+    from .deploy.server import serve
+
+    serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
+          max_upload=int(args.max_upload_mb * 1024 * 1024))
     return 0

@@ -97,3 +97,19 @@ def file_server():
     server = FileServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory):
+    """LeNet-5 trained once per test session on all 22,699 real MNIST training images (4 epochs)."""
+    out = tmp_path_factory.mktemp("mnist") / "run"
+    run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--epochs", "4",
+            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--output-dir", out, "--quiet", check=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_onnx(mnist_run):
+    out = mnist_run / "model.onnx"
+    run_cli("export", "--ckpt", mnist_run / "best.pt", "--output", out, check=0)
+    return out

@@ -17,11 +17,9 @@ MNIST = ["--dataset", "mnist", "--data-path", str(MNIST_DIR)]
 
 
 @pytest.mark.real_data
-def test_lenet5_mnist_reaches_98_5(tmp_path):
+def test_lenet5_mnist_reaches_98_5(mnist_run):
     """All 22,699 real training images, the official 10k test set."""
-    out = tmp_path / "run"
-    run_cli("train", "--model", "lenet5", *MNIST, "--epochs", "4", "--schedule", "onecycle", "--lr", "0.05",
-            "--weight-decay", "5e-4", "--output-dir", out, check=0)
+    out = mnist_run
     for name in ("config.yaml", "metrics.csv", "train.log", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     log = (out / "train.log").read_text()

@@ -1,0 +1,110 @@
+"""Export a checkpoint to one self-contained ONNX file (preprocessing in its metadata) or a
+torch.export archive, and check the ONNX file against PyTorch in onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..errors import ConfigError
+from .predict import META_KEY
+
+
+
+def model_metadata(ckpt: dict) -> dict:
+    """What predict and serve need besides the graph: classes, input spec, preprocessing rule."""
+    dataset = ckpt.get("dataset", "")
+    rule = {"mnist": "digit", "fashion-mnist": "fashion"}.get(dataset, "resize")
+    return {"model": ckpt["model"], "dataset": dataset, "class_names": list(ckpt["class_names"]),
+            "input": dict(ckpt["input"]), "preprocess": rule, "format_version": 1}
+
+
+def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True) -> dict:
+    """Write `out_path` (.onnx); returns {'path', 'max_abs_diff'} from the onnxruntime parity check."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path).eval()
+    spec = ckpt["input"]
+    example = torch.zeros(2, spec["channels"], spec["size"], spec["size"])
+    onnx_model = to_onnx(model, example, opset=opset, dynamic_batch=dynamic_batch)
+    set_metadata(onnx_model, model_metadata(ckpt))
+    save_onnx(onnx_model, out_path)
+    result = {"path": str(out_path)}
+    if check:
+        result["max_abs_diff"] = parity(model, out_path, example.shape[1:])
+    return result
+
+
+def to_onnx(model: torch.nn.Module, example: torch.Tensor, *, opset: int = 18, dynamic_batch: bool = True):
+    """torch.onnx (dynamo) export to an in-memory onnx.ModelProto with the weights inside."""
+    import onnx
+
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+    # The exporter prints progress lines and warns about optional packages (torchvision) it skips.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["input"],
+                                    output_names=["logits"], opset_version=opset, external_data=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        program.save(os.path.join(tmp, "m.onnx"), external_data=False)
+        return onnx.load(os.path.join(tmp, "m.onnx"))
+
+
+def set_metadata(onnx_model, meta: dict) -> None:
+    del onnx_model.metadata_props[:]
+    entry = onnx_model.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+
+
+def save_onnx(onnx_model, out_path) -> None:
+    """Check the graph, then write it atomically as a single file."""
+    import onnx
+
+    onnx.checker.check_model(onnx_model, full_check=True)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        onnx.save(onnx_model, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor | None = None) -> float:
+    """Max |logit difference| between PyTorch and onnxruntime on `samples` (random if None)."""
+    import onnxruntime as ort
+
+    x = samples if samples is not None else torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    return float(np.abs(expected - got).max())
+
+
+def export_pt2(ckpt_path, out_path) -> dict:
+    """torch.export archive (.pt2): the graph with weights, loadable with torch.export.load."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path).eval()
+    spec = ckpt["input"]
+    example = torch.zeros(2, spec["channels"], spec["size"], spec["size"])
+    program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    out_path = Path(out_path)
+    if out_path.suffix != ".pt2":
+        raise ConfigError(f"a torch.export archive must end in .pt2, got {out_path.name}")
+    tmp = out_path.with_name(f".{out_path.name}.tmp.pt2")
+    torch.export.save(program, tmp, extra_files={"convzoo.json": json.dumps(model_metadata(ckpt))})
+    os.replace(tmp, out_path)
+    return {"path": str(out_path)}

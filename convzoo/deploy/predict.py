@@ -1,0 +1,105 @@
+"""Predict classes for users' images with an ONNX file (onnxruntime) or a convzoo checkpoint (torch)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .preprocess import load_image, to_array
+
+META_KEY = "convzoo"  # the ONNX metadata entry holding classes, input spec and preprocessing
+
+
+class Predictor:
+    """Wraps one model file; `meta` carries class names, input spec and the preprocessing rule."""
+
+    def __init__(self, path, *, threads: int = 1):
+        self.path = Path(path)
+        self.threads = threads
+        if self.path.suffix == ".onnx":
+            self.meta, self.run = self._load_onnx()
+        else:
+            self.meta, self.run = self._load_torch()
+
+    def _load_onnx(self):
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise ConfigError("model file not found", self.path)
+        try:
+            meta = read_metadata(self.path)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnx/onnxruntime raise many types for a bad file
+            raise ConfigError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:160]})", self.path) from None
+        if not meta:
+            raise ConfigError("ONNX file has no convzoo metadata (export it with `convzoo export`)", self.path)
+        name = session.get_inputs()[0].name
+        return meta, lambda x: session.run(None, {name: x})[0]
+
+    def _load_torch(self):
+        import torch
+
+        from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from .export import model_metadata
+
+        ckpt = load_checkpoint(self.path)
+        model = model_from_checkpoint(ckpt, self.path).eval()
+        torch.set_num_threads(self.threads)
+
+        def run(x):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        return model_metadata(ckpt), run
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["class_names"]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def predict_images(self, images, topk: int = 3) -> list[dict]:
+        """PIL images -> [{'class', 'index', 'probability', 'topk': [...]}, ...]."""
+        if not images:
+            return []
+        batch = np.concatenate([to_array(im, self.meta) for im in images])
+        return self.predict_arrays(batch, topk)
+
+    def predict_arrays(self, batch: np.ndarray, topk: int = 3) -> list[dict]:
+        probs = softmax(self.run(batch.astype(np.float32)))
+        k = min(topk, probs.shape[1])
+        results = []
+        for row in probs:
+            order = np.argsort(-row)[:k]
+            top = [{"class": self.classes[i], "index": int(i), "probability": float(row[i])} for i in order]
+            results.append({**top[0], "topk": top})
+        return results
+
+    def predict_files(self, paths, topk: int = 3) -> list[dict]:
+        images = [load_image(p) for p in paths]  # every file is checked before any is run
+        return [{"file": str(p), **r} for p, r in zip(paths, self.predict_images(images, topk))]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def read_metadata(onnx_path) -> dict:
+    import json
+
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == META_KEY:
+            return json.loads(prop.value)
+    return {}

@@ -1,0 +1,105 @@
+"""Pictures of a run with matplotlib's Agg backend (no display): curves, confusion matrix, 5x5 grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs: dict[str, list[dict]] | list[dict], out: Path) -> Path:
+    """Loss and accuracy per epoch (lr on a second axis); several runs are overlaid."""
+    plt = _pyplot()
+    runs = {"": runs} if isinstance(runs, list) else runs
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for label, history in runs.items():
+        epochs = [int(h["epoch"]) for h in history]
+        prefix = f"{label} " if label else ""
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label=f"{prefix}train loss")
+        ax_acc.plot(epochs, [h["train_acc"] for h in history], marker="o", label=f"{prefix}train")
+        for key, name in (("val_acc", "val"), ("test_acc", "test")):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax_acc.plot(epochs, values, marker="s", label=f"{prefix}{name}")
+    if len(runs) == 1:
+        history = next(iter(runs.values()))
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot([int(h["epoch"]) for h in history], [h["lr"] for h in history], color="grey", linestyle="--",
+                   label="lr (end of epoch)")
+        ax_lr.set_ylabel("learning rate")
+        ax_lr.legend(loc="center right", fontsize=8)
+    ax_loss.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right" if ax is ax_loss else "lower right")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_confusion(confusion, classes, out) -> Path:
+    """Row-normalised confusion matrix with class names; cells show the fraction of each true class."""
+    plt = _pyplot()
+    matrix = np.asarray(confusion, dtype=np.float64)
+    normalised = matrix / np.clip(matrix.sum(1, keepdims=True), 1, None)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k + 2), max(5, 0.7 * k + 1.5)), dpi=100)
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), labels=classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (accuracy {np.trace(matrix) / matrix.sum():.4f})")
+    for i in range(k):
+        for j in range(k):
+            if normalised[i, j] >= 0.005:
+                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if normalised[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_grid(images: np.ndarray, true: list[str], predicted: list[str], out, title: str = "") -> Path:
+    """The seeds' 5x5 grid: each image with its true and predicted label, wrong ones in red."""
+    plt = _pyplot()
+    n = min(25, len(images))
+    fig, axes = plt.subplots(5, 5, figsize=(8, 9), dpi=100)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = np.asarray(images[i])
+        ax.imshow(img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0], cmap=None if img.shape[0] == 3 else "gray")
+        wrong = true[i] != predicted[i]
+        ax.set_title(f"true {true[i]}\npred {predicted[i]}", fontsize=9, color="red" if wrong else "black",
+                     fontweight="bold" if wrong else "normal")
+    wrong = sum(t != p for t, p in zip(true[:n], predicted[:n]))
+    fig.suptitle(title or f"{n} test images, {wrong} wrong (red)", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out) -> Path:
+    import os
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        fig.clf()
+        _pyplot().close(fig)
+    return out
