@@ -109,8 +109,8 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
     background = 255 if ink < 128 else 0
     out = lum * alpha + background * (1 - alpha)
     colour = np.asarray(rgba.convert("RGB"), dtype=np.float32) * alpha[..., None] + background * (1 - alpha[..., None])
-    return Image.fromarray(colour.clip(0, 255).astype(np.uint8), "RGB") if image.mode != "LA" else \
-        Image.fromarray(out.clip(0, 255).astype(np.uint8), "L")
+    return Image.fromarray(colour.clip(0, 255).astype(np.uint8)) if image.mode != "LA" else \
+        Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
 def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
@@ -128,7 +128,7 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
     h, w = crop.shape
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize((nw, nh), Image.Resampling.LANCZOS))
+    small = np.asarray(Image.fromarray(crop.astype(np.float32)).resize((nw, nh), Image.Resampling.LANCZOS))
     small = np.clip(small, 0, 255)
     canvas = np.zeros((28, 28), np.float32)
     top, left = (28 - nh) // 2, (28 - nw) // 2
@@ -144,7 +144,7 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
 def resize(channel: np.ndarray, side: int) -> np.ndarray:
     if channel.shape == (side, side):
         return channel.astype(np.float32)
-    return np.asarray(Image.fromarray(channel.astype(np.float32), "F").resize((side, side), Image.Resampling.BILINEAR,
+    return np.asarray(Image.fromarray(channel.astype(np.float32)).resize((side, side), Image.Resampling.BILINEAR,
                                                                              reducing_gap=2.0), dtype=np.float32)
 
 

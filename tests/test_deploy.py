@@ -1,0 +1,265 @@
+"""Export parity, prediction on users' image files, bad images, the HTTP API and the draw page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from convzoo.data import formats
+from convzoo.deploy.preprocess import from_dataset
+
+from conftest import MNIST_DIR, ROOT, assert_user_error, need, run_cli
+
+
+def mnist_test(n: int):
+    images = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[:n]
+    labels = formats.read_idx_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", 10)[:n]
+    return images, labels
+
+
+@pytest.mark.real_data
+def test_onnx_parity_on_real_test_images(mnist_run, mnist_onnx):
+    from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model_proto = onnx.load(str(mnist_onnx))
+    onnx.checker.check_model(model_proto, full_check=True)
+    assert not list(mnist_onnx.parent.glob("*.data"))  # self-contained
+    meta = json.loads({p.key: p.value for p in model_proto.metadata_props}["convzoo"])
+    assert meta["class_names"] == [str(d) for d in range(10)] and meta["preprocess"] == "digit"
+    images, _ = mnist_test(500)
+    x = from_dataset(images, meta)
+    model = model_from_checkpoint(load_checkpoint(mnist_run / "best.pt")).eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(mnist_onnx)).run(None, {"input": x})[0]
+    assert np.abs(expected - got).max() <= 1e-4
+
+
+@pytest.mark.real_data
+def test_export_pt2_round_trip(mnist_run, tmp_path):
+    out = tmp_path / "model.pt2"
+    run_cli("export", "--ckpt", mnist_run / "best.pt", "--format", "pt2", "--output", out, check=0)
+    program = torch.export.load(str(out))
+    x = torch.randn(3, 1, 32, 32)
+    from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(mnist_run / "best.pt")).eval()
+    assert torch.allclose(program.module()(x), model(x), atol=1e-5)
+
+
+def user_image(digit: np.ndarray, variant: int, rng) -> tuple[Image.Image, str]:
+    """A real MNIST digit (28x28, white on black) turned into a file a user might have."""
+    base = Image.fromarray(digit)
+    size = int(rng.integers(40, 300))
+    big = base.resize((size, size), Image.Resampling.BILINEAR)
+    ink = np.asarray(big)
+    if variant == 0:  # larger, as is
+        return big, "png"
+    if variant == 1:  # dark ink on light paper, JPEG, RGB
+        return Image.fromarray(255 - ink).convert("RGB"), "jpg"
+    if variant == 2:  # off-centre on a wider canvas
+        canvas = np.zeros((size + 60, size * 2), np.uint8)
+        top, left = int(rng.integers(0, 60)), int(rng.integers(0, size))
+        canvas[top: top + size, left: left + size] = ink
+        return Image.fromarray(canvas), "png"
+    if variant == 3:  # black ink on a transparent background (RGBA)
+        rgba = np.zeros((size, size, 4), np.uint8)
+        rgba[..., 3] = ink
+        return Image.fromarray(rgba), "png"
+    if variant == 4:  # 16-bit greyscale, dark on light
+        return Image.fromarray(((255 - ink).astype("<u2") * 257)), "png"
+    if variant == 5:  # palette image, blue ink on white
+        rgb = np.stack([255 - ink, 255 - ink, np.full_like(ink, 255)], -1)
+        return Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "png"
+    if variant == 6:
+        return Image.fromarray(255 - ink), "bmp"
+    if variant == 7:
+        return Image.fromarray(ink).convert("RGB"), "webp"
+    return Image.fromarray(255 - ink), "tiff"
+
+
+@pytest.mark.real_data
+def test_predict_users_images(mnist_onnx, tmp_path):
+    images, labels = mnist_test(200)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (digit, label) in enumerate(zip(images[:, 0], labels)):
+        image, ext = user_image(digit, i % 9, rng)
+        path = tmp_path / f"digit{i:03d}_{label}.{ext}"
+        image.save(path)
+        paths.append(path)
+    proc = run_cli("predict", "--model", mnist_onnx, "--json", "--topk", "3", *paths, check=0)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == 200 and len(results[0]["topk"]) == 3
+    correct = [r["class"] == Path(r["file"]).stem.split("_")[1] for r in results]
+    by_variant = {v: np.mean(correct[v::9]) for v in range(9)}
+    assert np.mean(correct) >= 0.95, by_variant
+    assert min(by_variant.values()) >= 0.85, by_variant
+
+
+def bad_images(tmp_path) -> dict[str, tuple[Path, str]]:
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(png, "PNG")
+    files = {
+        "empty.png": (b"", "empty file"),
+        "notes.png": (b"this is text, not an image\n", "not an image"),
+        "truncated.png": (png.getvalue()[: len(png.getvalue()) // 2], "corrupt or truncated"),
+    }
+    out = {}
+    for name, (data, message) in files.items():
+        (tmp_path / name).write_bytes(data)
+        out[name] = (tmp_path / name, message)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (8000, 6000)).save(bomb, optimize=False)  # 48 MP of zeros: a small file
+    out["bomb.png"] = (bomb, "megapixel")
+    return out
+
+
+@pytest.mark.real_data
+def test_predict_cli_bad_images(mnist_onnx, tmp_path):
+    for name, (path, message) in bad_images(tmp_path).items():
+        assert_user_error(run_cli("predict", "--model", mnist_onnx, path), name, message)
+    assert_user_error(run_cli("predict", "--model", mnist_onnx, tmp_path / "missing.png"), "missing.png", "not found")
+    assert_user_error(run_cli("predict", "--model", tmp_path / "nope.onnx", tmp_path / "x.png"), "nope.onnx")
+
+
+@pytest.mark.real_data
+def test_predict_from_test_grid(mnist_onnx, tmp_path):
+    grid = tmp_path / "grid.png"
+    proc = run_cli("predict", "--model", mnist_onnx, "--from-test", "25", "--grid", grid,
+                   "--data-path", MNIST_DIR, check=0)
+    assert proc.stdout.count("test[") == 25 and proc.stdout.startswith("test[0]: 7")
+    with Image.open(grid) as im:
+        assert im.format == "PNG" and im.size == (800, 900)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(mnist_onnx):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "convzoo", "serve", "--model", str(mnist_onnx), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.real_data
+def test_api(server, mnist_onnx, tmp_path):
+    import hashlib
+
+    import httpx
+
+    images, labels = mnist_test(8)
+    info = httpx.get(server + "/v1/model").json()
+    assert info["classes"] == [str(d) for d in range(10)]
+    assert info["sha256"] == hashlib.sha256(mnist_onnx.read_bytes()).hexdigest()
+    assert httpx.get(server + "/docs").status_code == 200 and "/v1/predict" in httpx.get(server + "/openapi.json").text
+
+    def good():
+        r = httpx.post(server + "/v1/predict", files={"file": ("d.png", png_bytes(255 - images[0, 0]), "image/png")})
+        assert r.status_code == 200 and r.json()["class"] == str(labels[0]), r.text
+
+    good()
+    batch = [base64.b64encode(png_bytes(im[0])).decode() for im in images]
+    r = httpx.post(server + "/v1/predict", json={"images": batch, "topk": 2})
+    assert [p["class"] for p in r.json()["predictions"]] == [str(v) for v in labels]
+
+    for name, (path, message) in bad_images(tmp_path).items():
+        r = httpx.post(server + "/v1/predict", files={"file": (name, path.read_bytes(), "image/png")})
+        assert r.status_code in (413, 415, 422) and message in r.json()["error"], (name, r.status_code, r.text)
+        good()
+    cases = [
+        (dict(content=os.urandom(6 * 1024 * 1024), headers={"content-type": "application/octet-stream"}), 413),
+        (dict(files={"file": ("big.png", os.urandom(6 * 1024 * 1024), "image/png")}), 413),
+        (dict(json={"images": ["@@not base64@@"]}), 422),
+        (dict(json={"pictures": []}), 422),
+        (dict(content=b"{broken", headers={"content-type": "application/json"}), 422),
+        (dict(content=b"raw", headers={"content-type": "text/plain"}), 415),
+        (dict(files={"file": ("../../etc/passwd", b"root:x:0:0", "image/png")}), 415),
+    ]
+    for kwargs, status in cases:
+        r = httpx.post(server + "/v1/predict", **kwargs)
+        assert r.status_code == status and "error" in r.json(), (kwargs.keys(), r.status_code, r.text)
+        good()
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+
+
+def digit_runs(digit: np.ndarray, scale: float = 10):
+    """Horizontal runs of ink in a 28x28 digit, as canvas coordinates: the strokes a hand would draw."""
+    for y in range(28):
+        x = 0
+        while x < 28:
+            if digit[y, x] > 100:
+                start = x
+                while x < 28 and digit[y, x] > 100:
+                    x += 1
+                yield ((start + 0.5) * scale, (y + 0.5) * scale), ((x - 0.5) * scale, (y + 0.5) * scale)
+            x += 1
+
+
+@pytest.mark.browser
+@pytest.mark.real_data
+def test_draw_digit_in_real_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    images, labels = mnist_test(3)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=flags)
+        page = browser.new_page(viewport={"width": 900, "height": 600})
+        page.goto(server + "/")
+        predicted = []
+        for digit, label in zip(images[:, 0], labels):
+            page.click("#clear")
+            box = page.locator("#pad").bounding_box()
+            for (x0, y0), (x1, y1) in digit_runs(digit, box["width"] / 28):
+                page.mouse.move(box["x"] + x0, box["y"] + y0)
+                page.mouse.down()
+                page.mouse.move(box["x"] + x1, box["y"] + y1, steps=2)
+                page.mouse.up()
+            page.wait_for_function("document.getElementById('prediction').dataset.class !== ''")
+            page.wait_for_timeout(300)  # the last stroke's request settles
+            predicted.append(page.locator("#prediction").get_attribute("data-class"))
+            page.screenshot(path=str(artifacts / f"draw-digit-{label}.png"))
+        browser.close()
+    assert predicted == [str(v) for v in labels]
