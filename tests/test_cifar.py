@@ -1,0 +1,52 @@
+"""alexnet-cifar on the real CIFAR-10 files, bf16 autocast, and AlexNet-specific bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from convzoo.engine.checkpoint import save_checkpoint
+from convzoo.models.registry import create_model
+
+from conftest import CIFAR_DIR, assert_user_error, need, run_cli
+
+CIFAR = ["--dataset", "cifar10", "--data-path", str(CIFAR_DIR)]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_alexnet_cifar_learns_real_cifar10(tmp_path):
+    """5,000 real training images, 3 epochs, scored on all 10,000 test images (chance is 10%)."""
+    need(CIFAR_DIR)
+    out = tmp_path / "run"
+    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "5000", "--epochs", "3", "--batch-size", "64",
+            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--output-dir", out, "--quiet", check=0)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["input"] == {"channels": 3, "size": 32, "fit": "none", "mean": [0.4914, 0.4822, 0.4465],
+                             "std": [0.247, 0.2435, 0.2616]}
+    assert ckpt["history"][-1]["test_acc"] >= 0.40, ckpt["history"]
+
+
+@pytest.mark.real_data
+def test_bf16_autocast_trains_without_nan(tmp_path):
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(CIFAR_DIR).parent / "mnist",
+            "--train-limit", "6400", "--epochs", "1", "--lr", "0.05", "--amp", "bf16", "--output-dir", out, "--quiet", check=0)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    assert math.isfinite(ckpt["history"][0]["train_loss"]) and ckpt["history"][0]["test_acc"] > 0.5
+
+
+@pytest.mark.real_data
+def test_alexnet_checkpoint_given_to_alexnet_cifar(tmp_path):
+    model = create_model("alexnet", 10, 3)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "last.pt", {"model": "alexnet", "num_classes": 10, "class_names": list("abcdefghij"),
+                                      "input": {"channels": 3, "size": 227, "fit": "resize", "mean": [0.5] * 3,
+                                                "std": [0.5] * 3}, "state_dict": model.state_dict(), "epoch": 1,
+                                      "step": 0, "config": {"epochs": 30}})
+    proc = run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--output-dir", run, "--resume")
+    assert_user_error(proc, "last.pt", "of model 'alexnet', not 'alexnet-cifar'")
