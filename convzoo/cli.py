@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="C,H,W (default: the model's own input)")
     p.set_defaults(handler=cmd_summary)
 
+    p = sub.add_parser("quantize", help="QAT or PTQ to an int8 ONNX model, with an fp32-vs-int8 report")
+    p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", help="fp32 convzoo checkpoint (omit with --config to train first)")
+    p.add_argument("--config", help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
+    p.add_argument("--method", default="qat", help="qat | ptq")
+    p.add_argument("--epochs", type=int, default=1, help="QAT fine-tune epochs")
+    p.add_argument("--lr", type=float, default=0.001, help="QAT fine-tune peak learning rate")
+    p.add_argument("--calib-batches", type=int, default=32)
+    p.add_argument("--output-dir")
+    p.add_argument("--data-path", "--data_path", dest="data_path")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(handler=cmd_quantize)
+
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked in onnxruntime) or torch.export .pt2")
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True)
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
@@ -218,10 +230,16 @@ def cmd_eval(args) -> int:
     if not args.ckpt and not args.model:
         raise ConfigError("eval needs --ckpt PATH (a convzoo checkpoint) or --model (an .onnx file or NAME:DATASET)")
     configure_threads(args.threads or 2, torch.device("cpu"))
-    result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
-                                 batch_size=args.batch_size)
+    if args.model:
+        from .deploy.predict import evaluate_model_file
+
+        result = evaluate_model_file(resolve_model(args.model), dataset=args.dataset, data_path=args.data_path,
+                                     threads=args.threads or 2)
+    else:
+        result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
+                                     batch_size=args.batch_size)
     if args.json:
-        print(json.dumps({"accuracy": result.accuracy, "loss": result.loss, "per_class": dict(zip(result.classes,
+        print(json.dumps({"accuracy": result.accuracy, "per_class": dict(zip(result.classes,
                           result.per_class)), "confusion": result.confusion.tolist()}))
     else:
         print(f"'Accuracy': {result.accuracy:.4f}")
@@ -330,4 +348,25 @@ def cmd_serve(args) -> int:
 
     serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
           max_upload=int(args.max_upload_mb * 1024 * 1024))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from pathlib import Path
+
+    from .errors import ConfigError
+    from .quant.pipeline import run_quantize
+
+    ckpt = args.ckpt
+    if not ckpt:
+        if not args.config:
+            raise ConfigError("quantize needs --ckpt PATH (an fp32 checkpoint) or --config PRESET to train one first")
+        from .config import build_config
+        from .engine.trainer import train
+
+        cfg = build_config(args.config, {"data_path": args.data_path})
+        result = train(cfg, exist_ok=True)
+        ckpt = str(Path(result["output_dir"]) / "best.pt")
+    run_quantize(ckpt, method=args.method, epochs=args.epochs, lr=args.lr, calib_batches=args.calib_batches,
+                 output_dir=args.output_dir, data_path=args.data_path, threads=args.threads)
     return 0

@@ -103,3 +103,23 @@ def read_metadata(onnx_path) -> dict:
         if prop.key == META_KEY:
             return json.loads(prop.value)
     return {}
+
+
+def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2):
+    """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split."""
+    import torch
+
+    from ..data.tensors import load_dataset
+    from ..engine.evaluate import EvalResult
+    from ..engine.trainer import select_classes_by_name
+    from .preprocess import from_dataset
+
+    predictor = Predictor(path, threads=threads)
+    _, test, _ = load_dataset(dataset or predictor.meta["dataset"], data_path)
+    test = select_classes_by_name(test, predictor.classes, path)
+    k = len(predictor.classes)
+    images, labels = test.images.numpy(), test.labels.numpy()
+    preds = np.concatenate([predictor.run(from_dataset(images[i: i + 1000], predictor.meta)).argmax(1)
+                            for i in range(0, len(images), 1000)])
+    confusion = torch.from_numpy(np.bincount(labels * k + preds, minlength=k * k).reshape(k, k))
+    return EvalResult(float((preds == labels).mean()), float("nan"), confusion, tuple(predictor.classes))

@@ -13,22 +13,47 @@ class LeNet5(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
+        # One module per use (not a shared ReLU/pool): quantizers match patterns per module.
         self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(6, 16, 5)
-        self.pool = nn.MaxPool2d(2)
-        self.relu = nn.ReLU()
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.relu3 = nn.ReLU()
         self.fc2 = nn.Linear(120, 84)
+        self.relu4 = nn.ReLU()
         self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x):
-        x = self.pool(self.relu(self.conv1(x)))
-        x = self.pool(self.relu(self.conv2(x)))
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
         x = self.flatten(x)
-        x = self.relu(self.fc1(x))
-        x = self.relu(self.fc2(x))
+        x = self.relu3(self.fc1(x))
+        x = self.relu4(self.fc2(x))
         return self.fc3(x)
+
+
+class LeNetQuant(nn.Module):
+    """The MindSpore LeNet-Quant "fused" network: Conv2dBnAct blocks (conv, BatchNorm, ReLU) and
+    DenseBnAct layers without BN, the shape quantization-aware training folds into int8 kernels."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 6, 5, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Sequential(nn.Conv2d(6, 16, 5, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.ReLU())
+        self.fc2 = nn.Sequential(nn.Linear(120, 84), nn.ReLU())
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = self.pool2(self.conv2(self.pool1(self.conv1(x))))
+        return self.fc3(self.fc2(self.fc1(self.flatten(x))))
 
 
 class LeNet5Keras(nn.Module):

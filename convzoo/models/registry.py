@@ -31,6 +31,7 @@ def register(info: ModelInfo) -> None:
 
 register(ModelInfo("lenet5", lenet.LeNet5, 32, "pad", 1, "MindSpore model-zoo LeNet5 (ReLU, max-pool, 32x32)"))
 register(ModelInfo("lenet5-keras", lenet.LeNet5Keras, 28, "resize", 1, "the Keras tutorial's LeNet-5 variant (28x28)"))
+register(ModelInfo("lenet-quant", lenet.LeNetQuant, 32, "pad", 1, "MindSpore LeNet-Quant fused net (conv-BN-ReLU)"))
 register(ModelInfo("lenet5-1998", lenet.LeNet5Paper, 32, "pad", 1, "LeCun et al. 1998: tanh, trainable subsampling, C3 table, RBF"))
 
 register(ModelInfo("alexnet", alexnet.AlexNet, 227, "resize", 2, "MindSpore model-zoo AlexNet (227x227, 58.3M params)", 3))

@@ -1,0 +1,82 @@
+"""`convzoo quantize`: QAT fine-tune (or PTQ) of a checkpoint -> int8 ONNX, QAT checkpoint, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.formats import atomic_write_bytes
+from ..data.tensors import InputSpec, load_dataset
+from ..deploy.export import export_onnx, model_metadata
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..engine.trainer import select_classes_by_name
+from ..errors import ConfigError
+from .ptq import calibration_batches, check_quantizable, quantize_onnx
+from .report import compare, format_table
+
+
+def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
+                 output_dir=None, data_path=None, threads: int = 2, log=print) -> dict:
+    if method not in ("qat", "ptq"):
+        raise ConfigError(f"--method must be qat or ptq, got {method!r}")
+    if calib_batches < 1:
+        raise ConfigError(f"--calib-batches must be >= 1, got {calib_batches}")
+    if method == "qat" and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1 for QAT, got {epochs}")
+    ckpt = load_checkpoint(ckpt_path)
+    check_quantizable(ckpt["model"], ckpt_path)
+    torch.set_num_threads(threads)
+    out = Path(output_dir or Path(ckpt_path).parent / f"quant-{method}")
+    out.mkdir(parents=True, exist_ok=True)
+    spec = InputSpec.from_dict(ckpt["input"])
+    train, test, _ = load_dataset(ckpt["dataset"], data_path)
+    train = select_classes_by_name(train, ckpt["class_names"], ckpt_path)
+    test = select_classes_by_name(test, ckpt["class_names"], ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path)
+
+    from ..data.tensors import to_model_input
+
+    x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
+    reference = None
+    export_onnx(ckpt_path, out / "model-fp32.onnx")
+    if method == "qat":
+        cfg = ckpt.get("config", {})
+        state, converted = qat_finetune_logged(model, train, spec, epochs=epochs, lr=lr, cfg=cfg, log=log)
+        model.load_state_dict(state)
+        with torch.no_grad():
+            reference = converted(x_test[:1000]).numpy()
+        payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "optimizer", "scaler")}
+        save_checkpoint(out / "qat.pt", {**payload, "state_dict": model.state_dict(),
+                                         "quantization": {"method": "qat", "epochs": epochs, "lr": lr}})
+        source = out / "qat.pt"
+        export_onnx(source, out / "qat-fp32.onnx")
+        float_graph = out / "qat-fp32.onnx"
+    else:
+        float_graph = out / "model-fp32.onnx"
+    calib = calibration_batches(train, spec, calib_batches)
+    quantize_onnx(float_graph, out / "model-int8.onnx", calib, {**model_metadata(ckpt), "quantization": method})
+    result = compare(out / "model-fp32.onnx", out / "model-int8.onnx", x_test.numpy(), test.labels.numpy(),
+                     threads=threads, reference_int8_logits=reference)
+    result.update(method=method, model=ckpt["model"], dataset=ckpt["dataset"], checkpoint=str(ckpt_path))
+    table = format_table(result)
+    report = (f"# int8 report: {ckpt['model']} on {ckpt['dataset']} ({method.upper()})\n\n"
+              f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, per-channel symmetric int8 weights, "
+              f"uint8 activations, {calib_batches} calibration batches).\n\n{table}\n")
+    atomic_write_bytes(out / "report.md", report.encode())
+    atomic_write_bytes(out / "report.json", json.dumps(result, indent=1).encode())
+    log(table)
+    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'report.md'}")
+    return result
+
+
+def qat_finetune_logged(model, train, spec, *, epochs, lr, cfg, log):
+    from .qat import qat_finetune
+
+    return qat_finetune(model, train, spec, epochs=epochs, lr=lr, batch_size=int(cfg.get("batch_size", 64)),
+                        seed=int(cfg.get("seed", 0)), augment=cfg.get("augment", "none"),
+                        shift_pad=int(cfg.get("shift_pad", 2)), log=log)
