@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(handler=cmd_quantize)
 
+    p = sub.add_parser("report", help="a run's history table and curves; several runs side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--output", "-o", help="report.md path (default: in the run, or ./report.md for several)")
+    p.add_argument("--html", action="store_true", help="also write a self-contained .html page")
+    p.set_defaults(handler=cmd_report)
+
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked in onnxruntime) or torch.export .pt2")
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True)
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
@@ -222,6 +228,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from pathlib import Path
+
     from .engine.evaluate import evaluate_checkpoint
     from .engine.trainer import configure_threads
     from .errors import ConfigError
@@ -244,10 +252,13 @@ def cmd_eval(args) -> int:
     else:
         print(f"'Accuracy': {result.accuracy:.4f}")
         print(result.table())
-    if args.confusion:
+    confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png") if args.ckpt else None)
+    if confusion:
         from .report.plots import plot_confusion
 
-        plot_confusion(result.confusion, result.classes, args.confusion)
+        plot_confusion(result.confusion, result.classes, confusion)
+        if not args.json:
+            print(f"confusion matrix: {confusion}")
     return 0
 
 
@@ -369,4 +380,13 @@ def cmd_quantize(args) -> int:
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     run_quantize(ckpt, method=args.method, epochs=args.epochs, lr=args.lr, calib_batches=args.calib_batches,
                  output_dir=args.output_dir, data_path=args.data_path, threads=args.threads)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report.tables import build_report
+
+    text, out = build_report(args.runs, args.output, html_page=args.html)
+    print(text)
+    print(f"report: {out}" + (f" and {out.with_suffix('.html')}" if args.html else ""))
     return 0

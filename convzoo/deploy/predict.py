@@ -21,6 +21,8 @@ class Predictor:
         self.threads = threads
         if self.path.suffix == ".onnx":
             self.meta, self.run = self._load_onnx()
+        elif self.path.suffix == ".safetensors":
+            self.meta, self.run = self._load_torch(safetensors=True)
         else:
             self.meta, self.run = self._load_torch()
 
@@ -42,13 +44,14 @@ class Predictor:
         name = session.get_inputs()[0].name
         return meta, lambda x: session.run(None, {name: x})[0]
 
-    def _load_torch(self):
+    def _load_torch(self, safetensors: bool = False):
         import torch
 
         from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from ..models.pretrained import load_safetensors_checkpoint
         from .export import model_metadata
 
-        ckpt = load_checkpoint(self.path)
+        ckpt = load_safetensors_checkpoint(self.path) if safetensors else load_checkpoint(self.path)
         model = model_from_checkpoint(ckpt, self.path).eval()
         torch.set_num_threads(self.threads)
 

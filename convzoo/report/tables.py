@@ -1,0 +1,116 @@
+"""`convzoo report`: a run's config, accuracy and per-epoch table; several runs side by side."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import yaml
+
+from ..data.formats import atomic_write_bytes
+from ..engine.rundir import read_metrics
+from ..errors import ConfigError
+from .plots import plot_curves
+
+
+def load_run(folder) -> dict:
+    folder = Path(folder)
+    if not (folder / "metrics.csv").is_file():
+        raise ConfigError("not a run directory (no metrics.csv)", folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    history = read_metrics(folder)
+    if not history:
+        raise ConfigError("run has no finished epoch yet", folder)
+    key = "val_acc" if history[-1].get("val_acc") is not None else "test_acc"
+    best = max(history, key=lambda h: h[key])
+    return {"folder": folder, "name": folder.name, "config": config, "history": history, "select": key,
+            "best": best, "last": history[-1], "time_s": sum(h["epoch_time_s"] for h in history)}
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value, spec=".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def epoch_table(run: dict) -> str:
+    rows = [[int(h["epoch"]), fmt(h["train_loss"]), fmt(h["train_acc"]), fmt(h.get("val_acc")), fmt(h["test_acc"]),
+             fmt(h["lr"], ".6f"), fmt(h["epoch_time_s"], ".1f"), fmt(h["images_per_s"], ".0f")] for h in run["history"]]
+    return markdown_table(["epoch", "train loss", "train acc", "val acc", "test acc", "lr", "time (s)", "img/s"], rows)
+
+
+def comparison_table(runs: list[dict]) -> str:
+    rows = [[r["name"], r["config"].get("model", "?"), r["config"].get("dataset", "?"), len(r["history"]),
+             r["config"].get("batch_size", "?"), r["config"].get("optimizer", "?"), r["config"].get("schedule", "?"),
+             fmt(r["best"]["test_acc"]), fmt(r["last"]["test_acc"]), fmt(r["time_s"], ".0f")] for r in runs]
+    return markdown_table(["run", "model", "dataset", "epochs", "batch", "optimizer", "schedule", "best test acc",
+                           "last test acc", "train time (s)"], rows)
+
+
+def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str, Path]:
+    """Write report.md (and report.html) and return the markdown and where it went."""
+    runs = [load_run(f) for f in folders]
+    if len(runs) == 1:
+        run = runs[0]
+        out = Path(output) if output else run["folder"] / "report.md"
+        curves = plot_curves(run["history"], run["folder"] / "curves.png")
+        settings = ", ".join(f"{k}={v}" for k, v in run["config"].items() if v not in (None, [], ""))
+        text = (f"# Run {run['name']}\n\n{settings}\n\n"
+                f"Best {run['select'].replace('_', ' ')} at epoch {int(run['best']['epoch'])}: "
+                f"test accuracy {run['best']['test_acc']:.4f}; last epoch: {run['last']['test_acc']:.4f}; "
+                f"training time {run['time_s']:.0f} s.\n\n{epoch_table(run)}\n\n![curves]({rel(curves, out)})\n")
+        images = [curves]
+    else:
+        out = Path(output or "report.md")
+        curves = plot_curves({r["name"]: r["history"] for r in runs}, out.with_name(out.stem + "-curves.png"))
+        text = f"# {len(runs)} runs compared\n\n{comparison_table(runs)}\n\n![curves]({rel(curves, out)})\n"
+        images = [curves]
+    atomic_write_bytes(out, text.encode())
+    if html_page:
+        atomic_write_bytes(out.with_suffix(".html"), to_html(text, images).encode())
+    return text, out
+
+
+def rel(path: Path, report: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(report.resolve().parent))
+    except ValueError:
+        return str(path.resolve())
+
+
+def to_html(markdown: str, images: list[Path]) -> str:
+    """A single self-contained page: tables as HTML, plots embedded as base64 PNG."""
+    body, table = [], []
+
+    def flush():
+        if table:
+            header, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if "---|" not in line]
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            continue
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    for image in images:
+        data = base64.b64encode(Path(image).read_bytes()).decode()
+        body.append(f'<img alt="{html.escape(Path(image).stem)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}table{border-collapse:collapse;"
+             "margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>convzoo report</title><style>{style}</style>" \
+           f"</head><body>{''.join(body)}</body></html>"
