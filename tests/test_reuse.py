@@ -1,0 +1,127 @@
+"""Plots and reports of real runs, transfer learning with restore/exclude/freeze, pretrained weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, need, run_cli
+
+FASHION = ["--dataset", "fashion-mnist", "--data-path", str(FASHION_DIR)]
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("short") / "run"
+    run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--train-limit", "3200",
+            "--epochs", "2", "--output-dir", out, "--quiet", check=0)
+    return out
+
+
+@pytest.mark.real_data
+def test_plots_and_report(short_run, mnist_run, tmp_path):
+    assert png_size(short_run / "curves.png") == (1100, 420)
+    proc = run_cli("eval", "--ckpt", short_run / "best.pt", "--data-path", MNIST_DIR, check=0)
+    assert "confusion matrix:" in proc.stdout and png_size(short_run / "confusion.png")[0] >= 600
+    proc = run_cli("report", short_run, "--html", check=0)
+    assert "| epoch | train loss" in proc.stdout and (short_run / "report.md").is_file()
+    page = (short_run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "<table>" in page
+    out = tmp_path / "both.md"
+    proc = run_cli("report", short_run, mnist_run, "--output", out, check=0)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| run")] + \
+            [line for line in proc.stdout.splitlines() if line.startswith(f"| {short_run.name} |")]
+    assert len(lines) == 2 and f"| {mnist_run.name} |" in proc.stdout
+    assert png_size(tmp_path / "both-curves.png") == (1100, 420)
+    assert_user_error(run_cli("report", tmp_path), "not a run directory")
+
+
+def json_events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.real_data
+def test_restore_exclude_and_freeze(mnist_run, tmp_path):
+    out = tmp_path / "fashion"
+    proc = run_cli("train", "--model", "lenet5", *FASHION, "--train-limit", "3200", "--epochs", "1",
+                   "--restore_path", mnist_run / "best.pt", "--restore_exclude", "fc3.*", "--freeze", "conv1.*,conv2.*",
+                   "--output-dir", out, "--json", check=0)
+    restore = next(e["restore"] for e in json_events(proc.stdout) if "restore" in e)
+    assert restore["loaded"] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias",
+                                 "fc2.weight", "fc2.bias"]
+    assert restore["excluded"] == ["fc3.weight", "fc3.bias"] and restore["new"] == ["fc3.weight", "fc3.bias"]
+    source = torch.load(mnist_run / "best.pt", weights_only=True)["state_dict"]
+    trained = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"):
+        assert torch.equal(source[name], trained[name]), name  # frozen: bit-identical
+    assert not torch.equal(source["fc1.weight"], trained["fc1.weight"])  # not frozen: trained
+
+
+@pytest.mark.real_data
+def test_restore_to_class_subset_skips_mismatched_head(mnist_run, tmp_path):
+    proc = run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", MNIST_DIR, "--classes", "3,5,8",
+                   "--train-limit", "6000", "--epochs", "1", "--restore", mnist_run / "best.pt",
+                   "--output-dir", tmp_path / "sub", "--json", check=0)
+    restore = next(e["restore"] for e in json_events(proc.stdout) if "restore" in e)
+    assert restore["shape_mismatch"] == ["fc3.weight (10, 84)->(3, 84)", "fc3.bias (10,)->(3,)"]
+    ckpt = torch.load(tmp_path / "sub" / "best.pt", weights_only=True)
+    assert ckpt["class_names"] == ["3", "5", "8"] and ckpt["history"][-1]["test_acc"] > 0.95
+
+
+@pytest.mark.real_data
+def test_finetune_from_mnist_beats_scratch_on_fashion(mnist_run, tmp_path):
+    """Same seed, same data, one epoch on 6,000 Fashion-MNIST images: the MNIST-pretrained
+    convolutions start from useful edge detectors."""
+    common = ["--model", "lenet5", *FASHION, "--train-limit", "6000", "--epochs", "1", "--seed", "0", "--quiet"]
+    run_cli("train", *common, "--output-dir", tmp_path / "scratch", check=0)
+    run_cli("train", *common, "--restore", mnist_run / "best.pt", "--restore-exclude", "fc*",
+            "--output-dir", tmp_path / "finetune", check=0)
+    acc = {name: torch.load(tmp_path / name / "last.pt", weights_only=True)["history"][-1]["test_acc"]
+           for name in ("scratch", "finetune")}
+    assert acc["finetune"] > acc["scratch"], acc
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name,data", [("lenet5:mnist", MNIST_DIR), ("lenet5:fashion-mnist", FASHION_DIR)])
+def test_pretrained_reproduces_recorded_accuracy(name, data):
+    from convzoo.models.pretrained import index
+
+    entry = index()[name]
+    assert entry["size_bytes"] < 300 * 1024
+    proc = run_cli("eval", "--model", name, "--data-path", data, "--json", check=0)
+    assert json.loads(proc.stdout)["accuracy"] == entry["accuracy"]
+
+
+@pytest.mark.real_data
+def test_pretrained_predict_without_training(tmp_path):
+    from convzoo.data import formats
+
+    digit = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]
+    Image.fromarray(255 - digit).resize((120, 120)).save(tmp_path / "seven.png")
+    proc = run_cli("predict", "--model", "lenet5:mnist", tmp_path / "seven.png", check=0)
+    assert proc.stdout.split(": ")[1].startswith("7 ")
+
+
+def test_tampered_pretrained_weights_refused(tmp_path, monkeypatch, capsys):
+    from convzoo import cli
+    from convzoo.models import pretrained
+
+    copy = tmp_path / "pretrained"
+    shutil.copytree(pretrained.package_folder(), copy)
+    data = bytearray((copy / "lenet5-mnist.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "lenet5-mnist.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "package_folder", lambda: copy)
+    assert cli.main(["predict", "--model", "lenet5:mnist", str(tmp_path / "any.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lenet5-mnist.safetensors" in err and "does not match the recorded" in err
