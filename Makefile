@@ -21,6 +21,11 @@ demo: setup
 	$(CONVZOO) data info mnist
 	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok
 	$(CONVZOO) eval --ckpt $(DEMO)/best.pt
+	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant
+	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx
+	$(CONVZOO) data sample mnist --count 5 --output $(DEMO)/digits
+	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits/*.png
+	$(CONVZOO) predict --model $(DEMO)/quant/model-int8.onnx --from-test 25 --grid $(DEMO)/grid.png
 
 test: setup
 	$(PY) -m pytest -q

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import ConvzooError
 
@@ -62,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("data", help="download | verify | info a data set")
-    p.add_argument("action", choices=["download", "verify", "info"])
+    p.add_argument("action", choices=["download", "verify", "info", "sample"])
     p.add_argument("name")
+    p.add_argument("--count", type=int, default=5, help="sample: how many test images to save as PNG")
+    p.add_argument("--output", default="samples", help="sample: folder for the PNG files")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--mirror", action="append", help="base URL to download from (repeatable; tried in order)")
     p.add_argument("--timeout", type=float, default=30, help="seconds per network read")
@@ -165,9 +168,9 @@ def _globs(text: str) -> list[str]:
 def cmd_data(args) -> int:
     from .data.catalog import get_spec
     from .data.fetch import download_dataset, cache_root, locate
-    from pathlib import Path
-
     spec = get_spec(args.name)
+    if args.action == "sample":
+        return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output))
     if args.action == "download":
         located = download_dataset(spec, Path(args.data_path) if args.data_path else cache_root(), mirrors=args.mirror,
                                    timeout=args.timeout)
@@ -182,6 +185,23 @@ def cmd_data(args) -> int:
     if not located.verified:
         print(located.warning(), file=sys.stderr)
     return 0 if located.verified else 1
+
+
+def save_samples(located, count: int, folder) -> int:
+    """The first `count` test images as PNG files named by index and true class."""
+    from PIL import Image
+
+    from .data.tensors import read_split
+
+    test = read_split(located, "test")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(min(count, len(test))):
+        image = test.images[i].numpy()
+        label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
+        path = folder / f"test-{i:05d}-{label}.png"
+        Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(path)
+        print(path)
+    return 0
 
 
 def print_info(located, as_json: bool) -> int:
@@ -228,8 +248,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
     from .engine.evaluate import evaluate_checkpoint
     from .engine.trainer import configure_threads
     from .errors import ConfigError
@@ -286,8 +304,6 @@ def cmd_summary(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
-
     from .deploy.export import export_onnx, export_pt2
 
     ckpt = Path(args.ckpt)
@@ -345,8 +361,6 @@ def predict_test_images(predictor, args) -> int:
 
 def resolve_model(name: str) -> str:
     """A file path as is; NAME:DATASET is a shipped pretrained model."""
-    from pathlib import Path
-
     if ":" in name and not Path(name).exists():
         from .models.pretrained import pretrained_path
 
@@ -363,8 +377,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from pathlib import Path
-
     from .errors import ConfigError
     from .quant.pipeline import run_quantize
 
