@@ -1,7 +1,7 @@
 """Shipped pretrained weights: safetensors files in convzoo/pretrained/, listed with their sha256
 and recorded test accuracy in index.json. A file whose sha256 differs from the record is refused.
 
-    python -m convzoo.models.pretrained pack RUN/best.pt NAME:DATASET   (used by scripts/make_pretrained.sh)
+    python -m convzoo.models.pretrained pack RUN/last.pt NAME:DATASET [RECIPE]   (scripts/make_pretrained.sh)
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def load_safetensors_checkpoint(path) -> dict:
     return {**info, "state_dict": state}
 
 
-def pack(ckpt_path, name: str) -> dict:
+def pack(ckpt_path, name: str, recipe: str = "scripts/make_pretrained.sh") -> dict:
     """Write the weights of `ckpt_path` as NAME's safetensors file and record its sha256 and accuracy."""
     from safetensors.torch import save_file
 
@@ -75,12 +75,12 @@ def pack(ckpt_path, name: str) -> dict:
     entries = index()
     entries[name] = {"file": out.name, "model": info["model"], "dataset": info["dataset"], "accuracy": accuracy,
                      "size_bytes": out.stat().st_size, "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-                     "recipe": ckpt.get("config", {}).get("description") or "scripts/make_pretrained.sh"}
+                     "recipe": recipe}
     (package_folder() / INDEX).write_text(json.dumps(entries, indent=1) + "\n")
     return entries[name]
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "pack":
+    if len(sys.argv) not in (4, 5) or sys.argv[1] != "pack":
         sys.exit(__doc__)
-    print(json.dumps(pack(sys.argv[2], sys.argv[3]), indent=1))
+    print(json.dumps(pack(*sys.argv[2:]), indent=1))
