@@ -36,6 +36,7 @@ TRAIN_FLAGS = {
     "device": (["--device", "--device_target", "--device-target"], str, "auto | cpu | cuda | mps"),
     "threads": (["--threads"], int, "CPU threads (0: the model's default)"),
     "print_freq": (["--print-freq"], int, "log a step line every N steps"),
+    "eval_every": (["--eval-every"], int, "evaluate every N epochs (the last one always)"),
     "save_every": (["--save-every"], int, "also write last.pt every N steps"),
     "restore": (["--restore", "--restore_path", "--restore-path"], str, "initialise from this checkpoint's matching tensors"),
 }

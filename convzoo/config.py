@@ -41,6 +41,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # 0: the model's default
     print_freq: int = 100
+    eval_every: int = 1  # evaluate on the test (and val) split every N epochs; the last epoch always
     save_every: int = 0  # also write last.pt every N steps (0: at epoch ends only)
     restore: str | None = None
     restore_exclude: list[str] = field(default_factory=list)
@@ -56,6 +57,7 @@ class TrainConfig:
             (self.steps_per_epoch >= 0, f"--steps-per-epoch must be >= 0, got {self.steps_per_epoch}"),
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
+            (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.train_limit >= 0, f"--train-limit must be >= 0, got {self.train_limit}"),
         ]
         for ok, message in checks:

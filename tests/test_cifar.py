@@ -22,7 +22,8 @@ def test_alexnet_cifar_learns_real_cifar10(tmp_path):
     need(CIFAR_DIR)
     out = tmp_path / "run"
     run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "5000", "--epochs", "3", "--batch-size", "64",
-            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--output-dir", out, "--quiet", check=0)
+            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--eval-every", "3", "--output-dir", out,
+            "--quiet", check=0)
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["input"] == {"channels": 3, "size": 32, "fit": "none", "mean": [0.4914, 0.4822, 0.4465],
                              "std": [0.247, 0.2435, 0.2616]}

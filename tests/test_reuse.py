@@ -39,9 +39,9 @@ def test_plots_and_report(short_run, mnist_run, tmp_path):
     assert page.count("data:image/png;base64,") == 1 and "<table>" in page
     out = tmp_path / "both.md"
     proc = run_cli("report", short_run, mnist_run, "--output", out, check=0)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("| run")] + \
-            [line for line in proc.stdout.splitlines() if line.startswith(f"| {short_run.name} |")]
-    assert len(lines) == 2 and f"| {mnist_run.name} |" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "| lenet5 | mnist |" in line]
+    assert len(rows) == 2 and rows[0].startswith(f"| {short_run.parent.name}/run |")
+    assert rows[1].startswith(f"| {mnist_run.parent.name}/run |") and "| onecycle |" in rows[1]
     assert png_size(tmp_path / "both-curves.png") == (1100, 420)
     assert_user_error(run_cli("report", tmp_path), "not a run directory")
 

@@ -173,16 +173,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
             log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / max(steps_run, 1):.3f}, "
                      f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
                      step_ms=epoch_time * 1000 / max(steps_run, 1), avg_loss=train_loss)
-            val = evaluate(model, val_split, spec, amp_dtype=amp_dtype) if val_split is not None else None
-            test = evaluate(model, test_split, spec, amp_dtype=amp_dtype)
+            evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            val = evaluate(model, val_split, spec, amp_dtype=amp_dtype) if evaluated and val_split is not None else None
+            test = evaluate(model, test_split, spec, amp_dtype=amp_dtype) if evaluated else None
             row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                   "val_acc": val.accuracy if val else None, "test_acc": test.accuracy, "lr": lr,
+                   "val_acc": val.accuracy if val else None, "test_acc": test.accuracy if test else None, "lr": lr,
                    "epoch_time_s": epoch_time, "images_per_s": float(stats[2]) / epoch_time}
             history.append(row)
             log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}] train acc: {train_acc:.4f}"
-                     + (f", val acc: {val.accuracy:.4f}" if val else "") + f", test acc: {test.accuracy:.4f}, "
-                     f"lr: {lr:.6f}, {row['images_per_s']:.0f} img/s", event="epoch", **row)
-            score = val.accuracy if val else test.accuracy
+                     + (f", val acc: {val.accuracy:.4f}" if val else "")
+                     + (f", test acc: {test.accuracy:.4f}" if test else "")
+                     + f", lr: {lr:.6f}, {row['images_per_s']:.0f} img/s", event="epoch", **row)
+            score = (val or test).accuracy if evaluated else -1.0
             if score > best:
                 best = score
                 checkpoint(epoch + 1, 0, None, "best.pt")

@@ -23,7 +23,7 @@ def load_run(folder) -> dict:
     if not history:
         raise ConfigError("run has no finished epoch yet", folder)
     key = "val_acc" if history[-1].get("val_acc") is not None else "test_acc"
-    best = max(history, key=lambda h: h[key])
+    best = max((h for h in history if h[key] is not None), key=lambda h: h[key])
     return {"folder": folder, "name": folder.name, "config": config, "history": history, "select": key,
             "best": best, "last": history[-1], "time_s": sum(h["epoch_time_s"] for h in history)}
 
@@ -55,6 +55,9 @@ def comparison_table(runs: list[dict]) -> str:
 def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str, Path]:
     """Write report.md (and report.html) and return the markdown and where it went."""
     runs = [load_run(f) for f in folders]
+    if len({r["name"] for r in runs}) < len(runs):  # same folder names: tell them apart by their parents
+        for r in runs:
+            r["name"] = f"{r['folder'].parent.name}/{r['folder'].name}"
     if len(runs) == 1:
         run = runs[0]
         out = Path(output) if output else run["folder"] / "report.md"
