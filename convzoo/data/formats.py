@@ -7,13 +7,12 @@ decoding is one vectorised numpy call, never a loop over images.
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from ..errors import DataError
 
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
@@ -152,18 +151,3 @@ def read_maybe_gzip(path) -> bytes:
         raise DataError("truncated gzip file (ends before the end-of-stream marker)", path) from None
     except (gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise DataError(f"corrupt gzip file: {exc}", path) from None
-
-
-def atomic_write_bytes(path, payload: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

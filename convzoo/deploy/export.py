@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..errors import ConfigError
 from .predict import META_KEY
@@ -71,15 +72,9 @@ def save_onnx(onnx_model, out_path) -> None:
     import onnx
 
     onnx.checker.check_model(onnx_model, full_check=True)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        onnx.save(onnx_model, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path, ".onnx") as tmp:
+        onnx.save(onnx_model, str(tmp))
 
 
 def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor | None = None) -> float:
@@ -104,7 +99,6 @@ def export_pt2(ckpt_path, out_path) -> dict:
     out_path = Path(out_path)
     if out_path.suffix != ".pt2":
         raise ConfigError(f"a torch.export archive must end in .pt2, got {out_path.name}")
-    tmp = out_path.with_name(f".{out_path.name}.tmp.pt2")
-    torch.export.save(program, tmp, extra_files={"convzoo.json": json.dumps(model_metadata(ckpt))})
-    os.replace(tmp, out_path)
+    with atomic_path(out_path, ".pt2") as tmp:
+        torch.export.save(program, tmp, extra_files={"convzoo.json": json.dumps(model_metadata(ckpt))})
     return {"path": str(out_path)}

@@ -7,15 +7,14 @@ that needs arbitrary unpickling is refused, never executed.
 from __future__ import annotations
 
 import fnmatch
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 
 FORMAT = "convzoo-checkpoint"
@@ -25,18 +24,8 @@ REQUIRED = ("model", "num_classes", "class_names", "input", "state_dict")
 
 def save_checkpoint(path, payload: dict) -> None:
     """torch.save to a temp file beside `path`, fsync, rename: a crash never leaves half a file."""
-    path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.formats import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..errors import ConfigError
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s"]

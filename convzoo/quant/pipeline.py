@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.formats import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..data.tensors import InputSpec, load_dataset
 from ..deploy.export import export_onnx, model_metadata
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint

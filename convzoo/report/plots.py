@@ -88,18 +88,13 @@ def plot_grid(images: np.ndarray, true: list[str], predicted: list[str], out, ti
 
 
 def _save(fig, out) -> Path:
-    import os
-    import tempfile
+    from ..atomic import atomic_path
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_path(out, ".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
-        fig.clf()
         _pyplot().close(fig)
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.formats import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..engine.rundir import read_metrics
 from ..errors import ConfigError
 from .plots import plot_curves
