@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-upload-mb", type=float, default=5.0)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.set_defaults(handler=cmd_serve)
 
     return parser
@@ -373,7 +374,7 @@ def cmd_serve(args) -> int:
     from .deploy.server import serve
 
     serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
-          max_upload=int(args.max_upload_mb * 1024 * 1024))
+          max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers)
     return 0
 
 

@@ -197,6 +197,8 @@ def test_api(server, mnist_onnx, tmp_path):
         assert r.status_code == 200 and r.json()["class"] == str(labels[0]), r.text
 
     good()
+    raw = httpx.post(server + "/v1/predict?topk=2", content=png_bytes(images[1, 0]), headers={"content-type": "image/png"})
+    assert raw.json()["class"] == str(labels[1]) and len(raw.json()["topk"]) == 2
     batch = [base64.b64encode(png_bytes(im[0])).decode() for im in images]
     r = httpx.post(server + "/v1/predict", json={"images": batch, "topk": 2})
     assert [p["class"] for p in r.json()["predictions"]] == [str(v) for v in labels]

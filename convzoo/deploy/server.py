@@ -55,18 +55,22 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1) ->
 
     @app.post("/v1/predict")
     async def predict(request: Request):
-        """A multipart upload (field `file`) or JSON {"images": [base64, ...], "topk": 3}."""
+        """A multipart upload (field `file`), a raw image body (Content-Type image/*), or
+        JSON {"images": [base64, ...], "topk": 3} for a batch."""
         body = await read_limited(request, max_upload)
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             images, topk = await from_multipart(request, body), int(request.query_params.get("topk", 3))
         elif ctype.startswith("application/json"):
             images, topk = from_json(body)
+        elif ctype.startswith("image/"):  # the raw image as the body: the cheapest single-image request
+            images, topk = [("body", body)], int(request.query_params.get("topk", 3))
         else:
-            raise RequestError(415, f"send multipart/form-data (field 'file') or application/json, not {ctype or 'nothing'!r}")
+            raise RequestError(415, "send multipart/form-data (field 'file'), an image/* body or application/json, "
+                                    f"not {ctype or 'nothing'!r}")
         decoded = [decode(data, name) for name, data in images]
         results = predictor.predict_images(decoded, topk=max(1, min(topk, len(predictor.classes))))
-        if len(results) == 1 and ctype.startswith("multipart/form-data"):
+        if len(results) == 1 and not ctype.startswith("application/json"):
             return results[0]
         return {"predictions": results}
 
@@ -132,9 +136,27 @@ def decode(data: bytes, name: str):
         raise RequestError(status, text) from None
 
 
-def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, threads: int = 1, max_upload: int = MAX_UPLOAD):
+def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, threads: int = 1, max_upload: int = MAX_UPLOAD,
+          workers: int = 1):
+    """Run uvicorn; with workers > 1 each worker process loads the model itself (from the environment)."""
+    import os
+
     import uvicorn
 
-    app = create_app(model_path, threads=threads, max_upload=max_upload)
-    print(f"convzoo serve: {model_path} on http://{host}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    print(f"convzoo serve: {model_path} on http://{host}:{port}/ (API docs at /docs), {workers} worker(s)", flush=True)
+    if workers == 1:
+        uvicorn.run(create_app(model_path, threads=threads, max_upload=max_upload), host=host, port=port,
+                    log_level="warning")
+        return
+    Predictor(model_path)  # fail here, once, with a clear error, not in every worker
+    os.environ.update(CONVZOO_SERVE_MODEL=str(model_path), CONVZOO_SERVE_THREADS=str(threads),
+                      CONVZOO_SERVE_MAX_UPLOAD=str(max_upload))
+    uvicorn.run("convzoo.deploy.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
+
+
+def app_from_environment() -> FastAPI:
+    import os
+
+    return create_app(os.environ["CONVZOO_SERVE_MODEL"], threads=int(os.environ["CONVZOO_SERVE_THREADS"]),
+                      max_upload=int(os.environ["CONVZOO_SERVE_MAX_UPLOAD"]))
