@@ -244,9 +244,21 @@ def cmd_train(args) -> int:
     overrides = {dest: getattr(args, dest) for dest in TRAIN_FLAGS}
     overrides.update(classes=args.classes, restore_exclude=args.restore_exclude, freeze=args.freeze,
                      deterministic=args.deterministic, channels_last=args.channels_last)
-    cfg = build_config(args.config, overrides)
+    cfg = build_config(args.config, overrides, base=resumed_config(args) if args.resume else None)
     train(cfg, resume=args.resume, exist_ok=args.exist_ok, json_lines=args.json, quiet=args.quiet)
     return 0
+
+
+def resumed_config(args) -> dict:
+    """The config a run was started with, so `--resume` alone continues it unchanged."""
+    from .data.catalog import get_spec
+    from .engine.checkpoint import load_checkpoint
+
+    out = args.output_dir
+    if out is None:
+        model = args.model or "lenet5"
+        out = f"runs/{model}-{get_spec(args.dataset or 'mnist').name}"
+    return load_checkpoint(Path(out) / "last.pt").get("config", {})
 
 
 def cmd_eval(args) -> int:

@@ -91,8 +91,10 @@ def load_preset(name: str) -> dict:
     return values
 
 
-def build_config(preset: str | None, overrides: dict) -> TrainConfig:
-    """Defaults < preset < flags given on the command line (those not None)."""
-    values = load_preset(preset) if preset else {}
+def build_config(preset: str | None, overrides: dict, base: dict | None = None) -> TrainConfig:
+    """Defaults < `base` (a resumed run's own config) < preset < flags given on the command line."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in (base or {}).items() if k in fields}
+    values.update(load_preset(preset) if preset else {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values).validate()
