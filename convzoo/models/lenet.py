@@ -57,17 +57,17 @@ class LeNetQuant(nn.Module):
 
 
 class LeNet5Keras(nn.Module):
-    """The Keras tutorial's LeNet-5 on 28x28: Conv 6/16/32 5x5 'same' with ReLU, two 2x2 max-pools
+    """The Keras tutorial's LeNet-5 on 28x28: Conv 6/16/32 5x5 'same' (padding 2) with ReLU, two 2x2 max-pools
     (after the first two convs), Flatten (7*7*32 = 1,568), Dense 200 ReLU, Dense classes.
     331,214 parameters for 10 classes."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding="same")
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
         self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(6, 16, 5, padding="same")
+        self.conv2 = nn.Conv2d(6, 16, 5, padding=2)
         self.pool2 = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(16, 32, 5, padding="same")
+        self.conv3 = nn.Conv2d(16, 32, 5, padding=2)
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(7 * 7 * 32, 200)
         self.fc2 = nn.Linear(200, num_classes)

@@ -57,7 +57,10 @@ def qat_finetune(model: nn.Module, train: Split, spec: InputSpec, *, epochs: int
             loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
         log(f"QAT epoch: [{epoch + 1:2d}/{epochs:2d}], avg loss: {loss_sum / max(seen, 1):.4f}")
     pt2e["eval_mode"](prepared)
-    float_state = {k: v.detach().clone() for k, v in prepared.state_dict().items() if k in model.state_dict()}
+    # The prepared graph keeps the float tensors under their names (BatchNorm's num_batches_tracked
+    # aside, which the QAT graph drops and the model keeps).
+    tuned = prepared.state_dict()
+    float_state = {k: tuned.get(k, v).detach().clone() for k, v in model.state_dict().items()}
     converted = pt2e["convert"](prepared)
     pt2e["eval_mode"](converted)
     return float_state, converted
