@@ -62,7 +62,10 @@ class Located:
         bad = [c for c in self.checks if c.status != "verified"]
         if not bad:
             return None
-        parts = "; ".join(f"{c.path.name}: {c.detail}" for c in bad)
+        by_detail: dict[str, list[str]] = {}
+        for c in bad:
+            by_detail.setdefault(c.detail, []).append(c.path.name)
+        parts = "; ".join(f"{', '.join(names)}: {detail}" for detail, names in by_detail.items())
         return f"warning: {self.root}: {self.spec.title} files are not the official ones ({parts}); using them anyway"
 
 

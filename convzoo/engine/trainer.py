@@ -89,7 +89,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
         start_epoch, start_step = state["epoch"], state["step"]
         history, best = list(state.get("history", [])), state.get("best_acc", -1.0)
         epoch_acc = state.get("epoch_accumulators")
-        torch.set_rng_state(state["rng"]["torch"])
+        set_rng_state(state["rng"])
         log.line(f"resumed from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step}")
     ddp_model = wrap_ddp(model, device)
     train_split, test_split = train_split.to(device), test_split.to(device)
@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
         if main:
             save_checkpoint(out / name, {**base, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                                         "global_step": epoch * spe + step, "rng": {"torch": torch.get_rng_state()},
+                                         "global_step": epoch * spe + step, "rng": rng_state(),
                                          "history": history, "best_acc": best, "epoch_accumulators": acc,
                                          "scheduler": {"name": cfg.schedule, "total_steps": total_steps}})
 
@@ -210,6 +210,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
              test_acc=final.get("test_acc"), output_dir=str(out))
     log.close()
     return {"best_acc": best, **final, "output_dir": str(out)}
+
+
+def rng_state() -> dict:
+    """The global generators (dropout draws from them); data order and augmentation are seeded per step."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def interrupt_flag() -> threading.Event:
