@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
-from .formats import read_maybe_gzip
+from .formats import gunzip_if_needed
 
 MANIFEST = ".convzoo-verified.json"
 SYSTEM_ROOT = Path("/usr/share/datasets")
@@ -166,7 +166,7 @@ def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
         return FileCheck(file, path, "verified", "md5 matches the official file")
     if manifest.get(path.name) and manifest[path.name] == hashlib.sha256(data).hexdigest():
         return FileCheck(file, path, "verified", "sha256 matches the verified download")
-    raw = read_maybe_gzip(path)
+    raw = gunzip_if_needed(data, path)
     if file.raw_md5 and md5_hex(raw) == file.raw_md5:
         return FileCheck(file, path, "verified", "decompressed md5 matches the official file")
     count = record_count(file, raw)

@@ -143,6 +143,10 @@ def read_maybe_gzip(path) -> bytes:
         raise DataError("file not found", path) from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
+    return gunzip_if_needed(raw, path)
+
+
+def gunzip_if_needed(raw: bytes, path) -> bytes:
     if raw[:2] != GZIP_MAGIC:
         return raw
     try:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from . import formats
 from .catalog import DatasetSpec, get_spec
 from .fetch import Located, locate
@@ -81,6 +81,28 @@ def read_split(located: Located, split: str) -> Split:
         labels = np.concatenate([p[1] for p in parts])
     # np.array copies the read-only decode buffer into memory torch may own and write.
     return Split(torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels)), spec.classes)
+
+
+def select_classes(split: Split, classes: list[int] | None) -> Split:
+    """Keep only `classes` (indices), relabelled 0..k-1 in the order given."""
+    if not classes:
+        return split
+    if any(not 0 <= c < len(split.classes) for c in classes) or len(set(classes)) != len(classes):
+        raise ConfigError(f"--classes must be distinct indices in 0..{len(split.classes) - 1}, got {classes}")
+    lookup = torch.full((len(split.classes),), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    mask = lookup[split.labels] >= 0
+    return Split(split.images[mask], lookup[split.labels[mask]], tuple(split.classes[c] for c in classes))
+
+
+def select_classes_by_name(split: Split, names, path=None) -> Split:
+    """The part of `split` whose classes a model was trained on, relabelled to the model's order."""
+    if list(split.classes) == list(names):
+        return split
+    missing = [n for n in names if n not in split.classes]
+    if missing:
+        raise DataError(f"the model's classes {missing} are not in this data set ({', '.join(split.classes)})", path)
+    return select_classes(split, [split.classes.index(n) for n in names])
 
 
 def split_validation(train: Split, fraction: float) -> tuple[Split, Split | None]:

@@ -112,9 +112,8 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
     """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split."""
     import torch
 
-    from ..data.tensors import load_dataset
+    from ..data.tensors import load_dataset, select_classes_by_name
     from ..engine.evaluate import EvalResult
-    from ..engine.trainer import select_classes_by_name
     from .preprocess import from_dataset
 
     predictor = Predictor(path, threads=threads)

@@ -59,7 +59,8 @@ def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, dev
     """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes)."""
     from ..data.tensors import load_dataset
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .trainer import resolve_device, select_classes_by_name
+    from ..data.tensors import select_classes_by_name
+    from .trainer import resolve_device
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)

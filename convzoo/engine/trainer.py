@@ -21,8 +21,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.catalog import get_spec
-from ..data.tensors import (InputSpec, Split, batches, load_dataset, split_validation, step_generator, steps_per_epoch,
-                            to_model_input)
+from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
+                            steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError
 from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
@@ -56,7 +56,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
     log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
 
     train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main)
-    train_split, test_split = select_classes(train_split, test_split, cfg.classes)
+    train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
     if cfg.train_limit:
         train_split = train_split.subset(slice(0, cfg.train_limit))
     train_split, val_split = split_validation(train_split, cfg.val_split)
@@ -314,35 +314,6 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
         if key in old and old[key] != getattr(cfg, key):
             raise CheckpointError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the run's {old[key]}; "
                                   "resume needs the same setting", path)
-
-
-def select_classes(train: Split, test: Split, classes: list[int] | None) -> tuple[Split, Split]:
-    """Keep only `classes` (by index), relabelled 0..k-1 in the order given."""
-    if not classes:
-        return train, test
-    bad = [c for c in classes if not 0 <= c < len(train.classes)]
-    if bad or len(set(classes)) != len(classes):
-        raise ConfigError(f"--classes must be distinct indices in 0..{len(train.classes) - 1}, got {classes}")
-    lookup = torch.full((len(train.classes),), -1, dtype=torch.long)
-    lookup[torch.tensor(classes)] = torch.arange(len(classes))
-    names = tuple(train.classes[c] for c in classes)
-
-    def keep(split: Split) -> Split:
-        mask = lookup[split.labels] >= 0
-        return Split(split.images[mask], lookup[split.labels[mask]], names)
-
-    return keep(train), keep(test)
-
-
-def select_classes_by_name(split: Split, names: list[str], path) -> Split:
-    """The part of `split` whose classes a checkpoint was trained on, relabelled to its order."""
-    if list(split.classes) == list(names):
-        return split
-    missing = [n for n in names if n not in split.classes]
-    if missing:
-        raise CheckpointError(f"checkpoint's classes {missing} are not in this data set ({', '.join(split.classes)})", path)
-    _, subset = select_classes(split, split, [split.classes.index(n) for n in names])
-    return subset
 
 
 def resolve_device(name: str) -> torch.device:

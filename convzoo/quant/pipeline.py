@@ -11,10 +11,9 @@ import torch
 
 from ..config import TrainConfig
 from ..atomic import atomic_write_bytes
-from ..data.tensors import InputSpec, load_dataset
+from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
 from ..deploy.export import export_onnx, model_metadata
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..engine.trainer import select_classes_by_name
 from ..errors import ConfigError
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
 from .report import compare, format_table

@@ -68,10 +68,9 @@ def calibration_batches(train, spec, count: int, batch_size: int = 64, seed: int
 
 def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32) -> dict:
     """Post-training quantization of a float checkpoint straight to an int8 ONNX file."""
-    from ..data.tensors import InputSpec, load_dataset
+    from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
     from ..deploy.export import export_onnx, model_metadata
     from ..engine.checkpoint import load_checkpoint
-    from ..engine.trainer import select_classes_by_name
 
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
