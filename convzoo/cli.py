@@ -170,6 +170,8 @@ def _globs(text: str) -> list[str]:
 def cmd_data(args) -> int:
     from .data.catalog import get_spec
     from .data.fetch import download_dataset, cache_root, locate
+    from .data.info import print_info, save_samples
+
     spec = get_spec(args.name)
     if args.action == "sample":
         return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output))
@@ -187,54 +189,6 @@ def cmd_data(args) -> int:
     if not located.verified:
         print(located.warning(), file=sys.stderr)
     return 0 if located.verified else 1
-
-
-def save_samples(located, count: int, folder) -> int:
-    """The first `count` test images as PNG files named by index and true class."""
-    from PIL import Image
-
-    from .data.tensors import read_split
-
-    test = read_split(located, "test")
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(min(count, len(test))):
-        image = test.images[i].numpy()
-        label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
-        path = folder / f"test-{i:05d}-{label}.png"
-        Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(path)
-        print(path)
-    return 0
-
-
-def print_info(located, as_json: bool) -> int:
-    from .data.tensors import read_split
-
-    spec = located.spec
-    splits = {s: read_split(located, s) for s in ("train", "test")}
-    info = {
-        "dataset": spec.name, "title": spec.title, "found_in": str(located.root), "source": located.source,
-        "verified": located.verified, "image_shape": list(spec.image_shape), "classes": list(spec.classes),
-        "counts": {s: len(split) for s, split in splits.items()},
-        "official_counts": spec.sizes,
-        "class_counts": {s: split.labels.bincount(minlength=spec.num_classes).tolist() for s, split in splits.items()},
-        "files": {c.path.name: {"path": str(c.path), "status": c.status, "detail": c.detail} for c in located.checks},
-    }
-    if located.warning():
-        print(located.warning(), file=sys.stderr)
-    if as_json:
-        print(json.dumps(info, indent=1))
-        return 0
-    print(f"{spec.title} ({spec.name})")
-    print(f"  found in     {located.root}  [{located.source}]")
-    print(f"  verified     {'yes: every file matches its official checksum' if located.verified else 'NO (see warning)'}")
-    print(f"  image shape  {' x '.join(map(str, spec.image_shape))} (C x H x W), uint8")
-    for s, n in info["counts"].items():
-        print(f"  {s:<12} {n:,} images (official: {spec.sizes[s]:,}); per class {info['class_counts'][s]}")
-    print(f"  classes      {', '.join(spec.classes)}")
-    print(f"  mean / std   {spec.mean} / {spec.std}")
-    for c in located.checks:
-        print(f"  {c.status:>9}  {c.path.name}  ({c.detail})")
-    return 0
 
 
 def cmd_train(args) -> int:
@@ -355,18 +309,13 @@ def cmd_predict(args) -> int:
 
 
 def predict_test_images(predictor, args) -> int:
-    from .data.tensors import load_dataset
-    from .deploy.preprocess import from_dataset
+    from .deploy.predict import predict_test_set
     from .report.plots import plot_grid
 
-    _, test, _ = load_dataset(predictor.meta["dataset"], args.data_path)
-    images = test.images[: args.from_test].numpy()
-    truth = [test.classes[i] for i in test.labels[: args.from_test].tolist()]
-    results = predictor.predict_arrays(from_dataset(images, predictor.meta), topk=args.topk)
-    for i, (r, t) in enumerate(zip(results, truth)):
-        r.update(index_in_test=i, true=t)
-        print(json.dumps(r) if args.json else f"test[{i}]: {r['class']} ({r['probability']:.4f}), true {t}"
-              + ("" if r["class"] == t else "  WRONG"))
+    images, truth, results = predict_test_set(predictor, args.from_test, data_path=args.data_path, topk=args.topk)
+    for r in results:
+        print(json.dumps(r) if args.json else f"test[{r['index_in_test']}]: {r['class']} ({r['probability']:.4f}), "
+              f"true {r['true']}" + ("" if r["class"] == r["true"] else "  WRONG"))
     plot_grid(images, truth, [r["class"] for r in results], args.grid)
     if not args.json:
         print(f"grid: {args.grid}")

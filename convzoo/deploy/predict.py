@@ -108,6 +108,21 @@ def read_metadata(onnx_path) -> dict:
     return {}
 
 
+def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: int = 3):
+    """The first `count` test images of the model's data set: (uint8 images, true names, predictions)."""
+    from ..data.tensors import load_dataset, select_classes_by_name
+    from .preprocess import from_dataset
+
+    _, test, _ = load_dataset(predictor.meta["dataset"], data_path)
+    test = select_classes_by_name(test, predictor.classes, predictor.path)
+    images = test.images[:count].numpy()
+    truth = [test.classes[i] for i in test.labels[:count].tolist()]
+    results = predictor.predict_arrays(from_dataset(images, predictor.meta), topk=topk)
+    for i, (r, t) in enumerate(zip(results, truth)):
+        r.update(index_in_test=i, true=t)
+    return images, truth, results
+
+
 def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2):
     """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split."""
     import torch

@@ -1,0 +1,54 @@
+"""`convzoo data info` and `convzoo data sample`: what a located data set holds, and PNGs of it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .fetch import Located
+from .tensors import read_split
+
+
+def save_samples(located: Located, count: int, folder: Path) -> int:
+    """The first `count` test images as PNG files named by index and true class."""
+    from PIL import Image
+
+    test = read_split(located, "test")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(min(count, len(test))):
+        image = test.images[i].numpy()
+        label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
+        path = folder / f"test-{i:05d}-{label}.png"
+        Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(path)
+        print(path)
+    return 0
+
+
+def print_info(located: Located, as_json: bool) -> int:
+    spec = located.spec
+    splits = {s: read_split(located, s) for s in ("train", "test")}
+    info = {
+        "dataset": spec.name, "title": spec.title, "found_in": str(located.root), "source": located.source,
+        "verified": located.verified, "image_shape": list(spec.image_shape), "classes": list(spec.classes),
+        "counts": {s: len(split) for s, split in splits.items()},
+        "official_counts": spec.sizes,
+        "class_counts": {s: split.labels.bincount(minlength=spec.num_classes).tolist() for s, split in splits.items()},
+        "files": {c.path.name: {"path": str(c.path), "status": c.status, "detail": c.detail} for c in located.checks},
+    }
+    if located.warning():
+        print(located.warning(), file=sys.stderr)
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{spec.title} ({spec.name})")
+    print(f"  found in     {located.root}  [{located.source}]")
+    print(f"  verified     {'yes: every file matches its official checksum' if located.verified else 'NO (see warning)'}")
+    print(f"  image shape  {' x '.join(map(str, spec.image_shape))} (C x H x W), uint8")
+    for s, n in info["counts"].items():
+        print(f"  {s:<12} {n:,} images (official: {spec.sizes[s]:,}); per class {info['class_counts'][s]}")
+    print(f"  classes      {', '.join(spec.classes)}")
+    print(f"  mean / std   {spec.mean} / {spec.std}")
+    for c in located.checks:
+        print(f"  {c.status:>9}  {c.path.name}  ({c.detail})")
+    return 0
