@@ -45,3 +45,29 @@ def test_world_size_must_divide_batch(tmp_path):
     proc = torchrun(2, *ARGS[:-1], "--batch-size", "63", "--output-dir", tmp_path / "x")
     assert proc.returncode != 0
     assert "--batch-size 63 is not divisible by the world size 2" in proc.stderr
+
+
+@pytest.mark.real_data
+def test_dead_rank_stops_the_job(tmp_path):
+    """SIGKILL one worker mid-training: torchrun takes the job down and says which rank died."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "convzoo",
+           "train", "--model", "lenet5", "--dataset", "mnist", "--data-path", str(MNIST_DIR), "--epochs", "20",
+           "--threads", "1", "--print-freq", "20", "--output-dir", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    log = tmp_path / "run" / "train.log"
+    deadline = time.time() + 120
+    while not (log.exists() and "step:" in log.read_text()):
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    workers = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    started = time.time()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert time.time() - started < 120, "the surviving rank hung"
+    assert "exitcode" in err and ("Signal 9" in err or "SIGKILL" in err), err[-2000:]
