@@ -20,7 +20,8 @@ from ..data.tensors import InputSpec, Split, batches, step_generator, to_model_i
 
 def torchao_pt2e():
     """Import torchao's PT2E API quietly (it logs about CUDA-only kernels it cannot load on CPU)."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    for name in ("torchao", "torch.utils._pytree"):  # torchao's import logs notes about CUDA kernels and enums
+        logging.getLogger(name).setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
