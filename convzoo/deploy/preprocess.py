@@ -75,11 +75,7 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
         rgb = np.asarray(flatten_alpha(image).convert("RGB"), dtype=np.float32)
         side = spec["size"] if spec["fit"] != "pad" else 28
         pixels = np.stack([resize(rgb[..., c], side) for c in range(3)])
-    x = pixels / 255.0
-    x = fit(x, spec)
-    mean = np.asarray(spec["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec["std"], np.float32).reshape(-1, 1, 1)
-    return ((x - mean) / std)[None].astype(np.float32)
+    return normalise(fit(pixels / 255.0, spec)[None], spec)
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
@@ -116,9 +112,9 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
 def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
     """Light-on-dark, cropped to the ink, fitted in box x box, placed in 28x28 (by mass or centred)."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if np.median(border) > 127:  # dark ink on light paper: invert
-        grey = 255 - grey
-    background = float(np.percentile(border if np.median(border) <= 127 else 255 - border, 50))
+    background = float(np.median(border))
+    if background > 127:  # dark ink on light paper: invert
+        grey, background = 255 - grey, 255 - background
     ink = np.clip(grey - background, 0, None)
     if ink.max() <= 0:
         return np.zeros((28, 28), np.float32)
@@ -163,7 +159,11 @@ def fit(x: np.ndarray, spec: dict) -> np.ndarray:
 def from_dataset(images: np.ndarray, meta: dict) -> np.ndarray:
     """uint8 (N, C, H, W) images from the data set itself -> model input, exactly as in training."""
     spec = meta["input"]
-    x = np.stack([fit(im.astype(np.float32) / 255, spec) for im in images])
+    return normalise(np.stack([fit(im.astype(np.float32) / 255, spec) for im in images]), spec)
+
+
+def normalise(x: np.ndarray, spec: dict) -> np.ndarray:
+    """(N, C, H, W) in 0..1 -> float32 standardised with the model's per-channel mean and std."""
     mean = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
     return ((x - mean) / std).astype(np.float32)

@@ -242,13 +242,10 @@ def interrupt_flag() -> threading.Event:
 
 
 def finish_run(out: Path) -> None:
-    """Post-training extras (plots); missing optional pieces never fail a finished run."""
-    try:
-        from ..report.plots import plot_curves
+    """Post-training extras: the loss/accuracy curves of the whole run."""
+    from ..report.plots import plot_curves
 
-        plot_curves(rundir.read_metrics(out), out / "curves.png")
-    except ImportError:
-        pass
+    plot_curves(rundir.read_metrics(out), out / "curves.png")
 
 
 def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: int):
