@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..atomic import atomic_path
 from ..errors import DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
 from .formats import gunzip_if_needed
@@ -239,23 +240,25 @@ def download_file(urls: list[str], dest: Path, md5: str, timeout: float = TIMEOU
     """
     failures = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out:
-                digest = stream(url, out, timeout, dest.name)
-            if digest != md5:
-                failures.append(f"{url}: md5 {digest} does not match the official {md5} (rejected and removed)")
-                continue
-            os.replace(tmp, dest)
+            with atomic_path(dest, ".part") as tmp:  # renamed onto dest only if the block completes
+                with open(tmp, "wb") as out:
+                    digest = stream(url, out, timeout, dest.name)
+                if digest != md5:
+                    raise ChecksumMismatch(digest)
             return dest
+        except ChecksumMismatch as exc:
+            failures.append(f"{url}: md5 {exc} does not match the official {md5} (rejected and removed)")
         except urllib.error.HTTPError as exc:
             failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
             failures.append(f"{url}: {type(reason).__name__}: {reason}")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     raise DownloadError("download failed on every mirror: " + " | ".join(failures), dest)
+
+
+class ChecksumMismatch(Exception):
+    """A downloaded file's md5 (the exception's text) is not the official one."""
 
 
 def stream(url: str, out, timeout: float, label: str) -> str:
