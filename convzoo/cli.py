@@ -217,7 +217,7 @@ def resumed_config(args) -> dict:
 
 def cmd_eval(args) -> int:
     from .engine.evaluate import evaluate_checkpoint
-    from .engine.trainer import configure_threads
+    from .engine.runtime import configure_threads
     from .errors import ConfigError
     import torch
 

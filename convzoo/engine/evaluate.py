@@ -60,7 +60,7 @@ def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, dev
     from ..data.tensors import load_dataset
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from ..data.tensors import select_classes_by_name
-    from .trainer import resolve_device
+    from .runtime import resolve_device
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)

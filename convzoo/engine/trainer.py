@@ -7,15 +7,12 @@ of every global batch, and only rank 0 logs and writes the run directory.
 from __future__ import annotations
 
 import math
-import os
-import random
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,202 +25,224 @@ from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
 from .checkpoint import check_model_name, freeze, load_checkpoint, restore_weights, save_checkpoint
 from .evaluate import evaluate
+from .runtime import configure_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, json_lines: bool = False,
           quiet: bool = False) -> dict:
     """Train per `cfg`; returns the final metrics. The run directory ends with best.pt and last.pt."""
-    cfg.validate()
-    info = get_model_info(cfg.model)
-    data_spec = get_spec(cfg.dataset)
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_amp(cfg.amp, device)
-    distributed.setup(device)
-    device = distributed.local_device(device)
-    distributed.check_batch(cfg.batch_size)
-    main = distributed.is_main()
-    threads = configure_threads(cfg.threads or info.default_threads, device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    return TrainingRun(cfg, resume=resume, exist_ok=exist_ok, json_lines=json_lines, quiet=quiet).fit()
 
-    out = Path(cfg.output_dir or f"runs/{cfg.model}-{data_spec.name}")
-    state = None
-    if resume:
-        state = load_checkpoint(out / "last.pt")
-        check_model_name(state, cfg.model, out / "last.pt")
-        check_resumable(state, cfg, out / "last.pt")
-    if main:
-        rundir.prepare(out, resume=resume, exist_ok=exist_ok)
-    log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
 
-    train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main)
-    train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
-    if cfg.train_limit:
-        train_split = train_split.subset(slice(0, cfg.train_limit))
-    train_split, val_split = split_validation(train_split, cfg.val_split)
-    spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+class TrainingRun:
+    """One training run: set up in __init__ (device, data, model, optimizer, resumed state), then fit()."""
 
-    model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
-    if cfg.restore and not resume:
-        report = restore_weights(model, cfg.restore, cfg.restore_exclude)
-        log.line(format_restore(report, cfg.restore), restore=report)
-    frozen = freeze(model, cfg.freeze) if cfg.freeze else []
-    if frozen:
-        log.line(f"frozen: {', '.join(frozen)}", frozen=frozen)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    def __init__(self, cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: bool, quiet: bool):
+        cfg.validate()
+        self.cfg = cfg
+        info = get_model_info(cfg.model)
+        data_spec = get_spec(cfg.dataset)
+        device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_amp(cfg.amp, device)
+        distributed.setup(device)
+        self.device = device = distributed.local_device(device)
+        distributed.check_batch(cfg.batch_size)
+        self.main = main = distributed.is_main()
+        threads = configure_threads(cfg.threads or info.default_threads, device)
+        seed_everything(cfg.seed, cfg.deterministic)
 
-    world = distributed.world_size()
-    spe = cfg.steps_per_epoch or steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
-    if spe == 0:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
-    total_steps = cfg.epochs * spe
-    start_epoch, start_step, history, best, epoch_acc = 0, 0, [], -1.0, None
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        history, best = list(state.get("history", [])), state.get("best_acc", -1.0)
-        epoch_acc = state.get("epoch_accumulators")
-        set_rng_state(state["rng"])
-        log.line(f"resumed from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step}")
-    ddp_model = wrap_ddp(model, device)
-    train_split, test_split = train_split.to(device), test_split.to(device)
-    val_split = val_split.to(device) if val_split is not None else None
-
-    base = dict(model=cfg.model, num_classes=len(train_split.classes), class_names=list(train_split.classes),
-                dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
-    if main:
-        rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
-                                  "data_found_in": str(located.root), "data_verified": located.verified})
-    log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
-             f"{f' / {len(val_split)} val' if val_split is not None else ''}), device {device}, threads {threads}, "
-             f"world size {world}, {cfg.epochs} epochs x {spe} steps, batch {cfg.batch_size}, output {out}",
-             event="start", model=cfg.model, dataset=data_spec.name, device=str(device), threads=threads,
-             world_size=world, epochs=cfg.epochs, steps_per_epoch=spe, output_dir=str(out))
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    augment = cfg.augment
-
-    def checkpoint(epoch: int, step: int, acc: dict | None, name: str = "last.pt") -> None:
+        self.out = out = Path(cfg.output_dir or f"runs/{cfg.model}-{data_spec.name}")
+        state = None
+        if resume:
+            state = load_checkpoint(out / "last.pt")
+            check_model_name(state, cfg.model, out / "last.pt")
+            check_resumable(state, cfg, out / "last.pt")
         if main:
-            save_checkpoint(out / name, {**base, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                                         "global_step": epoch * spe + step, "rng": rng_state(),
-                                         "history": history, "best_acc": best, "epoch_accumulators": acc,
-                                         "scheduler": {"name": cfg.schedule, "total_steps": total_steps}})
+            rundir.prepare(out, resume=resume, exist_ok=exist_ok)
+        self.show_bar = main and not quiet and not json_lines
+        self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
 
-    epoch, step = start_epoch, start_step
-    stop = interrupt_flag()
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            ddp_model.train()
-            acc = epoch_acc or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-            epoch_acc = None
-            loss_sum = torch.tensor(acc["loss_sum"], dtype=torch.float64, device=device)
-            correct = torch.tensor(acc["correct"], dtype=torch.long, device=device)
-            seen, t0 = acc["seen"], time.perf_counter() - acc["time"]
-            first = start_step if epoch == start_epoch else 0
-            bar = progress(spe, first, f"epoch {epoch + 1}/{cfg.epochs}", enabled=main and not quiet and not json_lines)
-            log.write_hook = bar.write if bar else None
-            for step, images, labels in epoch_batches(train_split, cfg, epoch, first, spe):
-                lr = set_lr(optimizer, lr_at(epoch * spe + step, total_steps, spe, cfg))
-                gen = step_generator(cfg.seed, epoch, step, device) if augment != "none" else None
-                x = to_model_input(images, spec, augment=augment, generator=gen, shard=(distributed.rank(), world),
-                                   shift_pad=cfg.shift_pad)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = ddp_model(x)
-                    loss = criterion(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach() * len(labels)
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += len(labels)
-                if bar:
-                    bar.update(1)
-                done = step + 1
-                if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
-                    elapsed = (time.perf_counter() - t0) * 1000
-                    cur, avg = loss.item(), float(loss_sum) / max(seen, 1)
-                    log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
-                             f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
-                             step=done, loss=cur, avg_loss=avg, lr=lr, time_ms=elapsed)
-                interrupted = stop.is_set() and done != spe
-                if (cfg.save_every and done % cfg.save_every == 0 and done != spe) or interrupted:
-                    checkpoint(epoch, done, {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
-                                             "time": time.perf_counter() - t0})
-                if interrupted:
-                    raise KeyboardInterrupt
-            if bar:
-                bar.close()
-                log.write_hook = None
-            epoch_time = time.perf_counter() - t0
-            stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64,
-                                                                              device=device)])
-            distributed.all_reduce_sum(stats)
-            train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
-            steps_run = spe - first
-            log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / max(steps_run, 1):.3f}, "
-                     f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
-                     step_ms=epoch_time * 1000 / max(steps_run, 1), avg_loss=train_loss)
-            evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-            val = evaluate(model, val_split, spec, amp_dtype=amp_dtype) if evaluated and val_split is not None else None
-            test = evaluate(model, test_split, spec, amp_dtype=amp_dtype) if evaluated else None
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                   "val_acc": val.accuracy if val else None, "test_acc": test.accuracy if test else None, "lr": lr,
-                   "epoch_time_s": epoch_time, "images_per_s": float(stats[2]) / epoch_time}
-            history.append(row)
-            log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}] train acc: {train_acc:.4f}"
-                     + (f", val acc: {val.accuracy:.4f}" if val else "")
-                     + (f", test acc: {test.accuracy:.4f}" if test else "")
-                     + f", lr: {lr:.6f}, {row['images_per_s']:.0f} img/s", event="epoch", **row)
-            score = (val or test).accuracy if evaluated else -1.0
-            if score > best:
-                best = score
-                checkpoint(epoch + 1, 0, None, "best.pt")
-            checkpoint(epoch + 1, 0, None)
-            if main:
-                rundir.write_metrics(out, history)
-            start_step = 0
-            if stop.is_set() and epoch + 1 < cfg.epochs:
-                raise KeyboardInterrupt  # this epoch's last.pt is complete
-    except KeyboardInterrupt:
-        log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from")
+        train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main)
+        train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
+        if cfg.train_limit:
+            train_split = train_split.subset(slice(0, cfg.train_limit))
+        train_split, val_split = split_validation(train_split, cfg.val_split)
+        self.spec = spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+
+        self.model = model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
+        if cfg.restore and not resume:
+            report = restore_weights(model, cfg.restore, cfg.restore_exclude)
+            log.line(format_restore(report, cfg.restore), restore=report)
+        frozen = freeze(model, cfg.freeze) if cfg.freeze else []
+        if frozen:
+            log.line(f"frozen: {', '.join(frozen)}", frozen=frozen)
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+        world = distributed.world_size()
+        self.spe = spe = cfg.steps_per_epoch or steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
+        if spe == 0:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
+        self.total_steps = cfg.epochs * spe
+        self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
+        if state is not None:
+            self._load_state(state)
+        self.ddp_model = wrap_ddp(model, device)
+        self.train_split, self.test_split = train_split.to(device), test_split.to(device)
+        self.val_split = val_split.to(device) if val_split is not None else None
+
+        self.base = dict(model=cfg.model, num_classes=len(train_split.classes), class_names=list(train_split.classes),
+                         dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
+        if main:
+            rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
+                                      "data_found_in": str(located.root), "data_verified": located.verified})
+        val_part = f" / {len(val_split)} val" if val_split is not None else ""
+        log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
+                 f"{val_part}), device {device}, threads {threads}, world size {world}, {cfg.epochs} epochs x {spe} "
+                 f"steps, batch {cfg.batch_size}, output {out}",
+                 event="start", model=cfg.model, dataset=data_spec.name, device=str(device), threads=threads,
+                 world_size=world, epochs=cfg.epochs, steps_per_epoch=spe, output_dir=str(out))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def fit(self) -> dict:
+        cfg, out, log = self.cfg, self.out, self.log
+        self.position = (self.start_epoch, self.start_step)
+        stop = interrupt_flag()
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                first = self.start_step if epoch == self.start_epoch else 0
+                acc, lr = self._train_epoch(epoch, first, stop)
+                self._end_epoch(epoch, first, acc, lr)
+                self.start_step = 0
+                if stop.is_set() and epoch + 1 < cfg.epochs:
+                    raise KeyboardInterrupt  # this epoch's last.pt is complete
+        except KeyboardInterrupt:
+            epoch, step = self.position
+            log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from")
+            log.close()
+            raise
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            distributed.cleanup()
+        final = self.history[-1] if self.history else {}
+        if self.main:
+            finish_run(out)
+        split_name = "val" if self.val_split is not None else "test"
+        log.line(f"done: best {split_name} accuracy {self.best:.4f}, last test accuracy "
+                 f"{final.get('test_acc', float('nan')):.4f}; run directory {out}", event="done", best_acc=self.best,
+                 test_acc=final.get("test_acc"), output_dir=str(out))
         log.close()
-        raise
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        distributed.cleanup()
-    final = history[-1] if history else {}
-    if main:
-        finish_run(out)
-    log.line(f"done: best {'val' if val_split is not None else 'test'} accuracy {best:.4f}, last test accuracy "
-             f"{final.get('test_acc', float('nan')):.4f}; run directory {out}", event="done", best_acc=best,
-             test_acc=final.get("test_acc"), output_dir=str(out))
-    log.close()
-    return {"best_acc": best, **final, "output_dir": str(out)}
+        return {"best_acc": self.best, **final, "output_dir": str(out)}
 
+    def _train_epoch(self, epoch: int, first: int, stop: threading.Event) -> tuple[dict, float]:
+        """Steps `first`..spe of one epoch; returns the epoch's accumulators (tensors) and the last lr."""
+        cfg, spe, device, log = self.cfg, self.spe, self.device, self.log
+        self.ddp_model.train()
+        acc = self.epoch_acc or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        self.epoch_acc = None
+        loss_sum = torch.tensor(acc["loss_sum"], dtype=torch.float64, device=device)
+        correct = torch.tensor(acc["correct"], dtype=torch.long, device=device)
+        seen, t0 = acc["seen"], time.perf_counter() - acc["time"]
+        world, rank = distributed.world_size(), distributed.rank()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = progress(spe, first, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.show_bar)
+        log.write_hook = bar.write if bar else None
+        for step, images, labels in epoch_batches(self.train_split, cfg, epoch, first, spe):
+            self.position = (epoch, step)
+            lr = set_lr(self.optimizer, lr_at(epoch * spe + step, self.total_steps, spe, cfg))
+            gen = step_generator(cfg.seed, epoch, step, device) if cfg.augment != "none" else None
+            x = to_model_input(images, self.spec, augment=cfg.augment, generator=gen, shard=(rank, world),
+                               shift_pad=cfg.shift_pad)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.ddp_model(x)
+                loss = self.criterion(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+            if bar:
+                bar.update(1)
+            done = step + 1
+            if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
+                elapsed = (time.perf_counter() - t0) * 1000
+                cur, avg = loss.item(), float(loss_sum) / max(seen, 1)
+                log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
+                         f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
+                         step=done, loss=cur, avg_loss=avg, lr=lr, time_ms=elapsed)
+            interrupted = stop.is_set() and done != spe
+            if (cfg.save_every and done % cfg.save_every == 0 and done != spe) or interrupted:
+                self._checkpoint(epoch, done, {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
+                                               "time": time.perf_counter() - t0})
+            if interrupted:
+                raise KeyboardInterrupt
+        if bar:
+            bar.close()
+            log.write_hook = None
+        return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "time": time.perf_counter() - t0}, lr
 
-def rng_state() -> dict:
-    """The global generators (dropout draws from them); data order and augmentation are seeded per step."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    def _end_epoch(self, epoch: int, first: int, acc: dict, lr: float) -> None:
+        """All-reduce the epoch's metrics, evaluate when due, log, write best.pt/last.pt and metrics.csv."""
+        cfg, log = self.cfg, self.log
+        epoch_time = acc["time"]
+        stats = torch.stack([acc["loss_sum"], acc["correct"].double(),
+                             torch.tensor(float(acc["seen"]), dtype=torch.float64, device=self.device)])
+        distributed.all_reduce_sum(stats)
+        train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
+        steps_run = max(self.spe - first, 1)
+        log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / steps_run:.3f}, "
+                 f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
+                 step_ms=epoch_time * 1000 / steps_run, avg_loss=train_loss)
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        val = self._evaluate(self.val_split) if evaluated and self.val_split is not None else None
+        test = self._evaluate(self.test_split) if evaluated else None
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+               "val_acc": val.accuracy if val else None, "test_acc": test.accuracy if test else None, "lr": lr,
+               "epoch_time_s": epoch_time, "images_per_s": float(stats[2]) / epoch_time}
+        self.history.append(row)
+        log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}] train acc: {train_acc:.4f}"
+                 + (f", val acc: {val.accuracy:.4f}" if val else "")
+                 + (f", test acc: {test.accuracy:.4f}" if test else "")
+                 + f", lr: {lr:.6f}, {row['images_per_s']:.0f} img/s", event="epoch", **row)
+        score = (val or test).accuracy if evaluated else -1.0
+        if score > self.best:
+            self.best = score
+            self._checkpoint(epoch + 1, 0, None, "best.pt")
+        self._checkpoint(epoch + 1, 0, None)
+        if self.main:
+            rundir.write_metrics(self.out, self.history)
 
+    def _evaluate(self, split: Split):
+        return evaluate(self.model, split, self.spec, amp_dtype=self.amp_dtype)
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def _checkpoint(self, epoch: int, step: int, acc: dict | None, name: str = "last.pt") -> None:
+        if self.main:
+            save_checkpoint(self.out / name, {
+                **self.base, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
+                "global_step": epoch * self.spe + step, "rng": rng_state(), "history": self.history,
+                "best_acc": self.best, "epoch_accumulators": acc,
+                "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
+
+    def _load_state(self, state: dict) -> None:
+        """Continue from last.pt: weights, optimizer, scaler, position, history and RNG."""
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.start_step = state["epoch"], state["step"]
+        self.history, self.best = list(state.get("history", [])), state.get("best_acc", -1.0)
+        self.epoch_acc = state.get("epoch_accumulators")
+        set_rng_state(state["rng"])
+        self.log.line(f"resumed from {self.out / 'last.pt'} at epoch {self.start_epoch + 1}, step {self.start_step}")
 
 
 def interrupt_flag() -> threading.Event:
@@ -311,45 +330,6 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
         if key in old and old[key] != getattr(cfg, key):
             raise CheckpointError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the run's {old[key]}; "
                                   "resume needs the same setting", path)
-
-
-def resolve_device(name: str) -> torch.device:
-    aliases = {"gpu": "cuda", "cpu": "cpu", "ascend": "ascend", "auto": "auto"}
-    key = aliases.get(name.lower(), name.lower())
-    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-        ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
-    if key == "auto":
-        return torch.device(available[1] if len(available) > 1 else "cpu")
-    base = key.split(":")[0]
-    if base not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {name}: convzoo runs on cpu, cuda or mps (available here: {', '.join(available)})")
-    if base not in available:
-        raise ConfigError(f"--device {name}: no {base.upper()} device is visible (available here: {', '.join(available)})")
-    return torch.device(key)
-
-
-def resolve_amp(amp: str, device: torch.device):
-    if amp == "none":
-        return None
-    if amp == "fp16" and device.type == "cpu":
-        raise ConfigError("--amp fp16 needs a CUDA GPU (float16 autocast with gradient scaling); on CPU use --amp bf16")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def configure_threads(threads: int, device: torch.device) -> int:
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
