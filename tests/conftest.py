@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import http.server
 import os
+import pickle
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +115,20 @@ def mnist_onnx(mnist_run):
     out = mnist_run / "model.onnx"
     run_cli("export", "--ckpt", mnist_run / "best.pt", "--output", out, check=0)
     return out
+
+
+def cifar_pickle(images: np.ndarray, labels, **extra) -> bytes:
+    """A batch in the layout of cifar-10-batches-py (the official Python pickles torchvision reads)."""
+    batch = {"batch_label": "testing batch 1 of 1", "labels": list(map(int, labels)),
+             "data": images.reshape(len(images), -1), "filenames": [f"img_{i}.png" for i in range(len(images))]}
+    return pickle.dumps({**batch, **extra}, protocol=2)
+
+
+class RunsCode:
+    """Pickles to a call of os.mkdir(marker): what a malicious pickle would do on load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MNIST_DIR, assert_user_error, run_cli
+from conftest import MNIST_DIR, run_cli
 
 ARGS = ["--model", "lenet5", "--dataset", "mnist", "--data-path", str(MNIST_DIR), "--train-limit", "1280",
         "--batch-size", "64", "--epochs", "2", "--seed", "3", "--augment", "shift", "--threads", "1",

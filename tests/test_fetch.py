@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import pickle
 import shutil
 import tarfile
 
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 
 from convzoo.data import fetch, formats
-from convzoo.data.catalog import CIFAR10, MNIST, FileSpec
+from convzoo.data.catalog import CIFAR10, MNIST
 from convzoo.errors import DataError, DownloadError
 
-from conftest import CIFAR_DIR, MNIST_DIR, assert_user_error, need, run_cli
+from conftest import CIFAR_DIR, MNIST_DIR, RunsCode, assert_user_error, cifar_pickle, need, run_cli
 
 OFFICIAL_T10K = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
@@ -253,3 +254,37 @@ def test_cli_missing_data_says_how_to_fix(tmp_path):
 
 def test_cli_unknown_dataset_suggests():
     assert_user_error(run_cli("data", "info", "minst"), "unknown dataset 'minst'", "did you mean 'mnist'")
+
+
+def torchvision_cifar(root, records: int = 400):
+    """root/cifar-10-batches-py/ as torchvision leaves it, from the first `records` of each real batch."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for file in CIFAR10.files:
+        images, labels = formats.read_cifar_batch(need(CIFAR_DIR) / "cifar-10-batches-bin" / file.name)
+        (folder / file.name.removesuffix(".bin")).write_bytes(cifar_pickle(images[:records], labels[:records]))
+    return folder
+
+
+@pytest.mark.real_data
+def test_torchvision_cifar_python_layout(tmp_path):
+    folder = torchvision_cifar(tmp_path / "data")
+    proc = run_cli("data", "info", "cifar10", "--data-path", tmp_path / "data", check=0)
+    assert f"found in     {folder}" in proc.stdout
+    assert "2,000 images (official: 50,000)" in proc.stdout and "400 images (official: 10,000)" in proc.stdout
+    assert "400 of 10,000 records, md5" in proc.stderr
+    # a file whose md5 is the one published for it verifies
+    official = {f.name: md5((folder / f.name.removesuffix(".bin")).read_bytes()) for f in CIFAR10.files}
+    spec = dataclasses.replace(CIFAR10, files=tuple(dataclasses.replace(f, python_md5=official[f.name])
+                                                    for f in CIFAR10.files))
+    assert fetch.locate(spec, tmp_path / "data", download=False).verified
+
+
+@pytest.mark.real_data
+def test_cli_cifar_pickle_with_code_is_refused(tmp_path):
+    folder = torchvision_cifar(tmp_path, records=20)
+    marker = tmp_path / "was-run"
+    (folder / "data_batch_2").write_bytes(pickle.dumps({"labels": [1], "data": RunsCode(marker)}, protocol=2))
+    proc = run_cli("data", "info", "cifar10", "--data-path", tmp_path)
+    assert_user_error(proc, "data_batch_2", "refusing to unpickle posix.mkdir")
+    assert not marker.exists()

@@ -1,8 +1,10 @@
-"""IDX and CIFAR-10 binary formats: real files, round trips, and every kind of corruption."""
+"""IDX and CIFAR-10 (binary and Python pickle) formats: real files, round trips, and every kind of corruption."""
 
 from __future__ import annotations
 
 import gzip
+import pickle
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from convzoo.data import formats
 from convzoo.errors import DataError
 
-from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, need
+from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, RunsCode, cifar_pickle, need
 
 
 @pytest.mark.real_data
@@ -41,11 +43,11 @@ def test_real_fashion_mnist():
 @pytest.mark.real_data
 def test_real_cifar10():
     folder = need(CIFAR_DIR) / "cifar-10-batches-bin"
-    images, labels = formats.read_cifar_bin(folder / "test_batch.bin")
+    images, labels = formats.read_cifar_batch(folder / "test_batch.bin")
     assert images.shape == (10000, 3, 32, 32) and images.dtype == np.uint8
     assert labels[:5].tolist() == [3, 8, 8, 0, 6]
     assert np.bincount(labels).tolist() == [1000] * 10
-    train = np.concatenate([formats.read_cifar_bin(folder / f"data_batch_{i}.bin")[1] for i in range(1, 6)])
+    train = np.concatenate([formats.read_cifar_batch(folder / f"data_batch_{i}.bin")[1] for i in range(1, 6)])
     assert np.bincount(train).tolist() == [5000] * 10
     assert formats.read_cifar_meta(folder / "batches.meta.txt")[:3] == ["airplane", "automobile", "bird"]
     # official per-channel mean on 0..1, as PROVENANCE.txt measured (R 0.4941 on test)
@@ -74,7 +76,7 @@ def test_cifar_round_trip(tmp_path_factory, images, seed):
     labels = np.random.default_rng(seed).integers(0, 10, len(images))
     path = tmp_path_factory.mktemp("cifar") / "batch.bin"
     formats.write_cifar_bin(path, images, labels)
-    back_images, back_labels = formats.read_cifar_bin(path)
+    back_images, back_labels = formats.read_cifar_batch(path)
     np.testing.assert_array_equal(back_images, images)
     np.testing.assert_array_equal(back_labels, labels)
 
@@ -123,15 +125,46 @@ def test_label_out_of_range(tmp_path):
 def test_cifar_wrong_size(tmp_path):
     path = write_raw(tmp_path / "data_batch_1.bin", bytes(3073 * 2 + 100))
     with pytest.raises(DataError, match="not a whole number of 3073-byte"):
-        formats.read_cifar_bin(path)
+        formats.read_cifar_batch(path)
 
 
 def test_cifar_bad_label(tmp_path):
     path = write_raw(tmp_path / "b.bin", bytes([11]) + bytes(3072))
     with pytest.raises(DataError, match="label 11"):
-        formats.read_cifar_bin(path)
+        formats.read_cifar_batch(path)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         formats.read_idx(tmp_path / "nope")
+
+
+@pytest.mark.real_data
+def test_cifar_python_pickle_reads_like_binary(tmp_path):
+    images, labels = formats.read_cifar_batch(need(CIFAR_DIR) / "cifar-10-batches-bin" / "test_batch.bin")
+    path = write_raw(tmp_path / "test_batch", cifar_pickle(images[:500], labels[:500]))
+    back_images, back_labels = formats.read_cifar_batch(path)
+    np.testing.assert_array_equal(back_images, images[:500])
+    np.testing.assert_array_equal(back_labels, labels[:500])
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "was-run"
+    path = write_raw(tmp_path / "data_batch_1", pickle.dumps({"labels": [1], "data": RunsCode(marker)}, protocol=2))
+    with pytest.raises(DataError, match=r"refusing to unpickle posix\.mkdir"):
+        formats.read_cifar_batch(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload,message", [
+    (lambda: cifar_pickle(np.zeros((2, 3, 32, 32), np.uint8), [0, 1])[:-40], "corrupt CIFAR-10 Python batch"),
+    (lambda: pickle.dumps([1, 2, 3], protocol=2), "a pickled list, not a dict"),
+    (lambda: pickle.dumps({"fine_labels": [3], "data": np.zeros((1, 3072), np.uint8)}, protocol=2), "CIFAR-100"),
+    (lambda: cifar_pickle(np.zeros((2, 3, 16, 16), np.uint8), [0, 1]), "must be uint8 N x 3072"),
+    (lambda: cifar_pickle(np.zeros((2, 3, 32, 32), np.uint8), [0, 1, 2]), "2 images but labels of shape (3,)"),
+    (lambda: cifar_pickle(np.zeros((2, 3, 32, 32), np.uint8), [0, 10]), "label 10 at index 1"),
+])
+def test_cifar_pickle_corruptions(tmp_path, payload, message):
+    path = write_raw(tmp_path / "test_batch", payload())
+    with pytest.raises(DataError, match=re.escape(message)):
+        formats.read_cifar_batch(path)

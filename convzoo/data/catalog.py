@@ -18,6 +18,7 @@ class FileSpec:
     md5: str | None = None
     raw_md5: str | None = None
     count: int = 0  # records in the official file
+    python_md5: str | None = None  # the same records in the other official form (CIFAR-10's Python pickles)
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,15 @@ CIFAR10 = DatasetSpec(
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
     image_shape=(3, 32, 32),
-    # The per-file checksums are not published; only the tarball's. A verified download records
-    # the extracted files' sha256 in a manifest so later runs can verify them.
-    files=tuple(FileSpec(f"data_batch_{i}.bin", "train", "batch", count=10000) for i in range(1, 6))
-    + (FileSpec("test_batch.bin", "test", "batch", count=10000),),
+    # The binary files' checksums are not published; only the tarball's. A verified download records
+    # the extracted files' sha256 in a manifest so later runs can verify them. The Python pickles
+    # (cifar-10-batches-py, torchvision's copy; named without .bin) have well-known md5s.
+    files=tuple(FileSpec(f"data_batch_{i}.bin", "train", "batch", count=10000, python_md5=md5) for i, md5 in enumerate(
+        ("c99cafc152244af753f735de768cd75f", "d4bba439e000b95fd0a9bffe97cbabec", "54ebc095f3ab1f0389bbae665268c751",
+         "634d18415352ddfa80567beed471001a", "482c414d41f54cd18b22e5b47cb7c3cb"), start=1))
+    + (FileSpec("test_batch.bin", "test", "batch", count=10000, python_md5="40351d587109b95175f43aff81a1287e"),),
     mirrors=("https://www.cs.toronto.edu/~kriz/",),
-    folder_names=("cifar10", "cifar-10", "CIFAR10", "cifar-10-batches-bin"),
+    folder_names=("cifar10", "cifar-10", "CIFAR10", "cifar-10-batches-bin", "cifar-10-batches-py"),
     archive=ArchiveSpec("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", "cifar-10-batches-bin"),
     meta_file="batches.meta.txt",
     sizes={"train": 50000, "test": 10000},

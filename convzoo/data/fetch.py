@@ -3,8 +3,8 @@
 Search order: --data-path, $CONVZOO_DATA, the user cache ($CONVZOO_CACHE or ~/.cache/convzoo),
 /usr/share/datasets/<name>/ (Debian's packages). Within a folder the layouts people already have are
 accepted: flat, one sub-folder per data set, torchvision's <Name>/raw, MindSpore's Data/train +
-Data/test with `train-images.idx3-ubyte` spellings, gzipped or not, `cifar-10-batches-bin/` and
-MindSpore's `cifar-10-verify-bin/`.
+Data/test with `train-images.idx3-ubyte` spellings, gzipped or not, `cifar-10-batches-bin/`,
+MindSpore's `cifar-10-verify-bin/` and torchvision's `cifar-10-batches-py/` (Python pickles).
 
 Local copies that fail their checksum are used with a one-line warning (they may be partial or
 re-encoded on purpose); a download that fails its checksum is always rejected and removed.
@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from ..atomic import atomic_path
 from ..errors import DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
-from .formats import gunzip_if_needed
+from .formats import PICKLE_PROTO, decode_cifar_batch, gunzip_if_needed
 
 MANIFEST = ".convzoo-verified.json"
 SYSTEM_ROOT = Path("/usr/share/datasets")
@@ -150,10 +150,11 @@ def split_folders(split: str, spec: DatasetSpec) -> list[str]:
 
 
 def spellings(name: str) -> list[str]:
-    """train-images-idx3-ubyte.gz -> also without .gz and MindSpore's train-images.idx3-ubyte."""
+    """train-images-idx3-ubyte.gz -> also without .gz and MindSpore's train-images.idx3-ubyte;
+    data_batch_1.bin -> also the Python pickle data_batch_1."""
     stem = name.removesuffix(".gz")
     dotted = stem.replace("-idx", ".idx")
-    return list(dict.fromkeys([name, stem, dotted, dotted + ".gz"]))
+    return list(dict.fromkeys([name, stem, dotted, dotted + ".gz", name.removesuffix(".bin")]))
 
 
 def verify_files(spec: DatasetSpec, files: dict[str, Path]) -> list[FileCheck]:
@@ -163,23 +164,25 @@ def verify_files(spec: DatasetSpec, files: dict[str, Path]) -> list[FileCheck]:
 
 def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
     data = path.read_bytes()
-    if file.md5 and md5_hex(data) == file.md5:
+    pickled = file.role == "batch" and data[:1] == PICKLE_PROTO
+    official = file.python_md5 if pickled else file.md5
+    if official and md5_hex(data) == official:
         return FileCheck(file, path, "verified", "md5 matches the official file")
     if manifest.get(path.name) and manifest[path.name] == hashlib.sha256(data).hexdigest():
         return FileCheck(file, path, "verified", "sha256 matches the verified download")
     raw = gunzip_if_needed(data, path)
     if file.raw_md5 and md5_hex(raw) == file.raw_md5:
         return FileCheck(file, path, "verified", "decompressed md5 matches the official file")
-    count = record_count(file, raw)
+    count = record_count(file, raw, path)
     what = f"{count:,} of {file.count:,} records" if count != file.count else f"{count:,} records"
-    if file.md5 or file.raw_md5:
+    if official or file.raw_md5:
         return FileCheck(file, path, "differs", f"{what}, md5 {md5_hex(raw)[:12]}... is not the official one")
     return FileCheck(file, path, "differs", f"{what}, no official per-file checksum and no verified-download record")
 
 
-def record_count(file: FileSpec, raw: bytes) -> int:
+def record_count(file: FileSpec, raw: bytes, path) -> int:
     if file.role == "batch":
-        return len(raw) // 3073
+        return len(decode_cifar_batch(raw, path)[1]) if raw[:1] == PICKLE_PROTO else len(raw) // 3073
     return int.from_bytes(raw[4:8], "big") if len(raw) >= 8 else 0
 
 

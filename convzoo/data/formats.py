@@ -1,4 +1,8 @@
-"""Readers and writers for the IDX (MNIST family) and CIFAR-10 binary formats. numpy only.
+"""Readers and writers for the IDX (MNIST family) and CIFAR-10 formats. numpy only.
+
+CIFAR-10 batches are read in both published forms: the binary records (cifar-10-batches-bin) and
+the Python pickles torchvision downloads (cifar-10-batches-py), the latter with an unpickler that
+can build numpy arrays and nothing else.
 
 Every reader validates what it reads and raises DataError naming the file and the problem;
 decoding is one vectorised numpy call, never a loop over images.
@@ -6,7 +10,10 @@ decoding is one vectorised numpy call, never a loop over images.
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
+import pickle
 import zlib
 from pathlib import Path
 
@@ -27,6 +34,7 @@ IDX_DTYPES = {
 CIFAR_IMAGE_BYTES = 3 * 32 * 32
 CIFAR_RECORD_BYTES = 1 + CIFAR_IMAGE_BYTES
 GZIP_MAGIC = b"\x1f\x8b"
+PICKLE_PROTO = b"\x80"  # a pickle's first opcode; a CIFAR-10 binary record starts with a label byte 0..9
 
 
 def read_idx(path) -> np.ndarray:
@@ -90,9 +98,14 @@ def write_idx(path, array: np.ndarray) -> None:
     atomic_write_bytes(path, payload)
 
 
-def read_cifar_bin(path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """A CIFAR-10 binary batch -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
-    data = read_maybe_gzip(path)
+def read_cifar_batch(path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR-10 batch, binary or Python pickle -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
+    return decode_cifar_batch(read_maybe_gzip(path), path, num_classes)
+
+
+def decode_cifar_batch(data: bytes, path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    if data[:1] == PICKLE_PROTO:
+        return decode_cifar_pickle(data, path, num_classes)
     if len(data) == 0 or len(data) % CIFAR_RECORD_BYTES:
         raise DataError(
             f"size {len(data)} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte CIFAR-10 records "
@@ -103,6 +116,56 @@ def read_cifar_bin(path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]
     labels = records[:, 0].astype(np.int64)
     check_label_range(labels, num_classes, path)
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def decode_cifar_pickle(data: bytes, path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """A cifar-10-batches-py batch: a dict with 'data' (N x 3072 uint8, channel-major) and 'labels'."""
+    try:
+        # latin1 is how Python 3 reads the Python 2 strings inside the official pickles.
+        batch = SafeArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except RefusedPickle as exc:
+        raise DataError(f"{exc}; a CIFAR-10 Python batch holds only numpy arrays and lists", path) from None
+    except Exception as exc:  # truncated or garbled pickles raise almost any exception type
+        raise DataError(f"corrupt CIFAR-10 Python batch (unpickling failed: {type(exc).__name__}: {exc})",
+                        path) from None
+    if not isinstance(batch, dict):
+        raise DataError(f"not a CIFAR-10 Python batch (a pickled {type(batch).__name__}, not a dict)", path)
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "labels" not in batch:
+        hint = " (CIFAR-100 has 'fine_labels'; convzoo reads CIFAR-10)" if "fine_labels" in batch else ""
+        raise DataError(f"CIFAR-10 Python batch has no 'labels' entry{hint}", path)
+    images, labels = batch.get("data"), np.asarray(batch["labels"])
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
+            or images.shape[1] != CIFAR_IMAGE_BYTES:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataError(f"CIFAR-10 Python batch 'data' must be uint8 N x {CIFAR_IMAGE_BYTES}, got {got}", path)
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{len(images)} images but labels of shape {labels.shape} ({labels.dtype})", path)
+    labels = labels.astype(np.int64)
+    check_label_range(labels, num_classes, path)
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    pass
+
+
+class SafeArrayUnpickler(pickle.Unpickler):
+    """Resolves only the globals numpy arrays pickle to, so loading a file can never run code."""
+
+    _reconstruct = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, under either module name
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes in protocol-2 pickles
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise RefusedPickle(f"refusing to unpickle {module}.{name}")
+        return self.ALLOWED[(module, name)]
 
 
 def write_cifar_bin(path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -76,7 +76,7 @@ def read_split(located: Located, split: str) -> Split:
                 located.path(images_file),
             )
     else:
-        parts = [formats.read_cifar_bin(located.path(f), spec.num_classes) for f in files]
+        parts = [formats.read_cifar_batch(located.path(f), spec.num_classes) for f in files]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
     # np.array copies the read-only decode buffer into memory torch may own and write.

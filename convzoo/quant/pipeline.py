@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..config import TrainConfig
 from ..atomic import atomic_write_bytes
 from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
 from ..deploy.export import export_onnx, model_metadata
