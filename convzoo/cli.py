@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify image files")
     p.add_argument("--model", required=True, help="model.onnx, a convzoo checkpoint, or NAME:DATASET")
-    p.add_argument("images", nargs="*")
+    p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or quoted patterns like 'shots/*.jpg'")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.add_argument("--from-test", type=int, default=0, metavar="N", help="predict the first N test images instead")

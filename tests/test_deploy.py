@@ -265,3 +265,24 @@ def test_draw_digit_in_real_browser(server):
             page.screenshot(path=str(artifacts / f"draw-digit-{label}.png"))
         browser.close()
     assert predicted == [str(v) for v in labels]
+
+
+@pytest.mark.real_data
+def test_predict_folders_and_patterns(mnist_onnx, tmp_path):
+    images, labels = mnist_test(12)
+    for i, (digit, label) in enumerate(zip(images[:, 0], labels)):
+        folder = tmp_path / "shots" / ("a" if i < 6 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digit).save(folder / f"{i:02d}_{label}.{'png' if i % 2 else 'jpg'}")
+    (tmp_path / "shots" / "notes.txt").write_text("not an image, and not picked up")
+    (tmp_path / "shots" / ".hidden").mkdir()
+    (tmp_path / "shots" / ".hidden" / "junk.png").write_bytes(b"not a png")
+    proc = run_cli("predict", "--model", mnist_onnx, "--json", tmp_path / "shots", check=0)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [Path(r["file"]).name.split("_")[0] for r in results] == [f"{i:02d}" for i in range(12)]
+    assert sum(r["class"] == Path(r["file"]).stem.split("_")[1] for r in results) >= 11
+    proc = run_cli("predict", "--model", mnist_onnx, "--json", str(tmp_path / "shots" / "**" / "*.png"), check=0)
+    assert len(proc.stdout.splitlines()) == 6
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("predict", "--model", mnist_onnx, tmp_path / "empty"), "empty", "no image files")
+    assert_user_error(run_cli("predict", "--model", mnist_onnx, str(tmp_path / "*.gif")), "*.gif", "no files match")

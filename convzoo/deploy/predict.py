@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from .preprocess import load_image, to_array
+from .preprocess import ImageError, load_image, to_array
 
 META_KEY = "convzoo"  # the ONNX metadata entry holding classes, input spec and preprocessing
 
@@ -85,9 +86,48 @@ class Predictor:
             results.append({**top[0], "topk": top})
         return results
 
-    def predict_files(self, paths, topk: int = 3) -> list[dict]:
-        images = [load_image(p) for p in paths]  # every file is checked before any is run
-        return [{"file": str(p), **r} for p, r in zip(paths, self.predict_images(images, topk))]
+    def predict_files(self, paths, topk: int = 3, batch_size: int = 256) -> list[dict]:
+        """Files, folders (their images, recursively) or quoted glob patterns -> one result per image."""
+        files = expand_image_paths(paths)
+        # Every file is decoded and checked before any is run; only the small model inputs are kept.
+        arrays = [to_array(load_image(f), self.meta) for f in files]
+        results = []
+        for start in range(0, len(arrays), batch_size):
+            results += self.predict_arrays(np.concatenate(arrays[start:start + batch_size]), topk)
+        return [{"file": str(f), **r} for f, r in zip(files, results)]
+
+
+def expand_image_paths(paths) -> list[Path]:
+    """Files as given; a folder -> the image files under it (sorted, hidden ones skipped); a pattern
+    such as 'shots/*.jpg' (quoted, so the shell leaves it) -> its matching files."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in image_suffixes()
+                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            if not found:
+                raise ImageError(f"folder holds no image files ({' '.join(image_suffixes())})", path)
+            files += found
+        elif not path.exists() and any(ch in str(path) for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            if not found:
+                raise ImageError("no files match this pattern", path)
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".pgm", ".ppm",
+                  ".pbm", ".pnm", ".tga", ".qoi")
+
+
+def image_suffixes() -> list[str]:
+    """The usual still-image extensions that this Pillow build can open (a folder may hold other files)."""
+    from PIL import Image
+
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return [ext for ext in PHOTO_SUFFIXES if ext in readable]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
