@@ -24,7 +24,7 @@ demo: setup
 	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant
 	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx
 	$(CONVZOO) data sample mnist --count 5 --output $(DEMO)/digits
-	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits/*.png
+	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits
 	$(CONVZOO) predict --model $(DEMO)/quant/model-int8.onnx --from-test 25 --grid $(DEMO)/grid.png
 
 test: setup
