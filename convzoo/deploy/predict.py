@@ -76,8 +76,10 @@ class Predictor:
         batch = np.concatenate([to_array(im, self.meta) for im in images])
         return self.predict_arrays(batch, topk)
 
-    def predict_arrays(self, batch: np.ndarray, topk: int = 3) -> list[dict]:
-        probs = softmax(self.run(batch.astype(np.float32)))
+    def predict_arrays(self, batch: np.ndarray, topk: int = 3, batch_size: int = 256) -> list[dict]:
+        """Model inputs (N, C, H, W) -> results, run `batch_size` at a time so memory stays bounded."""
+        batch = batch.astype(np.float32)
+        probs = np.concatenate([softmax(self.run(batch[i:i + batch_size])) for i in range(0, len(batch), batch_size)])
         k = min(topk, probs.shape[1])
         results = []
         for row in probs:
@@ -86,15 +88,14 @@ class Predictor:
             results.append({**top[0], "topk": top})
         return results
 
-    def predict_files(self, paths, topk: int = 3, batch_size: int = 256) -> list[dict]:
+    def predict_files(self, paths, topk: int = 3) -> list[dict]:
         """Files, folders (their images, recursively) or quoted glob patterns -> one result per image."""
         files = expand_image_paths(paths)
+        if not files:
+            return []
         # Every file is decoded and checked before any is run; only the small model inputs are kept.
-        arrays = [to_array(load_image(f), self.meta) for f in files]
-        results = []
-        for start in range(0, len(arrays), batch_size):
-            results += self.predict_arrays(np.concatenate(arrays[start:start + batch_size]), topk)
-        return [{"file": str(f), **r} for f, r in zip(files, results)]
+        batch = np.concatenate([to_array(load_image(f), self.meta) for f in files])
+        return [{"file": str(f), **r} for f, r in zip(files, self.predict_arrays(batch, topk))]
 
 
 def expand_image_paths(paths) -> list[Path]:
