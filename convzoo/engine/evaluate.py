@@ -57,9 +57,8 @@ def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, am
 def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, device: str = "auto",
                         batch_size: int = 1000) -> EvalResult:
     """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes)."""
-    from ..data.tensors import load_dataset
+    from ..data.tensors import load_dataset, select_classes_by_name
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from ..data.tensors import select_classes_by_name
     from .runtime import resolve_device
 
     ckpt = load_checkpoint(path)
