@@ -7,7 +7,7 @@ CONVZOO := $(VENV)/bin/convzoo
 export CONVZOO_DATA ?= $(abspath ../shared/data)
 DEMO   ?= runs/demo
 
-.PHONY: demo test setup clean
+.PHONY: demo test check setup system-deps clean
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,16 @@ demo: setup
 	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits
 	$(CONVZOO) predict --model $(DEMO)/quant/model-int8.onnx --from-test 25 --grid $(DEMO)/grid.png
 
-test: setup
+# Debian packages the suite reads (Fashion-MNIST) or drives (Chromium); installed when missing.
+system-deps:
+	bash scripts/system_deps.sh
+
+test: setup system-deps
 	$(PY) -m pytest -q
+
+# The quick tier for everyday work: no real-data training, no browser, no subprocess-heavy runs.
+check: setup
+	$(PY) -m pytest -q -m "not real_data and not slow and not browser"
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

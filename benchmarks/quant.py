@@ -16,7 +16,8 @@ import torch
 
 from convzoo.data.catalog import get_spec
 from convzoo.data.tensors import InputSpec, load_dataset, to_model_input
-from convzoo.deploy.export import export_onnx, model_metadata
+from convzoo.deploy.export import export_onnx
+from convzoo.metadata import deployment_metadata
 from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
 from convzoo.models.registry import create_model, get_model_info
 from convzoo.quant.ptq import calibration_batches, quantize_onnx
@@ -55,7 +56,7 @@ def main():
         train, test, _ = load_dataset(ckpt["dataset"], args.data_path, quiet=True)
         export_onnx(ckpt_path, tmp / "fp32.onnx")
         quantize_onnx(tmp / "fp32.onnx", tmp / "int8.onnx", calibration_batches(train, spec, args.calib_batches),
-                      model_metadata(ckpt))
+                      deployment_metadata(ckpt))
         n = args.test_images
         x = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, n, 1000)]).numpy()
         result = compare(tmp / "fp32.onnx", tmp / "int8.onnx", x, test.labels[:n].numpy(), threads=args.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,17 +57,43 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("convzoo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is the same one line as every other user error: `convzoo: error: ...`."""
+
+    def error(self, message):
+        self.exit(2, f"convzoo: error: {self.prog.removeprefix('convzoo ')}: {message} (see {self.prog} --help)\n")
+
+
+def number(kind, low=None, high=None):
+    """An argparse type: int or float within [low, high], finite."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low) \
+                or (high is not None and value > high):
+            bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+            raise argparse.ArgumentTypeError(f"{text} is outside {bounds}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convzoo", description="Train, evaluate, quantize, export, predict with "
+    parser = Parser(prog="convzoo", description="Train, evaluate, quantize, export, predict with "
                                      "and serve the classic convolutional networks.")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("data", help="download | verify | info a data set")
     p.add_argument("action", choices=["download", "verify", "info", "sample"])
     p.add_argument("name")
-    p.add_argument("--count", type=int, default=5, help="sample: how many test images to save as PNG")
+    p.add_argument("--count", type=number(int, 1, 100_000), default=5, help="sample: how many test images to save as PNG")
     p.add_argument("--output", default="samples", help="sample: folder for the PNG files")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--mirror", action="append", help="base URL to download from (repeatable; tried in order)")
@@ -96,16 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="an ONNX file, or a shipped pretrained name like lenet5:mnist")
     p.add_argument("--dataset")
     p.add_argument("--data-path", "--data_path", dest="data_path")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1000)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=number(int, 1, 65536), default=1000)
     p.add_argument("--device", "--device_target", dest="device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=number(int, 0, 1024), default=0)
     p.add_argument("--confusion", help="also write the normalised confusion matrix to this PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs")
     p.add_argument("--model", required=True)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=number(int, 1, 100_000), default=10)
     p.add_argument("--input", help="C,H,W (default: the model's own input)")
     p.set_defaults(handler=cmd_summary)
 
@@ -113,12 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", help="fp32 convzoo checkpoint (omit with --config to train first)")
     p.add_argument("--config", help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
     p.add_argument("--method", default="qat", help="qat | ptq")
-    p.add_argument("--epochs", type=int, default=1, help="QAT fine-tune epochs")
-    p.add_argument("--lr", type=float, default=0.001, help="QAT fine-tune peak learning rate")
-    p.add_argument("--calib-batches", type=int, default=32)
+    p.add_argument("--epochs", type=number(int, 1, 10_000), default=1, help="QAT fine-tune epochs")
+    p.add_argument("--lr", type=number(float, 1e-12), default=0.001, help="QAT fine-tune peak learning rate")
+    p.add_argument("--calib-batches", type=number(int, 1, 100_000), default=32)
     p.add_argument("--output-dir")
     p.add_argument("--data-path", "--data_path", dest="data_path")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=number(int, 1, 1024), default=2)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("report", help="a run's history table and curves; several runs side by side")
@@ -132,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
     p.add_argument("--output", "-o", help="output file (default: beside the checkpoint)")
     p.add_argument("--int8", action="store_true", help="int8 ONNX via post-training quantization")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=number(int, 18, 23), default=18)
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--data-path", "--data_path", dest="data_path", help="data for the int8 calibration and checks")
     p.set_defaults(handler=cmd_export)
@@ -140,12 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files")
     p.add_argument("--model", required=True, help="model.onnx, a convzoo checkpoint, or NAME:DATASET")
     p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or quoted patterns like 'shots/*.jpg'")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--topk", type=number(int, 1, 1000), default=3, help="how many classes to list (at most all)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--from-test", type=int, default=0, metavar="N", help="predict the first N test images instead")
+    p.add_argument("--from-test", type=number(int, 0, 100_000), default=0, metavar="N",
+                   help="predict the first N test images instead")
     p.add_argument("--grid", default="grid.png", help="with --from-test: where to write the 5x5 grid")
     p.add_argument("--data-path", "--data_path", dest="data_path")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=number(int, 1, 1024), default=1)
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
@@ -274,16 +302,18 @@ def cmd_summary(args) -> int:
 def cmd_export(args) -> int:
     from .deploy.export import export_onnx, export_pt2
 
-    ckpt = Path(args.ckpt)
+    ckpt = args.ckpt
+    # A shipped name (lenet5:mnist) exports to ./lenet5-mnist.onnx; a file, beside itself.
+    stem = Path(ckpt) if Path(ckpt).exists() else Path(ckpt.replace(":", "-"))
     if args.int8:
         from .quant.ptq import export_int8_from_checkpoint
 
-        out = Path(args.output or ckpt.with_name(ckpt.stem + "-int8.onnx"))
+        out = Path(args.output or stem.with_name(stem.stem + "-int8.onnx"))
         result = export_int8_from_checkpoint(ckpt, out, data_path=args.data_path)
     elif args.format == "pt2":
-        result = export_pt2(ckpt, args.output or ckpt.with_suffix(".pt2"))
+        result = export_pt2(ckpt, args.output or stem.with_suffix(".pt2"))
     else:
-        result = export_onnx(ckpt, args.output or ckpt.with_suffix(".onnx"), opset=args.opset,
+        result = export_onnx(ckpt, args.output or stem.with_suffix(".onnx"), opset=args.opset,
                              dynamic_batch=args.dynamic_batch)
     print(json.dumps(result))
     return 0
@@ -324,11 +354,9 @@ def predict_test_images(predictor, args) -> int:
 
 def resolve_model(name: str) -> str:
     """A file path as is; NAME:DATASET is a shipped pretrained model."""
-    if ":" in name and not Path(name).exists():
-        from .models.pretrained import pretrained_path
+    from .models.pretrained import resolve
 
-        return str(pretrained_path(name))
-    return name
+    return str(resolve(name))
 
 
 def cmd_serve(args) -> int:

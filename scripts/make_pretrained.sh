@@ -10,6 +10,6 @@ for pair in "mnist:lenet5-mnist" "fashion-mnist:lenet5-fashion"; do
   dataset=${pair%%:*}; preset=${pair#*:}
   $PY -m convzoo train --config "$preset" --output-dir "runs/pretrained-$dataset" --exist-ok --deterministic \
       --threads 1 --seed 0 --print-freq 0
-  $PY -m convzoo.models.pretrained pack "runs/pretrained-$dataset/last.pt" "lenet5:$dataset" \
+  $PY scripts/pack_pretrained.py "runs/pretrained-$dataset/last.pt" "lenet5:$dataset" \
       "scripts/make_pretrained.sh: --config $preset --deterministic --threads 1 --seed 0, last.pt"
 done

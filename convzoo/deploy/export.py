@@ -18,16 +18,7 @@ import torch
 from ..atomic import atomic_path
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..errors import ConfigError
-from .predict import META_KEY
-
-
-
-def model_metadata(ckpt: dict) -> dict:
-    """What predict and serve need besides the graph: classes, input spec, preprocessing rule."""
-    dataset = ckpt.get("dataset", "")
-    rule = {"mnist": "digit", "fashion-mnist": "fashion"}.get(dataset, "resize")
-    return {"model": ckpt["model"], "dataset": dataset, "class_names": list(ckpt["class_names"]),
-            "input": dict(ckpt["input"]), "preprocess": rule, "format_version": 1}
+from ..metadata import META_KEY, deployment_metadata
 
 
 def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True) -> dict:
@@ -37,7 +28,7 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
     spec = ckpt["input"]
     example = torch.zeros(2, spec["channels"], spec["size"], spec["size"])
     onnx_model = to_onnx(model, example, opset=opset, dynamic_batch=dynamic_batch)
-    set_metadata(onnx_model, model_metadata(ckpt))
+    set_metadata(onnx_model, deployment_metadata(ckpt))
     save_onnx(onnx_model, out_path)
     result = {"path": str(out_path)}
     if check:
@@ -100,5 +91,5 @@ def export_pt2(ckpt_path, out_path) -> dict:
     if out_path.suffix != ".pt2":
         raise ConfigError(f"a torch.export archive must end in .pt2, got {out_path.name}")
     with atomic_path(out_path, ".pt2") as tmp:
-        torch.export.save(program, tmp, extra_files={"convzoo.json": json.dumps(model_metadata(ckpt))})
+        torch.export.save(program, tmp, extra_files={"convzoo.json": json.dumps(deployment_metadata(ckpt))})
     return {"path": str(out_path)}

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..metadata import deployment_metadata, read_onnx_metadata
 from .preprocess import ImageError, load_image, to_array
 
-META_KEY = "convzoo"  # the ONNX metadata entry holding classes, input spec and preprocessing
+BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 
 class Predictor:
@@ -22,37 +23,43 @@ class Predictor:
         self.threads = threads
         if self.path.suffix == ".onnx":
             self.meta, self.run = self._load_onnx()
-        elif self.path.suffix == ".safetensors":
-            self.meta, self.run = self._load_torch(safetensors=True)
         else:
             self.meta, self.run = self._load_torch()
+        spec = self.meta["input"]
+        # Rows per inference call: 256 for LeNet-sized inputs, fewer for big ones, so memory stays bounded.
+        self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
 
     def _load_onnx(self):
         import onnxruntime as ort
 
         if not self.path.is_file():
             raise ConfigError("model file not found", self.path)
+        import onnx
+
         try:
-            meta = read_metadata(self.path)
+            graph = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # protobuf and onnx raise many types for a bad file
+            raise ConfigError(f"not a loadable ONNX model ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})",
+                              self.path) from None
+        meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
+        del graph
+        try:
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnx/onnxruntime raise many types for a bad file
-            raise ConfigError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:160]})", self.path) from None
-        if not meta:
-            raise ConfigError("ONNX file has no convzoo metadata (export it with `convzoo export`)", self.path)
+        except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
+            raise ConfigError(f"not a loadable ONNX model ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})",
+                              self.path) from None
         name = session.get_inputs()[0].name
         return meta, lambda x: session.run(None, {name: x})[0]
 
-    def _load_torch(self, safetensors: bool = False):
+    def _load_torch(self):
         import torch
 
         from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-        from ..models.pretrained import load_safetensors_checkpoint
-        from .export import model_metadata
 
-        ckpt = load_safetensors_checkpoint(self.path) if safetensors else load_checkpoint(self.path)
+        ckpt = load_checkpoint(self.path)
         model = model_from_checkpoint(ckpt, self.path).eval()
         torch.set_num_threads(self.threads)
 
@@ -60,7 +67,7 @@ class Predictor:
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
 
-        return model_metadata(ckpt), run
+        return deployment_metadata(ckpt), run
 
     @property
     def classes(self) -> list[str]:
@@ -76,10 +83,11 @@ class Predictor:
         batch = np.concatenate([to_array(im, self.meta) for im in images])
         return self.predict_arrays(batch, topk)
 
-    def predict_arrays(self, batch: np.ndarray, topk: int = 3, batch_size: int = 256) -> list[dict]:
-        """Model inputs (N, C, H, W) -> results, run `batch_size` at a time so memory stays bounded."""
+    def predict_arrays(self, batch: np.ndarray, topk: int = 3) -> list[dict]:
+        """Model inputs (N, C, H, W) -> results, run `batch_rows` at a time so memory stays bounded."""
         batch = batch.astype(np.float32)
-        probs = np.concatenate([softmax(self.run(batch[i:i + batch_size])) for i in range(0, len(batch), batch_size)])
+        step = self.batch_rows
+        probs = np.concatenate([softmax(self.run(batch[i:i + step])) for i in range(0, len(batch), step)])
         k = min(topk, probs.shape[1])
         results = []
         for row in probs:
@@ -137,18 +145,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def read_metadata(onnx_path) -> dict:
-    import json
-
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == META_KEY:
-            return json.loads(prop.value)
-    return {}
-
-
 def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: int = 3):
     """The first `count` test images of the model's data set: (uint8 images, true names, predictions)."""
     from ..data.tensors import load_dataset, select_classes_by_name
@@ -177,7 +173,8 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
     test = select_classes_by_name(test, predictor.classes, path)
     k = len(predictor.classes)
     images, labels = test.images.numpy(), test.labels.numpy()
-    preds = np.concatenate([predictor.run(from_dataset(images[i: i + 1000], predictor.meta)).argmax(1)
-                            for i in range(0, len(images), 1000)])
+    step = predictor.batch_rows
+    preds = np.concatenate([predictor.run(from_dataset(images[i: i + step], predictor.meta)).argmax(1)
+                            for i in range(0, len(images), step)])
     confusion = torch.from_numpy(np.bincount(labels * k + preds, minlength=k * k).reshape(k, k))
     return EvalResult(float((preds == labels).mean()), float("nan"), confusion, tuple(predictor.classes))

@@ -16,6 +16,8 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..errors import CheckpointError
+from ..metadata import META_KEY, check_model_meta, parse_json_meta
+from ..models import pretrained
 
 FORMAT = "convzoo-checkpoint"
 VERSION = 1
@@ -29,17 +31,22 @@ def save_checkpoint(path, payload: dict) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load and validate a convzoo checkpoint; every failure is one CheckpointError line."""
-    path = Path(path)
+    """Load and validate a model: a convzoo checkpoint (.pt), a shipped .safetensors file, or a
+    shipped pretrained name such as lenet5:mnist. Every failure is one CheckpointError line."""
+    path = pretrained.resolve(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found" if not path.exists() else "not a file", path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"refused to load: the file needs arbitrary unpickling, which could run code ({first[:160]})",
                               path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError) as exc:
+        # A damaged zip or pickle stream surfaces as almost any of these from inside torch.load.
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"truncated or corrupt checkpoint ({reason})", path) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -48,13 +55,64 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"convzoo checkpoint is missing {', '.join(missing)}", path)
+    ckpt.update(check_model_meta(ckpt, path))
+    check_state_dict(ckpt["state_dict"], path)
     return ckpt
+
+
+def load_safetensors(path: Path) -> dict:
+    """A checkpoint-like dict (model, classes, input spec, state_dict) from a convzoo .safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, MemoryError) as exc:
+        raise CheckpointError(f"not a safetensors file ({str(exc).splitlines()[0][:120]})", path) from None
+    if META_KEY not in meta:
+        raise CheckpointError(f"not a convzoo safetensors file (no {META_KEY!r} metadata entry)", path)
+    info = parse_json_meta(meta[META_KEY], path)  # checked before a single tensor is read
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, MemoryError) as exc:
+        raise CheckpointError(f"corrupt safetensors file ({str(exc).splitlines()[0][:120]})", path) from None
+    check_state_dict(state, path)
+    return {**info, "state_dict": state}
+
+
+def check_state_dict(state, path) -> None:
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in state.items()):
+        raise CheckpointError("state_dict must map parameter names to tensors", path)
+
+
+def check_resume_state(state: dict, path) -> None:
+    """The training position and states that --resume reads, checked before any is applied."""
+    for key in ("epoch", "step"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+            raise CheckpointError(f"cannot resume: {key} must be a non-negative integer, got {str(value)[:40]!r}", path)
+    rng = state.get("rng")
+    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8):
+        raise CheckpointError("cannot resume: the checkpoint has no valid RNG state", path)
+    for key, kind in (("optimizer", dict), ("config", dict), ("history", list)):
+        if not isinstance(state.get(key, kind()), kind):
+            raise CheckpointError(f"cannot resume: {key} must be a {kind.__name__}", path)
 
 
 def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
     """Build the checkpoint's model and load its weights (strictly)."""
-    from ..models.registry import create_model
+    from ..errors import ConfigError
+    from ..models.registry import create_model, get_model_info
 
+    try:
+        info = get_model_info(ckpt["model"])
+    except ConfigError as exc:
+        raise CheckpointError(str(exc), path) from None
+    if ckpt["input"]["size"] != info.input_size:
+        raise CheckpointError(f"input size {ckpt['input']['size']} does not match model {info.name!r} "
+                              f"({info.input_size}x{info.input_size})", path)
     model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["input"]["channels"])
     try:
         model.load_state_dict(ckpt["state_dict"])

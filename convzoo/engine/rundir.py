@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import atomic_write_bytes
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s"]
 
@@ -45,8 +45,25 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    with open(path / "metrics.csv", newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+    """metrics.csv as rows of floats (None where empty); a damaged file is one DataError line."""
+    file = path / "metrics.csv"
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DataError("no metrics.csv: not a convzoo run folder", path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read metrics ({exc})", file) from None
+    missing = [k for k in METRIC_FIELDS if rows and k not in rows[0]]
+    if not rows or missing:
+        raise DataError(f"metrics.csv has no rows or lacks columns {', '.join(missing)}", file)
+    history = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            history.append({k: float(v) if v not in ("", None) else None for k, v in row.items() if k is not None})
+        except (TypeError, ValueError):
+            raise DataError(f"line {line} holds a value that is not a number", file) from None
+    return history
 
 
 class RunLog:

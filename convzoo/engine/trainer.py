@@ -23,7 +23,7 @@ from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_clas
 from ..errors import CheckpointError, ConfigError
 from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
-from .checkpoint import check_model_name, freeze, load_checkpoint, restore_weights, save_checkpoint
+from .checkpoint import check_model_name, check_resume_state, freeze, load_checkpoint, restore_weights, save_checkpoint
 from .evaluate import evaluate
 from .runtime import configure_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -55,6 +55,7 @@ class TrainingRun:
         state = None
         if resume:
             state = load_checkpoint(out / "last.pt")
+            check_resume_state(state, out / "last.pt")
             check_model_name(state, cfg.model, out / "last.pt")
             check_resumable(state, cfg, out / "last.pt")
         if main:
@@ -234,10 +235,13 @@ class TrainingRun:
 
     def _load_state(self, state: dict) -> None:
         """Continue from last.pt: weights, optimizer, scaler, position, history and RNG."""
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # the file's states, not our bug
+            raise CheckpointError(f"cannot resume: {str(exc).splitlines()[0][:160]}", self.out / "last.pt") from None
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         self.history, self.best = list(state.get("history", [])), state.get("best_acc", -1.0)
         self.epoch_acc = state.get("epoch_accumulators")

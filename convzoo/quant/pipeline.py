@@ -9,7 +9,8 @@ import torch
 
 from ..atomic import atomic_write_bytes
 from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
-from ..deploy.export import export_onnx, model_metadata
+from ..deploy.export import export_onnx
+from ..metadata import deployment_metadata
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..errors import ConfigError
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
@@ -55,7 +56,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     else:
         float_graph = out / "model-fp32.onnx"
     calib = calibration_batches(train, spec, calib_batches)
-    quantize_onnx(float_graph, out / "model-int8.onnx", calib, {**model_metadata(ckpt), "quantization": method})
+    quantize_onnx(float_graph, out / "model-int8.onnx", calib, {**deployment_metadata(ckpt), "quantization": method})
     result = compare(out / "model-fp32.onnx", out / "model-int8.onnx", x_test.numpy(), test.labels.numpy(),
                      threads=threads, reference_int8_logits=reference)
     result.update(method=method, model=ckpt["model"], dataset=ckpt["dataset"], checkpoint=str(ckpt_path))

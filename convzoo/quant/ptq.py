@@ -69,7 +69,8 @@ def calibration_batches(train, spec, count: int, batch_size: int = 64, seed: int
 def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32) -> dict:
     """Post-training quantization of a float checkpoint straight to an int8 ONNX file."""
     from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
-    from ..deploy.export import export_onnx, model_metadata
+    from ..deploy.export import export_onnx
+    from ..metadata import deployment_metadata
     from ..engine.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
@@ -80,7 +81,7 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp, "fp32.onnx")
         export_onnx(ckpt_path, fp32)
-        quantize_onnx(fp32, out_path, calib, model_metadata(ckpt))
+        quantize_onnx(fp32, out_path, calib, deployment_metadata(ckpt))
     return {"path": str(out_path), "calibration_batches": calib_batches}
 
 

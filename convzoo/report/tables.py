@@ -18,14 +18,19 @@ def load_run(folder) -> dict:
     folder = Path(folder)
     if not (folder / "metrics.csv").is_file():
         raise ConfigError("not a run directory (no metrics.csv)", folder)
-    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text("utf-8")) if (folder / "config.yaml").is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config.yaml ({str(exc).splitlines()[0]})", folder) from None
+    config = config if isinstance(config, dict) else {}
     history = read_metrics(folder)
-    if not history:
-        raise ConfigError("run has no finished epoch yet", folder)
     key = "val_acc" if history[-1].get("val_acc") is not None else "test_acc"
-    best = max((h for h in history if h[key] is not None), key=lambda h: h[key])
+    scored = [h for h in history if h[key] is not None]
+    if not scored:
+        raise ConfigError("run has no evaluated epoch yet", folder)
+    best = max(scored, key=lambda h: h[key])
     return {"folder": folder, "name": folder.name, "config": config, "history": history, "select": key,
-            "best": best, "last": history[-1], "time_s": sum(h["epoch_time_s"] for h in history)}
+            "best": best, "last": history[-1], "time_s": sum(h["epoch_time_s"] or 0 for h in history)}
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -1,0 +1,145 @@
+"""One schema for what a model file says about itself: checkpoints (.pt), shipped weights
+(.safetensors) and ONNX files all carry the same description (model, classes, input spec,
+preprocessing rule). It comes from outside, so it is checked here, types, ranges and required keys,
+before anything is built or allocated from it. numpy-free and torch-free: serving imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .errors import CheckpointError
+
+META_KEY = "convzoo"  # the ONNX / safetensors metadata entry holding the description
+FITS = ("pad", "resize", "none")
+PREPROCESS_RULES = ("digit", "fashion", "resize")
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 4
+# Every zoo model takes at most 227x227; a bigger claim is a forged file, and it would size every
+# batch buffer (a 12,000-pixel claim once asked for 15.9 GB).
+MAX_INPUT_SIZE = 512
+MAX_NAME_CHARS = 200
+
+# Which deployment preprocessing each data set's images need (users' photos -> model input).
+PREPROCESS_BY_DATASET = {"mnist": "digit", "fashion-mnist": "fashion"}
+
+
+class MetadataError(CheckpointError):
+    """A model file whose self-description is missing, mistyped or out of range."""
+
+
+def _int(value, what: str, low: int, high: int, path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MetadataError(f"{what} must be an integer in {low}..{high}, got {_show(value)}", path)
+    return value
+
+
+def _str(value, what: str, path, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not allow_empty) or len(value) > MAX_NAME_CHARS:
+        raise MetadataError(f"{what} must be a string of 1..{MAX_NAME_CHARS} characters, got {_show(value)}", path)
+    return value
+
+
+def _floats(value, what: str, count: int, path, *, positive: bool = False) -> list[float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in value)
+    if not ok:
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise MetadataError(f"{what} must be a list of {count} {kind}, got {_show(value)}", path)
+    return [float(v) for v in value]
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_input_spec(spec, path) -> dict:
+    """The input spec {channels, size, fit, mean, std} with every field checked."""
+    if not isinstance(spec, dict):
+        raise MetadataError(f"input spec must be a mapping, got {_show(spec)}", path)
+    missing = [k for k in ("channels", "size", "fit", "mean", "std") if k not in spec]
+    if missing:
+        raise MetadataError(f"input spec is missing {', '.join(missing)}", path)
+    channels = _int(spec["channels"], "input channels", 1, MAX_CHANNELS, path)
+    size = _int(spec["size"], "input size", 1, MAX_INPUT_SIZE, path)
+    if spec["fit"] not in FITS:
+        raise MetadataError(f"input fit must be one of {', '.join(FITS)}, got {_show(spec['fit'])}", path)
+    return {"channels": channels, "size": size, "fit": spec["fit"],
+            "mean": _floats(spec["mean"], "input mean", channels, path),
+            "std": _floats(spec["std"], "input std", channels, path, positive=True)}
+
+
+def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
+    """Validate a model description; returns a clean copy (model, dataset, class_names, num_classes,
+    input, preprocess). Raises MetadataError naming the file and the first problem."""
+    if not isinstance(meta, dict):
+        raise MetadataError(f"model metadata must be a mapping, got {type(meta).__name__}", path)
+    required = ("model", "class_names", "input") + (("num_classes",) if need_num_classes else ())
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise MetadataError(f"model metadata is missing {', '.join(missing)}", path)
+    names = meta["class_names"]
+    if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
+        raise MetadataError(f"class_names must be a list of 1..{MAX_CLASSES} names, got {_show(names)}", path)
+    names = [_str(n, "each class name", path) for n in names]
+    num_classes = _int(meta["num_classes"], "num_classes", 1, MAX_CLASSES, path) if need_num_classes else len(names)
+    if num_classes != len(names):
+        raise MetadataError(f"num_classes is {num_classes} but there are {len(names)} class names", path)
+    dataset = _str(meta.get("dataset", ""), "dataset", path, allow_empty=True)
+    rule = meta.get("preprocess", PREPROCESS_BY_DATASET.get(dataset, "resize"))
+    if rule not in PREPROCESS_RULES:
+        raise MetadataError(f"preprocess must be one of {', '.join(PREPROCESS_RULES)}, got {_show(rule)}", path)
+    return {"model": _str(meta["model"], "model name", path), "dataset": dataset, "class_names": names,
+            "num_classes": num_classes, "input": check_input_spec(meta["input"], path), "preprocess": rule}
+
+
+def deployment_metadata(meta: dict) -> dict:
+    """What predict and serve need besides the graph, as written into ONNX and .pt2 files."""
+    return {"model": meta["model"], "dataset": meta.get("dataset", ""), "class_names": list(meta["class_names"]),
+            "input": dict(meta["input"]), "preprocess": PREPROCESS_BY_DATASET.get(meta.get("dataset", ""), "resize"),
+            "format_version": 1}
+
+
+def parse_json_meta(text, path, *, need_num_classes: bool = True) -> dict:
+    """The JSON description stored in an ONNX or safetensors file, parsed and checked."""
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise MetadataError(f"the {META_KEY!r} metadata entry is not valid JSON", path) from None
+    return check_model_meta(meta, path, need_num_classes=need_num_classes)
+
+
+def read_onnx_metadata(onnx_model, path) -> dict:
+    """An onnx.ModelProto's convzoo description, checked against the graph's one input."""
+    entries = [p.value for p in onnx_model.metadata_props if p.key == META_KEY]
+    if not entries:
+        raise MetadataError("ONNX file has no convzoo metadata (export it with `convzoo export`)", path)
+    meta = parse_json_meta(entries[0], path, need_num_classes=False)
+    check_graph_io(onnx_model.graph, meta, path)
+    return meta
+
+
+def check_graph_io(graph, meta: dict, path) -> None:
+    """Exactly one float image input (N, C, H, W) whose fixed dims match the spec, one output."""
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise MetadataError(f"ONNX graph must have exactly one input, it has {len(inputs)}", path)
+    if len(graph.output) != 1:
+        raise MetadataError(f"ONNX graph must have exactly one output (the logits), it has {len(graph.output)}", path)
+    out_dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.output[0].type.tensor_type.shape.dim]
+    if out_dims and out_dims[-1] is not None and out_dims[-1] != len(meta["class_names"]):
+        raise MetadataError(f"ONNX output has {out_dims[-1]} logits but the metadata names "
+                            f"{len(meta['class_names'])} classes", path)
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type != 1:  # onnx.TensorProto.FLOAT
+        raise MetadataError(f"ONNX input {inputs[0].name!r} is not float32 (element type {tensor.elem_type})", path)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    spec = meta["input"]
+    want = [None, spec["channels"], spec["size"], spec["size"]]
+    if len(dims) != 4 or any(d is not None and w is not None and d != w for d, w in zip(dims[1:], want[1:])):
+        raise MetadataError(f"ONNX input shape {['?' if d is None else d for d in dims]} does not match the "
+                            f"metadata's input spec (N, {spec['channels']}, {spec['size']}, {spec['size']})", path)
