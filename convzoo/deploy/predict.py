@@ -38,6 +38,7 @@ class Predictor:
 
         try:
             graph = onnx.load(str(self.path), load_external_data=False)
+            onnx.checker.check_model(graph)  # a structurally broken graph never reaches onnxruntime's C++ loader
         except Exception as exc:  # protobuf and onnx raise many types for a bad file
             raise ConfigError(f"not a loadable ONNX model ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})",
                               self.path) from None
@@ -52,7 +53,19 @@ class Predictor:
             raise ConfigError(f"not a loadable ONNX model ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})",
                               self.path) from None
         name = session.get_inputs()[0].name
-        return meta, lambda x: session.run(None, {name: x})[0]
+
+        def run(x):
+            try:
+                return session.run(None, {name: x})[0]
+            except Exception as exc:  # a graph whose weights disagree with its own shapes fails only when run
+                raise ConfigError(f"the model failed to run ({str(exc).splitlines()[0][:160]})", self.path) from None
+
+        spec = meta["input"]
+        out = run(np.zeros((1, spec["channels"], spec["size"], spec["size"]), np.float32))  # refused now, not per request
+        if out.shape != (1, len(meta["class_names"])):
+            raise ConfigError(f"the model outputs shape {list(out.shape)} for one image, not [1, "
+                              f"{len(meta['class_names'])}] (one logit per class)", self.path)
+        return meta, run
 
     def _load_torch(self):
         import torch

@@ -13,13 +13,18 @@ from . import alexnet, lenet
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """Everything convzoo knows about a model, declared once, here."""
+
     name: str
-    build: Callable[..., nn.Module]
+    build: Callable[..., nn.Module]  # build(num_classes=..., in_channels=...)
     input_size: int  # square input side the network is built for
-    fit: str  # how dataset images reach input_size: pad | resize | none
-    default_threads: int  # CPU threads that train it fastest on a shared 2-core machine
+    fit: str  # how data set images reach input_size: pad | resize | none
     description: str
     in_channels: int = 1  # of the data set it was made for (a checkpoint records the real one)
+    default_threads: int = 1  # CPU threads that train it fastest on a shared 2-core machine
+    quantizable: bool = False  # has an int8 recipe (QAT/PTQ through torch.export and onnxruntime)
+    params: int = 0  # with 10 classes: the registry test checks the built model against these two
+    macs: int = 0  # multiply-accumulates per image
 
 
 MODELS: dict[str, ModelInfo] = {}
@@ -29,13 +34,21 @@ def register(info: ModelInfo) -> None:
     MODELS[info.name] = info
 
 
-register(ModelInfo("lenet5", lenet.LeNet5, 32, "pad", 1, "MindSpore model-zoo LeNet5 (ReLU, max-pool, 32x32)"))
-register(ModelInfo("lenet5-keras", lenet.LeNet5Keras, 28, "resize", 1, "the Keras tutorial's LeNet-5 variant (28x28)"))
-register(ModelInfo("lenet-quant", lenet.LeNetQuant, 32, "pad", 1, "MindSpore LeNet-Quant fused net (conv-BN-ReLU)"))
-register(ModelInfo("lenet5-1998", lenet.LeNet5Paper, 32, "pad", 1, "LeCun et al. 1998: tanh, trainable subsampling, C3 table, RBF"))
-
-register(ModelInfo("alexnet", alexnet.AlexNet, 227, "resize", 2, "MindSpore model-zoo AlexNet (227x227, 58.3M params)", 3))
-register(ModelInfo("alexnet-cifar", alexnet.AlexNetCifar, 32, "none", 2, "AlexNet's shape for 32x32 with BatchNorm", 3))
+register(ModelInfo(name="lenet5", build=lenet.LeNet5, input_size=32, fit="pad", quantizable=True,
+                   description="MindSpore model-zoo LeNet5 (ReLU, max-pool, 32x32)", params=61_706, macs=416_520))
+register(ModelInfo(name="lenet5-keras", build=lenet.LeNet5Keras, input_size=28, fit="resize", quantizable=True,
+                   description="the Keras tutorial's LeNet-5 variant (28x28)", params=331_214, macs=1_530_800))
+register(ModelInfo(name="lenet-quant", build=lenet.LeNetQuant, input_size=32, fit="pad", quantizable=True,
+                   description="MindSpore LeNet-Quant fused net (conv-BN-ReLU)", params=61_728, macs=416_520))
+register(ModelInfo(name="lenet5-1998", build=lenet.LeNet5Paper, input_size=32, fit="pad", quantizable=True,
+                   description="LeCun et al. 1998: tanh, trainable subsampling, C3 table, RBF",
+                   params=60_840, macs=326_520))
+register(ModelInfo(name="alexnet", build=alexnet.AlexNet, input_size=227, fit="resize", in_channels=3,
+                   default_threads=2, description="MindSpore model-zoo AlexNet (227x227, 58.3M params)",
+                   params=58_322_314, macs=1_131_201_056))
+register(ModelInfo(name="alexnet-cifar", build=alexnet.AlexNetCifar, input_size=32, fit="none", in_channels=3,
+                   default_threads=2, quantizable=True, description="AlexNet's shape for 32x32 with BatchNorm",
+                   params=6_977_994, macs=171_643_904))
 
 
 def get_model_info(name: str) -> ModelInfo:

@@ -85,10 +85,9 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
     return {"path": str(out_path), "calibration_batches": calib_batches}
 
 
-QUANTIZABLE = {"lenet5", "lenet-quant", "lenet5-keras", "lenet5-1998", "alexnet-cifar"}
-
-
 def check_quantizable(model_name: str, path=None) -> None:
-    if model_name not in QUANTIZABLE:
-        raise ConfigError(f"model {model_name!r} has no quantization recipe (supported: {', '.join(sorted(QUANTIZABLE))})",
-                          path)
+    from ..models.registry import MODELS
+
+    if not MODELS[model_name].quantizable:
+        supported = sorted(name for name, info in MODELS.items() if info.quantizable)
+        raise ConfigError(f"model {model_name!r} has no quantization recipe (supported: {', '.join(supported)})", path)

@@ -1,0 +1,158 @@
+"""Seeded fuzzing of model files through the real CLI: malformed checkpoints, safetensors and ONNX
+files (wrong field types, missing keys, forged sizes, graphs that disagree with their metadata,
+truncations and bit flips) each end in a prediction or one `convzoo: error:` line with exit 2:
+never a traceback, and never more memory than the runner's address-space limit."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from conftest import MNIST_DIR, need
+from fuzzing import problems, run_cases
+
+SEED = 1313
+
+# (path into the description, forged value): each makes the description invalid.
+FIELD_EDITS = [
+    (("model",), 7), (("model",), None), (("model",), []), (("model",), ""), (("model",), "x" * 1000),
+    (("model",), "no-such-model"),
+    (("num_classes",), "10"), (("num_classes",), -1), (("num_classes",), 0), (("num_classes",), 10**12),
+    (("num_classes",), True), (("num_classes",), 9.5), (("num_classes",), 11),
+    (("class_names",), "0123456789"), (("class_names",), list(range(10))), (("class_names",), []),
+    (("class_names",), ["a"] * 9), (("class_names",), None), (("class_names",), [None] * 10),
+    (("input",), 5), (("input",), "x"), (("input",), []), (("input",), {}),
+    (("input", "channels"), "1"), (("input", "channels"), 0), (("input", "channels"), 99), (("input", "channels"), 3),
+    (("input", "size"), 12000), (("input", "size"), -32), (("input", "size"), 0), (("input", "size"), "32"),
+    (("input", "size"), 31.5), (("input", "size"), 2**40), (("input", "size"), 28),
+    (("input", "fit"), "zoom"), (("input", "fit"), 3),
+    (("input", "mean"), []), (("input", "mean"), "x"), (("input", "mean"), [float("nan")]), (("input", "mean"), [1, 2]),
+    (("input", "std"), [0]), (("input", "std"), [-1]), (("input", "std"), [float("inf")]), (("input", "std"), None),
+    (("dataset",), 5), (("preprocess",), "evil"), (("preprocess",), 3),
+]
+DELETIONS = ["model", "class_names", "input", ("input", "size"), ("input", "std")]
+
+
+def edited(meta: dict, path, value=None, delete=False) -> dict:
+    meta = copy.deepcopy(meta)
+    path = (path,) if isinstance(path, str) else path
+    node = meta
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return meta
+
+
+def byte_mutations(data: bytes, rng: random.Random, count: int) -> list[bytes]:
+    """Truncations, bit flips, overwritten header bytes, and plain garbage."""
+    out = [b"", rng.randbytes(4096)]
+    for _ in range(count):
+        kind = rng.choice(["truncate", "flip", "header"])
+        b = bytearray(data)
+        if kind == "truncate":
+            b = b[: rng.randrange(1, len(b))]
+        elif kind == "flip":
+            for _ in range(rng.randint(1, 16)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        else:
+            start = rng.randrange(0, 64)
+            b[start: start + 8] = rng.randbytes(8)
+        out.append(bytes(b))
+    return out
+
+
+@pytest.mark.real_data
+def test_malformed_model_files_give_one_line_errors(tmp_path):
+    from convzoo.deploy.export import export_onnx
+    from convzoo.engine.checkpoint import FORMAT, load_checkpoint
+    from convzoo.models.pretrained import pretrained_path
+
+    rng = random.Random(SEED)
+    digit = Image.fromarray(np.full((28, 28), 0, np.uint8))
+    digit.save(tmp_path / "digit.png")
+    good = load_checkpoint("lenet5:mnist")
+    meta = {k: good[k] for k in ("model", "num_classes", "class_names", "input", "dataset")}
+    torch.save({"format": FORMAT, "version": 1, **meta, "state_dict": good["state_dict"]}, tmp_path / "good.pt")
+    export_onnx(tmp_path / "good.pt", tmp_path / "good.onnx")
+    good_onnx = onnx.load(str(tmp_path / "good.onnx"))
+    shipped = pretrained_path("lenet5:mnist").read_bytes()
+
+    files, must_refuse = [], []
+
+    def add(name: str, payload: bytes, refuse: bool):
+        path = tmp_path / "cases" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(payload)
+        files.append(path)
+        must_refuse.append(refuse)
+
+    def as_pt(description) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(description if not isinstance(description, dict) else
+                   {"format": FORMAT, "version": 1, "state_dict": good["state_dict"], **description}, buf)
+        return buf.getvalue()
+
+    def as_safetensors(description) -> bytes:
+        from safetensors.torch import save
+
+        return save({k: v.contiguous() for k, v in good["state_dict"].items()}, {"convzoo": json.dumps(description)})
+
+    def as_onnx(description) -> bytes:
+        model = copy.deepcopy(good_onnx)
+        model.metadata_props[0].value = json.dumps(description)
+        return model.SerializeToString()
+
+    forged = [(p, edited(meta, p, v)) for p, v in FIELD_EDITS] \
+        + [(p, edited(meta, p, delete=True)) for p in DELETIONS] + [((), [meta]), ((), 42), ((), "lenet5")]
+    for i, (field, description) in enumerate(forged):
+        add(f"field{i}.pt", as_pt(description), True)
+        add(f"field{i}.safetensors", as_safetensors(description), True)
+        # ONNX files carry no num_classes (the class names say it), and their graph needs no registered model.
+        if field != ("num_classes",) and description != edited(meta, "model", "no-such-model"):
+            add(f"field{i}.onnx", as_onnx(description), True)
+    for i, state in enumerate(["x", {"conv1.weight": 1}, {}, {"conv1.weight": torch.zeros(3)}]):
+        add(f"state{i}.pt", as_pt({**meta, "state_dict": state}), True)
+    # Graphs that disagree with their metadata: no input, two inputs, other input or output sizes.
+    for i, edit in enumerate(["no_input", "two_inputs", "size28", "out7", "int_input"]):
+        model = copy.deepcopy(good_onnx)
+        graph = model.graph
+        if edit == "no_input":
+            del graph.input[:]
+        elif edit == "two_inputs":
+            graph.input.append(copy.deepcopy(graph.input[0]))
+            graph.input[-1].name = "second"
+        elif edit == "size28":
+            graph.input[0].type.tensor_type.shape.dim[2].dim_value = 28
+        elif edit == "out7":
+            graph.output[0].type.tensor_type.shape.dim[-1].dim_value = 7
+        else:
+            graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+        add(f"graph{i}.onnx", model.SerializeToString(), True)
+    for suffix, data in ((".pt", (tmp_path / "good.pt").read_bytes()), (".safetensors", shipped),
+                         (".onnx", (tmp_path / "good.onnx").read_bytes())):
+        for i, payload in enumerate(byte_mutations(data, rng, 25)):
+            add(f"bytes{i}{suffix}", payload, False)
+
+    cases = [["predict", "--model", f, tmp_path / "digit.png"] for f in files]
+    # The forged input sizes once sized eval's buffers (15.9 GB): run those through eval as well.
+    sized = [f for f in files if f.suffix in (".onnx", ".safetensors") and f.stem.startswith("field")]
+    cases += [["eval", "--model", f, "--data-path", need(MNIST_DIR)] for f in sized[:20]]
+    must_refuse += [True] * len(sized[:20])
+    assert len(files) >= 100
+    results = run_cases(cases, tmp_path / "run")
+    bad = problems(results, lambda i: f"seed {SEED}, case {i}")
+    bad += [f"case {i} was accepted: {' '.join(r['argv'])}" for i, r in enumerate(results)
+            if must_refuse[i] and r["rc"] != 2]
+    assert not bad, f"{len(bad)} of {len(results)} cases failed:\n" + "\n".join(bad[:10])
