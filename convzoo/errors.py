@@ -25,6 +25,10 @@ class ConfigError(ConvzooError):
     """Bad flags, unknown names, impossible settings."""
 
 
+class WriteError(ConvzooError):
+    """An output that cannot be written: no space, a read-only or forbidden folder, a file-size limit."""
+
+
 def closest(name: str, choices) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
     import difflib
@@ -36,3 +40,9 @@ def closest(name: str, choices) -> str:
 def unknown(kind: str, name: str, choices) -> ConfigError:
     choices = sorted(choices)
     return ConfigError(f"unknown {kind} {name!r}{closest(name, choices)}; choose from: {', '.join(choices)}")
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first line of text (or its type name), short enough for a one-line error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

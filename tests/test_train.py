@@ -141,6 +141,12 @@ def tiny_run(tmp_path_factory):
     (["train", "--device", "cuda"], ["no CUDA device", "available here: cpu"]),
     (["train", "--amp", "fp16"], ["--amp fp16 needs a CUDA GPU"]),
     (["eval", "--ckpt", "/nonexistent/best.pt"], ["/nonexistent/best.pt", "checkpoint not found"]),
+    (["train", "--shift-pad", "-5"], ["--shift-pad must be in 0..64"]),
+    (["train", "--lr", "inf"], ["lr must be float"]),
+    (["train", "--epochs", "abc"], ["--epochs", "'abc'"]),
+    (["train", "--config", "../../../etc/passwd"], ["unknown preset"]),
+    (["predict", "--model", "lenet5:mnist", "--topk", "0", "x.png"], ["--topk", "outside 1..1000"]),
+    (["eval", "--batch-size", "-1", "--ckpt", "x.pt"], ["--batch-size", "outside"]),
 ])
 def test_bad_input(tmp_path, args, fragments):
     assert_user_error(run_cli(*args, "--data-path", MNIST_DIR, cwd=tmp_path) if args[0] == "train"
@@ -177,8 +183,8 @@ class RunsCode:
 @pytest.mark.real_data
 def test_output_dir_rules(tmp_path, tiny_run):
     base = ["train", "--model", "lenet5", *MNIST, "--train-limit", "640", "--epochs", "1", "--quiet"]
-    assert_user_error(run_cli(*base, "--output-dir", tiny_run), "already holds a run", "--exist-ok")
     before = (tiny_run / "best.pt").read_bytes()
+    assert_user_error(run_cli(*base, "--output-dir", tiny_run), "already holds a run", "--exist-ok")
     assert (tiny_run / "best.pt").read_bytes() == before  # refused run touched nothing
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -189,3 +195,29 @@ def test_output_dir_rules(tmp_path, tiny_run):
     # resume a lenet5 run as another model
     assert_user_error(run_cli(*base[:2], "lenet5-keras", *base[3:], "--output-dir", tiny_run, "--resume"),
                       "of model 'lenet5', not 'lenet5-keras'")
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("edit,fragment", [
+    ({"config": "lenet5"}, "config must be a mapping"),
+    ({"config_epochs": "x"}, "epochs must be int"),
+    ({"epoch": "1"}, "epoch must be a non-negative integer"),
+    ({"step": -3}, "step must be a non-negative integer"),
+    ({"rng": None}, "no valid RNG state"),
+    ({"optimizer": {"state": {}, "param_groups": "x"}}, "cannot resume"),
+])
+def test_resume_refuses_forged_state(tmp_path, tiny_run, edit, fragment):
+    """A last.pt whose training state has the wrong types: one line, and the run folder untouched."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    if "config_epochs" in edit:
+        state["config"]["epochs"] = edit.pop("config_epochs")
+    state.update(edit)
+    torch.save(state, run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert_user_error(run_cli("train", "--output-dir", run, "--resume", "--epochs", "2", "--data-path", MNIST_DIR),
+                      "last.pt" if "config" not in fragment else "", fragment)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

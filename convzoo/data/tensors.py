@@ -64,23 +64,28 @@ def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=No
 
 
 def read_split(located: Located, split: str) -> Split:
+    """One split decoded, every file checked against its catalog entry (type, dimensions, at most
+    the official record count) before its records are allocated."""
     spec: DatasetSpec = located.spec
     files = spec.split_files(split)
     if spec.format == "idx":
         images_file, labels_file = (next(f for f in files if f.role == r) for r in ("images", "labels"))
-        images = formats.read_idx_images(located.path(images_file))
-        labels = formats.read_idx_labels(located.path(labels_file), spec.num_classes)
+        images = formats.read_idx_images(located.path(images_file), images_file.idx_dims, images_file.count)
+        labels = formats.read_idx_labels(located.path(labels_file), spec.num_classes, labels_file.count)
         if len(images) != len(labels):
             raise formats.DataError(
                 f"{len(images)} images but {len(labels)} labels in {located.path(labels_file).name}",
                 located.path(images_file),
             )
     else:
-        parts = [formats.read_cifar_batch(located.path(f), spec.num_classes) for f in files]
+        parts = [formats.read_cifar_batch(located.path(f), spec.num_classes, f.count) for f in files]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-    # np.array copies the read-only decode buffer into memory torch may own and write.
-    return Split(torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels)), spec.classes)
+    if images.shape[1:] != spec.image_shape:  # a catalog entry whose files disagree with its shape is a bug
+        raise AssertionError(f"{spec.name}: decoded {images.shape[1:]}, catalog says {spec.image_shape}")
+    # Copies only what torch could not own as it is (CIFAR's record slices, read-only buffers).
+    images, labels = (np.require(a, requirements=["C", "W"]) for a in (images, labels))
+    return Split(torch.from_numpy(images), torch.from_numpy(labels), spec.classes)
 
 
 def select_classes(split: Split, classes: list[int] | None) -> Split:
@@ -103,6 +108,14 @@ def select_classes_by_name(split: Split, names, path=None) -> Split:
     if missing:
         raise DataError(f"the model's classes {missing} are not in this data set ({', '.join(split.classes)})", path)
     return select_classes(split, [split.classes.index(n) for n in names])
+
+
+def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_path=None) -> tuple[Split, Split]:
+    """(train, test) of the data set a model (checkpoint or ONNX description) was trained on, or of
+    `dataset`, restricted and relabelled to the model's classes."""
+    train, test, _ = load_dataset(dataset or meta["dataset"], data_path)
+    return (select_classes_by_name(train, meta["class_names"], path),
+            select_classes_by_name(test, meta["class_names"], path))
 
 
 def split_validation(train: Split, fraction: float) -> tuple[Split, Split | None]:

@@ -19,6 +19,7 @@ from ..atomic import atomic_path
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..errors import ConfigError
 from ..metadata import META_KEY, deployment_metadata
+from .runtime import ort_session, session_runner
 
 
 def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True) -> dict:
@@ -70,13 +71,10 @@ def save_onnx(onnx_model, out_path) -> None:
 
 def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor | None = None) -> float:
     """Max |logit difference| between PyTorch and onnxruntime on `samples` (random if None)."""
-    import onnxruntime as ort
-
     x = samples if samples is not None else torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = model(x).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    got = session_runner(ort_session(onnx_path))(x.numpy())
     return float(np.abs(expected - got).max())
 
 

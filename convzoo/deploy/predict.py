@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..metadata import deployment_metadata, read_onnx_metadata
 from .preprocess import ImageError, load_image, to_array
+from .runtime import ort_session, run_batched, session_runner
 
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
@@ -30,35 +31,31 @@ class Predictor:
         self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
 
     def _load_onnx(self):
-        import onnxruntime as ort
+        import onnx
 
         if not self.path.is_file():
             raise ConfigError("model file not found", self.path)
-        import onnx
 
         try:
             graph = onnx.load(str(self.path), load_external_data=False)
             onnx.checker.check_model(graph)  # a structurally broken graph never reaches onnxruntime's C++ loader
         except Exception as exc:  # protobuf and onnx raise many types for a bad file
-            raise ConfigError(f"not a loadable ONNX model ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})",
+            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
         meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
         del graph
         try:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            session = ort_session(self.path, self.threads)
         except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
-            raise ConfigError(f"not a loadable ONNX model ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})",
+            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
-        name = session.get_inputs()[0].name
+        run_session = session_runner(session)
 
         def run(x):
             try:
-                return session.run(None, {name: x})[0]
+                return run_session(x)
             except Exception as exc:  # a graph whose weights disagree with its own shapes fails only when run
-                raise ConfigError(f"the model failed to run ({str(exc).splitlines()[0][:160]})", self.path) from None
+                raise ConfigError(f"the model failed to run ({first_line(exc)})", self.path) from None
 
         spec = meta["input"]
         out = run(np.zeros((1, spec["channels"], spec["size"], spec["size"]), np.float32))  # refused now, not per request
@@ -99,8 +96,7 @@ class Predictor:
     def predict_arrays(self, batch: np.ndarray, topk: int = 3) -> list[dict]:
         """Model inputs (N, C, H, W) -> results, run `batch_rows` at a time so memory stays bounded."""
         batch = batch.astype(np.float32)
-        step = self.batch_rows
-        probs = np.concatenate([softmax(self.run(batch[i:i + step])) for i in range(0, len(batch), step)])
+        probs = softmax(run_batched(self.run, batch, self.batch_rows))
         k = min(topk, probs.shape[1])
         results = []
         for row in probs:
@@ -160,11 +156,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: int = 3):
     """The first `count` test images of the model's data set: (uint8 images, true names, predictions)."""
-    from ..data.tensors import load_dataset, select_classes_by_name
+    from ..data.tensors import load_model_data
     from .preprocess import from_dataset
 
-    _, test, _ = load_dataset(predictor.meta["dataset"], data_path)
-    test = select_classes_by_name(test, predictor.classes, predictor.path)
+    _, test = load_model_data(predictor.meta, predictor.path, data_path=data_path)
     images = test.images[:count].numpy()
     truth = [test.classes[i] for i in test.labels[:count].tolist()]
     results = predictor.predict_arrays(from_dataset(images, predictor.meta), topk=topk)
@@ -177,17 +172,15 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
     """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split."""
     import torch
 
-    from ..data.tensors import load_dataset, select_classes_by_name
+    from ..data.tensors import load_model_data
     from ..engine.evaluate import EvalResult
     from .preprocess import from_dataset
 
     predictor = Predictor(path, threads=threads)
-    _, test, _ = load_dataset(dataset or predictor.meta["dataset"], data_path)
-    test = select_classes_by_name(test, predictor.classes, path)
+    _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path)
     k = len(predictor.classes)
     images, labels = test.images.numpy(), test.labels.numpy()
-    step = predictor.batch_rows
-    preds = np.concatenate([predictor.run(from_dataset(images[i: i + step], predictor.meta)).argmax(1)
-                            for i in range(0, len(images), step)])
+    preds = run_batched(lambda x: predictor.run(from_dataset(x, predictor.meta)).argmax(1), images,
+                        predictor.batch_rows)
     confusion = torch.from_numpy(np.bincount(labels * k + preds, minlength=k * k).reshape(k, k))
     return EvalResult(float((preds == labels).mean()), float("nan"), confusion, tuple(predictor.classes))

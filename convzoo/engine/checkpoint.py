@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..metadata import META_KEY, check_model_meta, parse_json_meta
 from ..models import pretrained
 
@@ -41,14 +41,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refused to load: the file needs arbitrary unpickling, which could run code ({first[:160]})",
-                              path) from None
+        raise CheckpointError("refused to load: the file needs arbitrary unpickling, which could run code "
+                              f"({first_line(exc)})", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, AttributeError,
             IndexError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError) as exc:
         # A damaged zip or pickle stream surfaces as almost any of these from inside torch.load.
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"truncated or corrupt checkpoint ({reason})", path) from None
+        raise CheckpointError(f"truncated or corrupt checkpoint ({first_line(exc)})", path) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record; "
                               "plain state_dicts can be loaded with --restore)", path)
@@ -69,14 +67,14 @@ def load_safetensors(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, MemoryError) as exc:
-        raise CheckpointError(f"not a safetensors file ({str(exc).splitlines()[0][:120]})", path) from None
+        raise CheckpointError(f"not a safetensors file ({first_line(exc)})", path) from None
     if META_KEY not in meta:
         raise CheckpointError(f"not a convzoo safetensors file (no {META_KEY!r} metadata entry)", path)
     info = parse_json_meta(meta[META_KEY], path)  # checked before a single tensor is read
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, MemoryError) as exc:
-        raise CheckpointError(f"corrupt safetensors file ({str(exc).splitlines()[0][:120]})", path) from None
+        raise CheckpointError(f"corrupt safetensors file ({first_line(exc)})", path) from None
     check_state_dict(state, path)
     return {**info, "state_dict": state}
 
@@ -117,7 +115,7 @@ def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit model {ckpt['model']!r}: {str(exc).splitlines()[0]}", path) from None
+        raise CheckpointError(f"weights do not fit model {ckpt['model']!r}: {first_line(exc)}", path) from None
     return model
 
 

@@ -57,13 +57,12 @@ def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, am
 def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, device: str = "auto",
                         batch_size: int = 1000) -> EvalResult:
     """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes)."""
-    from ..data.tensors import load_dataset, select_classes_by_name
+    from ..data.tensors import load_model_data
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .runtime import resolve_device
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     dev = resolve_device(device)
-    _, test, _ = load_dataset(dataset or ckpt["dataset"], data_path)
-    test = select_classes_by_name(test, ckpt["class_names"], path)
+    _, test = load_model_data(ckpt, path, dataset=dataset, data_path=data_path)
     return evaluate(model.to(dev), test.to(dev), InputSpec.from_dict(ckpt["input"]), batch_size=batch_size)

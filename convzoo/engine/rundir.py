@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, remove_stale_temps
 from ..errors import ConfigError, DataError
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s"]
@@ -29,6 +29,9 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
         tempfile.TemporaryFile(dir=path).close()
     except OSError as exc:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
+    # Temp files of writes killed half-way (a SIGKILLed checkpoint save leaves .last.pt.*.tmp): only
+    # one convzoo writes a run folder, and a live writer's temps are locked, so these are leftovers.
+    remove_stale_temps(path)
     return path
 
 
@@ -67,17 +70,26 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class RunLog:
-    """Writes the seeds' text lines to train.log and stdout, or JSON lines to stdout with --json."""
+    """Writes the seeds' text lines to train.log and stdout, or JSON lines to stdout with --json.
+    A train.log that cannot be written (full disk, read-only folder) is one WriteError."""
 
     def __init__(self, folder: Path | None, *, json_lines: bool = False, quiet: bool = False):
-        self.file = open(folder / "train.log", "a", buffering=1) if folder else None
+        self.path = folder / "train.log" if folder else None
+        try:
+            self.file = open(self.path, "a", buffering=1) if folder else None
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
         self.json_lines = json_lines
         self.quiet = quiet
         self.write_hook = None  # set by a progress bar so lines print above it
 
     def line(self, text: str, **event) -> None:
         if self.file:
-            self.file.write(text + "\n")
+            try:
+                self.file.write(text + "\n")  # line-buffered: a full disk shows here, not at close
+            except OSError as exc:
+                self.close()
+                raise write_error(self.path, exc) from None
         if self.quiet:
             return
         if self.json_lines:
@@ -90,7 +102,11 @@ class RunLog:
 
     def close(self) -> None:
         if self.file:
-            self.file.close()
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:  # its write already failed and was reported
+                pass
 
 
 def warn(text: str) -> None:

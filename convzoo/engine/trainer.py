@@ -20,11 +20,12 @@ from ..config import TrainConfig
 from ..data.catalog import get_spec
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
 from .checkpoint import check_model_name, check_resume_state, freeze, load_checkpoint, restore_weights, save_checkpoint
 from .evaluate import evaluate
+from .loggers import open_loggers
 from .runtime import configure_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 
 
@@ -100,6 +101,9 @@ class TrainingRun:
         if main:
             rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
                                       "data_found_in": str(located.root), "data_verified": located.verified})
+        # --logger: opened once everything else is set up, so a failed start leaves no open tracking run
+        self.loggers = open_loggers(cfg.logger if main else "none", out, cfg.to_dict(),
+                                    resumed_epoch=state["epoch"] if state else None)
         val_part = f" / {len(val_split)} val" if val_split is not None else ""
         log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
                  f"{val_part}), device {device}, threads {threads}, world size {world}, {cfg.epochs} epochs x {spe} "
@@ -124,6 +128,10 @@ class TrainingRun:
             epoch, step = self.position
             log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from")
             log.close()
+            self.loggers.close(ok=False)
+            raise
+        except Exception:
+            self.loggers.close(ok=False)
             raise
         finally:
             if threading.current_thread() is threading.main_thread():
@@ -137,6 +145,7 @@ class TrainingRun:
                  f"{final.get('test_acc', float('nan')):.4f}; run directory {out}", event="done", best_acc=self.best,
                  test_acc=final.get("test_acc"), output_dir=str(out))
         log.close()
+        self.loggers.close(ok=True)  # after curves.png and the last log line: they are uploaded
         return {"best_acc": self.best, **final, "output_dir": str(out)}
 
     def _train_epoch(self, epoch: int, first: int, stop: threading.Event) -> tuple[dict, float]:
@@ -220,6 +229,7 @@ class TrainingRun:
         self._checkpoint(epoch + 1, 0, None)
         if self.main:
             rundir.write_metrics(self.out, self.history)
+        self.loggers.epoch(row)
 
     def _evaluate(self, split: Split):
         return evaluate(self.model, split, self.spec, amp_dtype=self.amp_dtype)
@@ -241,7 +251,7 @@ class TrainingRun:
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # the file's states, not our bug
-            raise CheckpointError(f"cannot resume: {str(exc).splitlines()[0][:160]}", self.out / "last.pt") from None
+            raise CheckpointError(f"cannot resume: {first_line(exc)}", self.out / "last.pt") from None
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         self.history, self.best = list(state.get("history", [])), state.get("best_acc", -1.0)
         self.epoch_acc = state.get("epoch_accumulators")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_bytes
-from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
+from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
 from ..metadata import deployment_metadata
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -21,8 +21,6 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
                  output_dir=None, data_path=None, threads: int = 2, log=print) -> dict:
     if method not in ("qat", "ptq"):
         raise ConfigError(f"--method must be qat or ptq, got {method!r}")
-    if calib_batches < 1:
-        raise ConfigError(f"--calib-batches must be >= 1, got {calib_batches}")
     if method == "qat" and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 for QAT, got {epochs}")
     ckpt = load_checkpoint(ckpt_path)
@@ -31,9 +29,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     out = Path(output_dir or Path(ckpt_path).parent / f"quant-{method}")
     out.mkdir(parents=True, exist_ok=True)
     spec = InputSpec.from_dict(ckpt["input"])
-    train, test, _ = load_dataset(ckpt["dataset"], data_path)
-    train = select_classes_by_name(train, ckpt["class_names"], ckpt_path)
-    test = select_classes_by_name(test, ckpt["class_names"], ckpt_path)
+    train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
     model = model_from_checkpoint(ckpt, ckpt_path)
 
     from ..data.tensors import to_model_input

@@ -36,8 +36,6 @@ def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dic
 
     from ..deploy.export import save_onnx, set_metadata
 
-    if not calibration:
-        raise ConfigError("--calib-batches must be >= 1: static int8 quantization needs calibration data")
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         quant_pre_process(str(fp32_path), str(prepared))
@@ -68,15 +66,14 @@ def calibration_batches(train, spec, count: int, batch_size: int = 64, seed: int
 
 def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32) -> dict:
     """Post-training quantization of a float checkpoint straight to an int8 ONNX file."""
-    from ..data.tensors import InputSpec, load_dataset, select_classes_by_name
+    from ..data.tensors import InputSpec, load_model_data
     from ..deploy.export import export_onnx
     from ..metadata import deployment_metadata
     from ..engine.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
-    train, _, _ = load_dataset(ckpt["dataset"], data_path)
-    train = select_classes_by_name(train, ckpt["class_names"], ckpt_path)
+    train, _ = load_model_data(ckpt, ckpt_path, data_path=data_path)
     calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp, "fp32.onnx")

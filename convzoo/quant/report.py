@@ -7,20 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def session(path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def predict_all(sess, x: np.ndarray, batch: int = 1000) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i: i + batch]})[0] for i in range(0, len(x), batch)])
+from ..deploy.runtime import ort_session, run_batched, session_runner
 
 
 def timing(sess, x: np.ndarray, *, single_runs: int = 300, batch_runs: int = 20) -> dict:
@@ -55,8 +42,8 @@ def compare(fp32_path, int8_path, x: np.ndarray, labels: np.ndarray, *, threads:
     rows = {}
     preds = {}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        sess = session(path, threads)
-        logits = predict_all(sess, x)
+        sess = ort_session(path, threads)
+        logits = run_batched(session_runner(sess), x, 1000)
         preds[name] = logits.argmax(1)
         rows[name] = {"accuracy": float((preds[name] == labels).mean()), "size_bytes": Path(path).stat().st_size,
                       "params": onnx_params(fp32_path), **timing(sess, x)}

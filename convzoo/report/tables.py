@@ -10,7 +10,7 @@ import yaml
 
 from ..atomic import atomic_write_bytes
 from ..engine.rundir import read_metrics
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .plots import plot_curves
 
 
@@ -21,7 +21,7 @@ def load_run(folder) -> dict:
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text("utf-8")) if (folder / "config.yaml").is_file() else {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config.yaml ({str(exc).splitlines()[0]})", folder) from None
+        raise ConfigError(f"cannot read config.yaml ({first_line(exc)})", folder) from None
     config = config if isinstance(config, dict) else {}
     history = read_metrics(folder)
     key = "val_acc" if history[-1].get("val_acc") is not None else "test_acc"

@@ -1,0 +1,83 @@
+"""The command line at its edges: shipped weights wherever a checkpoint goes, damaged run folders in
+`report`, output piped into a reader that leaves early."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from conftest import MNIST_DIR, assert_user_error, need, run_cli
+
+
+@pytest.mark.real_data
+def test_pretrained_name_and_safetensors_work_as_checkpoints(tmp_path):
+    """`lenet5:mnist` and the shipped .safetensors file export to a verified ONNX, evaluate, and seed a
+    new run through --restore, exactly as a .pt checkpoint does."""
+    from convzoo.models.pretrained import pretrained_path
+
+    proc = run_cli("export", "--ckpt", "lenet5:mnist", cwd=tmp_path, check=0)
+    result = json.loads(proc.stdout)
+    assert result["path"] == "lenet5-mnist.onnx" and result["max_abs_diff"] <= 1e-4
+    meta = json.loads(onnx.load(str(tmp_path / "lenet5-mnist.onnx")).metadata_props[0].value)
+    assert meta["model"] == "lenet5" and meta["preprocess"] == "digit" and len(meta["class_names"]) == 10
+
+    shipped = pretrained_path("lenet5:mnist")
+    out = tmp_path / "from-file.pt2"
+    run_cli("export", "--ckpt", shipped, "--format", "pt2", "--output", out, check=0)
+    assert out.stat().st_size > 200_000
+
+    acc = json.loads(run_cli("eval", "--ckpt", "lenet5:mnist", "--data-path", need(MNIST_DIR), "--json",
+                             "--confusion", tmp_path / "c.png", check=0).stdout)["accuracy"]
+    assert acc >= 0.99
+
+    run = tmp_path / "run"
+    proc = run_cli("train", "--model", "lenet5", "--data-path", MNIST_DIR, "--train-limit", "256", "--epochs", "1",
+                   "--restore", "lenet5:mnist", "--restore-exclude", "fc3.*", "--output-dir", run, check=0)
+    assert "restored from lenet5:mnist: loaded 8 tensors" in proc.stdout
+
+
+def write_run(folder, rows: bytes):
+    folder.mkdir()
+    (folder / "metrics.csv").write_bytes(rows)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n1,abc,0.5,,0.9,0.1,3,100\n",
+     "line 2 holds a value that is not a number"),
+    (b"epoch,train_loss\n\xff\xfe\x00garbage\n", "cannot read metrics"),
+    (b"epoch,loss\n1,2\n", "lacks columns"),
+    (b"", "no rows"),
+])
+def test_report_on_damaged_metrics(tmp_path, content, fragment):
+    write_run(tmp_path / "run", content)
+    assert_user_error(run_cli("report", tmp_path / "run"), "metrics.csv", fragment)
+
+
+def test_report_on_damaged_config(tmp_path):
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    write_run(tmp_path / "run", header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    (tmp_path / "run" / "config.yaml").write_bytes(b"model: [unclosed\n\xff")
+    assert_user_error(run_cli("report", tmp_path / "run"), "cannot read config.yaml")
+
+
+@pytest.mark.real_data
+def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`convzoo predict ... --json | head -1`: no BrokenPipeError traceback when the reader leaves."""
+    from convzoo.data import formats
+
+    digits = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[:300, 0]
+    for i, d in enumerate(digits):
+        Image.fromarray(d).save(tmp_path / f"{i:03d}.png")
+    command = f"{sys.executable} -m convzoo predict --model lenet5:mnist --json {tmp_path} | head -1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert json.loads(proc.stdout)["class"] == "7"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141), proc.returncode
