@@ -3,45 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 from .errors import ConvzooError
-
-TRAIN_FLAGS = {
-    # dest: (flags, type, help). Seeds' spellings are aliases so their users' scripts keep working.
-    "model": (["--model"], str, "model name (convzoo summary lists them)"),
-    "dataset": (["--dataset"], str, "mnist | fashion-mnist | cifar10"),
-    "data_path": (["--data-path", "--data_path"], str, "folder with the data set's files"),
-    "output_dir": (["--output-dir", "--ckpt_path", "--ckpt-path"], str, "run directory (default runs/MODEL-DATASET)"),
-    "epochs": (["--epochs", "--epoch_size", "--epoch-size"], int, "epochs"),
-    "steps_per_epoch": (["--steps-per-epoch", "--steps"], int, "steps per epoch (0: one pass)"),
-    "batch_size": (["--batch-size", "--batch_size", "-b"], int, "global batch size"),
-    "optimizer": (["--optimizer", "--opt"], str, "sgd | adam | adamw"),
-    "lr": (["--lr", "--learning_rate", "--learning-rate"], float, "peak learning rate"),
-    "momentum": (["--momentum"], float, "SGD momentum"),
-    "weight_decay": (["--weight-decay", "--wd"], float, "weight decay"),
-    "schedule": (["--schedule", "--lr-scheduler"], str, "constant | step | cosine | onecycle"),
-    "warmup_epochs": (["--warmup-epochs"], float, "linear warm-up epochs"),
-    "step_size": (["--lr-step-size"], int, "epochs between decays (step schedule)"),
-    "gamma": (["--lr-gamma"], float, "decay factor (step schedule)"),
-    "label_smoothing": (["--label-smoothing"], float, "label smoothing"),
-    "augment": (["--augment"], str, "none | shift | flip | shift-flip"),
-    "shift_pad": (["--shift-pad"], int, "largest random shift in pixels for --augment shift"),
-    "amp": (["--amp"], str, "none | bf16 | fp16 (fp16 needs CUDA)"),
-    "seed": (["--seed"], int, "random seed"),
-    "val_split": (["--val-split", "--validation_split"], float, "hold out this fraction of train (Keras' validation_split)"),
-    "train_limit": (["--train-limit"], int, "use only the first N training images"),
-    "device": (["--device", "--device_target", "--device-target"], str, "auto | cpu | cuda | mps"),
-    "threads": (["--threads"], int, "CPU threads (0: the model's default)"),
-    "print_freq": (["--print-freq"], int, "log a step line every N steps"),
-    "eval_every": (["--eval-every"], int, "evaluate every N epochs (the last one always)"),
-    "save_every": (["--save-every"], int, "also write last.pt every N steps"),
-    "restore": (["--restore", "--restore_path", "--restore-path"], str, "initialise from this checkpoint's matching tensors"),
-}
-
 
 def main(argv=None) -> int:
     parser = build_parser()
@@ -103,15 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     p.add_argument("--config", help="named preset (e.g. lenet-mindspore)")
-    for dest, (flags, typ, help_) in TRAIN_FLAGS.items():
-        p.add_argument(*flags, dest=dest, type=typ, default=None, help=help_)
-    p.add_argument("--classes", type=lambda s: [int(c) for c in s.split(",")], default=None,
-                   help="train on these class indices only, e.g. 0,1,2")
-    p.add_argument("--restore-exclude", "--restore_exclude", dest="restore_exclude", type=_globs, default=None,
-                   help="comma-separated globs of tensors not to restore, e.g. 'fc3.*'")
-    p.add_argument("--freeze", type=_globs, default=None, help="comma-separated globs of parameters to keep fixed")
-    p.add_argument("--deterministic", action="store_const", const=True, default=None)
-    p.add_argument("--channels-last", action="store_const", const=True, default=None)
+    add_train_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last.pt")
     p.add_argument("--exist-ok", action="store_true", help="overwrite a run already in --output-dir")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout instead of text")
@@ -179,17 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-upload-mb", type=float, default=5.0)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="0: any free port (printed)")
+    p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
+    p.add_argument("--max-upload-mb", type=number(float, 0.001), default=5.0, help="larger request bodies get 413")
+    p.add_argument("--workers", type=number(int, 1, 256), default=1, help="uvicorn worker processes")
     p.set_defaults(handler=cmd_serve)
 
     return parser
 
 
-def _globs(text: str) -> list[str]:
-    return [g.strip() for g in text.split(",") if g.strip()]
+def add_train_flags(parser) -> None:
+    """One flag per TrainConfig field, from the field's own declaration (config.opt). Defaults stay
+    None here so a preset or a resumed run's settings show through wherever no flag was given."""
+    from .config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
+        if f.type == "bool":
+            parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=meta["help"])
+            continue
+        kind = meta["parse"] or {"int": int, "float": float}.get(f.type.split(" |")[0], str)
+        parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=meta["help"],
+                            metavar=f.name.upper() if not meta["choices"] else "{" + ",".join(meta["choices"]) + "}")
 
 
 # ---------------------------------------------------------------- handlers
@@ -220,12 +192,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import build_config
+    from .config import TrainConfig, build_config
     from .engine.trainer import train
 
-    overrides = {dest: getattr(args, dest) for dest in TRAIN_FLAGS}
-    overrides.update(classes=args.classes, restore_exclude=args.restore_exclude, freeze=args.freeze,
-                     deterministic=args.deterministic, channels_last=args.channels_last)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     cfg = build_config(args.config, overrides, base=resumed_config(args) if args.resume else None)
     train(cfg, resume=args.resume, exist_ok=args.exist_ok, json_lines=args.json, quiet=args.quiet)
     return 0

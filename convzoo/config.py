@@ -12,41 +12,70 @@ import yaml
 from .errors import ConfigError, unknown
 
 
+LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
+
+
+def int_list(text: str) -> list[int]:
+    return [int(c) for c in text.split(",")]
+
+
+def glob_list(text: str) -> list[str]:
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def opt(default, help: str, *flags: str, choices: tuple = (), parse=None):
+    """A TrainConfig field declared with its command line: flags (the first is the main spelling,
+    the rest are the seeds' aliases; default --field-name), help, allowed choices, a parser for
+    list values. cli.py builds `convzoo train`'s flags from these, so a setting is declared once."""
+    meta = {"flags": flags, "help": help, "choices": choices, "parse": parse}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    model: str = "lenet5"
-    dataset: str = "mnist"
-    data_path: str | None = None
-    output_dir: str | None = None  # default runs/<model>-<dataset>
-    epochs: int = 10
-    steps_per_epoch: int = 0  # 0: one pass over the training set
-    batch_size: int = 64
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | step | cosine | onecycle
-    warmup_epochs: float = 0.0
-    step_size: int = 10  # epochs between decays for `step`
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    augment: str = "none"  # none | shift | flip | shift-flip
-    shift_pad: int = 4  # random shifts of up to this many pixels (pad + random crop)
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    val_split: float = 0.0
-    train_limit: int = 0  # use only the first N training images (0: all)
-    classes: list[int] | None = None  # train on a subset of the classes, relabelled 0..k-1
-    device: str = "auto"
-    threads: int = 0  # 0: the model's default
-    print_freq: int = 100
-    eval_every: int = 1  # evaluate on the test (and val) split every N epochs; the last epoch always
-    save_every: int = 0  # also write last.pt every N steps (0: at epoch ends only)
-    restore: str | None = None
-    restore_exclude: list[str] = field(default_factory=list)
-    freeze: list[str] = field(default_factory=list)
+    model: str = opt("lenet5", "model name (convzoo summary lists them)")
+    dataset: str = opt("mnist", "mnist | fashion-mnist | cifar10")
+    data_path: str | None = opt(None, "folder with the data set's files", "--data-path", "--data_path")
+    output_dir: str | None = opt(None, "run directory (default runs/MODEL-DATASET)", "--output-dir", "--ckpt_path",
+                                 "--ckpt-path")
+    epochs: int = opt(10, "epochs", "--epochs", "--epoch_size", "--epoch-size")
+    steps_per_epoch: int = opt(0, "steps per epoch (0: one pass)", "--steps-per-epoch", "--steps")
+    batch_size: int = opt(64, "global batch size", "--batch-size", "--batch_size", "-b")
+    optimizer: str = opt("sgd", "optimizer", "--optimizer", "--opt", choices=("sgd", "adam", "adamw"))
+    lr: float = opt(0.01, "peak learning rate", "--lr", "--learning_rate", "--learning-rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(0.0, "weight decay", "--weight-decay", "--wd")
+    schedule: str = opt("constant", "learning-rate schedule", "--schedule", "--lr-scheduler",
+                        choices=("constant", "step", "cosine", "onecycle"))
+    warmup_epochs: float = opt(0.0, "linear warm-up epochs")
+    step_size: int = opt(10, "epochs between decays (step schedule)", "--lr-step-size")
+    gamma: float = opt(0.1, "decay factor (step schedule)", "--lr-gamma")
+    label_smoothing: float = opt(0.0, "label smoothing")
+    augment: str = opt("none", "random shifts (pad + crop) and/or horizontal flips",
+                       choices=("none", "shift", "flip", "shift-flip"))
+    shift_pad: int = opt(4, "largest random shift in pixels for --augment shift")
+    amp: str = opt("none", "mixed precision (fp16 needs CUDA)", choices=("none", "bf16", "fp16"))
+    channels_last: bool = opt(False, "channels-last memory format")
+    seed: int = opt(0, "random seed")
+    deterministic: bool = opt(False, "bit-reproducible CPU runs")
+    val_split: float = opt(0.0, "hold out this fraction of train (Keras' validation_split)", "--val-split",
+                           "--validation_split")
+    train_limit: int = opt(0, "use only the first N training images (0: all)")
+    classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2",
+                                    parse=int_list)
+    device: str = opt("auto", "auto | cpu | cuda | mps", "--device", "--device_target", "--device-target")
+    threads: int = opt(0, "CPU threads (0: the model's default)")
+    print_freq: int = opt(100, "log a step line every N steps")
+    eval_every: int = opt(1, "evaluate on the test (and val) split every N epochs (the last one always)")
+    save_every: int = opt(0, "also write last.pt every N steps (0: at epoch ends only)")
+    restore: str | None = opt(None, "initialise from this checkpoint's matching tensors", "--restore",
+                              "--restore_path", "--restore-path")
+    restore_exclude: list[str] = opt([], "comma-separated globs of tensors not to restore, e.g. 'fc3.*'",
+                                     "--restore-exclude", "--restore_exclude", parse=glob_list)
+    freeze: list[str] = opt([], "comma-separated globs of parameters to keep fixed", parse=glob_list)
+    logger: str = opt("none", "none | tensorboard | mlflow, or both comma-separated (pip install 'convzoo[tracking]')")
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -72,11 +101,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        choices = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "step", "cosine", "onecycle"),
-                   "augment": ("none", "shift", "flip", "shift-flip"), "amp": ("none", "bf16", "fp16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise unknown(name.replace("_", "-"), getattr(self, name), allowed)
+        for f in dataclasses.fields(self):
+            allowed = f.metadata["choices"]
+            if allowed and getattr(self, f.name) not in allowed:
+                raise unknown(f.name.replace("_", "-"), getattr(self, f.name), allowed)
+        for name in self.logger.split(","):
+            if name.strip() not in LOGGERS:
+                raise unknown("logger", name.strip(), LOGGERS)
         return self
 
     def to_dict(self) -> dict:

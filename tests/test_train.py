@@ -221,3 +221,35 @@ def test_resume_refuses_forged_state(tmp_path, tiny_run, edit, fragment):
     assert_user_error(run_cli("train", "--output-dir", run, "--resume", "--epochs", "2", "--data-path", MNIST_DIR),
                       "last.pt" if "config" not in fragment else "", fragment)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("preset", __import__("convzoo.config", fromlist=["preset_names"]).preset_names())
+def test_every_preset_loads_and_describes_itself(preset):
+    """Each preset builds a valid TrainConfig of a registered model and data set, and says what it is for."""
+    import yaml
+    from importlib import resources
+
+    from convzoo.config import build_config
+    from convzoo.data.catalog import get_spec
+    from convzoo.models.registry import get_model_info
+
+    cfg = build_config(preset, {})
+    get_model_info(cfg.model), get_spec(cfg.dataset)
+    text = (resources.files("convzoo.configs") / f"{preset}.yaml").read_text()
+    assert len(yaml.safe_load(text).get("description", "")) > 20
+
+
+@pytest.mark.real_data
+def test_seed_flag_aliases_reach_the_run(tmp_path):
+    """The seeds' spellings (--epoch_size --batch_size --learning_rate --steps --ckpt_path --data_path
+    --device_target) set the same settings as convzoo's own flags."""
+    import yaml
+
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", "--data_path", need(MNIST_DIR), "--epoch_size", "1", "--batch_size", "32",
+            "--learning_rate", "0.02", "--steps", "3", "--ckpt_path", out, "--device_target", "CPU", "--val-split",
+            "0.1", "--train-limit", "640", "--quiet", check=0)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["steps_per_epoch"], cfg["val_split"]) == (1, 32, 0.02, 3, 0.1)
+    history = (out / "metrics.csv").read_text().splitlines()
+    assert len(history) == 2 and history[1].split(",")[3] != ""  # one epoch, with a validation accuracy
