@@ -3,12 +3,14 @@
 Digit models see what MNIST was made of: light ink on black, the ink cropped, fitted in a 20x20
 box and centred by its centre of mass in 28x28. A photo or scan of dark ink on light paper is
 detected (bright border) and inverted. Fashion models get the item fitted in 28x28; CIFAR models a
-32x32 resize. Every decoding failure is an ImageError naming the file.
+32x32 resize. Every decoding failure is an ImageError naming the file; any Pillow mode either
+becomes 8-bit grey or RGB or is refused, so hostile pixels (NaN, odd modes) never reach numpy.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -17,14 +19,32 @@ from PIL import Image, ImageOps
 from ..errors import ConvzooError
 
 MAX_PIXELS = 40_000_000
+# The photo formats only: Pillow's other parsers (EPS runs Ghostscript, PSD, FITS, ...) see no user bytes.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "QOI")
+MAX_SIDE = 2048  # larger images are box-reduced first: the model sees 32x32, numpy need not see 40 MP
 
 
 class ImageError(ConvzooError):
     """A file or upload that is not a usable image."""
 
 
+class NotAnImage(ImageError):
+    """Bytes that no Pillow plugin recognises."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than MAX_PIXELS (found from the header, before decoding)."""
+
+
 def load_image(source, name: str = "image") -> Image.Image:
     """Open bytes or a path; refuse empty, non-image, corrupt and > 40 MP images (before decoding)."""
+    if not isinstance(source, (bytes, bytearray)):
+        name = str(source)
+    return decode_image(open_image(source, name), name)
+
+
+def open_image(source, name: str = "image") -> Image.Image:
+    """Read only the header of bytes or a path: a lazy image whose size has been checked."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("empty file (0 bytes)", name)
@@ -37,33 +57,50 @@ def load_image(source, name: str = "image") -> Image.Image:
             raise ImageError("file not found", source) from None
         except OSError as exc:
             raise ImageError(f"cannot read: {exc.strerror or exc}", source) from None
-        return load_image(data, str(source))
+        return open_image(data, str(source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
-                                 f"{MAX_PIXELS / 1e6:.0f}", name)
-            image.load()
-    except ImageError:
+            Image.init()  # registers every plugin (once), so FORMATS can be matched to what this Pillow reads
+            image = Image.open(stream, formats=[f for f in FORMATS if f in Image.OPEN])
+    except MemoryError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image exceeds the {MAX_PIXELS / 1e6:.0f}-megapixel limit", name) from None
+        raise ImageTooLarge(f"image exceeds the {MAX_PIXELS / 1e6:.0f}-megapixel limit", name) from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised format)", name) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image ({exc})", name) from None
-    return ImageOps.exif_transpose(image)
+        raise NotAnImage("not an image (unrecognised format)", name) from None
+    except Exception as exc:  # Pillow's format parsers raise many types on hostile bytes
+        raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})", name) from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+                            f"{MAX_PIXELS / 1e6:.0f}", name)
+    if width * height == 0:
+        raise ImageError(f"image is {width}x{height}: no pixels", name)
+    return image
+
+
+def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
+    """Decode an opened image: EXIF orientation applied, then standard_mode (8-bit, <= MAX_SIDE)."""
+    try:
+        # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
+        image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # as above: truncated data and broken EXIF fail in format-specific ways
+        raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})", name) from None
+    return standard_mode(image, name)
 
 
 def to_array(image: Image.Image, meta: dict) -> np.ndarray:
     """A decoded image -> float32 (1, C, size, size), normalised per the model's metadata."""
     spec = meta["input"]
     rule = meta.get("preprocess", "resize")
+    image = flatten_alpha(standard_mode(image))  # a no-op for what load_image returns
     if spec["channels"] == 1:
-        grey = to_grey(image)
+        grey = np.asarray(image.convert("L"), dtype=np.float32)
         if rule == "digit":
             pixels = mnist_style(grey, box=20, by_mass=True)
         elif rule == "fashion":
@@ -72,41 +109,63 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
             pixels = resize(grey, 28 if spec["fit"] == "pad" else spec["size"])
         pixels = pixels[None]
     else:
-        rgb = np.asarray(flatten_alpha(image).convert("RGB"), dtype=np.float32)
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
         side = spec["size"] if spec["fit"] != "pad" else 28
         pixels = np.stack([resize(rgb[..., c], side) for c in range(3)])
     return normalise(fit(pixels / 255.0, spec)[None], spec)
 
 
-def to_grey(image: Image.Image) -> np.ndarray:
-    """Luminance 0..255 as float32 from any mode: 16-bit, palette, alpha, CMYK, ..."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        return (a / top * 255).astype(np.float32)
-    if image.mode == "F":
-        a = np.asarray(image, dtype=np.float32)
-        return (a - a.min()) / max(float(a.max() - a.min()), 1e-6) * 255
-    return np.asarray(flatten_alpha(image).convert("L"), dtype=np.float32)
+# Pillow modes -> the few that the rest reads; 16/32-bit integers go through "F" (float) to 8 bits.
+CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB",
+           "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
+def standard_mode(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any Pillow mode -> 'L', 'LA', 'RGB' or 'RGBA' at most MAX_SIDE pixels a side; ImageError for
+    pixels that cannot be interpreted (an unknown mode, NaN or infinite floats)."""
+    mode = image.mode
+    integer = mode == "I" or mode.startswith("I;16")
+    target = "F" if integer else CONVERT.get(mode, mode)
+    if target not in ("L", "LA", "RGB", "RGBA", "F"):
+        raise ImageError(f"unsupported image mode {mode}", name)
+    if target != mode:
+        image = image.convert(target)
+    factor = math.ceil(max(image.size) / MAX_SIDE)
+    if factor > 1:
+        image = image.reduce(factor)
+    return image if image.mode != "F" else high_bit_depth_to_grey(image, integer, name)
+
+
+def high_bit_depth_to_grey(image: Image.Image, integer: bool, name: str) -> Image.Image:
+    """16/32-bit integer or float pixels -> 8-bit grey: 8- and 16-bit ranges scale as such,
+    anything else (floats, negative or wider integers) stretches from its minimum to its maximum."""
+    a = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ImageError("image holds NaN or infinite pixel values", name)
+    low, high = float(a.min()), float(a.max())
+    if integer and low >= 0 and high <= 65535:
+        top = 65535.0 if high > 255 else 255.0
+        a = a / top * 255
+    else:
+        a = (a - low) / max(high - low, 1e-12) * 255
+    return Image.fromarray(a.clip(0, 255).round().astype(np.uint8))
 
 
 def flatten_alpha(image: Image.Image) -> Image.Image:
-    """Composite transparency onto a background that contrasts with the opaque ink."""
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode not in ("RGBA", "LA", "PA"):
+    """Composite transparency onto a background that contrasts with the opaque ink ('L' or 'RGB' out)."""
+    if image.mode not in ("RGBA", "LA"):
         return image
     rgba = image.convert("RGBA")
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
     if alpha.min() > 0.99:
-        return rgba.convert("RGB")
+        return rgba.convert("RGB" if image.mode == "RGBA" else "L")
     lum = np.asarray(rgba.convert("L"), dtype=np.float32)
     ink = float((lum * alpha).sum() / max(alpha.sum(), 1e-6))
     background = 255 if ink < 128 else 0
-    out = lum * alpha + background * (1 - alpha)
+    if image.mode == "LA":
+        return Image.fromarray((lum * alpha + background * (1 - alpha)).clip(0, 255).astype(np.uint8))
     colour = np.asarray(rgba.convert("RGB"), dtype=np.float32) * alpha[..., None] + background * (1 - alpha[..., None])
-    return Image.fromarray(colour.clip(0, 255).astype(np.uint8)) if image.mode != "LA" else \
-        Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    return Image.fromarray(colour.clip(0, 255).astype(np.uint8))
 
 
 def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
@@ -119,8 +178,9 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
     if ink.max() <= 0:
         return np.zeros((28, 28), np.float32)
     ink = ink / ink.max() * 255
-    rows, cols = np.nonzero(ink > 0.25 * 255)
-    crop = ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+    strong = ink > 0.25 * 255
+    rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))  # the bounding box, not every pixel
+    crop = ink[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
     h, w = crop.shape
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))

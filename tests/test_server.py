@@ -1,0 +1,361 @@
+"""`convzoo serve` under hostile and heavy traffic: the real CLI on 127.0.0.1, real HTTP clients.
+
+Every wrong request gets one documented 4xx code with {"error": ...} on a connection that stays
+open; a request's pixels are budgeted before decoding; /healthz answers while heavy work runs; a
+mixed load and a seeded fuzz of bodies and headers never see a 5xx; bad flags, a busy port and a
+malformed model are one line, exit 2, before uvicorn starts."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import random
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from conftest import assert_user_error, run_cli
+from test_deploy import mnist_test, png_bytes, serving
+
+pytestmark = pytest.mark.real_data
+
+
+@pytest.fixture(scope="module")
+def served(mnist_onnx, tmp_path_factory):
+    """(url, process, log path) of one server shared by this module's traffic tests."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serving(mnist_onnx, log=log) as (url, proc):
+        yield url, proc, log
+    assert "Traceback" not in log.read_text(), log.read_text()  # no request reached a bug
+
+
+@pytest.fixture(scope="module")
+def digits(served):
+    """Real MNIST test digits as PNG bytes, with the class this model gives each one alone."""
+    url = served[0]
+    images, _ = mnist_test(16)
+    pngs = [png_bytes(im[0]) for im in images]
+    return [(png, httpx.post(url + "/v1/predict", content=png, headers={"content-type": "image/png"}).json()["class"])
+            for png in pngs]
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def floats(value: float) -> bytes:
+    pixels = np.zeros((28, 28), np.float32)
+    pixels[8:20, 12:16] = 1
+    pixels[3, 3] = value
+    return encode(Image.fromarray(pixels), "TIFF")
+
+
+def mode_images() -> dict[str, bytes]:
+    """The same digit in every Pillow mode that a file can carry: each one is a good request."""
+    digit = Image.fromarray(mnist_test(1)[0][0, 0]).resize((56, 56))
+    rgb = digit.convert("RGB")
+    out = {f"{m}.tif": encode(rgb.convert(m), "TIFF") for m in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr")}
+    out["LAB.tif"] = encode(rgb.convert("LAB"), "TIFF")
+    out["I.tif"] = encode(digit.convert("I"), "TIFF")
+    out["F.tif"] = encode(digit.convert("F"), "TIFF")
+    out["I;16.png"] = encode(Image.fromarray(np.asarray(digit).astype("<u2") * 257), "PNG")
+    out["I;16B.tif"] = encode(Image.fromarray(np.asarray(digit).astype("<u2") * 257).convert("I;16B"), "TIFF")
+    transparent = rgb.convert("P")
+    transparent.info["transparency"] = 0
+    out["P-transparent.png"] = encode(transparent, "PNG", transparency=0)
+    out["PA.tif"] = encode(rgb.convert("PA"), "TIFF")
+    return out
+
+
+def bad_requests(digit: bytes) -> list[tuple[str, dict, int]]:
+    """(label, httpx request arguments, the documented status): every class of wrong request."""
+    raw = {"content": digit, "headers": {"content-type": "image/png"}}
+    deep = b"[" * 200_000
+    cases = [
+        ("NaN float TIFF", {"content": floats(np.nan), "headers": {"content-type": "image/tiff"}}, 422),
+        ("Inf float TIFF", {"files": {"file": ("inf.tif", floats(np.inf), "image/tiff")}}, 422),
+        ("-Inf float TIFF in JSON", {"json": {"images": [b64(floats(-np.inf))]}}, 422),
+        ("empty body", {"content": b"", "headers": {"content-type": "image/png"}}, 422),
+        ("truncated PNG", {"content": digit[: len(digit) // 2], "headers": {"content-type": "image/png"}}, 422),
+        ("text as image", {"content": b"hello", "headers": {"content-type": "image/png"}}, 415),
+        ("text/plain", {"content": digit, "headers": {"content-type": "text/plain"}}, 415),
+        ("no content type", {"content": digit}, 415),
+        ("deeply nested JSON", {"content": deep, "headers": {"content-type": "application/json"}}, 422),
+        ("JSON list", {"json": [b64(digit)]}, 422),
+        ("JSON images not strings", {"json": {"images": [1, 2]}}, 422),
+        ("JSON no images", {"json": {"images": []}}, 422),
+        ("JSON 65 images", {"json": {"images": [b64(digit)] * 65}}, 422),
+        ("bad base64", {"json": {"images": ["@@@"]}}, 422),
+        ("multipart without a file", {"content": b'--x\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--x--\r\n',
+                                      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
+        ("malformed multipart", {"content": b"--x\r\nnonsense", "headers": {
+            "content-type": "multipart/form-data; boundary=x"}}, 422),
+        ("GET /v1/predict", {"method": "GET"}, 405),
+        ("unknown path", {"path": "/v1/nothing"}, 404),
+    ]
+    for topk in ("abc", "0", "-1", "1e999", "true", "1001", "99999999999999999999", "3.0", ""):
+        cases.append((f"raw ?topk={topk}", {**raw, "params": {"topk": topk}}, 422))
+    cases.append(("multipart ?topk=abc", {"files": {"file": ("d.png", digit, "image/png")}, "params": {"topk": "abc"}},
+                  422))
+    for topk in (0, -1, 1001, 2.5, True, "3", None, [3], 10 ** 30):
+        cases.append((f"JSON topk {topk!r}", {"json": {"images": [b64(digit)], "topk": topk}}, 422))
+    cases.append(("JSON topk 1e999", {"content": b'{"images": ["%s"], "topk": 1e999}' % b64(digit).encode(),
+                                      "headers": {"content-type": "application/json"}}, 422))
+    return cases
+
+
+def send(client: httpx.Client, kwargs: dict) -> httpx.Response:
+    kwargs = dict(kwargs)
+    return client.request(kwargs.pop("method", "POST"), kwargs.pop("path", "/v1/predict"), **kwargs)
+
+
+def check_error(r: httpx.Response, status: int, label: str):
+    assert r.status_code == status, (label, r.status_code, r.text[:300])
+    assert r.headers["content-type"] == "application/json", (label, r.headers)
+    assert isinstance(r.json()["error"], str) and r.json()["error"], (label, r.text[:300])
+
+
+def test_every_bad_request_gets_its_4xx_json_and_keeps_the_connection(served, digits):
+    url = served[0]
+    digit, label = digits[0]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for name, kwargs, status in bad_requests(digit):
+            check_error(send(client, kwargs), status, name)
+        for name, data in mode_images().items():  # modes the converter once did not expect: all answer
+            r = client.post("/v1/predict", files={"file": (name, data, "application/octet-stream")})
+            assert r.status_code == 200 and len(r.json()["topk"]) == 3, (name, r.text[:300])
+        r = client.post("/v1/predict", json={"images": [b64(digit)], "topk": 1000})  # clamped to the 10 classes
+        assert len(r.json()["predictions"][0]["topk"]) == 10 and r.json()["predictions"][0]["class"] == label
+    # One keep-alive connection answers them all: no answer closed it (uvicorn closes after a crash).
+    target = urlsplit(url)
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+    for query, body, ctype, status in [("?topk=abc", digit, "image/png", 422), ("", floats(np.nan), "image/tiff", 422),
+                                       ("", b"[" * 200_000, "application/json", 422), ("", digit, "image/png", 200)]:
+        conn.request("POST", "/v1/predict" + query, body=body, headers={"content-type": ctype})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == status and not response.will_close, (query, ctype, response.status)
+    sock = conn.sock
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read() == b'{"status":"ok"}' and conn.sock is sock
+    conn.close()
+
+
+def pixel_png(width: int, height: int, mode: str = "1") -> bytes:
+    """A tiny file that decodes to width*height pixels (a ~40 MP 1-bit PNG is ~5 KB)."""
+    image = Image.new(mode, (width, height))
+    if mode != "1":
+        image.paste(255, (width // 3, height // 4, 2 * width // 3, 3 * height // 4))
+    return encode(image, "PNG")
+
+
+def test_pixel_budget_and_healthz_during_heavy_requests(served):
+    url = served[0]
+    info = httpx.get(url + "/v1/model").json()
+    budget = info["max_request_pixels"]
+    # 64 copies of a 39.7 MP 1-bit PNG: each under the per-image limit, 2.5 gigapixels together.
+    bomb = {"images": [b64(pixel_png(7300, 5440))] * 64}
+    started = time.perf_counter()
+    r = httpx.post(url + "/v1/predict", json=bomb, timeout=30)
+    check_error(r, 413, "pixel bomb")
+    assert "megapixels" in r.json()["error"] and time.perf_counter() - started < 5  # refused from the headers
+
+    # Heavy but accepted: two greyscale PNGs just under the budget per request, four requests at once.
+    big, small = pixel_png(7900, 5000, "L"), pixel_png(4800, 5000, "L")
+    assert 7900 * 5000 + 4800 * 5000 <= budget
+    heavy = {"images": [b64(big), b64(small)], "topk": 1}
+    latencies, done = [], threading.Event()
+
+    def probe():
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not done.is_set():
+                t = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - t)
+                time.sleep(0.02)
+
+    with ThreadPoolExecutor(5) as pool:
+        prober = pool.submit(probe)
+        time.sleep(0.2)
+        answers = [pool.submit(httpx.post, url + "/v1/predict", json=heavy, timeout=120) for _ in range(4)]
+        statuses = [a.result().status_code for a in answers]
+        done.set()
+        prober.result()
+    assert statuses == [200] * 4
+    assert len(latencies) >= 10 and max(latencies) < 0.1, sorted(latencies)[-5:]
+
+
+def test_mixed_load_for_ten_seconds(served, digits):
+    """Four clients, 10 s, a good request (a real digit, raw or multipart or JSON) or a bad one at
+    random: no 5xx, every good answer the class the digit gets alone, the server alive after."""
+    url, proc, _ = served
+    bad = [(kwargs, status) for _, kwargs, status in bad_requests(digits[0][0])
+           if not ("content" in kwargs and len(kwargs["content"]) > 10_000)]  # skip the 200 KB JSON here
+    counts = {"good": 0, "bad": 0}
+    lock = threading.Lock()
+
+    def client(seed: int):
+        rng = random.Random(seed)
+        end = time.monotonic() + 10
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while time.monotonic() < end:
+                if rng.random() < 0.5:
+                    png, label = rng.choice(digits)
+                    how = rng.randrange(3)
+                    if how == 0:
+                        r = c.post("/v1/predict", content=png, headers={"content-type": "image/png"})
+                    elif how == 1:
+                        r = c.post("/v1/predict?topk=2", files={"file": ("d.png", png, "image/png")})
+                    else:
+                        r = c.post("/v1/predict", json={"images": [b64(png)] * 3})
+                    assert r.status_code == 200, r.text[:300]
+                    got = r.json()["predictions"] if how == 2 else [r.json()]
+                    assert [g["class"] for g in got] == [label] * len(got)
+                    kind = "good"
+                else:
+                    kwargs, status = rng.choice(bad)
+                    check_error(send(c, kwargs), status, str(kwargs.keys()))
+                    kind = "bad"
+                with lock:
+                    counts[kind] += 1
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(client, seed) for seed in range(4)]:
+            future.result()
+    assert counts["good"] >= 50 and counts["bad"] >= 50, counts
+    assert proc.poll() is None and httpx.get(url + "/healthz").json() == {"status": "ok"}
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """Flip, delete, insert or duplicate a few bytes, or truncate."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        op, at = rng.randrange(5), rng.randrange(max(len(out), 1))
+        if op == 0 and out:
+            out[at] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            del out[at: at + rng.randint(1, 16)]
+        elif op == 2:
+            out[at:at] = rng.randbytes(rng.randint(1, 16))
+        elif op == 3:
+            out[at:at] = out[at: at + rng.randint(1, 64)]
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+def test_fuzzed_requests_get_2xx_or_4xx_json(served, digits):
+    url = served[0]
+    rng = random.Random(13)
+    digit = digits[1][0]
+    grey = Image.open(io.BytesIO(digit))
+    seeds = [digit, encode(grey, "TIFF"), encode(grey.convert("F"), "TIFF"), encode(grey.convert("RGB"), "JPEG"),
+             encode(grey, "GIF"), encode(grey, "BMP"), encode(grey.convert("RGB"), "WEBP"), floats(0.5)]
+    ctypes = ["image/png", "image/whatever", "IMAGE/PNG", "application/json", "application/json; charset=latin-1",
+              "multipart/form-data; boundary=zz", "multipart/form-data", "text/plain", "", "application/x-www-form-urlencoded"]
+    seen = set()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(800):
+            kind = rng.randrange(5)
+            image = mutate(rng.choice(seeds), rng) if rng.random() < 0.9 else rng.randbytes(rng.randint(0, 4096))
+            params = {"topk": rng.choice(["1", "3", "10", "0", "x", "%00", "1" * 30])} if rng.random() < 0.3 else {}
+            if kind == 0:  # a raw body, any content type
+                r = client.post("/v1/predict", content=image, params=params, headers={"content-type": rng.choice(ctypes)})
+            elif kind == 1:  # a well-formed multipart upload of a mangled image
+                r = client.post("/v1/predict", files={"file": ("f", image, "image/png")}, params=params)
+            elif kind == 2:  # a mangled multipart body
+                body = (b"--zz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n"
+                        b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--zz--\r\n")
+                r = client.post("/v1/predict", content=mutate(body, rng), params=params,
+                                headers={"content-type": "multipart/form-data; boundary=zz"})
+            elif kind == 3:  # JSON of mangled images
+                r = client.post("/v1/predict", json={"images": [b64(image)] * rng.randint(1, 3),
+                                                     "topk": rng.choice([1, 3, 0, "3", None, 1.5, 2 ** 70])})
+            else:  # mangled JSON text
+                text = json.dumps({"images": [b64(image)], "topk": 3}).encode()
+                r = client.post("/v1/predict", content=mutate(text, rng), headers={"content-type": "application/json"})
+            assert r.status_code < 500, (i, kind, r.status_code, r.text[:300])
+            assert r.headers["content-type"] == "application/json", (i, kind, r.headers)
+            if r.status_code >= 400:
+                assert isinstance(r.json()["error"], str), (i, kind, r.text[:300])
+            else:
+                assert "class" in r.json() or "predictions" in r.json(), (i, kind, r.text[:300])
+            seen.add(r.status_code)
+    assert {200, 415, 422} <= seen, seen
+
+
+def test_serve_flags_and_busy_port_are_one_line(mnist_onnx):
+    for flag, value in [("--port", "99999"), ("--port", "-1"), ("--port", "http"), ("--workers", "0"),
+                        ("--threads", "0"), ("--max-upload-mb", "0"), ("--max-upload-mb", "nan"),
+                        ("--max-upload-mb", "inf")]:
+        assert_user_error(run_cli("serve", "--model", mnist_onnx, flag, value, timeout=60), flag, value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", "--model", mnist_onnx, "--port", port, timeout=60)
+        assert_user_error(proc, f"127.0.0.1:{port}", "in use")
+        assert "convzoo serve:" not in proc.stdout  # nothing claims to be serving
+    assert_user_error(run_cli("serve", "--model", mnist_onnx, "--host", "no-such-host.invalid", "--port", "0",
+                              timeout=60), "no-such-host.invalid")
+
+
+def test_malformed_model_metadata_is_refused_before_serving(mnist_onnx, tmp_path):
+    model = onnx.load(str(mnist_onnx))
+    for prop in model.metadata_props:
+        if prop.key == "convzoo":
+            meta = json.loads(prop.value)
+            meta["class_names"] = "0123456789"  # a string where the schema wants a list
+            prop.value = json.dumps(meta)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    for workers in ("1", "2"):
+        proc = run_cli("serve", "--model", bad, "--port", "0", "--workers", workers, timeout=60)
+        assert_user_error(proc, "bad.onnx")
+        assert "convzoo serve:" not in proc.stdout
+
+
+def test_predict_cli_reads_every_mode(mnist_onnx, tmp_path):
+    """`convzoo predict` shares the converter: every mode predicts, NaN pixels are one line."""
+    for name, data in mode_images().items():
+        (tmp_path / name.replace(";", "_")).write_bytes(data)
+    proc = run_cli("predict", "--model", mnist_onnx, "--json", tmp_path, check=0)
+    assert len(proc.stdout.splitlines()) == len(mode_images()) and "Traceback" not in proc.stderr
+    (tmp_path / "nan.tif").write_bytes(floats(np.nan))
+    assert_user_error(run_cli("predict", "--model", mnist_onnx, tmp_path / "nan.tif"), "nan.tif", "NaN")
+
+
+def test_a_bug_is_a_json_500(mnist_onnx):
+    """The last-resort handler: an unexpected exception answers JSON 500 (bad input never gets here)."""
+    import anyio
+
+    from convzoo.deploy.server import create_app
+
+    app = create_app(mnist_onnx)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("a bug")
+
+    async def call():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.get("/boom"), await client.get("/healthz")
+
+    r, health = anyio.run(call)
+    assert r.status_code == 500 and "internal error" in r.json()["error"] and health.status_code == 200
