@@ -1,0 +1,224 @@
+"""convzoo's Python API: the CLI's jobs as functions.
+
+    import convzoo
+    run = convzoo.train(model="lenet5", dataset="mnist", epochs=1)    # any `convzoo train` flag
+    convzoo.evaluate(run["checkpoint"]).accuracy
+    convzoo.export(run["checkpoint"], "model.onnx")
+    model = convzoo.load("model.onnx")            # or a checkpoint, a .safetensors file, "lenet5:mnist"
+    convzoo.predict(model, ["digit.png", pil_image, numpy_array])
+
+These names are stable. `import convzoo` imports no torch: loading and predicting with an ONNX file
+work with the base install (no torch); train, evaluate, export and checkpoints need `convzoo[train]`.
+Mistakes in the input raise ConvzooError (one line, as the CLI prints them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ConvzooError
+
+__all__ = ["train", "evaluate", "load", "predict", "export", "Model", "ConvzooError", "TrainConfig"]
+
+
+def __getattr__(name):
+    if name == "TrainConfig":  # lazily: config.py needs pyyaml, part of the train extra
+        from .config import TrainConfig
+
+        return TrainConfig
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("convzoo")
+        except PackageNotFoundError:
+            return "0+unknown"
+    raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
+
+
+def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: bool = False, **flags) -> dict:
+    """Train as `convzoo train` does; returns the last epoch's metrics, `best_acc`, `output_dir` and
+    `checkpoint` (the run's best.pt).
+
+    config: a preset name ("lenet5-mnist"), a TrainConfig, a dict of TrainConfig fields, or None.
+    flags: TrainConfig fields that override it, spelled as the long CLI flags with underscores
+    (model="lenet5", epochs=1, batch_size=64, train_limit=2048, output_dir="runs/x", logger="tensorboard").
+    """
+    import dataclasses
+
+    from .config import TrainConfig, build_config
+    from .engine.trainer import train as run_training
+    from .errors import ConfigError, unknown
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in flags:
+        if key not in fields:
+            raise unknown("train option", key, fields)
+    if isinstance(config, TrainConfig):
+        cfg = dataclasses.replace(config, **flags).validate()
+    elif isinstance(config, dict):
+        cfg = build_config(None, {**config, **flags})
+    elif config is None or isinstance(config, str):
+        cfg = build_config(config, flags)
+    else:
+        raise ConfigError(f"config must be a preset name, a TrainConfig or a dict, not {type(config).__name__}")
+    result = run_training(cfg, resume=resume, exist_ok=exist_ok, quiet=quiet)
+    return {**result, "checkpoint": str(Path(result["output_dir"]) / "best.pt")}
+
+
+def evaluate(model, *, dataset: str | None = None, data_path=None, device: str = "auto", batch_size: int = 1000,
+             threads: int = 2):
+    """Test-set accuracy of a checkpoint, .safetensors, NAME:DATASET, ONNX file or loaded Model: an
+    EvalResult with .accuracy, .per_class, .classes, .confusion and .table()."""
+    import torch
+
+    from .engine.runtime import configure_threads
+
+    source = model.source if isinstance(model, Model) else str(model)
+    configure_threads(threads, torch.device("cpu"))
+    path = _resolve(source)
+    if path.suffix == ".onnx":
+        from .deploy.predict import evaluate_model_file
+
+        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads)
+    from .engine.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size)
+
+
+def load(path_or_name, *, threads: int = 1) -> "Model":
+    """A model ready to predict: an ONNX file (onnxruntime, no torch needed), a convzoo checkpoint,
+    a shipped .safetensors file or a pretrained name such as "lenet5:mnist"."""
+    from .deploy.predict import Predictor
+
+    return Model(Predictor(_resolve(path_or_name), threads=threads), str(path_or_name))
+
+
+def predict(model, images, *, topk: int = 3) -> list[dict]:
+    """One result per image: {'class', 'index', 'probability', 'topk': [...]} (plus 'file' for files).
+
+    model: a Model from load(), or anything load() takes. images: one or a list of file paths,
+    folders, quoted patterns ('shots/*.png'), PIL images, or numpy arrays (H x W grey, H x W x 3 RGB
+    or H x W x 4 RGBA; uint8, or floats in 0..1). They get the same preprocessing as `convzoo predict`.
+    """
+    model = model if isinstance(model, Model) else load(model)
+    return model.predict(images, topk=topk)
+
+
+def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False, opset: int = 18,
+           dynamic_batch: bool = True, data_path=None) -> dict:
+    """`convzoo export`: a checkpoint, .safetensors or NAME:DATASET -> a checked ONNX file (int8 with
+    int8=True) or a torch.export .pt2 archive. Returns what the CLI prints (path, parity, ...).
+    output defaults to beside the checkpoint, or NAME-DATASET.onnx in the current folder for a name."""
+    from .errors import ConfigError, unknown
+
+    source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
+    path = _resolve(source)
+    if path.suffix == ".onnx":
+        raise ConfigError("already an ONNX file; export takes a checkpoint, .safetensors or NAME:DATASET", path)
+    if format not in ("onnx", "pt2"):
+        raise unknown("export format", format, ("onnx", "pt2"))
+    suffix = ".pt2" if format == "pt2" else "-int8.onnx" if int8 else ".onnx"
+    if output is None:
+        is_name = ":" in source and not Path(source).exists()
+        output = Path(source.replace(":", "-") + suffix) if is_name else path.with_name(path.stem + suffix)
+    if int8:
+        from .quant.ptq import export_int8_from_checkpoint
+
+        return export_int8_from_checkpoint(path, Path(output), data_path=data_path)
+    from .deploy.export import export_onnx, export_pt2
+
+    if format == "pt2":
+        return export_pt2(path, output)
+    return export_onnx(path, output, opset=opset, dynamic_batch=dynamic_batch)
+
+
+class Model:
+    """A loaded model: its description (.name, .dataset, .classes, .input, .preprocessing), the
+    preprocessing itself (.preprocess(images) -> the float32 N x C x H x W batch it sees) and
+    .predict(images)."""
+
+    def __init__(self, predictor, source: str):
+        self._predictor = predictor
+        self.source = source  # as given to load(): a path or NAME:DATASET
+        self.path = predictor.path
+        self.meta = dict(predictor.meta)
+
+    name = property(lambda self: self.meta["model"])
+    dataset = property(lambda self: self.meta.get("dataset"))
+    classes = property(lambda self: list(self._predictor.classes))
+    input = property(lambda self: dict(self.meta["input"]))  # channels, size, fit, mean, std
+    preprocessing = property(lambda self: self.meta.get("preprocess", "resize"))  # digit | fashion | resize
+
+    def preprocess(self, images):
+        """Images (as predict() takes them) -> the normalised float32 batch the model runs on."""
+        return self._batch(_decoded(images))
+
+    def predict(self, images, *, topk: int = 3) -> list[dict]:
+        decoded = _decoded(images)
+        if not decoded:
+            return []
+        results = self._predictor.predict_arrays(self._batch(decoded), topk)
+        return [({"file": name} if is_file else {}) | r for (name, _, is_file), r in zip(decoded, results)]
+
+    def _batch(self, decoded):
+        import numpy as np
+
+        from .deploy.preprocess import to_array
+
+        if not decoded:
+            raise ConvzooError("no images given")
+        return np.concatenate([to_array(image, self.meta) for _, image, _ in decoded])
+
+    def __call__(self, images, *, topk: int = 3) -> list[dict]:
+        return self.predict(images, topk=topk)
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, dataset={self.dataset!r}, classes={len(self.classes)}, "
+                f"input={self.input['channels']}x{self.input['size']}x{self.input['size']}, file={str(self.path)!r})")
+
+
+def _resolve(path_or_name) -> Path:
+    """NAME:DATASET -> the shipped weights file (verified); a path as is."""
+    from .models.pretrained import resolve
+
+    return Path(resolve(str(path_or_name)))
+
+
+def _decoded(images) -> list:
+    """(name, PIL image, is_file) for paths, folders, patterns, PIL images and numpy arrays."""
+    from PIL import Image
+
+    from .deploy.predict import expand_image_paths
+    from .deploy.preprocess import load_image
+
+    items = images if isinstance(images, (list, tuple)) else [images]
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            for f in expand_image_paths([item]):
+                out.append((str(f), load_image(f), True))
+        elif isinstance(item, Image.Image):
+            out.append((f"image[{i}]", item, False))
+        elif type(item).__module__ == "numpy":
+            out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))
+        else:
+            raise ConvzooError(f"images[{i}]: expected a path, a PIL image or a numpy array, not {type(item).__name__}")
+    return out
+
+
+def _array_image(array, name: str):
+    """H x W, H x W x 1/3/4 arrays (uint8, or floats in 0..1) -> a PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or 0 in a.shape:
+        raise ConvzooError(f"{name}: expected an H x W, H x W x 3 or H x W x 4 image array, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise ConvzooError(f"{name}: non-uint8 arrays must hold values in 0..1 (got dtype {a.dtype})")
+        a = np.round(a * 255).astype(np.uint8)
+    return Image.fromarray(a)

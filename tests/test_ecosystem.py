@@ -1,0 +1,255 @@
+"""Fitting the ecosystem: serving without torch, the wheel's contents, TensorBoard and MLflow
+tracking read back with their own readers, and the README's Python API example run as written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import MNIST_DIR, ROOT, SHARED_DATA, assert_user_error, need, run_cli
+
+# A stand-in package that notes who tried to import it, then fails as a missing package does.
+BLOCKED = """import traceback
+with open({log!r}, "a") as f:
+    f.write("".join(traceback.format_stack()) + "\\n")
+raise ImportError("{name} is not installed here (blocked by the test)")
+"""
+
+
+def blocker(folder: Path, *names: str) -> dict:
+    """Environment in which importing `names` fails, as in an install without them: stand-in
+    packages ahead of site-packages on PYTHONPATH. Attempts are logged in folder/attempts.log."""
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(BLOCKED.format(name=name, log=str(folder / "attempts.log")))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def attempts(folder: Path) -> str:
+    log = folder / "attempts.log"
+    return log.read_text() if log.exists() else ""
+
+
+def digit_png(path: Path) -> Path:
+    """A '1' written as dark ink on light paper, as a user's photo would be."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (280, 280), "white")
+    ImageDraw.Draw(image).line([(140, 40), (140, 240)], fill="black", width=24)
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained_onnx(tmp_path_factory):
+    import convzoo
+
+    out = tmp_path_factory.mktemp("onnx") / "lenet5-mnist.onnx"
+    convzoo.export("lenet5:mnist", out)
+    return out
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def test_serving_extra_has_no_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = project["dependencies"] + project["optional-dependencies"]["serve"]
+    assert not [d for d in base if re.match(r"torch", d)], base
+    everything = [d for group in project["optional-dependencies"].values() for d in group] + base
+    assert not [d for d in everything if "==" in d], "exact versions belong in constraints.txt only"
+
+
+def test_predict_and_api_work_where_torch_cannot_be_imported(tmp_path, pretrained_onnx):
+    env = blocker(tmp_path / "blocked", "torch", "torchao")
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True,
+                           text=True)
+    assert probe.returncode != 0 and "blocked by the test" in probe.stderr
+    (tmp_path / "blocked" / "attempts.log").unlink()
+    png = digit_png(tmp_path / "one.png")
+
+    proc = run_cli("predict", "--model", pretrained_onnx, png, "--json", env=env, check=0)
+    assert json.loads(proc.stdout.splitlines()[0])["class"] == "1"
+
+    code = ("import sys, numpy as np, convzoo\n"
+            f"m = convzoo.load({str(pretrained_onnx)!r})\n"
+            "a = np.zeros((28, 28), np.uint8); a[4:24, 13:16] = 255\n"
+            f"r = convzoo.predict(m, [{str(png)!r}, a])\n"
+            "print(m.classes[1], r[0]['class'], r[1]['class'], 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "1", "1", "False"]
+    assert not attempts(tmp_path / "blocked"), "something tried to import torch:\n" + attempts(tmp_path / "blocked")
+
+
+def test_serve_works_where_torch_cannot_be_imported(tmp_path, pretrained_onnx):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **blocker(tmp_path / "blocked", "torch", "torchao")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "convzoo", "serve", "--model", str(pretrained_onnx), "--port",
+                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert server.poll() is None, server.communicate()[1][-2000:]
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.3)
+        png = digit_png(tmp_path / "one.png").read_bytes()
+        request = urllib.request.Request(f"{url}/v1/predict", data=png, headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            body = json.loads(r.read())
+        assert body["class"] == "1", body
+        with urllib.request.urlopen(f"{url}/v1/model", timeout=10) as r:
+            assert json.loads(r.read())["name"] == "lenet5"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert not attempts(tmp_path / "blocked"), "something tried to import torch:\n" + attempts(tmp_path / "blocked")
+
+
+def test_wheel_holds_presets_weights_and_page(tmp_path):
+    """Built from a copy of the sources so the checkout gets no build/ or egg-info from the test."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "convzoo", src / "convzoo", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("convzoo-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    presets = {p.name for p in (ROOT / "convzoo" / "configs").glob("*.yaml")}
+    assert presets and {f"convzoo/configs/{p}" for p in presets} <= names
+    index = json.loads((ROOT / "convzoo" / "pretrained" / "index.json").read_text())
+    assert index and "convzoo/pretrained/index.json" in names
+    assert {f"convzoo/pretrained/{entry['file']}" for entry in index.values()} <= names
+    assert "convzoo/deploy/static/index.html" in names
+
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    torch_reqs = [r for r in requires if re.match(r"torch\b", r)]
+    assert torch_reqs and all("extra ==" in r for r in torch_reqs), torch_reqs  # torch only with an extra
+    assert {"serve", "train", "tracking", "all", "dev"} <= {line.split(":", 1)[1].strip() for line in
+                                                            meta.splitlines() if line.startswith("Provides-Extra:")}
+
+
+# ---------------------------------------------------------------- tracking
+
+TRAIN = ["train", "--model", "lenet5", "--dataset", "mnist", "--train-limit", "512", "--batch-size", "64",
+         "--threads", "1", "--print-freq", "0", "--quiet"]
+
+
+@pytest.mark.real_data
+def test_tensorboard_and_mlflow_logs_read_back_with_their_own_readers(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # the default: a store in the run directory
+        monkeypatch.delenv(name, raising=False)
+    env = {}
+    run_cli(*TRAIN, "--data-path", need(MNIST_DIR), "--epochs", "2", "--logger", "tensorboard,mlflow",
+            "--output-dir", run, env=env, check=0)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    test_acc = [float(r["test_acc"]) for r in rows]
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"loss/train", "accuracy/train", "accuracy/test", "lr"} <= set(events.Tags()["scalars"])
+    scalars = events.Scalars("accuracy/test")
+    assert [s.step for s in scalars] == [1, 2]
+    assert [s.value for s in scalars] == pytest.approx(test_acc, abs=1e-6)
+
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("convzoo").experiment_id])
+    assert found.info.status == "FINISHED"
+    assert found.data.params["model"] == "lenet5" and found.data.params["batch_size"] == "64"
+    history = client.get_metric_history(found.info.run_id, "test_acc")
+    assert [(m.step, m.value) for m in history] == [(1, pytest.approx(test_acc[0])), (2, pytest.approx(test_acc[1]))]
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"curves.png", "best.pt", "metrics.csv", "config.yaml", "train.log"} <= artifacts
+
+    # report keeps working on a tracked run; --resume continues the same MLflow run and event stream
+    from convzoo.report.tables import build_report
+
+    assert "lenet5" in build_report([run])[0]
+    run_cli("train", "--resume", "--epochs", "3", "--output-dir", run, "--quiet", env=env, check=0)
+    (again,) = client.search_runs([found.info.experiment_id])
+    assert again.info.run_id == found.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "test_acc")] == [1, 2, 3]
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [s.step for s in events.Scalars("accuracy/test")] == [1, 2, 3]
+
+
+def test_missing_tracking_package_is_a_convzoo_error(tmp_path, monkeypatch):
+    from convzoo.engine.loggers import open_loggers
+    from convzoo.errors import ConvzooError
+
+    for name, module in (("mlflow", "mlflow"), ("tensorboard", "torch.utils.tensorboard")):
+        monkeypatch.setitem(sys.modules, module, None)  # `import` of it now raises ImportError
+        with pytest.raises(ConvzooError, match=rf"--logger needs the {name} package.*convzoo\[tracking\]"):
+            open_loggers(name, tmp_path, {})
+    assert_user_error(run_cli(*TRAIN, "--logger", "wandb", "--output-dir", tmp_path / "x"), "unknown logger 'wandb'")
+
+
+# ---------------------------------------------------------------- Python API
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block after `heading` in the README."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.real_data
+def test_readme_python_api_example_runs(tmp_path):
+    code = readme_block("## Python API")
+    need(MNIST_DIR)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_DATA": str(SHARED_DATA)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "api-demo" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "api-demo" / "model.onnx").is_file()
+    # the example's last lines: each image's class; both drawings are a '1'
+    assert proc.stdout.splitlines()[-2:] == ["photo: 1", "array: 1"], proc.stdout
+
+
+def test_api_errors_are_one_line_convzoo_errors(tmp_path):
+    import numpy as np
+
+    import convzoo
+
+    with pytest.raises(convzoo.ConvzooError, match="unknown train option 'epoch'"):
+        convzoo.train(epoch=1)
+    model = convzoo.load("lenet5:mnist")
+    with pytest.raises(convzoo.ConvzooError, match="shape"):
+        model.predict(np.zeros((2, 3, 28, 28)))
+    with pytest.raises(convzoo.ConvzooError, match="0..1"):
+        model.predict(np.full((28, 28), 7.0))
+    with pytest.raises(convzoo.ConvzooError, match="file not found"):
+        convzoo.predict(model, tmp_path / "missing.png")
