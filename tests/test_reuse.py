@@ -92,14 +92,18 @@ def test_finetune_from_mnist_beats_scratch_on_fashion(mnist_run, tmp_path):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("name,data", [("lenet5:mnist", MNIST_DIR), ("lenet5:fashion-mnist", FASHION_DIR)])
-def test_pretrained_reproduces_recorded_accuracy(name, data):
+@pytest.mark.parametrize("name,data,floor", [("lenet5:mnist", MNIST_DIR, 0.99),
+                                             ("lenet5:fashion-mnist", FASHION_DIR, 0.91)])
+def test_pretrained_reproduces_recorded_accuracy(name, data, floor):
+    """The shipped weights meet their floors, and match the accuracy recorded when they were packed
+    (measured then in PyTorch, now through the cached ONNX export: at most 2 of 10,000 may flip)."""
     from convzoo.models.pretrained import index
 
     entry = index()[name]
     assert entry["size_bytes"] < 300 * 1024
-    proc = run_cli("eval", "--model", name, "--data-path", data, "--json", check=0)
-    assert json.loads(proc.stdout)["accuracy"] == entry["accuracy"]
+    proc = run_cli("eval", "--model", name, "--data-path", need(data), "--json", check=0)
+    accuracy = json.loads(proc.stdout)["accuracy"]
+    assert accuracy >= floor and abs(accuracy - entry["accuracy"]) <= 2e-4
 
 
 @pytest.mark.real_data

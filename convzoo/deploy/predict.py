@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, first_line
-from ..metadata import deployment_metadata, read_onnx_metadata
+from ..errors import ConfigError, WriteError, first_line
+from ..metadata import read_onnx_metadata
 from .preprocess import ImageError, load_image, to_array
 from .runtime import ort_session, run_batched, session_runner
 
@@ -22,10 +22,10 @@ class Predictor:
     def __init__(self, path, *, threads: int = 1):
         self.path = Path(path)
         self.threads = threads
-        if self.path.suffix == ".onnx":
-            self.meta, self.run = self._load_onnx()
-        else:
-            self.meta, self.run = self._load_torch()
+        # A checkpoint or shipped weights run as their cached ONNX export: torch is imported only the
+        # first time a file is seen, and later predictions start as fast as from an .onnx file.
+        self.onnx_path = self.path if self.path.suffix == ".onnx" else cached_onnx(self.path)
+        self.meta, self.run = self._load_onnx()
         spec = self.meta["input"]
         # Rows per inference call: 256 for LeNet-sized inputs, fewer for big ones, so memory stays bounded.
         self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
@@ -33,11 +33,11 @@ class Predictor:
     def _load_onnx(self):
         import onnx
 
-        if not self.path.is_file():
+        if not self.onnx_path.is_file():
             raise ConfigError("model file not found", self.path)
 
         try:
-            graph = onnx.load(str(self.path), load_external_data=False)
+            graph = onnx.load(str(self.onnx_path), load_external_data=False)
             onnx.checker.check_model(graph)  # a structurally broken graph never reaches onnxruntime's C++ loader
         except Exception as exc:  # protobuf and onnx raise many types for a bad file
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
@@ -45,7 +45,7 @@ class Predictor:
         meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
         del graph
         try:
-            session = ort_session(self.path, self.threads)
+            session = ort_session(self.onnx_path, self.threads)
         except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
@@ -63,21 +63,6 @@ class Predictor:
             raise ConfigError(f"the model outputs shape {list(out.shape)} for one image, not [1, "
                               f"{len(meta['class_names'])}] (one logit per class)", self.path)
         return meta, run
-
-    def _load_torch(self):
-        import torch
-
-        from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(self.path)
-        model = model_from_checkpoint(ckpt, self.path).eval()
-        torch.set_num_threads(self.threads)
-
-        def run(x):
-            with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
-
-        return deployment_metadata(ckpt), run
 
     @property
     def classes(self) -> list[str]:
@@ -113,6 +98,31 @@ class Predictor:
         # Every file is decoded and checked before any is run; only the small model inputs are kept.
         batch = np.concatenate([to_array(load_image(f), self.meta) for f in files])
         return [{"file": str(f), **r} for f, r in zip(files, self.predict_arrays(batch, topk))]
+
+
+def cached_onnx(checkpoint: Path) -> Path:
+    """The checkpoint's ONNX export, made once and kept in the cache under the file's sha256 (so an
+    edited checkpoint gets a fresh export); where the cache is not writable, a temporary one."""
+    import tempfile
+
+    from ..data.fetch import cache_root
+
+    if not checkpoint.is_file():
+        from ..engine.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint)  # the one-line error for a missing or unusable path
+    cached = cache_root() / "onnx" / f"{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}.onnx"
+    if cached.is_file():
+        return cached
+    from .export import export_onnx  # torch: only on the first prediction from this file
+
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(checkpoint, cached)
+    except (OSError, WriteError):
+        cached = Path(tempfile.mkdtemp(prefix="convzoo-onnx-")) / "model.onnx"
+        export_onnx(checkpoint, cached)
+    return cached
 
 
 def expand_image_paths(paths) -> list[Path]:
