@@ -67,20 +67,20 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
 
 
 def evaluate(model, *, dataset: str | None = None, data_path=None, device: str = "auto", batch_size: int = 1000,
-             threads: int = 2):
+             threads: int = 0):
     """Test-set accuracy of a checkpoint, .safetensors, NAME:DATASET, ONNX file or loaded Model: an
-    EvalResult with .accuracy, .per_class, .classes, .confusion and .table()."""
-    import torch
-
-    from .engine.runtime import configure_threads
-
+    EvalResult with .accuracy, .per_class, .classes, .confusion and .table().
+    threads: CPU threads (0: leave torch's setting alone; onnxruntime then uses 2, as the CLI does)."""
     source = model.source if isinstance(model, Model) else str(model)
-    configure_threads(threads, torch.device("cpu"))
     path = _resolve(source)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if path.suffix == ".onnx":
         from .deploy.predict import evaluate_model_file
 
-        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads)
+        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2)
     from .engine.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size)
