@@ -1,29 +1,143 @@
 """Atomic file writes: write beside the target, fsync, rename. Readers never see half a file and a
-crash never replaces a good file with a broken one."""
+crash never replaces a good file with a broken one.
+
+A temp file is `.{target}.{8 random chars}{suffix}` beside its target, created with the mode a plain
+open() would give it (0666 minus the umask, not mkstemp's 0600), and flock()ed by its writer for as
+long as it is being written. A writer killed with SIGKILL loses its lock with its life, so
+`remove_stale_temps` can tell a leftover from a file another process is still writing.
+Failing writes (no space, read-only or forbidden folder, file-size limit) become one WriteError
+naming the target, and the temp file is removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, leftovers are removed by age alone
+    fcntl = None
+
+from .errors import WriteError
+
+# Also matches tempfile.mkstemp's spelling, which earlier versions left behind.
+TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]{1,8})$")
+# A temp younger than this may belong to a writer that has created it but not yet locked it.
+MIN_STALE_AGE_S = 1.0
+# errnos that, raised while the caller writes the temp file, mean the write failed because of where
+# it goes (not a bug, not a missing input the caller was reading).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def write_error(path, exc: OSError) -> WriteError:
+    return WriteError(f"cannot write: {exc.strerror or exc}", path)
+
+
+def write_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` if a write failed because of where it goes (not a bug, nor a network
+    error: a download's URLError is an OSError too). Libraries often fail again while cleaning up
+    (torch.save's zip writer raises a RuntimeError while handling the ENOSPC), so the chain of
+    exceptions `exc` was raised during is searched too."""
+    for _ in range(8):
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and not isinstance(exc, ConnectionError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        if exc is None:
+            return None
+    return None
 
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ".tmp"):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    remove_stale_temps(path.parent, [path.name])
+    fd, tmp = create_temp(path, suffix)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except Exception as exc:
+            cause = write_failure(exc)
+            if cause is not None:
+                raise write_error(path, cause) from None
+            raise
+        try:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "wb"):
+    """A file object to write `path` through, atomically (see atomic_path); closed before the rename,
+    so errors the close reports (a full disk often shows only there) are WriteErrors too."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def atomic_write_bytes(path, payload: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+    with atomic_open(path) as f:
+        f.write(payload)
+
+
+def create_temp(path: Path, suffix: str) -> tuple[int, Path]:
+    """Create and lock a fresh temp file beside `path`; (fd holding the lock, its path)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            # 0o666: the kernel applies the umask, exactly as for a plain open().
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh file: nobody else holds it
+        return fd, tmp
+    raise WriteError("cannot create a temporary file beside it (100 names taken)", path)
+
+
+def remove_stale_temps(folder, targets=None) -> list[Path]:
+    """Remove temp files left in `folder` by killed writers (of `targets`, names, or of anything).
+
+    A temp counts as left over when no process holds its lock. Only convzoo's own naming pattern is
+    touched; what cannot be removed (a read-only folder) is left for the write itself to report.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = TEMP_RE.match(entry.name)
+        if not match or (targets is not None and match["target"] not in targets):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < MIN_STALE_AGE_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:  # BlockingIOError: a live writer holds it
+            pass
+        finally:
+            os.close(fd)
+    return removed

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="samples", help="sample: folder for the PNG files")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--mirror", action="append", help="base URL to download from (repeatable; tried in order)")
-    p.add_argument("--timeout", type=float, default=30, help="seconds per network read")
+    p.add_argument("--timeout", type=number(float, 0.1, 3600), default=30, help="seconds per network read")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_data)
 

@@ -56,11 +56,15 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
 
 class FileServer:
     """A real HTTP server on 127.0.0.1 serving `files` (url path -> bytes); `drop` paths send half
-    of the body then close the connection; `hits` counts requests per path."""
+    of the body then close the connection; `endless` paths repeat their body until the client hangs
+    up, with no Content-Length; `announce` (path -> n) sends Content-Length n whatever the body;
+    `hits` counts requests per path."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.drop: set[str] = set()
+        self.endless: set[str] = set()
+        self.announce: dict[str, int] = {}
         self.hits: dict[str, int] = {}
         server = self
 
@@ -72,7 +76,15 @@ class FileServer:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if self.path in server.endless:
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(body)
+                    except OSError:  # the client stopped reading and closed
+                        return
+                self.send_header("Content-Length", str(server.announce.get(self.path, len(body))))
                 self.end_headers()
                 if self.path in server.drop:
                     self.wfile.write(body[: len(body) // 2])

@@ -6,9 +6,15 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import os
 import pickle
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +23,7 @@ from convzoo.data import fetch, formats
 from convzoo.data.catalog import CIFAR10, MNIST
 from convzoo.errors import DataError, DownloadError
 
-from conftest import CIFAR_DIR, MNIST_DIR, RunsCode, assert_user_error, cifar_pickle, need, run_cli
+from conftest import CIFAR_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, need, run_cli
 
 OFFICIAL_T10K = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
@@ -60,7 +66,7 @@ def test_real_official_file_downloads_and_verifies(tmp_path, file_server):
     body = (need(MNIST_DIR) / OFFICIAL_T10K[1]).read_bytes()
     file_server.files = {"/a/" + OFFICIAL_T10K[1]: body}
     spec = next(f for f in MNIST.files if f.name == OFFICIAL_T10K[1])
-    dest = fetch.download_file([file_server.url + "/a/" + spec.name], tmp_path / spec.name, spec.md5)
+    dest = fetch.download_file([file_server.url + "/a/" + spec.name], tmp_path / spec.name, spec.md5, spec.size)
     assert dest.read_bytes() == body
 
 
@@ -77,7 +83,7 @@ def test_wrong_bytes_rejected_and_removed(tmp_path, file_server):
     file_server.files = {"/m/t10k-labels-idx1-ubyte.gz": b"not the official bytes"}
     with pytest.raises(DownloadError, match="does not match the official"):
         fetch.download_file([file_server.url + "/m/t10k-labels-idx1-ubyte.gz"], tmp_path / "t10k-labels-idx1-ubyte.gz",
-                            "ec29112dd5afa0611ce80d1b7f02629c")
+                            "ec29112dd5afa0611ce80d1b7f02629c", 4542)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -86,7 +92,7 @@ def test_connection_dropped_half_way_leaves_nothing(tmp_path, file_server):
     file_server.files = {"/x.bin": body}
     file_server.drop = {"/x.bin"}
     with pytest.raises(DownloadError, match="IncompleteRead|Connection"):
-        fetch.download_file([file_server.url + "/x.bin"], tmp_path / "x.bin", md5(body), timeout=5)
+        fetch.download_file([file_server.url + "/x.bin"], tmp_path / "x.bin", md5(body), len(body), timeout=5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -226,8 +232,10 @@ def corrupt_copy(tmp_path, name: str, payload: bytes):
 @pytest.mark.parametrize("name,payload,message", [
     ("train-images-idx3-ubyte.gz", "truncate", "truncated gzip"),
     ("t10k-images-idx3-ubyte.gz", gzip.compress(b"\x00\x00\x99\x03" + bytes(20)), "bad magic"),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (5000).to_bytes(4, "big") + bytes(100)),
+     "header says 5000 items"),
     ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (20000).to_bytes(4, "big") + bytes(100)),
-     "header says 20000 items"),
+     "header says 20,000 records, more than the 10,000 of the official file"),
     ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([1, 200, 3])),
      "label 200 at index 1"),
 ])
@@ -288,3 +296,99 @@ def test_cli_cifar_pickle_with_code_is_refused(tmp_path):
     proc = run_cli("data", "info", "cifar10", "--data-path", tmp_path)
     assert_user_error(proc, "data_batch_2", "refusing to unpickle posix.mkdir")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- downloads stop at the official size
+
+T10K_LABELS = next(f for f in MNIST.files if f.name == "t10k-labels-idx1-ubyte.gz")
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """The real entry point in this process (no interpreter start): exit code and stderr."""
+    from convzoo.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_catalog_records_official_sizes():
+    sizes = {f.name: f.size for f in MNIST.files}
+    assert sizes == {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+                     "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542}
+    assert CIFAR10.archive.size == 170052171
+    # the shared t10k files are the official ones, byte for byte
+    assert (need(MNIST_DIR) / "t10k-labels-idx1-ubyte.gz").stat().st_size == T10K_LABELS.size
+    assert (MNIST_DIR / "t10k-images-idx3-ubyte.gz").stat().st_size == MNIST.files[2].size
+
+
+@pytest.mark.parametrize("how,message", [
+    ("endless", "sends more than the official 4,542 bytes (stopped and removed)"),
+    ("announce", "announces 4,543 bytes, more than the official 4,542 (stopped and removed)"),
+])
+def test_download_stops_at_official_size(tmp_path, file_server, how, message):
+    path = "/m/" + T10K_LABELS.name
+    file_server.files = {path: bytes(range(256)) * 4}
+    if how == "endless":
+        file_server.endless = {path}
+    else:
+        file_server.announce = {path: T10K_LABELS.size + 1}
+    with pytest.raises(DownloadError, match=re.escape(message)):
+        fetch.download_file([file_server.url + path], tmp_path / T10K_LABELS.name, T10K_LABELS.md5, T10K_LABELS.size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_download_from_endless_mirror(tmp_path, file_server, capsys):
+    """A mirror that streams forever: cut at the official 9,912,422 bytes of train-images, nothing kept."""
+    path = "/m/train-images-idx3-ubyte.gz"
+    file_server.files = {path: np.random.default_rng(0).integers(0, 256, 1 << 20, np.uint8).tobytes()}
+    file_server.endless = {path}
+    code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", file_server.url + "/m/")
+    errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "sends more than the official 9,912,422 bytes (stopped and removed)" in errors[0]
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
+DOWNLOAD = """
+import sys
+from pathlib import Path
+from convzoo.data import fetch
+from convzoo.data.catalog import MNIST
+fetch.download_dataset(MNIST, Path(sys.argv[1]), mirrors=[sys.argv[2]], timeout=60)
+"""
+
+
+def test_killed_download_leftover_removed_by_next_run(tmp_path, capsys):
+    """SIGKILL while a mirror stalls mid-file leaves the .part; the next download removes it first."""
+    import socket
+    import threading
+
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def stall():  # answers 128 KiB of a 9.9 MB file, then sends nothing more
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 9912422\r\n\r\n" + bytes(1 << 17))
+        stop.wait(60)
+        conn.close()
+
+    threading.Thread(target=stall, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    proc = subprocess.Popen([sys.executable, "-c", DOWNLOAD, str(tmp_path), url], cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while not [p for p in (tmp_path / "mnist").glob(".*.part") if p.stat().st_size >= 1 << 16]:
+            assert time.time() < deadline and proc.poll() is None, "the download never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        stop.set()
+        listener.close()
+    (part,) = (tmp_path / "mnist").glob(".train-images-idx3-ubyte.gz.*.part")
+    os.utime(part, (time.time() - 60,) * 2)  # the next run comes later
+    code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", "http://127.0.0.1:9/")
+    assert code == 2 and "download failed on every mirror" in err
+    assert list((tmp_path / "mnist").iterdir()) == []

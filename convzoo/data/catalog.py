@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import unknown
+
+CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32  # a label byte, then the 32x32 red, green and blue planes
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,17 @@ class FileSpec:
     raw_md5: str | None = None
     count: int = 0  # records in the official file
     python_md5: str | None = None  # the same records in the other official form (CIFAR-10's Python pickles)
+    size: int | None = None  # bytes of the file as published: a download never takes more
+    # IDX files: the type code (0x08 unsigned bytes) and each record's dimensions the header must declare.
+    idx_code: int | None = None
+    idx_dims: tuple[int, ...] = ()
+
+    @property
+    def raw_size(self) -> int:
+        """Bytes of the official file decompressed: no faithful copy of it inflates to more."""
+        if self.idx_code is not None:  # IDX: magic, one 4-byte size per dimension, unsigned bytes
+            return 4 + 4 * (1 + len(self.idx_dims)) + self.count * math.prod(self.idx_dims)
+        return self.count * CIFAR_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,7 @@ class ArchiveSpec:
     name: str
     md5: str
     folder: str  # the folder inside the archive that holds the files
+    size: int  # bytes as published
 
 
 @dataclass(frozen=True)
@@ -54,11 +69,15 @@ class DatasetSpec:
         return [f for f in self.files if f.split == split]
 
 
-def _idx_files(md5s: dict, raw_md5s: dict, train: int, test: int) -> tuple[FileSpec, ...]:
+def _idx_files(md5s: dict, raw_md5s: dict, sizes: dict, train: int, test: int,
+               image_shape=(28, 28)) -> tuple[FileSpec, ...]:
+    """The four gzipped IDX files of an MNIST-family set: uint8 images N x H x W, uint8 labels N."""
     files = []
     for split, prefix, count in (("train", "train", train), ("test", "t10k", test)):
-        for role, stem in (("images", f"{prefix}-images-idx3-ubyte"), ("labels", f"{prefix}-labels-idx1-ubyte")):
-            files.append(FileSpec(f"{stem}.gz", split, role, md5s[stem], raw_md5s[stem], count))
+        for role, stem, dims in (("images", f"{prefix}-images-idx3-ubyte", tuple(image_shape)),
+                                 ("labels", f"{prefix}-labels-idx1-ubyte", ())):
+            files.append(FileSpec(f"{stem}.gz", split, role, md5s[stem], raw_md5s[stem], count,
+                                  size=sizes[stem], idx_code=0x08, idx_dims=dims))
     return tuple(files)
 
 
@@ -82,6 +101,12 @@ MNIST = DatasetSpec(
             "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
             "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
             "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        {
+            "train-images-idx3-ubyte": 9912422,
+            "train-labels-idx1-ubyte": 28881,
+            "t10k-images-idx3-ubyte": 1648877,
+            "t10k-labels-idx1-ubyte": 4542,
         },
         60000,
         10000,
@@ -112,6 +137,12 @@ FASHION_MNIST = DatasetSpec(
             "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
             "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
         },
+        {
+            "train-images-idx3-ubyte": 26421880,
+            "train-labels-idx1-ubyte": 29515,
+            "t10k-images-idx3-ubyte": 4422102,
+            "t10k-labels-idx1-ubyte": 5148,
+        },
         60000,
         10000,
     ),
@@ -137,7 +168,8 @@ CIFAR10 = DatasetSpec(
     + (FileSpec("test_batch.bin", "test", "batch", count=10000, python_md5="40351d587109b95175f43aff81a1287e"),),
     mirrors=("https://www.cs.toronto.edu/~kriz/",),
     folder_names=("cifar10", "cifar-10", "CIFAR10", "cifar-10-batches-bin", "cifar-10-batches-py"),
-    archive=ArchiveSpec("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", "cifar-10-batches-bin"),
+    archive=ArchiveSpec("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", "cifar-10-batches-bin",
+                        size=170052171),
     meta_file="batches.meta.txt",
     sizes={"train": 50000, "test": 10000},
 )

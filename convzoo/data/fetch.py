@@ -20,15 +20,16 @@ import socket
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, remove_stale_temps
 from ..errors import DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
-from .formats import PICKLE_PROTO, decode_cifar_batch, gunzip_if_needed
+from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzip_capped
 
 MANIFEST = ".convzoo-verified.json"
 SYSTEM_ROOT = Path("/usr/share/datasets")
@@ -163,14 +164,26 @@ def verify_files(spec: DatasetSpec, files: dict[str, Path]) -> list[FileCheck]:
 
 
 def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
-    data = path.read_bytes()
+    """Is `path` the official `file`? Reads at most what a faithful copy can hold, inflates at most
+    the official file's decompressed size (a bigger file or stream simply is not the official one)."""
+    try:
+        size = path.stat().st_size
+        limit = max_copy_bytes(file)
+        if size > limit:
+            return FileCheck(file, path, "differs", f"{size:,} bytes, more than any copy of the official file "
+                                                    f"({limit:,})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
     pickled = file.role == "batch" and data[:1] == PICKLE_PROTO
     official = file.python_md5 if pickled else file.md5
     if official and md5_hex(data) == official:
         return FileCheck(file, path, "verified", "md5 matches the official file")
     if manifest.get(path.name) and manifest[path.name] == hashlib.sha256(data).hexdigest():
         return FileCheck(file, path, "verified", "sha256 matches the verified download")
-    raw = gunzip_if_needed(data, path)
+    raw = gunzip_capped(data, limit if file.role == "batch" else file.raw_size, path)
+    if raw is None:
+        return FileCheck(file, path, "differs", "decompresses to more than the official file holds")
     if file.raw_md5 and md5_hex(raw) == file.raw_md5:
         return FileCheck(file, path, "verified", "decompressed md5 matches the official file")
     count = record_count(file, raw, path)
@@ -178,6 +191,14 @@ def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
     if official or file.raw_md5:
         return FileCheck(file, path, "differs", f"{what}, md5 {md5_hex(raw)[:12]}... is not the official one")
     return FileCheck(file, path, "differs", f"{what}, no official per-file checksum and no verified-download record")
+
+
+def max_copy_bytes(file: FileSpec) -> int:
+    """The largest file that can still be a faithful copy of `file`: its records raw or gzipped (gzip
+    adds well under 1% to incompressible bytes), or for CIFAR-10 a Python pickle of them."""
+    if file.role == "batch":
+        return cifar_pickle_limit(file.count)
+    return file.raw_size + file.raw_size // 100 + 1024
 
 
 def record_count(file: FileSpec, raw: bytes, path) -> int:
@@ -191,10 +212,14 @@ def md5_hex(data: bytes) -> str:
 
 
 def read_manifest(folder: Path) -> dict:
+    """The sha256s a verified archive download recorded; anything unreadable or implausible is no record."""
     try:
-        return json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        with open(folder / MANIFEST, "rb") as f:
+            text = f.read(1 << 16)  # a few file names and hashes
+        manifest = json.loads(text)
+    except (OSError, ValueError, RecursionError):
         return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 # ---------------------------------------------------------------- download
@@ -213,45 +238,67 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
             "or set $CONVZOO_CACHE",
             target,
         ) from None
+    # What a killed download left: its .part files and half-extracted archives.
+    remove_stale_temps(target, [f.name for f in spec.files] + ([spec.archive.name] if spec.archive else []))
+    remove_stale_extractions(target)
     mirrors = list(mirrors or spec.mirrors)
     if spec.archive:
         archive = target / spec.archive.name
-        if not (archive.is_file() and md5_hex(archive.read_bytes()) == spec.archive.md5):
-            download_file([m.rstrip("/") + "/" + spec.archive.name for m in mirrors], archive, spec.archive.md5, timeout)
+        if not is_official(archive, spec.archive.md5, spec.archive.size):
+            download_file([m.rstrip("/") + "/" + spec.archive.name for m in mirrors], archive, spec.archive.md5,
+                          spec.archive.size, timeout)
         extract_archive(archive, target, spec.archive.folder)
     else:
         for file in spec.files:
             dest = target / file.name
-            if dest.is_file() and md5_hex(dest.read_bytes()) == file.md5:
+            if is_official(dest, file.md5, file.size):
                 continue
-            download_file([m.rstrip("/") + "/" + file.name for m in mirrors], dest, file.md5, timeout)
+            download_file([m.rstrip("/") + "/" + file.name for m in mirrors], dest, file.md5, file.size, timeout)
     found = find_in(spec, root)
     if found is None:
         raise DataError(f"downloaded {spec.title} but its files are incomplete", target)
     return Located(spec, common_folder(found), "download", found, verify_files(spec, found))
 
 
+def is_official(path: Path, md5: str, size: int | None) -> bool:
+    """An earlier download already in place: the official size, then the official md5 (streamed)."""
+    try:
+        if not path.is_file() or (size is not None and path.stat().st_size > size):
+            return False
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == md5
+
+
 def common_folder(found: dict[str, Path]) -> Path:
     return Path(os.path.commonpath([str(p.resolve().parent) for p in found.values()]))
 
 
-def download_file(urls: list[str], dest: Path, md5: str, timeout: float = TIMEOUT_S) -> Path:
+def download_file(urls: list[str], dest: Path, md5: str, size: int | None, timeout: float = TIMEOUT_S) -> Path:
     """Stream the first URL that works into `dest`; md5 checked before the final rename.
 
-    Failures (HTTP errors, timeouts, dropped connections, wrong checksum) move on to the next
-    mirror; the temp file is always removed, so nothing half-downloaded is ever left behind.
+    `size` is the official file's byte size: a server that announces or sends more is cut off there
+    (an endless or hostile mirror cannot fill the disk). Failures (HTTP errors, timeouts, dropped
+    connections, too many bytes, wrong checksum) move on to the next mirror; the temp file is always
+    removed, so nothing half-downloaded is ever left behind.
     """
     failures = []
     for url in urls:
         try:
             with atomic_path(dest, ".part") as tmp:  # renamed onto dest only if the block completes
                 with open(tmp, "wb") as out:
-                    digest = stream(url, out, timeout, dest.name)
+                    digest = stream(url, out, timeout, dest.name, size)
                 if digest != md5:
                     raise ChecksumMismatch(digest)
             return dest
         except ChecksumMismatch as exc:
             failures.append(f"{url}: md5 {exc} does not match the official {md5} (rejected and removed)")
+        except TooLarge as exc:
+            failures.append(f"{url}: {exc} (stopped and removed)")
         except urllib.error.HTTPError as exc:
             failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
@@ -264,22 +311,68 @@ class ChecksumMismatch(Exception):
     """A downloaded file's md5 (the exception's text) is not the official one."""
 
 
-def stream(url: str, out, timeout: float, label: str) -> str:
+class TooLarge(Exception):
+    """A server announced or sent more bytes than the official file has."""
+
+
+def stream(url: str, out, timeout: float, label: str, limit: int | None = None) -> str:
+    """Copy `url` into `out`, at most `limit` bytes; returns the md5 of what was copied."""
     from tqdm import tqdm
 
     digest = hashlib.md5()
     with urllib.request.urlopen(url, timeout=timeout) as resp:
-        total = int(resp.headers.get("Content-Length") or 0)
+        try:
+            total = int(resp.headers.get("Content-Length") or 0)
+        except ValueError:  # a garbled header: the byte count below still applies
+            total = 0
+        if limit is not None and total > limit:
+            raise TooLarge(f"announces {total:,} bytes, more than the official {limit:,}")
         done = 0
         with tqdm(total=total or None, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()) as bar:
-            while chunk := resp.read(1 << 16):
+            # Never ask for more than one byte past the limit: that byte is the proof of excess.
+            while chunk := resp.read(1 << 16 if limit is None else min(1 << 16, limit + 1 - done)):
+                done += len(chunk)
+                if limit is not None and done > limit:
+                    raise TooLarge(f"sends more than the official {limit:,} bytes")
                 out.write(chunk)
                 digest.update(chunk)
-                done += len(chunk)
                 bar.update(len(chunk))
     if total and done != total:
         raise http.client.IncompleteRead(b"", total - done)
     return digest.hexdigest()
+
+
+def remove_stale_extractions(target: Path) -> None:
+    """Remove .extract* folders a killed extraction left (one being extracted is locked: see extract_archive)."""
+    import shutil
+
+    for folder in target.glob(".extract*"):
+        try:
+            # Too young: its extractor may not have locked it yet.
+            if not folder.is_dir() or folder.is_symlink() or time.time() - folder.stat().st_mtime < 1:
+                continue
+        except OSError:
+            continue
+        lock = try_lock(folder)
+        if lock is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(lock)
+
+
+def try_lock(folder: Path):
+    """An fd holding an exclusive lock on `folder`, or None if another process holds it (or no locks)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def extract_archive(archive: Path, target: Path, folder: str) -> None:
@@ -298,14 +391,20 @@ def extract_archive(archive: Path, target: Path, folder: str) -> None:
             if not wanted:
                 raise DataError(f"archive has no {folder}/ folder", archive)
             with tempfile.TemporaryDirectory(dir=target, prefix=".extract") as tmp:
-                tar.extractall(tmp, members=wanted, filter="data")
-                files = {Path(tmp, m.name).name: hashlib.sha256(Path(tmp, m.name).read_bytes()).hexdigest() for m in wanted}
-                Path(tmp, folder, MANIFEST).write_text(json.dumps(files, indent=1))
-                final = target / folder
-                if final.exists():
-                    import shutil
+                lock = try_lock(Path(tmp))  # held while extracting: remove_stale_extractions leaves it alone
+                try:
+                    tar.extractall(tmp, members=wanted, filter="data")
+                    files = {Path(tmp, m.name).name: hashlib.sha256(Path(tmp, m.name).read_bytes()).hexdigest()
+                             for m in wanted}
+                    Path(tmp, folder, MANIFEST).write_text(json.dumps(files, indent=1))
+                    final = target / folder
+                    if final.exists():
+                        import shutil
 
-                    shutil.rmtree(final)
-                os.replace(Path(tmp, folder), final)
+                        shutil.rmtree(final)
+                    os.replace(Path(tmp, folder), final)
+                finally:
+                    if lock is not None:
+                        os.close(lock)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"cannot extract archive: {exc}", archive) from None

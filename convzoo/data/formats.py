@@ -11,8 +11,11 @@ decoding is one vectorised numpy call, never a loop over images.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import io
+import math
+import os
 import pickle
 import zlib
 from pathlib import Path
@@ -31,55 +34,163 @@ IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+IDX_NAMES = {0x08: "unsigned bytes", 0x09: "signed bytes", 0x0B: "16-bit integers", 0x0C: "32-bit integers",
+             0x0D: "32-bit floats", 0x0E: "64-bit floats"}
+IDX_MAX_DIMS = 32  # numpy's limit (numpy 1.x); an IDX header can declare up to 255
 CIFAR_IMAGE_BYTES = 3 * 32 * 32
 CIFAR_RECORD_BYTES = 1 + CIFAR_IMAGE_BYTES
 GZIP_MAGIC = b"\x1f\x8b"
 PICKLE_PROTO = b"\x80"  # a pickle's first opcode; a CIFAR-10 binary record starts with a label byte 0..9
+DEFLATE_MAX_RATIO = 1032  # deflate's limit: no gzip stream inflates to more than ~1032 times its size
+CHUNK = 1 << 20  # bytes inflated per step: memory grows only as real data arrives
+TAIL_PROBE = 1 << 16  # bytes read past a file's announced end to tell stray bytes from a bomb
+META_MAX_BYTES = 1 << 16  # a class-name file is a few lines
 
 
-def read_idx(path) -> np.ndarray:
-    """Decode an IDX file (gzipped or raw) into a native-endian numpy array."""
-    data = read_maybe_gzip(path)
-    if len(data) < 4:
-        raise DataError(f"not an IDX file: only {len(data)} bytes", path)
-    if data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise DataError(f"not an IDX file: bad magic number 0x{data[:4].hex()}", path)
-    dtype, ndim = IDX_DTYPES[data[2]], data[3]
-    if ndim == 0:
-        raise DataError("IDX header declares 0 dimensions", path)
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"IDX header truncated: {len(data)} bytes, header needs {header}", path)
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    present = len(data) - header
-    if present < expected:
-        count = present // max(1, expected // max(1, shape[0]))
-        raise DataError(
-            f"header says {shape[0]} items of shape {shape[1:]} but the file holds only {count} "
-            f"({present} of {expected} data bytes): truncated",
-            path,
-        )
-    if present > expected:
-        raise DataError(f"{present - expected} bytes after the {shape[0]} items the header declares", path)
-    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+class DataStream:
+    """A data file's bytes, inflated on the fly when it is gzip (any number of members).
+
+    Nothing is read or inflated beyond what the caller asks for, so a header can be checked
+    before its payload is allocated and a gzip bomb costs no more memory than the cap it hits.
+    Read errors, truncated and corrupt gzip streams are DataErrors naming the file.
+    """
+
+    def __init__(self, path, data: bytes | None = None):
+        self.path = path
+        try:
+            self.raw = io.BytesIO(data) if data is not None else open(path, "rb")
+        except FileNotFoundError:
+            raise DataError("file not found", path) from None
+        except OSError as exc:
+            raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
+        with read_errors(self.path):
+            self.size = len(data) if data is not None else os.fstat(self.raw.fileno()).st_size
+            self.gzipped = self.raw.read(2) == GZIP_MAGIC
+            self.raw.seek(0)
+        self.file = gzip.GzipFile(fileobj=self.raw, mode="rb") if self.gzipped else self.raw
+        # The most bytes the file can yield, known before inflating any.
+        self.max_size = self.size * DEFLATE_MAX_RATIO + 1024 if self.gzipped else self.size
+
+    def __enter__(self) -> "DataStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.file.close()
+            self.raw.close()
+        except (OSError, EOFError, zlib.error):
+            pass
+
+    def first_byte(self) -> bytes:
+        with read_errors(self.path):
+            return self.file.peek(1)[:1] if hasattr(self.file, "peek") else self.file.getvalue()[:1]
+
+    def read(self, n: int) -> bytes:
+        """Up to n bytes; fewer only at the end of the data. Keep n small: it is allocated up front."""
+        with read_errors(self.path):
+            return self.file.read(n)
+
+    def read_array(self, n: int) -> np.ndarray:
+        """Up to n bytes as a writable uint8 array, read in CHUNK steps (a header's claim alone
+        allocates nothing)."""
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.read(min(CHUNK, n - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+        return np.frombuffer(buf, np.uint8)
+
+    def read_capped(self, limit: int) -> np.ndarray:
+        """All the remaining bytes (uint8), refused as soon as they exceed `limit`."""
+        if not self.gzipped and self.size > limit:
+            raise DataError(f"{self.size:,} bytes, more than the {limit:,} the official file can hold", self.path)
+        data = self.read_array(limit)
+        if len(data) == limit and self.read(1):
+            raise DataError(f"decompresses to more than {limit:,} bytes, more than the official file holds", self.path)
+        return data
 
 
-def read_idx_images(path) -> np.ndarray:
-    """IDX images as uint8 (N, 1, H, W)."""
-    images = read_idx(path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(f"expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}", path)
-    return images[:, None]
+def read_idx(path, *, code: int | None = None, dims=None, max_items: int | None = None) -> np.ndarray:
+    """Decode an IDX file (gzipped or raw) into a native-endian numpy array.
+
+    `code` (the type byte), `dims` (each record's dimensions, None where any size will do) and
+    `max_items` (records in the official file) are what the caller expects. The header is checked
+    against them, and the size it announces against the file's, before anything is allocated;
+    inflating a gzip stream stops at the size the header announces.
+    """
+    with DataStream(path) as src:
+        head = src.read(4)
+        if len(head) < 4:
+            raise DataError(f"not an IDX file: only {len(head)} bytes", path)
+        if head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES:
+            raise DataError(f"not an IDX file: bad magic number 0x{head.hex()}", path)
+        type_code, ndim = head[2], head[3]
+        if code is not None and type_code != code:
+            raise DataError(f"IDX data are {IDX_NAMES[type_code]} (type 0x{type_code:02X}), expected "
+                            f"{IDX_NAMES[code]} (type 0x{code:02X})", path)
+        if ndim == 0:
+            raise DataError("IDX header declares 0 dimensions", path)
+        if dims is not None and ndim != 1 + len(dims):
+            raise DataError(f"IDX header declares {ndim} dimensions, expected {1 + len(dims)} "
+                            f"({shape_text(('N', *dims))})", path)
+        if ndim > IDX_MAX_DIMS:
+            raise DataError(f"IDX header declares {ndim} dimensions; at most {IDX_MAX_DIMS} are supported", path)
+        header = 4 + 4 * ndim
+        sizes = src.read(4 * ndim)
+        if len(sizes) < 4 * ndim:
+            raise DataError(f"IDX header truncated: {4 + len(sizes)} bytes, header needs {header}", path)
+        shape = tuple(int.from_bytes(sizes[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
+        if dims is not None and any(want is not None and got != want for got, want in zip(shape[1:], dims)):
+            raise DataError(f"header says records of shape {shape_text(shape[1:])}, expected "
+                            f"{shape_text(dims)}", path)
+        if max_items is not None and shape[0] > max_items:
+            raise DataError(f"header says {shape[0]:,} records, more than the {max_items:,} of the official file",
+                            path)
+        dtype = IDX_DTYPES[type_code]
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: a product of 2^32s cannot overflow
+
+        def truncated(present: int) -> DataError:
+            count = present // max(1, expected // max(1, shape[0]))
+            return DataError(f"header says {shape[0]} items of shape {shape[1:]} but the file holds only {count} "
+                             f"({present} of {expected} data bytes): truncated", path)
+
+        if not src.gzipped:  # the file's size says it all, before reading
+            present = src.size - header
+            if present < expected:
+                raise truncated(present)
+            if present > expected:
+                raise DataError(f"{present - expected} bytes after the {shape[0]} items the header declares", path)
+        elif expected > src.max_size - header:
+            raise DataError(f"header announces {expected:,} data bytes, more than a {src.size:,}-byte gzip file "
+                            "can hold: truncated or corrupt", path)
+        data = src.read_array(expected)
+        if len(data) < expected:
+            raise truncated(len(data))
+        tail = src.read(TAIL_PROBE)  # also lets gzip check its CRC at the end of the stream
+        if tail:
+            if len(tail) == TAIL_PROBE and src.read(1):
+                raise DataError(f"decompresses to more than the {header + expected:,} bytes its header announces",
+                                path)
+            raise DataError(f"{len(tail)} bytes after the {shape[0]} items the header declares", path)
+    return data.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_idx_labels(path, num_classes: int) -> np.ndarray:
-    """IDX labels as int64 (N,), every one checked to lie in [0, num_classes)."""
-    labels = read_idx(path)
-    if labels.ndim != 1:
-        raise DataError(f"expected a 1-D label file, got shape {labels.shape}", path)
+def read_idx_images(path, size=None, max_items: int | None = None) -> np.ndarray:
+    """IDX images as uint8 (N, 1, H, W); `size` (H, W) and `max_items` are checked in the header."""
+    return read_idx(path, code=0x08, dims=tuple(size) if size else (None, None), max_items=max_items)[:, None]
+
+
+def read_idx_labels(path, num_classes: int, max_items: int | None = None) -> np.ndarray:
+    """IDX labels as int64 (N,): unsigned bytes (a float or int32 label file is refused, not rounded),
+    every one checked to lie in [0, num_classes)."""
+    labels = read_idx(path, code=0x08, dims=(), max_items=max_items)
     check_label_range(labels, num_classes, path)
     return labels.astype(np.int64)
+
+
+def shape_text(shape) -> str:
+    return " x ".join("any" if d is None else str(d) for d in shape) if shape else "scalars"
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -98,27 +209,51 @@ def write_idx(path, array: np.ndarray) -> None:
     atomic_write_bytes(path, payload)
 
 
-def read_cifar_batch(path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """A CIFAR-10 batch, binary or Python pickle -> (uint8 images (N, 3, 32, 32), int64 labels (N,))."""
-    return decode_cifar_batch(read_maybe_gzip(path), path, num_classes)
+def read_cifar_batch(path, num_classes: int = 10, max_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR-10 batch, binary or Python pickle -> (uint8 images (N, 3, 32, 32), int64 labels (N,)).
+
+    `max_records` (the official count) bounds what is read: a larger file is refused before it is
+    read, a gzip stream stops inflating at that size."""
+    with DataStream(path) as src:
+        if src.first_byte() == PICKLE_PROTO:
+            limit = cifar_pickle_limit(max_records) if max_records else src.max_size
+            return decode_cifar_pickle(src.read_capped(limit), path, num_classes, max_records)
+        if not src.gzipped:
+            check_cifar_size(src.size, path, max_records)
+        limit = max_records * CIFAR_RECORD_BYTES if max_records else src.max_size
+        return decode_cifar_batch(src.read_capped(limit), path, num_classes, max_records)
 
 
-def decode_cifar_batch(data: bytes, path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    if data[:1] == PICKLE_PROTO:
-        return decode_cifar_pickle(data, path, num_classes)
-    if len(data) == 0 or len(data) % CIFAR_RECORD_BYTES:
+def cifar_pickle_limit(records: int) -> int:
+    """Largest plausible Python batch of `records` records: the images, a label and a file name each."""
+    return records * (CIFAR_RECORD_BYTES + 128) + (1 << 16)
+
+
+def check_cifar_size(size: int, path, max_records: int | None = None) -> None:
+    if size == 0 or size % CIFAR_RECORD_BYTES:
         raise DataError(
-            f"size {len(data)} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte CIFAR-10 records "
-            f"({len(data) // CIFAR_RECORD_BYTES} records + {len(data) % CIFAR_RECORD_BYTES} stray bytes)",
+            f"size {size} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte CIFAR-10 records "
+            f"({size // CIFAR_RECORD_BYTES} records + {size % CIFAR_RECORD_BYTES} stray bytes)",
             path,
         )
+    if max_records is not None and size // CIFAR_RECORD_BYTES > max_records:
+        raise DataError(f"{size // CIFAR_RECORD_BYTES:,} records, more than the {max_records:,} of the official file",
+                        path)
+
+
+def decode_cifar_batch(data: bytes, path, num_classes: int = 10,
+                       max_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    if bytes(data[:1]) == PICKLE_PROTO:
+        return decode_cifar_pickle(data, path, num_classes, max_records)
+    check_cifar_size(len(data), path, max_records)
     records = np.frombuffer(data, np.uint8).reshape(-1, CIFAR_RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)
     check_label_range(labels, num_classes, path)
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
-def decode_cifar_pickle(data: bytes, path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def decode_cifar_pickle(data: bytes, path, num_classes: int = 10,
+                        max_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A cifar-10-batches-py batch: a dict with 'data' (N x 3072 uint8, channel-major) and 'labels'."""
     try:
         # latin1 is how Python 3 reads the Python 2 strings inside the official pickles.
@@ -126,23 +261,40 @@ def decode_cifar_pickle(data: bytes, path, num_classes: int = 10) -> tuple[np.nd
     except RefusedPickle as exc:
         raise DataError(f"{exc}; a CIFAR-10 Python batch holds only numpy arrays and lists", path) from None
     except Exception as exc:  # truncated or garbled pickles raise almost any exception type
-        raise DataError(f"corrupt CIFAR-10 Python batch (unpickling failed: {type(exc).__name__}: {exc})",
-                        path) from None
+        raise DataError(f"corrupt CIFAR-10 Python batch (unpickling failed: {type(exc).__name__}: "
+                        f"{str(exc)[:200]})", path) from None
     if not isinstance(batch, dict):
         raise DataError(f"not a CIFAR-10 Python batch (a pickled {type(batch).__name__}, not a dict)", path)
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "labels" not in batch:
         hint = " (CIFAR-100 has 'fine_labels'; convzoo reads CIFAR-10)" if "fine_labels" in batch else ""
         raise DataError(f"CIFAR-10 Python batch has no 'labels' entry{hint}", path)
-    images, labels = batch.get("data"), np.asarray(batch["labels"])
+    images, labels = batch.get("data"), batch["labels"]
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
-            or images.shape[1] != CIFAR_IMAGE_BYTES:
+            or images.shape[1] != CIFAR_IMAGE_BYTES or len(images) == 0:
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise DataError(f"CIFAR-10 Python batch 'data' must be uint8 N x {CIFAR_IMAGE_BYTES}, got {got}", path)
-    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{len(images)} images but labels of shape {labels.shape} ({labels.dtype})", path)
-    labels = labels.astype(np.int64)
-    check_label_range(labels, num_classes, path)
+        raise DataError(f"CIFAR-10 Python batch 'data' must be uint8 N x {CIFAR_IMAGE_BYTES} with N > 0, got {got}",
+                        path)
+    if max_records is not None and len(images) > max_records:
+        raise DataError(f"{len(images):,} records, more than the {max_records:,} of the official file", path)
+    # Checked before numpy sees it: a list of lists of shared references can announce billions of items.
+    if isinstance(labels, np.ndarray):
+        ok = labels.ndim == 1 and labels.dtype.kind in "iu"
+        got = f"labels of shape {labels.shape} ({labels.dtype})"
+    else:
+        ok = isinstance(labels, list) and all(type(v) is int for v in labels)
+        got = f"{len(labels)} labels" if ok else f"labels that are not a list of integers ({type(labels).__name__})"
+    if not ok or len(labels) != len(images):
+        raise DataError(f"{len(images)} images but {got}", path)
+    if isinstance(labels, list):
+        bad = next((i for i, v in enumerate(labels) if not 0 <= v < num_classes), None)
+        if bad is not None:  # before numpy: a label beyond int64 would overflow it
+            v = labels[bad]
+            shown = v if v.bit_length() < 64 else f"of {v.bit_length()} bits"
+            raise DataError(f"label {shown} at index {bad} is outside 0..{num_classes - 1}", path)
+    else:
+        check_label_range(labels, num_classes, path)
+    labels = np.asarray(labels).astype(np.int64)
     return images.reshape(-1, 3, 32, 32), labels
 
 
@@ -150,16 +302,59 @@ class RefusedPickle(pickle.UnpicklingError):
     pass
 
 
-class SafeArrayUnpickler(pickle.Unpickler):
-    """Resolves only the globals numpy arrays pickle to, so loading a file can never run code."""
+# numpy.ndarray resolves to this token, not the class: called (REDUCE) or instantiated (NEWOBJ), the
+# class would allocate whatever shape the file names; as _reconstruct's argument it is all it needs.
+class _NdarrayToken:
+    def __call__(self, *args, **kwargs):
+        raise RefusedPickle("refusing to call numpy.ndarray (it allocates whatever shape the file names)")
 
-    _reconstruct = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, under either module name
+
+_NDARRAY = _NdarrayToken()
+
+
+def _checked_reconstruct(subtype, shape, dtype):
+    # numpy pickles an array as an empty (0,) array whose state then fills it, from bytes the file holds.
+    if subtype is not _NDARRAY or shape != (0,):
+        raise RefusedPickle(f"refusing an array constructor other than numpy's own (shape {shape!r})")
+    return _RECONSTRUCT(np.ndarray, shape, dtype)
+
+
+def _checked_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # object arrays unpickle arbitrary objects
+        raise RefusedPickle(f"refusing the object dtype {dtype}")
+    return dtype
+
+
+def _checked_encode(obj, encoding="utf-8", errors="strict"):
+    # Protocol-2 pickles spell bytes as _codecs.encode(text, 'latin1'); other codecs are refused.
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise RefusedPickle(f"refusing _codecs.encode with {encoding!r}")
+    return codecs.encode(obj, encoding, errors)
+
+
+def _checked_bytes(*args):
+    # An empty array's data pickles (protocol 2) as bytes(); bytes(n) would allocate n bytes.
+    if args:
+        raise RefusedPickle("refusing bytes() with arguments")
+    return b""
+
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, under either module name
+
+
+class SafeArrayUnpickler(pickle.Unpickler):
+    """Resolves only the globals numpy arrays pickle to, each checked, so loading a file can never
+    run code nor allocate more than the file's own bytes justify."""
+
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes in protocol-2 pickles
+        ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _checked_dtype,
+        ("_codecs", "encode"): _checked_encode,
+        ("__builtin__", "bytes"): _checked_bytes,
+        ("builtins", "bytes"): _checked_bytes,
     }
 
     def find_class(self, module, name):
@@ -179,7 +374,11 @@ def write_cifar_bin(path, images: np.ndarray, labels: np.ndarray) -> None:
 def read_cifar_meta(path) -> list[str]:
     """Class names from batches.meta.txt: one per line, blank lines ignored."""
     try:
-        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        with open(path, "rb") as f:
+            raw = f.read(META_MAX_BYTES + 1)
+        if len(raw) > META_MAX_BYTES:
+            raise DataError(f"more than {META_MAX_BYTES:,} bytes; a class-name file holds a few lines", path)
+        names = [line.strip() for line in raw.decode().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read class names: {exc}", path) from None
     if not names:
@@ -198,23 +397,25 @@ def check_label_range(labels: np.ndarray, num_classes: int, path) -> None:
         raise DataError(f"label {int(bad[0])} at index {index} is outside 0..{num_classes - 1}", path)
 
 
-def read_maybe_gzip(path) -> bytes:
-    """The file's bytes, transparently gunzipped; truncated or corrupt gzip is a DataError."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError("file not found", path) from None
-    except OSError as exc:
-        raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
-    return gunzip_if_needed(raw, path)
-
-
-def gunzip_if_needed(raw: bytes, path) -> bytes:
+def gunzip_capped(raw: bytes, limit: int, path) -> bytes | None:
+    """`raw` inflated if it is gzip (as is otherwise), or None once it inflates past `limit` bytes."""
     if raw[:2] != GZIP_MAGIC:
         return raw
+    with DataStream(path, raw) as src:
+        data = src.read_array(limit)
+        if len(data) == limit and src.read(1):  # else the stream ended, its CRC checked
+            return None
+        return data.tobytes()
+
+
+@contextlib.contextmanager
+def read_errors(path):
+    """What reading a file or a gzip stream raises, as one DataError naming the file."""
     try:
-        return gzip.decompress(raw)
+        yield
     except EOFError:
         raise DataError("truncated gzip file (ends before the end-of-stream marker)", path) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+    except (gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"corrupt gzip file: {exc}", path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", path) from None

@@ -6,21 +6,27 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import atomic_open, write_error
 from .fetch import Located
 from .tensors import read_split
 
 
 def save_samples(located: Located, count: int, folder: Path) -> int:
-    """The first `count` test images as PNG files named by index and true class."""
+    """The first `count` test images as PNG files named by index and true class; each written
+    atomically, so a full or read-only folder is one WriteError and never leaves half a PNG."""
     from PIL import Image
 
     test = read_split(located, "test")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
     for i in range(min(count, len(test))):
         image = test.images[i].numpy()
         label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
         path = folder / f"test-{i:05d}-{label}.png"
-        Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(path)
+        with atomic_open(path) as f:
+            Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(f, format="PNG")
         print(path)
     return 0
 

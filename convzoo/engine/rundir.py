@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import atomic_write_bytes, remove_stale_temps
+from ..atomic import atomic_write_bytes, remove_stale_temps, write_error
 from ..errors import ConfigError, DataError
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s"]
