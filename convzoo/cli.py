@@ -196,13 +196,14 @@ def cmd_train(args) -> int:
     from .engine.trainer import train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    cfg = build_config(args.config, overrides, base=resumed_config(args) if args.resume else None)
+    base, source = resumed_config(args) if args.resume else (None, "")
+    cfg = build_config(args.config, overrides, base=base, base_source=source)
     train(cfg, resume=args.resume, exist_ok=args.exist_ok, json_lines=args.json, quiet=args.quiet)
     return 0
 
 
-def resumed_config(args) -> dict:
-    """The config a run was started with, so `--resume` alone continues it unchanged."""
+def resumed_config(args) -> tuple[dict, str]:
+    """The config a run was started with (so `--resume` alone continues it unchanged), and where it came from."""
     from .data.catalog import get_spec
     from .engine.checkpoint import load_checkpoint
 
@@ -210,7 +211,8 @@ def resumed_config(args) -> dict:
     if out is None:
         model = args.model or "lenet5"
         out = f"runs/{model}-{get_spec(args.dataset or 'mnist').name}"
-    return load_checkpoint(Path(out) / "last.pt").get("config", {})
+    path = Path(out) / "last.pt"
+    return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
 
 
 def cmd_eval(args) -> int:

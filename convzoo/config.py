@@ -152,12 +152,13 @@ def load_preset(name: str) -> dict:
     return {k: check_value(k, v, f"preset {name!r}") for k, v in values.items()}
 
 
-def build_config(preset: str | None, overrides: dict, base: dict | None = None) -> TrainConfig:
+def build_config(preset: str | None, overrides: dict, base: dict | None = None,
+                 base_source: str = "the resumed run's config") -> TrainConfig:
     """Defaults < `base` (a resumed run's own config) < preset < flags given on the command line."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if base is not None and not isinstance(base, dict):
-        raise ConfigError(f"the resumed checkpoint's config must be a mapping, got {type(base).__name__}")
-    values = {k: check_value(k, v, "the resumed checkpoint's config") for k, v in (base or {}).items() if k in fields}
+        raise ConfigError(f"{base_source} must be a mapping, got {type(base).__name__}")
+    values = {k: check_value(k, v, base_source) for k, v in (base or {}).items() if k in fields}
     values.update(load_preset(preset) if preset else {})
     values.update({k: check_value(k, v, f"--{k.replace('_', '-')}") for k, v in overrides.items() if v is not None})
     return TrainConfig(**values).validate()

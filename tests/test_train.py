@@ -199,7 +199,7 @@ def test_output_dir_rules(tmp_path, tiny_run):
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("edit,fragment", [
-    ({"config": "lenet5"}, "config must be a mapping"),
+    ({"config": "lenet5"}, "saved config must be a mapping"),
     ({"config_epochs": "x"}, "epochs must be int"),
     ({"epoch": "1"}, "epoch must be a non-negative integer"),
     ({"step": -3}, "step must be a non-negative integer"),

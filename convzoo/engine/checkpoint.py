@@ -97,6 +97,11 @@ def check_resume_state(state: dict, path) -> None:
     for key, kind in (("optimizer", dict), ("config", dict), ("history", list)):
         if not isinstance(state.get(key, kind()), kind):
             raise CheckpointError(f"cannot resume: {key} must be a {kind.__name__}", path)
+    meter = state.get("epoch_accumulators")
+    numbers = ("loss_sum", "correct", "seen", "time")
+    if meter is not None and not (isinstance(meter, dict) and all(
+            isinstance(meter.get(k), (int, float)) and not isinstance(meter.get(k), bool) for k in numbers)):
+        raise CheckpointError("cannot resume: the saved mid-epoch totals are malformed", path)
 
 
 def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:

@@ -6,11 +6,11 @@ of every global batch, and only rank 0 logs and writes the run directory.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from .checkpoint import check_model_name, check_resume_state, freeze, load_check
 from .evaluate import evaluate
 from .loggers import open_loggers
 from .runtime import configure_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from .schedule import lr_at, set_lr
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, json_lines: bool = False,
@@ -119,8 +120,8 @@ class TrainingRun:
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step if epoch == self.start_epoch else 0
-                acc, lr = self._train_epoch(epoch, first, stop)
-                self._end_epoch(epoch, first, acc, lr)
+                meter = self._train_epoch(epoch, first, stop)
+                self._end_epoch(epoch, first, meter)
                 self.start_step = 0
                 if stop.is_set() and epoch + 1 < cfg.epochs:
                     raise KeyboardInterrupt  # this epoch's last.pt is complete
@@ -148,63 +149,54 @@ class TrainingRun:
         self.loggers.close(ok=True)  # after curves.png and the last log line: they are uploaded
         return {"best_acc": self.best, **final, "output_dir": str(out)}
 
-    def _train_epoch(self, epoch: int, first: int, stop: threading.Event) -> tuple[dict, float]:
-        """Steps `first`..spe of one epoch; returns the epoch's accumulators (tensors) and the last lr."""
-        cfg, spe, device, log = self.cfg, self.spe, self.device, self.log
-        self.ddp_model.train()
-        acc = self.epoch_acc or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+    def _train_epoch(self, epoch: int, first: int, stop: threading.Event) -> "EpochMeter":
+        """Steps `first`..spe of one epoch, with the progress bar, step log lines, mid-epoch
+        checkpoints and Ctrl-C handled after each step, outside the optimisation itself."""
+        cfg, spe = self.cfg, self.spe
+        meter = EpochMeter.start(self.epoch_acc, self.device, lr=self.optimizer.param_groups[0]["lr"])
         self.epoch_acc = None
-        loss_sum = torch.tensor(acc["loss_sum"], dtype=torch.float64, device=device)
-        correct = torch.tensor(acc["correct"], dtype=torch.long, device=device)
-        seen, t0 = acc["seen"], time.perf_counter() - acc["time"]
-        world, rank = distributed.world_size(), distributed.rank()
-        lr = self.optimizer.param_groups[0]["lr"]
         bar = progress(spe, first, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.show_bar)
-        log.write_hook = bar.write if bar else None
-        for step, images, labels in epoch_batches(self.train_split, cfg, epoch, first, spe):
-            self.position = (epoch, step)
-            lr = set_lr(self.optimizer, lr_at(epoch * spe + step, self.total_steps, spe, cfg))
-            gen = step_generator(cfg.seed, epoch, step, device) if cfg.augment != "none" else None
+        self.log.write_hook = bar.write if bar else None
+        world, rank = distributed.world_size(), distributed.rank()
+
+        def model_input(images, step):
+            gen = step_generator(cfg.seed, epoch, step, self.device) if cfg.augment != "none" else None
             x = to_model_input(images, self.spec, augment=cfg.augment, generator=gen, shard=(rank, world),
                                shift_pad=cfg.shift_pad)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.ddp_model(x)
-                loss = self.criterion(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += len(labels)
+            return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+        def after_step(step, loss):
+            done = step + 1
+            self.position = (epoch, done)
             if bar:
                 bar.update(1)
-            done = step + 1
             if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
-                elapsed = (time.perf_counter() - t0) * 1000
-                cur, avg = loss.item(), float(loss_sum) / max(seen, 1)
-                log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
-                         f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
-                         step=done, loss=cur, avg_loss=avg, lr=lr, time_ms=elapsed)
+                elapsed, cur, avg = meter.elapsed() * 1000, loss.item(), meter.avg_loss()
+                self.log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
+                              f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
+                              step=done, loss=cur, avg_loss=avg, lr=meter.lr, time_ms=elapsed)
             interrupted = stop.is_set() and done != spe
             if (cfg.save_every and done % cfg.save_every == 0 and done != spe) or interrupted:
-                self._checkpoint(epoch, done, {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
-                                               "time": time.perf_counter() - t0})
+                self._checkpoint(epoch, done, meter.to_dict())
             if interrupted:
                 raise KeyboardInterrupt
+
+        self.ddp_model.train()
+        train_one_epoch(self.ddp_model, epoch_batches(self.train_split, cfg, epoch, first, spe), model_input,
+                        self.optimizer, self.scaler, self.criterion, meter, amp_dtype=self.amp_dtype,
+                        lr_at_step=lambda step: lr_at(epoch * spe + step, self.total_steps, spe, cfg),
+                        after_step=after_step)
         if bar:
             bar.close()
-            log.write_hook = None
-        return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "time": time.perf_counter() - t0}, lr
+            self.log.write_hook = None
+        return meter
 
-    def _end_epoch(self, epoch: int, first: int, acc: dict, lr: float) -> None:
+    def _end_epoch(self, epoch: int, first: int, meter: "EpochMeter") -> None:
         """All-reduce the epoch's metrics, evaluate when due, log, write best.pt/last.pt and metrics.csv."""
-        cfg, log = self.cfg, self.log
-        epoch_time = acc["time"]
-        stats = torch.stack([acc["loss_sum"], acc["correct"].double(),
-                             torch.tensor(float(acc["seen"]), dtype=torch.float64, device=self.device)])
+        cfg, log, lr = self.cfg, self.log, meter.lr
+        epoch_time = meter.elapsed()
+        stats = torch.stack([meter.loss_sum, meter.correct.double(),
+                             torch.tensor(float(meter.seen), dtype=torch.float64, device=self.device)])
         distributed.all_reduce_sum(stats)
         train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
         steps_run = max(self.spe - first, 1)
@@ -234,13 +226,13 @@ class TrainingRun:
     def _evaluate(self, split: Split):
         return evaluate(self.model, split, self.spec, amp_dtype=self.amp_dtype)
 
-    def _checkpoint(self, epoch: int, step: int, acc: dict | None, name: str = "last.pt") -> None:
+    def _checkpoint(self, epoch: int, step: int, meter: dict | None, name: str = "last.pt") -> None:
         if self.main:
             save_checkpoint(self.out / name, {
                 **self.base, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "global_step": epoch * self.spe + step, "rng": rng_state(), "history": self.history,
-                "best_acc": self.best, "epoch_accumulators": acc,
+                "best_acc": self.best, "epoch_accumulators": meter,
                 "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
 
     def _load_state(self, state: dict) -> None:
@@ -257,6 +249,57 @@ class TrainingRun:
         self.epoch_acc = state.get("epoch_accumulators")
         set_rng_state(state["rng"])
         self.log.line(f"resumed from {self.out / 'last.pt'} at epoch {self.start_epoch + 1}, step {self.start_step}")
+
+
+def train_one_epoch(model, batches, model_input, optimizer, scaler, criterion, meter: "EpochMeter", *, amp_dtype,
+                    lr_at_step, after_step) -> None:
+    """The optimisation: for each batch, set the learning rate, forward, loss, backward, step."""
+    for step, images, labels in batches:
+        meter.lr = set_lr(optimizer, lr_at_step(step))
+        x = model_input(images, step)
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        meter.update(loss, logits, labels)
+        after_step(step, loss)
+
+
+@dataclass
+class EpochMeter:
+    """One epoch's running loss, correct predictions, images seen, wall clock and last learning rate.
+    Saved mid-epoch in last.pt (to_dict), so a resumed epoch reports the same totals."""
+
+    loss_sum: torch.Tensor  # kept on the device: no host sync per step
+    correct: torch.Tensor
+    seen: int
+    started: float  # time.perf_counter() at the epoch's (virtual, when resumed) start
+    lr: float
+
+    @classmethod
+    def start(cls, saved: dict | None, device, *, lr: float) -> "EpochMeter":
+        saved = saved or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        return cls(torch.tensor(saved["loss_sum"], dtype=torch.float64, device=device),
+                   torch.tensor(saved["correct"], dtype=torch.long, device=device), saved["seen"],
+                   time.perf_counter() - saved["time"], lr)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach() * len(labels)
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def avg_loss(self) -> float:
+        return float(self.loss_sum) / max(self.seen, 1)
+
+    def to_dict(self) -> dict:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
+                "time": self.elapsed()}
 
 
 def interrupt_flag() -> threading.Event:
@@ -296,32 +339,6 @@ def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: i
                 return
             yield sub * natural + s, images, labels
         step = (sub + 1) * natural
-
-
-def lr_at(step: int, total: int, spe: int, cfg: TrainConfig) -> float:
-    """Learning rate at a global step: linear warm-up, then the schedule (a pure function, so resume is exact)."""
-    warm = int(cfg.warmup_epochs * spe)
-    if cfg.schedule == "onecycle":
-        up = warm or max(1, int(0.3 * total))
-        if step < up:
-            return cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * (1 - math.cos(math.pi * step / up)) / 2
-        t = (step - up) / max(1, total - up)
-        low = cfg.lr / 25 / 1e4
-        return low + (cfg.lr - low) * (1 + math.cos(math.pi * t)) / 2
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** ((step // spe) // cfg.step_size)
-    t = (step - warm) / max(1, total - warm)
-    return cfg.lr * (1 + math.cos(math.pi * t)) / 2
-
-
-def set_lr(optimizer, lr: float) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 def build_optimizer(cfg: TrainConfig, params):

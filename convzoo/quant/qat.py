@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 
 import torch
 from torch import nn
 
 from ..data.tensors import InputSpec, Split, batches, step_generator, to_model_input
+from ..engine.schedule import cosine, set_lr
 
 
 def torchao_pt2e():
@@ -47,8 +47,7 @@ def qat_finetune(model: nn.Module, train: Split, spec: InputSpec, *, epochs: int
         pt2e["train_mode"](prepared)
         loss_sum, seen = 0.0, 0
         for step, images, labels in batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
-            for group in optimizer.param_groups:  # cosine decay over the fine-tune
-                group["lr"] = lr * (1 + math.cos(math.pi * (epoch * steps + step) / total)) / 2
+            set_lr(optimizer, cosine(lr, 0.0, (epoch * steps + step) / total))  # cosine decay over the fine-tune
             gen = step_generator(seed, epoch, step, images.device) if augment != "none" else None
             x = to_model_input(images, spec, augment=augment, generator=gen, shift_pad=shift_pad)
             loss = nn.functional.cross_entropy(prepared(x), labels)
