@@ -11,6 +11,9 @@ from pathlib import Path
 
 from .errors import ConvzooError
 
+TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -21,6 +24,13 @@ def main(argv=None) -> int:
         return args.handler(args) or 0
     except ConvzooError as exc:
         print(f"convzoo: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # The base install serves and predicts ONNX files; training needs the [train] extra.
+        if (exc.name or "").split(".")[0] not in TRAIN_PACKAGES:
+            raise
+        print(f"convzoo: error: this command needs the training packages (no module named {exc.name!r}); "
+              "install them with: pip install 'convzoo[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convzoo: interrupted", file=sys.stderr)
