@@ -69,6 +69,10 @@ class TrainConfig:
     threads: int = opt(0, "CPU threads (0: the model's default)")
     print_freq: int = opt(100, "log a step line every N steps")
     eval_every: int = opt(1, "evaluate on the test (and val) split every N epochs (the last one always)")
+    eval_steps: int = opt(0, "also evaluate every N steps within an epoch (0: at epoch ends only), so "
+                             "--target-acc finds the moment", "--eval-every-steps")
+    target_acc: float = opt(0.0, "stop as soon as the val (else test) accuracy reaches this, recording the "
+                                 "wall time to get there (0: train every epoch)")
     save_every: int = opt(0, "also write last.pt every N steps (0: at epoch ends only)")
     restore: str | None = opt(None, "initialise from this checkpoint's matching tensors", "--restore",
                               "--restore_path", "--restore-path")
@@ -88,6 +92,8 @@ class TrainConfig:
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
+            (self.eval_steps >= 0, f"--eval-every-steps must be >= 0, got {self.eval_steps}"),
+            (0 <= self.target_acc <= 1, f"--target-acc must be in 0..1, got {self.target_acc}"),
             (self.train_limit >= 0, f"--train-limit must be >= 0, got {self.train_limit}"),
             (0 <= self.shift_pad <= 64, f"--shift-pad must be in 0..64, got {self.shift_pad}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -253,3 +254,24 @@ def test_seed_flag_aliases_reach_the_run(tmp_path):
     assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["steps_per_epoch"], cfg["val_split"]) == (1, 32, 0.02, 3, 0.1)
     history = (out / "metrics.csv").read_text().splitlines()
     assert len(history) == 2 and history[1].split(",")[3] != ""  # one epoch, with a validation accuracy
+
+
+@pytest.mark.real_data
+def test_target_acc_stops_at_the_target_and_records_the_time(tmp_path):
+    """--target-acc with --eval-every-steps stops mid-run at the first evaluation that meets the target
+    and records its wall time in summary.json, metrics.csv and evals.csv."""
+    import csv
+
+    out = tmp_path / "run"
+    proc = run_cli("train", "--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "6400", "--epochs",
+                   "5", "--schedule", "onecycle", "--lr", "0.05", "--target-acc", "0.9", "--eval-every-steps", "25",
+                   "--threads", "1", "--output-dir", out, "--print-freq", "0", check=0)
+    summary = json.loads((out / "summary.json").read_text())
+    reached = summary["reached"]
+    assert reached["accuracy"] >= 0.9 and summary["target_acc"] == 0.9
+    assert "target accuracy 0.9000 reached" in proc.stdout
+    evals = list(csv.DictReader(open(out / "evals.csv")))
+    assert float(evals[-1]["accuracy"]) >= 0.9 > max(float(e["accuracy"]) for e in evals[:-1])  # the first that met it
+    assert [float(e["wall_s"]) for e in evals] == sorted(float(e["wall_s"]) for e in evals)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == reached["epoch"] < 5 and float(rows[-1]["wall_s"]) >= reached["wall_s"] > 0

@@ -14,7 +14,9 @@ import yaml
 from ..atomic import atomic_write_bytes, remove_stale_temps, write_error
 from ..errors import ConfigError, DataError
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s",
+                 "wall_s"]  # wall_s: seconds of training since the run began (time to accuracy); newer runs only
+OPTIONAL_METRICS = {"wall_s"}
 
 
 def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
@@ -47,6 +49,23 @@ def write_metrics(path: Path, history: list[dict]) -> None:
     atomic_write_bytes(path / "metrics.csv", buf.getvalue().encode())
 
 
+def write_summary(path: Path, summary: dict) -> None:
+    atomic_write_bytes(path / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+
+
+def append_eval(path: Path, point: dict) -> None:
+    """One evaluation (wall_s, epoch, step, split, accuracy) appended to evals.csv."""
+    file = path / "evals.csv"
+    try:
+        with open(file, "a", newline="") as f:
+            writer = csv.DictWriter(f, ["wall_s", "epoch", "step", "split", "accuracy"])
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerow(point)
+    except OSError as exc:
+        raise write_error(file, exc) from None
+
+
 def read_metrics(path: Path) -> list[dict]:
     """metrics.csv as rows of floats (None where empty); a damaged file is one DataError line."""
     file = path / "metrics.csv"
@@ -57,7 +76,7 @@ def read_metrics(path: Path) -> list[dict]:
         raise DataError("no metrics.csv: not a convzoo run folder", path) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read metrics ({exc})", file) from None
-    missing = [k for k in METRIC_FIELDS if rows and k not in rows[0]]
+    missing = [k for k in METRIC_FIELDS if rows and k not in rows[0] and k not in OPTIONAL_METRICS]
     if not rows or missing:
         raise DataError(f"metrics.csv has no rows or lacks columns {', '.join(missing)}", file)
     history = []

@@ -62,6 +62,8 @@ class TrainingRun:
             check_resumable(state, cfg, out / "last.pt")
         if main:
             rundir.prepare(out, resume=resume, exist_ok=exist_ok)
+            if not resume:
+                (out / "evals.csv").unlink(missing_ok=True)  # an overwritten run's evaluations are not this one's
         self.show_bar = main and not quiet and not json_lines
         self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
 
@@ -91,6 +93,7 @@ class TrainingRun:
             raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
         self.total_steps = cfg.epochs * spe
         self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
+        self.reached = None  # the evaluation that first met --target-acc
         if state is not None:
             self._load_state(state)
         self.ddp_model = wrap_ddp(model, device)
@@ -116,13 +119,20 @@ class TrainingRun:
     def fit(self) -> dict:
         cfg, out, log = self.cfg, self.out, self.log
         self.position = (self.start_epoch, self.start_step)
+        # Wall clock of training (a resumed run goes on from its last recorded time): time to accuracy.
+        self.wall_start = time.perf_counter() - ((self.history[-1].get("wall_s") or 0.0) if self.history else 0.0)
         stop = interrupt_flag()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step if epoch == self.start_epoch else 0
-                meter = self._train_epoch(epoch, first, stop)
+                try:
+                    meter = self._train_epoch(epoch, first, stop)
+                except TargetReached as reached:
+                    meter = reached.meter  # stop mid-epoch: the partial epoch is the run's last row
                 self._end_epoch(epoch, first, meter)
                 self.start_step = 0
+                if self.reached:
+                    break
                 if stop.is_set() and epoch + 1 < cfg.epochs:
                     raise KeyboardInterrupt  # this epoch's last.pt is complete
         except KeyboardInterrupt:
@@ -139,15 +149,21 @@ class TrainingRun:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
             distributed.cleanup()
         final = self.history[-1] if self.history else {}
+        summary = {"best_acc": self.best, **final, "target_acc": cfg.target_acc or None, "reached": self.reached,
+                   "output_dir": str(out)}
         if self.main:
-            finish_run(out)
+            finish_run(out, summary)
+        if self.reached:
+            log.line(f"target accuracy {cfg.target_acc:.4f} reached: {self.reached['split']} accuracy "
+                     f"{self.reached['accuracy']:.4f} after {self.reached['wall_s']:.1f} s of training (epoch "
+                     f"{self.reached['epoch']}, step {self.reached['step']})", event="target_reached", **self.reached)
         split_name = "val" if self.val_split is not None else "test"
         log.line(f"done: best {split_name} accuracy {self.best:.4f}, last test accuracy "
                  f"{final.get('test_acc', float('nan')):.4f}; run directory {out}", event="done", best_acc=self.best,
                  test_acc=final.get("test_acc"), output_dir=str(out))
         log.close()
         self.loggers.close(ok=True)  # after curves.png and the last log line: they are uploaded
-        return {"best_acc": self.best, **final, "output_dir": str(out)}
+        return summary
 
     def _train_epoch(self, epoch: int, first: int, stop: threading.Event) -> "EpochMeter":
         """Steps `first`..spe of one epoch, with the progress bar, step log lines, mid-epoch
@@ -175,6 +191,8 @@ class TrainingRun:
                 self.log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
                               f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
                               step=done, loss=cur, avg_loss=avg, lr=meter.lr, time_ms=elapsed)
+            if cfg.eval_steps and done % cfg.eval_steps == 0 and done != spe:
+                self._check_target(epoch, done, meter)
             interrupted = stop.is_set() and done != spe
             if (cfg.save_every and done % cfg.save_every == 0 and done != spe) or interrupted:
                 self._checkpoint(epoch, done, meter.to_dict())
@@ -203,18 +221,21 @@ class TrainingRun:
         log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / steps_run:.3f}, "
                  f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
                  step_ms=epoch_time * 1000 / steps_run, avg_loss=train_loss)
-        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or self.reached is not None
         val = self._evaluate(self.val_split) if evaluated and self.val_split is not None else None
         test = self._evaluate(self.test_split) if evaluated else None
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                "val_acc": val.accuracy if val else None, "test_acc": test.accuracy if test else None, "lr": lr,
-               "epoch_time_s": epoch_time, "images_per_s": float(stats[2]) / epoch_time}
+               "epoch_time_s": epoch_time, "images_per_s": float(stats[2]) / epoch_time,
+               "wall_s": time.perf_counter() - self.wall_start}
         self.history.append(row)
         log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}] train acc: {train_acc:.4f}"
                  + (f", val acc: {val.accuracy:.4f}" if val else "")
                  + (f", test acc: {test.accuracy:.4f}" if test else "")
                  + f", lr: {lr:.6f}, {row['images_per_s']:.0f} img/s", event="epoch", **row)
         score = (val or test).accuracy if evaluated else -1.0
+        if evaluated and not self.reached:
+            self._record_eval(epoch, self.spe, "val" if val else "test", score)
         if score > self.best:
             self.best = score
             self._checkpoint(epoch + 1, 0, None, "best.pt")
@@ -222,6 +243,26 @@ class TrainingRun:
         if self.main:
             rundir.write_metrics(self.out, self.history)
         self.loggers.epoch(row)
+
+    def _check_target(self, epoch: int, step: int, meter: "EpochMeter") -> None:
+        """A mid-epoch evaluation (--eval-every-steps): record it, and stop once --target-acc is met."""
+        split, name = (self.val_split, "val") if self.val_split is not None else (self.test_split, "test")
+        accuracy = self._evaluate(split).accuracy
+        self.ddp_model.train()
+        if self._record_eval(epoch, step, name, accuracy):
+            raise TargetReached(meter)
+
+    def _record_eval(self, epoch: int, step: int, split: str, accuracy: float) -> bool:
+        """Log one evaluation on the wall clock (evals.csv: accuracy against seconds, for time-to-accuracy
+        plots); True when it meets --target-acc for the first time."""
+        wall = time.perf_counter() - self.wall_start
+        point = {"wall_s": wall, "epoch": epoch + 1, "step": step, "split": split, "accuracy": accuracy}
+        if self.main:
+            rundir.append_eval(self.out, point)
+        if self.cfg.target_acc and accuracy >= self.cfg.target_acc and not self.reached:
+            self.reached = point
+            return True
+        return False
 
     def _evaluate(self, split: Split):
         return evaluate(self.model, split, self.spec, amp_dtype=self.amp_dtype)
@@ -317,11 +358,20 @@ def interrupt_flag() -> threading.Event:
     return flag
 
 
-def finish_run(out: Path) -> None:
-    """Post-training extras: the loss/accuracy curves of the whole run."""
+def finish_run(out: Path, summary: dict) -> None:
+    """Post-training extras: summary.json (final metrics, time to target) and the run's curves."""
     from ..report.plots import plot_curves
 
+    rundir.write_summary(out, summary)
     plot_curves(rundir.read_metrics(out), out / "curves.png")
+
+
+class TargetReached(Exception):
+    """Raised after the step whose evaluation met --target-acc; carries the partial epoch's meter."""
+
+    def __init__(self, meter: "EpochMeter"):
+        super().__init__("target accuracy reached")
+        self.meter = meter
 
 
 def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: int):
