@@ -392,3 +392,17 @@ def test_killed_download_leftover_removed_by_next_run(tmp_path, capsys):
     code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", "http://127.0.0.1:9/")
     assert code == 2 and "download failed on every mirror" in err
     assert list((tmp_path / "mnist").iterdir()) == []
+
+
+def test_cli_download_onto_full_disk(tmp_path, file_server, capsys):
+    """ENOSPC while a download streams: one line naming the file, nothing half-written left."""
+    from test_formats import tmpfs
+
+    body = np.random.default_rng(1).integers(0, 256, 300_000, np.uint8).tobytes()
+    file_server.files = {"/m/train-images-idx3-ubyte.gz": body}
+    with tmpfs(tmp_path / "small") as folder:
+        code, err = cli(capsys, "data", "download", "mnist", "--data-path", folder, "--mirror", file_server.url + "/m/")
+        errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+        assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+        assert "mnist/train-images-idx3-ubyte.gz: cannot write: No space left on device" in errors[0]
+        assert list((folder / "mnist").iterdir()) == []

@@ -1,11 +1,18 @@
-"""IDX and CIFAR-10 (binary and Python pickle) formats: real files, round trips, and every kind of corruption."""
+"""IDX and CIFAR-10 (binary and Python pickle) formats: real files, round trips, every kind of corruption,
+headers checked against the catalog, gzip bombs; and the atomic writes: modes, leftovers, full and read-only disks."""
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
+import os
 import pickle
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,10 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from convzoo.atomic import atomic_open, atomic_write_bytes, remove_stale_temps
 from convzoo.data import formats
-from convzoo.errors import DataError
+from convzoo.data.catalog import CIFAR10, MNIST
+from convzoo.engine import rundir
+from convzoo.errors import DataError, WriteError
 
-from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, RunsCode, cifar_pickle, need
+from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, need
 
 
 @pytest.mark.real_data
@@ -173,8 +183,6 @@ def test_cifar_pickle_corruptions(tmp_path, payload, message):
 
 # ---------------------------------------------------------------- checked against the catalog
 
-from convzoo.data.catalog import CIFAR10, MNIST  # noqa: E402
-
 TRAIN_IMAGES, TRAIN_LABELS = MNIST.files[0], MNIST.files[1]
 
 
@@ -301,20 +309,6 @@ def test_cifar_pickle_records_beyond_official(tmp_path):
 
 # ---------------------------------------------------------------- writes: modes, leftovers, full and read-only disks
 
-import contextlib  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from convzoo.atomic import atomic_open, atomic_write_bytes, remove_stale_temps  # noqa: E402
-from convzoo.engine import rundir  # noqa: E402
-from convzoo.errors import WriteError  # noqa: E402
-
-from conftest import ROOT, assert_user_error, run_cli  # noqa: E402
-
-
 @contextlib.contextmanager
 def tmpfs(folder, size="64k", ro=False):
     """A real tmpfs mounted on `folder` (tiny, or read-only): ENOSPC and EROFS as the kernel gives them."""
@@ -382,7 +376,8 @@ def assert_one_error_line(code: int, err: str, fragment: str) -> None:
 def test_cli_sample_full_and_read_only_folders(tmp_path, capsys):
     need(MNIST_DIR)
     with tmpfs(tmp_path / "small") as folder:
-        code, err = cli(capsys, "data", "sample", "mnist", "--data-path", MNIST_DIR, "--count", "2000", "--output", folder)
+        code, err = cli(capsys, "data", "sample", "mnist", "--data-path", MNIST_DIR, "--count", "2000",
+                        "--output", folder)
         assert_one_error_line(code, err, "cannot write: No space left on device")
         written = sorted(folder.iterdir())
         assert written and all(p.name.startswith("test-") and p.suffix == ".png" for p in written)  # no temps
@@ -406,8 +401,9 @@ def test_cli_sample_file_size_limit(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
 
-    proc = subprocess.run([sys.executable, "-m", "convzoo", "data", "sample", "mnist", "--data-path", str(need(MNIST_DIR)),
-                           "--output", str(tmp_path)], capture_output=True, text=True, preexec_fn=limit,
+    proc = subprocess.run([sys.executable, "-m", "convzoo", "data", "sample", "mnist",
+                           "--data-path", str(need(MNIST_DIR)), "--output", str(tmp_path)],
+                          capture_output=True, text=True, preexec_fn=limit,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
     assert_user_error(proc, "test-00000-7.png: cannot write: File too large")
     assert list(tmp_path.iterdir()) == []
@@ -459,4 +455,4 @@ def test_remove_stale_temps_touches_only_our_pattern(tmp_path):
     removed = remove_stale_temps(tmp_path, ["last.pt", "model.onnx"])
     assert sorted(p.name for p in removed) == [".last.pt.k2j_x9ab.tmp", ".model.onnx.0123abcd.onnx"]
     assert sorted(p.name for p in remove_stale_temps(tmp_path)) == [".t10k.gz.deadbeef.part"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".hidden", ".last.pt.tmp", "last.pt", "x.0123abcd.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", ".last.pt.tmp", "last.pt", "x.0123abcd.tmp"]

@@ -48,7 +48,9 @@ def test_fuzz_data_files(tmp_path):
 
     proc = subprocess.run([sys.executable, __file__, str(SEED), str(tmp_path)], preexec_fn=limit, cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_FUZZ_CASE": ""})
+                          # one thread, few malloc arenas: the address space then measures the data, not the cores
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_FUZZ_CASE": "",
+                               "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"})
     assert proc.returncode == 0, f"fuzz worker died (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["cases"] >= 300 and report["refused"] >= 200 and report["accepted"] >= 20, report
@@ -321,15 +323,19 @@ def judge(code, err, tb, expect) -> str | None:
 
 
 def worker(seed: int, root: Path, only: int | None = None) -> dict:
-    mnist, cifar_bin, cifar_py = root / "mnist", root / "cifar" / "cifar-10-batches-bin", root / "cifar-py" / "cifar-10-batches-py"
+    mnist = root / "mnist"
+    cifar_bin, cifar_py = root / "cifar" / "cifar-10-batches-bin", root / "cifar-py" / "cifar-10-batches-py"
     for folder in (mnist, cifar_bin, cifar_py):
         folder.mkdir(parents=True, exist_ok=True)
     # Small real data sets: 64 + 32 MNIST digits; 6 CIFAR-10 batches of 12 records.
     images = gzip.decompress((MNIST_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
     labels = gzip.decompress((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
-    digits, classes = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 28, 28), np.frombuffer(labels, np.uint8, offset=8)
-    base_idx = {"train-images-idx3-ubyte.gz": idx_bytes(digits[:64]), "train-labels-idx1-ubyte.gz": idx_bytes(classes[:64]),
-                "t10k-images-idx3-ubyte.gz": idx_bytes(digits[64:96]), "t10k-labels-idx1-ubyte.gz": idx_bytes(classes[64:96])}
+    digits = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 28, 28)
+    classes = np.frombuffer(labels, np.uint8, offset=8)
+    base_idx = {"train-images-idx3-ubyte.gz": idx_bytes(digits[:64]),
+                "train-labels-idx1-ubyte.gz": idx_bytes(classes[:64]),
+                "t10k-images-idx3-ubyte.gz": idx_bytes(digits[64:96]),
+                "t10k-labels-idx1-ubyte.gz": idx_bytes(classes[64:96])}
     test_batch = (CIFAR_DIR / "cifar-10-batches-bin" / "test_batch.bin").read_bytes()
     base_bin = {name: test_batch[i * 12 * 3073 : (i + 1) * 12 * 3073] for i, name in enumerate(CIFAR_NAMES)}
 

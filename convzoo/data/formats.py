@@ -18,7 +18,6 @@ import math
 import os
 import pickle
 import zlib
-from pathlib import Path
 
 import numpy as np
 
