@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -28,6 +29,32 @@ def test_alexnet_cifar_learns_real_cifar10(tmp_path):
     assert ckpt["input"] == {"channels": 3, "size": 32, "fit": "none", "mean": [0.4914, 0.4822, 0.4465],
                              "std": [0.247, 0.2435, 0.2616]}
     assert ckpt["history"][-1]["test_acc"] >= 0.40, ckpt["history"]
+
+    # The trained CIFAR model through export, predict and serve (their CIFAR preprocessing: RGB, 32x32).
+    from PIL import Image
+
+    from convzoo.data import formats
+    from test_deploy import serving
+
+    result = json.loads(run_cli("export", "--ckpt", out / "best.pt", "--output", out / "m.onnx", check=0).stdout)
+    assert result["max_abs_diff"] <= 1e-4
+    images, labels = formats.read_cifar_batch(CIFAR_DIR / "cifar-10-batches-bin" / "test_batch.bin")
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(300):  # more than one inference batch of 256
+        Image.fromarray(images[i].transpose(1, 2, 0)).resize((64, 64)).save(shots / f"{i:03d}.png")
+    names = ckpt["class_names"]
+    lines = run_cli("predict", "--model", out / "m.onnx", shots, "--json", check=0).stdout.splitlines()
+    predicted = [json.loads(line)["class"] for line in lines]
+    hits = sum(p == names[label] for p, label in zip(predicted, labels[:300]))
+    assert len(predicted) == 300 and hits / 300 >= 0.35, hits
+    with serving(out / "m.onnx", "--workers", "2", log=tmp_path / "serve.log") as (url, _):
+        import httpx
+
+        for i in range(4):  # requests spread over both worker processes
+            answer = httpx.post(url + "/v1/predict", content=(shots / f"{i:03d}.png").read_bytes(),
+                                headers={"content-type": "image/png"}, timeout=60).json()
+            assert answer["class"] == predicted[i]
 
 
 @pytest.mark.real_data

@@ -94,3 +94,34 @@ def test_lenet_quant_conv_bn_qat(tmp_path):
     assert report["fp32"]["accuracy"] > 0.95 and report["fp32"]["accuracy"] - report["int8"]["accuracy"] < 0.01
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q" / "model-int8.onnx")).graph.node]
     assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") >= 5
+
+
+@pytest.mark.real_data
+def test_onnxruntime_fuses_the_int8_graph_into_integer_kernels(qat_run, tmp_path):
+    """The README's claim: onnxruntime turns the QDQ graph into QLinearConv / QGemm integer kernels."""
+    import onnxruntime as ort
+
+    out, _ = qat_run
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out / "model-int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 2 and ops.count("QGemm") >= 2, ops
+
+
+@pytest.mark.real_data
+def test_ptq_method_and_export_int8(mnist_run, tmp_path):
+    """--method ptq (no fine-tune) and `export --int8` both give int8 files within a point of fp32."""
+    out = tmp_path / "ptq"
+    run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--method", "ptq", "--calib-batches", "8",
+            "--data-path", MNIST_DIR, "--output-dir", out, check=0)
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "ptq" and not (out / "qat.pt").exists()
+    assert report["int8"]["accuracy"] >= report["fp32"]["accuracy"] - 0.01, report
+    exported = tmp_path / "exported-int8.onnx"
+    run_cli("export", "--ckpt", mnist_run / "best.pt", "--int8", "--output", exported, "--data-path", MNIST_DIR,
+            check=0)
+    accuracy = float(run_cli("eval", "--model", exported, "--data-path", MNIST_DIR, check=0)
+                     .stdout.split("'Accuracy': ")[1].split()[0])
+    assert accuracy >= report["fp32"]["accuracy"] - 0.01

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, atomic_write_bytes
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..errors import ConfigError
 from ..metadata import META_KEY, deployment_metadata
@@ -88,6 +88,8 @@ def export_pt2(ckpt_path, out_path) -> dict:
     out_path = Path(out_path)
     if out_path.suffix != ".pt2":
         raise ConfigError(f"a torch.export archive must end in .pt2, got {out_path.name}")
-    with atomic_path(out_path, ".pt2") as tmp:
-        torch.export.save(program, tmp, extra_files={"convzoo.json": json.dumps(deployment_metadata(ckpt))})
+    # Saved to memory first: torch.export.save on a full disk aborts the interpreter at exit.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"convzoo.json": json.dumps(deployment_metadata(ckpt))})
+    atomic_write_bytes(out_path, buffer.getvalue())
     return {"path": str(out_path)}

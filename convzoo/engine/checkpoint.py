@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..atomic import atomic_open
 from ..errors import CheckpointError, first_line
 from ..metadata import META_KEY, check_model_meta, parse_json_meta
 from ..models import pretrained
@@ -26,8 +26,9 @@ REQUIRED = ("model", "num_classes", "class_names", "input", "state_dict")
 
 def save_checkpoint(path, payload: dict) -> None:
     """torch.save to a temp file beside `path`, fsync, rename: a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    # Through a file object: torch.save to a path reports a full disk as a bare RuntimeError.
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

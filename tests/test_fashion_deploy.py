@@ -1,0 +1,57 @@
+"""Fashion-MNIST models through export, predict and serve (the 'fashion' preprocessing: the item
+fitted in 28x28, no digit-style centring), with the shipped weights; a bad file in a batch of good
+ones stops predict before any prediction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import FASHION_DIR, assert_user_error, need, run_cli
+
+
+@pytest.fixture(scope="module")
+def fashion_shots(tmp_path_factory):
+    """300 real Fashion-MNIST test images as PNG files, as dark items on white like a product photo."""
+    from convzoo.data import formats
+
+    images = formats.read_idx_images(need(FASHION_DIR) / "t10k-images-idx3-ubyte.gz")[:300, 0]
+    labels = formats.read_idx_labels(FASHION_DIR / "t10k-labels-idx1-ubyte.gz", 10)[:300]
+    folder = tmp_path_factory.mktemp("fashion")
+    for i, image in enumerate(images):
+        Image.fromarray(255 - image).resize((112, 112)).save(folder / f"{i:03d}.png")
+    return folder, labels
+
+
+@pytest.mark.real_data
+def test_fashion_export_predict_and_serve(fashion_shots, tmp_path):
+    from convzoo.data.catalog import get_spec
+    from test_deploy import serving
+
+    folder, labels = fashion_shots
+    result = json.loads(run_cli("export", "--ckpt", "lenet5:fashion-mnist", cwd=tmp_path, check=0).stdout)
+    model = tmp_path / result["path"]
+    assert result["max_abs_diff"] <= 1e-4
+    lines = run_cli("predict", "--model", model, folder, "--json", check=0).stdout.splitlines()
+    predicted = [json.loads(line)["class"] for line in lines]
+    classes = get_spec("fashion-mnist").classes
+    accuracy = sum(p == classes[t] for p, t in zip(predicted, labels)) / len(labels)
+    assert len(predicted) == 300 and accuracy >= 0.80, accuracy  # photos: inverted, upscaled 4x
+    with serving(model, log=tmp_path / "serve.log") as (url, _):
+        import httpx
+
+        answer = httpx.post(url + "/v1/predict", files={"file": ("0.png", (folder / "000.png").read_bytes())},
+                            timeout=60).json()
+        assert answer["class"] == predicted[0]
+
+
+@pytest.mark.real_data
+def test_one_bad_file_among_good_ones_stops_before_any_prediction(fashion_shots, tmp_path):
+    folder, _ = fashion_shots
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((folder / "000.png").read_bytes()[:100])
+    proc = run_cli("predict", "--model", "lenet5:fashion-mnist", folder, broken)
+    assert_user_error(proc, "broken.png", "corrupt or truncated")
+    assert proc.stdout == ""
