@@ -61,7 +61,8 @@ def main():
         x = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, n, 1000)]).numpy()
         result = compare(tmp / "fp32.onnx", tmp / "int8.onnx", x, test.labels[:n].numpy(), threads=args.threads)
     print(f"{ckpt['model']} ({'trained: ' + str(ckpt_path) if args.ckpt else 'random weights: speed only'}), "
-          f"onnxruntime CPUExecutionProvider, threads {args.threads}")
+          f"int8 by PTQ (onnxruntime static quantization, {args.calib_batches} calibration batches of 64, no "
+          f"fine-tune; `convzoo quantize` adds QAT), onnxruntime CPUExecutionProvider, threads {args.threads}")
     print(format_table(result))
 
 
