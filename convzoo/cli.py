@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs")
     p.add_argument("--model", required=True)
-    p.add_argument("--num-classes", type=number(int, 1, 100_000), default=10)
+    p.add_argument("--num-classes", type=number(int, 1, 10_000), default=10)
     p.add_argument("--input", help="C,H,W (default: the model's own input)")
     p.set_defaults(handler=cmd_summary)
 
@@ -259,6 +259,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from .metadata import MAX_CHANNELS, MAX_INPUT_SIZE
     from .models.registry import create_model, get_model_info
     from .models.summary import format_summary, summarize
     from .errors import ConfigError
@@ -267,9 +268,11 @@ def cmd_summary(args) -> int:
     if args.input:
         try:
             shape = tuple(int(v) for v in args.input.split(","))
-            assert len(shape) == 3 and min(shape) > 0
+            # bounded like a model file's input spec: a 100000x100000 input would allocate 40 GB
+            assert len(shape) == 3 and 1 <= shape[0] <= MAX_CHANNELS and all(1 <= d <= MAX_INPUT_SIZE for d in shape[1:])
         except (ValueError, AssertionError):
-            raise ConfigError(f"--input must be C,H,W with positive integers, got {args.input!r}") from None
+            raise ConfigError(f"--input must be C,H,W with C in 1..{MAX_CHANNELS} and H, W in 1..{MAX_INPUT_SIZE}, "
+                              f"got {args.input!r}") from None
     else:
         shape = (info.in_channels, info.input_size, info.input_size)
     model = create_model(args.model, num_classes=args.num_classes, in_channels=shape[0])

@@ -36,8 +36,13 @@ def opt(default, help: str, *flags: str, choices: tuple = (), parse=None):
 @dataclass
 class TrainConfig:
     model: str = opt("lenet5", "model name (convzoo summary lists them)")
-    dataset: str = opt("mnist", "mnist | fashion-mnist | cifar10")
+    dataset: str = opt("mnist", "mnist | fashion-mnist | cifar10 | folder (your own images: --data-path FOLDER "
+                                "with one sub-folder per class)")
     data_path: str | None = opt(None, "folder with the data set's files", "--data-path", "--data_path")
+    image_size: int = opt(32, "--dataset folder: images are resized to this square size when decoded")
+    channels: int = opt(0, "--dataset folder: 1 (grey) or 3 (RGB); 0: the model's (1 for LeNets, 3 for AlexNets)")
+    test_split: float = opt(0.2, "--dataset folder without train/ and test/ sub-folders: the fraction of each class "
+                                 "held out for testing (a seeded draw, the same every run)")
     output_dir: str | None = opt(None, "run directory (default runs/MODEL-DATASET)", "--output-dir", "--ckpt_path",
                                  "--ckpt-path")
     epochs: int = opt(10, "epochs", "--epochs", "--epoch_size", "--epoch-size")
@@ -90,7 +95,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.steps_per_epoch >= 0, f"--steps-per-epoch must be >= 0, got {self.steps_per_epoch}"),
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
-            (self.threads >= 0, f"--threads must be >= 0, got {self.threads}"),
+            (0 <= self.threads <= 1024, f"--threads must be in 0..1024, got {self.threads}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.eval_steps >= 0, f"--eval-every-steps must be >= 0, got {self.eval_steps}"),
             (0 <= self.target_acc <= 1, f"--target-acc must be in 0..1, got {self.target_acc}"),
@@ -103,6 +108,9 @@ class TrainConfig:
             (self.print_freq >= 0, f"--print-freq must be >= 0, got {self.print_freq}"),
             (self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}"),
             (0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}"),
+            (8 <= self.image_size <= 512, f"--image-size must be in 8..512, got {self.image_size}"),
+            (self.channels in (0, 1, 3), f"--channels must be 1 or 3 (0: the model's), got {self.channels}"),
+            (0 < self.test_split < 1, f"--test-split must be in (0, 1), got {self.test_split}"),
         ]
         for ok, message in checks:
             if not ok:
