@@ -64,7 +64,8 @@ def test_bf16_autocast_trains_without_nan(tmp_path):
             "--train-limit", "6400", "--epochs", "1", "--lr", "0.05", "--amp", "bf16", "--output-dir", out, "--quiet", check=0)
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
-    assert math.isfinite(ckpt["history"][0]["train_loss"]) and ckpt["history"][0]["test_acc"] > 0.5
+    # LeNet-5 reaches ~0.95 in this one epoch in fp32; bf16 must learn as well, not just stay finite.
+    assert math.isfinite(ckpt["history"][0]["train_loss"]) and ckpt["history"][0]["test_acc"] >= 0.9
 
 
 @pytest.mark.real_data
