@@ -1,7 +1,7 @@
 """One schema for what a model file says about itself: checkpoints (.pt), shipped weights
 (.safetensors) and ONNX files all carry the same description (model, classes, input spec,
 preprocessing rule). It comes from outside, so it is checked here, types, ranges and required keys,
-before anything is built or allocated from it. numpy-free and torch-free: serving imports it.
+before anything is built or allocated from it. Torch-free: serving imports it.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+from .data.catalog import preprocess_rule
 from .errors import CheckpointError
 
 META_KEY = "convzoo"  # the ONNX / safetensors metadata entry holding the description
@@ -20,9 +21,7 @@ MAX_CHANNELS = 4
 # batch buffer (a 12,000-pixel claim once asked for 15.9 GB).
 MAX_INPUT_SIZE = 512
 MAX_NAME_CHARS = 200
-
-# Which deployment preprocessing each data set's images need (users' photos -> model input).
-PREPROCESS_BY_DATASET = {"mnist": "digit", "fashion-mnist": "fashion"}
+MAX_PATH_CHARS = 4096
 
 
 class MetadataError(CheckpointError):
@@ -89,18 +88,46 @@ def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
     if num_classes != len(names):
         raise MetadataError(f"num_classes is {num_classes} but there are {len(names)} class names", path)
     dataset = _str(meta.get("dataset", ""), "dataset", path, allow_empty=True)
-    rule = meta.get("preprocess", PREPROCESS_BY_DATASET.get(dataset, "resize"))
+    rule = meta.get("preprocess", preprocess_rule(dataset))
     if rule not in PREPROCESS_RULES:
         raise MetadataError(f"preprocess must be one of {', '.join(PREPROCESS_RULES)}, got {_show(rule)}", path)
-    return {"model": _str(meta["model"], "model name", path), "dataset": dataset, "class_names": names,
-            "num_classes": num_classes, "input": check_input_spec(meta["input"], path), "preprocess": rule}
+    checked = {"model": _str(meta["model"], "model name", path), "dataset": dataset, "class_names": names,
+               "num_classes": num_classes, "input": check_input_spec(meta["input"], path), "preprocess": rule}
+    if meta.get("data") is not None:
+        checked["data"] = check_folder_rule(meta["data"], path)
+    return checked
+
+
+def check_folder_rule(rule, path) -> dict:
+    """How an image folder was read (catalog.FolderRule, and the folder in a checkpoint), checked."""
+    if not isinstance(rule, dict):
+        raise MetadataError(f"data must be a mapping, got {_show(rule)}", path)
+    missing = [k for k in ("image_size", "channels", "test_split", "seed") if k not in rule]
+    if missing:
+        raise MetadataError(f"data is missing {', '.join(missing)}", path)
+    split = rule["test_split"]
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 < split < 1:
+        raise MetadataError(f"data test_split must be a number in (0, 1), got {_show(split)}", path)
+    checked = {"image_size": _int(rule["image_size"], "data image_size", 1, MAX_INPUT_SIZE, path),
+               "channels": _int(rule["channels"], "data channels", 1, MAX_CHANNELS, path),
+               "test_split": float(split), "seed": _int(rule["seed"], "data seed", 0, 2**63 - 1, path)}
+    if "path" in rule:
+        folder = rule["path"]
+        if not isinstance(folder, str) or not 0 < len(folder) <= MAX_PATH_CHARS:
+            raise MetadataError(f"data path must be a string of 1..{MAX_PATH_CHARS} characters, got {_show(folder)}",
+                                path)
+        checked["path"] = folder
+    return checked
 
 
 def deployment_metadata(meta: dict) -> dict:
-    """What predict and serve need besides the graph, as written into ONNX and .pt2 files."""
-    return {"model": meta["model"], "dataset": meta.get("dataset", ""), "class_names": list(meta["class_names"]),
-            "input": dict(meta["input"]), "preprocess": PREPROCESS_BY_DATASET.get(meta.get("dataset", ""), "resize"),
-            "format_version": 1}
+    """What predict and serve need besides the graph, as written into ONNX and .pt2 files (with an
+    image folder's reading rule and path, for `predict --from-test` and `eval --model`)."""
+    out = {"model": meta["model"], "dataset": meta.get("dataset", ""), "class_names": list(meta["class_names"]),
+           "input": dict(meta["input"]), "preprocess": preprocess_rule(meta.get("dataset", "")), "format_version": 1}
+    if meta.get("data"):
+        out["data"] = dict(meta["data"])
+    return out
 
 
 def parse_json_meta(text, path, *, need_num_classes: bool = True) -> dict:

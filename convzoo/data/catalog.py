@@ -1,13 +1,19 @@
-"""What each data set is: its official files and checksums, mirrors, classes, statistics."""
+"""What each data set is, complete in one entry: its official files and checksums, mirrors, where
+its files sit, classes, statistics, shape, its reader (READERS, by format) and how users' photos
+are prepared for its models (the deployment preprocessing rule).
+
+Torch-free (serving reads the preprocessing rules through metadata.py); the readers are numpy.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from ..errors import unknown
-
-CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32  # a label byte, then the 32x32 red, green and blue planes
+from . import formats
+from .formats import CIFAR_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,46 @@ class ArchiveSpec:
 
 
 @dataclass(frozen=True)
+class Reader:
+    """How one format becomes uint8 (N, C, H, W) images, int64 labels and class names: the function
+    (in data/formats.py) that decodes a located split, and whether the format has official files to
+    locate, verify and download, or is a folder of the user's own that only --data-path names."""
+
+    read: Callable  # read(located, split) -> (images, labels, class names)
+    official: bool = True
+
+
+READERS = {
+    "idx": Reader(formats.read_idx_split),
+    "cifar": Reader(formats.read_cifar_split),
+    "folder": Reader(formats.read_folder_split, official=False),
+}
+
+
+@dataclass(frozen=True)
+class FolderRule:
+    """How a folder of the user's images is read. Checkpoints and ONNX files record it, so `eval` and
+    `predict --from-test` rebuild the very same test split."""
+
+    image_size: int = 32  # every image is resized to image_size x image_size when decoded
+    channels: int = 1  # 1: grey, 3: RGB
+    test_split: float = 0.2  # of each class held out for testing, unless the folder has train/ + test/
+    seed: int = 0  # of that split
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "channels": self.channels, "test_split": self.test_split,
+                "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FolderRule":
+        return cls(int(d["image_size"]), int(d["channels"]), float(d["test_split"]), int(d["seed"]))
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     title: str
-    format: str  # idx | cifar
+    format: str  # a READERS key: idx | cifar | folder
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -57,16 +99,30 @@ class DatasetSpec:
     files: tuple[FileSpec, ...]
     mirrors: tuple[str, ...]
     folder_names: tuple[str, ...]  # sub-folder names people keep this data set under
+    # Sub-folders of a data set's folder where each split's files may sit.
+    split_folders: dict = field(default_factory=lambda: {"train": (".",), "test": (".",)})
+    # How users' photos become its models' input (deploy/preprocess.py): digit (MNIST's recipe:
+    # ink cropped, 20x20 box centred by mass in 28x28) | fashion (the item fitted in 28x28) | resize.
+    preprocess: str = "resize"
     archive: ArchiveSpec | None = None
     meta_file: str | None = None
     sizes: dict = field(default_factory=dict)  # official split sizes
+    folder: FolderRule | None = None  # image folders: how this one is read
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def reader(self) -> Reader:
+        return READERS[self.format]
+
     def split_files(self, split: str) -> list[FileSpec]:
         return [f for f in self.files if f.split == split]
+
+    def reading(self, rule: FolderRule) -> "DatasetSpec":
+        """This (folder) data set read by `rule`: its image shape follows."""
+        return replace(self, folder=rule, image_shape=(rule.channels, rule.image_size, rule.image_size))
 
 
 def _idx_files(md5s: dict, raw_md5s: dict, sizes: dict, train: int, test: int,
@@ -79,6 +135,10 @@ def _idx_files(md5s: dict, raw_md5s: dict, sizes: dict, train: int, test: int,
             files.append(FileSpec(f"{stem}.gz", split, role, md5s[stem], raw_md5s[stem], count,
                                   size=sizes[stem], idx_code=0x08, idx_dims=dims))
     return tuple(files)
+
+
+# Where people keep the IDX files of each split: flat, train/ + test/, MindSpore's Data/train + Data/test.
+IDX_SPLIT_FOLDERS = {split: (".", split, f"Data/{split}") for split in ("train", "test")}
 
 
 MNIST = DatasetSpec(
@@ -113,6 +173,8 @@ MNIST = DatasetSpec(
     ),
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
     folder_names=("mnist", "MNIST", "MNIST_Data", "mnist_data"),
+    split_folders=IDX_SPLIT_FOLDERS,
+    preprocess="digit",
     sizes={"train": 60000, "test": 10000},
 )
 
@@ -148,6 +210,8 @@ FASHION_MNIST = DatasetSpec(
     ),
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     folder_names=("fashion-mnist", "FashionMNIST", "fashion_mnist", "Fashion-MNIST"),
+    split_folders=IDX_SPLIT_FOLDERS,
+    preprocess="fashion",
     sizes={"train": 60000, "test": 10000},
 )
 
@@ -168,18 +232,57 @@ CIFAR10 = DatasetSpec(
     + (FileSpec("test_batch.bin", "test", "batch", count=10000, python_md5="40351d587109b95175f43aff81a1287e"),),
     mirrors=("https://www.cs.toronto.edu/~kriz/",),
     folder_names=("cifar10", "cifar-10", "CIFAR10", "cifar-10-batches-bin", "cifar-10-batches-py"),
+    # As extracted from the tarball; MindSpore keeps the test batch in cifar-10-verify-bin/.
+    split_folders={"train": (".", "cifar-10-batches-bin"),
+                   "test": (".", "cifar-10-batches-bin", "cifar-10-verify-bin")},
     archive=ArchiveSpec("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", "cifar-10-batches-bin",
                         size=170052171),
     meta_file="batches.meta.txt",
     sizes={"train": 50000, "test": 10000},
 )
 
-DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10)}
+# The user's own images: one sub-folder per class (or train/ and test/ holding them). Classes, mean and
+# std come from the folder itself (data/tensors.load_dataset), its shape from the rule.
+FOLDER = DatasetSpec(
+    name="folder",
+    title="image folder",
+    format="folder",
+    classes=(),
+    mean=(),
+    std=(),
+    image_shape=(1, 32, 32),
+    files=(),
+    mirrors=(),
+    folder_names=(),
+).reading(FolderRule())
+
+DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10, FOLDER)}
 ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar": "cifar10"}
 
 
 def get_spec(name: str) -> DatasetSpec:
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in DATASETS:
+    spec = find_spec(name)
+    if spec is None:
         raise unknown("dataset", name, DATASETS)
-    return DATASETS[key]
+    return spec
+
+
+def find_spec(name) -> DatasetSpec | None:
+    """The catalog entry called `name` (or an alias of it), or None."""
+    return DATASETS.get(ALIASES.get(name.lower(), name.lower())) if isinstance(name, str) else None
+
+
+def preprocess_rule(dataset: str) -> str:
+    """How users' photos become input for a model of `dataset` (resize when the name is unknown)."""
+    spec = find_spec(dataset)
+    return spec.preprocess if spec else "resize"
+
+
+def image_side(meta: dict) -> int:
+    """The side a model's training images had before its input fit (MNIST's 28, padded to 32 for
+    LeNet-5; an image folder's --image-size), from its checked metadata; the model's own input size
+    when the data set is unknown."""
+    if meta.get("data"):
+        return meta["data"]["image_size"]
+    spec = find_spec(meta.get("dataset", ""))
+    return spec.image_shape[-1] if spec and not spec.folder else meta["input"]["size"]

@@ -89,6 +89,11 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
     """Find `spec` locally (in search order) or download it; returns paths and checksum results."""
     if data_path is not None and not Path(data_path).is_dir():
         raise DataError("--data-path is not a folder", data_path)
+    if not spec.reader.official:  # the user's own folder: no files to find, verify or download
+        if data_path is None:
+            raise DataError(f"--dataset {spec.name} reads your own images: pass --data-path FOLDER (one sub-folder "
+                            "of images per class)")
+        return Located(spec, Path(data_path).resolve(), "--data-path", {})
     for source, root in search_roots(data_path):
         found = find_in(spec, root)
         if found is not None:
@@ -135,19 +140,12 @@ def find_in(spec: DatasetSpec, root: Path) -> dict[str, Path] | None:
 
 
 def find_file(folder: Path, file: FileSpec, spec: DatasetSpec) -> Path | None:
-    for sub in split_folders(file.split, spec):
+    for sub in spec.split_folders.get(file.split, (".",)):
         for name in spellings(file.name):
             path = folder / sub / name
             if path.is_file():
                 return path
     return None
-
-
-def split_folders(split: str, spec: DatasetSpec) -> list[str]:
-    if spec.format == "cifar":
-        extra = ["cifar-10-verify-bin"] if split == "test" else []
-        return [".", spec.archive.folder, *extra]
-    return [".", split, f"Data/{split}"]
 
 
 def spellings(name: str) -> list[str]:
@@ -227,6 +225,8 @@ def read_manifest(folder: Path) -> dict:
 
 def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: float = TIMEOUT_S) -> Located:
     """Download every file of `spec` into root/<name>/, verified; returns it located."""
+    if not spec.reader.official:
+        raise DataError(f"--dataset {spec.name} reads your own images: there is nothing to download", spec.name)
     target = root / spec.name
     try:
         target.mkdir(parents=True, exist_ok=True)

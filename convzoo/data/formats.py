@@ -1,11 +1,13 @@
-"""Readers and writers for the IDX (MNIST family) and CIFAR-10 formats. numpy only.
+"""Readers and writers for the IDX (MNIST family) and CIFAR-10 formats, and the reader of image
+folders (one sub-folder per class). numpy (and Pillow for the folders) only.
 
 CIFAR-10 batches are read in both published forms: the binary records (cifar-10-batches-bin) and
 the Python pickles torchvision downloads (cifar-10-batches-py), the latter with an unpickler that
 can build numpy arrays and nothing else.
 
 Every reader validates what it reads and raises DataError naming the file and the problem;
-decoding is one vectorised numpy call, never a loop over images.
+decoding is one vectorised numpy call, never a loop over images (an image folder, one file per
+image, is decoded once, into a buffer sized before the first file is opened).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import math
 import os
 import pickle
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write_bytes
 from ..errors import DataError
+from . import images as image_files
 
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
 IDX_DTYPES = {
@@ -418,3 +422,152 @@ def read_errors(path):
         raise DataError(f"corrupt gzip file: {exc}", path) from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
+
+
+# ---------------------------------------------------------------- split readers (the catalog's READERS)
+# Each takes a located data set (data/fetch.Located: its catalog entry, root folder and file paths)
+# and a split name, and returns (uint8 images (N, C, H, W), int64 labels (N,), class names).
+
+
+def read_idx_split(located, split: str):
+    """The IDX images and labels files of `split`, each checked against its catalog entry (type,
+    dimensions, at most the official record count) before its records are allocated."""
+    spec = located.spec
+    files = spec.split_files(split)
+    images_file, labels_file = (next(f for f in files if f.role == r) for r in ("images", "labels"))
+    images = read_idx_images(located.path(images_file), images_file.idx_dims, images_file.count)
+    labels = read_idx_labels(located.path(labels_file), spec.num_classes, labels_file.count)
+    if len(images) != len(labels):
+        raise DataError(f"{len(images)} images but {len(labels)} labels in {located.path(labels_file).name}",
+                        located.path(images_file))
+    return images, labels, spec.classes
+
+
+def read_cifar_split(located, split: str):
+    """The CIFAR-10 batches of `split` (binary or pickled), concatenated."""
+    spec = located.spec
+    parts = [read_cifar_batch(located.path(f), spec.num_classes, f.count) for f in spec.split_files(split)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), spec.classes
+
+
+# ---------------------------------------------------------------- image folders
+
+MAX_DECODED_BYTES = 2 << 30  # a folder decodes into memory at once: refused beyond this, before decoding
+MAX_IMAGE_FILE_BYTES = 256 << 20  # a single image file larger than this is not a photo
+
+
+def read_folder_split(located, split: str):
+    """`split` of an image folder, decoded by its catalog entry's FolderRule (size, channels, split)."""
+    rule = located.spec.folder
+    classes, files = list_folder(located.root, rule)
+    chosen = files[split]
+    images = np.empty((len(chosen), rule.channels, rule.image_size, rule.image_size), np.uint8)
+    for i, (path, _) in enumerate(chosen):
+        images[i] = image_files.to_pixels(image_files.load_image(path), rule.image_size, rule.channels)
+    return images, np.array([label for _, label in chosen], np.int64), classes
+
+
+def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
+    """(class names, {split: [(file, label)]}) of an image folder: one sub-folder of images per class,
+    or train/ and test/ each holding them. Every problem (no classes, one class, a class without
+    images, too much to decode) is a DataError found here, before any image is decoded."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("not a folder", root)
+    if all((root / s).is_dir() for s in ("train", "test")):
+        classes = tuple(p.name for p in class_folders(root / "train", root))
+        check_classes(classes, root / "train")
+        unknown_classes = [p for p in class_folders(root / "test", root) if p.name not in classes]
+        if unknown_classes:
+            raise DataError("a test class that train/ does not have", unknown_classes[0])
+        files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(root / s / c, root, s == "train")]
+                 for s in ("train", "test")}
+        if not files["test"]:
+            raise DataError(f"no image files in any class folder ({' '.join(image_files.image_suffixes())})",
+                            root / "test")
+    else:
+        classes = tuple(p.name for p in class_folders(root, root))
+        check_classes(classes, root)
+        files = {"train": [], "test": []}
+        for i, c in enumerate(classes):
+            train, test = split_class(class_images(root / c, root), c, rule)
+            files["train"] += [(f, i) for f in train]
+            files["test"] += [(f, i) for f in test]
+    check_decoded_size(sum(map(len, files.values())), rule, root)
+    # A seeded order mixes the classes, so --train-limit and --from-test take a bit of each.
+    files = {s: [f[i] for i in np.random.default_rng(rule.seed).permutation(len(f))] for s, f in files.items()}
+    return classes, files
+
+
+def class_folders(folder: Path, root: Path) -> list[Path]:
+    """The class folders of `folder`, sorted by name: hidden ones and links leaving `root` skipped."""
+    return sorted((p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir() and inside(p, root)),
+                  key=lambda p: p.name)
+
+
+def check_classes(classes: tuple[str, ...], folder: Path) -> None:
+    if not classes:
+        raise DataError("no class folders: expected one sub-folder of images per class (or train/ and test/ "
+                        "holding them)", folder)
+    if len(classes) == 1:
+        raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
+
+
+def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
+    """The image files under one class folder (sub-folders included), sorted; hidden files and
+    links leaving `root` skipped, extensions matched in any case."""
+    suffixes = set(image_files.image_suffixes())
+    found = []
+    if folder.is_dir():
+        for here, dirs, names in os.walk(folder):  # does not descend into linked folders
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [Path(here, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
+    found = sorted(f for f in found if inside(f, root))
+    if not found and required:
+        raise DataError(f"no image files ({' '.join(sorted(suffixes))})", folder)
+    for f in found:
+        if f.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise DataError(f"{f.stat().st_size:,} bytes, more than the {MAX_IMAGE_FILE_BYTES >> 20} MB an image "
+                            "file may have", f)
+    return found
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Does `path`, links resolved, stay inside `root`?"""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:  # a link loop
+        return False
+
+
+def split_class(files: list[Path], name: str, rule) -> tuple[list[Path], list[Path]]:
+    """One class's files split into (train, test): rule.test_split of them for testing, drawn by a
+    generator seeded with the rule's seed and the class's name, so adding a class changes no other
+    class's split."""
+    n = len(files)
+    n_test = min(n - 1, max(1, round(n * rule.test_split))) if n >= 2 else 0
+    rng = np.random.default_rng([rule.seed, zlib.crc32(name.encode())])
+    test = set(rng.permutation(n)[:n_test].tolist())
+    return [f for i, f in enumerate(files) if i not in test], [f for i, f in enumerate(files) if i in test]
+
+
+def check_decoded_size(count: int, rule, root: Path) -> None:
+    size = count * rule.channels * rule.image_size ** 2
+    if size > MAX_DECODED_BYTES:
+        raise DataError(f"{count:,} images of {rule.channels} x {rule.image_size} x {rule.image_size} would decode to "
+                        f"{size / 1e9:.1f} GB, more than the {MAX_DECODED_BYTES / 1e9:.1f} GB limit; use a smaller "
+                        "--image-size or fewer images", root)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to 0..1, exactly, from a
+    256-bin histogram (no float copy of the images)."""
+    values = np.arange(256) / 255
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = np.bincount(images[:, c].reshape(-1), minlength=256)
+        mean = float(counts @ values / max(counts.sum(), 1))
+        std = float(np.sqrt(counts @ (values - mean) ** 2 / max(counts.sum(), 1)))
+        means.append(round(mean, 4))
+        stds.append(round(max(std, 1e-3), 4))  # a blank folder must not divide by zero
+    return tuple(means), tuple(stds)

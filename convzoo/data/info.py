@@ -34,12 +34,13 @@ def save_samples(located: Located, count: int, folder: Path) -> int:
 def print_info(located: Located, as_json: bool) -> int:
     spec = located.spec
     splits = {s: read_split(located, s) for s in ("train", "test")}
+    classes = splits["train"].classes  # an image folder's come from its sub-folders
     info = {
         "dataset": spec.name, "title": spec.title, "found_in": str(located.root), "source": located.source,
-        "verified": located.verified, "image_shape": list(spec.image_shape), "classes": list(spec.classes),
+        "verified": located.verified, "image_shape": list(spec.image_shape), "classes": list(classes),
         "counts": {s: len(split) for s, split in splits.items()},
         "official_counts": spec.sizes,
-        "class_counts": {s: split.labels.bincount(minlength=spec.num_classes).tolist() for s, split in splits.items()},
+        "class_counts": {s: split.labels.bincount(minlength=len(classes)).tolist() for s, split in splits.items()},
         "files": {c.path.name: {"path": str(c.path), "status": c.status, "detail": c.detail} for c in located.checks},
     }
     if located.warning():
@@ -49,12 +50,16 @@ def print_info(located: Located, as_json: bool) -> int:
         return 0
     print(f"{spec.title} ({spec.name})")
     print(f"  found in     {located.root}  [{located.source}]")
-    print(f"  verified     {'yes: every file matches its official checksum' if located.verified else 'NO (see warning)'}")
+    if spec.reader.official:
+        verified = "yes: every file matches its official checksum" if located.verified else "NO (see warning)"
+        print(f"  verified     {verified}")
     print(f"  image shape  {' x '.join(map(str, spec.image_shape))} (C x H x W), uint8")
     for s, n in info["counts"].items():
-        print(f"  {s:<12} {n:,} images (official: {spec.sizes[s]:,}); per class {info['class_counts'][s]}")
-    print(f"  classes      {', '.join(spec.classes)}")
-    print(f"  mean / std   {spec.mean} / {spec.std}")
+        official = f" (official: {spec.sizes[s]:,})" if s in spec.sizes else ""
+        print(f"  {s:<12} {n:,} images{official}; per class {info['class_counts'][s]}")
+    print(f"  classes      {', '.join(classes)}")
+    if spec.mean:
+        print(f"  mean / std   {spec.mean} / {spec.std}")
     for c in located.checks:
         print(f"  {c.status:>9}  {c.path.name}  ({c.detail})")
     return 0

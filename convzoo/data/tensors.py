@@ -8,7 +8,7 @@ normalisation run on the whole batch on the device. Every random draw is seeded 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from . import formats
-from .catalog import DatasetSpec, get_spec
+from .catalog import DatasetSpec, FolderRule, get_spec
 from .fetch import Located, locate
 
 
@@ -54,38 +54,34 @@ class InputSpec:
         return cls(int(d["channels"]), int(d["size"]), str(d["fit"]), tuple(d["mean"]), tuple(d["std"]))
 
 
-def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=None, quiet: bool = False):
-    """(train Split, test Split, Located) on the CPU; prints the non-official-files warning once."""
+def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=None, quiet: bool = False,
+                 folder: FolderRule | None = None):
+    """(train Split, test Split, Located) on the CPU; prints the non-official-files warning once.
+    An image folder is read by `folder` (default FolderRule()); its Located.spec then holds the
+    classes, mean and std found in it."""
     spec = get_spec(name)
+    if spec.folder and folder:
+        spec = spec.reading(folder)
     located = locate(spec, data_path, download=download, mirrors=mirrors)
     if located.warning() and not quiet:
         print(located.warning(), file=sys.stderr)
-    return read_split(located, "train"), read_split(located, "test"), located
+    train, test = read_split(located, "train"), read_split(located, "test")
+    if spec.folder:  # statistics of the user's own images: their training split's
+        mean, std = formats.channel_stats(train.images.numpy())
+        located.spec = replace(spec, classes=train.classes, mean=mean, std=std, title=f"image folder {located.root}")
+    return train, test, located
 
 
 def read_split(located: Located, split: str) -> Split:
-    """One split decoded, every file checked against its catalog entry (type, dimensions, at most
-    the official record count) before its records are allocated."""
+    """One split decoded by its format's reader (the catalog's READERS), every file checked before
+    its records are allocated."""
     spec: DatasetSpec = located.spec
-    files = spec.split_files(split)
-    if spec.format == "idx":
-        images_file, labels_file = (next(f for f in files if f.role == r) for r in ("images", "labels"))
-        images = formats.read_idx_images(located.path(images_file), images_file.idx_dims, images_file.count)
-        labels = formats.read_idx_labels(located.path(labels_file), spec.num_classes, labels_file.count)
-        if len(images) != len(labels):
-            raise formats.DataError(
-                f"{len(images)} images but {len(labels)} labels in {located.path(labels_file).name}",
-                located.path(images_file),
-            )
-    else:
-        parts = [formats.read_cifar_batch(located.path(f), spec.num_classes, f.count) for f in files]
-        images = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
+    images, labels, classes = spec.reader.read(located, split)
     if images.shape[1:] != spec.image_shape:  # a catalog entry whose files disagree with its shape is a bug
         raise AssertionError(f"{spec.name}: decoded {images.shape[1:]}, catalog says {spec.image_shape}")
     # Copies only what torch could not own as it is (CIFAR's record slices, read-only buffers).
     images, labels = (np.require(a, requirements=["C", "W"]) for a in (images, labels))
-    return Split(torch.from_numpy(images), torch.from_numpy(labels), spec.classes)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels), tuple(classes))
 
 
 def select_classes(split: Split, classes: list[int] | None) -> Split:
@@ -112,8 +108,14 @@ def select_classes_by_name(split: Split, names, path=None) -> Split:
 
 def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_path=None) -> tuple[Split, Split]:
     """(train, test) of the data set a model (checkpoint or ONNX description) was trained on, or of
-    `dataset`, restricted and relabelled to the model's classes."""
-    train, test, _ = load_dataset(dataset or meta["dataset"], data_path)
+    `dataset`, restricted and relabelled to the model's classes. An image folder is read again by
+    the rule and from the folder the model records, or from `data_path`."""
+    rule = meta.get("data")
+    if dataset is None and rule:
+        train, test, _ = load_dataset(meta["dataset"], data_path or rule.get("path"), folder=FolderRule.from_dict(rule))
+    else:
+        folder = FolderRule(channels=meta["input"]["channels"])  # a model of another data set on a folder
+        train, test, _ = load_dataset(dataset or meta["dataset"], data_path, folder=folder)
     return (select_classes_by_name(train, meta["class_names"], path),
             select_classes_by_name(test, meta["class_names"], path))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.images import image_suffixes
 from ..errors import ConfigError, WriteError, first_line
 from ..metadata import read_onnx_metadata
 from .preprocess import ImageError, load_image, to_array
@@ -144,18 +145,6 @@ def expand_image_paths(paths) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".pgm", ".ppm",
-                  ".pbm", ".pnm", ".tga", ".qoi")
-
-
-def image_suffixes() -> list[str]:
-    """The usual still-image extensions that this Pillow build can open (a folder may hold other files)."""
-    from PIL import Image
-
-    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    return [ext for ext in PHOTO_SUFFIXES if ext in readable]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

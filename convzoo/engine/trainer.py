@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.catalog import get_spec
+from ..data.catalog import FolderRule, get_spec
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, first_line
@@ -67,7 +67,12 @@ class TrainingRun:
         self.show_bar = main and not quiet and not json_lines
         self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
 
-        train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main)
+        folder = FolderRule(cfg.image_size, cfg.channels or info.in_channels, cfg.test_split)  # --dataset folder only
+        if data_spec.folder and info.fit == "none" and cfg.image_size != info.input_size:
+            raise ConfigError(f"{cfg.model} takes {info.input_size}x{info.input_size} images as they are: "
+                              f"use --image-size {info.input_size}")
+        train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main, folder=folder)
+        data_spec = located.spec  # an image folder's classes, mean and std are found in it
         train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
         if cfg.train_limit:
             train_split = train_split.subset(slice(0, cfg.train_limit))
@@ -102,6 +107,8 @@ class TrainingRun:
 
         self.base = dict(model=cfg.model, num_classes=len(train_split.classes), class_names=list(train_split.classes),
                          dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
+        if data_spec.folder:  # so eval and predict --from-test read the folder again the same way
+            self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root)}
         if main:
             rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
                                       "data_found_in": str(located.root), "data_verified": located.verified})
@@ -407,7 +414,7 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     if state["epoch"] >= cfg.epochs:
         raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
                               "schedule, or start a new run with --restore", path)
-    for key in ("batch_size", "steps_per_epoch", "dataset", "seed"):
+    for key in ("batch_size", "steps_per_epoch", "dataset", "seed", "image_size", "channels", "test_split"):
         if key in old and old[key] != getattr(cfg, key):
             raise CheckpointError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the run's {old[key]}; "
                                   "resume needs the same setting", path)

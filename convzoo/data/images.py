@@ -1,0 +1,168 @@
+"""Users' image files -> 8-bit grey or RGB Pillow images, with Pillow and numpy only (serving needs
+no torch): decoding for `predict` and `serve` (deploy/preprocess.py) and for image-folder data sets
+(data/formats.py), so both read a file the same way.
+
+Every decoding failure is an ImageError naming the file; any Pillow mode either becomes 8-bit grey
+or RGB or is refused, so hostile pixels (NaN, odd modes) never reach numpy; images over 40 MP are
+refused from their header, before decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import ConvzooError
+
+MAX_PIXELS = 40_000_000
+# The photo formats only: Pillow's other parsers (EPS runs Ghostscript, PSD, FITS, ...) see no user bytes.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "QOI")
+MAX_SIDE = 2048  # larger images are box-reduced first: the model sees 32x32, numpy need not see 40 MP
+
+
+class ImageError(ConvzooError):
+    """A file or upload that is not a usable image."""
+
+
+class NotAnImage(ImageError):
+    """Bytes that no Pillow plugin recognises."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than MAX_PIXELS (found from the header, before decoding)."""
+
+
+def load_image(source, name: str = "image") -> Image.Image:
+    """Open bytes or a path; refuse empty, non-image, corrupt and > 40 MP images (before decoding)."""
+    if not isinstance(source, (bytes, bytearray)):
+        name = str(source)
+    return decode_image(open_image(source, name), name)
+
+
+def open_image(source, name: str = "image") -> Image.Image:
+    """Read only the header of bytes or a path: a lazy image whose size has been checked."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError("empty file (0 bytes)", name)
+        stream = io.BytesIO(source)
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ImageError("file not found", source) from None
+        except OSError as exc:
+            raise ImageError(f"cannot read: {exc.strerror or exc}", source) from None
+        return open_image(data, str(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.init()  # registers every plugin (once), so FORMATS can be matched to what this Pillow reads
+            image = Image.open(stream, formats=[f for f in FORMATS if f in Image.OPEN])
+    except MemoryError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image exceeds the {MAX_PIXELS / 1e6:.0f}-megapixel limit", name) from None
+    except Image.UnidentifiedImageError:
+        raise NotAnImage("not an image (unrecognised format)", name) from None
+    except Exception as exc:  # Pillow's format parsers raise many types on hostile bytes
+        raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})", name) from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+                            f"{MAX_PIXELS / 1e6:.0f}", name)
+    if width * height == 0:
+        raise ImageError(f"image is {width}x{height}: no pixels", name)
+    return image
+
+
+def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
+    """Decode an opened image: EXIF orientation applied, then standard_mode (8-bit, <= MAX_SIDE)."""
+    try:
+        # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
+        image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # as above: truncated data and broken EXIF fail in format-specific ways
+        raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})", name) from None
+    return standard_mode(image, name)
+
+
+CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB",
+           "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
+def standard_mode(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any Pillow mode -> 'L', 'LA', 'RGB' or 'RGBA' at most MAX_SIDE pixels a side; ImageError for
+    pixels that cannot be interpreted (an unknown mode, NaN or infinite floats)."""
+    mode = image.mode
+    integer = mode == "I" or mode.startswith("I;16")
+    target = "F" if integer else CONVERT.get(mode, mode)
+    if target not in ("L", "LA", "RGB", "RGBA", "F"):
+        raise ImageError(f"unsupported image mode {mode}", name)
+    if target != mode:
+        image = image.convert(target)
+    factor = math.ceil(max(image.size) / MAX_SIDE)
+    if factor > 1:
+        image = image.reduce(factor)
+    return image if image.mode != "F" else high_bit_depth_to_grey(image, integer, name)
+
+
+def high_bit_depth_to_grey(image: Image.Image, integer: bool, name: str) -> Image.Image:
+    """16/32-bit integer or float pixels -> 8-bit grey: 8- and 16-bit ranges scale as such,
+    anything else (floats, negative or wider integers) stretches from its minimum to its maximum."""
+    a = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ImageError("image holds NaN or infinite pixel values", name)
+    low, high = float(a.min()), float(a.max())
+    if integer and low >= 0 and high <= 65535:
+        top = 65535.0 if high > 255 else 255.0
+        a = a / top * 255
+    else:
+        a = (a - low) / max(high - low, 1e-12) * 255
+    return Image.fromarray(a.clip(0, 255).round().astype(np.uint8))
+
+
+def flatten_alpha(image: Image.Image) -> Image.Image:
+    """Composite transparency onto a background that contrasts with the opaque ink ('L' or 'RGB' out)."""
+    if image.mode not in ("RGBA", "LA"):
+        return image
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+    if alpha.min() > 0.99:
+        return rgba.convert("RGB" if image.mode == "RGBA" else "L")
+    lum = np.asarray(rgba.convert("L"), dtype=np.float32)
+    ink = float((lum * alpha).sum() / max(alpha.sum(), 1e-6))
+    background = 255 if ink < 128 else 0
+    if image.mode == "LA":
+        return Image.fromarray((lum * alpha + background * (1 - alpha)).clip(0, 255).astype(np.uint8))
+    colour = np.asarray(rgba.convert("RGB"), dtype=np.float32) * alpha[..., None] + background * (1 - alpha[..., None])
+    return Image.fromarray(colour.clip(0, 255).astype(np.uint8))
+
+
+# The usual still-image extensions (lower case); a folder may hold other files, which are skipped.
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".pgm", ".ppm",
+                  ".pbm", ".pnm", ".tga", ".qoi")
+
+
+def image_suffixes() -> list[str]:
+    """PHOTO_SUFFIXES that this Pillow build can open."""
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return [ext for ext in PHOTO_SUFFIXES if ext in readable]
+
+
+def to_pixels(image: Image.Image, side: int, channels: int) -> np.ndarray:
+    """A decoded image -> uint8 (channels, side, side): transparency flattened, grey (1) or RGB (3),
+    resized with Pillow's antialiased bilinear filter. How an image folder is decoded for training,
+    and how `predict` and `serve` fit users' images for a model trained at that size."""
+    image = flatten_alpha(standard_mode(image)).convert("L" if channels == 1 else "RGB")
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)

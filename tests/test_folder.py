@@ -1,0 +1,267 @@
+"""`--dataset folder`: the user's own images, one sub-folder per class, through train, eval, export,
+predict and serve; and every kind of bad folder as one line, exit 2. Real images: MNIST test digits
+and CIFAR-10 test records written as PNG/JPEG/BMP/WebP files, some RGB, some of odd sizes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convzoo.data import formats
+
+from conftest import CIFAR_DIR, need, run_cli
+from test_deploy import mnist_test, png_bytes, serving
+
+pytestmark = pytest.mark.real_data
+
+N_DIGITS = 2000
+
+
+def write_digits(root: Path, count: int) -> list[tuple[Path, int]]:
+    """`count` real MNIST test digits as files under root/<digit>/: mostly grey PNG, some RGB, some
+    JPEG, some resized to 40x37, some with upper-case extensions; plus files to be skipped."""
+    images, labels = mnist_test(count)
+    written = []
+    for i, (image, label) in enumerate(zip(images[:, 0], labels)):
+        img = Image.fromarray(image)
+        if i % 5 == 1:
+            img = img.convert("RGB")
+        if i % 11 == 2:
+            img = img.resize((40, 37), Image.Resampling.BILINEAR)
+        suffix = {3: ".jpg", 4: ".PNG", 5: ".JPEG"}.get(i % 7, ".png")
+        path = root / str(label) / f"{i:05d}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="JPEG" if "jp" in suffix.lower() else "PNG", quality=95)
+        written.append((path, int(label)))
+    (root / "3" / ".DS_Store").write_bytes(b"\0\1junk")  # hidden: skipped
+    (root / "3" / "notes.txt").write_text("not an image")  # not an image extension: skipped
+    return written
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("users") / "digits"
+    return root, write_digits(root, N_DIGITS)
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits, tmp_path_factory):
+    """LeNet-5 trained 2 epochs on the digit folder (80/20 split, images decoded at 28x28 and padded)."""
+    root, _ = digits
+    work = tmp_path_factory.mktemp("run")
+    env = {"CONVZOO_CACHE": str(work / "cache")}
+    proc = run_cli("train", "--model", "lenet5", "--dataset", "folder", "--data-path", root, "--image-size", 28,
+                   "--channels", 1, "--epochs", 2, "--batch-size", 32, "--optimizer", "adamw", "--lr", 0.003,
+                   "--schedule", "onecycle", "--threads", 1, "--output-dir", work / "run", env=env, check=0)
+    best = float(re.search(r"best test accuracy ([\d.]+)", proc.stdout)[1])
+    return work, env, best, proc.stdout
+
+
+def accuracy_line(stdout: str) -> float:
+    return float(re.search(r"'Accuracy': ([\d.]+)", stdout)[1])
+
+
+def test_train_on_folder_and_eval_reproduces(digits, digits_run):
+    from convzoo.engine.checkpoint import load_checkpoint
+
+    root, written = digits
+    work, env, best, out = digits_run
+    assert f"({int(N_DIGITS * 0.8)} train / {int(N_DIGITS * 0.2)} test)" in out, out
+    assert best >= 0.85, out  # 10 classes: chance is 0.1
+    ckpt = load_checkpoint(work / "run" / "best.pt")
+    assert ckpt["dataset"] == "folder" and ckpt["class_names"] == [str(d) for d in range(10)]
+    assert ckpt["data"] == {"image_size": 28, "channels": 1, "test_split": 0.2, "seed": 0, "path": str(root)}
+    assert ckpt["input"]["channels"] == 1 and ckpt["input"]["size"] == 32 and ckpt["input"]["fit"] == "pad"
+    # mean/std are the training images' own (MNIST's are 0.1307 / 0.3081; the JPEGs and resizes shift them a bit)
+    assert abs(ckpt["input"]["mean"][0] - 0.1307) < 0.02 and abs(ckpt["input"]["std"][0] - 0.3081) < 0.03
+    # The checkpoint says where and how to read the folder: no --data-path, the same test split.
+    assert accuracy_line(run_cli("eval", "--ckpt", work / "run" / "best.pt", env=env, check=0).stdout) == best
+
+
+def test_export_predict_and_serve(digits, digits_run):
+    import httpx
+
+    root, written = digits
+    work, env, best, _ = digits_run
+    onnx_path = work / "model.onnx"
+    run_cli("export", "--ckpt", work / "run" / "best.pt", "--output", onnx_path, env=env, check=0)
+    assert accuracy_line(run_cli("eval", "--model", onnx_path, env=env, check=0).stdout) == pytest.approx(best,
+                                                                                                         abs=0.005)
+    # Users' own files straight from the folder (RGB, JPEG and 40x37 ones among them).
+    sample = written[-60:]
+    proc = run_cli("predict", "--model", onnx_path, "--json", *[p for p, _ in sample], env=env, check=0)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["file"] for r in results] == [str(p) for p, _ in sample]
+    assert np.mean([r["class"] == str(label) for r, (_, label) in zip(results, sample)]) >= 0.8
+    # The test split again, from the ONNX file's metadata, and through a checkpoint's cached export.
+    for model in (onnx_path, work / "run" / "best.pt"):
+        proc = run_cli("predict", "--model", model, "--from-test", 25, "--grid", work / "grid.png", env=env, check=0)
+        rows = re.findall(r"test\[\d+\]: (\S+) \([\d.]+\), true (\S+)", proc.stdout)
+        assert len(rows) == 25 and sum(p == t for p, t in rows) >= 18 and len({t for _, t in rows}) >= 5, proc.stdout
+    path, label = next((p, y) for p, y in reversed(written) if p.suffix == ".png")
+    with serving(onnx_path, log=work / "serve.log") as (url, _):
+        r = httpx.post(url + "/v1/predict", files={"file": ("d.png", path.read_bytes(), "image/png")}, timeout=60)
+        assert r.status_code == 200 and r.json()["class"] == str(label), r.text
+
+
+def write_cifar(root: Path, per_class: int = 60) -> None:
+    """Three CIFAR-10 test classes as train/ + test/ folders of PNG, BMP and WebP files, some 50x45."""
+    images, labels = formats.read_cifar_batch(need(CIFAR_DIR) / "cifar-10-batches-bin" / "test_batch.bin")
+    names = {0: "airplane", 1: "automobile", 6: "frog"}
+    for label, name in names.items():
+        for i, index in enumerate(np.flatnonzero(labels == label)[:per_class]):
+            img = Image.fromarray(images[index].transpose(1, 2, 0))
+            if i % 4 == 1:
+                img = img.resize((50, 45), Image.Resampling.BICUBIC)
+            suffix = (".png", ".bmp", ".webp")[i % 3]
+            path = root / ("test" if i % 3 == 0 else "train") / name / f"{index}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path, lossless=True) if suffix == ".webp" else img.save(path)
+
+
+def test_rgb_folder_with_train_and_test_folders(tmp_path):
+    import torch
+
+    from convzoo.data.catalog import FolderRule
+    from convzoo.data.tensors import load_dataset
+    from convzoo.engine.checkpoint import load_checkpoint
+
+    write_cifar(tmp_path / "cifar")
+    env = {"CONVZOO_CACHE": str(tmp_path / "cache")}
+    proc = run_cli("train", "--model", "lenet5", "--dataset", "folder", "--data-path", tmp_path / "cifar",
+                   "--channels", 3, "--epochs", 1, "--batch-size", 16, "--threads", 1, "--output-dir", tmp_path / "run",
+                   env=env, check=0)
+    assert "(120 train / 60 test)" in proc.stdout, proc.stdout
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["class_names"] == ["airplane", "automobile", "frog"]
+    assert ckpt["input"]["channels"] == 3 and ckpt["data"]["channels"] == 3 and ckpt["data"]["image_size"] == 32
+    train, test, located = load_dataset("folder", tmp_path / "cifar", folder=FolderRule(channels=3))
+    assert train.images.shape == (120, 3, 32, 32) and train.images.dtype == torch.uint8 and len(test) == 60
+    assert ckpt["input"]["mean"] == list(located.spec.mean) and ckpt["input"]["std"] == list(located.spec.std)
+    # The 32x32 PNG/BMP/lossless-WebP files decode to exactly the CIFAR records they came from.
+    records, _ = formats.read_cifar_batch(CIFAR_DIR / "cifar-10-batches-bin" / "test_batch.bin")
+    _, files = formats.list_folder(tmp_path / "cifar", FolderRule(channels=3))
+    exact = [i for i, (p, _) in enumerate(files["train"]) if Image.open(p).size == (32, 32)]
+    assert len(exact) > 50
+    for i in exact:
+        assert np.array_equal(train.images[i].numpy(), records[int(files["train"][i][0].stem)])
+    last = float(re.search(r"last test accuracy ([\d.]+)", proc.stdout)[1])
+    assert accuracy_line(run_cli("eval", "--ckpt", tmp_path / "run" / "last.pt", env=env, check=0).stdout) == last
+    one = next((tmp_path / "cifar" / "test" / "frog").iterdir())
+    proc = run_cli("predict", "--model", tmp_path / "run" / "last.pt", "--json", one, env=env, check=0)
+    assert json.loads(proc.stdout)["class"] in ckpt["class_names"]
+
+
+# ---------------------------------------------------------------- bad folders: one line, exit 2
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    from convzoo.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def one_error(code: int, err: str, *fragments: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def digit_png(index: int = 0) -> bytes:
+    return png_bytes(mnist_test(index + 1)[0][index, 0])
+
+
+def bad_folders(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+    """name -> (folder, fragments its one error line must hold)."""
+    cases = {}
+    cases["missing"] = (tmp / "nowhere", [str(tmp / "nowhere"), "not a folder"])
+    (tmp / "empty").mkdir()
+    cases["empty"] = (tmp / "empty", [str(tmp / "empty"), "no class folders"])
+    (tmp / "one" / "cat").mkdir(parents=True)
+    (tmp / "one" / "cat" / "a.png").write_bytes(digit_png())
+    cases["one class"] = (tmp / "one", [str(tmp / "one"), "only one class folder ('cat')"])
+    for name in ("no images", "hidden and outside"):
+        (tmp / name / "a").mkdir(parents=True)
+        (tmp / name / "a" / "a.png").write_bytes(digit_png())
+        (tmp / name / "b").mkdir()
+    (tmp / "no images" / "b" / "readme.txt").write_text("hello")
+    cases["no images"] = (tmp / "no images", [str(tmp / "no images" / "b"), "no image files"])
+    # A hidden image and a link to an image outside the folder count for nothing.
+    (tmp / "hidden and outside" / "b" / ".x.png").write_bytes(digit_png())
+    (tmp / "outside.png").write_bytes(digit_png())
+    (tmp / "hidden and outside" / "b" / "link.png").symlink_to(tmp / "outside.png")
+    cases["hidden and outside"] = (tmp / "hidden and outside", [str(tmp / "hidden and outside" / "b"),
+                                                                "no image files"])
+    png = digit_png()
+    for name, payload, message in (("corrupt", png[:50] + b"\xff" * 20 + png[70:], "corrupt or truncated image"),
+                                   ("not an image", b"just text", "not an image"),
+                                   ("truncated", png[:-30], "corrupt or truncated image")):
+        for c in ("a", "b"):
+            (tmp / name / c).mkdir(parents=True)
+            for i in range(3):
+                (tmp / name / c / f"{i}.png").write_bytes(digit_png(i))
+        (tmp / name / "b" / "1.png").write_bytes(payload)
+        cases[name] = (tmp / name, [str(tmp / name / "b" / "1.png"), message])
+    (tmp / "split" / "train" / "a").mkdir(parents=True)
+    (tmp / "split" / "train" / "b").mkdir()
+    (tmp / "split" / "test" / "c").mkdir(parents=True)
+    for c in ("train/a", "train/b", "test/c"):
+        (tmp / "split" / c / "0.png").write_bytes(digit_png())
+    cases["unknown test class"] = (tmp / "split", [str(tmp / "split" / "test" / "c"), "train/ does not have"])
+    return cases
+
+
+def test_bad_folders_one_line_exit_2(tmp_path, capsys):
+    for name, (folder, fragments) in bad_folders(tmp_path).items():
+        code, err = cli(capsys, "train", "--dataset", "folder", "--data-path", folder, "--epochs", 1, "--threads", 1,
+                        "--output-dir", tmp_path / "runs" / name)
+        one_error(code, err, *fragments)
+    code, err = cli(capsys, "train", "--dataset", "folder", "--output-dir", tmp_path / "runs" / "no path")
+    one_error(code, err, "--dataset folder reads your own images: pass --data-path FOLDER")
+    for flags, message in (
+        (["--image-size", 4], "--image-size must be in 8..512, got 4"),
+        (["--channels", 2], "--channels must be 1 or 3"),
+        (["--test-split", 1.0], "--test-split must be in (0, 1)"),
+    ):
+        one_error(*cli(capsys, "train", "--dataset", "folder", "--data-path", tmp_path, *flags), message)
+
+
+def test_too_much_to_decode_is_refused_before_decoding(tmp_path, capsys, monkeypatch):
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "f" / c / f"{i}.png").write_bytes(b"never decoded")  # corrupt: the size check comes first
+    monkeypatch.setattr(formats, "MAX_DECODED_BYTES", 5 * 3 * 64 * 64)
+    code, err = cli(capsys, "train", "--dataset", "folder", "--data-path", tmp_path / "f", "--channels", 3,
+                    "--image-size", 64, "--threads", 1, "--output-dir", tmp_path / "run")
+    one_error(code, err, str(tmp_path / "f"), "6 images of 3 x 64 x 64 would decode to", "--image-size")
+
+
+def test_split_is_seeded_stratified_and_stable(tmp_path):
+    from convzoo.data.catalog import FolderRule
+
+    for c, n in (("a", 10), ("b", 7), ("c", 1)):
+        (tmp_path / c).mkdir()
+        for i in range(n):
+            (tmp_path / c / f"{i}.png").write_bytes(b"")
+    rule = FolderRule()
+    classes, files = formats.list_folder(tmp_path, rule)
+    assert classes == ("a", "b", "c")
+    test = sorted((p.parent.name, p.name) for p, _ in files["test"])
+    assert [c for c, _ in test].count("a") == 2 and [c for c, _ in test].count("b") == 1  # 20% of each, >= 1
+    assert len(files["train"]) + len(files["test"]) == 18 and "c" not in dict(test)  # one image: train only
+    assert formats.list_folder(tmp_path, rule)[1] == files  # the same every time
+    (tmp_path / "d").mkdir()
+    for i in range(5):
+        (tmp_path / "d" / f"{i}.png").write_bytes(b"")
+    again = sorted((p.parent.name, p.name) for p, _ in formats.list_folder(tmp_path, rule)[1]["test"])
+    assert [t for t in again if t[0] != "d"] == test  # a new class leaves the others' split alone
