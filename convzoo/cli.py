@@ -214,14 +214,13 @@ def cmd_train(args) -> int:
 
 def resumed_config(args) -> tuple[dict, str]:
     """The config a run was started with (so `--resume` alone continues it unchanged), and where it came from."""
-    from .data.catalog import get_spec
+    from .config import TrainConfig
     from .engine.checkpoint import load_checkpoint
 
-    out = args.output_dir
-    if out is None:
-        model = args.model or "lenet5"
-        out = f"runs/{model}-{get_spec(args.dataset or 'mnist').name}"
-    path = Path(out) / "last.pt"
+    defaults = TrainConfig()
+    where = TrainConfig(model=args.model or defaults.model, dataset=args.dataset or defaults.dataset,
+                        output_dir=args.output_dir)
+    path = Path(where.run_dir()) / "last.pt"
     return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
 
 

@@ -127,6 +127,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def run_dir(self) -> str:
+        """--output-dir, or runs/MODEL-DATASET (the data set's catalog name, so aliases agree)."""
+        from .data.catalog import get_spec
+
+        return self.output_dir or f"runs/{self.model}-{get_spec(self.dataset).name}"
+
 
 FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 

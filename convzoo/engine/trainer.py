@@ -53,7 +53,7 @@ class TrainingRun:
         threads = configure_threads(cfg.threads or info.default_threads, device)
         seed_everything(cfg.seed, cfg.deterministic)
 
-        self.out = out = Path(cfg.output_dir or f"runs/{cfg.model}-{data_spec.name}")
+        self.out = out = Path(cfg.run_dir())
         state = None
         if resume:
             state = load_checkpoint(out / "last.pt")
