@@ -57,8 +57,8 @@ class TrainingRun:
         state = None
         if resume:
             state = load_checkpoint(out / "last.pt")
+            check_model_name(state, cfg.model, out / "last.pt")  # the likelier mistake, named first
             check_resume_state(state, out / "last.pt")
-            check_model_name(state, cfg.model, out / "last.pt")
             check_resumable(state, cfg, out / "last.pt")
         if main:
             rundir.prepare(out, resume=resume, exist_ok=exist_ok)
