@@ -46,6 +46,7 @@ def test_onnx_export_parity(name, tmp_path):
     assert parity(model, tmp_path / "m.onnx", x.shape[1:], samples=example(info, 3)) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if MODELS[n].quantizable])
 def test_qat_prepare(name):
     from convzoo.quant.qat import torchao_pt2e
