@@ -1,0 +1,28 @@
+"""The README's first command, `make demo`, as a user runs it: train, evaluate, quantize, export and
+predict on the real MNIST files, every step's output checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import MNIST_DIR, ROOT, need
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_make_demo(tmp_path):
+    need(MNIST_DIR)
+    demo = tmp_path / "demo"
+    proc = subprocess.run(["make", "--no-print-directory", "demo", f"DEMO={demo}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1200, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    accuracy = float(proc.stdout.split("'Accuracy': ")[1].split()[0])
+    assert accuracy >= 0.99
+    report = json.loads((demo / "quant" / "report.json").read_text())
+    assert report["int8"]["accuracy"] >= accuracy - 0.005
+    assert len(list((demo / "digits").glob("*.png"))) == 5 and (demo / "grid.png").stat().st_size > 10_000
+    assert (demo / "model.onnx").is_file() and proc.stdout.count("true ") == 25
