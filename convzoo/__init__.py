@@ -55,7 +55,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
         if key not in fields:
             raise unknown("train option", key, fields)
     if isinstance(config, TrainConfig):
-        cfg = dataclasses.replace(config, **flags).validate()
+        cfg = build_config(None, flags, base=config.to_dict(), base_source="the given TrainConfig")
     elif isinstance(config, dict):
         cfg = build_config(None, {**config, **flags})
     elif config is None or isinstance(config, str):
@@ -152,23 +152,15 @@ class Model:
 
     def preprocess(self, images):
         """Images (as predict() takes them) -> the normalised float32 batch the model runs on."""
-        return self._batch(_decoded(images))
+        decoded = _decoded(images)
+        if not decoded:
+            raise ConvzooError("no images given")
+        return self._predictor.inputs([image for _, image, _ in decoded])
 
     def predict(self, images, *, topk: int = 3) -> list[dict]:
         decoded = _decoded(images)
-        if not decoded:
-            return []
-        results = self._predictor.predict_arrays(self._batch(decoded), topk)
+        results = self._predictor.predict_images([image for _, image, _ in decoded], topk)
         return [({"file": name} if is_file else {}) | r for (name, _, is_file), r in zip(decoded, results)]
-
-    def _batch(self, decoded):
-        import numpy as np
-
-        from .deploy.preprocess import to_array
-
-        if not decoded:
-            raise ConvzooError("no images given")
-        return np.concatenate([to_array(image, self.meta) for _, image, _ in decoded])
 
     def __call__(self, images, *, topk: int = 3) -> list[dict]:
         return self.predict(images, topk=topk)

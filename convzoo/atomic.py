@@ -4,8 +4,8 @@ crash never replaces a good file with a broken one.
 A temp file is `.{target}.{8 random chars}{suffix}` beside its target, created with the mode a plain
 open() would give it (0666 minus the umask, not mkstemp's 0600), and flock()ed by its writer for as
 long as it is being written. A writer killed with SIGKILL loses its lock with its life, so
-`remove_stale_temps` -- run when a run or a download starts, and on a process's first write into a
-folder -- can tell a leftover from a file another process is still writing.
+`remove_stale_temps` -- run when a run or a download starts, and on a process's first write of a
+target -- can tell a leftover from a file another process is still writing.
 Failing writes (no space, read-only or forbidden folder, file-size limit) become one WriteError
 naming the target, and the temp file is removed.
 """
@@ -31,7 +31,7 @@ from .errors import WriteError
 TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]{1,8})$")
 # A temp younger than this may belong to a writer that has created it but not yet locked it.
 MIN_STALE_AGE_S = 1.0
-_swept: set[str] = set()  # folders this process has already cleared of leftovers
+_swept: set[str] = set()  # targets (folder/name) this process has already cleared of leftovers
 # errnos that, raised while the caller writes the temp file, mean the write failed because of where
 # it goes (not a bug, not a missing input the caller was reading).
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
@@ -59,10 +59,12 @@ def write_failure(exc: BaseException) -> OSError | None:
 def atomic_path(path, suffix: str = ".tmp"):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
-    folder = os.path.abspath(path.parent)
-    if folder not in _swept:  # once per folder and process: a scan per write would cost O(files) each
-        _swept.add(folder)
-        remove_stale_temps(folder)
+    # Leftovers of this target only (a user's folder may hold hidden files of any name), once per
+    # target and process: a scan per write would cost O(files) each.
+    key = os.path.join(os.path.abspath(path.parent), path.name)
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temps(path.parent, [path.name])
     fd, tmp = create_temp(path, suffix)
     try:
         try:

@@ -456,3 +456,21 @@ def test_remove_stale_temps_touches_only_our_pattern(tmp_path):
     assert sorted(p.name for p in removed) == [".last.pt.k2j_x9ab.tmp", ".model.onnx.0123abcd.onnx"]
     assert sorted(p.name for p in remove_stale_temps(tmp_path)) == [".t10k.gz.deadbeef.part"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", ".last.pt.tmp", "last.pt", "x.0123abcd.tmp"]
+
+
+def test_atomic_write_removes_only_its_own_leftovers(tmp_path):
+    """A killed write's temp of the same target goes; a user's hidden file that merely looks like a
+    temp name (or another target's temp) stays."""
+    import os
+    import time
+
+    from convzoo.atomic import atomic_write_bytes
+
+    leftover, other, users = (tmp_path / ".x.bin.abcd1234.tmp", tmp_path / ".y.bin.abcd1234.tmp",
+                              tmp_path / ".vimrc.backup01.txt")
+    for f in (leftover, other, users):
+        f.write_bytes(b"old")
+        os.utime(f, (time.time() - 60, time.time() - 60))
+    atomic_write_bytes(tmp_path / "x.bin", b"new")
+    assert (tmp_path / "x.bin").read_bytes() == b"new"
+    assert not leftover.exists() and other.exists() and users.exists()

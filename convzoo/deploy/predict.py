@@ -25,7 +25,7 @@ class Predictor:
         self.threads = threads
         # A checkpoint or shipped weights run as their cached ONNX export: torch is imported only the
         # first time a file is seen, and later predictions start as fast as from an .onnx file.
-        self.onnx_path = self.path if self.path.suffix == ".onnx" else cached_onnx(self.path)
+        self.onnx_path, self._scratch = (self.path, None) if self.path.suffix == ".onnx" else cached_onnx(self.path)
         self.meta, self.run = self._load_onnx()
         spec = self.meta["input"]
         # Rows per inference call: 256 for LeNet-sized inputs, fewer for big ones, so memory stays bounded.
@@ -72,12 +72,13 @@ class Predictor:
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
+    def inputs(self, images) -> np.ndarray:
+        """PIL images -> the normalised float32 batch (N, C, H, W) the model runs on."""
+        return np.concatenate([to_array(im, self.meta) for im in images])
+
     def predict_images(self, images, topk: int = 3) -> list[dict]:
         """PIL images -> [{'class', 'index', 'probability', 'topk': [...]}, ...]."""
-        if not images:
-            return []
-        batch = np.concatenate([to_array(im, self.meta) for im in images])
-        return self.predict_arrays(batch, topk)
+        return self.predict_arrays(self.inputs(images), topk) if images else []
 
     def predict_arrays(self, batch: np.ndarray, topk: int = 3) -> list[dict]:
         """Model inputs (N, C, H, W) -> results, run `batch_rows` at a time so memory stays bounded."""
@@ -101,9 +102,10 @@ class Predictor:
         return [{"file": str(f), **r} for f, r in zip(files, self.predict_arrays(batch, topk))]
 
 
-def cached_onnx(checkpoint: Path) -> Path:
-    """The checkpoint's ONNX export, made once and kept in the cache under the file's sha256 (so an
-    edited checkpoint gets a fresh export); where the cache is not writable, a temporary one."""
+def cached_onnx(checkpoint: Path):
+    """(ONNX path, scratch folder or None): the checkpoint's ONNX export, made once and kept in the
+    cache under the file's sha256 (so an edited checkpoint gets a fresh export); where the cache is not
+    writable, in a TemporaryDirectory that is removed with the Predictor holding it."""
     import tempfile
 
     from ..data.fetch import cache_root
@@ -114,16 +116,17 @@ def cached_onnx(checkpoint: Path) -> Path:
         load_checkpoint(checkpoint)  # the one-line error for a missing or unusable path
     cached = cache_root() / "onnx" / f"{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}.onnx"
     if cached.is_file():
-        return cached
+        return cached, None
     from .export import export_onnx  # torch: only on the first prediction from this file
 
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(checkpoint, cached)
+        return cached, None
     except (OSError, WriteError):
-        cached = Path(tempfile.mkdtemp(prefix="convzoo-onnx-")) / "model.onnx"
-        export_onnx(checkpoint, cached)
-    return cached
+        scratch = tempfile.TemporaryDirectory(prefix="convzoo-onnx-")
+        export_onnx(checkpoint, Path(scratch.name) / "model.onnx")
+        return Path(scratch.name) / "model.onnx", scratch
 
 
 def expand_image_paths(paths) -> list[Path]:

@@ -242,10 +242,8 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, threads: int
     try:
         if workers == 1:
             uvicorn.Server(config).run(sockets=[sock])
-        else:
-            from uvicorn.supervisors import Multiprocess
-
-            Multiprocess(config, sockets=[sock]).run()  # what uvicorn.run does, with our socket
+        else:  # uvicorn's public way to run workers on a socket we bound: its file descriptor
+            uvicorn.run(target, factory=factory, fd=sock.fileno(), workers=workers, log_level="warning")
     finally:
         sock.close()
 

@@ -17,6 +17,9 @@ from ..errors import ConfigError, DataError
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s",
                  "wall_s"]  # wall_s: seconds of training since the run began (time to accuracy); newer runs only
 OPTIONAL_METRICS = {"wall_s"}
+# What a run writes atomically: only these files' leftover temps are removed (--output-dir may be
+# a folder that also holds the user's own hidden files).
+RUN_FILES = ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "curves.png"]
 
 
 def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
@@ -33,7 +36,7 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     # Temp files of writes killed half-way (a SIGKILLed checkpoint save leaves .last.pt.*.tmp): only
     # one convzoo writes a run folder, and a live writer's temps are locked, so these are leftovers.
-    remove_stale_temps(path)
+    remove_stale_temps(path, RUN_FILES)
     return path
 
 

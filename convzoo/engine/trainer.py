@@ -136,7 +136,7 @@ class TrainingRun:
                     meter = self._train_epoch(epoch, first, stop)
                 except TargetReached as reached:
                     meter = reached.meter  # stop mid-epoch: the partial epoch is the run's last row
-                self._end_epoch(epoch, first, meter)
+                self._end_epoch(epoch, meter)
                 self.start_step = 0
                 if self.reached:
                     break
@@ -149,6 +149,7 @@ class TrainingRun:
             self.loggers.close(ok=False)
             raise
         except Exception:
+            log.close()
             self.loggers.close(ok=False)
             raise
         finally:
@@ -207,16 +208,18 @@ class TrainingRun:
                 raise KeyboardInterrupt
 
         self.ddp_model.train()
-        train_one_epoch(self.ddp_model, epoch_batches(self.train_split, cfg, epoch, first, spe), model_input,
-                        self.optimizer, self.scaler, self.criterion, meter, amp_dtype=self.amp_dtype,
-                        lr_at_step=lambda step: lr_at(epoch * spe + step, self.total_steps, spe, cfg),
-                        after_step=after_step)
-        if bar:
-            bar.close()
-            self.log.write_hook = None
+        try:
+            train_one_epoch(self.ddp_model, epoch_batches(self.train_split, cfg, epoch, first, spe), model_input,
+                            self.optimizer, self.scaler, self.criterion, meter, amp_dtype=self.amp_dtype,
+                            lr_at_step=lambda step: lr_at(epoch * spe + step, self.total_steps, spe, cfg),
+                            after_step=after_step)
+        finally:  # also when --target-acc stops the epoch early
+            if bar:
+                bar.close()
+                self.log.write_hook = None
         return meter
 
-    def _end_epoch(self, epoch: int, first: int, meter: "EpochMeter") -> None:
+    def _end_epoch(self, epoch: int, meter: "EpochMeter") -> None:
         """All-reduce the epoch's metrics, evaluate when due, log, write best.pt/last.pt and metrics.csv."""
         cfg, log, lr = self.cfg, self.log, meter.lr
         epoch_time = meter.elapsed()
@@ -224,7 +227,7 @@ class TrainingRun:
                              torch.tensor(float(meter.seen), dtype=torch.float64, device=self.device)])
         distributed.all_reduce_sum(stats)
         train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
-        steps_run = max(self.spe - first, 1)
+        steps_run = max(meter.steps, 1)
         log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / steps_run:.3f}, "
                  f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
                  step_ms=epoch_time * 1000 / steps_run, avg_loss=train_loss)
@@ -326,6 +329,7 @@ class EpochMeter:
     seen: int
     started: float  # time.perf_counter() at the epoch's (virtual, when resumed) start
     lr: float
+    steps: int = 0  # steps run by this process in this epoch (for the per-step time)
 
     @classmethod
     def start(cls, saved: dict | None, device, *, lr: float) -> "EpochMeter":
@@ -338,6 +342,7 @@ class EpochMeter:
         self.loss_sum += loss.detach() * len(labels)
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += len(labels)
+        self.steps += 1
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

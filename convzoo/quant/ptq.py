@@ -83,8 +83,8 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
 
 
 def check_quantizable(model_name: str, path=None) -> None:
-    from ..models.registry import MODELS
+    from ..models.registry import MODELS, get_model_info
 
-    if not MODELS[model_name].quantizable:
+    if not get_model_info(model_name).quantizable:  # an unregistered name is a ConfigError too
         supported = sorted(name for name, info in MODELS.items() if info.quantizable)
         raise ConfigError(f"model {model_name!r} has no quantization recipe (supported: {', '.join(supported)})", path)
