@@ -284,21 +284,11 @@ def cmd_summary(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .deploy.export import export_onnx, export_pt2
+    from . import export
 
-    ckpt = args.ckpt
-    # A shipped name (lenet5:mnist) exports to ./lenet5-mnist.onnx; a file, beside itself.
-    stem = Path(ckpt) if Path(ckpt).exists() else Path(ckpt.replace(":", "-"))
-    if args.int8:
-        from .quant.ptq import export_int8_from_checkpoint
-
-        out = Path(args.output or stem.with_name(stem.stem + "-int8.onnx"))
-        result = export_int8_from_checkpoint(ckpt, out, data_path=args.data_path)
-    elif args.format == "pt2":
-        result = export_pt2(ckpt, args.output or stem.with_suffix(".pt2"))
-    else:
-        result = export_onnx(ckpt, args.output or stem.with_suffix(".onnx"), opset=args.opset,
-                             dynamic_batch=args.dynamic_batch)
+    # The Python API's export: the same default names (a shipped name -> ./lenet5-mnist.onnx).
+    result = export(args.ckpt, args.output, format=args.format, int8=args.int8, opset=args.opset,
+                    dynamic_batch=args.dynamic_batch, data_path=args.data_path)
     print(json.dumps(result))
     return 0
 

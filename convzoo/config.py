@@ -15,6 +15,15 @@ from .errors import ConfigError, unknown
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
 
 
+def logger_names(spec: str | None) -> list[str]:
+    """'none' -> [], 'tensorboard,mlflow' -> both; an unknown name is a ConfigError."""
+    names = [n.strip() for n in (spec or "none").split(",") if n.strip()]
+    for name in names:
+        if name not in LOGGERS:
+            raise unknown("logger", name, LOGGERS)
+    return [n for n in dict.fromkeys(names) if n != "none"]
+
+
 def int_list(text: str) -> list[int]:
     return [int(c) for c in text.split(",")]
 
@@ -119,9 +128,7 @@ class TrainConfig:
             allowed = f.metadata["choices"]
             if allowed and getattr(self, f.name) not in allowed:
                 raise unknown(f.name.replace("_", "-"), getattr(self, f.name), allowed)
-        for name in self.logger.split(","):
-            if name.strip() not in LOGGERS:
-                raise unknown("logger", name.strip(), LOGGERS)
+        logger_names(self.logger)
         return self
 
     def to_dict(self) -> dict:

@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from ..config import LOGGERS
-from ..errors import ConfigError, unknown
+from ..config import logger_names
+from ..errors import ConfigError
 
 # metrics.csv column -> TensorBoard tag; the prefixes group train/val/test accuracy on one card.
 TB_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "val_acc": "accuracy/val",
@@ -22,15 +22,6 @@ TB_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "val_acc":
            "images_per_s": "speed/images_per_s"}
 ARTIFACTS = ("config.yaml", "metrics.csv", "train.log", "curves.png", "best.pt")
 RUN_TAG = "convzoo.run_dir"
-
-
-def parse(spec: str | None) -> list[str]:
-    """'none' -> [], 'tensorboard,mlflow' -> both; unknown names raise ConfigError."""
-    names = [n.strip() for n in (spec or "none").split(",") if n.strip()]
-    for name in names:
-        if name not in LOGGERS:
-            raise unknown("logger", name, LOGGERS)
-    return [n for n in dict.fromkeys(names) if n != "none"]
 
 
 class Loggers:
@@ -53,7 +44,7 @@ class Loggers:
 def open_loggers(spec: str | None, out: Path, config: dict, *, resumed_epoch: int | None = None) -> Loggers:
     """`resumed_epoch`: epochs already done when continuing a run (its later events are dropped)."""
     makers = {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger}
-    return Loggers(makers[name](Path(out), config, resumed_epoch) for name in parse(spec))
+    return Loggers(makers[name](Path(out), config, resumed_epoch) for name in logger_names(spec))
 
 
 def missing(package: str, exc: ImportError) -> ConfigError:
