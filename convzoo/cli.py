@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-upload-mb", type=number(float, 0.001), default=5.0, help="larger request bodies get 413")
     p.add_argument("--workers", type=number(int, 1, 256), default=1, help="uvicorn worker processes")
+    p.add_argument("--batch-window-ms", type=number(float, 0, 1000), default=2.0, metavar="MS",
+                   help="requests arriving within MS of the oldest waiting one run as one onnxruntime call "
+                        "(default 2; 0: batching off)")
+    p.add_argument("--max-batch", type=number(int, 1, 256), default=32, metavar="N",
+                   help="most requests per batch, each of up to 64 images (default 32)")
+    p.add_argument("--max-queue", type=number(int, 1, 65536), default=256, metavar="N",
+                   help="requests waiting for a batch, per worker; more get 503 (default 256)")
     p.set_defaults(handler=cmd_serve)
 
     return parser
@@ -337,7 +344,8 @@ def cmd_serve(args) -> int:
     from .deploy.server import serve
 
     serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
-          max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers)
+          max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
+          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue)
     return 0
 
 

@@ -2,25 +2,35 @@
 
 Every bad request gets a 4xx JSON error and the server keeps serving; uploads are size-limited
 before they are read, images are pixel-limited (each, and all of a request's together) before they
-are decoded, and nothing from a request is ever used as a file-system path. Decoding and inference
-run in worker threads, at most BUSY requests at a time, one image at a time: the event loop stays
-free for /healthz and memory stays bounded however many large requests arrive.
+are decoded, and nothing from a request is ever used as a file-system path.
+
+Requests are micro-batched: those arriving within a short window after the oldest waiting one (up to
+--max-batch requests) are decoded together in one worker thread, one image at a time, and inferred
+in one onnxruntime call; a bad image fails only its own request. At most BUSY batches run at once and
+a bounded number of requests wait (beyond it: 503), so the event loop stays free for /healthz and
+memory stays bounded however many requests arrive. Each uvicorn worker process has its own batcher.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import socket
+from collections import deque
+from dataclasses import dataclass
 from importlib import resources
+from itertools import islice
+from typing import Callable
 
 import anyio
 import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import ConfigError
@@ -31,7 +41,14 @@ MAX_UPLOAD = 5 * 1024 * 1024
 MAX_BATCH = 64
 MAX_REQUEST_PIXELS = 64_000_000  # width*height summed over a request's images, read from their headers
 MAX_TOPK = 1000
-BUSY = 2  # requests decoding or inferring at once; later ones wait on the event loop, not in a thread
+BUSY = 2  # batches decoding or inferring at once; later requests wait on the event loop, not in a thread
+# Micro-batching defaults (benchmarks/serve_load.py, README "Serving"): under load batches form from the
+# queue anyway; the window only makes a lone request wait for company.
+BATCH_WINDOW_MS = 2.0
+MAX_BATCH_REQUESTS = 32
+MAX_QUEUE = 256  # requests waiting for a batch; one more gets 503
+MAX_QUEUE_BYTES = 64 << 20  # their bodies together; a single request over it still queues when none waits
+SETTINGS_ENV = "CONVZOO_SERVE_SETTINGS"  # create_app's keywords as JSON, for uvicorn's worker processes
 
 log = logging.getLogger("uvicorn.error")
 
@@ -43,18 +60,28 @@ class RequestError(Exception):
 
 
 def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
-               max_pixels: int = MAX_REQUEST_PIXELS, busy: int = BUSY) -> FastAPI:
+               max_pixels: int = MAX_REQUEST_PIXELS, busy: int = BUSY, batch_window_ms: float = BATCH_WINDOW_MS,
+               max_batch: int = MAX_BATCH_REQUESTS, max_queue: int = MAX_QUEUE) -> FastAPI:
+    """The app; batch_window_ms=0 turns batching off (every request its own onnxruntime call)."""
     predictor = Predictor(model_path, threads=threads)
     checksum = predictor.sha256()
     page = resources.files("convzoo.deploy").joinpath("static/index.html").read_text()
-    limiter = anyio.CapacityLimiter(busy)
+    batcher = Batcher(predictor, max_pixels, window_ms=batch_window_ms,
+                      max_batch=max_batch if batch_window_ms > 0 else 1, max_queue=max_queue, busy=busy)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
     app = FastAPI(title="convzoo", description=f"Predictions from {predictor.meta['model']} "
-                  f"({predictor.meta.get('dataset', '')})", version="1")
+                  f"({predictor.meta.get('dataset', '')})", version="1", lifespan=lifespan)
     app.add_middleware(LastResort)
 
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status,
+                            headers={"Retry-After": "1"} if exc.status == 503 else None)
 
     @app.exception_handler(ImageError)
     async def image_error(request, exc: ImageError):
@@ -72,6 +99,11 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        """This worker's batching counters, in Prometheus' text format."""
+        return batcher.metrics()
 
     @app.get("/v1/model")
     async def model_info():
@@ -98,14 +130,12 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
             raise RequestError(415, "send multipart/form-data (field 'file'), an image/* body or application/json, "
                                     f"not {ctype[:80] or 'nothing'!r}")
 
-        def work():
-            blobs, k = from_json(body, topk) if images is None else (images, topk)
-            return predict_blobs(predictor, blobs, k, max_pixels)
+        def parse():  # in the batch's worker thread
+            return from_json(body, topk) if images is None else (images, topk)
 
-        results = await anyio.to_thread.run_sync(work, limiter=limiter)
-        if len(results) == 1 and images is not None:
-            return results[0]
-        return {"predictions": results}
+        results = await batcher.submit(parse, len(body))
+        # A JSONResponse as is: FastAPI's jsonable_encoder would walk these plain dicts again.
+        return JSONResponse(results[0] if len(results) == 1 and images is not None else {"predictions": results})
 
     return app
 
@@ -137,9 +167,136 @@ class LastResort:
                                status_code=500)(scope, receive, send)
 
 
-def predict_blobs(predictor: Predictor, blobs: list[tuple[str, bytes]], topk: int, max_pixels: int) -> list[dict]:
-    """In a worker thread: every header first (each image and the request's pixel budget), then one
-    image at a time, decoded and at once reduced to its small model input."""
+Parse = Callable[[], tuple[list[tuple[str, bytes]], int]]  # a request's (name, image bytes) list and topk
+
+
+@dataclass
+class Job:
+    parse: Parse
+    size: int  # body bytes, held until the job's batch runs
+    arrived: float  # event-loop time
+    future: asyncio.Future
+
+
+class Batcher:
+    """One per worker process: requests queue here; a collector task takes the oldest one and every
+    request that arrives within `window_ms` after it (up to `max_batch`), as soon as one of `busy`
+    thread slots is free, and runs them with run_batch in a worker thread. While the slots are busy
+    requests keep queueing, so under load a batch forms without waiting out the window."""
+
+    def __init__(self, predictor: Predictor, max_pixels: int, *, window_ms: float, max_batch: int,
+                 max_queue: int, busy: int):
+        self.predictor, self.max_pixels = predictor, max_pixels
+        self.window, self.max_batch, self.max_queue = window_ms / 1000, max_batch, max_queue
+        self.queue: deque[Job] = deque()
+        self.queued_bytes = 0
+        self.slots = asyncio.Semaphore(busy)
+        self.wake, self.wanted = asyncio.Event(), 1  # set once `wanted` requests wait
+        self.collector = None
+        self.running: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self.counts = dict.fromkeys(("requests", "batches", "largest", "rejected"), 0)
+
+    async def submit(self, parse: Parse, size: int) -> list[dict]:
+        """The request's results, or its own RequestError/ImageError; 503 when the queue is full."""
+        if self.queue and (len(self.queue) >= self.max_queue or self.queued_bytes + size > MAX_QUEUE_BYTES):
+            self.counts["rejected"] += 1
+            raise RequestError(503, f"server busy: {len(self.queue)} requests are waiting; try again shortly")
+        loop = asyncio.get_running_loop()
+        if self.collector is None:  # started here, in the serving loop (tests may skip the lifespan)
+            self.collector = loop.create_task(self.collect())
+        job = Job(parse, size, loop.time(), loop.create_future())
+        self.queue.append(job)
+        self.queued_bytes += size
+        if len(self.queue) >= self.wanted:
+            self.wake.set()
+        return await job.future
+
+    async def collect(self):
+        while True:
+            await self.slots.acquire()  # a free slot first: meanwhile requests queue and join this batch
+            batch = await self.next_batch()
+            self.counts.update(requests=self.counts["requests"] + len(batch), batches=self.counts["batches"] + 1,
+                               largest=max(self.counts["largest"], len(batch)))
+            task = asyncio.get_running_loop().create_task(self.run(batch))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def next_batch(self) -> list[Job]:
+        """The oldest waiting request and those that arrive within the window after it (when the
+        oldest has waited longer, only those already here)."""
+        await self.until_waiting(1)
+        deadline = self.queue[0].arrived + self.window
+        await self.until_waiting(self.max_batch, deadline - asyncio.get_running_loop().time())
+        batch = [self.queue.popleft() for _ in range(min(self.max_batch, len(self.queue)))]
+        self.queued_bytes -= sum(job.size for job in batch)
+        return batch
+
+    async def until_waiting(self, count: int, timeout: float | None = None):
+        """Until `count` requests wait, or `timeout` seconds have passed."""
+        if len(self.queue) >= count or (timeout is not None and timeout <= 0):
+            return
+        self.wanted = count
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout)
+
+    async def run(self, batch: list[Job]):
+        try:
+            outcomes = await anyio.to_thread.run_sync(run_batch, self.predictor, [job.parse for job in batch],
+                                                      self.max_pixels)
+        except Exception as exc:  # the model itself failed: every request of the batch gets it (a 500)
+            outcomes = [exc] * len(batch)
+        finally:
+            self.slots.release()
+        for job, outcome in zip(batch, outcomes):
+            if job.future.done():  # its client went away
+                continue
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    def close(self):
+        for task in [self.collector, *self.running]:
+            if task is not None:
+                task.cancel()
+
+    def metrics(self) -> str:
+        c = self.counts
+        values = [("convzoo_batch_requests_total", "counter", "requests run through batches", c["requests"]),
+                  ("convzoo_batches_total", "counter", "batches run (one onnxruntime call each)", c["batches"]),
+                  ("convzoo_batch_largest", "gauge", "most requests in one batch so far", c["largest"]),
+                  ("convzoo_queue_rejected_total", "counter", "requests answered 503: queue full", c["rejected"]),
+                  ("convzoo_queue_waiting", "gauge", "requests waiting for a batch now", len(self.queue)),
+                  ("convzoo_batch_window_seconds", "gauge", "the batching window", self.window),
+                  ("convzoo_batch_max_requests", "gauge", "most requests per batch (1: batching off)", self.max_batch),
+                  ("convzoo_queue_max_requests", "gauge", "most requests waiting before 503", self.max_queue)]
+        return "".join(f"# HELP {name} {text}\n# TYPE {name} {kind}\n{name} {value:g}\n"
+                       for name, kind, text, value in values)
+
+
+def run_batch(predictor: Predictor, parses: list[Parse], max_pixels: int) -> list:
+    """In a worker thread: each request's images to model inputs (an exception fails only its own
+    request: it becomes that request's outcome), then every good request's inputs in one onnxruntime
+    call, split back. Outcomes in the requests' order: a list of results or an exception."""
+    outcomes, inputs, topks = [None] * len(parses), {}, {}
+    for i, parse in enumerate(parses):
+        try:
+            blobs, topks[i] = parse()
+            inputs[i] = model_inputs(predictor, blobs, max_pixels)
+        except Exception as exc:  # bad input (4xx), or a bug that stays this request's 500
+            outcomes[i] = exc
+    if inputs:
+        topk = max(topks[i] for i in inputs)  # each request's top-k is a prefix of the batch's
+        rows = iter(predictor.predict_arrays(np.concatenate(list(inputs.values())), topk))
+        for i, x in inputs.items():
+            outcomes[i] = [{**r, "topk": r["topk"][:topks[i]]} for r in islice(rows, len(x))]
+    return outcomes
+
+
+def model_inputs(predictor: Predictor, blobs: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray:
+    """Every header first (each image and the request's pixel budget), then one image at a time,
+    decoded and at once reduced to its small model input."""
     opened = [open_image(data, name) for name, data in blobs]
     total = sum(im.width * im.height for im in opened)
     if total > max_pixels:
@@ -150,7 +307,7 @@ def predict_blobs(predictor: Predictor, blobs: list[tuple[str, bytes]], topk: in
         image, opened[i] = opened[i], None  # nothing keeps a decoded image beyond its own turn
         arrays.append(to_array(decode_image(image, name), predictor.meta))
         del image
-    return predictor.predict_arrays(np.concatenate(arrays), topk)
+    return np.concatenate(arrays)
 
 
 def parse_topk(text: str) -> int:
@@ -219,25 +376,28 @@ def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
     return images, topk
 
 
-def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, threads: int = 1, max_upload: int = MAX_UPLOAD,
-          workers: int = 1):
+def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, **settings):
     """Load the model and bind the port here, so either failing is one line (ConvzooError) before
-    uvicorn starts; with workers > 1 each worker process loads the model again (from the environment)."""
+    uvicorn starts; with workers > 1 each worker process loads the model again and has its own
+    batcher (the settings, create_app's keywords, travel in the environment)."""
     import os
 
     import uvicorn
 
     if workers == 1:
-        target, factory = create_app(model_path, threads=threads, max_upload=max_upload), False
+        target, factory = create_app(model_path, **settings), False
     else:
         Predictor(model_path)  # fail here, once, with a clear error, not in every worker
-        os.environ.update(CONVZOO_SERVE_MODEL=str(model_path), CONVZOO_SERVE_THREADS=str(threads),
-                          CONVZOO_SERVE_MAX_UPLOAD=str(max_upload))
+        os.environ[SETTINGS_ENV] = json.dumps({"model_path": str(model_path), **settings})
         target, factory = "convzoo.deploy.server:app_from_environment", True
     sock = bind(host, port)
     port = sock.getsockname()[1]  # the real one when asked for 0
     shown = f"[{host}]" if ":" in host else host
-    print(f"convzoo serve: {model_path} on http://{shown}:{port}/ (API docs at /docs), {workers} worker(s)", flush=True)
+    window = settings.get("batch_window_ms", BATCH_WINDOW_MS)
+    batching = (f"batching {window:g} ms, up to {settings.get('max_batch', MAX_BATCH_REQUESTS)} requests"
+                if window > 0 else "batching off")
+    print(f"convzoo serve: {model_path} on http://{shown}:{port}/ (API docs at /docs), {workers} worker(s), "
+          f"{batching}", flush=True)
     config = uvicorn.Config(target, factory=factory, host=host, port=port, workers=workers, log_level="warning")
     try:
         if workers == 1:
@@ -265,5 +425,4 @@ def bind(host: str, port: int) -> socket.socket:
 def app_from_environment() -> FastAPI:
     import os
 
-    return create_app(os.environ["CONVZOO_SERVE_MODEL"], threads=int(os.environ["CONVZOO_SERVE_THREADS"]),
-                      max_upload=int(os.environ["CONVZOO_SERVE_MAX_UPLOAD"]))
+    return create_app(**json.loads(os.environ[SETTINGS_ENV]))
