@@ -1,7 +1,13 @@
-"""fp32 ONNX vs int8 ONNX in onnxruntime on this CPU, measured in the same run: batch-1 latency
-(p50/p99), batch-256 throughput, file size, accuracy and agreement on the real test set.
+"""fp32 vs int8 ONNX on this CPU, every inference path convzoo offers side by side in one run:
+onnxruntime (with session options) and OpenVINO (with its performance hints) on the fp32 file and
+on int8 files made by PTQ four ways (QDQ per-channel as `convzoo quantize` makes it, per-tensor,
+only the Gemms quantized, the QOperator format), plus any int8 file you pass (`--int8`, e.g. the
+QAT model from `convzoo quantize`). Batch-1 latency, batch-256 throughput, file size and accuracy
+on the real test set; ratios are to the fastest fp32 path. Timings are interleaved over --rounds
+rounds and the best round kept, because other jobs share the cores.
 
-    .venv/bin/python benchmarks/quant.py --ckpt runs/demo/best.pt --threads 2
+    .venv/bin/python benchmarks/quant.py --ckpt lenet5:mnist --threads 2
+    .venv/bin/python benchmarks/quant.py --ckpt lenet5:mnist --int8 runs/demo/quant/model-int8.onnx
     .venv/bin/python benchmarks/quant.py --model alexnet-cifar --threads 2      # untrained weights: speed only
 """
 
@@ -12,16 +18,36 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from convzoo.data.catalog import get_spec
 from convzoo.data.tensors import InputSpec, load_dataset, to_model_input
 from convzoo.deploy.export import export_onnx
-from convzoo.metadata import deployment_metadata
+from convzoo.deploy.runtime import open_runner, openvino_installed, pick_runtime, run_batched
 from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+from convzoo.metadata import deployment_metadata
+from convzoo.models.pretrained import resolve
 from convzoo.models.registry import create_model, get_model_info
 from convzoo.quant.ptq import calibration_batches, quantize_onnx
-from convzoo.quant.report import compare, format_table
+from convzoo.quant.report import timing
+
+# int8 files: name -> quantize_onnx options (onnxruntime quantize_static arguments).
+INT8_FILES = {
+    "int8 QDQ per-channel": {},
+    "int8 QDQ per-tensor": {"per_channel": False},
+    "int8 mixed (Gemms only)": {"op_types_to_quantize": ["Gemm"]},
+    "int8 QOperator": {"quant_format": "QOperator"},
+}
+# Inference paths: (runtime, options, the files it runs; None: all, but OpenVINO cannot read the
+# QOperator format's com.microsoft ops). The first of each runtime is its convzoo default.
+PATHS = [
+    ("onnxruntime", {}, None),
+    ("onnxruntime", {"spinning": False}, ("fp32", "int8 QDQ per-channel")),
+    ("onnxruntime", {"level": "extended"}, ("fp32", "int8 QDQ per-channel")),
+    ("openvino", {"hint": "THROUGHPUT"}, None),
+    ("openvino", {"hint": "LATENCY"}, ("fp32", "int8 QDQ per-channel")),
+]
 
 
 def random_checkpoint(model_name: str, dataset: str, folder: Path) -> Path:
@@ -36,13 +62,75 @@ def random_checkpoint(model_name: str, dataset: str, folder: Path) -> Path:
     return path
 
 
+def make_files(ckpt_path: Path, ckpt: dict, train, folder: Path, calib_batches: int, extra_int8) -> dict:
+    """name -> ONNX file: the fp32 export, the INT8_FILES variants and the files given with --int8."""
+    files = {"fp32": folder / "fp32.onnx"}
+    export_onnx(ckpt_path, files["fp32"])
+    calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
+    for i, (name, options) in enumerate(INT8_FILES.items()):
+        files[name] = quantize_onnx(files["fp32"], folder / f"int8-{i}.onnx", calib, deployment_metadata(ckpt),
+                                    **quant_options(options))
+    for path in extra_int8:
+        files[f"int8 {Path(path).name}"] = Path(path)
+    return files
+
+
+def quant_options(options: dict) -> dict:
+    from onnxruntime.quantization import QuantFormat
+
+    return {k: QuantFormat.from_string(v) if k == "quant_format" else v for k, v in options.items()}
+
+
+def paths(files: dict) -> list[tuple[str, str, dict]]:
+    """(file name, runtime, options) for every path measured."""
+    return [(name, runtime, options) for runtime, options, names in PATHS for name in files
+            if (names is None or name in names) and (runtime != "openvino" or openvino_installed() and
+                                                     "QOperator" not in name)]
+
+
+def label(runtime: str, options: dict) -> str:
+    return runtime + "".join(f", {k}={v}" for k, v in options.items())
+
+
+def measure(files: dict, x: np.ndarray, labels: np.ndarray, threads: int, rounds: int) -> list[dict]:
+    rows = []
+    for name, runtime, options in paths(files):
+        run = open_runner(files[name], threads, runtime, **options)
+        accuracy = float((run_batched(run, x, 1000).argmax(1) == labels).mean())
+        rows.append({"file": name, "path": label(runtime, options), "run": run, "accuracy": accuracy,
+                     "size": files[name].stat().st_size, "p50": [], "p99": [], "throughput": []})
+    for _ in range(rounds):  # interleaved, so a burst of other work hits every path alike
+        for row in rows:
+            t = timing(row["run"], x, single_runs=100, batch_runs=8)
+            row["p50"].append(t["latency_p50_ms"])
+            row["p99"].append(t["latency_p99_ms"])
+            row["throughput"].append(t["throughput_img_s"])
+    return rows
+
+
+def table(rows: list[dict], threads: int) -> str:
+    fp32 = [r for r in rows if r["file"] == "fp32"]
+    best_thr, best_p50 = max(max(r["throughput"]) for r in fp32), min(min(r["p50"]) for r in fp32)
+    size, acc = fp32[0]["size"], fp32[0]["accuracy"]
+    lines = [f"| file | runtime ({threads} threads) | size | accuracy | batch-1 p50 | batch-1 p99 | batch-256 "
+             "| vs fastest fp32 (256 / 1) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        thr, p50 = max(r["throughput"]), min(r["p50"])
+        lines.append(f"| {r['file']} | {r['path']} | {r['size'] / 1024:.0f} KiB ({r['size'] / size:.2f}x) | "
+                     f"{r['accuracy']:.4f} ({(r['accuracy'] - acc) * 100:+.2f}) | {p50:.3f} ms | "
+                     f"{min(r['p99']):.3f} ms | {thr:,.0f} img/s | {thr / best_thr:.2f}x / {p50 / best_p50:.2f}x |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ckpt", help="a trained convzoo checkpoint")
+    parser.add_argument("--ckpt", help="a trained convzoo checkpoint or a shipped name (lenet5:mnist)")
     parser.add_argument("--model", default="lenet5", help="without --ckpt: random weights of this model")
+    parser.add_argument("--int8", action="append", default=[], help="also measure this int8 ONNX file")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calib-batches", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds (the best is kept)")
+    parser.add_argument("--calib-batches", type=int, default=32)
     parser.add_argument("--test-images", type=int, default=10000)
     parser.add_argument("--data-path", default=os.environ.get("CONVZOO_DATA"))
     args = parser.parse_args()
@@ -50,20 +138,20 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dataset = args.dataset or ("cifar10" if args.model.startswith("alexnet") else "mnist")
-        ckpt_path = Path(args.ckpt) if args.ckpt else random_checkpoint(args.model, dataset, tmp)
+        ckpt_path = resolve(args.ckpt) if args.ckpt else random_checkpoint(args.model, dataset, tmp)
         ckpt = load_checkpoint(ckpt_path)
         spec = InputSpec.from_dict(ckpt["input"])
         train, test, _ = load_dataset(ckpt["dataset"], args.data_path, quiet=True)
-        export_onnx(ckpt_path, tmp / "fp32.onnx")
-        quantize_onnx(tmp / "fp32.onnx", tmp / "int8.onnx", calibration_batches(train, spec, args.calib_batches),
-                      deployment_metadata(ckpt))
-        n = args.test_images
+        files = make_files(ckpt_path, ckpt, train, tmp, args.calib_batches, args.int8)
+        n = min(args.test_images, len(test))
         x = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, n, 1000)]).numpy()
-        result = compare(tmp / "fp32.onnx", tmp / "int8.onnx", x, test.labels[:n].numpy(), threads=args.threads)
-    print(f"{ckpt['model']} ({'trained: ' + str(ckpt_path) if args.ckpt else 'random weights: speed only'}), "
-          f"int8 by PTQ (onnxruntime static quantization, {args.calib_batches} calibration batches of 64, no "
-          f"fine-tune; `convzoo quantize` adds QAT), onnxruntime CPUExecutionProvider, threads {args.threads}")
-    print(format_table(result))
+        rows = measure(files, x, test.labels[:n].numpy(), args.threads, args.rounds)
+        default = pick_runtime("auto", files["int8 QDQ per-channel"])
+    print(f"{ckpt['model']} ({'trained: ' + str(args.ckpt) if args.ckpt else 'random weights: speed only'}), "
+          f"{n:,} test images; int8 by PTQ (MinMax, {args.calib_batches} calibration batches of 64); "
+          f"{args.threads} threads; best of {args.rounds} interleaved rounds; convzoo's default for an int8 file: "
+          f"{default}")
+    print(table(rows, args.threads))
 
 
 if __name__ == "__main__":

@@ -67,10 +67,11 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
 
 
 def evaluate(model, *, dataset: str | None = None, data_path=None, device: str = "auto", batch_size: int = 1000,
-             threads: int = 0):
+             threads: int = 0, runtime: str = "auto"):
     """Test-set accuracy of a checkpoint, .safetensors, NAME:DATASET, ONNX file or loaded Model: an
     EvalResult with .accuracy, .per_class, .classes, .confusion and .table().
-    threads: CPU threads (0: leave torch's setting alone; onnxruntime then uses 2, as the CLI does)."""
+    threads: CPU threads (0: leave torch's setting alone; onnxruntime then uses 2, as the CLI does).
+    runtime: what runs an ONNX file, as in load()."""
     source = model.source if isinstance(model, Model) else str(model)
     path = _resolve(source)
     if threads:
@@ -80,18 +81,19 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
     if path.suffix == ".onnx":
         from .deploy.predict import evaluate_model_file
 
-        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2)
+        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2, runtime=runtime)
     from .engine.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size)
 
 
-def load(path_or_name, *, threads: int = 1) -> "Model":
-    """A model ready to predict: an ONNX file (onnxruntime, no torch needed), a convzoo checkpoint,
-    a shipped .safetensors file or a pretrained name such as "lenet5:mnist"."""
+def load(path_or_name, *, threads: int = 1, runtime: str = "auto") -> "Model":
+    """A model ready to predict: an ONNX file (no torch needed), a convzoo checkpoint, a shipped
+    .safetensors file or a pretrained name such as "lenet5:mnist". runtime: "onnxruntime", "openvino"
+    (pip install 'convzoo[openvino]') or "auto" (OpenVINO for int8 files where installed)."""
     from .deploy.predict import Predictor
 
-    return Model(Predictor(_resolve(path_or_name), threads=threads), str(path_or_name))
+    return Model(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime), str(path_or_name))
 
 
 def predict(model, images, *, topk: int = 3) -> list[dict]:

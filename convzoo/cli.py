@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", "--device_target", dest="device", default="auto")
     p.add_argument("--threads", type=number(int, 0, 1024), default=0)
     p.add_argument("--confusion", help="also write the normalised confusion matrix to this PNG")
+    add_runtime_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--threads", type=number(int, 1, 1024), default=2)
+    add_runtime_flag(p)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("report", help="a run's history table and curves; several runs side by side")
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default="grid.png", help="with --from-test: where to write the 5x5 grid")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--threads", type=number(int, 1, 1024), default=1)
+    add_runtime_flag(p)
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
@@ -153,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-upload-mb", type=number(float, 0.001), default=5.0, help="larger request bodies get 413")
     p.add_argument("--workers", type=number(int, 1, 256), default=1, help="uvicorn worker processes")
+    add_runtime_flag(p)
     p.add_argument("--batch-window-ms", type=number(float, 0, 1000), default=2.0, metavar="MS",
                    help="requests arriving within MS of the oldest waiting one run as one onnxruntime call "
                         "(default 2; 0: batching off)")
@@ -163,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     return parser
+
+
+def add_runtime_flag(parser) -> None:
+    from .deploy.runtime import RUNTIMES
+
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="what runs ONNX files: onnxruntime, openvino (pip install 'convzoo[openvino]'), or "
+                             "auto: OpenVINO for int8 files where it is installed (faster there), else onnxruntime")
 
 
 def add_train_flags(parser) -> None:
@@ -244,7 +256,7 @@ def cmd_eval(args) -> int:
         from .deploy.predict import evaluate_model_file
 
         result = evaluate_model_file(resolve_model(args.model), dataset=args.dataset, data_path=args.data_path,
-                                     threads=args.threads or 2)
+                                     threads=args.threads or 2, runtime=args.runtime)
     else:
         result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
                                      batch_size=args.batch_size)
@@ -304,7 +316,7 @@ def cmd_predict(args) -> int:
     from .deploy.predict import Predictor
     from .errors import ConfigError
 
-    predictor = Predictor(resolve_model(args.model), threads=args.threads)
+    predictor = Predictor(resolve_model(args.model), threads=args.threads, runtime=args.runtime)
     if args.from_test:
         return predict_test_images(predictor, args)
     if not args.images:
@@ -345,7 +357,8 @@ def cmd_serve(args) -> int:
 
     serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
           max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
-          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue)
+          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue,
+          runtime=args.runtime)
     return 0
 
 
@@ -364,7 +377,7 @@ def cmd_quantize(args) -> int:
         result = train(cfg, exist_ok=True)
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     run_quantize(ckpt, method=args.method, epochs=args.epochs, lr=args.lr, calib_batches=args.calib_batches,
-                 output_dir=args.output_dir, data_path=args.data_path, threads=args.threads)
+                 output_dir=args.output_dir, data_path=args.data_path, threads=args.threads, runtime=args.runtime)
     return 0
 
 

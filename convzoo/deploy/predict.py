@@ -1,4 +1,5 @@
-"""Predict classes for users' images with an ONNX file (onnxruntime) or a convzoo checkpoint (torch)."""
+"""Predict classes for users' images with an ONNX file (onnxruntime or OpenVINO) or a convzoo checkpoint
+(exported to ONNX once, with torch)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import image_suffixes
-from ..errors import ConfigError, WriteError, first_line
+from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import read_onnx_metadata
 from .preprocess import ImageError, load_image, to_array
-from .runtime import ort_session, run_batched, session_runner
+from .runtime import open_runner, pick_runtime, run_batched
 
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 
 class Predictor:
-    """Wraps one model file; `meta` carries class names, input spec and the preprocessing rule."""
+    """Wraps one model file; `meta` carries class names, input spec and the preprocessing rule.
+    runtime: 'auto', 'onnxruntime' or 'openvino'; after loading, the one that runs (pick_runtime)."""
 
-    def __init__(self, path, *, threads: int = 1):
+    def __init__(self, path, *, threads: int = 1, runtime: str = "auto"):
         self.path = Path(path)
-        self.threads = threads
+        self.threads, self.runtime = threads, runtime
         # A checkpoint or shipped weights run as their cached ONNX export: torch is imported only the
         # first time a file is seen, and later predictions start as fast as from an .onnx file.
         self.onnx_path, self._scratch = (self.path, None) if self.path.suffix == ".onnx" else cached_onnx(self.path)
@@ -44,13 +46,15 @@ class Predictor:
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
         meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
+        self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
         del graph
         try:
-            session = ort_session(self.onnx_path, self.threads)
-        except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
+            run_session = open_runner(self.onnx_path, self.threads, self.runtime)
+        except ConvzooError:  # a runtime that is not installed
+            raise
+        except Exception as exc:  # the runtimes raise their own types for graphs they cannot run
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
-        run_session = session_runner(session)
 
         def run(x):
             try:
@@ -170,7 +174,7 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
     return images, truth, results
 
 
-def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2):
+def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2, runtime: str = "auto"):
     """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split."""
     import torch
 
@@ -178,7 +182,7 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
     from ..engine.evaluate import EvalResult
     from .preprocess import from_dataset
 
-    predictor = Predictor(path, threads=threads)
+    predictor = Predictor(path, threads=threads, runtime=runtime)
     _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path)
     k = len(predictor.classes)
     images, labels = test.images.numpy(), test.labels.numpy()

@@ -1,19 +1,77 @@
-"""onnxruntime sessions and batched inference, in one place (predict, serve, export checks, int8
-reports). numpy only: serving imports it without torch."""
+"""Inference runtimes, in one place (predict, serve, eval of ONNX files, export checks, int8 reports):
+onnxruntime, always installed, and OpenVINO, the optional [openvino] extra. Both are used through
+`open_runner(path, threads, runtime)`: a function x -> logits. No torch: serving imports it. numpy
+and the runtimes are imported where used, as the CLI's parser reads RUNTIMES."""
 
 from __future__ import annotations
 
-import numpy as np
+import queue
+
+from ..errors import ConfigError
+
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+QUANTIZED_OPS = {"QuantizeLinear", "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 
 
-def ort_session(path, threads: int = 1):
-    """A CPU onnxruntime session with `threads` intra-op threads and full graph optimisation."""
+def open_runner(path, threads: int = 1, runtime: str = "auto", **options):
+    """x -> the model's first output, in `runtime` (see pick_runtime for 'auto'); `options` go to
+    the runtime's own runner (session options for onnxruntime, hint for OpenVINO)."""
+    chosen = pick_runtime(runtime, path)
+    return (openvino_runner if chosen == "openvino" else ort_runner)(path, threads, **options)
+
+
+def pick_runtime(runtime: str, model) -> str:
+    """'auto' is OpenVINO for int8 graphs where it is installed (its int8 kernels are the fastest
+    convzoo measured, benchmarks/quant.py), else onnxruntime (the fastest for fp32 graphs).
+    model: the ONNX file's path or its loaded onnx.ModelProto."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    return "openvino" if is_quantized(model) and openvino_installed() else "onnxruntime"
+
+
+def is_quantized(model) -> bool:
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
+
+
+def openvino_installed() -> bool:
+    try:  # an import, not a look-up: a broken or blocked install counts as not installed
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def import_openvino():
+    """The openvino module, or the one-line error that says how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError("--runtime openvino needs OpenVINO, which is not installed; install it with: "
+                          "pip install 'convzoo[openvino]'") from None
+    return openvino
+
+
+# ---------------------------------------------------------------- onnxruntime
+
+
+def ort_session(path, threads: int = 1, *, spinning: bool = True, level: str = "all"):
+    """A CPU onnxruntime session with `threads` intra-op threads and full graph optimisation
+    ('extended' skips the NCHWc/NHWC layout transformers; `spinning` False parks idle threads)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -23,6 +81,60 @@ def session_runner(session):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def run_batched(run, x: np.ndarray, rows: int) -> np.ndarray:
+def ort_runner(path, threads: int = 1, **options):
+    return session_runner(ort_session(path, threads, **options))
+
+
+# ---------------------------------------------------------------- OpenVINO
+
+
+def openvino_runner(path, threads: int = 1, *, hint: str = "THROUGHPUT"):
+    """OpenVINO on the CPU. THROUGHPUT: `threads` streams of one thread each, a batch split between
+    them (faster on LeNet-sized layers than `threads` threads sharing each layer); LATENCY: one
+    stream of `threads` threads. Safe to call from several threads at once (the server does)."""
+    import numpy as np
+
+    ov = import_openvino()
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads})
+    # An infer request runs one call at a time: a pool of them, one per stream, shared by all callers.
+    idle = queue.SimpleQueue()
+    for _ in range(max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
+        idle.put(compiled.create_infer_request())
+
+    def run(x):
+        requests = take_requests(idle, len(x))
+        try:
+            parts = np.array_split(x, len(requests))
+            for request, part in zip(requests, parts):
+                request.start_async({0: part}, share_inputs=True)
+            outputs = []
+            for request in requests:
+                request.wait()
+                outputs.append(request.get_output_tensor(0).data.copy())  # the request reuses its buffer
+            return np.concatenate(outputs)
+        finally:
+            for request in requests:
+                idle.put(request)
+
+    return run
+
+
+def take_requests(idle: queue.SimpleQueue, rows: int) -> list:
+    """One idle request (waiting for it if need be), plus as many more as are idle now, at most one
+    per row: a caller never waits holding some, so concurrent callers cannot deadlock."""
+    requests = [idle.get()]
+    while len(requests) < rows:
+        try:
+            requests.append(idle.get_nowait())
+        except queue.Empty:
+            break
+    return requests
+
+
+def run_batched(run, x, rows: int):
     """run(x) computed `rows` at a time, so memory stays bounded whatever len(x) is."""
+    import numpy as np
+
     return np.concatenate([run(x[i: i + rows]) for i in range(0, len(x), rows)])

@@ -61,9 +61,9 @@ class RequestError(Exception):
 
 def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
                max_pixels: int = MAX_REQUEST_PIXELS, busy: int = BUSY, batch_window_ms: float = BATCH_WINDOW_MS,
-               max_batch: int = MAX_BATCH_REQUESTS, max_queue: int = MAX_QUEUE) -> FastAPI:
+               max_batch: int = MAX_BATCH_REQUESTS, max_queue: int = MAX_QUEUE, runtime: str = "auto") -> FastAPI:
     """The app; batch_window_ms=0 turns batching off (every request its own onnxruntime call)."""
-    predictor = Predictor(model_path, threads=threads)
+    predictor = Predictor(model_path, threads=threads, runtime=runtime)
     checksum = predictor.sha256()
     page = resources.files("convzoo.deploy").joinpath("static/index.html").read_text()
     batcher = Batcher(predictor, max_pixels, window_ms=batch_window_ms,
@@ -111,7 +111,7 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         return {"name": meta["model"], "dataset": meta.get("dataset"), "classes": meta["class_names"],
                 "input": meta["input"], "preprocess": meta.get("preprocess"), "sha256": checksum,
                 "file": predictor.path.name, "max_upload_bytes": max_upload, "max_batch": MAX_BATCH,
-                "max_request_pixels": max_pixels}
+                "max_request_pixels": max_pixels, "runtime": predictor.runtime}
 
     @app.post("/v1/predict")
     async def predict(request: Request):
@@ -387,7 +387,7 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
     if workers == 1:
         target, factory = create_app(model_path, **settings), False
     else:
-        Predictor(model_path)  # fail here, once, with a clear error, not in every worker
+        Predictor(model_path, runtime=settings.get("runtime", "auto"))  # fail here, once, not in every worker
         os.environ[SETTINGS_ENV] = json.dumps({"model_path": str(model_path), **settings})
         target, factory = "convzoo.deploy.server:app_from_environment", True
     sock = bind(host, port)

@@ -18,7 +18,7 @@ from .report import compare, format_table
 
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
-                 output_dir=None, data_path=None, threads: int = 2, log=print) -> dict:
+                 output_dir=None, data_path=None, threads: int = 2, runtime: str = "auto", log=print) -> dict:
     if method not in ("qat", "ptq"):
         raise ConfigError(f"--method must be qat or ptq, got {method!r}")
     if method == "qat" and epochs < 1:
@@ -54,7 +54,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     calib = calibration_batches(train, spec, calib_batches)
     quantize_onnx(float_graph, out / "model-int8.onnx", calib, {**deployment_metadata(ckpt), "quantization": method})
     result = compare(out / "model-fp32.onnx", out / "model-int8.onnx", x_test.numpy(), test.labels.numpy(),
-                     threads=threads, reference_int8_logits=reference)
+                     threads=threads, runtime=runtime, reference_int8_logits=reference)
     result.update(method=method, model=ckpt["model"], dataset=ckpt["dataset"], checkpoint=str(ckpt_path))
     table = format_table(result)
     report = (f"# int8 report: {ckpt['model']} on {ckpt['dataset']} ({method.upper()})\n\n"

@@ -29,8 +29,10 @@ class BatchReader:
         self.position = 0
 
 
-def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dict) -> Path:
-    """Write `int8_path` from the float graph at `fp32_path`; BatchNorm is folded by the pre-processing."""
+def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dict, **variant) -> Path:
+    """Write `int8_path` from the float graph at `fp32_path`; BatchNorm is folded by the pre-processing.
+    `variant` overrides quantize_static's arguments (per_channel, quant_format, op_types_to_quantize):
+    the alternatives benchmarks/quant.py measures."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -39,13 +41,14 @@ def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dic
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(str(prepared), str(quantized), BatchReader("input", calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        quantize_static(str(prepared), str(quantized), BatchReader("input", calibration),
+                        **{"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
+                           "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax,
+                           "extra_options": {"WeightSymmetric": True, "ActivationSymmetric": False}, **variant})
         model = onnx.load(str(quantized))
     set_metadata(model, {**meta, "int8": {"weights": "int8 per-channel symmetric", "activations": "uint8",
-                                          "format": "QDQ", "calibration_batches": len(calibration)}})
+                                          "format": "QDQ", "calibration_batches": len(calibration),
+                                          **{k: str(v) for k, v in variant.items()}}})
     save_onnx(model, int8_path)
     return Path(int8_path)
 

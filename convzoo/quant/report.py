@@ -1,4 +1,5 @@
-"""fp32 vs int8 ONNX in onnxruntime: accuracy, agreement, size, latency and throughput, one table."""
+"""fp32 vs int8 ONNX, each in its runtime ('auto': onnxruntime for fp32, OpenVINO for int8 where it is
+installed): accuracy, agreement, size, latency and throughput, one table."""
 
 from __future__ import annotations
 
@@ -7,23 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..deploy.runtime import ort_session, run_batched, session_runner
+from ..deploy.runtime import open_runner, pick_runtime, run_batched
 
 
-def timing(sess, x: np.ndarray, *, single_runs: int = 300, batch_runs: int = 20) -> dict:
-    name = sess.get_inputs()[0].name
+def timing(run, x: np.ndarray, *, single_runs: int = 300, batch_runs: int = 20) -> dict:
+    """Batch-1 latency and batch-256 throughput of run(x) -> logits (deploy.runtime.open_runner)."""
     one, big = x[:1], np.resize(x, (256,) + x.shape[1:]).astype(np.float32)
     for _ in range(20):
-        sess.run(None, {name: one})
+        run(one)
     lat = []
     for _ in range(single_runs):
         t = time.perf_counter()
-        sess.run(None, {name: one})
+        run(one)
         lat.append((time.perf_counter() - t) * 1000)
-    sess.run(None, {name: big})
+    run(big)
     t = time.perf_counter()
     for _ in range(batch_runs):
-        sess.run(None, {name: big})
+        run(big)
     throughput = 256 * batch_runs / (time.perf_counter() - t)
     return {"latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
             "throughput_img_s": throughput}
@@ -37,16 +38,16 @@ def onnx_params(path) -> int:
                    and not t.name.endswith(("_scale", "_zero_point"))))
 
 
-def compare(fp32_path, int8_path, x: np.ndarray, labels: np.ndarray, *, threads: int = 2,
+def compare(fp32_path, int8_path, x: np.ndarray, labels: np.ndarray, *, threads: int = 2, runtime: str = "auto",
             reference_int8_logits: np.ndarray | None = None) -> dict:
     rows = {}
     preds = {}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        sess = ort_session(path, threads)
-        logits = run_batched(session_runner(sess), x, 1000)
-        preds[name] = logits.argmax(1)
+        chosen = pick_runtime(runtime, path)
+        run = open_runner(path, threads, chosen)
+        preds[name] = run_batched(run, x, 1000).argmax(1)
         rows[name] = {"accuracy": float((preds[name] == labels).mean()), "size_bytes": Path(path).stat().st_size,
-                      "params": onnx_params(fp32_path), **timing(sess, x)}
+                      "params": onnx_params(fp32_path), "runtime": chosen, **timing(run, x)}
     result = {"threads": threads, "fp32": rows["fp32"], "int8": rows["int8"],
               "agreement": float((preds["fp32"] == preds["int8"]).mean()), "test_images": int(len(labels))}
     if reference_int8_logits is not None:
@@ -58,7 +59,7 @@ def compare(fp32_path, int8_path, x: np.ndarray, labels: np.ndarray, *, threads:
 def format_table(r: dict) -> str:
     f, q = r["fp32"], r["int8"]
     lines = [
-        f"| metric (onnxruntime, {r['threads']} threads) | fp32 | int8 | int8 / fp32 |",
+        f"| metric ({r['threads']} threads) | fp32 ({f['runtime']}) | int8 ({q['runtime']}) | int8 / fp32 |",
         "|---|---|---|---|",
         f"| test accuracy ({r['test_images']:,} images) | {f['accuracy']:.4f} | {q['accuracy']:.4f} | "
         f"{(q['accuracy'] - f['accuracy']) * 100:+.2f} points |",
@@ -74,5 +75,5 @@ def format_table(r: dict) -> str:
         f"| fp32/int8 agreement | | {r['agreement']:.4f} | |",
     ]
     if "agreement_with_torch_int8" in r:
-        lines.append(f"| onnxruntime int8 vs PyTorch converted int8 | | {r['agreement_with_torch_int8']:.4f} | |")
+        lines.append(f"| {q['runtime']} int8 vs PyTorch converted int8 | | {r['agreement_with_torch_int8']:.4f} | |")
     return "\n".join(lines)
