@@ -1,21 +1,25 @@
-"""Load test of `convzoo serve` on 127.0.0.1 against a same-run baseline: N concurrent clients post
-single real MNIST digits (PNG, multipart or raw image/png body) for a bounded time; reports
-requests/s, p50/p90/p99 latency, every error (wrk's connect/read/write/timeout socket errors and
-non-2xx responses, each and in total) and the server's resident memory (all workers) at the start
-and end of the run, for both servers, and the ratios convzoo/baseline.
+"""Load test of `convzoo serve` on 127.0.0.1 with micro-batching on and off, against a same-run
+baseline: N concurrent clients post single real MNIST digits (PNG, multipart or raw image/png body)
+for a bounded time; reports requests/s, p50/p90/p99 latency, every error (wrk's
+connect/read/write/timeout socket errors and non-2xx responses, each and in total), the server's
+resident memory and OS thread count (all workers) at the start and end of the run, for every
+server, the batches one worker formed (its /metrics), and the ratios batched/unbatched and
+batched/baseline.
 
 The baseline is the plain tutorial way to serve the same ONNX file: a minimal FastAPI app (defined
 below, started with uvicorn in a subprocess with the same worker count and onnxruntime threads)
 whose async handler reads the upload, decodes it with Pillow, converts it to grey 28x28 (resize),
 normalises it with the mean/std from the file's metadata, pads it to the model's input size and
-runs onnxruntime on the event loop. Both servers get the same client, duration and requests, one
-after the other (never at once).
+runs onnxruntime on the event loop. convzoo runs twice, with `--batch-window-ms` (batched) and with
+0 (unbatched: every request its own onnxruntime call). All servers get the same client, duration
+and requests, one after the other (never at once).
 
 The load comes from wrk (Debian's `wrk`, compiled, so the 2 cores go to the server) or, without
 it, from Python httpx clients in this process.
 
     .venv/bin/python benchmarks/serve_load.py --model runs/demo/model.onnx --clients 64 --seconds 20 --workers 2
     .venv/bin/python benchmarks/serve_load.py --model runs/demo/model.onnx --no-baseline   # convzoo only
+    .venv/bin/python benchmarks/serve_load.py --model runs/demo/model.onnx --body raw --batch-window-ms 5
 """
 
 from __future__ import annotations
@@ -89,9 +93,10 @@ def baseline_app():
 
 # --- measuring ------------------------------------------------------------------------------------
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and all its descendants (uvicorn's workers), children of any thread."""
-    total, todo, seen = 0.0, [pid], set()
+def process_tree(pid: int) -> tuple[float, int, float]:
+    """(resident MB, OS threads, CPU seconds used so far) of `pid` and all its descendants (uvicorn's
+    workers), children of any thread."""
+    rss, threads, cpu, todo, seen = 0.0, 0, 0.0, [pid], set()
     while todo and len(seen) < 1000:
         p = todo.pop()
         if p in seen:
@@ -99,13 +104,18 @@ def rss_mb(pid: int) -> float:
         seen.add(p)
         try:
             with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{p}/stat") as f:
+                utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]  # fields 14 and 15, in clock ticks
+            rss += int(fields["VmRSS"].split()[0]) / 1024
+            threads += int(fields["Threads"])
+            cpu += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError, StopIteration):
+        except (FileNotFoundError, ProcessLookupError, KeyError):
             continue  # a process that just ended
-    return total
+    return rss, threads, cpu
 
 
 def multipart(body: bytes, boundary: str = "convzooBOUNDARY") -> tuple[bytes, str]:
@@ -178,16 +188,30 @@ def free_port() -> int:
 
 
 def start(which: str, args, port: int) -> subprocess.Popen:
-    if which == "convzoo":
-        command = [sys.executable, "-m", "convzoo", "serve", "--model", args.model, "--port", str(port),
-                   "--threads", str(args.threads), "--workers", str(args.workers)]
-        env = os.environ
-    else:
+    if which == "baseline":
         command = [sys.executable, "-m", "uvicorn", "serve_load:baseline_app", "--factory",
                    "--app-dir", os.path.dirname(os.path.abspath(__file__)), "--host", "127.0.0.1",
                    "--port", str(port), "--workers", str(args.workers), "--log-level", "warning"]
         env = {**os.environ, BASELINE_ENV: f"{os.path.abspath(args.model)}|{args.threads}"}
+    else:
+        window = args.batch_window_ms if which == "batched" else 0
+        command = [sys.executable, "-m", "convzoo", "serve", "--model", args.model, "--port", str(port),
+                   "--threads", str(args.threads), "--workers", str(args.workers),
+                   "--batch-window-ms", str(window), "--max-batch", str(args.max_batch)]
+        env = os.environ
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+
+
+def batch_counts(base: str) -> tuple[int, int, int] | None:
+    """(requests, batches, largest batch) from the /metrics of the worker that answers; None for the baseline."""
+    import httpx
+
+    r = httpx.get(base + "/metrics", timeout=10)
+    if r.status_code != 200:
+        return None
+    values = dict(line.rsplit(" ", 1) for line in r.text.splitlines() if line and not line.startswith("#"))
+    return (int(float(values["convzoo_batch_requests_total"])), int(float(values["convzoo_batches_total"])),
+            int(float(values["convzoo_batch_largest"])))
 
 
 def wait_healthy(server: subprocess.Popen, base: str, which: str) -> None:
@@ -220,7 +244,7 @@ def measure(which: str, args, bodies: list[bytes]) -> dict:
         latencies, errors = asyncio.run(drive(url, requests, 4, 2))  # warm-up, and a check that it answers
         if sum(errors.values()):
             raise SystemExit(f"{which} server failed the warm-up: {errors}")
-        start_rss = rss_mb(server.pid)
+        at_start = process_tree(server.pid)
         if args.client == "wrk":
             body, ctype = multipart(bodies[0]) if args.body == "multipart" else (bodies[0], "image/png")
             with tempfile.TemporaryDirectory() as tmp:
@@ -231,7 +255,10 @@ def measure(which: str, args, bodies: list[bytes]) -> dict:
             lat = np.asarray(latencies)
             r = {"rps": len(lat) / (time.perf_counter() - t), "requests": len(lat), "p50": np.percentile(lat, 50),
                  "p90": np.percentile(lat, 90), "p99": np.percentile(lat, 99), "errors": errors}
-        r["rss"] = (start_rss, rss_mb(server.pid))
+        at_end = process_tree(server.pid)
+        r["rss"], r["threads"] = (at_start[0], at_end[0]), (at_start[1], at_end[1])
+        r["cpu_ms"] = (at_end[2] - at_start[2]) * 1000 / max(r["requests"], 1)  # robust to the machine's other load
+        r["batches"] = batch_counts(base)
     finally:
         server.terminate()
         try:
@@ -246,8 +273,21 @@ def report(which: str, r: dict) -> None:
     total = sum(r["errors"].values())
     each = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "none"
     print(f"{which}: requests: {r['requests']:,} ({r['rps']:,.0f} req/s), errors: {total} ({each})")
-    print(f"{which}: latency ms: p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  p99 {r['p99']:.1f}")
-    print(f"{which}: server RSS: {r['rss'][0]:.0f} MB at start, {r['rss'][1]:.0f} MB at end")
+    print(f"{which}: latency ms: p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  p99 {r['p99']:.1f}; "
+          f"server CPU time per request {r['cpu_ms']:.2f} ms")
+    print(f"{which}: server RSS: {r['rss'][0]:.0f} MB at start, {r['rss'][1]:.0f} MB at end; "
+          f"OS threads (all processes): {r['threads'][0]} at start, {r['threads'][1]} at end")
+    if r["batches"]:
+        requests, batches, largest = r["batches"]
+        print(f"{which}: one worker's /metrics: {requests:,} requests in {batches:,} onnxruntime batches "
+              f"(mean {requests / max(batches, 1):.1f}, largest {largest})")
+
+
+def compare(name: str, a: dict, b: dict) -> None:
+    print(f"{name}: req/s {a['rps'] / b['rps']:.2f}x, p50 {a['p50'] / b['p50']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x, "
+          f"CPU per request {a['cpu_ms'] / b['cpu_ms']:.2f}x, RSS at end {a['rss'][1] / b['rss'][1]:.2f}x, "
+          f"errors {sum(a['errors'].values())} vs "
+          f"{sum(b['errors'].values())}")
 
 
 def main():
@@ -257,6 +297,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (both servers)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker (both servers)")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="convzoo's window when batched")
+    parser.add_argument("--max-batch", type=int, default=32, help="convzoo's most requests per batch")
+    parser.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure convzoo with batching off (default: yes)")
     parser.add_argument("--body", choices=["multipart", "raw"], default="multipart")
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
@@ -265,8 +309,10 @@ def main():
     args = parser.parse_args()
     if args.client == "wrk" and not shutil.which("wrk"):
         raise SystemExit("--client wrk: wrk is not installed (apt-get install wrk), or use --client httpx")
-    if not 1 <= args.clients <= 10_000 or not 0 < args.seconds <= 3600 or not 1 <= args.workers <= 64:
-        raise SystemExit("--clients 1..10000, --seconds 0..3600, --workers 1..64")
+    if not 1 <= args.clients <= 10_000 or not 0 < args.seconds <= 3600 or not 1 <= args.workers <= 64 \
+            or not 0 < args.batch_window_ms <= 1000 or not 1 <= args.max_batch <= 256:
+        raise SystemExit("--clients 1..10000, --seconds 0..3600, --workers 1..64, --batch-window-ms 0..1000 "
+                         "(above 0), --max-batch 1..256")
 
     from convzoo.data import formats
     from convzoo.data.catalog import MNIST
@@ -280,7 +326,7 @@ def main():
         Image.fromarray(d).save(buf, "PNG")
         bodies.append(buf.getvalue())
 
-    servers = ["convzoo"] + (["baseline"] if args.baseline else [])
+    servers = ["batched"] + (["unbatched"] if args.unbatched else []) + (["baseline"] if args.baseline else [])
     results = {which: measure(which, args, bodies) for which in servers}
     if args.client == "wrk":
         load = f"wrk: 1 thread, {args.clients} connections, its default 2 s timeout"
@@ -289,15 +335,14 @@ def main():
     print(f"{args.model}: {args.workers} uvicorn worker(s) x {args.threads} onnxruntime thread(s) per server; "
           f"{load}, {args.seconds:g} s per server, {args.body} single-image requests "
           f"({', then '.join(servers)}, one at a time); client and servers on the same {os.cpu_count()}-core machine")
+    print(f"batched: convzoo serve --batch-window-ms {args.batch_window_ms:g} --max-batch {args.max_batch}"
+          + ("; unbatched: --batch-window-ms 0 (every request its own onnxruntime call)" if args.unbatched else ""))
     if args.baseline:
         print("baseline: minimal FastAPI app, Pillow grey 28x28 resize + pad, onnxruntime on the event loop")
     for which in servers:
         report(which, results[which])
-    if args.baseline:
-        c, b = results["convzoo"], results["baseline"]
-        print(f"convzoo/baseline: req/s {c['rps'] / b['rps']:.2f}x, p50 {c['p50'] / b['p50']:.2f}x, "
-              f"p99 {c['p99'] / b['p99']:.2f}x, RSS at end {c['rss'][1] / b['rss'][1]:.2f}x, "
-              f"errors {sum(c['errors'].values())} vs {sum(b['errors'].values())}")
+    for other in servers[1:]:
+        compare(f"batched/{other}", results["batched"], results[other])
 
 
 if __name__ == "__main__":

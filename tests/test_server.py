@@ -2,12 +2,15 @@
 
 Every wrong request gets one documented 4xx code with {"error": ...} on a connection that stays
 open; a request's pixels are budgeted before decoding; /healthz answers while heavy work runs; a
-mixed load and a seeded fuzz of bodies and headers never see a 5xx; bad flags, a busy port and a
-malformed model are one line, exit 2, before uvicorn starts."""
+mixed load and a seeded fuzz of bodies and headers never see a 5xx; concurrent requests batched
+into one onnxruntime call each get their own images' results, and a bad image fails only its own
+request; a full queue is 503 JSON; bad flags, a busy port and a malformed model are one line, exit
+2, before uvicorn starts."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -300,10 +303,192 @@ def test_fuzzed_requests_get_2xx_or_4xx_json(served, digits):
     assert {200, 415, 422} <= seen, seen
 
 
+# --- micro-batching -------------------------------------------------------------------------------
+
+BATCH = 12  # the batching server's --max-batch: a burst of exactly BATCH requests is one batch
+
+
+@contextlib.contextmanager
+def server_with(mnist_onnx, tmp_path, *flags):
+    """A server of its own with these flags; its log must show no traceback (no request reached a bug)."""
+    log = tmp_path / f"serve{len(list(tmp_path.glob('serve*.log')))}.log"
+    with serving(mnist_onnx, *flags, log=log) as (url, proc):
+        yield url
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(scope="module")
+def batching(mnist_onnx, tmp_path_factory):
+    """A server whose window (1 s) is far longer than a burst takes to arrive: BATCH requests sent
+    together are one batch, run as soon as the last arrives."""
+    with server_with(mnist_onnx, tmp_path_factory.mktemp("batching"), "--batch-window-ms", "1000",
+                     "--max-batch", BATCH) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def alone(served):
+    """24 real MNIST test digits (8 classes among them) as PNG bytes, each with the result the
+    server gives it when it is the only request (sequential requests: batches of one)."""
+    images, _ = mnist_test(24)
+    with httpx.Client(base_url=served[0], timeout=30) as client:
+        return [(png, client.post("/v1/predict?topk=10", content=png, headers={"content-type": "image/png"}).json())
+                for png in (png_bytes(im[0]) for im in images)]
+
+
+def metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in text.splitlines()
+                                                   if line and not line.startswith("#"))}
+
+
+def burst(url: str, requests: list[dict]) -> list[httpx.Response]:
+    """Every request at once, each from its own thread and connection (a barrier releases them together)."""
+    barrier = threading.Barrier(len(requests))
+
+    def one(kwargs):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            client.get("/healthz")  # connected before the barrier, so the posts leave together
+            barrier.wait()
+            return send(client, kwargs)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, requests))
+
+
+def good_request(rng: random.Random, alone: list) -> tuple[dict, list[dict], int]:
+    """(request, the results its digits get alone, topk): a raw body, a multipart upload or JSON of
+    one to three digits, with a random topk, so a batch mixes image counts and topk."""
+    topk = rng.choice([1, 2, 3, 10])
+    picks = rng.sample(alone, rng.randint(1, 3))
+    how = rng.randrange(3)
+    if how == 0:
+        request = {"content": picks[0][0], "headers": {"content-type": "image/png"}, "params": {"topk": topk}}
+    elif how == 1:
+        request = {"files": {"file": ("d.png", picks[0][0], "image/png")}, "params": {"topk": topk}}
+    else:
+        return {"json": {"images": [b64(png) for png, _ in picks], "topk": topk}}, [r for _, r in picks], topk
+    return request, [picks[0][1]], topk
+
+
+def check_own_results(r: httpx.Response, expected: list[dict], topk: int, label):
+    """The class, probability and top-k each image got alone: any mix-up between requests shows."""
+    assert r.status_code == 200, (label, r.status_code, r.text[:300])
+    got = r.json()["predictions"] if "predictions" in r.json() else [r.json()]
+    assert len(got) == len(expected), (label, r.text[:300])
+    for g, e in zip(got, expected):
+        assert g["class"] == e["class"] and g["probability"] == pytest.approx(e["probability"], abs=1e-5), (label, g, e)
+        assert [t["class"] for t in g["topk"]] == [t["class"] for t in e["topk"][:topk]], (label, g, e)
+
+
+def test_a_burst_is_one_batch_and_each_request_gets_its_own_results(batching, alone):
+    rng = random.Random(5)
+    for turn in range(3):
+        before = metrics(batching)
+        cases = [good_request(rng, alone) for _ in range(BATCH)]
+        for i, (r, (_, expected, topk)) in enumerate(zip(burst(batching, [c[0] for c in cases]), cases)):
+            check_own_results(r, expected, topk, (turn, i))
+        after = metrics(batching)
+        assert after["convzoo_batches_total"] - before["convzoo_batches_total"] == 1
+        assert after["convzoo_batch_requests_total"] - before["convzoo_batch_requests_total"] == BATCH
+    assert after["convzoo_batch_largest"] == BATCH
+
+
+def test_a_bad_image_fails_only_its_own_request_in_the_batch(batching, alone):
+    """Half the batch is bad in every way a request can fail inside it: each gets its own 4xx JSON,
+    the others their own results, all from the same onnxruntime batch."""
+    digit = alone[0][0]
+    bomb = b64(pixel_png(7300, 5440))  # two of them: over the request's 64-megapixel budget
+    bad = [({"content": digit[: len(digit) // 2], "headers": {"content-type": "image/png"}}, 422),
+           ({"content": b"hello", "headers": {"content-type": "image/png"}}, 415),
+           ({"files": {"file": ("nan.tif", floats(np.nan), "image/tiff")}}, 422),
+           ({"json": {"images": [b64(digit), b64(floats(-np.inf))]}}, 422),  # one bad image fails its request
+           ({"json": {"images": [b64(digit), "@@@"]}}, 422),
+           ({"json": {"images": [bomb, bomb]}}, 413)]
+    rng = random.Random(7)
+    good = [good_request(rng, alone) for _ in range(BATCH - len(bad))]
+    order = list(range(BATCH))
+    rng.shuffle(order)  # bad and good interleaved in the batch
+    cases = [("bad", *bad[i]) if i < len(bad) else ("good", *good[i - len(bad)]) for i in order]
+    before = metrics(batching)
+    responses = burst(batching, [case[1] for case in cases])
+    after = metrics(batching)
+    assert after["convzoo_batches_total"] - before["convzoo_batches_total"] == 1
+    assert after["convzoo_batch_requests_total"] - before["convzoo_batch_requests_total"] == BATCH
+    for i, (r, case) in enumerate(zip(responses, cases)):
+        if case[0] == "bad":
+            check_error(r, case[2], (i, str(case[1])[:100]))
+        else:
+            check_own_results(r, case[2], case[3], i)
+
+
+def test_fuzzed_images_in_shared_batches(batching, alone):
+    """Seeded: bursts that mix real digits with mangled images; the digits get their own results,
+    the mangled ones 2xx or 4xx JSON, never a 5xx, whatever shares their batch."""
+    rng = random.Random(21)
+    seeds = [png for png, _ in alone[:4]] + [floats(0.5), encode(Image.open(io.BytesIO(alone[0][0])), "GIF")]
+    for turn in range(6):
+        cases = []
+        for _ in range(BATCH):
+            if rng.random() < 0.5:
+                cases.append(("good", *good_request(rng, alone)))
+            else:
+                image = mutate(rng.choice(seeds), rng)
+                kwargs = rng.choice([{"content": image, "headers": {"content-type": "image/png"}},
+                                     {"files": {"file": ("f", image, "image/png")}},
+                                     {"json": {"images": [b64(image), b64(alone[1][0])]}}])
+                cases.append(("fuzzed", kwargs))
+        for i, (r, case) in enumerate(zip(burst(batching, [case[1] for case in cases]), cases)):
+            if case[0] == "good":
+                check_own_results(r, case[2], case[3], (turn, i))
+            else:
+                assert r.status_code < 500 and r.headers["content-type"] == "application/json", (turn, i, r.text[:300])
+                assert ("error" in r.json()) == (r.status_code >= 400), (turn, i, r.text[:300])
+
+
+def test_batching_off_and_two_workers(mnist_onnx, alone, tmp_path):
+    """--batch-window-ms 0: every request its own onnxruntime call; --workers 2: each worker batches
+    its own requests. Both answer a burst with each request's own results."""
+    rng = random.Random(3)
+    with server_with(mnist_onnx, tmp_path, "--batch-window-ms", "0") as url:
+        cases = [good_request(rng, alone) for _ in range(16)]
+        for i, (r, (_, expected, topk)) in enumerate(zip(burst(url, [c[0] for c in cases]), cases)):
+            check_own_results(r, expected, topk, i)
+        counts = metrics(url)
+        assert counts["convzoo_batch_largest"] == 1 and counts["convzoo_batch_max_requests"] == 1
+        assert counts["convzoo_batches_total"] == counts["convzoo_batch_requests_total"] >= 16
+    with server_with(mnist_onnx, tmp_path, "--workers", "2", "--batch-window-ms", "20", "--max-batch", "8") as url:
+        for turn in range(2):
+            cases = [good_request(rng, alone) for _ in range(16)]
+            for i, (r, (_, expected, topk)) in enumerate(zip(burst(url, [c[0] for c in cases]), cases)):
+                check_own_results(r, expected, topk, (turn, i))
+
+
+def test_a_full_queue_is_503_json(mnist_onnx, alone, tmp_path):
+    """--max-queue 1: while one request waits out the window, the next is refused at once."""
+    png, expected = alone[0]
+    with server_with(mnist_onnx, tmp_path, "--max-queue", "1", "--batch-window-ms", "1000") as url:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, url + "/v1/predict", content=png, headers={"content-type": "image/png"},
+                                timeout=60)
+            deadline = time.monotonic() + 30
+            while metrics(url)["convzoo_queue_waiting"] < 1:
+                assert time.monotonic() < deadline and not first.done(), "the first request never queued"
+                time.sleep(0.01)
+            r = httpx.post(url + "/v1/predict", content=png, headers={"content-type": "image/png"}, timeout=60)
+            check_error(r, 503, "queue full")
+            assert r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+            assert not first.done() and httpx.get(url + "/healthz").status_code == 200
+            check_own_results(first.result(), [expected], 3, "queued")
+        assert metrics(url)["convzoo_queue_rejected_total"] == 1
+
+
 def test_serve_flags_and_busy_port_are_one_line(mnist_onnx):
     for flag, value in [("--port", "99999"), ("--port", "-1"), ("--port", "http"), ("--workers", "0"),
                         ("--threads", "0"), ("--max-upload-mb", "0"), ("--max-upload-mb", "nan"),
-                        ("--max-upload-mb", "inf")]:
+                        ("--max-upload-mb", "inf"), ("--batch-window-ms", "-1"), ("--batch-window-ms", "nan"),
+                        ("--batch-window-ms", "1001"), ("--max-batch", "0"), ("--max-batch", "2.5"),
+                        ("--max-queue", "0"), ("--max-queue", "many")]:
         assert_user_error(run_cli("serve", "--model", mnist_onnx, flag, value, timeout=60), flag, value)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
