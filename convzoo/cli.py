@@ -64,6 +64,8 @@ def number(kind, low=None, high=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import TTA_CHOICES
+
     parser = Parser(prog="convzoo", description="Train, evaluate, quantize, export, predict with "
                                      "and serve the classic convolutional networks.")
     sub = parser.add_subparsers(metavar="COMMAND")
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number(int, 0, 1024), default=0)
     p.add_argument("--confusion", help="also write the normalised confusion matrix to this PNG")
     add_runtime_flag(p)
+    p.add_argument("--tta", choices=TTA_CHOICES, help="checkpoints: test-time augmentation (default: the one the "
+                                                      "run was scored with, from its config)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 
@@ -259,7 +263,7 @@ def cmd_eval(args) -> int:
                                      threads=args.threads or 2, runtime=args.runtime)
     else:
         result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, tta=args.tta)
     if args.json:
         print(json.dumps({"accuracy": result.accuracy, "per_class": dict(zip(result.classes,
                           result.per_class)), "confusion": result.confusion.tolist()}))

@@ -12,7 +12,8 @@ import yaml
 from .errors import ConfigError, unknown
 
 
-LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
+LOGGERS = ("none", "tensorboard", "mlflow")
+TTA_CHOICES = ("none", "flip", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)  # --logger takes one or a comma-separated list
 
 
 def logger_names(spec: str | None) -> list[str]:
@@ -60,9 +61,12 @@ class TrainConfig:
     optimizer: str = opt("sgd", "optimizer", "--optimizer", "--opt", choices=("sgd", "adam", "adamw"))
     lr: float = opt(0.01, "peak learning rate", "--lr", "--learning_rate", "--learning-rate")
     momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(False, "Nesterov momentum (SGD)")
+    bias_lr_scale: float = opt(1.0, "BatchNorm biases get this times the learning rate and 1/this the weight "
+                                    "decay (airbench's bias scaler: they need large steps)")
     weight_decay: float = opt(0.0, "weight decay", "--weight-decay", "--wd")
     schedule: str = opt("constant", "learning-rate schedule", "--schedule", "--lr-scheduler",
-                        choices=("constant", "step", "cosine", "onecycle"))
+                        choices=("constant", "step", "cosine", "onecycle", "triangle"))
     warmup_epochs: float = opt(0.0, "linear warm-up epochs")
     step_size: int = opt(10, "epochs between decays (step schedule)", "--lr-step-size")
     gamma: float = opt(0.1, "decay factor (step schedule)", "--lr-gamma")
@@ -70,6 +74,10 @@ class TrainConfig:
     augment: str = opt("none", "random shifts (pad + crop) and/or horizontal flips",
                        choices=("none", "shift", "flip", "shift-flip"))
     shift_pad: int = opt(4, "largest random shift in pixels for --augment shift")
+    tta: str = opt("none", "test-time augmentation at evaluation: average the logits of the image and its mirror "
+                           "(flip), and also of 1-px shifts of both (flip-shift)", choices=TTA_CHOICES)
+    lookahead: bool = opt(False, "keep an exponential moving average of the weights, pulled into the model every "
+                                 "5 steps, with a decay rising to 0.77 by the end (airbench's Lookahead-EMA)")
     amp: str = opt("none", "mixed precision (fp16 needs CUDA)", choices=("none", "bf16", "fp16"))
     channels_last: bool = opt(False, "channels-last memory format")
     seed: int = opt(0, "random seed")
@@ -111,6 +119,7 @@ class TrainConfig:
             (self.train_limit >= 0, f"--train-limit must be >= 0, got {self.train_limit}"),
             (0 <= self.shift_pad <= 64, f"--shift-pad must be in 0..64, got {self.shift_pad}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (0 < self.bias_lr_scale <= 1000, f"--bias-lr-scale must be in (0, 1000], got {self.bias_lr_scale}"),
             (self.gamma > 0, f"--lr-gamma must be > 0, got {self.gamma}"),
             (self.step_size >= 1, f"--lr-step-size must be >= 1, got {self.step_size}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),

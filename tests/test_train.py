@@ -41,10 +41,6 @@ def test_lenet5_fashion_mnist_reaches_87(tmp_path):
     assert max(h["test_acc"] for h in ckpt["history"]) >= 0.87
 
 
-def final_weights(path):
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
 RESUME_ARGS = ["--model", "lenet5", *MNIST, "--train-limit", "6400", "--batch-size", "32", "--epochs", "2",
                "--schedule", "cosine", "--augment", "shift", "--deterministic", "--threads", "1", "--save-every", "10",
                "--print-freq", "0"]
@@ -66,21 +62,27 @@ def wait_for_mid_epoch_checkpoint(out, proc, timeout=120):
     raise AssertionError("no last.pt appeared")
 
 
+AIRBENCH_OPTIMISER = ["--model", "lenet-quant", "--lookahead", "--nesterov", "--bias-lr-scale", "8", "--schedule",
+                      "triangle"]  # the Lookahead average and the BatchNorm-bias group must resume exactly too
+
+
 @pytest.mark.real_data
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    run_cli("train", *RESUME_ARGS, "--output-dir", tmp_path / "straight", check=0)
+@pytest.mark.parametrize("extra", [[], AIRBENCH_OPTIMISER], ids=["plain", "lookahead"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, extra):
+    run_cli("train", *RESUME_ARGS, *extra, "--output-dir", tmp_path / "straight", check=0)
     out = tmp_path / "killed"
-    proc = start_train(out)
+    proc = start_train(out, *extra)
     wait_for_mid_epoch_checkpoint(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and 0 < state["step"] < 200, (state["epoch"], state["step"])
-    run_cli("train", *RESUME_ARGS, "--output-dir", out, "--resume", check=0)
-    a, b = final_weights(tmp_path / "straight" / "last.pt"), final_weights(out / "last.pt")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    run_cli("train", *RESUME_ARGS, *extra, "--output-dir", out, "--resume", check=0)
+    a, b = torch.load(tmp_path / "straight" / "last.pt", weights_only=True), torch.load(out / "last.pt", weights_only=True)
+    for part in ("state_dict", "lookahead") if extra else ("state_dict",):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
 
 
 @pytest.mark.real_data

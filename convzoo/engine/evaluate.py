@@ -1,4 +1,5 @@
-"""Accuracy, per-class accuracy and the confusion matrix of a model on a data split."""
+"""Accuracy, per-class accuracy and the confusion matrix of a model on a data split, optionally with
+test-time augmentation (TTA)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import TTA_CHOICES
 from ..data.tensors import InputSpec, Split, batches, to_model_input
 from . import distributed
 
@@ -31,8 +33,10 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, amp_dtype=None) -> EvalResult:
-    """Evaluate on `split`; under torch.distributed each rank scores a shard and counts are summed."""
+def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, amp_dtype=None,
+             tta: str = "none", channels_last: bool = False) -> EvalResult:
+    """Evaluate on `split`; under torch.distributed each rank scores a shard and counts are summed.
+    tta: none | flip | flip-shift (see tta_logits)."""
     model.eval()
     k = len(split.classes)
     device = split.labels.device
@@ -42,8 +46,10 @@ def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, am
     shard = split.subset(slice(rank, None, world)) if world > 1 else split
     for _, images, labels in batches(shard, batch_size, shuffle=False):
         x = to_model_input(images, spec)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = tta_logits(model, x, tta).float()
         loss_sum += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         confusion += torch.bincount(labels * k + logits.argmax(1), minlength=k * k)
     distributed.all_reduce_sum(confusion)
@@ -54,9 +60,27 @@ def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, am
                       tuple(split.classes))
 
 
+def tta_logits(model, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """The model's logits for x; flip: averaged with those of the mirror images; flip-shift: that
+    average, averaged in turn with the mean of the same for the images shifted one pixel up-left and
+    down-right (reflect-padded), as airbench's TTA level 2. Deterministic: no random draws."""
+    if tta == "none":
+        return model(x)
+    mirrored = lambda v: (model(v) + model(v.flip(-1))) / 2  # noqa: E731
+    if tta == "flip":
+        return mirrored(x)
+    if tta != "flip-shift":
+        raise ValueError(f"unknown TTA {tta!r}")
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (mirrored(padded[..., :h, :w]) + mirrored(padded[..., 2:, 2:])) / 2
+    return (mirrored(x) + shifted) / 2
+
+
 def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, device: str = "auto",
-                        batch_size: int = 1000) -> EvalResult:
-    """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes)."""
+                        batch_size: int = 1000, tta: str | None = None) -> EvalResult:
+    """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes);
+    tta None: the TTA the model was trained and scored with (its config's `tta`)."""
     from ..data.tensors import load_model_data
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .runtime import resolve_device
@@ -65,4 +89,7 @@ def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, dev
     model = model_from_checkpoint(ckpt, path)
     dev = resolve_device(device)
     _, test = load_model_data(ckpt, path, dataset=dataset, data_path=data_path)
-    return evaluate(model.to(dev), test.to(dev), InputSpec.from_dict(ckpt["input"]), batch_size=batch_size)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    tta = tta or (config.get("tta") if config.get("tta") in TTA_CHOICES else "none")
+    return evaluate(model.to(dev), test.to(dev), InputSpec.from_dict(ckpt["input"]), batch_size=batch_size, tta=tta)
+

@@ -13,7 +13,13 @@ def cosine(high: float, low: float, t: float) -> float:
 
 def lr_at(step: int, total: int, steps_per_epoch: int, cfg) -> float:
     """The learning rate at a global step: linear warm-up, then cfg.schedule (constant | step | cosine
-    | onecycle: a cosine rise from lr/25 over 30% of the run, then a cosine fall to ~0)."""
+    | onecycle: a cosine rise from lr/25 over 30% of the run, then a cosine fall to ~0 | triangle:
+    airbench's linear rise from 0.2 lr to lr over 23% of the run, then a linear fall to 0.07 lr)."""
+    if cfg.schedule == "triangle":
+        peak = max(1, int(0.23 * total))
+        if step < peak:
+            return cfg.lr * (0.2 + 0.8 * step / peak)
+        return cfg.lr * (1 - 0.93 * min(1.0, (step - peak) / max(1, total - peak)))
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         up = warm or max(1, int(0.3 * total))
@@ -30,6 +36,7 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg) -> float:
 
 
 def set_lr(optimizer, lr: float) -> float:
+    """Every parameter group gets `lr` times its own "lr_scale" (1 unless a group declares one)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

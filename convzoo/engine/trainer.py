@@ -26,6 +26,7 @@ from . import distributed, rundir
 from .checkpoint import check_model_name, check_resume_state, freeze, load_checkpoint, restore_weights, save_checkpoint
 from .evaluate import evaluate
 from .loggers import open_loggers
+from .lookahead import Lookahead
 from .runtime import configure_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 from .schedule import lr_at, set_lr
 
@@ -83,13 +84,17 @@ class TrainingRun:
         if cfg.restore and not resume:
             report = restore_weights(model, cfg.restore, cfg.restore_exclude)
             log.line(format_restore(report, cfg.restore), restore=report)
+        elif hasattr(model, "init_from_data") and not resume:  # e.g. airbench's whitening conv, set from data
+            sample = train_split.subset(slice(0, 5000)).images
+            model.init_from_data(to_model_input(sample, spec))
         frozen = freeze(model, cfg.freeze) if cfg.freeze else []
         if frozen:
             log.line(f"frozen: {', '.join(frozen)}", frozen=frozen)
         model.to(device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        self.optimizer = build_optimizer(cfg, model)
+        self.lookahead = Lookahead(model) if cfg.lookahead else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
         world = distributed.world_size()
@@ -192,6 +197,8 @@ class TrainingRun:
         def after_step(step, loss):
             done = step + 1
             self.position = (epoch, done)
+            if self.lookahead:
+                self.lookahead.after_step(self.model, epoch * spe + done, self.total_steps)
             if bar:
                 bar.update(1)
             if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
@@ -275,7 +282,8 @@ class TrainingRun:
         return False
 
     def _evaluate(self, split: Split):
-        return evaluate(self.model, split, self.spec, amp_dtype=self.amp_dtype)
+        return evaluate(self.model, split, self.spec, amp_dtype=self.amp_dtype, tta=self.cfg.tta,
+                        channels_last=self.cfg.channels_last)
 
     def _checkpoint(self, epoch: int, step: int, meter: dict | None, name: str = "last.pt") -> None:
         if self.main:
@@ -284,6 +292,7 @@ class TrainingRun:
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "global_step": epoch * self.spe + step, "rng": rng_state(), "history": self.history,
                 "best_acc": self.best, "epoch_accumulators": meter,
+                **({"lookahead": self.lookahead.state_dict()} if self.lookahead else {}),
                 "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
 
     def _load_state(self, state: dict) -> None:
@@ -293,6 +302,10 @@ class TrainingRun:
             self.optimizer.load_state_dict(state["optimizer"])
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
+            if self.lookahead and "lookahead" in state:
+                self.lookahead.load_state_dict(state["lookahead"], self.out / "last.pt")
+            elif self.lookahead:  # a run resumed with --lookahead added: average from the resumed weights
+                self.lookahead = Lookahead(self.model)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # the file's states, not our bug
             raise CheckpointError(f"cannot resume: {first_line(exc)}", self.out / "last.pt") from None
         self.start_epoch, self.start_step = state["epoch"], state["step"]
@@ -403,12 +416,23 @@ def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: i
         step = (sub + 1) * natural
 
 
-def build_optimizer(cfg: TrainConfig, params):
+def build_optimizer(cfg: TrainConfig, model: nn.Module):
+    """The optimizer over the trainable parameters; with --bias-lr-scale, BatchNorm biases form their
+    own group (lr x scale, weight decay / scale)."""
+    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   and m.bias is not None} if cfg.bias_lr_scale != 1 else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in norm_biases]}]
+    if norm_biases:
+        groups.append({"params": [p for p in trainable if id(p) in norm_biases], "lr_scale": cfg.bias_lr_scale,
+                       "weight_decay": cfg.weight_decay / cfg.bias_lr_scale})
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def check_resumable(state: dict, cfg: TrainConfig, path) -> None:

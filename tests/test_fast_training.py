@@ -1,0 +1,140 @@
+"""The time-to-accuracy tools: test-time augmentation, the airbench net's data-set whitening, the
+Lookahead-EMA, the triangle schedule, the BatchNorm-bias group, and the airbench recipe on real CIFAR-10."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convzoo.config import TrainConfig
+from convzoo.data import formats
+from convzoo.engine.evaluate import evaluate, tta_logits
+from convzoo.engine.lookahead import Lookahead
+from convzoo.engine.schedule import lr_at
+from convzoo.engine.trainer import build_optimizer
+from convzoo.errors import CheckpointError
+from convzoo.models.registry import create_model
+
+from conftest import CIFAR_DIR, need, run_cli
+
+
+def cifar_test_images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = formats.read_cifar_batch(need(CIFAR_DIR) / "cifar-10-batches-bin" / "test_batch.bin")
+    return torch.from_numpy(images[:count]), torch.from_numpy(labels[:count]).long()
+
+
+def normalised(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.247, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def test_tta_none_is_the_plain_model_and_flip_is_mirror_invariant():
+    torch.manual_seed(0)
+    model = create_model("airbench", in_channels=3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tta_logits(model, x, "none"), model(x))
+        flip = tta_logits(model, x, "flip")
+        assert not torch.allclose(flip, model(x), atol=1e-4)  # it does change the answer
+        assert torch.allclose(flip, tta_logits(model, x.flip(-1), "flip"), atol=1e-5)  # mirrors score alike
+        for mode in ("flip", "flip-shift"):  # no random draws: the same logits every time
+            assert torch.equal(tta_logits(model, x, mode), tta_logits(model, x, mode))
+    with pytest.raises(ValueError):
+        tta_logits(model, x, "rotate")
+
+
+@pytest.mark.real_data
+def test_tta_through_evaluate_on_real_images():
+    """Off: the accuracy of plain argmax; on: deterministic, and a different (TTA) answer."""
+    from convzoo.data.tensors import InputSpec, Split
+
+    images, labels = cifar_test_images(300)
+    split = Split(images, labels, tuple(str(i) for i in range(10)))
+    spec = InputSpec(3, 32, "none", (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616))
+    torch.manual_seed(0)
+    model = create_model("airbench", in_channels=3)
+    model.init_from_data(normalised(images))
+    model.eval()
+    with torch.no_grad():
+        plain = int((model(normalised(images)).argmax(1) == labels).sum()) / len(labels)
+    assert evaluate(model, split, spec).accuracy == plain == evaluate(model, split, spec, tta="none").accuracy
+    on = [evaluate(model, split, spec, tta="flip-shift") for _ in range(2)]
+    assert on[0].accuracy == on[1].accuracy and torch.equal(on[0].confusion, on[1].confusion)
+    assert not torch.equal(on[0].confusion, evaluate(model, split, spec).confusion)
+
+
+@pytest.mark.real_data
+def test_whitening_init_whitens_real_cifar_patches():
+    """After init_from_data, the first conv's outputs on the same images are decorrelated, with unit
+    variance along the strong directions (the weakest are damped by airbench's eps of 5e-4)."""
+    images = normalised(cifar_test_images(2000)[0])
+    model = create_model("airbench", in_channels=3)
+    model.init_from_data(images)
+    half = model.whiten.weight.shape[0] // 2
+    assert torch.equal(model.whiten.weight[half:], -model.whiten.weight[:half])  # both signs
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, model.whiten.weight[:half]).permute(0, 2, 3, 1).reshape(-1, half)
+    cov = torch.cov(out.T.double())
+    variances = cov.diag().sort(descending=True).values
+    assert (variances[:6] > 0.98).all() and (variances <= 1.001).all(), variances
+    assert (cov - torch.diag(cov.diag())).abs().max() < 1e-3
+    assert not model.whiten.weight.requires_grad  # frozen once set
+
+
+def test_lookahead_pulls_every_5_steps_and_ends_on_the_average():
+    model = torch.nn.Linear(3, 2)
+    look = Lookahead(model)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    look.after_step(model, 3, 100)  # not a pull step: nothing changes
+    assert torch.equal(model.weight, start + 1)
+    look.after_step(model, 50, 100)  # decay 0.95^5 * 0.5^3
+    decay = 0.95 ** 5 * 0.125
+    assert torch.allclose(model.weight, start + (1 - decay))
+    assert torch.equal(look.average["weight"], model.weight)
+    with torch.no_grad():
+        model.weight.add_(10.0)
+    look.after_step(model, 100, 100)  # the last step: the model becomes the average
+    assert torch.allclose(model.weight, start + (1 - decay))
+    with pytest.raises(CheckpointError):
+        look.load_state_dict({"weight": torch.zeros(5)}, "last.pt")
+
+
+def test_triangle_schedule_and_bias_group():
+    cfg = TrainConfig(lr=1.0, schedule="triangle")
+    assert lr_at(0, 100, 10, cfg) == pytest.approx(0.2)
+    assert lr_at(23, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_at(100, 100, 10, cfg) == pytest.approx(0.07)
+    assert lr_at(11, 100, 10, cfg) < lr_at(12, 100, 10, cfg) and lr_at(60, 100, 10, cfg) > lr_at(61, 100, 10, cfg)
+    model = create_model("airbench", in_channels=3)
+    opt = build_optimizer(TrainConfig(model="airbench", lr=0.5, weight_decay=0.01, bias_lr_scale=64, nesterov=True),
+                          model)
+    rest, biases = opt.param_groups
+    bn_biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [id(p) for p in biases["params"]] == [id(p) for p in bn_biases] and biases["lr_scale"] == 64
+    assert biases["weight_decay"] == pytest.approx(0.01 / 64) and rest["nesterov"]
+    from convzoo.engine.schedule import set_lr
+
+    set_lr(opt, 0.5)
+    assert (rest["lr"], biases["lr"]) == (0.5, 32.0)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_airbench_recipe_learns_real_cifar10(tmp_path):
+    """The airbench-cifar preset on 5,120 real training images for 2 epochs (10 steps of 1024), scored
+    with flip TTA on all 10,000 test images: well above chance (10%). Then eval reads the TTA back."""
+    need(CIFAR_DIR)
+    out = tmp_path / "run"
+    run_cli("train", "--config", "airbench-cifar", "--data-path", CIFAR_DIR, "--train-limit", "5120", "--epochs", "2",
+            "--tta", "flip", "--output-dir", out, "--quiet", check=0)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    accuracy = ckpt["history"][-1]["test_acc"]
+    assert accuracy >= 0.35, ckpt["history"]
+    assert ckpt["config"]["tta"] == "flip" and "lookahead" in ckpt
+    proc = run_cli("eval", "--ckpt", out / "best.pt", "--data-path", CIFAR_DIR, "--json", check=0)
+    assert json.loads(proc.stdout)["accuracy"] == pytest.approx(accuracy, abs=1e-4)
