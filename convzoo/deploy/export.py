@@ -63,6 +63,8 @@ def save_onnx(onnx_model, out_path) -> None:
     """Check the graph, then write it atomically as a single file."""
     import onnx
 
+    for node in onnx_model.graph.node:  # the exporter's per-node notes (stack traces with local paths, module
+        del node.metadata_props[:]      # names): no use to a runtime, and 6 KiB of LeNet-5's 78 KiB int8 file
     onnx.checker.check_model(onnx_model, full_check=True)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path, ".onnx") as tmp:
