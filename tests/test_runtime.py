@@ -171,3 +171,13 @@ def test_serve_runtime_flag(lenet_files, tmp_path):
                                 ["predictions"]]
     assert answers["openvino"] == answers["onnxruntime"]
     assert np.mean([a == str(b) for a, b in zip(answers["openvino"], labels)]) >= 0.9
+
+
+@pytest.mark.real_data
+def test_int8_file_is_at_most_30_percent_of_fp32(lenet_files):
+    """The int8 goal's size bound; neither file carries the exporter's per-node notes (local paths)."""
+    import onnx
+
+    assert lenet_files["int8"].stat().st_size <= 0.30 * lenet_files["fp32"].stat().st_size
+    for path in (lenet_files["fp32"], lenet_files["int8"]):
+        assert not any(node.metadata_props for node in onnx.load(str(path)).graph.node)
