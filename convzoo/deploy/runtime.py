@@ -96,8 +96,8 @@ def openvino_runner(path, threads: int = 1, *, hint: str = "THROUGHPUT"):
 
     ov = import_openvino()
     core = ov.Core()
-    # No pinning: it would put every `serve --workers` process's threads on the same first cores, and
-    # fight the other jobs of a shared machine.
+    # No pinning: each process would pin its threads without knowing of the others (`serve --workers`),
+    # and pinned threads cannot move away from the other jobs of a shared machine.
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {
         "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False})
     # An infer request runs one call at a time: a pool of them, one per stream, shared by all callers.
