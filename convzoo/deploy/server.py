@@ -38,7 +38,7 @@ from .predict import Predictor
 from .preprocess import ImageError, ImageTooLarge, NotAnImage, decode_image, open_image, to_array
 
 MAX_UPLOAD = 5 * 1024 * 1024
-MAX_BATCH = 64
+MAX_BATCH = 64  # images in one request (JSON or multipart); --max-batch counts requests per batch
 MAX_REQUEST_PIXELS = 64_000_000  # width*height summed over a request's images, read from their headers
 MAX_TOPK = 1000
 BUSY = 2  # batches decoding or inferring at once; later requests wait on the event loop, not in a thread
@@ -215,8 +215,9 @@ class Batcher:
         while True:
             await self.slots.acquire()  # a free slot first: meanwhile requests queue and join this batch
             batch = await self.next_batch()
-            self.counts.update(requests=self.counts["requests"] + len(batch), batches=self.counts["batches"] + 1,
-                               largest=max(self.counts["largest"], len(batch)))
+            self.counts["requests"] += len(batch)
+            self.counts["batches"] += 1
+            self.counts["largest"] = max(self.counts["largest"], len(batch))
             task = asyncio.get_running_loop().create_task(self.run(batch))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
@@ -271,7 +272,7 @@ class Batcher:
                   ("convzoo_batch_window_seconds", "gauge", "the batching window", self.window),
                   ("convzoo_batch_max_requests", "gauge", "most requests per batch (1: batching off)", self.max_batch),
                   ("convzoo_queue_max_requests", "gauge", "most requests waiting before 503", self.max_queue)]
-        return "".join(f"# HELP {name} {text}\n# TYPE {name} {kind}\n{name} {value:g}\n"
+        return "".join(f"# HELP {name} {text}\n# TYPE {name} {kind}\n{name} {value}\n"
                        for name, kind, text, value in values)
 
 
