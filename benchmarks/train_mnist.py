@@ -27,8 +27,8 @@ from convzoo.models.registry import create_model
 class PerSampleMNIST(torch.utils.data.Dataset):
     """pytorch/examples' data path: a PIL image per sample, ToTensor, pad to 32, Normalize."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float = 0.1307, std: float = 0.3081):
+        self.images, self.labels, self.mean, self.std = images, labels, mean, std
 
     def __len__(self):
         return len(self.labels)
@@ -37,7 +37,7 @@ class PerSampleMNIST(torch.utils.data.Dataset):
         image = Image.fromarray(self.images[i, 0], mode=None)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
         x = torch.nn.functional.pad(x, (2, 2, 2, 2))
-        return (x - 0.1307) / 0.3081, int(self.labels[i])
+        return (x - self.mean) / self.std, int(self.labels[i])
 
 
 def baseline_epoch(model, optimizer, loader) -> tuple[float, int]:

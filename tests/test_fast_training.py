@@ -127,7 +127,8 @@ def test_triangle_schedule_and_bias_group():
 @pytest.mark.slow
 def test_airbench_recipe_learns_real_cifar10(tmp_path):
     """The airbench-cifar preset on 5,120 real training images for 2 epochs (10 steps of 1024), scored
-    with flip TTA on all 10,000 test images: well above chance (10%). Then eval reads the TTA back."""
+    with flip TTA on all 10,000 test images: well above chance (10%). Then the model goes through
+    eval (which reads the TTA back), report, export to ONNX and predict, as every zoo model."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
     run_cli("train", "--config", "airbench-cifar", "--data-path", CIFAR_DIR, "--train-limit", "5120", "--epochs", "2",
@@ -138,3 +139,17 @@ def test_airbench_recipe_learns_real_cifar10(tmp_path):
     assert ckpt["config"]["tta"] == "flip" and "lookahead" in ckpt
     proc = run_cli("eval", "--ckpt", out / "best.pt", "--data-path", CIFAR_DIR, "--json", check=0)
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert "| epoch | train loss" in run_cli("report", out, check=0).stdout
+    exported = json.loads(run_cli("export", "--ckpt", out / "best.pt", "--output", out / "m.onnx", check=0).stdout)
+    assert exported["max_abs_diff"] <= 1e-3
+    from PIL import Image
+
+    images, labels = cifar_test_images(200)
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i, image in enumerate(images.numpy()):
+        Image.fromarray(image.transpose(1, 2, 0)).save(shots / f"{i:03d}.png")
+    lines = run_cli("predict", "--model", out / "m.onnx", shots, "--json", check=0).stdout.splitlines()
+    names = ckpt["class_names"]
+    hits = sum(json.loads(line)["class"] == names[label] for line, label in zip(lines, labels.tolist()))
+    assert len(lines) == 200 and hits / 200 >= 0.3, hits
