@@ -38,12 +38,93 @@ def test_qat_int8_accuracy(qat_run):
     out, proc = qat_run
     report = json.loads((out / "report.json").read_text())
     fp32, int8 = report["fp32"]["accuracy"], report["int8"]["accuracy"]
-    assert int8 >= 0.983 and fp32 - int8 <= 0.003, report
-    assert report["agreement_with_torch_int8"] >= 0.99, report
+    assert int8 >= 0.983 and fp32 - int8 <= 0.002, report  # issue 15: within 0.2 points on the real test set
+    assert report["agreement_with_torch_int8"] >= 0.998, report  # the ONNX file computes what QAT trained
     assert report["int8"]["size_bytes"] <= 0.35 * report["fp32"]["size_bytes"]
     assert "| test accuracy" in proc.stdout and "| fp32/int8 agreement" in (out / "report.md").read_text()
+    # QAT vs PTQ side by side: PTQ of the same fp32 checkpoint, its file kept beside
+    assert 0.9 < report["ptq_int8"]["accuracy"] <= 1 and (out / report["ptq_int8"]["file"]).is_file()
+    assert "| test accuracy, PTQ int8 instead" in (out / "report.md").read_text()
     # the QAT checkpoint is a normal convzoo checkpoint
     assert torch.load(out / "qat.pt", weights_only=True)["quantization"]["method"] == "qat"
+
+
+def converted_qparams(converted) -> list[dict]:
+    """Read back from PyTorch's converted int8 graph (not from convzoo's record of the observers): for each
+    conv/linear, its input's (scale, zero point) and its weight's int8 values, scales and zero points."""
+    layers = []
+    for node in converted.graph.nodes:
+        if node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+            x, w = node.args[:2]
+            assert "dequantize_per_tensor" in str(x.target) and "dequantize_per_channel" in str(w.target)
+            q, scale, zero = (getattr(converted, arg.target) for arg in w.args[:3])
+            layers.append({"x": (x.args[1], x.args[2]), "w": (q.numpy(), scale.numpy(), zero.numpy())})
+    return layers
+
+
+def onnx_qparams(path) -> list[dict]:
+    """The same, from the QuantizeLinear/DequantizeLinear initializers feeding each Conv/Gemm of the ONNX file."""
+    model = onnx.load(str(path))
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    layers = []
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        x, w = producer[node.input[0]], producer[node.input[1]]
+        assert x.op_type == w.op_type == "DequantizeLinear"
+        layers.append({"x": (values[x.input[1]], values[x.input[2]]), "w": tuple(values[n] for n in w.input[:3])})
+    return layers
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("model_name", ["lenet5", "lenet-quant"])
+def test_qat_onnx_carries_the_learned_qparams(mnist_run, tmp_path, model_name):
+    """The int8 ONNX file quantizes exactly as the QAT model: every Conv/Gemm input's scale and zero point, and
+    every weight's per-channel scales and int8 values (for lenet-quant: BatchNorm folded, as QAT folds it),
+    equal PyTorch's converted model's. A fresh MinMax calibration (the old export) fails this."""
+    from convzoo.data.tensors import InputSpec, load_model_data, to_model_input
+    from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from convzoo.quant.pipeline import qat_to_int8
+    from convzoo.quant.ptq import calibration_batches
+
+    torch.manual_seed(0)
+    ckpt = load_checkpoint(mnist_run / "best.pt")
+    if model_name != ckpt["model"]:  # the seed's conv-BN-ReLU net, untrained: QAT from scratch for a few steps
+        ckpt = {**ckpt, "model": model_name, "state_dict": create_model(model_name, 10, 1).state_dict()}
+    train, test = load_model_data(ckpt, mnist_run / "best.pt", data_path=MNIST_DIR)
+    spec = InputSpec.from_dict(ckpt["input"])
+    converted = qat_to_int8(ckpt, model_from_checkpoint(ckpt), train.subset(slice(0, 2560)),
+                            calibration_batches(train, spec, 2), tmp_path, epochs=1, lr=0.01, log=lambda *_: None)
+    torch_layers, onnx_layers = converted_qparams(converted), onnx_qparams(tmp_path / "model-int8.onnx")
+    assert len(torch_layers) == len(onnx_layers) == 5
+    for t, o in zip(torch_layers, onnx_layers):
+        assert o["x"][0] == pytest.approx(t["x"][0], rel=1e-6) and int(o["x"][1]) == t["x"][1]
+        q, scale, zero = o["w"]
+        np.testing.assert_allclose(scale, t["w"][1], rtol=1e-6)
+        assert (zero == 0).all() and (t["w"][2] == 0).all()
+        assert q.dtype == np.int8 and q.min() >= -64 and q.max() <= 63
+        # same int8 weights, up to a rounding tie flipped by float arithmetic
+        assert np.abs(q.astype(int) - t["w"][0].astype(int)).max() <= 1
+        assert (q != t["w"][0]).mean() <= 0.001
+    # and so the same predictions as PyTorch's int8 model, in onnxruntime's integer kernels
+    import onnxruntime as ort
+
+    x = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, 2000, 1000)])
+    with torch.no_grad():
+        expected = converted(x).argmax(1).numpy()
+    session = ort.InferenceSession(str(tmp_path / "model-int8.onnx"), providers=["CPUExecutionProvider"])
+    assert (session.run(None, {"input": x.numpy()})[0].argmax(1) == expected).mean() >= 0.998
+
+
+@pytest.mark.real_data
+def test_export_int8_of_the_qat_checkpoint_keeps_the_learned_qparams(qat_run, tmp_path):
+    """qat.pt records what its observers learned, so `export --int8` of it rebuilds quantize's int8 file."""
+    out, _ = qat_run
+    exported = tmp_path / "qat-int8.onnx"
+    run_cli("export", "--ckpt", out / "qat.pt", "--int8", "--output", exported, "--data-path", MNIST_DIR, check=0)
+    for again, made in zip(onnx_qparams(exported), onnx_qparams(out / "model-int8.onnx"), strict=True):
+        for key in ("x", "w"):
+            for a, b in zip(again[key], made[key]):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.real_data

@@ -14,7 +14,8 @@ from ..metadata import deployment_metadata
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..errors import ConfigError
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
-from .report import compare, format_table
+from .qat import WEIGHT_RANGE, qat_finetune
+from .report import compare, format_table, onnx_accuracy
 
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
@@ -35,31 +36,30 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     from ..data.tensors import to_model_input
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
-    reference = None
     export_onnx(ckpt_path, out / "model-fp32.onnx")
+    calib = calibration_batches(train, spec, calib_batches)
+    # PTQ of the same fp32 checkpoint is cheap: --method qat builds it too, for the side-by-side accuracy.
+    ptq_name = "model-int8.onnx" if method == "ptq" else "model-int8-ptq.onnx"
+    quantize_onnx(out / "model-fp32.onnx", out / ptq_name, calib,
+                  {**deployment_metadata(ckpt), "quantization": "ptq"})
+    reference = None
     if method == "qat":
-        cfg = ckpt.get("config", {})
-        state, converted = qat_finetune_logged(model, train, spec, epochs=epochs, lr=lr, cfg=cfg, log=log)
-        model.load_state_dict(state)
+        converted = qat_to_int8(ckpt, model, train, calib, out, epochs=epochs, lr=lr, log=log)
         with torch.no_grad():
             reference = converted(x_test[:1000]).numpy()
-        payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "optimizer", "scaler")}
-        save_checkpoint(out / "qat.pt", {**payload, "state_dict": model.state_dict(),
-                                         "quantization": {"method": "qat", "epochs": epochs, "lr": lr}})
-        source = out / "qat.pt"
-        export_onnx(source, out / "qat-fp32.onnx")
-        float_graph = out / "qat-fp32.onnx"
-    else:
-        float_graph = out / "model-fp32.onnx"
-    calib = calibration_batches(train, spec, calib_batches)
-    quantize_onnx(float_graph, out / "model-int8.onnx", calib, {**deployment_metadata(ckpt), "quantization": method})
     result = compare(out / "model-fp32.onnx", out / "model-int8.onnx", x_test.numpy(), test.labels.numpy(),
                      threads=threads, runtime=runtime, reference_int8_logits=reference)
+    if method == "qat":
+        result["ptq_int8"] = {"file": ptq_name, "calibration_batches": calib_batches,
+                              "accuracy": onnx_accuracy(out / ptq_name, x_test.numpy(), test.labels.numpy(), threads,
+                                                        runtime)}
     result.update(method=method, model=ckpt["model"], dataset=ckpt["dataset"], checkpoint=str(ckpt_path))
     table = format_table(result)
+    scheme = (f"per-channel symmetric int8 weights in {list(WEIGHT_RANGE)}, uint8 activations, scales and zero-points "
+              "learned by the QAT observers" if method == "qat" else "per-channel symmetric int8 weights, uint8 "
+              f"activations, MinMax calibration on {calib_batches} training batches")
     report = (f"# int8 report: {ckpt['model']} on {ckpt['dataset']} ({method.upper()})\n\n"
-              f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, per-channel symmetric int8 weights, "
-              f"uint8 activations, {calib_batches} calibration batches).\n\n{table}\n")
+              f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, {scheme}).\n\n{table}\n")
     atomic_write_bytes(out / "report.md", report.encode())
     atomic_write_bytes(out / "report.json", json.dumps(result, indent=1).encode())
     log(table)
@@ -67,9 +67,22 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     return result
 
 
-def qat_finetune_logged(model, train, spec, *, epochs, lr, cfg, log):
-    from .qat import qat_finetune
+def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
+    """QAT fine-tune -> qat.pt (float weights + learned qparams) -> model-int8.onnx carrying those qparams.
+    Returns PyTorch's converted int8 model, the reference for the ONNX file."""
+    cfg, spec = ckpt.get("config", {}), InputSpec.from_dict(ckpt["input"])
+    state, converted, learned = qat_finetune_logged(model, train, spec, epochs=epochs, lr=lr, cfg=cfg, log=log)
+    model.load_state_dict(state)
+    payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "optimizer", "scaler")}
+    save_checkpoint(out / "qat.pt", {**payload, "state_dict": model.state_dict(),
+                                     "quantization": {"method": "qat", "epochs": epochs, "lr": lr, "learned": learned}})
+    export_onnx(out / "qat.pt", out / "qat-fp32.onnx")
+    quantize_onnx(out / "qat-fp32.onnx", out / "model-int8.onnx", calib,
+                  {**deployment_metadata(ckpt), "quantization": "qat"}, learned=learned)
+    return converted
 
+
+def qat_finetune_logged(model, train, spec, *, epochs, lr, cfg, log):
     return qat_finetune(model, train, spec, epochs=epochs, lr=lr, batch_size=int(cfg.get("batch_size", 64)),
                         seed=int(cfg.get("seed", 0)), augment=cfg.get("augment", "none"),
                         shift_pad=int(cfg.get("shift_pad", 2)), log=log)

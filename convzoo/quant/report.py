@@ -38,6 +38,14 @@ def onnx_params(path) -> int:
                    and not t.name.endswith(("_scale", "_zero_point"))))
 
 
+def predictions(run, x: np.ndarray) -> np.ndarray:
+    return run_batched(run, x, 1000).argmax(1)
+
+
+def onnx_accuracy(path, x: np.ndarray, labels: np.ndarray, threads: int = 2, runtime: str = "auto") -> float:
+    return float((predictions(open_runner(path, threads, runtime), x) == labels).mean())
+
+
 def compare(fp32_path, int8_path, x: np.ndarray, labels: np.ndarray, *, threads: int = 2, runtime: str = "auto",
             reference_int8_logits: np.ndarray | None = None) -> dict:
     rows = {}
@@ -45,7 +53,7 @@ def compare(fp32_path, int8_path, x: np.ndarray, labels: np.ndarray, *, threads:
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         chosen = pick_runtime(runtime, path)
         run = open_runner(path, threads, chosen)
-        preds[name] = run_batched(run, x, 1000).argmax(1)
+        preds[name] = predictions(run, x)
         rows[name] = {"accuracy": float((preds[name] == labels).mean()), "size_bytes": Path(path).stat().st_size,
                       "params": onnx_params(fp32_path), "runtime": chosen, **timing(run, x)}
     result = {"threads": threads, "fp32": rows["fp32"], "int8": rows["int8"],
@@ -63,6 +71,7 @@ def format_table(r: dict) -> str:
         "|---|---|---|---|",
         f"| test accuracy ({r['test_images']:,} images) | {f['accuracy']:.4f} | {q['accuracy']:.4f} | "
         f"{(q['accuracy'] - f['accuracy']) * 100:+.2f} points |",
+        *ptq_row(r),
         f"| model size on disk | {f['size_bytes'] / 1024:.1f} KiB | {q['size_bytes'] / 1024:.1f} KiB | "
         f"{q['size_bytes'] / f['size_bytes']:.2f}x |",
         f"| parameters | {f['params']:,} | {q['params']:,} (int8) | |",
@@ -77,3 +86,11 @@ def format_table(r: dict) -> str:
     if "agreement_with_torch_int8" in r:
         lines.append(f"| {q['runtime']} int8 vs PyTorch converted int8 | | {r['agreement_with_torch_int8']:.4f} | |")
     return "\n".join(lines)
+
+
+def ptq_row(r: dict) -> list[str]:
+    """QAT's report also shows what post-training quantization of the same fp32 checkpoint reaches."""
+    if "ptq_int8" not in r:
+        return []
+    f, p = r["fp32"]["accuracy"], r["ptq_int8"]["accuracy"]
+    return [f"| test accuracy, PTQ int8 instead (MinMax, no fine-tune) | | {p:.4f} | {(p - f) * 100:+.2f} points |"]
