@@ -13,7 +13,7 @@ from .errors import ConfigError, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")
-TTA_CHOICES = ("none", "flip", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)  # --logger takes one or a comma-separated list
+TTA_CHOICES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)  # --logger takes one or a comma-separated list
 
 
 def logger_names(spec: str | None) -> list[str]:
@@ -75,7 +75,8 @@ class TrainConfig:
                        choices=("none", "shift", "flip", "shift-flip"))
     shift_pad: int = opt(4, "largest random shift in pixels for --augment shift")
     tta: str = opt("none", "test-time augmentation at evaluation: average the logits of the image and its mirror "
-                           "(flip), and also of 1-px shifts of both (flip-shift)", choices=TTA_CHOICES)
+                           "(flip), of 1-px shifts (shift: for digits, which have no mirror images), or both "
+                           "(flip-shift)", choices=TTA_CHOICES)
     lookahead: bool = opt(False, "keep an exponential moving average of the weights, pulled into the model every "
                                  "5 steps, with a decay rising to 0.77 by the end (airbench's Lookahead-EMA)")
     amp: str = opt("none", "mixed precision (fp16 needs CUDA)", choices=("none", "bf16", "fp16"))

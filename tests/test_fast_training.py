@@ -40,8 +40,11 @@ def test_tta_none_is_the_plain_model_and_flip_is_mirror_invariant():
         flip = tta_logits(model, x, "flip")
         assert not torch.allclose(flip, model(x), atol=1e-4)  # it does change the answer
         assert torch.allclose(flip, tta_logits(model, x.flip(-1), "flip"), atol=1e-5)  # mirrors score alike
-        for mode in ("flip", "flip-shift"):  # no random draws: the same logits every time
+        for mode in ("flip", "shift", "flip-shift"):  # no random draws: the same logits every time
             assert torch.equal(tta_logits(model, x, mode), tta_logits(model, x, mode))
+        shifted = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        expected = (model(x) + (model(shifted[..., :32, :32]) + model(shifted[..., 2:, 2:])) / 2) / 2
+        assert torch.allclose(tta_logits(model, x, "shift"), expected, atol=1e-6)
     with pytest.raises(ValueError):
         tta_logits(model, x, "rotate")
 

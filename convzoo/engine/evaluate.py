@@ -61,20 +61,18 @@ def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, am
 
 
 def tta_logits(model, x: torch.Tensor, tta: str) -> torch.Tensor:
-    """The model's logits for x; flip: averaged with those of the mirror images; flip-shift: that
-    average, averaged in turn with the mean of the same for the images shifted one pixel up-left and
-    down-right (reflect-padded), as airbench's TTA level 2. Deterministic: no random draws."""
-    if tta == "none":
-        return model(x)
-    mirrored = lambda v: (model(v) + model(v.flip(-1))) / 2  # noqa: E731
-    if tta == "flip":
-        return mirrored(x)
-    if tta != "flip-shift":
+    """The model's logits for x, with test-time augmentation. flip: averaged with those of the mirror
+    images; shift: averaged with the mean of those of the images shifted one pixel up-left and
+    down-right (reflect-padded), for data without mirror symmetry (digits); flip-shift: both, with the
+    mirrors inside each view (airbench's TTA level 2). Deterministic: no random draws."""
+    if tta not in TTA_CHOICES:
         raise ValueError(f"unknown TTA {tta!r}")
+    view = (lambda v: (model(v) + model(v.flip(-1))) / 2) if "flip" in tta else model
+    if "shift" not in tta:
+        return view(x)
     h, w = x.shape[-2:]
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = (mirrored(padded[..., :h, :w]) + mirrored(padded[..., 2:, 2:])) / 2
-    return (mirrored(x) + shifted) / 2
+    return (view(x) + (view(padded[..., :h, :w]) + view(padded[..., 2:, 2:])) / 2) / 2
 
 
 def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, device: str = "auto",
