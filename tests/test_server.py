@@ -328,7 +328,7 @@ def batching(mnist_onnx, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alone(served):
-    """24 real MNIST test digits (8 classes among them) as PNG bytes, each with the result the
+    """24 real MNIST test digits (9 of the 10 classes) as PNG bytes, each with the result the
     server gives it when it is the only request (sequential requests: batches of one)."""
     images, _ = mnist_test(24)
     with httpx.Client(base_url=served[0], timeout=30) as client:
