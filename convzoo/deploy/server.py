@@ -238,7 +238,7 @@ class Batcher:
             return
         self.wanted = count
         self.wake.clear()
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11
             await asyncio.wait_for(self.wake.wait(), timeout)
 
     async def run(self, batch: list[Job]):
