@@ -12,8 +12,8 @@ import yaml
 from .errors import ConfigError, unknown
 
 
-LOGGERS = ("none", "tensorboard", "mlflow")
-TTA_CHOICES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)  # --logger takes one or a comma-separated list
+LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
+TTA_CHOICES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)
 
 
 def logger_names(spec: str | None) -> list[str]:
