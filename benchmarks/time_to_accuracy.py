@@ -97,6 +97,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run_preset(p, t, args.eval_every_steps, args.threads, Path(tmp), args.data_path) for p, t in asked]
     baselines = {}
+    unknown = {r["dataset"] for r in runs} - {"mnist", "fashion-mnist"}
+    if unknown:
+        raise SystemExit(f"the baseline is LeNet-5 on MNIST-format data; no baseline for {', '.join(sorted(unknown))} "
+                         "(CIFAR runs: README, their full runs)")
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         highest = max(r["target"] for r in runs if r["dataset"] == dataset)
         baselines[dataset] = run_baseline(dataset, highest, args.baseline_eval_steps, args.baseline_threads,

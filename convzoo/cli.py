@@ -256,6 +256,8 @@ def cmd_eval(args) -> int:
     if not args.ckpt and not args.model:
         raise ConfigError("eval needs --ckpt PATH (a convzoo checkpoint) or --model (an .onnx file or NAME:DATASET)")
     configure_threads(args.threads or 2, torch.device("cpu"))
+    if args.model and args.tta:
+        raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
     if args.model:
         from .deploy.predict import evaluate_model_file
 

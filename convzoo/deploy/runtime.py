@@ -106,17 +106,23 @@ def openvino_runner(path, threads: int = 1, *, hint: str = "THROUGHPUT"):
         idle.put(compiled.create_infer_request())
 
     def run(x):
-        requests = take_requests(idle, len(x))
+        requests, started = take_requests(idle, len(x)), []
         try:
             parts = np.array_split(x, len(requests))
             for request, part in zip(requests, parts):
                 request.start_async({0: part}, share_inputs=True)
+                started.append(request)
             outputs = []
             for request in requests:
                 request.wait()
                 outputs.append(request.get_output_tensor(0).data.copy())  # the request reuses its buffer
             return np.concatenate(outputs)
         finally:
+            for request in started:  # after an error: no request goes back to the pool still running
+                try:
+                    request.wait()
+                except Exception:  # noqa: BLE001 - its error was raised above already
+                    pass
             for request in requests:
                 idle.put(request)
 

@@ -186,6 +186,9 @@ class Batcher:
 
     def __init__(self, predictor: Predictor, max_pixels: int, *, window_ms: float, max_batch: int,
                  max_queue: int, busy: int):
+        if max_batch < 1 or max_queue < 1 or busy < 1 or window_ms < 0:  # the CLI checks; the API too
+            raise ConfigError(f"batching needs max_batch, max_queue, busy >= 1 and window_ms >= 0, got {max_batch}, "
+                              f"{max_queue}, {busy}, {window_ms}")
         self.predictor, self.max_pixels = predictor, max_pixels
         self.window, self.max_batch, self.max_queue = window_ms / 1000, max_batch, max_queue
         self.queue: deque[Job] = deque()
@@ -202,7 +205,9 @@ class Batcher:
             self.counts["rejected"] += 1
             raise RequestError(503, f"server busy: {len(self.queue)} requests are waiting; try again shortly")
         loop = asyncio.get_running_loop()
-        if self.collector is None:  # started here, in the serving loop (tests may skip the lifespan)
+        if self.collector is None or self.collector.done():  # started here, in the serving loop
+            if self.collector is not None and not self.collector.cancelled() and self.collector.exception():
+                log.error("convzoo: the batch collector stopped (%r); restarting it", self.collector.exception())
             self.collector = loop.create_task(self.collect())
         job = Job(parse, size, loop.time(), loop.create_future())
         self.queue.append(job)

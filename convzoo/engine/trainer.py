@@ -443,7 +443,8 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     if state["epoch"] >= cfg.epochs:
         raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
                               "schedule, or start a new run with --restore", path)
-    for key in ("batch_size", "steps_per_epoch", "dataset", "seed", "image_size", "channels", "test_split"):
+    for key in ("batch_size", "steps_per_epoch", "dataset", "seed", "image_size", "channels", "test_split",
+                "optimizer", "nesterov", "bias_lr_scale", "lookahead"):
         if key in old and old[key] != getattr(cfg, key):
             raise CheckpointError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the run's {old[key]}; "
                                   "resume needs the same setting", path)
