@@ -108,7 +108,7 @@ def main():
     print(f"baseline: LeNet-5, DataLoader, SGD lr 0.01 momentum 0.9 batch 64, {args.baseline_threads} thread(s), "
           f"test set every {args.baseline_eval_steps} steps, at most {args.baseline_max_epochs} epochs; evaluation "
           "time included everywhere")
-    print(f"{'preset':18}{'threads':>8}{'target':>8}{'s to target':>13}{'final acc':>11}{'baseline s':>12}"
+    print(f"{'preset':18}{'threads':>8}{'target':>8}{'s to target':>13}{'final acc':>11}{'baseline s':>24}"
           f"{'baseline / preset':>19}")
     for r in runs:
         base = baselines[r["dataset"]]
@@ -117,7 +117,7 @@ def main():
         base_text = f"{base_s:.1f}" if base_s else f"> {base['curve'][-1][0]:.0f} ({base['final']:.4f})"
         ratio = f"{base_s / r['reached_s']:.2f}x" if base_s and r["reached_s"] else (
             f"> {base['curve'][-1][0] / r['reached_s']:.2f}x" if r["reached_s"] else "-")
-        print(f"{r['name']:18}{r['threads']:>8}{r['target']:>8.3f}{seconds:>13}{r['final']:>11.4f}{base_text:>12}"
+        print(f"{r['name']:18}{r['threads']:>8}{r['target']:>8.3f}{seconds:>13}{r['final']:>11.4f}{base_text:>24}"
               f"{ratio:>19}")
     import matplotlib
 
