@@ -6,12 +6,13 @@ TensorQuantOverrides."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 
 
 class BatchReader:
@@ -173,6 +174,37 @@ def calibration_batches(train, spec, count: int, batch_size: int = 64, seed: int
     return out
 
 
+def checked_learned(quantization, path) -> list[dict] | None:
+    """A checkpoint's QAT qparams (qat.learned_qparams' layout), checked before anything is built from
+    them: a list of Conv/Gemm layers, each with a positive finite input scale and uint8 zero-point,
+    and per-channel positive finite weight scales, int8 zero-points, an axis and an int8 range."""
+    if quantization is None:
+        return None
+    if not isinstance(quantization, dict):
+        raise CheckpointError(f"'quantization' must be a mapping, got {type(quantization).__name__}", path)
+    learned = quantization.get("learned")
+    if learned is None:
+        return None
+    positive = lambda v: isinstance(v, float) and math.isfinite(v) and v > 0  # noqa: E731
+    whole = lambda v, low, high: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high  # noqa: E731
+
+    def layer_ok(layer) -> bool:
+        if not (isinstance(layer, dict) and layer.get("op") in ("Conv", "Gemm")
+                and isinstance(layer.get("input"), dict) and isinstance(layer.get("weight"), dict)):
+            return False
+        inp, w = layer["input"], layer["weight"]
+        scales, points, limits = w.get("scale"), w.get("zero_point"), w.get("range")
+        return (positive(inp.get("scale")) and whole(inp.get("zero_point"), 0, 255)
+                and isinstance(scales, list) and isinstance(points, list) and 1 <= len(scales) == len(points) <= 65536
+                and all(positive(v) for v in scales) and all(whole(v, -128, 127) for v in points)
+                and whole(w.get("axis"), 0, 1) and isinstance(limits, list) and len(limits) == 2
+                and all(whole(v, -128, 127) for v in limits) and limits[0] < limits[1])
+
+    if not (isinstance(learned, list) and 1 <= len(learned) <= 256 and all(layer_ok(layer) for layer in learned)):
+        raise CheckpointError("its QAT qparams ('quantization.learned') are malformed", path)
+    return learned
+
+
 def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32) -> dict:
     """A float checkpoint straight to an int8 ONNX file: post-training quantization, or for a QAT checkpoint
     (quantize's qat.pt) the qparams its observers learned."""
@@ -185,11 +217,14 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
     check_quantizable(ckpt["model"], ckpt_path)
     train, _ = load_model_data(ckpt, ckpt_path, data_path=data_path)
     calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
-    learned = ckpt.get("quantization", {}).get("learned")
+    learned = checked_learned(ckpt.get("quantization"), ckpt_path)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp, "fp32.onnx")
         export_onnx(ckpt_path, fp32)
-        quantize_onnx(fp32, out_path, calib, deployment_metadata(ckpt), learned=learned)
+        try:
+            quantize_onnx(fp32, out_path, calib, deployment_metadata(ckpt), learned=learned)
+        except RuntimeError as exc:  # the file's qparams do not fit its own model's graph
+            raise CheckpointError(f"its QAT qparams do not fit the model: {first_line(exc)}", ckpt_path) from None
     return {"path": str(out_path), "calibration_batches": calib_batches, "scales": "QAT" if learned else "MinMax"}
 
 
