@@ -10,6 +10,7 @@ import torch
 
 from convzoo.config import TrainConfig
 from convzoo.data import formats
+from convzoo.data.tensors import InputSpec, to_model_input
 from convzoo.engine.evaluate import evaluate, tta_logits
 from convzoo.engine.lookahead import Lookahead
 from convzoo.engine.schedule import lr_at
@@ -25,10 +26,11 @@ def cifar_test_images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images[:count]), torch.from_numpy(labels[:count]).long()
 
 
+CIFAR_SPEC = InputSpec(3, 32, "none", (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616))
+
+
 def normalised(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-    std = torch.tensor([0.247, 0.2435, 0.2616]).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    return to_model_input(images, CIFAR_SPEC)  # the trainer's own preprocessing
 
 
 def test_tta_none_is_the_plain_model_and_flip_is_mirror_invariant():
@@ -52,11 +54,11 @@ def test_tta_none_is_the_plain_model_and_flip_is_mirror_invariant():
 @pytest.mark.real_data
 def test_tta_through_evaluate_on_real_images():
     """Off: the accuracy of plain argmax; on: deterministic, and a different (TTA) answer."""
-    from convzoo.data.tensors import InputSpec, Split
+    from convzoo.data.tensors import Split
 
     images, labels = cifar_test_images(300)
     split = Split(images, labels, tuple(str(i) for i in range(10)))
-    spec = InputSpec(3, 32, "none", (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616))
+    spec = CIFAR_SPEC
     torch.manual_seed(0)
     model = create_model("airbench", in_channels=3)
     model.init_from_data(normalised(images))

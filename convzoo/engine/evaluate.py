@@ -36,7 +36,7 @@ class EvalResult:
 def evaluate(model, split: Split, spec: InputSpec, *, batch_size: int = 1000, amp_dtype=None,
              tta: str = "none", channels_last: bool = False) -> EvalResult:
     """Evaluate on `split`; under torch.distributed each rank scores a shard and counts are summed.
-    tta: none | flip | flip-shift (see tta_logits)."""
+    tta: one of config.TTA_CHOICES (see tta_logits)."""
     model.eval()
     k = len(split.classes)
     device = split.labels.device
