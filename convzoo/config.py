@@ -89,7 +89,9 @@ class TrainConfig:
     classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2",
                                     parse=int_list)
     device: str = opt("auto", "auto | cpu | cuda | mps", "--device", "--device_target", "--device-target")
-    threads: int = opt(0, "CPU threads (0: the model's default)")
+    threads: int = opt(0, "CPU threads per process (0: the model's default; with --procs, the cores shared out)")
+    procs: int = opt(1, "data-parallel training processes convzoo starts on this machine (torchrun --standalone "
+                        "--nproc-per-node N without torchrun; ignored under torchrun)")
     print_freq: int = opt(100, "log a step line every N steps")
     eval_every: int = opt(1, "evaluate on the test (and val) split every N epochs (the last one always)")
     eval_steps: int = opt(0, "also evaluate every N steps within an epoch (0: at epoch ends only), so "
@@ -114,6 +116,7 @@ class TrainConfig:
             (self.steps_per_epoch >= 0, f"--steps-per-epoch must be >= 0, got {self.steps_per_epoch}"),
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
             (0 <= self.threads <= 1024, f"--threads must be in 0..1024, got {self.threads}"),
+            (1 <= self.procs <= 256, f"--procs must be in 1..256, got {self.procs}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.eval_steps >= 0, f"--eval-every-steps must be >= 0, got {self.eval_steps}"),
             (0 <= self.target_acc <= 1, f"--target-acc must be in 0..1, got {self.target_acc}"),

@@ -1,0 +1,163 @@
+"""`--procs N`: convzoo starts N data-parallel training processes on this machine itself, as
+`torchrun --standalone --nproc-per-node N` would, so one command (and a preset) can use them.
+
+On a small CPU this is a speed tool, not only a scale one: LeNet-5 is per-layer-overhead bound, and
+two 1-thread processes on 2 cores train it faster than one 2-thread process (README, Results). The
+ranks take disjoint shards of every global batch (engine/trainer.py), so a run gives the weights a
+single process would, up to float summation order.
+
+The workers run in their own session: a Ctrl-C reaches this launcher once and is forwarded once
+(the trainer's first-Ctrl-C checkpoint), and if the launcher dies they get SIGTERM (Linux).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..errors import ConfigError, ConvzooError
+from . import distributed
+
+SPEC_ENV = "CONVZOO_LAUNCH_SPEC"  # the worker's config and options, as JSON
+
+
+def wanted(cfg: TrainConfig) -> bool:
+    """True when this process should start the workers (not when torchrun or we already did)."""
+    return cfg.procs > 1 and not distributed.launched_by_torchrun()
+
+
+def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: bool, quiet: bool) -> dict:
+    """Train with cfg.procs worker processes; returns rank 0's run summary (summary.json)."""
+    procs = cfg.procs
+    if cfg.batch_size % procs:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by --procs {procs}; "
+                          "the global batch is split evenly across the processes")
+    # Each worker gets its share of the cores unless told otherwise: oversubscribed torch threads
+    # collapse (README, Threads).
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // procs)
+    errors = tempfile.TemporaryDirectory(prefix="convzoo-launch-")
+    spec = {"config": {**cfg.to_dict(), "threads": threads}, "errors": errors.name,
+            "options": {"resume": resume, "exist_ok": exist_ok, "json_lines": json_lines, "quiet": quiet}}
+    env = {**os.environ, SPEC_ENV: json.dumps(spec), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "OMP_NUM_THREADS": str(threads)}
+    workers, logs = [], []
+    for rank in range(procs):
+        # Rank 0 talks to the terminal; the others' output is shown only if they fail alone.
+        log = None if rank == 0 else tempfile.TemporaryFile()
+        logs.append(log)
+        workers.append(subprocess.Popen([sys.executable, "-m", "convzoo.engine.launch"],
+                                        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                        stdout=log, stderr=log, start_new_session=True,
+                                        preexec_fn=die_with_parent))
+    with errors:
+        codes, first = wait_all(workers)
+        found = Path(errors.name)
+        reported = sorted(found.glob("rank*.txt"))
+        message = reported[0].read_text() if reported else None  # a user error: every rank finds the same
+        if first is not None and not message:
+            trace = found / f"rank{first}.traceback"
+            if trace.is_file():
+                sys.stderr.write(trace.read_text())
+            elif first and logs[first] is not None:  # what it printed (rank 0's went to the terminal)
+                logs[first].seek(0)
+                sys.stderr.write(logs[first].read().decode(errors="replace")[-4000:])
+        for log in logs:
+            if log is not None:
+                log.close()
+    if message:
+        raise ConvzooError(message)
+    if 130 in codes:
+        raise KeyboardInterrupt
+    if first is not None:
+        code = codes[first]
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise ConvzooError(f"training process {first} of {procs} {how}; the others were stopped")
+    return json.loads((Path(cfg.run_dir()) / "summary.json").read_text())
+
+
+def wait_all(workers: list[subprocess.Popen]) -> tuple[list[int], int | None]:
+    """Every worker's exit code, and the rank that failed first (None: none did). When one fails the
+    others are stopped (a dead peer would leave them waiting in a collective until its timeout);
+    Ctrl-C and SIGTERM are forwarded to them."""
+    forwarded, first = [], None
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        while True:
+            codes = [w.poll() for w in workers]
+            failed = [rank for rank, c in enumerate(codes) if c not in (None, 0)]
+            if first is None and failed:  # seen together: a rank killed by a signal is the cause, its peers
+                first = min(failed, key=lambda rank: (codes[rank] > 0, rank))  # fail on the broken link
+            if all(c is not None for c in codes):
+                return codes, first
+            if first is not None and not forwarded:  # after a Ctrl-C each rank saves and stops by itself
+                for w in workers:
+                    if w.poll() is None:
+                        w.terminate()
+                deadline = time.monotonic() + 30
+                for w in workers:
+                    try:
+                        w.wait(max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        w.kill()
+                        w.wait()
+                return [w.returncode for w in workers], first
+            time.sleep(0.05)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies (Linux prctl; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main() -> int:
+    """One rank: the config from SPEC_ENV, errors as the CLI prints them."""
+    from .trainer import train
+
+    spec = json.loads(os.environ[SPEC_ENV])
+    try:
+        train(TrainConfig(**spec["config"]), **spec["options"])
+    except ConvzooError as exc:  # the launcher raises it, once, in the process the user started
+        Path(spec["errors"], f"rank{os.environ.get('RANK', 0)}.txt").write_text(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug, or a peer's death seen as a broken link: the launcher decides what to show
+        Path(spec["errors"], f"rank{os.environ.get('RANK', 0)}.traceback").write_text(traceback.format_exc())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
