@@ -6,6 +6,7 @@ CONVZOO := $(VENV)/bin/convzoo
 # Real data shipped beside the repository; a user's own data goes in --data-path or $$CONVZOO_DATA.
 export CONVZOO_DATA ?= $(abspath ../shared/data)
 DEMO   ?= runs/demo
+DEMO_TRAIN ?=# extra `convzoo train` flags for the demo (its test shortens the run: --epochs 4)
 
 .PHONY: demo test check setup system-deps clean
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(CONVZOO) data info mnist
-	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok
+	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok $(DEMO_TRAIN)
 	$(CONVZOO) eval --ckpt $(DEMO)/best.pt
 	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant
 	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx

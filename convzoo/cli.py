@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", "--device_target", dest="device", default="auto")
     p.add_argument("--threads", type=number(int, 0, 1024), default=0)
     p.add_argument("--confusion", help="also write the normalised confusion matrix to this PNG")
+    p.add_argument("--test-limit", type=number(int, 0, 10**9), default=0,
+                   help="score the first N test images only (0: all)")
     add_runtime_flag(p)
     p.add_argument("--tta", choices=TTA_CHOICES, help="checkpoints: test-time augmentation (default: the one the "
                                                       "run was scored with, from its config)")
@@ -262,10 +264,10 @@ def cmd_eval(args) -> int:
         from .deploy.predict import evaluate_model_file
 
         result = evaluate_model_file(resolve_model(args.model), dataset=args.dataset, data_path=args.data_path,
-                                     threads=args.threads or 2, runtime=args.runtime)
+                                     threads=args.threads or 2, runtime=args.runtime, limit=args.test_limit)
     else:
         result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
-                                     batch_size=args.batch_size, tta=args.tta)
+                                     batch_size=args.batch_size, tta=args.tta, limit=args.test_limit)
     if args.json:
         print(json.dumps({"accuracy": result.accuracy, "per_class": dict(zip(result.classes,
                           result.per_class)), "confusion": result.confusion.tolist()}))

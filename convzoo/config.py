@@ -86,6 +86,8 @@ class TrainConfig:
     val_split: float = opt(0.0, "hold out this fraction of train (Keras' validation_split)", "--val-split",
                            "--validation_split")
     train_limit: int = opt(0, "use only the first N training images (0: all)")
+    test_limit: int = opt(0, "score on the first N test images only (0: all): quick checks, whose accuracies are "
+                             "then a subset's")
     classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2",
                                     parse=int_list)
     device: str = opt("auto", "auto | cpu | cuda | mps", "--device", "--device_target", "--device-target")
@@ -121,6 +123,7 @@ class TrainConfig:
             (self.eval_steps >= 0, f"--eval-every-steps must be >= 0, got {self.eval_steps}"),
             (0 <= self.target_acc <= 1, f"--target-acc must be in 0..1, got {self.target_acc}"),
             (self.train_limit >= 0, f"--train-limit must be >= 0, got {self.train_limit}"),
+            (self.test_limit >= 0, f"--test-limit must be >= 0, got {self.test_limit}"),
             (0 <= self.shift_pad <= 64, f"--shift-pad must be in 0..64, got {self.shift_pad}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (0 < self.bias_lr_scale <= 1000, f"--bias-lr-scale must be in (0, 1000], got {self.bias_lr_scale}"),

@@ -174,8 +174,10 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
     return images, truth, results
 
 
-def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2, runtime: str = "auto"):
-    """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split."""
+def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2, runtime: str = "auto",
+                        limit: int = 0):
+    """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split (or
+    its first `limit` images)."""
     import torch
 
     from ..data.tensors import load_model_data
@@ -184,6 +186,7 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
 
     predictor = Predictor(path, threads=threads, runtime=runtime)
     _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path)
+    test = test.subset(slice(0, limit or None))
     k = len(predictor.classes)
     images, labels = test.images.numpy(), test.labels.numpy()
     preds = run_batched(lambda x: predictor.run(from_dataset(x, predictor.meta)).argmax(1), images,

@@ -76,9 +76,9 @@ def tta_logits(model, x: torch.Tensor, tta: str) -> torch.Tensor:
 
 
 def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, device: str = "auto",
-                        batch_size: int = 1000, tta: str | None = None) -> EvalResult:
-    """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes);
-    tta None: the TTA the model was trained and scored with (its config's `tta`)."""
+                        batch_size: int = 1000, tta: str | None = None, limit: int = 0) -> EvalResult:
+    """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes), or
+    its first `limit` images; tta None: the TTA the model was trained and scored with (its config's `tta`)."""
     from ..data.tensors import load_model_data
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .runtime import resolve_device
@@ -87,6 +87,7 @@ def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, dev
     model = model_from_checkpoint(ckpt, path)
     dev = resolve_device(device)
     _, test = load_model_data(ckpt, path, dataset=dataset, data_path=data_path)
+    test = test.subset(slice(0, limit or None))
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     tta = tta or (config.get("tta") if config.get("tta") in TTA_CHOICES else "none")
     return evaluate(model.to(dev), test.to(dev), InputSpec.from_dict(ckpt["input"]), batch_size=batch_size, tta=tta)

@@ -79,6 +79,8 @@ class TrainingRun:
         train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
         if cfg.train_limit:
             train_split = train_split.subset(slice(0, cfg.train_limit))
+        if cfg.test_limit:
+            test_split = test_split.subset(slice(0, cfg.test_limit))
         train_split, val_split = split_validation(train_split, cfg.val_split)
         self.spec = spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
 
