@@ -33,15 +33,19 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
 
 
 def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
-    """Light-on-dark, cropped to the ink, fitted in box x box, placed in 28x28 (by mass or centred)."""
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    background = float(np.median(border))
+    """Light-on-dark, cropped to the ink, fitted in box x box, placed in 28x28 (by mass or centred).
+    (np.maximum/np.minimum, not np.clip: the same values, a fraction of the call cost, which is
+    most of a served request's CPU for a 28x28 digit.)"""
+    border = np.sort(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    half = len(border) // 2  # the median (np.median's value; its call costs as much as the rest together)
+    background = float(border[half] if len(border) % 2 else (border[half - 1] + border[half]) / 2)
     if background > 127:  # dark ink on light paper: invert
         grey, background = 255 - grey, 255 - background
-    ink = np.clip(grey - background, 0, None)
-    if ink.max() <= 0:
+    ink = np.maximum(grey - background, 0)
+    peak = ink.max()
+    if peak <= 0:
         return np.zeros((28, 28), np.float32)
-    ink = ink / ink.max() * 255
+    ink = ink / peak * 255
     strong = ink > 0.25 * 255
     rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))  # the bounding box, not every pixel
     crop = ink[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
@@ -49,14 +53,15 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     small = np.asarray(Image.fromarray(crop.astype(np.float32)).resize((nw, nh), Image.Resampling.LANCZOS))
-    small = np.clip(small, 0, 255)
+    small = np.minimum(np.maximum(small, 0), 255)
     canvas = np.zeros((28, 28), np.float32)
     top, left = (28 - nh) // 2, (28 - nw) // 2
-    if by_mass and small.sum() > 0:
+    total = small.sum()
+    if by_mass and total > 0:
         ys, xs = np.indices(small.shape)
-        cy, cx = (ys * small).sum() / small.sum(), (xs * small).sum() / small.sum()
-        top = int(np.clip(round(14 - cy), 0, 28 - nh))
-        left = int(np.clip(round(14 - cx), 0, 28 - nw))
+        cy, cx = (ys * small).sum() / total, (xs * small).sum() / total
+        top = min(max(round(14 - cy), 0), 28 - nh)
+        left = min(max(round(14 - cx), 0), 28 - nw)
     canvas[top: top + nh, left: left + nw] = small
     return canvas
 
@@ -76,7 +81,9 @@ def fit(x: np.ndarray, spec: dict) -> np.ndarray:
         return x
     if spec["fit"] == "pad" and h <= size and w <= size:
         top, left = (size - h) // 2, (size - w) // 2
-        return np.pad(x, ((0, 0), (top, size - h - top), (left, size - w - left)))
+        canvas = np.zeros(x.shape[:-2] + (size, size), x.dtype)  # np.pad's result, at a tenth of its cost
+        canvas[..., top: top + h, left: left + w] = x
+        return canvas
     return np.stack([resize(c * 255, size) / 255 for c in x])
 
 
