@@ -3,8 +3,8 @@ onnxruntime (with session options) and OpenVINO (with its performance hints) on 
 on int8 files made by PTQ five ways (QDQ per-channel as `convzoo quantize` makes it, per-tensor,
 7-bit weights, only the Gemms quantized, the QOperator format), plus any int8 file you pass (`--int8`, e.g. the
 QAT model from `convzoo quantize`). Batch-1 latency, batch-256 throughput, file size and accuracy
-on the real test set; ratios are to the fastest fp32 path. The paths are called round-robin, one
-call each in turn, and medians kept, because other jobs share the cores.
+on the real test set; ratios are to the fastest fp32 path. The paths are timed in rounds of short
+blocks, one path after another, and medians kept, because other jobs share the cores.
 
     .venv/bin/python benchmarks/quant.py --ckpt lenet5:mnist --threads 2
     .venv/bin/python benchmarks/quant.py --ckpt lenet5:mnist --int8 runs/demo/quant/model-int8.onnx
@@ -107,15 +107,18 @@ def measure(files: dict, x: np.ndarray, labels: np.ndarray, threads: int, rounds
         for _ in range(5):
             row["run"](one)
             row["run"](big)
-    # Round-robin, one call per path in turn, and medians: a burst of other work on the shared cores
-    # lands on every path alike instead of on whichever path was being timed.
+    # Rounds of short blocks, one block per path in turn, and medians: a burst of other work on the
+    # shared cores lands on every path alike. Blocks, not single calls: onnxruntime's idle threads keep
+    # spinning for a while after a call, so one call per path in turn measured each path against the
+    # previous path's spinning threads (fp32 onnxruntime read 9k img/s that way, 50-60k alone).
     single = {id(row): [] for row in rows}
     batch = {id(row): [] for row in rows}
-    for i in range(rounds * 30):
+    for _ in range(rounds):
         for row in rows:
-            single[id(row)].append(call_seconds(row["run"], one))
-            if i % 10 == 0:
-                batch[id(row)].append(call_seconds(row["run"], big))
+            for _ in range(3):  # the previous path's threads settle
+                row["run"](big)
+            single[id(row)] += [call_seconds(row["run"], one) for _ in range(30)]
+            batch[id(row)] += [call_seconds(row["run"], big) for _ in range(3)]
     for row in rows:
         row["p50"], row["p99"] = (float(np.percentile(single[id(row)], q)) * 1000 for q in (50, 99))
         row["throughput"] = 256 / float(np.median(batch[id(row)]))
@@ -184,7 +187,7 @@ def main():
     print(f"{ckpt['model']} ({'trained: ' + str(args.ckpt) if args.ckpt else 'random weights: speed only'}), "
           f"{n:,} test images; int8 by PTQ (MinMax, {args.calib_batches} calibration batches of 64); "
           f"{args.threads} threads; medians of {args.rounds * 30} batch-1 and {args.rounds * 3} batch-256 calls per path, "
-          f"round-robin; convzoo's default for an int8 file: "
+          f"in rounds of blocks; convzoo's default for an int8 file: "
           f"{default}")
     print(table(rows, args.threads))
     print(verdict(rows, default))
