@@ -44,7 +44,8 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
                           "the global batch is split evenly across the processes")
     # Each worker gets its share of the cores unless told otherwise: oversubscribed torch threads
     # collapse (README, Threads).
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // procs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = cfg.threads or max(1, cores // procs)
     errors = tempfile.TemporaryDirectory(prefix="convzoo-launch-")
     spec = {"config": {**cfg.to_dict(), "threads": threads}, "errors": errors.name,
             "options": {"resume": resume, "exist_ok": exist_ok, "json_lines": json_lines, "quiet": quiet}}
