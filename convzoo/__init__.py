@@ -47,7 +47,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     import dataclasses
 
     from .config import TrainConfig, build_config
-    from .engine.trainer import train as run_training
+    from .engine.launch import train as run_training
     from .errors import ConfigError, unknown
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -228,7 +228,7 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import TrainConfig, build_config
-    from .engine.trainer import train
+    from .engine.launch import train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     base, source = resumed_config(args) if args.resume else (None, "")
@@ -379,7 +379,7 @@ def cmd_quantize(args) -> int:
         if not args.config:
             raise ConfigError("quantize needs --ckpt PATH (an fp32 checkpoint) or --config PRESET to train one first")
         from .config import build_config
-        from .engine.trainer import train
+        from .engine.launch import train
 
         cfg = build_config(args.config, {"data_path": args.data_path})
         result = train(cfg, exist_ok=True)

@@ -1,5 +1,6 @@
-"""`--procs N`: convzoo starts N data-parallel training processes on this machine itself, as
-`torchrun --standalone --nproc-per-node N` would, so one command (and a preset) can use them.
+"""Where a training run runs: in this process, or with `--procs N` in N data-parallel processes that
+convzoo starts on this machine itself, as `torchrun --standalone --nproc-per-node N` would, so one
+command (and a preset) can use them.
 
 On a small CPU this is a speed tool, not only a scale one: LeNet-5 is per-layer-overhead bound, and
 two 1-thread processes on 2 cores train it faster than one 2-thread process (README, Results). The
@@ -27,13 +28,18 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import ConfigError, ConvzooError
 from . import distributed
+from .trainer import train as train_here
 
 SPEC_ENV = "CONVZOO_LAUNCH_SPEC"  # the worker's config and options, as JSON
 
 
-def wanted(cfg: TrainConfig) -> bool:
-    """True when this process should start the workers (not when torchrun or we already did)."""
-    return cfg.procs > 1 and not distributed.launched_by_torchrun()
+def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, json_lines: bool = False,
+          quiet: bool = False) -> dict:
+    """`convzoo train` and convzoo.train(): in this process, or in cfg.procs workers started here
+    (not under torchrun, which started the processes itself). Returns the run's summary."""
+    if cfg.procs > 1 and not distributed.launched_by_torchrun():
+        return run_local(cfg, resume=resume, exist_ok=exist_ok, json_lines=json_lines, quiet=quiet)
+    return train_here(cfg, resume=resume, exist_ok=exist_ok, json_lines=json_lines, quiet=quiet)
 
 
 def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: bool, quiet: bool) -> dict:
@@ -144,11 +150,9 @@ def die_with_parent() -> None:
 
 def worker_main() -> int:
     """One rank: the config from SPEC_ENV, errors as the CLI prints them."""
-    from .trainer import train
-
     spec = json.loads(os.environ[SPEC_ENV])
     try:
-        train(TrainConfig(**spec["config"]), **spec["options"])
+        train_here(TrainConfig(**spec["config"]), **spec["options"])
     except ConvzooError as exc:  # the launcher raises it, once, in the process the user started
         Path(spec["errors"], f"rank{os.environ.get('RANK', 0)}.txt").write_text(str(exc))
         return 2

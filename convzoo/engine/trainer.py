@@ -22,7 +22,7 @@ from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_clas
                             steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, first_line
 from ..models.registry import create_model, get_model_info
-from . import distributed, launch, rundir
+from . import distributed, rundir
 from .checkpoint import check_model_name, check_resume_state, freeze, load_checkpoint, restore_weights, save_checkpoint
 from .evaluate import evaluate
 from .loggers import open_loggers
@@ -33,9 +33,8 @@ from .schedule import lr_at, set_lr
 
 def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, json_lines: bool = False,
           quiet: bool = False) -> dict:
-    """Train per `cfg`; returns the final metrics. The run directory ends with best.pt and last.pt."""
-    if launch.wanted(cfg):  # --procs N: this process starts N workers that run the code below
-        return launch.run_local(cfg, resume=resume, exist_ok=exist_ok, json_lines=json_lines, quiet=quiet)
+    """Train per `cfg` in this process (engine/launch.train also handles --procs); returns the final
+    metrics. The run directory ends with best.pt and last.pt."""
     return TrainingRun(cfg, resume=resume, exist_ok=exist_ok, json_lines=json_lines, quiet=quiet).fit()
 
 
