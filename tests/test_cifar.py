@@ -19,11 +19,11 @@ CIFAR = ["--dataset", "cifar10", "--data-path", str(CIFAR_DIR)]
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_alexnet_cifar_learns_real_cifar10(tmp_path):
-    """5,000 real training images, 3 epochs (channels-last, as the preset trains), scored on the first
-    3,000 test images (chance is 10%)."""
+    """3,000 real training images, 3 epochs (channels-last, as the preset trains), scored on the first
+    3,000 test images (chance is 10%; a measured run: 0.4663)."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
-    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "5000", "--epochs", "3", "--batch-size", "64",
+    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "3000", "--epochs", "3", "--batch-size", "64",
             "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--eval-every", "3", "--channels-last",
             "--test-limit", "3000", "--output-dir", out, "--quiet", check=0)
     ckpt = torch.load(out / "best.pt", weights_only=True)
