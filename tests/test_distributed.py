@@ -1,10 +1,13 @@
-"""Data-parallel training with torchrun (gloo, 2 CPU processes) against one process."""
+"""Data-parallel training with torchrun and with `--procs` (gloo, 2 CPU processes) against one process."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,17 +58,12 @@ def test_procs_user_errors_are_one_line(tmp_path):
     assert_user_error(run_cli("train", *ARGS, "--procs", "0"), "--procs must be in 1..256")
 
 
-@pytest.mark.real_data
-def test_procs_dead_worker_stops_the_job(tmp_path):
-    """SIGKILL rank 1 of `--procs 2`: the launcher stops rank 0 at once and says which process died."""
-    import signal
-    import time
-
-    cmd = [sys.executable, "-m", "convzoo", "train", *ARGS[:-3], "--train-limit", "0", "--epochs", "20",
-           "--print-freq", "5", "--procs", "2", "--output-dir", str(tmp_path / "run")]
+def kill_second_worker(cmd: list[str], run: Path) -> tuple[subprocess.Popen, list[int], float]:
+    """Start `cmd` (a launcher of 2 training workers), SIGKILL its second child once training has
+    logged a step; the launcher, the workers' pids and the time of the kill."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    log = tmp_path / "run" / "train.log"
+    log = run / "train.log"
     deadline = time.time() + 120
     while not (log.exists() and "step:" in log.read_text()):
         assert time.time() < deadline and proc.poll() is None, "training did not start"
@@ -73,9 +71,17 @@ def test_procs_dead_worker_stops_the_job(tmp_path):
     workers = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
-    started = time.time()
+    return proc, workers, time.time()
+
+
+@pytest.mark.real_data
+def test_procs_dead_worker_stops_the_job(tmp_path):
+    """SIGKILL rank 1 of `--procs 2`: the launcher stops rank 0 at once and says which process died."""
+    cmd = [sys.executable, "-m", "convzoo", "train", *ARGS[:-3], "--train-limit", "0", "--epochs", "20",
+           "--print-freq", "5", "--procs", "2", "--output-dir", str(tmp_path / "run")]
+    proc, workers, killed = kill_second_worker(cmd, tmp_path / "run")
     _, err = proc.communicate(timeout=120)
-    assert time.time() - started < 60, "the surviving rank was not stopped"
+    assert time.time() - killed < 60, "the surviving rank was not stopped"
     assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
     assert "training process 1 of 2 was killed by signal 9; the others were stopped" in err, err[-2000:]
     for pid in workers:
@@ -92,24 +98,11 @@ def test_world_size_must_divide_batch(tmp_path):
 @pytest.mark.real_data
 def test_dead_rank_stops_the_job(tmp_path):
     """SIGKILL one worker mid-training: torchrun takes the job down and says which rank died."""
-    import signal
-    import time
-
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "convzoo",
            "train", "--model", "lenet5", "--dataset", "mnist", "--data-path", str(MNIST_DIR), "--epochs", "20",
            "--threads", "1", "--print-freq", "20", "--output-dir", str(tmp_path / "run")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    log = tmp_path / "run" / "train.log"
-    deadline = time.time() + 120
-    while not (log.exists() and "step:" in log.read_text()):
-        assert time.time() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.2)
-    workers = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGKILL)
-    started = time.time()
+    proc, _, killed = kill_second_worker(cmd, tmp_path / "run")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
-    assert time.time() - started < 120, "the surviving rank hung"
+    assert time.time() - killed < 120, "the surviving rank hung"
     assert "exitcode" in err and ("Signal 9" in err or "SIGKILL" in err), err[-2000:]
