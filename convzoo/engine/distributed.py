@@ -35,10 +35,11 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def check_batch(batch_size: int) -> None:
-    world = world_size()
+def check_batch(batch_size: int, world: int | None = None, name: str = "the world size") -> None:
+    """The global batch splits evenly across the ranks (this process group's, or `world` about to start)."""
+    world = world_size() if world is None else world
     if batch_size % world:
-        raise ConfigError(f"--batch-size {batch_size} is not divisible by the world size {world}; "
+        raise ConfigError(f"--batch-size {batch_size} is not divisible by {name} {world}; "
                           f"the global batch is split evenly across ranks")
 
 

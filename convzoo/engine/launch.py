@@ -2,10 +2,9 @@
 convzoo starts on this machine itself, as `torchrun --standalone --nproc-per-node N` would, so one
 command (and a preset) can use them.
 
-On a small CPU this is a speed tool, not only a scale one: LeNet-5 is per-layer-overhead bound, and
-two 1-thread processes on 2 cores train it faster than one 2-thread process (README, Results). The
-ranks take disjoint shards of every global batch (engine/trainer.py), so a run gives the weights a
-single process would, up to float summation order.
+The ranks take disjoint shards of every global batch (engine/trainer.py), so a run gives the
+weights a single process would, up to float summation order. On 2 CPU cores, LeNet-5 trained slower
+as two 1-thread processes than as one 2-thread process (README, Results: a gloo all-reduce per step).
 
 The workers run in their own session: a Ctrl-C reaches this launcher once and is forwarded once
 (the trainer's first-Ctrl-C checkpoint), and if the launcher dies they get SIGTERM (Linux).
@@ -26,7 +25,7 @@ import traceback
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..errors import ConfigError, ConvzooError
+from ..errors import ConvzooError
 from . import distributed
 from .trainer import train as train_here
 
@@ -45,9 +44,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, exist_ok: bool = False, jso
 def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: bool, quiet: bool) -> dict:
     """Train with cfg.procs worker processes; returns rank 0's run summary (summary.json)."""
     procs = cfg.procs
-    if cfg.batch_size % procs:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by --procs {procs}; "
-                          "the global batch is split evenly across the processes")
+    distributed.check_batch(cfg.batch_size, procs, "--procs")  # before any worker starts
     # Each worker gets its share of the cores unless told otherwise: oversubscribed torch threads
     # collapse (README, Threads).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
