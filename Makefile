@@ -7,6 +7,7 @@ CONVZOO := $(VENV)/bin/convzoo
 export CONVZOO_DATA ?= $(abspath ../shared/data)
 DEMO   ?= runs/demo
 DEMO_TRAIN ?=# extra `convzoo train` flags for the demo (its test shortens the run: --epochs 4)
+DEMO_QUANT ?=# extra `convzoo quantize` flags (its test: --train-limit 6400, a shorter QAT fine-tune)
 
 .PHONY: demo test check setup system-deps clean
 
@@ -22,7 +23,7 @@ demo: setup
 	$(CONVZOO) data info mnist
 	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok $(DEMO_TRAIN)
 	$(CONVZOO) eval --ckpt $(DEMO)/best.pt
-	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant
+	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant $(DEMO_QUANT)
 	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx
 	$(CONVZOO) data sample mnist --count 5 --output $(DEMO)/digits
 	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits
@@ -32,8 +33,11 @@ demo: setup
 system-deps:
 	bash scripts/system_deps.sh
 
+# Test files are shared out over TEST_WORKERS processes (pytest-xdist), a whole file per process so
+# its module fixtures (a trained run, a started server) are built once; 0 runs everything in one.
+TEST_WORKERS ?= 2
 test: setup system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The quick tier for everyday work: no real-data training, no browser, no subprocess-heavy runs.
 check: setup

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=number(int, 1, 10_000), default=1, help="QAT fine-tune epochs")
     p.add_argument("--lr", type=number(float, 1e-12), default=0.001, help="QAT fine-tune peak learning rate")
     p.add_argument("--calib-batches", type=number(int, 1, 100_000), default=32)
+    p.add_argument("--train-limit", type=number(int, 0, 10**9), default=0,
+                   help="fine-tune and calibrate on the first N training images only (0: all)")
     p.add_argument("--output-dir")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--threads", type=number(int, 1, 1024), default=2)
@@ -385,7 +387,8 @@ def cmd_quantize(args) -> int:
         result = train(cfg, exist_ok=True)
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     run_quantize(ckpt, method=args.method, epochs=args.epochs, lr=args.lr, calib_batches=args.calib_batches,
-                 output_dir=args.output_dir, data_path=args.data_path, threads=args.threads, runtime=args.runtime)
+                 train_limit=args.train_limit, output_dir=args.output_dir, data_path=args.data_path,
+                 threads=args.threads, runtime=args.runtime)
     return 0
 
 

@@ -170,7 +170,7 @@ def test_lenet_quant_conv_bn_qat(tmp_path):
     run_cli("train", "--model", "lenet-quant", "--dataset", "mnist", "--data-path", MNIST_DIR, "--train-limit", "6400",
             "--epochs", "2", "--lr", "0.05", "--output-dir", run, "--quiet", check=0)
     run_cli("quantize", "--ckpt", run / "best.pt", "--epochs", "1", "--calib-batches", "8", "--data-path", MNIST_DIR,
-            "--output-dir", tmp_path / "q", check=0)
+            "--train-limit", "6400", "--output-dir", tmp_path / "q", check=0)
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["fp32"]["accuracy"] > 0.95 and report["fp32"]["accuracy"] - report["int8"]["accuracy"] < 0.01
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q" / "model-int8.onnx")).graph.node]

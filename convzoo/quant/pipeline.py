@@ -19,7 +19,8 @@ from .report import compare, format_table, onnx_accuracy
 
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
-                 output_dir=None, data_path=None, threads: int = 2, runtime: str = "auto", log=print) -> dict:
+                 train_limit: int = 0, output_dir=None, data_path=None, threads: int = 2, runtime: str = "auto",
+                 log=print) -> dict:
     if method not in ("qat", "ptq"):
         raise ConfigError(f"--method must be qat or ptq, got {method!r}")
     if method == "qat" and epochs < 1:
@@ -31,6 +32,8 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     out.mkdir(parents=True, exist_ok=True)
     spec = InputSpec.from_dict(ckpt["input"])
     train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
+    if train_limit:
+        train = train.subset(slice(0, train_limit))
     model = model_from_checkpoint(ckpt, ckpt_path)
 
     from ..data.tensors import to_model_input
