@@ -93,7 +93,7 @@ def test_finetune_from_mnist_beats_scratch_on_fashion(mnist_run, tmp_path):
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("name,data,floor", [("lenet5:mnist", MNIST_DIR, 0.993),
-                                             ("lenet5:fashion-mnist", FASHION_DIR, 0.91)])
+                                             ("lenet5:fashion-mnist", FASHION_DIR, 0.92)])
 def test_pretrained_reproduces_recorded_accuracy(name, data, floor):
     """The shipped weights meet their floors, and match the accuracy recorded when they were packed
     (measured then in PyTorch, now through the cached ONNX export: at most 2 of 10,000 may flip)."""
