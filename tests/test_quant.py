@@ -161,6 +161,8 @@ def test_quantize_bad_input(tmp_path, mnist_run):
     assert_user_error(run_cli("quantize", "--ckpt", alexnet), "alexnet.pt", "no quantization recipe")
     assert_user_error(run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--calib-batches", "0"),
                       "--calib-batches", "0 is outside 1..")
+    assert_user_error(run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--train-limit", "-5"),
+                      "--train-limit", "-5 is outside 0..")
 
 
 @pytest.mark.real_data
