@@ -20,6 +20,17 @@ CIFAR_DIR = SHARED_DATA / "cifar10"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+# The files that take minutes are started first: `make test` shares whole files out over xdist
+# workers, so the last long file to start decides when the suite ends.
+HEAVY_FIRST = ["test_train.py", "test_quant.py", "test_fast_training.py", "test_cifar.py", "test_demo.py",
+               "test_reuse.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"real data missing: {path} (CI must provide ../shared/data and dataset-fashion-mnist)")

@@ -27,7 +27,8 @@ NO_TORCH_AO = ("import warnings, sys; "
 def qat_run(mnist_run):
     out = mnist_run.parent / "quant"
     proc = subprocess.run([sys.executable, "-c", NO_TORCH_AO, "quantize", "--ckpt", str(mnist_run / "best.pt"),
-                           "--method", "qat", "--epochs", "1", "--data-path", str(MNIST_DIR), "--output-dir", str(out)],
+                           "--method", "qat", "--epochs", "1", "--data-path", str(MNIST_DIR), "--train-limit", "8000",
+                           "--output-dir", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
