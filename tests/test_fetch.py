@@ -231,14 +231,16 @@ def corrupt_copy(tmp_path, name: str, payload: bytes):
 @pytest.mark.real_data
 @pytest.mark.parametrize("name,payload,message", [
     ("train-images-idx3-ubyte.gz", "truncate", "truncated gzip"),
-    ("t10k-images-idx3-ubyte.gz", gzip.compress(b"\x00\x00\x99\x03" + bytes(20)), "bad magic"),
-    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (5000).to_bytes(4, "big") + bytes(100)),
+    ("t10k-images-idx3-ubyte.gz", gzip.compress(b"\x00\x00\x99\x03" + bytes(20), mtime=0), "bad magic"),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (5000).to_bytes(4, "big") + bytes(100), mtime=0),
      "header says 5000 items"),
-    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (20000).to_bytes(4, "big") + bytes(100)),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (20000).to_bytes(4, "big") + bytes(100),
+                                                mtime=0),
      "header says 20,000 records, more than the 10,000 of the official file"),
-    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([1, 200, 3])),
+    ("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([1, 200, 3]),
+                                                mtime=0),
      "label 200 at index 1"),
-])
+], ids=["truncated", "bad-magic", "fewer-items", "more-records", "bad-label"])  # ids the same in every xdist worker
 def test_cli_corrupt_local_files(tmp_path, name, payload, message):
     if payload == "truncate":
         payload = (MNIST_DIR / name).read_bytes()[:100000]
