@@ -206,7 +206,8 @@ def add_train_flags(parser) -> None:
 
 def cmd_data(args) -> int:
     from .data.catalog import get_spec
-    from .data.fetch import download_dataset, cache_root, locate
+    from .cache import cache_root
+    from .data.fetch import download_dataset, locate
     from .data.info import print_info, save_samples
 
     spec = get_spec(args.name)

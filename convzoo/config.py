@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 
-import yaml
 
 from .errors import ConfigError, unknown
 
@@ -187,6 +186,8 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict:
     if name not in preset_names():  # also keeps a name like ../../x from reaching outside the package
         raise unknown("preset", name, preset_names())
+    import yaml  # here, not at the top: `predict` and `serve` build the parser that reads this module
+
     values = yaml.safe_load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
     values.pop("description", None)
     bad = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CONVZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -126,21 +127,37 @@ def file_server():
     server.close()
 
 
+def shared_across_workers(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
+    """A folder that all xdist workers of this test session share, and the lock that guards making it:
+    what one worker builds there (under the lock), the others reuse instead of building it again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    return root / name, FileLock(str(root / f"{name}.lock"))
+
+
 @pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory):
-    """LeNet-5 trained once per test session (per xdist worker) on all 22,699 real MNIST training images (4
-    epochs, scored after the last; channels-last is the faster layout here)."""
-    out = tmp_path_factory.mktemp("mnist") / "run"
-    run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--epochs", "4",
-            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--channels-last", "--eval-every", "4",
-            "--output-dir", out, "--quiet", check=0)
+    """LeNet-5 trained once per test session (by whichever xdist worker asks first) on all 22,699 real
+    MNIST training images (4 epochs, scored after the last; channels-last is the faster layout here).
+    Tests only read it; what they derive from it goes elsewhere (qat_run: its own folder beside it)."""
+    folder, lock = shared_across_workers(tmp_path_factory, "mnist")
+    out = folder / "run"
+    with lock:
+        if not (out / "best.pt").is_file():
+            run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--epochs",
+                    "4", "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--channels-last",
+                    "--eval-every", "4", "--output-dir", out, "--quiet", check=0)
     return out
 
 
 @pytest.fixture(scope="session")
-def mnist_onnx(mnist_run):
+def mnist_onnx(mnist_run, tmp_path_factory):
+    _, lock = shared_across_workers(tmp_path_factory, "mnist")
     out = mnist_run / "model.onnx"
-    run_cli("export", "--ckpt", mnist_run / "best.pt", "--output", out, check=0)
+    with lock:
+        if not out.is_file():
+            run_cli("export", "--ckpt", mnist_run / "best.pt", "--output", out, check=0)
     return out
 
 

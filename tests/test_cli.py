@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -41,6 +42,30 @@ def test_pretrained_name_and_safetensors_work_as_checkpoints(tmp_path):
     proc = run_cli("train", "--model", "lenet5", "--data-path", MNIST_DIR, "--train-limit", "256", "--epochs", "1",
                    "--restore", "lenet5:mnist", "--restore-exclude", "fc3.*", "--output-dir", run, check=0)
     assert "restored from lenet5:mnist: loaded 8 tensors" in proc.stdout
+
+
+@pytest.mark.real_data
+def test_predict_from_a_checkpoint_reuses_its_cached_onnx_and_remakes_a_damaged_one(tmp_path):
+    """The first prediction from a checkpoint exports it to ONNX in the cache; the next ones load that
+    file; a cache entry damaged on disk is exported again, not reported as the user's error."""
+    from convzoo.models.pretrained import pretrained_path
+
+    from convzoo.data import formats
+
+    digit = tmp_path / "seven.png"  # the first real MNIST test image, a 7
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    cache = tmp_path / "cache"
+    env = {"CONVZOO_CACHE": str(cache)}
+    first = run_cli("predict", "--model", "lenet5:mnist", digit, "--json", env=env, check=0).stdout
+    [cached] = (cache / "onnx").glob("*.onnx")
+    assert cached.stem == hashlib.sha256(pretrained_path("lenet5:mnist").read_bytes()).hexdigest()
+    assert json.loads(first)["class"] == "7"
+    made = cached.stat().st_mtime_ns
+    assert run_cli("predict", "--model", "lenet5:mnist", digit, "--json", env=env, check=0).stdout == first
+    assert cached.stat().st_mtime_ns == made  # loaded, not exported again
+    cached.write_bytes(cached.read_bytes()[:5000])  # cut short
+    assert run_cli("predict", "--model", "lenet5:mnist", digit, "--json", env=env, check=0).stdout == first
+    assert onnx.load(str(cached)).metadata_props[0].key == "convzoo"  # a whole export again
 
 
 def write_run(folder, rows: bytes):

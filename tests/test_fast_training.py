@@ -132,18 +132,18 @@ def test_triangle_schedule_and_bias_group():
 @pytest.mark.slow
 def test_airbench_recipe_learns_real_cifar10(tmp_path):
     """The airbench-cifar preset (at batch 512) on 3,072 real training images for 2 epochs (12 steps),
-    scored with flip TTA on the first 2,000 test images: twice chance (10%) at least (a measured run:
-    0.3505). Then the model goes through eval (which reads the TTA back), report, export to ONNX and
+    scored with flip TTA on the first 1,000 test images: twice chance (10%) at least (measured runs:
+    0.346, and 0.3505 on 2,000 images; 8 steps gave 0.247, too close). Then the model goes through eval (which reads the TTA back), report, export to ONNX and
     predict, as every zoo model."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
     run_cli("train", "--config", "airbench-cifar", "--data-path", CIFAR_DIR, "--train-limit", "3072", "--batch-size",
-            "512", "--epochs", "2", "--tta", "flip", "--test-limit", "2000", "--output-dir", out, "--quiet", check=0)
+            "512", "--epochs", "2", "--tta", "flip", "--test-limit", "1000", "--output-dir", out, "--quiet", check=0)
     ckpt = torch.load(out / "best.pt", weights_only=True)
     accuracy = ckpt["history"][-1]["test_acc"]
     assert accuracy >= 0.2, ckpt["history"]
     assert ckpt["config"]["tta"] == "flip" and "lookahead" in ckpt
-    proc = run_cli("eval", "--ckpt", out / "best.pt", "--data-path", CIFAR_DIR, "--test-limit", "2000", "--json",
+    proc = run_cli("eval", "--ckpt", out / "best.pt", "--data-path", CIFAR_DIR, "--test-limit", "1000", "--json",
                    check=0)
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(accuracy, abs=1e-4)
     assert "| epoch | train loss" in run_cli("report", out, check=0).stdout

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_path, remove_stale_temps
+from ..cache import cache_root
 from ..errors import DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
 from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzip_capped
@@ -69,10 +70,6 @@ class Located:
             by_detail.setdefault(c.detail, []).append(c.path.name)
         parts = "; ".join(f"{', '.join(names)}: {detail}" for detail, names in by_detail.items())
         return f"warning: {self.root}: {self.spec.title} files are not the official ones ({parts}); using them anyway"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CONVZOO_CACHE") or Path.home() / ".cache" / "convzoo")
 
 
 def search_roots(data_path=None) -> list[tuple[str, Path]]:

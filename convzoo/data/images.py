@@ -9,6 +9,8 @@ refused from their header, before decoding.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
 import math
 import warnings
@@ -20,7 +22,10 @@ from ..errors import ConvzooError
 
 MAX_PIXELS = 40_000_000
 # The photo formats only: Pillow's other parsers (EPS runs Ghostscript, PSD, FITS, ...) see no user bytes.
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "AVIF", "PPM", "TGA", "QOI")
+# Format -> its Pillow plugin, imported alone: Image.init() would import all ~45 (a tenth of a second).
+PLUGINS = {"PNG": "Png", "JPEG": "Jpeg", "BMP": "Bmp", "GIF": "Gif", "TIFF": "Tiff", "WEBP": "WebP", "AVIF": "Avif",
+           "PPM": "Ppm", "TGA": "Tga", "QOI": "Qoi"}
+FORMATS = tuple(PLUGINS)
 MAX_SIDE = 2048  # larger images are box-reduced first: the model sees 32x32, numpy need not see 40 MP
 
 
@@ -61,8 +66,7 @@ def open_image(source, name: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.init()  # registers every plugin (once), so FORMATS can be matched to what this Pillow reads
-            image = Image.open(stream, formats=[f for f in FORMATS if f in Image.OPEN])
+            image = Image.open(stream, formats=readable_formats())
     except MemoryError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -151,9 +155,21 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".ti
                   ".pbm", ".pnm", ".tga", ".qoi")
 
 
+@functools.cache
+def readable_formats() -> list[str]:
+    """FORMATS that this Pillow build reads (their plugins imported, so registered)."""
+    for name in PLUGINS.values():
+        try:
+            importlib.import_module(f"PIL.{name}ImagePlugin")
+        except ImportError:  # a Pillow built without that codec
+            pass
+    return [f for f in FORMATS if f in Image.OPEN]
+
+
 def image_suffixes() -> list[str]:
     """PHOTO_SUFFIXES that this Pillow build can open."""
-    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    formats = readable_formats()
+    readable = {ext for ext, fmt in Image.EXTENSION.items() if fmt in formats}
     return [ext for ext in PHOTO_SUFFIXES if ext in readable]
 
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..data.images import image_suffixes
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
-from ..metadata import read_onnx_metadata
+from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
 from .preprocess import ImageError, load_image, to_array
-from .runtime import open_runner, pick_runtime, run_batched
+from .runtime import open_runner, ort_session, pick_runtime, run_batched, session_runner
 
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
@@ -34,27 +34,13 @@ class Predictor:
         self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
 
     def _load_onnx(self):
-        import onnx
-
-        if not self.onnx_path.is_file():
-            raise ConfigError("model file not found", self.path)
-
-        try:
-            graph = onnx.load(str(self.onnx_path), load_external_data=False)
-            onnx.checker.check_model(graph)  # a structurally broken graph never reaches onnxruntime's C++ loader
-        except Exception as exc:  # protobuf and onnx raise many types for a bad file
-            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
-                              self.path) from None
-        meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
-        self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
-        del graph
-        try:
-            run_session = open_runner(self.onnx_path, self.threads, self.runtime)
-        except ConvzooError:  # a runtime that is not installed
-            raise
-        except Exception as exc:  # the runtimes raise their own types for graphs they cannot run
-            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
-                              self.path) from None
+        opened = None
+        if self.onnx_path != self.path and self.runtime in ("auto", "onnxruntime"):
+            opened = self._open_own_export()
+            if opened is None:  # a damaged cache entry (a disk error, a half-copied cache): exported again
+                self.onnx_path.unlink(missing_ok=True)
+                self.onnx_path, self._scratch = cached_onnx(self.path)
+        meta, run_session = opened or self._open_checked()
 
         def run(x):
             try:
@@ -68,6 +54,42 @@ class Predictor:
             raise ConfigError(f"the model outputs shape {list(out.shape)} for one image, not [1, "
                               f"{len(meta['class_names'])}] (one logit per class)", self.path)
         return meta, run
+
+    def _open_checked(self):
+        """Any ONNX file: checked with the onnx package before a runtime builds anything from it."""
+        import onnx
+
+        if not self.onnx_path.is_file():
+            raise ConfigError("model file not found", self.path)
+        try:
+            graph = onnx.load(str(self.onnx_path), load_external_data=False)
+            onnx.checker.check_model(graph)  # a structurally broken graph never reaches onnxruntime's C++ loader
+        except Exception as exc:  # protobuf and onnx raise many types for a bad file
+            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
+                              self.path) from None
+        meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
+        self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
+        del graph
+        try:
+            return meta, open_runner(self.onnx_path, self.threads, self.runtime)
+        except ConvzooError:  # a runtime that is not installed
+            raise
+        except Exception as exc:  # the runtimes raise their own types for graphs they cannot run
+            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
+                              self.path) from None
+
+    def _open_own_export(self):
+        """convzoo's own fp32 export of a checkpoint (checked with onnx when it was written) straight in
+        onnxruntime, its metadata read from the session: importing onnx would cost as much again as the
+        rest of a one-image prediction. None if the cached file does not load or lacks the metadata."""
+        try:
+            session = ort_session(self.onnx_path, self.threads)
+            meta = parse_json_meta(session.get_modelmeta().custom_metadata_map.get(META_KEY), self.path,
+                                   need_num_classes=False)
+        except Exception:  # noqa: BLE001 - a damaged cache entry: _open_checked names the problem
+            return None
+        self.runtime = "onnxruntime"
+        return meta, session_runner(session)
 
     @property
     def classes(self) -> list[str]:
@@ -112,7 +134,7 @@ def cached_onnx(checkpoint: Path):
     writable, in a TemporaryDirectory that is removed with the Predictor holding it."""
     import tempfile
 
-    from ..data.fetch import cache_root
+    from ..cache import cache_root
 
     if not checkpoint.is_file():
         from ..engine.checkpoint import load_checkpoint
