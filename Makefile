@@ -37,7 +37,7 @@ system-deps:
 # its module fixtures (a trained run, a started server) are built once; 0 runs everything in one.
 TEST_WORKERS ?= 2
 test: setup system-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations 25
 
 # The quick tier for everyday work: no real-data training, no browser, no subprocess-heavy runs.
 check: setup

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=number(int, 1, 65536), default=1000)
     p.add_argument("--device", "--device_target", dest="device", default="auto")
-    p.add_argument("--threads", type=number(int, 0, 1024), default=0)
+    p.add_argument("--threads", type=number(int, 0, 1024), default=0, help="0: $OMP_NUM_THREADS if set, else 2")
     p.add_argument("--confusion", help="also write the normalised confusion matrix to this PNG")
     p.add_argument("--test-limit", type=number(int, 0, 10**9), default=0,
                    help="score the first N test images only (0: all)")
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune and calibrate on the first N training images only (0: all)")
     p.add_argument("--output-dir")
     p.add_argument("--data-path", "--data_path", dest="data_path")
-    p.add_argument("--threads", type=number(int, 1, 1024), default=2)
+    p.add_argument("--threads", type=number(int, 0, 1024), default=0, help="0: $OMP_NUM_THREADS if set, else 2")
     add_runtime_flag(p)
     p.set_defaults(handler=cmd_quantize)
 
@@ -254,20 +254,20 @@ def resumed_config(args) -> tuple[dict, str]:
 
 def cmd_eval(args) -> int:
     from .engine.evaluate import evaluate_checkpoint
-    from .engine.runtime import configure_threads
+    from .engine.runtime import configure_threads, default_threads
     from .errors import ConfigError
     import torch
 
     if not args.ckpt and not args.model:
         raise ConfigError("eval needs --ckpt PATH (a convzoo checkpoint) or --model (an .onnx file or NAME:DATASET)")
-    configure_threads(args.threads or 2, torch.device("cpu"))
+    threads = configure_threads(args.threads or default_threads(2), torch.device("cpu"))
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
     if args.model:
         from .deploy.predict import evaluate_model_file
 
         result = evaluate_model_file(resolve_model(args.model), dataset=args.dataset, data_path=args.data_path,
-                                     threads=args.threads or 2, runtime=args.runtime, limit=args.test_limit)
+                                     threads=threads, runtime=args.runtime, limit=args.test_limit)
     else:
         result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
                                      batch_size=args.batch_size, tta=args.tta, limit=args.test_limit)
@@ -374,6 +374,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from .engine.runtime import default_threads
     from .errors import ConfigError
     from .quant.pipeline import run_quantize
 
@@ -389,7 +390,7 @@ def cmd_quantize(args) -> int:
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     run_quantize(ckpt, method=args.method, epochs=args.epochs, lr=args.lr, calib_batches=args.calib_batches,
                  train_limit=args.train_limit, output_dir=args.output_dir, data_path=args.data_path,
-                 threads=args.threads, runtime=args.runtime)
+                 threads=args.threads or default_threads(2), runtime=args.runtime)
     return 0
 
 

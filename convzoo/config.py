@@ -90,7 +90,8 @@ class TrainConfig:
     classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2",
                                     parse=int_list)
     device: str = opt("auto", "auto | cpu | cuda | mps", "--device", "--device_target", "--device-target")
-    threads: int = opt(0, "CPU threads per process (0: the model's default; with --procs, the cores shared out)")
+    threads: int = opt(0, "CPU threads per process (0: $OMP_NUM_THREADS if set, else the model's default; "
+                            "with --procs, the cores shared out)")
     procs: int = opt(1, "data-parallel training processes convzoo starts on this machine (torchrun --standalone "
                         "--nproc-per-node N without torchrun; ignored under torchrun)")
     print_freq: int = opt(100, "log a step line every N steps")

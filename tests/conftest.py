@@ -21,16 +21,23 @@ CIFAR_DIR = SHARED_DATA / "cifar10"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-# The files that take minutes are started first: `make test` shares whole files out over xdist
-# workers, so the last long file to start decides when the suite ends. The two CIFAR files (2-thread
-# training) start on different workers: run side by side they were 1.4-1.9x slower than alone (suite
-# measured here: 1,099 s with them together, 1,045 s apart; each still slower than alone).
-HEAVY_FIRST = ["test_cifar.py", "test_train.py", "test_fast_training.py", "test_quant.py", "test_demo.py",
-               "test_reuse.py"]
+# Under xdist every worker shares the cores: a run that does not say --threads takes 1 thread
+# ($OMP_NUM_THREADS, which convzoo reads as the default). Measured here beside one busy process, the
+# AlexNet test's training took 184.6 s on 2 threads and 144.4 s on 1.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Files in order of their measured time, longest first (`make test` passes --no-loadscope-reorder so
+# xdist keeps this order; its default would sort files by their number of tests): whole files go to
+# the workers, so a long file started last would run on alone while the other worker idles.
+LONGEST_FIRST = ["test_train.py", "test_cifar.py", "test_quant.py", "test_fast_training.py", "test_demo.py",
+                 "test_folder.py", "test_ecosystem.py", "test_distributed.py", "test_cli.py", "test_reuse.py",
+                 "test_fuzz_models.py", "test_deploy.py", "test_fetch.py", "test_server.py", "test_multinode.py",
+                 "test_models.py", "test_fuzz_data.py", "test_runtime.py", "test_fashion_deploy.py"]
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, need, run_cli
 
@@ -281,3 +282,25 @@ def test_target_acc_stops_at_the_target_and_records_the_time(tmp_path):
     assert [float(e["wall_s"]) for e in evals] == sorted(float(e["wall_s"]) for e in evals)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == reached["epoch"] < 5 and float(rows[-1]["wall_s"]) >= reached["wall_s"] > 0
+
+
+def test_omp_num_threads_sets_the_default_thread_count(monkeypatch):
+    from convzoo.engine.runtime import default_threads
+
+    for value, expected in [("1", 1), ("3", 3), (" 2 ", 2), ("", 4), ("0", 4), ("-1", 4), ("1.5", 4), ("two", 4),
+                            ("99999", 4)]:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert default_threads(4) == expected, value
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads(4) == 4
+
+
+@pytest.mark.real_data
+def test_train_without_threads_flag_follows_omp_num_threads(tmp_path):
+    """LeNet-5 trains on 1 thread by default; $OMP_NUM_THREADS=2 (no --threads) gives it 2, --threads wins."""
+    common = ["train", "--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "256", "--test-limit",
+              "256", "--epochs", "1", "--print-freq", "0", "--quiet"]
+    for flags, env, expected in [([], {"OMP_NUM_THREADS": "2"}, 2), (["--threads", "1"], {"OMP_NUM_THREADS": "2"}, 1)]:
+        out = tmp_path / f"run{expected}"
+        run_cli(*common, *flags, "--output-dir", out, env=env, check=0)
+        assert yaml.safe_load((out / "config.yaml").read_text())["threads"] == expected

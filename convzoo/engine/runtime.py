@@ -36,6 +36,14 @@ def resolve_amp(amp: str, device: torch.device):
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def default_threads(fallback: int) -> int:
+    """The CPU threads when --threads is not given: $OMP_NUM_THREADS where it is a whole number from 1 to
+    1024 (a shared machine, a job scheduler or a parallel test runner asking for fewer), else `fallback`
+    (the model's or the command's own default)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and 1 <= int(value) <= 1024 else fallback
+
+
 def configure_threads(threads: int, device: torch.device) -> int:
     if device.type == "cpu":
         torch.set_num_threads(threads)

@@ -27,7 +27,7 @@ from .checkpoint import check_model_name, check_resume_state, freeze, load_check
 from .evaluate import evaluate
 from .loggers import open_loggers
 from .lookahead import Lookahead
-from .runtime import configure_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from .runtime import configure_threads, default_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
 from .schedule import lr_at, set_lr
 
 
@@ -52,7 +52,7 @@ class TrainingRun:
         self.device = device = distributed.local_device(device)
         distributed.check_batch(cfg.batch_size)
         self.main = main = distributed.is_main()
-        threads = configure_threads(cfg.threads or info.default_threads, device)
+        threads = configure_threads(cfg.threads or default_threads(info.default_threads), device)
         seed_everything(cfg.seed, cfg.deterministic)
 
         self.out = out = Path(cfg.run_dir())
