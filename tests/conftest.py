@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import threading
@@ -147,14 +148,16 @@ def shared_across_workers(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
 def mnist_run(tmp_path_factory):
     """LeNet-5 trained once per test session (by whichever xdist worker asks first) on all 22,699 real
     MNIST training images (4 epochs, scored after the last; channels-last is the faster layout here).
-    Tests only read it; what they derive from it goes elsewhere (qat_run: its own folder beside it)."""
+    Tests read it and write only beside it (mnist_onnx: model.onnx, under the same lock)."""
     folder, lock = shared_across_workers(tmp_path_factory, "mnist")
     out = folder / "run"
     with lock:
-        if not (out / "best.pt").is_file():
+        if not (folder / "trained").is_file():  # written once the run has finished well
+            shutil.rmtree(out, ignore_errors=True)  # a run a failed worker left half-way is not reused
             run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--epochs",
                     "4", "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--channels-last",
                     "--eval-every", "4", "--output-dir", out, "--quiet", check=0)
+            (folder / "trained").touch()
     return out
 
 

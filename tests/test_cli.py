@@ -59,6 +59,8 @@ def test_predict_from_a_checkpoint_reuses_its_cached_onnx_and_remakes_a_damaged_
     first = run_cli("predict", "--model", "lenet5:mnist", digit, "--json", env=env, check=0).stdout
     [cached] = (cache / "onnx").glob("*.onnx")
     assert cached.stem == hashlib.sha256(pretrained_path("lenet5:mnist").read_bytes()).hexdigest()
+    recorded = (cache / "onnx" / f"{cached.name}.sha256").read_text()  # the export's own digest, checked each time
+    assert recorded == hashlib.sha256(cached.read_bytes()).hexdigest()
     assert json.loads(first)["class"] == "7"
     made = cached.stat().st_mtime_ns
     assert run_cli("predict", "--model", "lenet5:mnist", digit, "--json", env=env, check=0).stdout == first

@@ -133,8 +133,8 @@ def test_triangle_schedule_and_bias_group():
 def test_airbench_recipe_learns_real_cifar10(tmp_path):
     """The airbench-cifar preset (at batch 512) on 3,072 real training images for 2 epochs (12 steps),
     scored with flip TTA on the first 1,000 test images: twice chance (10%) at least (measured runs:
-    0.346, and 0.3505 on 2,000 images; 8 steps gave 0.247, too close). Then the model goes through eval (which reads the TTA back), report, export to ONNX and
-    predict, as every zoo model."""
+    0.346, and 0.3505 on 2,000 images; 8 steps gave 0.247, too close). Then the model goes through
+    eval (which reads the TTA back), report, export to ONNX and predict, as every zoo model."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
     run_cli("train", "--config", "airbench-cifar", "--data-path", CIFAR_DIR, "--train-limit", "3072", "--batch-size",

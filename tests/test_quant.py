@@ -24,8 +24,8 @@ NO_TORCH_AO = ("import warnings, sys; "
 
 
 @pytest.fixture(scope="module")
-def qat_run(mnist_run):
-    out = mnist_run.parent / "quant"
+def qat_run(mnist_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant")
     proc = subprocess.run([sys.executable, "-c", NO_TORCH_AO, "quantize", "--ckpt", str(mnist_run / "best.pt"),
                            "--method", "qat", "--epochs", "1", "--data-path", str(MNIST_DIR), "--train-limit", "8000",
                            "--output-dir", str(out)],

@@ -287,8 +287,8 @@ def test_target_acc_stops_at_the_target_and_records_the_time(tmp_path):
 def test_omp_num_threads_sets_the_default_thread_count(monkeypatch):
     from convzoo.engine.runtime import default_threads
 
-    for value, expected in [("1", 1), ("3", 3), (" 2 ", 2), ("", 4), ("0", 4), ("-1", 4), ("1.5", 4), ("two", 4),
-                            ("99999", 4)]:
+    for value, expected in [("1", 1), ("3", 3), (" 2 ", 2), ("3,1", 3), ("", 4), ("0", 4), ("-1", 4), ("1.5", 4),
+                            ("two", 4), ("\u00b2", 4), ("99999", 4)]:
         monkeypatch.setenv("OMP_NUM_THREADS", value)
         assert default_threads(4) == expected, value
     monkeypatch.delenv("OMP_NUM_THREADS")
@@ -297,7 +297,7 @@ def test_omp_num_threads_sets_the_default_thread_count(monkeypatch):
 
 @pytest.mark.real_data
 def test_train_without_threads_flag_follows_omp_num_threads(tmp_path):
-    """LeNet-5 trains on 1 thread by default; $OMP_NUM_THREADS=2 (no --threads) gives it 2, --threads wins."""
+    """$OMP_NUM_THREADS=2 and no --threads: LeNet-5 (1 thread by default) trains on 2; --threads 1 wins."""
     common = ["train", "--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "256", "--test-limit",
               "256", "--epochs", "1", "--print-freq", "0", "--quiet"]
     for flags, env, expected in [([], {"OMP_NUM_THREADS": "2"}, 2), (["--threads", "1"], {"OMP_NUM_THREADS": "2"}, 1)]:

@@ -66,7 +66,7 @@ def open_image(source, name: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=readable_formats())
+            image = Image.open(stream, formats=list(readable_formats()))
     except MemoryError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -156,14 +156,14 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".ti
 
 
 @functools.cache
-def readable_formats() -> list[str]:
-    """FORMATS that this Pillow build reads (their plugins imported, so registered)."""
+def readable_formats() -> tuple[str, ...]:
+    """FORMATS that this Pillow has a plugin for (imported, so registered)."""
     for name in PLUGINS.values():
         try:
             importlib.import_module(f"PIL.{name}ImagePlugin")
-        except ImportError:  # a Pillow built without that codec
+        except ImportError:  # an older Pillow without that plugin (AVIF came in 11.2)
             pass
-    return [f for f in FORMATS if f in Image.OPEN]
+    return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
 def image_suffixes() -> list[str]:

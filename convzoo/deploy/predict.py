@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
@@ -34,13 +35,9 @@ class Predictor:
         self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
 
     def _load_onnx(self):
-        opened = None
-        if self.onnx_path != self.path and self.runtime in ("auto", "onnxruntime"):
-            opened = self._open_own_export()
-            if opened is None:  # a damaged cache entry (a disk error, a half-copied cache): exported again
-                self.onnx_path.unlink(missing_ok=True)
-                self.onnx_path, self._scratch = cached_onnx(self.path)
-        meta, run_session = opened or self._open_checked()
+        own_export = self.onnx_path != self.path  # verified against its recorded sha256 by cached_onnx
+        own = own_export and self.runtime in ("auto", "onnxruntime")
+        meta, run_session = self._open_own_export() if own else self._open_checked()
 
         def run(x):
             try:
@@ -79,15 +76,15 @@ class Predictor:
                               self.path) from None
 
     def _open_own_export(self):
-        """convzoo's own fp32 export of a checkpoint (checked with onnx when it was written) straight in
-        onnxruntime, its metadata read from the session: importing onnx would cost as much again as the
-        rest of a one-image prediction. None if the cached file does not load or lacks the metadata."""
+        """convzoo's own fp32 export of a checkpoint (checked with onnx when it was written, and its bytes
+        against the sha256 recorded then) straight in onnxruntime, the metadata read from the session:
+        importing onnx would cost as much again as the rest of a one-image prediction."""
         try:
             session = ort_session(self.onnx_path, self.threads)
-            meta = parse_json_meta(session.get_modelmeta().custom_metadata_map.get(META_KEY), self.path,
-                                   need_num_classes=False)
-        except Exception:  # noqa: BLE001 - a damaged cache entry: _open_checked names the problem
-            return None
+        except Exception as exc:  # onnxruntime's own error types
+            raise ConfigError(f"its ONNX export does not load ({first_line(exc)})", self.path) from None
+        meta = parse_json_meta(session.get_modelmeta().custom_metadata_map.get(META_KEY), self.path,
+                               need_num_classes=False)
         self.runtime = "onnxruntime"
         return meta, session_runner(session)
 
@@ -130,8 +127,10 @@ class Predictor:
 
 def cached_onnx(checkpoint: Path):
     """(ONNX path, scratch folder or None): the checkpoint's ONNX export, made once and kept in the
-    cache under the file's sha256 (so an edited checkpoint gets a fresh export); where the cache is not
-    writable, in a TemporaryDirectory that is removed with the Predictor holding it."""
+    cache under the file's sha256 (so an edited checkpoint gets a fresh export), with the export's own
+    sha256 beside it (`.onnx.sha256`): an entry whose bytes no longer match (damaged, cut short,
+    replaced) is exported again, never run. Where the cache is not writable, the export goes to a
+    TemporaryDirectory that is removed with the Predictor holding it."""
     import tempfile
 
     from ..cache import cache_root
@@ -141,18 +140,32 @@ def cached_onnx(checkpoint: Path):
 
         load_checkpoint(checkpoint)  # the one-line error for a missing or unusable path
     cached = cache_root() / "onnx" / f"{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}.onnx"
-    if cached.is_file():
+    if export_intact(cached):
         return cached, None
     from .export import export_onnx  # torch: only on the first prediction from this file
 
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(checkpoint, cached)
+        atomic_write_bytes(digest_path(cached), hashlib.sha256(cached.read_bytes()).hexdigest().encode())
         return cached, None
     except (OSError, WriteError):
         scratch = tempfile.TemporaryDirectory(prefix="convzoo-onnx-")
         export_onnx(checkpoint, Path(scratch.name) / "model.onnx")
         return Path(scratch.name) / "model.onnx", scratch
+
+
+def digest_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".sha256")
+
+
+def export_intact(onnx_path: Path) -> bool:
+    """The cached export exists and its bytes have the sha256 recorded when it was written."""
+    try:
+        recorded = digest_path(onnx_path).read_bytes()[:64].decode("ascii")
+        return hashlib.sha256(onnx_path.read_bytes()).hexdigest() == recorded
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def expand_image_paths(paths) -> list[Path]:

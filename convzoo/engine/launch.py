@@ -27,6 +27,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import ConvzooError
 from . import distributed
+from .runtime import default_threads
 from .trainer import train as train_here
 
 SPEC_ENV = "CONVZOO_LAUNCH_SPEC"  # the worker's config and options, as JSON
@@ -48,7 +49,7 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
     # Each worker gets its share of the cores unless told otherwise: oversubscribed torch threads
     # collapse (README, Threads).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = cfg.threads or max(1, cores // procs)
+    threads = cfg.threads or default_threads(max(1, cores // procs))
     errors = tempfile.TemporaryDirectory(prefix="convzoo-launch-")
     spec = {"config": {**cfg.to_dict(), "threads": threads}, "errors": errors.name,
             "options": {"resume": resume, "exist_ok": exist_ok, "json_lines": json_lines, "quiet": quiet}}

@@ -38,10 +38,12 @@ def resolve_amp(amp: str, device: torch.device):
 
 def default_threads(fallback: int) -> int:
     """The CPU threads when --threads is not given: $OMP_NUM_THREADS where it is a whole number from 1 to
-    1024 (a shared machine, a job scheduler or a parallel test runner asking for fewer), else `fallback`
-    (the model's or the command's own default)."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and 1 <= int(value) <= 1024 else fallback
+    1024 (a shared machine, a job scheduler, torchrun or a parallel test runner asking for fewer; of
+    OpenMP's nested form "4,2" the first), else `fallback` (the model's or the command's own default)."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isascii() and first.isdigit() and 1 <= int(first) <= 1024:
+        return int(first)
+    return fallback
 
 
 def configure_threads(threads: int, device: torch.device) -> int:

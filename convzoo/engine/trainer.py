@@ -27,7 +27,8 @@ from .checkpoint import check_model_name, check_resume_state, freeze, load_check
 from .evaluate import evaluate
 from .loggers import open_loggers
 from .lookahead import Lookahead
-from .runtime import configure_threads, default_threads, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state
+from .runtime import (configure_threads, default_threads, resolve_amp, resolve_device, rng_state, seed_everything,
+                      set_rng_state)
 from .schedule import lr_at, set_lr
 
 
