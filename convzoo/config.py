@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 
 
 from .errors import ConfigError, unknown
@@ -180,6 +179,8 @@ def check_value(name: str, value, source: str):
 
 
 def preset_names() -> list[str]:
+    from importlib import resources  # here, as yaml below: the CLI's parser imports this module
+
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("convzoo.configs").iterdir()
                   if p.name.endswith(".yaml"))
 
@@ -187,6 +188,8 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict:
     if name not in preset_names():  # also keeps a name like ../../x from reaching outside the package
         raise unknown("preset", name, preset_names())
+    from importlib import resources
+
     import yaml  # here, not at the top: `predict` and `serve` build the parser that reads this module
 
     values = yaml.safe_load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}

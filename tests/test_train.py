@@ -42,9 +42,9 @@ def test_lenet5_fashion_mnist_reaches_87(tmp_path):
     assert max(h["test_acc"] for h in ckpt["history"]) >= 0.87
 
 
-RESUME_ARGS = ["--model", "lenet5", *MNIST, "--train-limit", "6400", "--batch-size", "32", "--epochs", "2",
-               "--schedule", "cosine", "--augment", "shift", "--deterministic", "--threads", "1", "--save-every", "10",
-               "--print-freq", "0"]
+RESUME_ARGS = ["--model", "lenet5", *MNIST, "--train-limit", "6400", "--test-limit", "1000", "--batch-size", "32",
+               "--epochs", "2", "--schedule", "cosine", "--augment", "shift", "--deterministic", "--threads", "1",
+               "--save-every", "10", "--print-freq", "0"]
 
 
 def start_train(out, *extra):
