@@ -19,17 +19,18 @@ CIFAR = ["--dataset", "cifar10", "--data-path", str(CIFAR_DIR)]
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_alexnet_cifar_learns_real_cifar10(tmp_path):
-    """2,000 real training images, 3 epochs (channels-last, as the preset trains), scored on the first
-    1,000 test images (chance is 10%; measured runs: 0.436, and 0.471 from 3,000 images)."""
+    """2,000 real training images, 2 epochs (channels-last, as the preset trains), scored on the first
+    1,000 test images: chance is 10%; measured runs 0.409 (3 epochs: 0.436; 3,000 images: 0.471), and
+    0.42 on the 300 resized PNGs below (3 epochs: 0.43)."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
-    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "2000", "--epochs", "3", "--batch-size", "64",
-            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--eval-every", "3", "--channels-last",
+    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "2000", "--epochs", "2", "--batch-size", "64",
+            "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--eval-every", "2", "--channels-last",
             "--test-limit", "1000", "--output-dir", out, "--quiet", check=0)
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["input"] == {"channels": 3, "size": 32, "fit": "none", "mean": [0.4914, 0.4822, 0.4465],
                              "std": [0.247, 0.2435, 0.2616]}
-    assert ckpt["history"][-1]["test_acc"] >= 0.35, ckpt["history"]
+    assert ckpt["history"][-1]["test_acc"] >= 0.33, ckpt["history"]
 
     # The trained CIFAR model through export, predict and serve (their CIFAR preprocessing: RGB, 32x32).
     from PIL import Image
@@ -48,7 +49,7 @@ def test_alexnet_cifar_learns_real_cifar10(tmp_path):
     lines = run_cli("predict", "--model", out / "m.onnx", shots, "--json", check=0).stdout.splitlines()
     predicted = [json.loads(line)["class"] for line in lines]
     hits = sum(p == names[label] for p, label in zip(predicted, labels[:300]))
-    assert len(predicted) == 300 and hits / 300 >= 0.35, hits
+    assert len(predicted) == 300 and hits / 300 >= 0.30, hits
     with serving(out / "m.onnx", "--workers", "2", log=tmp_path / "serve.log") as (url, _):
         import httpx
 
