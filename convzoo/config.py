@@ -6,7 +6,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-
 from .errors import ConfigError, unknown
 
 
