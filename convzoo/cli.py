@@ -231,13 +231,11 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import TrainConfig, build_config
-    from .data.catalog import get_spec
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     base, source = resumed_config(args) if args.resume else (None, "")
-    cfg = build_config(args.config, overrides, base=base, base_source=source)
-    get_spec(cfg.dataset)  # a bad flag or data set name stops here, before torch is imported (3-4 s)
-    from .engine.launch import train
+    cfg = build_config(args.config, overrides, base=base, base_source=source)  # checked: bad flags stop here
+    from .engine.launch import train  # torch (3-4 s): only for a config that passed
 
     train(cfg, resume=args.resume, exist_ok=args.exist_ok, json_lines=args.json, quiet=args.quiet)
     return 0

@@ -143,6 +143,9 @@ class TrainConfig:
             if allowed and getattr(self, f.name) not in allowed:
                 raise unknown(f.name.replace("_", "-"), getattr(self, f.name), allowed)
         logger_names(self.logger)
+        from .data.catalog import get_spec  # here: the CLI's parser imports this module for every command
+
+        get_spec(self.dataset)  # an unknown data set name, before any training code (and torch) is loaded
         return self
 
     def to_dict(self) -> dict:

@@ -24,7 +24,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # Under xdist every worker shares the cores: a run that does not say --threads takes 1 thread
 # ($OMP_NUM_THREADS, which convzoo reads as the default). Measured here beside one busy process, the
-# AlexNet test's training took 184.6 s on 2 threads and 144.4 s on 1.
+# AlexNet test's training took 184.6 s on 2 threads and 144.4 s on 1 (the 2-thread run also shared the
+# cores with a short test run for about 50 s).
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

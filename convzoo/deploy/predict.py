@@ -35,8 +35,8 @@ class Predictor:
         self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
 
     def _load_onnx(self):
-        own_export = self.onnx_path != self.path  # verified against its recorded sha256 by cached_onnx
-        own = own_export and self.runtime in ("auto", "onnxruntime")
+        # onnx_path differs from path only for convzoo's own export, verified against its sha256 by cached_onnx
+        own = self.onnx_path != self.path and self.runtime in ("auto", "onnxruntime")
         meta, run_session = self._open_own_export() if own else self._open_checked()
 
         def run(x):
