@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -152,6 +154,27 @@ def test_predict_runtime_flag(lenet_files):
     assert len(predicted["openvino"]) == 200
     agree = np.mean([a == b for a, b in zip(predicted["onnxruntime"], predicted["openvino"])])
     assert agree >= 0.995
+
+
+@needs_openvino
+@pytest.mark.real_data
+def test_predict_auto_runs_int8_files_in_onnxruntime(lenet_files, tmp_path):
+    """`predict` is one short process: `auto` never imports OpenVINO there (its import and compile cost
+    more than its int8 kernels save), while `--runtime openvino` does; -X importtime lists every import."""
+    png = tmp_path / "digit.png"
+    images, labels = mnist_test(1)
+    png.write_bytes(png_bytes(images[0, 0]))
+    imported = {}
+    for runtime in ("auto", "openvino"):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "convzoo", "predict", "--model",
+                               lenet_files["int8"], png, "--json", "--runtime", runtime], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["class"] == str(labels[0])
+        imported[runtime] = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                             if line.startswith("import time:")}
+    assert "openvino" in imported["openvino"] and "openvino" not in imported["auto"]
+    assert "onnxruntime" in imported["auto"]
 
 
 @needs_openvino
