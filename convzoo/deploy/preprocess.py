@@ -52,14 +52,17 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool) -> np.ndarray:
     h, w = crop.shape
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = np.asarray(Image.fromarray(crop.astype(np.float32)).resize((nw, nh), Image.Resampling.LANCZOS))
-    small = np.minimum(np.maximum(small, 0), 255)
+    if (nh, nw) == (h, w):  # already fits (every MNIST digit does): Pillow's resize would return a copy
+        small = crop
+    else:
+        small = np.asarray(Image.fromarray(crop.astype(np.float32)).resize((nw, nh), Image.Resampling.LANCZOS))
+        small = np.minimum(np.maximum(small, 0), 255)
     canvas = np.zeros((28, 28), np.float32)
     top, left = (28 - nh) // 2, (28 - nw) // 2
     total = small.sum()
-    if by_mass and total > 0:
-        ys, xs = np.indices(small.shape)
-        cy, cx = (ys * small).sum() / total, (xs * small).sum() / total
+    if by_mass and total > 0:  # row and column sums in float64, as the weighted sums over np.indices were
+        cy = small.sum(1, dtype=np.float64) @ np.arange(nh) / total
+        cx = small.sum(0, dtype=np.float64) @ np.arange(nw) / total
         top = min(max(round(14 - cy), 0), 28 - nh)
         left = min(max(round(14 - cx), 0), 28 - nw)
     canvas[top: top + nh, left: left + nw] = small
