@@ -16,7 +16,9 @@ TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the sub-command that was given, whose --help lists what it takes
+        (getattr(args, "parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
     p.add_argument("--method", default="qat", help="qat | ptq")
     p.add_argument("--epochs", type=number(int, 1, 10_000), default=1, help="QAT fine-tune epochs")
-    p.add_argument("--lr", type=number(float, 1e-12), default=0.001, help="QAT fine-tune peak learning rate")
+    p.add_argument("--lr", type=number(float, 1e-12, 100), default=0.001, help="QAT fine-tune peak learning rate")
     p.add_argument("--calib-batches", type=number(int, 1, 100_000), default=32)
     p.add_argument("--train-limit", type=number(int, 0, 10**9), default=0,
                    help="fine-tune and calibrate on the first N training images only (0: all)")
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="0: any free port (printed)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
-    p.add_argument("--max-upload-mb", type=number(float, 0.001), default=5.0, help="larger request bodies get 413")
+    p.add_argument("--max-upload-mb", type=number(float, 0.001, 4096), default=5.0,
+                   help="larger request bodies get 413 (at most 4096)")
     p.add_argument("--workers", type=number(int, 1, 256), default=1, help="uvicorn worker processes")
     add_runtime_flag(p)
     p.add_argument("--batch-window-ms", type=number(float, 0, 1000), default=2.0, metavar="MS",
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests waiting for a batch, per worker; more get 503 (default 256)")
     p.set_defaults(handler=cmd_serve)
 
+    for command in sub.choices.values():  # args.parser: errors found after parsing are the sub-command's own
+        command.set_defaults(parser=command)
     return parser
 
 
@@ -279,7 +284,9 @@ def cmd_eval(args) -> int:
     else:
         print(f"'Accuracy': {result.accuracy:.4f}")
         print(result.table())
-    confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png") if args.ckpt else None)
+    # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
+    confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
+                                   if args.ckpt and Path(args.ckpt).is_file() else None)
     if confusion:
         from .report.plots import plot_confusion
 

@@ -110,8 +110,9 @@ class TrainConfig:
         checks = [
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            # Upper bounds far beyond any useful value, below what float32 optimizer state overflows at.
+            (0 < self.lr <= 1e4, f"--lr must be in (0, 10000], got {self.lr}"),
+            (0 <= self.weight_decay <= 1e4, f"--weight-decay must be in 0..10000, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.steps_per_epoch >= 0, f"--steps-per-epoch must be >= 0, got {self.steps_per_epoch}"),
             (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
@@ -125,9 +126,9 @@ class TrainConfig:
             (0 <= self.shift_pad <= 64, f"--shift-pad must be in 0..64, got {self.shift_pad}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (0 < self.bias_lr_scale <= 1000, f"--bias-lr-scale must be in (0, 1000], got {self.bias_lr_scale}"),
-            (self.gamma > 0, f"--lr-gamma must be > 0, got {self.gamma}"),
+            (0 < self.gamma <= 10, f"--lr-gamma must be in (0, 10], got {self.gamma}"),
             (self.step_size >= 1, f"--lr-step-size must be >= 1, got {self.step_size}"),
-            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+            (0 <= self.warmup_epochs <= 1e6, f"--warmup-epochs must be in 0..1000000, got {self.warmup_epochs}"),
             (self.print_freq >= 0, f"--print-freq must be >= 0, got {self.print_freq}"),
             (self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}"),
             (0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}"),

@@ -144,7 +144,15 @@ def tiny_run(tmp_path_factory):
     (["train", "--config", "lenet-mindspor"], ["unknown preset", "did you mean 'lenet-mindspore'"]),
     (["train", "--dataset", "fashion"], ["unknown dataset"]),
     (["train", "--batch-size", "0"], ["--batch-size must be >= 1"]),
-    (["train", "--lr", "-0.1"], ["--lr must be > 0"]),
+    (["train", "--lr", "-0.1"], ["--lr must be in (0, 10000]"]),
+    (["train", "--lr", "1e39"], ["--lr must be in (0, 10000]"]),  # was float32 overflow deep in the optimizer
+    (["train", "--weight-decay", "1e39"], ["--weight-decay must be in 0..10000"]),
+    (["train", "--warmup-epochs", "1e308", "--schedule", "cosine"], ["--warmup-epochs must be in 0..1000000"]),
+    (["train", "--model", "alexnet-cifar", "--dataset", "mnist", "--train-limit", "64"],
+     ["model alexnet-cifar cannot take MNIST's images", "[1, 28, 28]"]),
+    (["train", "--freeze", "*", "--train-limit", "64"], ["--freeze *", "nothing is left to train"]),
+    (["train", "--bogus"], ["train: unrecognized arguments: --bogus", "convzoo train --help"]),
+    (["serve", "--model", "x.onnx", "--max-upload-mb", "1e308"], ["--max-upload-mb", "outside 0.001..4096"]),
     (["train", "--device_target", "Ascend"], ["Ascend", "available here: cpu"]),
     pytest.param(["train", "--device", "cuda"], ["no CUDA device", "available here: cpu"], marks=NEEDS_NO_GPU),
     pytest.param(["train", "--amp", "fp16"], ["--amp fp16 needs a CUDA GPU"], marks=NEEDS_NO_GPU),
@@ -194,6 +202,14 @@ def test_output_dir_rules(tmp_path, tiny_run):
     before = (tiny_run / "best.pt").read_bytes()
     assert_user_error(run_cli(*base, "--output-dir", tiny_run), "already holds a run", "--exist-ok")
     assert (tiny_run / "best.pt").read_bytes() == before  # refused run touched nothing
+    # A run refused after the data are read (a bad --classes) changes nothing either, even with
+    # --exist-ok (it used to delete evals.csv and start train.log), and creates no new folder.
+    saved = {f.name: f.read_bytes() for f in tiny_run.iterdir()}
+    assert "evals.csv" in saved
+    assert_user_error(run_cli(*base, "--classes", "99", "--output-dir", tiny_run, "--exist-ok"), "--classes")
+    assert {f.name: f.read_bytes() for f in tiny_run.iterdir()} == saved
+    assert_user_error(run_cli(*base, "--freeze", "*", "--output-dir", tmp_path / "new"), "nothing is left to train")
+    assert not (tmp_path / "new").exists()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run_cli(*base, "--output-dir", blocker / "run"), "not writable")

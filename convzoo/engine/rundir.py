@@ -22,13 +22,19 @@ OPTIONAL_METRICS = {"wall_s"}
 RUN_FILES = ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "curves.png"]
 
 
-def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
-    """Create or reuse the run folder; refuse one that holds another run unless told otherwise."""
+def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
+    """The run folder can be used (nothing is created or changed): not a file, and not another run's
+    unless told to continue or overwrite it."""
     if path.exists() and not path.is_dir():
         raise ConfigError("output folder is a file", path)
     if not resume and not exist_ok and (path / "config.yaml").exists():
         raise ConfigError("output folder already holds a run; pass --resume to continue it, --exist-ok to "
                           "overwrite it, or another --output-dir", path)
+
+
+def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
+    """Create or reuse the run folder (check()ed again); refuse one that holds another run unless told otherwise."""
+    check(path, resume=resume, exist_ok=exist_ok)
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()

@@ -64,11 +64,8 @@ class TrainingRun:
             check_resume_state(state, out / "last.pt")
             check_resumable(state, cfg, out / "last.pt")
         if main:
-            rundir.prepare(out, resume=resume, exist_ok=exist_ok)
-            if not resume:
-                (out / "evals.csv").unlink(missing_ok=True)  # an overwritten run's evaluations are not this one's
-        self.show_bar = main and not quiet and not json_lines
-        self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
+            rundir.check(out, resume=resume, exist_ok=exist_ok)  # the folder is written only once all is checked
+        notes = []  # (line, event) for train.log, which is opened only then
 
         folder = FolderRule(cfg.image_size, cfg.channels or info.in_channels, cfg.test_split)  # --dataset folder only
         if data_spec.folder and info.fit == "none" and cfg.image_size != info.input_size:
@@ -85,15 +82,19 @@ class TrainingRun:
         self.spec = spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
 
         self.model = model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
+        check_fits(model, to_model_input(train_split.subset(slice(0, 2)).images, spec), cfg.model, data_spec.title)
         if cfg.restore and not resume:
             report = restore_weights(model, cfg.restore, cfg.restore_exclude)
-            log.line(format_restore(report, cfg.restore), restore=report)
+            notes.append((format_restore(report, cfg.restore), {"restore": report}))
         elif hasattr(model, "init_from_data") and not resume:  # e.g. airbench's whitening conv, set from data
             sample = train_split.subset(slice(0, 5000)).images
             model.init_from_data(to_model_input(sample, spec))
         frozen = freeze(model, cfg.freeze) if cfg.freeze else []
         if frozen:
-            log.line(f"frozen: {', '.join(frozen)}", frozen=frozen)
+            if not any(p.requires_grad for p in model.parameters()):
+                raise ConfigError(f"--freeze {','.join(cfg.freeze)} matches every parameter of {cfg.model}: "
+                                  "nothing is left to train")
+            notes.append((f"frozen: {', '.join(frozen)}", {"frozen": frozen}))
         model.to(device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -108,6 +109,15 @@ class TrainingRun:
         self.total_steps = cfg.epochs * spe
         self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
         self.reached = None  # the evaluation that first met --target-acc
+        if main:
+            rundir.prepare(out, resume=resume, exist_ok=exist_ok)
+            if not resume:
+                (out / "evals.csv").unlink(missing_ok=True)  # an overwritten run's evaluations are not this one's
+        self.show_bar = main and not quiet and not json_lines
+        self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
+        for text, event in notes:
+            log.line(text, **event)
+
         if state is not None:
             self._load_state(state)
         self.ddp_model = wrap_ddp(model, device)
@@ -418,6 +428,21 @@ def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: i
                 return
             yield sub * natural + s, images, labels
         step = (sub + 1) * natural
+
+
+def check_fits(model: nn.Module, x: torch.Tensor, name: str, data_title: str) -> None:
+    """One forward pass on two real training inputs, before anything is written: a model that cannot
+    take the data set's images (AlexNet's 32x32 RGB layers on 28x28 digits) is one line, not a crash
+    in the first step."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except RuntimeError as exc:
+        raise ConfigError(f"model {name} cannot take {data_title}'s images (input {list(x.shape[1:])}): "
+                          f"{first_line(exc)}") from None
+    finally:
+        model.train(was_training)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
