@@ -45,4 +45,8 @@ def unknown(kind: str, name: str, choices) -> ConfigError:
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first line of text (or its type name), short enough for a one-line error."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 3].rsplit(" ", 1)[0]  # at a word's end, and marked as cut
+    return (cut if len(cut) > limit // 2 else line[:limit - 3]) + "..."

@@ -84,6 +84,11 @@ def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
     if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
         raise MetadataError(f"class_names must be a list of 1..{MAX_CLASSES} names, got {_show(names)}", path)
     names = [_str(n, "each class name", path) for n in names]
+    seen = set()
+    for name in names:  # a prediction must say which class it is
+        if name in seen:
+            raise MetadataError(f"class_names repeats {_show(name)}: each class needs its own name", path)
+        seen.add(name)
     num_classes = _int(meta["num_classes"], "num_classes", 1, MAX_CLASSES, path) if need_num_classes else len(names)
     if num_classes != len(names):
         raise MetadataError(f"num_classes is {num_classes} but there are {len(names)} class names", path)

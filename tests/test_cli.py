@@ -108,3 +108,15 @@ def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
     assert json.loads(proc.stdout)["class"] == "7"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 141), proc.returncode
+
+
+def test_first_line_cuts_long_messages_at_a_word():
+    """Runtimes' messages (onnxruntime's are one long line of paths) are cut for a one-line error
+    at a word's end, marked with '...', never mid-word."""
+    from convzoo.errors import first_line
+
+    long = RuntimeError("Load model from /tmp/x.onnx failed: " + "opset 999 is not supported by this build " * 8 + "\nmore")
+    cut = first_line(long)
+    assert len(cut) <= 160 and cut.endswith("...") and long.args[0].startswith(cut[:-3])
+    assert long.args[0][len(cut) - 3] == " "  # the cut falls between words
+    assert first_line(ValueError("short\nsecond")) == "short" and first_line(KeyError()) == "KeyError"

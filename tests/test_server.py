@@ -27,7 +27,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import assert_user_error, run_cli
+from conftest import MNIST_DIR, assert_user_error, run_cli
 from test_deploy import mnist_test, png_bytes, serving
 
 pytestmark = pytest.mark.real_data
@@ -514,6 +514,21 @@ def test_malformed_model_metadata_is_refused_before_serving(mnist_onnx, tmp_path
         proc = run_cli("serve", "--model", bad, "--port", "0", "--workers", workers, timeout=60)
         assert_user_error(proc, "bad.onnx")
         assert "convzoo serve:" not in proc.stdout
+
+
+def test_repeated_class_names_are_refused(mnist_onnx, tmp_path):
+    """Predictions name classes: a file whose names repeat one ('a' for 0, 1 and 2) would answer 'a' for
+    three different classes."""
+    model = onnx.load(str(mnist_onnx))
+    for prop in model.metadata_props:
+        if prop.key == "convzoo":
+            meta = json.loads(prop.value)
+            meta["class_names"] = ["a", "a", "a", *meta["class_names"][3:]]
+            prop.value = json.dumps(meta)
+    repeated = tmp_path / "repeated.onnx"
+    onnx.save(model, str(repeated))
+    assert_user_error(run_cli("predict", "--model", repeated, "--from-test", "2", "--data-path", MNIST_DIR, timeout=60),
+                      "repeated.onnx", "class_names repeats 'a'")
 
 
 def test_predict_cli_reads_every_mode(mnist_onnx, tmp_path):
