@@ -37,6 +37,8 @@ def test_plots_and_report(short_run, mnist_run, tmp_path):
     assert "| epoch | train loss" in proc.stdout and (short_run / "report.md").is_file()
     page = (short_run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "<table>" in page
+    twice = run_cli("report", short_run, short_run.parent / "." / "run", "--output", tmp_path / "twice.md", check=0)
+    assert "# Run run\n" in twice.stdout and "| epoch | train loss" in twice.stdout  # one folder named twice: one run
     out = tmp_path / "both.md"
     proc = run_cli("report", short_run, mnist_run, "--output", out, check=0)
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "| lenet5 | mnist |" in line]

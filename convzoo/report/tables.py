@@ -59,7 +59,11 @@ def comparison_table(runs: list[dict]) -> str:
 
 def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str, Path]:
     """Write report.md (and report.html) and return the markdown and where it went."""
-    runs = [load_run(f) for f in folders]
+    # A folder given twice (o4 o4, or o4 ./o4) is one run, shown once.
+    unique = {}
+    for folder in folders:
+        unique.setdefault(Path(folder).resolve(), folder)
+    runs = [load_run(f) for f in unique.values()]
     if len({r["name"] for r in runs}) < len(runs):  # same folder names: tell them apart by their parents
         for r in runs:
             r["name"] = f"{r['folder'].parent.name}/{r['folder'].name}"
