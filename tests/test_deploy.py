@@ -138,6 +138,43 @@ def test_predict_cli_bad_images(mnist_onnx, tmp_path):
     assert_user_error(run_cli("predict", "--model", tmp_path / "nope.onnx", tmp_path / "x.png"), "nope.onnx")
 
 
+# A device, a FIFO and an over-large (sparse) file, each read through load_image with memory capped at 1 GB:
+# each must be one ImageError from its stat, not an endless read, a block, or 256 MB read in vain.
+READ_ODD_FILES = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from convzoo.data.images import ImageError, load_image
+for path in sys.argv[1:]:
+    try:
+        load_image(path)
+    except ImageError as exc:
+        print(exc)
+"""
+
+
+def test_predict_refuses_devices_fifos_and_huge_files(tmp_path):
+    too_big = (256 << 20) + 1  # data/images.py's MAX_FILE_BYTES, plus one
+    (tmp_path / "shots").mkdir()
+    fifo = tmp_path / "shots" / "x.png"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(too_big)  # sparse: no disk used
+    cases = {"/dev/zero": "not a regular file", str(fifo): "not a regular file",
+             str(big): f"{too_big:,} bytes, more than the 256 MB an image file may have"}
+    proc = subprocess.run([sys.executable, "-c", READ_ODD_FILES, *cases], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert proc.stdout.splitlines() == [f"{path}: {message}" for path, message in cases.items()], proc.stderr
+    for path, message in cases.items():
+        assert_user_error(run_cli("predict", "--model", "lenet5:mnist", path, timeout=120), f"{path}: {message}")
+    # A folder or pattern skips them as it skips other files that are not images.
+    seven = tmp_path / "shots" / "seven.png"
+    Image.fromarray(mnist_test(1)[0][0, 0]).save(seven)
+    for where in (tmp_path / "shots", str(tmp_path / "shots" / "*.png")):
+        proc = run_cli("predict", "--model", "lenet5:mnist", "--json", where, timeout=120, check=0)
+        assert [json.loads(line)["file"] for line in proc.stdout.splitlines()] == [str(seven)]
+
+
 @pytest.mark.real_data
 def test_predict_from_test_grid(mnist_onnx, tmp_path):
     grid = tmp_path / "grid.png"

@@ -100,7 +100,7 @@ def test_cli_download_checksum_mismatch(tmp_path, file_server):
     file_server.files = {f"/m/{k}": v for k, v in small_mnist_files().items()}  # not the official bytes
     proc = run_cli("data", "download", "mnist", "--data-path", tmp_path, "--mirror", file_server.url + "/m/")
     assert_user_error(proc, "md5", "rejected")
-    assert not any(p.is_file() for p in (tmp_path / "mnist").iterdir())
+    assert list(tmp_path.iterdir()) == []  # not even the mnist/ folder the failed download made
 
 
 def test_cli_every_mirror_404(tmp_path, file_server):
@@ -108,6 +108,31 @@ def test_cli_every_mirror_404(tmp_path, file_server):
                    "--mirror", file_server.url + "/a/", "--mirror", file_server.url + "/b/")
     line = assert_user_error(proc, "every mirror", "HTTP 404")
     assert line.count("HTTP 404") == 2
+
+
+def test_failed_download_removes_only_the_empty_folders_it_made(tmp_path, file_server):
+    """A failed download leaves no empty mnist/ (nor a cache folder it made) behind; a folder that
+    existed, other data sets' files and the files already downloaded stay."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other" / "cifar-10-batches-bin").mkdir(parents=True)
+    (tmp_path / "other" / "cifar-10-batches-bin" / "batches.meta.txt").write_text("airplane\n")
+    for folder in ("empty", "other"):
+        proc = run_cli("data", "download", "mnist", "--data-path", tmp_path / folder,
+                       "--mirror", file_server.url + "/no/")
+        assert_user_error(proc, "every mirror", "HTTP 404")
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["cifar-10-batches-bin"]
+    cache = tmp_path / "new" / "cache"
+    proc = run_cli("data", "download", "mnist", "--mirror", file_server.url + "/no/", env={"CONVZOO_CACHE": str(cache)})
+    assert_user_error(proc, "every mirror")
+    assert not (tmp_path / "new").exists()
+    # Half a data set downloaded: its folder and files are kept for the next try.
+    files = small_mnist_files()
+    file_server.files = {f"/half/{n}": body for n, body in files.items() if n.startswith("train")}  # t10k: 404
+    with pytest.raises(DownloadError, match="t10k-images-idx3-ubyte.gz: download failed"):
+        fetch.download_dataset(spec_for(files), tmp_path / "empty", mirrors=[file_server.url + "/half/"])
+    assert sorted(p.name for p in (tmp_path / "empty" / "mnist").iterdir()) == sorted(
+        n for n in files if n.startswith("train"))
 
 
 def test_cli_timeout(tmp_path):
@@ -349,7 +374,7 @@ def test_cli_download_from_endless_mirror(tmp_path, file_server, capsys):
     errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "sends more than the official 9,912,422 bytes (stopped and removed)" in errors[0]
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # the .part and the mnist/ folder made for it
 
 
 DOWNLOAD = """
@@ -407,4 +432,4 @@ def test_cli_download_onto_full_disk(tmp_path, file_server, capsys):
         errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
         assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
         assert "mnist/train-images-idx3-ubyte.gz: cannot write: No space left on device" in errors[0]
-        assert list((folder / "mnist").iterdir()) == []
+        assert not (folder / "mnist").exists()

@@ -5,6 +5,7 @@ and CIFAR-10 test records written as PNG/JPEG/BMP/WebP files, some RGB, some of 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -211,6 +212,10 @@ def bad_folders(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
                 (tmp / name / c / f"{i}.png").write_bytes(digit_png(i))
         (tmp / name / "b" / "1.png").write_bytes(payload)
         cases[name] = (tmp / name, [str(tmp / name / "b" / "1.png"), message])
+    for c in ("a", "b"):  # a class of one image trains; with every class so, nothing is left to test on
+        (tmp / "single images" / c).mkdir(parents=True)
+        (tmp / "single images" / c / "0.png").write_bytes(digit_png())
+    cases["single images"] = (tmp / "single images", [str(tmp / "single images"), "no test images"])
     (tmp / "split" / "train" / "a").mkdir(parents=True)
     (tmp / "split" / "train" / "b").mkdir()
     (tmp / "split" / "test" / "c").mkdir(parents=True)
@@ -233,6 +238,25 @@ def test_bad_folders_one_line_exit_2(tmp_path, capsys):
         (["--test-split", 1.0], "--test-split must be in (0, 1)"),
     ):
         one_error(*cli(capsys, "train", "--dataset", "folder", "--data-path", tmp_path, *flags), message)
+
+
+def test_fifos_devices_and_broken_links_are_skipped(tmp_path):
+    """A FIFO named *.png (reading it would block), a link to a device and a broken link inside a class
+    folder are skipped like hidden files: `data info` and `train` read only the six real images."""
+    root = tmp_path / "fold"
+    for i in range(6):
+        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        (root / "ab"[i % 2] / f"{i}.png").write_bytes(digit_png(i))
+    os.mkfifo(root / "b" / "fifo.png")
+    (root / "a" / "zero.png").symlink_to("/dev/zero")  # leaves the folder: skipped like any such link
+    for odd in ("fifo", "broken link"):
+        if odd == "broken link":
+            (root / "a" / "dangling.png").symlink_to(root / "a" / "nowhere.png")
+        info = json.loads(run_cli("data", "info", "folder", "--data-path", root, "--json", timeout=60, check=0).stdout)
+        assert info["counts"] == {"train": 4, "test": 2}
+    proc = run_cli("train", "--model", "lenet5", "--dataset", "folder", "--data-path", root, "--epochs", 1,
+                   "--batch-size", 2, "--threads", 1, "--output-dir", tmp_path / "run", timeout=120, check=0)
+    assert "(4 train / 2 test)" in proc.stdout and (tmp_path / "run" / "last.pt").is_file()
 
 
 def test_too_much_to_decode_is_refused_before_decoding(tmp_path, capsys, monkeypatch):

@@ -26,7 +26,7 @@ from convzoo.data.catalog import CIFAR10, MNIST
 from convzoo.engine import rundir
 from convzoo.errors import DataError, WriteError
 
-from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, need
+from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, need, run_cli
 
 
 @pytest.mark.real_data
@@ -148,6 +148,40 @@ def test_cifar_bad_label(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         formats.read_idx(tmp_path / "nope")
+
+
+def test_data_files_with_no_records_are_refused(tmp_path):
+    """An IDX images or labels file whose header says 0 records, or an empty CIFAR-10 batch: refused by
+    the reader, naming the file (a generic read_idx still reads an empty array)."""
+    images = write_raw(tmp_path / "t10k-images-idx3-ubyte", idx_header(8, 0, 28, 28))
+    labels = write_raw(tmp_path / "t10k-labels-idx1-ubyte.gz", idx_header(8, 0), gz=True)
+    with pytest.raises(DataError, match=re.escape(f"{images}: no records")):
+        formats.read_idx_images(images, (28, 28), 10000)
+    with pytest.raises(DataError, match=re.escape(f"{labels}: no records")):
+        formats.read_idx_labels(labels, 10, 10000)
+    assert formats.read_idx(images).shape == (0, 28, 28)
+    batch = write_raw(tmp_path / "test_batch.bin", b"")
+    with pytest.raises(DataError, match=re.escape(f"{batch}: no records (0 bytes)")):
+        formats.read_cifar_batch(batch)
+
+
+@pytest.mark.real_data
+def test_cli_test_split_with_no_records(tmp_path):
+    """t10k files whose headers say 0 records beside the real training files: eval (ONNX and checkpoint),
+    predict --from-test and train all stop when the data are loaded, with one line naming the file."""
+    folder = tmp_path / "zero"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (folder / name).symlink_to(need(MNIST_DIR) / name)
+    formats.write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    formats.write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    run = tmp_path / "run"
+    for args in (["eval", "--model", "lenet5:mnist"], ["eval", "--ckpt", "lenet5:mnist"],
+                 ["predict", "--model", "lenet5:mnist", "--from-test", 2],
+                 ["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", 1, "--train-limit", 256,
+                  "--threads", 1, "--output-dir", run]):
+        assert_user_error(run_cli(*args, "--data-path", folder), f"{folder / 't10k-images-idx3-ubyte'}: no records")
+    assert not (run / "last.pt").exists()
 
 
 @pytest.mark.real_data

@@ -221,10 +221,35 @@ def read_manifest(folder: Path) -> dict:
 
 
 def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: float = TIMEOUT_S) -> Located:
-    """Download every file of `spec` into root/<name>/, verified; returns it located."""
+    """Download every file of `spec` into root/<name>/, verified; returns it located. The folders
+    this call creates are removed again if it fails and they are still empty (no stray empty
+    mnist/ in the user's folder); files already downloaded are kept, as is any folder it found."""
     if not spec.reader.official:
         raise DataError(f"--dataset {spec.name} reads your own images: there is nothing to download", spec.name)
     target = root / spec.name
+    created = missing_folders(target)
+    try:
+        return download_into(spec, root, target, mirrors, timeout)
+    except BaseException:
+        for folder in reversed(created):  # innermost first; rmdir refuses a folder that holds anything
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def download_into(spec: DatasetSpec, root: Path, target: Path, mirrors, timeout: float) -> Located:
+    """download_dataset's work, into the folder `target` (root/<name>)."""
     try:
         target.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=target, prefix=".probe")

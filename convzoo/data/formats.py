@@ -114,11 +114,13 @@ class DataStream:
         return data
 
 
-def read_idx(path, *, code: int | None = None, dims=None, max_items: int | None = None) -> np.ndarray:
+def read_idx(path, *, code: int | None = None, dims=None, max_items: int | None = None,
+             allow_empty: bool = True) -> np.ndarray:
     """Decode an IDX file (gzipped or raw) into a native-endian numpy array.
 
     `code` (the type byte), `dims` (each record's dimensions, None where any size will do) and
-    `max_items` (records in the official file) are what the caller expects. The header is checked
+    `max_items` (records in the official file) are what the caller expects; `allow_empty=False`
+    refuses a header of 0 records (a data set's split must hold some). The header is checked
     against them, and the size it announces against the file's, before anything is allocated;
     inflating a gzip stream stops at the size the header announces.
     """
@@ -150,6 +152,8 @@ def read_idx(path, *, code: int | None = None, dims=None, max_items: int | None 
         if max_items is not None and shape[0] > max_items:
             raise DataError(f"header says {shape[0]:,} records, more than the {max_items:,} of the official file",
                             path)
+        if shape[0] == 0 and not allow_empty:  # else every command fails later, each its own way
+            raise DataError("no records (its header says 0)", path)
         dtype = IDX_DTYPES[type_code]
         expected = math.prod(shape) * dtype.itemsize  # Python ints: a product of 2^32s cannot overflow
 
@@ -180,14 +184,15 @@ def read_idx(path, *, code: int | None = None, dims=None, max_items: int | None 
 
 
 def read_idx_images(path, size=None, max_items: int | None = None) -> np.ndarray:
-    """IDX images as uint8 (N, 1, H, W); `size` (H, W) and `max_items` are checked in the header."""
-    return read_idx(path, code=0x08, dims=tuple(size) if size else (None, None), max_items=max_items)[:, None]
+    """IDX images as uint8 (N, 1, H, W), N > 0; `size` (H, W) and `max_items` are checked in the header."""
+    return read_idx(path, code=0x08, dims=tuple(size) if size else (None, None), max_items=max_items,
+                    allow_empty=False)[:, None]
 
 
 def read_idx_labels(path, num_classes: int, max_items: int | None = None) -> np.ndarray:
-    """IDX labels as int64 (N,): unsigned bytes (a float or int32 label file is refused, not rounded),
+    """IDX labels as int64 (N,), N > 0: unsigned bytes (a float or int32 label file is refused, not rounded),
     every one checked to lie in [0, num_classes)."""
-    labels = read_idx(path, code=0x08, dims=(), max_items=max_items)
+    labels = read_idx(path, code=0x08, dims=(), max_items=max_items, allow_empty=False)
     check_label_range(labels, num_classes, path)
     return labels.astype(np.int64)
 
@@ -233,7 +238,9 @@ def cifar_pickle_limit(records: int) -> int:
 
 
 def check_cifar_size(size: int, path, max_records: int | None = None) -> None:
-    if size == 0 or size % CIFAR_RECORD_BYTES:
+    if size == 0:  # said as for an empty IDX file
+        raise DataError("no records (0 bytes)", path)
+    if size % CIFAR_RECORD_BYTES:
         raise DataError(
             f"size {size} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte CIFAR-10 records "
             f"({size // CIFAR_RECORD_BYTES} records + {size % CIFAR_RECORD_BYTES} stray bytes)",
@@ -453,7 +460,7 @@ def read_cifar_split(located, split: str):
 # ---------------------------------------------------------------- image folders
 
 MAX_DECODED_BYTES = 2 << 30  # a folder decodes into memory at once: refused beyond this, before decoding
-MAX_IMAGE_FILE_BYTES = 256 << 20  # a single image file larger than this is not a photo
+MAX_IMAGE_FILE_BYTES = image_files.MAX_FILE_BYTES  # a single image file larger than this is not a photo
 
 
 def read_folder_split(located, split: str):
@@ -470,7 +477,7 @@ def read_folder_split(located, split: str):
 def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
     """(class names, {split: [(file, label)]}) of an image folder: one sub-folder of images per class,
     or train/ and test/ each holding them. Every problem (no classes, one class, a class without
-    images, too much to decode) is a DataError found here, before any image is decoded."""
+    images, no test images, too much to decode) is a DataError found here, before any image is decoded."""
     root = Path(root)
     if not root.is_dir():
         raise DataError("not a folder", root)
@@ -493,6 +500,9 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
             train, test = split_class(class_images(root / c, root), c, rule)
             files["train"] += [(f, i) for f in train]
             files["test"] += [(f, i) for f in test]
+        if not files["test"]:  # eval would score nothing, training would report a test accuracy of 0
+            raise DataError("no test images: every class folder holds a single image (a class needs two for one "
+                            "to be held out for testing)", root)
     check_decoded_size(sum(map(len, files.values())), rule, root)
     # A seeded order mixes the classes, so --train-limit and --from-test take a bit of each.
     files = {s: [f[i] for i in np.random.default_rng(rule.seed).permutation(len(f))] for s, f in files.items()}
@@ -514,15 +524,16 @@ def check_classes(classes: tuple[str, ...], folder: Path) -> None:
 
 
 def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
-    """The image files under one class folder (sub-folders included), sorted; hidden files and
-    links leaving `root` skipped, extensions matched in any case."""
+    """The image files under one class folder (sub-folders included), sorted; extensions matched in
+    any case. Skipped like hidden files and links leaving `root`: anything that is not a regular file
+    (a FIFO or device named *.png would block or never end when read, a broken link fails)."""
     suffixes = set(image_files.image_suffixes())
     found = []
     if folder.is_dir():
         for here, dirs, names in os.walk(folder):  # does not descend into linked folders
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             found += [Path(here, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
-    found = sorted(f for f in found if inside(f, root))
+    found = sorted(f for f in found if inside(f, root) and f.is_file())  # is_file: regular, links followed
     if not found and required:
         raise DataError(f"no image files ({' '.join(sorted(suffixes))})", folder)
     for f in found:

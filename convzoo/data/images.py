@@ -4,7 +4,8 @@ no torch): decoding for `predict` and `serve` (deploy/preprocess.py) and for ima
 
 Every decoding failure is an ImageError naming the file; any Pillow mode either becomes 8-bit grey
 or RGB or is refused, so hostile pixels (NaN, odd modes) never reach numpy; images over 40 MP are
-refused from their header, before decoding.
+refused from their header, before decoding. A path is read only if it is a regular file of at
+most MAX_FILE_BYTES (checked from its stat, before reading: /dev/zero or a FIFO would never end).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import functools
 import importlib
 import io
 import math
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -21,6 +24,9 @@ from PIL import Image, ImageOps
 from ..errors import ConvzooError
 
 MAX_PIXELS = 40_000_000
+# Bytes an image file may have, refused from its size before reading: 40 MP as uncompressed 16-bit
+# RGB (TIFF, PPM) is 240 MB; anything larger is not a photo.
+MAX_FILE_BYTES = 256 << 20
 # The photo formats only: Pillow's other parsers (EPS runs Ghostscript, PSD, FITS, ...) see no user bytes.
 # Format -> its Pillow plugin, imported alone: Image.init() would import all ~45 (a tenth of a second).
 PLUGINS = {"PNG": "Png", "JPEG": "Jpeg", "BMP": "Bmp", "GIF": "Gif", "TIFF": "Tiff", "WEBP": "WebP", "AVIF": "Avif",
@@ -55,14 +61,7 @@ def open_image(source, name: str = "image") -> Image.Image:
             raise ImageError("empty file (0 bytes)", name)
         stream = io.BytesIO(source)
     else:
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise ImageError("file not found", source) from None
-        except OSError as exc:
-            raise ImageError(f"cannot read: {exc.strerror or exc}", source) from None
-        return open_image(data, str(source))
+        return open_image(read_image_file(source), str(source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,6 +81,32 @@ def open_image(source, name: str = "image") -> Image.Image:
     if width * height == 0:
         raise ImageError(f"image is {width}x{height}: no pixels", name)
     return image
+
+
+def read_image_file(path) -> bytes:
+    """A regular file's bytes, at most MAX_FILE_BYTES: a device (/dev/zero), FIFO or socket would
+    block or never end, so it is refused from its stat, as is a file too large, before reading."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError("not a regular file", path)
+        # O_NONBLOCK: should a FIFO replace the file after the stat, opening it still returns at once.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError("not a regular file", path)
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageTooLarge(f"{info.st_size:,} bytes, more than the {MAX_FILE_BYTES >> 20} MB an image "
+                                    "file may have", path)
+            data = f.read(MAX_FILE_BYTES + 1)  # a file still growing stops here too
+    except FileNotFoundError:
+        raise ImageError("file not found", path) from None
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}", path) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageTooLarge(f"more than the {MAX_FILE_BYTES >> 20} MB an image file may have", path)
+    return data
 
 
 def decode_image(image: Image.Image, name: str = "image") -> Image.Image:

@@ -169,8 +169,9 @@ def export_intact(onnx_path: Path) -> bool:
 
 
 def expand_image_paths(paths) -> list[Path]:
-    """Files as given; a folder -> the image files under it (sorted, hidden ones skipped); a pattern
-    such as 'shots/*.jpg' (quoted, so the shell leaves it) -> its matching files."""
+    """Files as given (a device or FIFO refused); a folder -> the image files under it (sorted, hidden
+    ones and non-regular files skipped); a pattern such as 'shots/*.jpg' (quoted, so the shell leaves
+    it) -> its matching regular files."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -184,6 +185,8 @@ def expand_image_paths(paths) -> list[Path]:
             if not found:
                 raise ImageError("no files match this pattern", path)
             files += found
+        elif path.exists() and not path.is_file():  # a device or FIFO: reading would block or never end
+            raise ImageError("not a regular file", path)
         else:
             files.append(path)
     return files
