@@ -320,3 +320,26 @@ def test_train_without_threads_flag_follows_omp_num_threads(tmp_path):
         out = tmp_path / f"run{expected}"
         run_cli(*common, *flags, "--output-dir", out, env=env, check=0)
         assert yaml.safe_load((out / "config.yaml").read_text())["threads"] == expected
+
+
+@pytest.mark.real_data
+def test_a_diverging_loss_stops_the_run_and_saves_no_nan_weights(tmp_path):
+    """--lr 100: epoch 1 stays finite (huge loss), epoch 2 goes NaN at its 2nd step. The run stops there with one
+    line naming the epoch and step, exit 2; best.pt and last.pt stay epoch 1's finite weights. --lr 10000 goes NaN
+    in epoch 1: no checkpoint at all (was: exit 0, loss nan, best.pt/last.pt of NaN tensors)."""
+    from convzoo.engine.checkpoint import load_checkpoint
+
+    common = ["train", "--model", "lenet5", *MNIST, "--train-limit", "256", "--test-limit", "256", "--threads", "1"]
+    out = tmp_path / "run"
+    line = assert_user_error(run_cli(*common, "--lr", "100", "--epochs", "2", "--print-freq", "1", "--output-dir", out),
+                             "training diverged", "nan at epoch 2, step 2", "lower --lr")
+    assert str(out) in line
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(out / name)  # refuses non-finite tensors
+        assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+
+    out = tmp_path / "early"
+    assert_user_error(run_cli(*common, "--lr", "10000", "--epochs", "1", "--output-dir", out),
+                      "training diverged", "at epoch 1, within steps 1-4", "no checkpoint was written")
+    assert not (out / "best.pt").exists() and not (out / "last.pt").exists()

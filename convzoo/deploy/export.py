@@ -17,7 +17,7 @@ import torch
 
 from ..atomic import atomic_path, atomic_write_bytes
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..metadata import META_KEY, deployment_metadata
 from .runtime import ort_session, session_runner
 
@@ -28,12 +28,23 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     spec = ckpt["input"]
     example = torch.zeros(2, spec["channels"], spec["size"], spec["size"])
+    samples = parity_samples(example.shape[1:])
+    with torch.no_grad():
+        expected = model(samples).numpy()
+    if not np.isfinite(expected).all():  # finite weights that overflow: nothing is written for a useless model
+        raise CheckpointError("the model's logits are not finite (NaN or inf) for ordinary inputs; its weights are "
+                              "unusable", ckpt_path)
     onnx_model = to_onnx(model, example, opset=opset, dynamic_batch=dynamic_batch)
     set_metadata(onnx_model, deployment_metadata(ckpt))
-    save_onnx(onnx_model, out_path)
     result = {"path": str(out_path)}
-    if check:
-        result["max_abs_diff"] = parity(model, out_path, example.shape[1:])
+
+    def check_parity(written):  # before the file replaces `out_path`
+        result["max_abs_diff"] = parity(model, written, example.shape[1:], samples, expected=expected)
+        if not np.isfinite(result["max_abs_diff"]):
+            raise CheckpointError("onnxruntime's logits for the exported model are not finite (NaN or inf) where "
+                                  "PyTorch's are: its weights overflow there; nothing was written", ckpt_path)
+
+    save_onnx(onnx_model, out_path, verify=check_parity if check else None)
     return result
 
 
@@ -59,8 +70,9 @@ def set_metadata(onnx_model, meta: dict) -> None:
     entry.key, entry.value = META_KEY, json.dumps(meta)
 
 
-def save_onnx(onnx_model, out_path) -> None:
-    """Check the graph, then write it atomically as a single file."""
+def save_onnx(onnx_model, out_path, verify=None) -> None:
+    """Check the graph, then write it atomically as a single file; `verify(temp_path)` may refuse the
+    written file (by raising) before it replaces `out_path`."""
     import onnx
 
     for node in onnx_model.graph.node:  # the exporter's per-node notes (stack traces with local paths, module
@@ -69,13 +81,22 @@ def save_onnx(onnx_model, out_path) -> None:
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path, ".onnx") as tmp:
         onnx.save(onnx_model, str(tmp))
+        if verify is not None:
+            verify(tmp)
 
 
-def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor | None = None) -> float:
-    """Max |logit difference| between PyTorch and onnxruntime on `samples` (random if None)."""
-    x = samples if samples is not None else torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = model(x).numpy()
+def parity_samples(input_shape) -> torch.Tensor:
+    return torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor | None = None, *,
+           expected: np.ndarray | None = None) -> float:
+    """Max |logit difference| between PyTorch (`expected`, computed if None) and onnxruntime on
+    `samples` (random if None)."""
+    x = samples if samples is not None else parity_samples(input_shape)
+    if expected is None:
+        with torch.no_grad():
+            expected = model(x).numpy()
     got = session_runner(ort_session(onnx_path))(x.numpy())
     return float(np.abs(expected - got).max())
 

@@ -68,6 +68,9 @@ def ort_session(path, threads: int = 1, *, spinning: bool = True, level: str = "
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Fatal only: a graph that fails to load or run raises, and convzoo reports it as one line; onnxruntime's
+    # own coloured [W:onnxruntime]/[E:onnxruntime] lines on stderr would only repeat it, over several lines.
+    options.log_severity_level = 4
     options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
     if not spinning:

@@ -84,6 +84,11 @@ def check_state_dict(state, path) -> None:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in state.items()):
         raise CheckpointError("state_dict must map parameter names to tensors", path)
+    for name, tensor in state.items():  # one pass over the weights, far cheaper than reading them
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+            raise CheckpointError(f"tensor {name!r} holds {kind} values (a diverged training run?); weights "
+                                  "must be finite", path)
 
 
 def check_resume_state(state: dict, path) -> None:

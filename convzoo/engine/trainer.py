@@ -6,6 +6,7 @@ of every global batch, and only rank 0 logs and writes the run directory.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -196,6 +197,7 @@ class TrainingRun:
         """Steps `first`..spe of one epoch, with the progress bar, step log lines, mid-epoch
         checkpoints and Ctrl-C handled after each step, outside the optimisation itself."""
         cfg, spe = self.cfg, self.spe
+        self.finite_at = (epoch, first)  # the loss is finite up to here (a resumed state was saved finite)
         meter = EpochMeter.start(self.epoch_acc, self.device, lr=self.optimizer.param_groups[0]["lr"])
         self.epoch_acc = None
         bar = progress(spe, first, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.show_bar)
@@ -215,15 +217,23 @@ class TrainingRun:
                 self.lookahead.after_step(self.model, epoch * spe + done, self.total_steps)
             if bar:
                 bar.update(1)
-            if (cfg.print_freq and done % cfg.print_freq == 0) or done == spe:
+            logged = (cfg.print_freq and done % cfg.print_freq == 0) or done == spe
+            evaluated = cfg.eval_steps and done % cfg.eval_steps == 0 and done != spe
+            interrupted = stop.is_set() and done != spe
+            due = cfg.save_every and done % cfg.save_every == 0 and done != spe
+            saved = due or interrupted
+            if logged or evaluated or due:  # steps that every rank reaches alike: a collective check
+                self._check_finite(epoch, done, meter)
+            elif interrupted:  # this rank's Ctrl-C: its own check, as only rank 0 saves
+                self._check_finite(epoch, done, meter, collective=False)
+            if logged:
                 elapsed, cur, avg = meter.elapsed() * 1000, loss.item(), meter.avg_loss()
                 self.log.line(f"Epoch: [{epoch + 1:2d}/{cfg.epochs:2d}], step: [{done:4d}/{spe:4d}], loss: [{cur:.4f}], "
                               f"avg loss: [{avg:.4f}], time: [{elapsed:.4f}ms]", event="step", epoch=epoch + 1,
                               step=done, loss=cur, avg_loss=avg, lr=meter.lr, time_ms=elapsed)
-            if cfg.eval_steps and done % cfg.eval_steps == 0 and done != spe:
+            if evaluated:
                 self._check_target(epoch, done, meter)
-            interrupted = stop.is_set() and done != spe
-            if (cfg.save_every and done % cfg.save_every == 0 and done != spe) or interrupted:
+            if saved:
                 self._checkpoint(epoch, done, meter.to_dict())
             if interrupted:
                 raise KeyboardInterrupt
@@ -248,6 +258,8 @@ class TrainingRun:
                              torch.tensor(float(meter.seen), dtype=torch.float64, device=self.device)])
         distributed.all_reduce_sum(stats)
         train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
+        if not math.isfinite(train_loss):  # every rank sees the summed loss: all stop here, nothing saved
+            self._diverged(epoch, self.position[1], train_loss)
         steps_run = max(meter.steps, 1)
         log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / steps_run:.3f}, "
                  f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
@@ -274,6 +286,28 @@ class TrainingRun:
         if self.main:
             rundir.write_metrics(self.out, self.history)
         self.loggers.epoch(row)
+
+    def _check_finite(self, epoch: int, step: int, meter: "EpochMeter", *, collective: bool = True) -> None:
+        """Stop with a one-line error once the loss is NaN or inf: the epoch's loss sum (kept on the
+        device) carries any non-finite step loss, so one look per logged, evaluated or saved step
+        (after the step's loss line syncs anyway) finds it before NaN weights reach a checkpoint. With
+        `collective`, summed over the ranks, so every rank stops at the same step."""
+        bad = (~torch.isfinite(meter.loss_sum)).double()
+        if collective:
+            distributed.all_reduce_sum(bad)
+        if bad.item():
+            self._diverged(epoch, step, float(meter.loss_sum) / max(meter.seen, 1))
+        self.finite_at = (epoch, step)
+
+    def _diverged(self, epoch: int, step: int, loss: float):
+        """The one-line error for a loss that went NaN or inf; best.pt and last.pt keep what they held."""
+        last = self.finite_at[1] if self.finite_at[0] == epoch else 0
+        steps = f"step {step}" if step - last <= 1 else f"within steps {last + 1}-{step} (--print-freq 1 names the step)"
+        kept = (f"the checkpoints in {self.out} are from before it" if (self.out / "last.pt").is_file()
+                else "no checkpoint was written")
+        kind = "nan" if math.isnan(loss) else "inf"
+        raise ConfigError(f"training diverged: the loss became {kind} at epoch {epoch + 1}, {steps}; try a lower "
+                          f"--lr (it is {self.cfg.lr:g}); {kept}")
 
     def _check_target(self, epoch: int, step: int, meter: "EpochMeter") -> None:
         """A mid-epoch evaluation (--eval-every-steps): record it, and stop once --target-acc is met."""
