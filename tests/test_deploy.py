@@ -328,3 +328,136 @@ def test_predict_folders_and_patterns(mnist_onnx, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(run_cli("predict", "--model", mnist_onnx, tmp_path / "empty"), "empty", "no image files")
     assert_user_error(run_cli("predict", "--model", mnist_onnx, str(tmp_path / "*.gif")), "*.gif", "no files match")
+
+
+# --- non-finite numbers ---------------------------------------------------------------------------
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as every JSON parser but Python's does."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def shipped_weights_with(path: Path, name: str, value: float, *, fill: bool = False) -> Path:
+    """The shipped LeNet-5 MNIST weights (.safetensors, or a convzoo .pt) with one value of tensor `name` (all of
+    it with `fill`) set to `value`."""
+    from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint("lenet5:mnist")
+    tensor = ckpt["state_dict"][name]
+    if fill:
+        tensor.fill_(value)
+    else:
+        tensor.view(-1)[0] = value
+    if path.suffix == ".pt":
+        save_checkpoint(path, ckpt)
+    else:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        from convzoo.models import pretrained
+
+        with safe_open(str(pretrained.resolve("lenet5:mnist")), framework="pt") as f:
+            save_file(ckpt["state_dict"], str(path), metadata=f.metadata())
+    return path
+
+
+@pytest.mark.real_data
+def test_checkpoints_with_non_finite_weights_are_refused(tmp_path):
+    """A NaN or inf weight is one line naming the file and the tensor, before anything is written (was: export
+    printed "max_abs_diff": NaN, invalid JSON; quantize died on an AssertionError, leaving model-fp32.onnx)."""
+    nan = shipped_weights_with(tmp_path / "nanw.safetensors", "fc1.weight", float("nan"))
+    inf = shipped_weights_with(tmp_path / "infw.pt", "conv2.bias", float("inf"))
+    for ckpt, tensor, kind in ((nan, "fc1.weight", "NaN"), (inf, "conv2.bias", "inf")):
+        for args in (["export", "--ckpt", ckpt, "-o", tmp_path / "out.onnx"],
+                     ["quantize", "--ckpt", ckpt, "--method", "ptq", "--output-dir", tmp_path / "quant",
+                      "--data-path", MNIST_DIR],
+                     ["eval", "--ckpt", ckpt, "--data-path", MNIST_DIR],
+                     ["predict", "--model", ckpt, "--from-test", "1", "--data-path", MNIST_DIR]):
+            assert_user_error(run_cli(*args, cwd=tmp_path, timeout=300), ckpt.name, repr(tensor), kind)
+        assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "quant").exists()
+    # Finite weights whose logits overflow in onnxruntime (conv1's bias at 3e38): no NaN in the JSON, and a
+    # refused export writes nothing.
+    big = shipped_weights_with(tmp_path / "big.safetensors", "conv1.bias", 3e38, fill=True)
+    proc = run_cli("export", "--ckpt", big, "-o", tmp_path / "big.onnx", timeout=300)
+    if proc.returncode == 0:
+        assert np.isfinite(strict_json(proc.stdout)["max_abs_diff"])
+    else:
+        assert_user_error(proc, "big.safetensors", "not finite")
+        assert not (tmp_path / "big.onnx").exists()
+
+
+ZOO_META = {"model": "lenet5", "dataset": "mnist", "class_names": [str(d) for d in range(10)], "preprocess": "digit",
+            "input": {"channels": 1, "size": 32, "fit": "pad", "mean": [0.1307], "std": [0.3081]},
+            "format_version": 1}
+
+
+def tiny_onnx(path: Path, nodes, initializers) -> Path:
+    """A hand-built graph input (N, 1, 32, 32) -> logits (N, 10) with LeNet-5 MNIST's convzoo metadata."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="convzoo", value=json.dumps(ZOO_META))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def nan_models(folder: Path) -> dict[str, Path]:
+    """'always': NaN weights, NaN logits for every input; 'ink': sqrt(-max pixel) added to the logits, finite
+    for an all-zero or blank input, NaN once any model-input value is positive (every digit's ink)."""
+    from onnx import helper, numpy_helper
+
+    flat = helper.make_node("Flatten", ["input"], ["flat"], axis=1)
+    weights = np.full((1024, 10), 0.01, np.float32)
+    return {
+        "always": tiny_onnx(folder / "nan_always.onnx", [flat, helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+                            [numpy_helper.from_array(np.full_like(weights, np.nan), "w")]),
+        "ink": tiny_onnx(folder / "nan_on_ink.onnx", [
+            flat, helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+            helper.make_node("ReduceMax", ["flat"], ["top"], axes=[1], keepdims=1),
+            helper.make_node("Neg", ["top"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["root"]),
+            helper.make_node("Add", ["mm", "root"], ["logits"])], [numpy_helper.from_array(weights, "w")]),
+    }
+
+
+@pytest.mark.real_data
+def test_predict_refuses_non_finite_outputs(tmp_path):
+    """A model whose logits are NaN is refused at load; an image that makes a model's logits NaN is one line naming
+    it; --json is strict JSON (was: `0 (nan)` and "probability": NaN)."""
+    models = nan_models(tmp_path)
+    digit, blank = tmp_path / "seven.png", tmp_path / "blank.png"
+    Image.fromarray(mnist_test(1)[0][0, 0]).save(digit)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(blank)
+    for flags in ([], ["--json"]):
+        assert_user_error(run_cli("predict", "--model", models["always"], *flags, blank), "nan_always.onnx",
+                          "non-finite")
+        proc = run_cli("predict", "--model", models["ink"], *flags, blank, digit)
+        assert_user_error(proc, "seven.png", "nan_on_ink.onnx", "non-finite")
+        assert proc.stdout == ""  # every image is run before any result is printed
+    proc = run_cli("predict", "--model", models["ink"], "--json", blank, check=0)
+    assert np.isfinite(strict_json(proc.stdout)["probability"])
+
+
+@pytest.mark.real_data
+def test_onnxruntime_errors_are_one_line(tmp_path):
+    """A graph that fails when run (a Reshape of 1024 values into rows of 7): stderr is one convzoo line, without
+    onnxruntime's own coloured [E:onnxruntime:...] log line before it."""
+    from onnx import helper, numpy_helper
+
+    model = tiny_onnx(tmp_path / "reshape.onnx", [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Reshape", ["flat", "shape"], ["rows"]),
+        helper.make_node("MatMul", ["rows", "w"], ["logits"])],
+        [numpy_helper.from_array(np.array([-1, 7], np.int64), "shape"),
+         numpy_helper.from_array(np.ones((7, 10), np.float32), "w")])
+    digit = tmp_path / "seven.png"
+    Image.fromarray(mnist_test(1)[0][0, 0]).save(digit)
+    proc = run_cli("predict", "--model", model, digit)
+    assert_user_error(proc, "reshape.onnx", "failed to run")
+    assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines() if line.startswith("convzoo: error:")]
+    assert "onnxruntime:" not in proc.stderr

@@ -50,6 +50,9 @@ class Predictor:
         if out.shape != (1, len(meta["class_names"])):
             raise ConfigError(f"the model outputs shape {list(out.shape)} for one image, not [1, "
                               f"{len(meta['class_names'])}] (one logit per class)", self.path)
+        if not np.isfinite(out).all():  # NaN weights, say: every prediction would be NaN
+            raise ConfigError("the model outputs non-finite logits (NaN or inf) for an all-zero input; its weights "
+                              "are unusable", self.path)
         return meta, run
 
     def _open_checked(self):
@@ -104,15 +107,27 @@ class Predictor:
         return self.predict_arrays(self.inputs(images), topk) if images else []
 
     def predict_arrays(self, batch: np.ndarray, topk: int = 3) -> list[dict]:
-        """Model inputs (N, C, H, W) -> results, run `batch_rows` at a time so memory stays bounded."""
+        """Model inputs (N, C, H, W) -> results, run `batch_rows` at a time so memory stays bounded.
+        NonFiniteOutput when the model's logits for some row are NaN or inf."""
+        results = self.predict_rows(batch, topk)
+        bad = [i for i, r in enumerate(results) if r is None]
+        if bad:
+            raise NonFiniteOutput(bad, self.path)
+        return results
+
+    def predict_rows(self, batch: np.ndarray, topk: int = 3) -> list[dict | None]:
+        """predict_arrays, with None for each row whose logits are not all finite (no probabilities
+        can be given for it), so one such input fails only its own request in a shared batch."""
         batch = batch.astype(np.float32)
-        probs = softmax(run_batched(self.run, batch, self.batch_rows))
+        logits = run_batched(self.run, batch, self.batch_rows)
+        finite = np.isfinite(logits).all(1)
+        probs = softmax(np.where(finite[:, None], logits, 0))  # finite logits: finite probabilities
         k = min(topk, probs.shape[1])
         order = np.argsort(-probs, axis=1)[:, :k]  # one call for the batch, plain Python numbers out
         chances, classes, results = np.take_along_axis(probs, order, 1).tolist(), self.classes, []
-        for indices, row in zip(order.tolist(), chances):
+        for indices, row, ok in zip(order.tolist(), chances, finite.tolist()):
             top = [{"class": classes[i], "index": i, "probability": p} for i, p in zip(indices, row)]
-            results.append({**top[0], "topk": top})
+            results.append({**top[0], "topk": top} if ok else None)
         return results
 
     def predict_files(self, paths, topk: int = 3) -> list[dict]:
@@ -122,7 +137,24 @@ class Predictor:
             return []
         # Every file is decoded and checked before any is run; only the small model inputs are kept.
         batch = np.concatenate([to_array(load_image(f), self.meta) for f in files])
-        return [{"file": str(f), **r} for f, r in zip(files, self.predict_arrays(batch, topk))]
+        try:
+            results = self.predict_arrays(batch, topk)
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(exc.rows, files[exc.rows[0]], model=self.path) from None
+        return [{"file": str(f), **r} for f, r in zip(files, results)]
+
+
+class NonFiniteOutput(ConfigError):
+    """The model's logits for an input are NaN or inf: no class or probability can be given for it.
+    `rows`: the inputs' indices in the batch; `path`: the model, or the input it names."""
+
+    def __init__(self, rows: list[int], path, *, model=None, what: str | None = None):
+        self.rows = rows
+        what = what or ("this image" if model is not None else
+                        f"input {rows[0]}" + (f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""))
+        source = f"model {model}" if model is not None else "the model"
+        super().__init__(f"{source} produced non-finite outputs (NaN or inf) for {what}; no prediction can be "
+                         "given", path)
 
 
 def cached_onnx(checkpoint: Path):
@@ -206,7 +238,10 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
     _, test = load_model_data(predictor.meta, predictor.path, data_path=data_path)
     images = test.images[:count].numpy()
     truth = [test.classes[i] for i in test.labels[:count].tolist()]
-    results = predictor.predict_arrays(from_dataset(images, predictor.meta), topk=topk)
+    try:
+        results = predictor.predict_arrays(from_dataset(images, predictor.meta), topk=topk)
+    except NonFiniteOutput as exc:
+        raise NonFiniteOutput(exc.rows, predictor.path, what=f"test image {exc.rows[0]}") from None
     for i, (r, t) in enumerate(zip(results, truth)):
         r.update(index_in_test=i, true=t)
     return images, truth, results

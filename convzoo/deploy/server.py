@@ -326,19 +326,30 @@ def run_batch(predictor: Predictor, parses: list[Parse], max_pixels: int) -> lis
     """In a worker thread: each request's images to model inputs (an exception fails only its own
     request: it becomes that request's outcome), then every good request's inputs in one onnxruntime
     call, split back. Outcomes in the requests' order: a list of results or an exception."""
-    outcomes, inputs, topks = [None] * len(parses), {}, {}
+    outcomes, inputs, topks, names = [None] * len(parses), {}, {}, {}
     for i, parse in enumerate(parses):
         try:
             blobs, topks[i] = parse()
-            inputs[i] = model_inputs(predictor, blobs, max_pixels)
+            inputs[i], names[i] = model_inputs(predictor, blobs, max_pixels), [name for name, _ in blobs]
         except Exception as exc:  # bad input (4xx), or a bug that stays this request's 500
             outcomes[i] = exc
     if inputs:
         topk = max(topks[i] for i in inputs)  # each request's top-k is a prefix of the batch's
-        rows = iter(predictor.predict_arrays(np.concatenate(list(inputs.values())), topk))
+        rows = iter(predictor.predict_rows(np.concatenate(list(inputs.values())), topk))
         for i, x in inputs.items():
-            outcomes[i] = [{**r, "topk": r["topk"][:topks[i]]} for r in islice(rows, len(x))]
+            results = list(islice(rows, len(x)))
+            bad = [name for name, r in zip(names[i], results) if r is None]
+            outcomes[i] = non_finite(bad) if bad else [{**r, "topk": r["topk"][:topks[i]]} for r in results]
     return outcomes
+
+
+def non_finite(names: list[str]) -> RequestError:
+    """The model gave NaN or inf logits for these images (a raw body is named 'body'): a 422 of its
+    own, noted in the log, never a JSON encoder's 500."""
+    which = "the image" if names == ["body"] else ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    log.warning("convzoo: the model produced non-finite outputs (NaN or inf) for %s", which)
+    return RequestError(422, f"the model produced non-finite outputs (NaN or inf) for {which}; "
+                             "it cannot classify this input")
 
 
 def model_inputs(predictor: Predictor, blobs: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray:
