@@ -179,6 +179,17 @@ def test_bad_checkpoints(tmp_path, tiny_run):
     torch.save({"conv1.weight": torch.zeros(1)}, plain)
     assert_user_error(run_cli("eval", "--ckpt", plain), "plain.pt", "not a convzoo checkpoint")
 
+    from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    resized = load_checkpoint(tiny_run / "best.pt")  # conv1 as 3x3 kernels: torch's own line for it is shown
+    resized["state_dict"] = {**resized["state_dict"], "conv1.weight": torch.zeros(6, 1, 3, 3)}
+    save_checkpoint(tmp_path / "resized.pt", resized)
+    assert_user_error(run_cli("eval", "--ckpt", tmp_path / "resized.pt"), "resized.pt", "do not fit model 'lenet5'",
+                      "size mismatch for conv1.weight", "torch.Size([6, 1, 3, 3])")
+    resized["state_dict"]["extra"] = torch.zeros(1)  # ... and a second problem is counted
+    save_checkpoint(tmp_path / "resized.pt", resized)
+    assert_user_error(run_cli("eval", "--ckpt", tmp_path / "resized.pt"), "resized.pt", '"extra"', "(and 1 more)")
+
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "convzoo-checkpoint", "payload": RunsCode(marker)}, evil)

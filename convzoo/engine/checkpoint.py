@@ -125,8 +125,10 @@ def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
     model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["input"]["channels"])
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit model {ckpt['model']!r}: {first_line(exc)}", path) from None
+    except RuntimeError as exc:  # torch's first line only says "Error(s) in loading state_dict"; each problem follows
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [first_line(exc)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"weights do not fit model {ckpt['model']!r}: {problems[0][:200]}{more}", path) from None
     return model
 
 
