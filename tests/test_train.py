@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -195,6 +196,11 @@ def test_bad_checkpoints(tmp_path, tiny_run):
     torch.save({"format": "convzoo-checkpoint", "payload": RunsCode(marker)}, evil)
     assert_user_error(run_cli("eval", "--ckpt", evil), "evil.pt", "refused to load")
     assert not marker.exists()
+    raw = tmp_path / "raw-pickle.pt"  # a bare protocol-4 pickle: torch warned first, then a paragraph
+    raw.write_bytes(pickle.dumps({"format": "convzoo-checkpoint", "payload": RunsCode(marker)}, protocol=4))
+    proc = run_cli("eval", "--ckpt", raw)
+    assert_user_error(proc, "raw-pickle.pt", "refused to load", "(unsupported operand")
+    assert proc.stderr.count("\n") == 1 and not marker.exists(), proc.stderr
 
 
 class RunsCode:

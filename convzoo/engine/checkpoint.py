@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -40,10 +41,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError("refused to load: the file needs arbitrary unpickling, which could run code "
-                              f"({first_line(exc)})", path) from None
+        # torch's text is a paragraph about weights_only; what it refused follows "WeightsUnpickler error:".
+        found = str(exc).partition("WeightsUnpickler error:")[2].strip()
+        reason = first_line(found, 120) if found else first_line(exc)
+        raise CheckpointError(f"refused to load: the file needs arbitrary unpickling, which could run code ({reason})",
+                              path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, AttributeError,
             IndexError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError) as exc:
         # A damaged zip or pickle stream surfaces as almost any of these from inside torch.load.
