@@ -187,6 +187,9 @@ def test_bad_checkpoints(tmp_path, tiny_run):
     save_checkpoint(tmp_path / "resized.pt", resized)
     assert_user_error(run_cli("eval", "--ckpt", tmp_path / "resized.pt"), "resized.pt", "do not fit model 'lenet5'",
                       "size mismatch for conv1.weight", "torch.Size([6, 1, 3, 3])")
+    complex_weights = {**resized, "state_dict": {**resized["state_dict"], "fc1.bias": torch.zeros(120, dtype=torch.complex64)}}
+    save_checkpoint(tmp_path / "complex.pt", complex_weights)
+    assert_user_error(run_cli("eval", "--ckpt", tmp_path / "complex.pt"), "complex.pt", "tensor 'fc1.bias' is complex")
     resized["state_dict"]["extra"] = torch.zeros(1)  # ... and a second problem is counted
     save_checkpoint(tmp_path / "resized.pt", resized)
     assert_user_error(run_cli("eval", "--ckpt", tmp_path / "resized.pt"), "resized.pt", '"extra"', "(and 1 more)")

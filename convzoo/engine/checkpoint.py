@@ -91,7 +91,9 @@ def check_state_dict(state, path) -> None:
                                                for k, v in state.items()):
         raise CheckpointError("state_dict must map parameter names to tensors", path)
     for name, tensor in state.items():  # one pass over the weights, far cheaper than reading them
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_complex():  # loading would drop the imaginary parts, with only a warning
+            raise CheckpointError(f"tensor {name!r} is complex ({tensor.dtype}); weights must be real", path)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
             raise CheckpointError(f"tensor {name!r} holds {kind} values (a diverged training run?); weights "
                                   "must be finite", path)
