@@ -531,6 +531,55 @@ def test_repeated_class_names_are_refused(mnist_onnx, tmp_path):
                       "repeated.onnx", "class_names repeats 'a'")
 
 
+def with_branch(model, nodes: list, initializers: list, tap: str):
+    """`model` whose logits get `tap` (a scalar made by `nodes`) added: a file that still classifies."""
+    graph = model.graph
+    logits = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [f"{o}_raw" if o == logits else o for o in node.output]
+    graph.node.extend([*nodes, onnx.helper.make_node("Add", [f"{logits}_raw", tap], [logits])])
+    graph.initializer.extend(initializers)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["constant", "from-input", "loop"])
+def test_a_graph_that_would_allocate_gigabytes_is_refused_before_it_runs(mnist_onnx, tmp_path, kind):
+    """A 250 KB file can ask onnxruntime for 2**33 floats (32 GB) on its first call; the sizes are
+    worked out from the graph first, and such a file is one line, at once."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(mnist_onnx))
+    if kind == "constant":  # ConstantOfShape([2**33])
+        nodes = [helper.make_node("ConstantOfShape", ["size"], ["big"]), helper.make_node("ReduceSum", ["big"], ["tap"])]
+        inits = [numpy_helper.from_array(np.array([2 ** 33], np.int64), "size")]
+    elif kind == "from-input":  # a size computed from the input's own shape: Expand to [N * 2**31]
+        nodes = [helper.make_node("Shape", [model.graph.input[0].name], ["in_shape"], end=1),
+                 helper.make_node("Mul", ["in_shape", "factor"], ["size"]),
+                 helper.make_node("Expand", ["one", "size"], ["big"]), helper.make_node("ReduceSum", ["big"], ["tap"])]
+        inits = [numpy_helper.from_array(np.array([2 ** 31], np.int64), "factor"),
+                 numpy_helper.from_array(np.array([1.0], np.float32), "one")]
+    else:  # a Loop whose trip count is data
+        body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                                  helper.make_node("Identity", ["v_in"], ["v_out"])], "body",
+                                 [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                  helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                                  helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+                                 [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                                  helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])])
+        nodes = [helper.make_node("Loop", ["trips", "", "zero"], ["tap"], body=body)]
+        inits = [numpy_helper.from_array(np.array(10 ** 12, np.int64), "trips"),
+                 numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    bomb = tmp_path / f"{kind}.onnx"
+    onnx.save(with_branch(model, nodes, inits, "tap"), str(bomb))
+    png = tmp_path / "digit.png"
+    png.write_bytes(png_bytes(mnist_test(1)[0][0, 0]))
+    started = time.perf_counter()
+    error = assert_user_error(run_cli("predict", "--model", bomb, png, timeout=60), f"{kind}.onnx")
+    expected = {"constant": "tensor 'big' has shape [8589934592]", "from-input": "'big' (Expand) takes its size from data",
+                "loop": "the graph has a Loop"}[kind]
+    assert expected in error and time.perf_counter() - started < 30, error
+
+
 def test_predict_cli_reads_every_mode(mnist_onnx, tmp_path):
     """`convzoo predict` shares the converter: every mode predicts, NaN pixels are one line."""
     for name, data in mode_images().items():
@@ -559,3 +608,31 @@ def test_a_bug_is_a_json_500(mnist_onnx):
 
     r, health = anyio.run(call)
     assert r.status_code == 500 and "internal error" in r.json()["error"] and health.status_code == 200
+
+
+def test_non_finite_outputs_fail_only_their_own_request(tmp_path):
+    """A model whose logits are NaN for inked images and finite for blank ones (test_deploy.nan_models): each
+    inked image's request is a 422 JSON saying so, a blank one in the same batch still gets its 200, and the
+    connection stays usable (was: a 500 "internal error (a bug in convzoo ...)" from the JSON encoder). A model
+    that is NaN for every input is refused before serving."""
+    from test_deploy import nan_models
+
+    models = nan_models(tmp_path)
+    assert_user_error(run_cli("serve", "--model", models["always"], "--port", "0", timeout=60), "nan_always.onnx",
+                      "non-finite")
+    inked, blank = png_bytes(mnist_test(1)[0][0, 0]), png_bytes(np.zeros((28, 28), np.uint8))
+    log = tmp_path / "serve.log"
+    with serving(models["ink"], "--batch-window-ms", "1000", "--max-batch", "2", log=log) as (url, _):
+        raw = [dict(content=png, headers={"content-type": "image/png"}) for png in (inked, blank)]
+        with ThreadPoolExecutor(2) as pool:  # together: one batch of both
+            bad, good = pool.map(lambda kwargs: httpx.post(url + "/v1/predict", timeout=60, **kwargs), raw)
+        assert bad.status_code == 422 and "non-finite" in bad.json()["error"], bad.text
+        assert good.status_code == 200 and np.isfinite(good.json()["probability"]), good.text
+        with httpx.Client(base_url=url, timeout=60) as client:
+            r = client.post("/v1/predict", files={"file": ("seven.png", inked, "image/png")})
+            assert r.status_code == 422 and "non-finite" in r.json()["error"] and "seven.png" in r.json()["error"]
+            r = client.post("/v1/predict", json={"images": [b64(blank), b64(inked)]})
+            assert r.status_code == 422 and "images[1]" in r.json()["error"], r.text
+            r = client.post("/v1/predict", json={"images": [b64(blank)]})
+            assert r.status_code == 200 and np.isfinite(r.json()["predictions"][0]["probability"]), r.text
+    assert "Traceback" not in log.read_text() and "internal error" not in log.read_text(), log.read_text()

@@ -13,6 +13,7 @@ from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
+from .graph_limits import check_tensor_sizes
 from .preprocess import ImageError, load_image, to_array
 from .runtime import open_runner, ort_session, pick_runtime, run_batched, session_runner
 
@@ -68,6 +69,7 @@ class Predictor:
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
         meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
+        check_tensor_sizes(graph, self.path)  # and the memory its tensors can ask for
         self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
         del graph
         try:
