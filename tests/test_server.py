@@ -193,6 +193,7 @@ def test_pixel_budget_and_healthz_during_heavy_requests(served):
                 latencies.append(time.perf_counter() - t)
                 time.sleep(0.02)
 
+    before = metrics(url)
     with ThreadPoolExecutor(5) as pool:
         prober = pool.submit(probe)
         time.sleep(0.2)
@@ -201,6 +202,9 @@ def test_pixel_budget_and_healthz_during_heavy_requests(served):
         done.set()
         prober.result()
     assert statuses == [200] * 4
+    after = metrics(url)  # small bodies, but 63 megapixels each: decoded in a thread, never on the loop
+    assert after["convzoo_batches_total"] > before["convzoo_batches_total"]
+    assert after["convzoo_batches_inline_total"] == before["convzoo_batches_inline_total"]
     assert len(latencies) >= 10 and max(latencies) < 0.1, sorted(latencies)[-5:]
 
 
@@ -391,6 +395,8 @@ def test_a_burst_is_one_batch_and_each_request_gets_its_own_results(batching, al
         after = metrics(batching)
         assert after["convzoo_batches_total"] - before["convzoo_batches_total"] == 1
         assert after["convzoo_batch_requests_total"] - before["convzoo_batch_requests_total"] == BATCH
+        # a few dozen small digits: decoded and run on the event loop, no thread hop
+        assert after["convzoo_batches_inline_total"] - before["convzoo_batches_inline_total"] == 1
     assert after["convzoo_batch_largest"] == BATCH
 
 

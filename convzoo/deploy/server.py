@@ -5,8 +5,10 @@ before they are read, images are pixel-limited (each, and all of a request's tog
 are decoded, and nothing from a request is ever used as a file-system path.
 
 Requests are micro-batched: those arriving within a short window after the oldest waiting one (up to
---max-batch requests) are decoded together in one worker thread, one image at a time, and inferred
-in one onnxruntime call; a bad image fails only its own request. At most BUSY batches run at once and
+--max-batch requests) are decoded together, one image at a time, and inferred in one onnxruntime
+call; a bad image fails only its own request. A batch that takes a few ms at most (small bodies, few
+pixels, a small model) runs on the event loop, where a thread hop cost more than the work; any other
+in a worker thread. At most BUSY batches run at once and
 a bounded number of requests wait (beyond it: 503), so the event loop stays free for /healthz and
 memory stays bounded however many requests arrive. Each uvicorn worker process has its own batcher.
 """
@@ -20,6 +22,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 from importlib import resources
@@ -49,6 +52,12 @@ BUSY = 2  # batches decoding or inferring at once; later requests wait on the ev
 BATCH_WINDOW_MS = 2.0
 MAX_BATCH_REQUESTS = 32
 MAX_QUEUE = 256  # requests waiting for a batch; one more gets 503
+# A batch this small (bodies, pixels and the model's time for its images, together) is decoded and run
+# on the event loop, a few ms at most: handing it to a thread cost more than the work (+20-30% req/s
+# on LeNet-5, README "Serving"). Larger ones go to a thread, so /healthz never waits long.
+INLINE_BYTES = 256 << 10
+INLINE_PIXELS = 1 << 18
+INLINE_SECONDS = 0.005
 MAX_QUEUE_BYTES = 64 << 20  # their bodies together; a single request over it still queues when none waits
 SETTINGS_ENV = "CONVZOO_SERVE_SETTINGS"  # create_app's keywords as JSON, for uvicorn's worker processes
 
@@ -131,12 +140,12 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         if ctype.startswith("multipart/form-data"):
             images = await from_multipart(request, body)
         elif ctype.startswith("application/json"):
-            images = None  # parsed in the worker thread: a 5 MB body is not the event loop's work
+            images = None  # parsed with the batch: in a thread when large (a 5 MB body is not the event loop's work)
         else:
             raise RequestError(415, "send multipart/form-data (field 'file'), an image/* body or application/json, "
                                     f"not {ctype[:80] or 'nothing'!r}")
 
-        def parse():  # in the batch's worker thread
+        def parse():  # with the batch (in a thread unless the batch is small)
             return from_json(body, topk) if images is None else (images, topk)
 
         results = await batcher.submit(parse, len(body))
@@ -222,8 +231,9 @@ class Job:
 class Batcher:
     """One per worker process: requests queue here; a collector task takes the oldest one and every
     request that arrives within `window_ms` after it (up to `max_batch`), as soon as one of `busy`
-    thread slots is free, and runs them with run_batch in a worker thread. While the slots are busy
-    requests keep queueing, so under load a batch forms without waiting out the window."""
+    slots is free, and runs them: on the event loop when small (INLINE_*), else in a worker thread.
+    While the slots are busy requests keep queueing, so under load a batch forms without waiting out
+    the window."""
 
     def __init__(self, predictor: Predictor, max_pixels: int, *, window_ms: float, max_batch: int,
                  max_queue: int, busy: int):
@@ -238,7 +248,8 @@ class Batcher:
         self.wake, self.wanted = asyncio.Event(), 1  # set once `wanted` requests wait
         self.collector = None
         self.running: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
-        self.counts = dict.fromkeys(("requests", "batches", "largest", "rejected"), 0)
+        self.counts = dict.fromkeys(("requests", "batches", "largest", "rejected", "inline"), 0)
+        self.image_seconds = model_seconds(predictor)
 
     async def submit(self, parse: Parse, size: int) -> list[dict]:
         """The request's results, or its own RequestError/ImageError; 503 when the queue is full."""
@@ -289,8 +300,17 @@ class Batcher:
 
     async def run(self, batch: list[Job]):
         try:
-            outcomes = await anyio.to_thread.run_sync(run_batch, self.predictor, [job.parse for job in batch],
-                                                      self.max_pixels)
+            parses = [job.parse for job in batch]
+            if sum(job.size for job in batch) > INLINE_BYTES:
+                outcomes = await anyio.to_thread.run_sync(run_batch, self.predictor, parses, self.max_pixels)
+            else:  # small bodies: parsing them and reading their headers is quick
+                opened = open_requests(parses, self.max_pixels)
+                images, area = sizes(opened)
+                if area <= INLINE_PIXELS and images * self.image_seconds <= INLINE_SECONDS:
+                    self.counts["inline"] += 1
+                    outcomes = finish_requests(self.predictor, opened)
+                else:
+                    outcomes = await anyio.to_thread.run_sync(finish_requests, self.predictor, opened)
         except Exception as exc:  # the model itself failed: every request of the batch gets it (a 500)
             outcomes = [exc] * len(batch)
         finally:
@@ -312,6 +332,8 @@ class Batcher:
         c = self.counts
         values = [("convzoo_batch_requests_total", "counter", "requests run through batches", c["requests"]),
                   ("convzoo_batches_total", "counter", "batches run (one onnxruntime call each)", c["batches"]),
+                  ("convzoo_batches_inline_total", "counter", "batches small enough to run on the event loop",
+                   c["inline"]),
                   ("convzoo_batch_largest", "gauge", "most requests in one batch so far", c["largest"]),
                   ("convzoo_queue_rejected_total", "counter", "requests answered 503: queue full", c["rejected"]),
                   ("convzoo_queue_waiting", "gauge", "requests waiting for a batch now", len(self.queue)),
@@ -323,15 +345,62 @@ class Batcher:
 
 
 def run_batch(predictor: Predictor, parses: list[Parse], max_pixels: int) -> list:
-    """In a worker thread: each request's images to model inputs (an exception fails only its own
-    request: it becomes that request's outcome), then every good request's inputs in one onnxruntime
-    call, split back. Outcomes in the requests' order: a list of results or an exception."""
-    outcomes, inputs, topks, names = [None] * len(parses), {}, {}, {}
-    for i, parse in enumerate(parses):
+    """Both halves of a batch (open_requests, then finish_requests): outcomes in the requests' order,
+    each a list of results or that request's own exception."""
+    return finish_requests(predictor, open_requests(parses, max_pixels))
+
+
+def open_requests(parses: list[Parse], max_pixels: int) -> list:
+    """Each request parsed and its images' headers read, nothing decoded: ([(name, opened image)],
+    topk), or the exception that fails only this request (bad input, 4xx; a bug stays its own 500)."""
+    opened = []
+    for parse in parses:
         try:
-            blobs, topks[i] = parse()
-            inputs[i], names[i] = model_inputs(predictor, blobs, max_pixels), [name for name, _ in blobs]
-        except Exception as exc:  # bad input (4xx), or a bug that stays this request's 500
+            blobs, topk = parse()
+            images = [(name, open_image(data, name)) for name, data in blobs]
+            total = sum(image.width * image.height for _, image in images)
+            if total > max_pixels:
+                raise RequestError(413, f"the {len(images)} images hold {total / 1e6:.1f} megapixels together; "
+                                        f"the limit per request is {max_pixels / 1e6:.0f}")
+            opened.append((images, topk))
+        except Exception as exc:  # noqa: BLE001 - it becomes this request's outcome
+            opened.append(exc)
+    return opened
+
+
+def sizes(opened: list) -> tuple[int, int]:
+    """(images, pixels) of open_requests' good requests."""
+    images = [image for item in opened if not isinstance(item, Exception) for _, image in item[0]]
+    return len(images), sum(image.width * image.height for image in images)
+
+
+def model_seconds(predictor: Predictor) -> float:
+    """The model's time for one image (a second call on zeros; the first one warms it up)."""
+    spec = predictor.meta["input"]
+    x = np.zeros((1, spec["channels"], spec["size"], spec["size"]), np.float32)
+    predictor.run(x)
+    started = time.perf_counter()
+    predictor.run(x)
+    return time.perf_counter() - started
+
+
+def finish_requests(predictor: Predictor, opened: list) -> list:
+    """open_requests' images decoded one at a time, each at once reduced to its small model input,
+    then every good request's inputs in one onnxruntime call, split back."""
+    outcomes, inputs, topks, names = [None] * len(opened), {}, {}, {}
+    for i, item in enumerate(opened):
+        if isinstance(item, Exception):
+            outcomes[i] = item
+            continue
+        images, topks[i] = item
+        try:
+            arrays = []
+            for j, (name, image) in enumerate(images):
+                images[j] = (name, None)  # nothing keeps a decoded image beyond its own turn
+                arrays.append(to_array(decode_image(image, name), predictor.meta))
+                del image
+            inputs[i], names[i] = np.concatenate(arrays), [name for name, _ in images]
+        except Exception as exc:  # noqa: BLE001 - as in open_requests
             outcomes[i] = exc
     if inputs:
         topk = max(topks[i] for i in inputs)  # each request's top-k is a prefix of the batch's
@@ -350,22 +419,6 @@ def non_finite(names: list[str]) -> RequestError:
     log.warning("convzoo: the model produced non-finite outputs (NaN or inf) for %s", which)
     return RequestError(422, f"the model produced non-finite outputs (NaN or inf) for {which}; "
                              "it cannot classify this input")
-
-
-def model_inputs(predictor: Predictor, blobs: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray:
-    """Every header first (each image and the request's pixel budget), then one image at a time,
-    decoded and at once reduced to its small model input."""
-    opened = [open_image(data, name) for name, data in blobs]
-    total = sum(im.width * im.height for im in opened)
-    if total > max_pixels:
-        raise RequestError(413, f"the {len(opened)} images hold {total / 1e6:.1f} megapixels together; "
-                                f"the limit per request is {max_pixels / 1e6:.0f}")
-    arrays = []
-    for i, (name, _) in enumerate(blobs):
-        image, opened[i] = opened[i], None  # nothing keeps a decoded image beyond its own turn
-        arrays.append(to_array(decode_image(image, name), predictor.meta))
-        del image
-    return np.concatenate(arrays)
 
 
 def parse_topk(text: str) -> int:
