@@ -41,6 +41,34 @@ def write_error(path, exc: OSError) -> WriteError:
     return WriteError(f"cannot write: {exc.strerror or exc}", path)
 
 
+def check_target(path, *, inputs=(), suffixes: tuple[str, ...] = ()) -> Path:
+    """An output file path, refused before any work when writing it would destroy one of `inputs`
+    (`export --ckpt best.pt --output best.pt` replaced the weights with ONNX and said it succeeded),
+    or it has none of `suffixes`, is empty, or is a folder."""
+    if str(path) == "":
+        raise WriteError("the output path is empty", "''")
+    path = Path(path)
+    for source in inputs:
+        if Path(source).exists() and (path.resolve() == Path(source).resolve()
+                                      or (path.exists() and os.path.samefile(path, source))):
+            raise WriteError(f"is also the input {source}: writing it would destroy that; choose another output", path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise WriteError(f"the output must end in {' or '.join(suffixes)}", path)
+    if path.is_dir():
+        raise WriteError("is a folder; give a file name", path)
+    return path
+
+
+def make_folder(path) -> Path:
+    """mkdir -p, with a path component that is a file (best.pt/x.onnx) or no permission as a WriteError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create this folder ({exc.strerror or exc})", path) from None
+    return path
+
+
 def write_failure(exc: BaseException) -> OSError | None:
     """The OSError behind `exc` if a write failed because of where it goes (not a bug, nor a network
     error: a download's URLError is an OSError too). Libraries often fail again while cleaning up

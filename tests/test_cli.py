@@ -120,3 +120,40 @@ def test_first_line_cuts_long_messages_at_a_word():
     assert len(cut) <= 160 and cut.endswith("...") and long.args[0].startswith(cut[:-3])
     assert long.args[0][len(cut) - 3] == " "  # the cut falls between words
     assert first_line(ValueError("short\nsecond")) == "short" and first_line(KeyError()) == "KeyError"
+
+
+def test_outputs_that_would_destroy_an_input_or_cannot_be_written(tmp_path, capsys):
+    """`export --ckpt best.pt --output best.pt` replaced the weights with ONNX and exited 0, and
+    `quantize --ckpt qat.pt --output-dir .` replaced its own input; a path through a file, a folder
+    that is a file and a mirror that is not a URL were tracebacks. Each is one line now, and the
+    input is unchanged."""
+    from convzoo.cli import main
+    from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+    from convzoo.models.pretrained import pretrained_path
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(pretrained_path("lenet5:mnist").read_bytes())
+    (tmp_path / "q").mkdir()
+    own_qat = tmp_path / "q" / "qat.pt"  # a float checkpoint named as quantize names its own output
+    save_checkpoint(own_qat, load_checkpoint(weights))
+    saved = own_qat.read_bytes()
+    (tmp_path / "afile").write_text("x")
+    before = weights.read_bytes()
+    cases = [
+        (["export", "--ckpt", weights, "--output", weights], "is also the input"),
+        (["export", "--ckpt", weights, "--output", tmp_path / "." / "w.safetensors", "--int8"], "is also the input"),
+        (["export", "--ckpt", weights, "--format", "pt2", "--output", weights], "is also the input"),
+        (["export", "--ckpt", weights, "--output", tmp_path / "w.txt"], "must end in .onnx"),
+        (["export", "--ckpt", weights, "--output", ""], "the output path is empty"),
+        (["export", "--ckpt", weights, "--output", weights / "x.onnx"], "cannot create this folder"),
+        (["quantize", "--ckpt", own_qat, "--output-dir", tmp_path / "q"], "is also the input"),
+        (["quantize", "--ckpt", weights, "--output-dir", tmp_path / "afile"], "--output-dir is a file"),
+        (["quantize", "--ckpt", weights, "--output-dir", tmp_path / "afile" / "sub"], "cannot create this folder"),
+        (["data", "download", "mnist", "--data-path", tmp_path / "dl", "--mirror", "not a url"], "--mirror must be"),
+    ]
+    for argv, fragment in cases:
+        assert main([str(a) for a in argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("convzoo: error:") and fragment in err, (argv, err)
+    assert weights.read_bytes() == before and own_qat.read_bytes() == saved
+    assert not (tmp_path / "dl").exists() and not (tmp_path / "w.txt").exists()

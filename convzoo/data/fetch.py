@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_path, remove_stale_temps
 from ..cache import cache_root
-from ..errors import DataError, DownloadError
+from ..errors import ConfigError, DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
 from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzip_capped
 
@@ -226,6 +226,8 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
     mnist/ in the user's folder); files already downloaded are kept, as is any folder it found."""
     if not spec.reader.official:
         raise DataError(f"--dataset {spec.name} reads your own images: there is nothing to download", spec.name)
+    for mirror in mirrors or ():
+        check_mirror(mirror)
     target = root / spec.name
     created = missing_folders(target)
     try:
@@ -237,6 +239,16 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
             except OSError:
                 break
         raise
+
+
+def check_mirror(url) -> None:
+    """A mirror is a base URL urllib can fetch from: http(s) or ftp with a host, or file:."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https", "ftp", "file") or \
+            (parts.scheme != "file" and not parts.hostname):
+        raise ConfigError(f"--mirror must be a base URL such as https://host/path/, got {str(url)[:100]!r}")
 
 
 def missing_folders(folder: Path) -> list[Path]:

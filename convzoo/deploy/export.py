@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_bytes
+from ..atomic import atomic_path, atomic_write_bytes, check_target, make_folder
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..metadata import META_KEY, deployment_metadata
 from .runtime import ort_session, session_runner
 
 
 def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True) -> dict:
     """Write `out_path` (.onnx); returns {'path', 'max_abs_diff'} from the onnxruntime parity check."""
+    check_target(out_path, inputs=[ckpt_path], suffixes=(".onnx",))
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     spec = ckpt["input"]
@@ -78,7 +79,7 @@ def save_onnx(onnx_model, out_path, verify=None) -> None:
     for node in onnx_model.graph.node:  # the exporter's per-node notes (stack traces with local paths, module
         del node.metadata_props[:]      # names): no use to a runtime, and 6 KiB of LeNet-5's 78 KiB int8 file
     onnx.checker.check_model(onnx_model, full_check=True)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(out_path).parent)
     with atomic_path(out_path, ".onnx") as tmp:
         onnx.save(onnx_model, str(tmp))
         if verify is not None:
@@ -103,14 +104,14 @@ def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor
 
 def export_pt2(ckpt_path, out_path) -> dict:
     """torch.export archive (.pt2): the graph with weights, loadable with torch.export.load."""
+    check_target(out_path, inputs=[ckpt_path], suffixes=(".pt2",))
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     spec = ckpt["input"]
     example = torch.zeros(2, spec["channels"], spec["size"], spec["size"])
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
     out_path = Path(out_path)
-    if out_path.suffix != ".pt2":
-        raise ConfigError(f"a torch.export archive must end in .pt2, got {out_path.name}")
+    make_folder(out_path.parent)
     # Saved to memory first: torch.export.save on a full disk aborts the interpreter at exit.
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={"convzoo.json": json.dumps(deployment_metadata(ckpt))})

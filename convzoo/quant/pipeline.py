@@ -7,15 +7,20 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, check_target, make_folder
 from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
 from ..metadata import deployment_metadata
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteError
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
 from .qat import WEIGHT_RANGE, qat_finetune
 from .report import compare, format_table, onnx_accuracy
+
+
+# What a quantize run writes into its folder.
+OUTPUTS = ("model-fp32.onnx", "model-int8.onnx", "model-int8-ptq.onnx", "qat.pt", "qat-fp32.onnx", "report.md",
+           "report.json")
 
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
@@ -25,11 +30,15 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
         raise ConfigError(f"--method must be qat or ptq, got {method!r}")
     if method == "qat" and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 for QAT, got {epochs}")
+    out = Path(output_dir or Path(ckpt_path).parent / f"quant-{method}")
+    if out.exists() and not out.is_dir():
+        raise WriteError("--output-dir is a file", out)
+    for name in OUTPUTS:  # `--ckpt qat.pt --output-dir .` would replace the checkpoint it fine-tunes
+        check_target(out / name, inputs=[ckpt_path])
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
     torch.set_num_threads(threads)
-    out = Path(output_dir or Path(ckpt_path).parent / f"quant-{method}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     spec = InputSpec.from_dict(ckpt["input"])
     train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
     if train_limit:

@@ -208,11 +208,13 @@ def checked_learned(quantization, path) -> list[dict] | None:
 def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32) -> dict:
     """A float checkpoint straight to an int8 ONNX file: post-training quantization, or for a QAT checkpoint
     (quantize's qat.pt) the qparams its observers learned."""
+    from ..atomic import check_target
     from ..data.tensors import InputSpec, load_model_data
     from ..deploy.export import export_onnx
     from ..metadata import deployment_metadata
     from ..engine.checkpoint import load_checkpoint
 
+    check_target(out_path, inputs=[ckpt_path], suffixes=(".onnx",))
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
     train, _ = load_model_data(ckpt, ckpt_path, data_path=data_path)
