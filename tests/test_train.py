@@ -236,6 +236,20 @@ def test_output_dir_rules(tmp_path, tiny_run):
     # resume with a longer cosine schedule than the run was planned for
     assert_user_error(run_cli(*base, "--epochs", "3", "--schedule", "cosine", "--output-dir", tiny_run, "--resume"),
                       "cannot stretch")
+    # a last.pt of another model copied into the run: refused, the run's files unchanged
+    import shutil
+
+    from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    foreign = load_checkpoint(copy / "last.pt")
+    foreign["model"] = "lenet5-keras"
+    save_checkpoint(copy / "last.pt", foreign)
+    saved = {f.name: f.read_bytes() for f in copy.iterdir()}
+    assert_user_error(run_cli("train", "--resume", "--output-dir", copy, "--epochs", "2", *MNIST),
+                      "last.pt is a 'lenet5-keras' checkpoint", "not this run's")
+    assert {f.name: f.read_bytes() for f in copy.iterdir()} == saved
     # resume a lenet5 run as another model
     assert_user_error(run_cli(*base[:2], "lenet5-keras", *base[3:], "--output-dir", tiny_run, "--resume"),
                       "of model 'lenet5', not 'lenet5-keras'")

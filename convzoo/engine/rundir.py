@@ -46,6 +46,20 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
     return path
 
 
+def check_resumed_checkpoint(path: Path, state: dict) -> None:
+    """last.pt must be this run's: a checkpoint of another model copied over it would otherwise be
+    continued, and its best.pt, metrics and config written over the run's own. The run's config.yaml
+    (written at every start) names the model; an unreadable one proves nothing and is rewritten."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, str) and model != state.get("model"):
+        raise ConfigError(f"last.pt is a {state.get('model')!r} checkpoint, but this run trains {model!r} "
+                          "(config.yaml): it is not this run's; nothing was changed", path)
+
+
 def write_config(path: Path, config: dict) -> None:
     atomic_write_bytes(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
 

@@ -61,6 +61,7 @@ class TrainingRun:
         state = None
         if resume:
             state = load_checkpoint(out / "last.pt")
+            rundir.check_resumed_checkpoint(out, state)
             check_model_name(state, cfg.model, out / "last.pt")  # the likelier mistake, named first
             check_resume_state(state, out / "last.pt")
             check_resumable(state, cfg, out / "last.pt")
