@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConvzooError
+from .errors import ConfigError, ConvzooError
+
+MAX_TOPK = 1000  # as `convzoo predict --topk` and the server (deploy/server.py) allow
 
 __all__ = ["train", "evaluate", "load", "predict", "export", "Model", "ConvzooError", "TrainConfig"]
 
@@ -51,9 +53,9 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     from .errors import ConfigError, unknown
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in flags:
+    for key in [*(config if isinstance(config, dict) else ()), *flags]:  # a dict's keys are flags too
         if key not in fields:
-            raise unknown("train option", key, fields)
+            raise unknown("train option", str(key), fields)
     if isinstance(config, TrainConfig):
         cfg = build_config(None, flags, base=config.to_dict(), base_source="the given TrainConfig")
     elif isinstance(config, dict):
@@ -72,6 +74,15 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
     EvalResult with .accuracy, .per_class, .classes, .confusion and .table().
     threads: CPU threads (0: leave torch's setting alone; onnxruntime then uses 2, as the CLI does).
     runtime: what runs an ONNX file, as in load()."""
+    from .deploy.runtime import RUNTIMES
+
+    batch_size = _integer("batch_size", batch_size, 1, 65536)  # the CLI's ranges
+    threads = _integer("threads", threads, 0, 1024)
+    device = _device(device)
+    if dataset is not None and not isinstance(dataset, str):
+        raise ConfigError(f"dataset must be a data set name such as 'mnist', got {_shown(dataset)}")
+    _path_or_none("data_path", data_path)
+    _choice("runtime", runtime, RUNTIMES)  # checkpoints run in torch, but a misspelt runtime is still refused
     source = model.source if isinstance(model, Model) else str(model)
     path = _resolve(source)
     if threads:
@@ -93,6 +104,7 @@ def load(path_or_name, *, threads: int = 1, runtime: str = "auto") -> "Model":
     (pip install 'convzoo[openvino]') or "auto" (OpenVINO for int8 files where installed)."""
     from .deploy.predict import Predictor
 
+    threads = _integer("threads", threads, 1, 1024)  # before the file: a bad count is not the file's fault
     return Model(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime), str(path_or_name))
 
 
@@ -103,6 +115,7 @@ def predict(model, images, *, topk: int = 3) -> list[dict]:
     folders, quoted patterns ('shots/*.png'), PIL images, or numpy arrays (H x W grey, H x W x 3 RGB
     or H x W x 4 RGBA; uint8, or floats in 0..1). They get the same preprocessing as `convzoo predict`.
     """
+    topk = _integer("topk", topk, 1, MAX_TOPK)  # before loading the model
     model = model if isinstance(model, Model) else load(model)
     return model.predict(images, topk=topk)
 
@@ -112,14 +125,16 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     """`convzoo export`: a checkpoint, .safetensors or NAME:DATASET -> a checked ONNX file (int8 with
     int8=True) or a torch.export .pt2 archive. Returns what the CLI prints (path, parity, ...).
     output defaults to beside the checkpoint, or NAME-DATASET.onnx in the current folder for a name."""
-    from .errors import ConfigError, unknown
-
+    _path_or_none("output", output)
+    _choice("export format", format, ("onnx", "pt2"))
+    opset = _integer("opset", opset, 18, 23)  # the CLI's range
+    _boolean("int8", int8)
+    _boolean("dynamic_batch", dynamic_batch)
+    _path_or_none("data_path", data_path)
     source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
     path = _resolve(source)
     if path.suffix == ".onnx":
         raise ConfigError("already an ONNX file; export takes a checkpoint, .safetensors or NAME:DATASET", path)
-    if format not in ("onnx", "pt2"):
-        raise unknown("export format", format, ("onnx", "pt2"))
     suffix = ".pt2" if format == "pt2" else "-int8.onnx" if int8 else ".onnx"
     if output is None:
         is_name = ":" in source and not Path(source).exists()
@@ -160,6 +175,7 @@ class Model:
         return self._predictor.inputs([image for _, image, _ in decoded])
 
     def predict(self, images, *, topk: int = 3) -> list[dict]:
+        topk = _integer("topk", topk, 1, MAX_TOPK)
         decoded = _decoded(images)
         results = self._predictor.predict_images([image for _, image, _ in decoded], topk)
         return [({"file": name} if is_file else {}) | r for (name, _, is_file), r in zip(decoded, results)]
@@ -184,7 +200,7 @@ def _decoded(images) -> list:
     from PIL import Image
 
     from .deploy.predict import expand_image_paths
-    from .deploy.preprocess import load_image
+    from .deploy.preprocess import ImageError, load_image
 
     items = images if isinstance(images, (list, tuple)) else [images]
     out = []
@@ -193,6 +209,8 @@ def _decoded(images) -> list:
             for f in expand_image_paths([item]):
                 out.append((str(f), load_image(f), True))
         elif isinstance(item, Image.Image):
+            if 0 in item.size:  # as a file's image is refused (data/images.py open_image)
+                raise ImageError("image is {}x{}: no pixels".format(*item.size), f"image[{i}]")
             out.append((f"image[{i}]", item, False))
         elif type(item).__module__ == "numpy":
             out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))
@@ -212,7 +230,55 @@ def _array_image(array, name: str):
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or 0 in a.shape:
         raise ConvzooError(f"{name}: expected an H x W, H x W x 3 or H x W x 4 image array, got shape {a.shape}")
     if a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        real = np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)  # not complex, not bool
+        if not real or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             raise ConvzooError(f"{name}: non-uint8 arrays must hold values in 0..1 (got dtype {a.dtype})")
         a = np.round(a * 255).astype(np.uint8)
     return Image.fromarray(a)
+
+
+# The arguments' checks: the CLI's parser does these for its flags; the API gets the same ranges.
+def _shown(value) -> str:
+    return repr(str(value)[:40])
+
+
+def _integer(name: str, value, low: int, high: int) -> int:
+    """An integer (a numpy one too; not a bool) within low..high, as an int, or a ConfigError naming
+    the argument."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
+    return int(value)
+
+
+def _boolean(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {_shown(value)}")
+    return value
+
+
+def _choice(kind: str, value, choices) -> str:
+    from .errors import unknown
+
+    if not isinstance(value, str):
+        raise ConfigError(f"unknown {kind} {value!r:.40}; choose from: {', '.join(sorted(choices))}")
+    if value not in choices:
+        raise unknown(kind, value, choices)
+    return value
+
+
+def _path_or_none(name: str, value) -> None:
+    import os
+
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a path, got {_shown(value)}")
+
+
+def _device(value) -> str:
+    """'auto', 'cpu', 'cuda', 'cuda:1', 'mps' (checked against the machine later), or a torch.device."""
+    if type(value).__module__ == "torch" and type(value).__name__ == "device":
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"device must be a name such as 'auto', 'cpu' or 'cuda', got {_shown(value)}")
+    return value

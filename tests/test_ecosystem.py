@@ -253,3 +253,111 @@ def test_api_errors_are_one_line_convzoo_errors(tmp_path):
         model.predict(np.full((28, 28), 7.0))
     with pytest.raises(convzoo.ConvzooError, match="file not found"):
         convzoo.predict(model, tmp_path / "missing.png")
+
+
+# ---------------------------------------------------------------- the Python API's arguments
+# Each is checked as the CLI checks its flag (same range), before any file is read or model run:
+# a ConfigError (or ImageError) naming the argument, never a bare TypeError/IndexError or a wrong result.
+
+@pytest.fixture(scope="module")
+def pretrained_model(pretrained_onnx):
+    import convzoo
+
+    return convzoo.load(pretrained_onnx)
+
+
+def one_line_error(call, kind: str, match: str):
+    from convzoo import errors
+    from convzoo.data.images import ImageError
+
+    with pytest.raises({"ImageError": ImageError}.get(kind) or getattr(errors, kind), match=match) as caught:
+        call()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("topk, image, kind, match", [
+    *[(k, "digit", "ConfigError", rf"^topk must be an integer from 1 to 1000, got '{k}'$")
+      for k in (0, -1, -9, 1001, None, "3", 2.5, True)],
+    (3, "pil 0x0", "ImageError", r"^image\[0\]: image is 0x0: no pixels$"),
+    (3, "pil 0x5", "ImageError", r"^image\[0\]: image is 0x5: no pixels$"),
+    (3, "pil 7x0 RGB", "ImageError", r"^image\[0\]: image is 7x0: no pixels$"),
+    (3, "complex", "ConvzooError", r"^array\[0\]: non-uint8 arrays must hold values in 0\.\.1 \(got dtype complex128\)$"),
+])
+def test_api_predict_refuses_bad_arguments(pretrained_model, topk, image, kind, match):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    import convzoo
+
+    images = {"digit": np.zeros((28, 28), np.uint8), "pil 0x0": Image.new("L", (0, 0)),
+              "pil 0x5": Image.new("L", (0, 5)), "pil 7x0 RGB": Image.new("RGB", (7, 0)),
+              "complex": np.zeros((28, 28), complex)}[image]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's ComplexWarning is not an answer either
+        one_line_error(lambda: convzoo.predict(pretrained_model, [images], topk=topk), kind, match)
+        one_line_error(lambda: pretrained_model.predict([images], topk=topk), kind, match)
+    # the checks let good values through: a numpy integer is an integer
+    assert [len(r["topk"]) for r in pretrained_model.predict(np.zeros((28, 28), np.uint8), topk=np.int64(2))] == [2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": -1}, "batch_size must be an integer from 1 to 65536, got '-1'"),
+    ({"batch_size": 0}, "batch_size must be an integer from 1 to 65536, got '0'"),
+    ({"batch_size": "x"}, "batch_size must be an integer from 1 to 65536, got 'x'"),
+    ({"batch_size": None}, "batch_size must be an integer from 1 to 65536, got 'None'"),
+    ({"threads": -1}, "threads must be an integer from 0 to 1024, got '-1'"),
+    ({"threads": "2"}, "threads must be an integer from 0 to 1024, got '2'"),
+    ({"device": None}, "device must be a name such as 'auto', 'cpu' or 'cuda', got 'None'"),
+    ({"dataset": 5}, "dataset must be a data set name such as 'mnist', got '5'"),
+    ({"data_path": 5}, "data_path must be a path, got '5'"),
+    ({"runtime": "x"}, "unknown runtime 'x'; choose from: auto, onnxruntime, openvino"),
+    ({"runtime": None}, "unknown runtime None; choose from: auto, onnxruntime, openvino"),
+])
+def test_api_evaluate_refuses_bad_arguments(kwargs, match):
+    import re
+
+    import convzoo
+
+    kwargs = {"data_path": MNIST_DIR, **kwargs}
+    one_line_error(lambda: convzoo.evaluate("lenet5:mnist", **kwargs), "ConfigError", f"^{re.escape(match)}$")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"opset": 0}, "opset must be an integer from 18 to 23, got '0'"),
+    ({"opset": 99}, "opset must be an integer from 18 to 23, got '99'"),
+    ({"opset": "18"}, "opset must be an integer from 18 to 23, got '18'"),
+    ({"format": None}, "unknown export format None; choose from: onnx, pt2"),
+    ({"output": 5}, "output must be a path, got '5'"),
+    ({"int8": "no"}, "int8 must be True or False, got 'no'"),
+    ({"dynamic_batch": None}, "dynamic_batch must be True or False, got 'None'"),
+    ({"data_path": 5}, "data_path must be a path, got '5'"),
+])
+def test_api_export_refuses_bad_arguments(tmp_path, kwargs, match):
+    import re
+
+    import convzoo
+
+    kwargs = {"output": tmp_path / "m.onnx", **kwargs}
+    one_line_error(lambda: convzoo.export("lenet5:mnist", **kwargs), "ConfigError", f"^{re.escape(match)}$")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("threads", ["2", None, 1.5, 0, -1, 10**9, True])
+def test_api_load_refuses_bad_threads(threads):
+    import convzoo
+
+    one_line_error(lambda: convzoo.load("lenet5:mnist", threads=threads), "ConfigError",
+                   rf"^threads must be an integer from 1 to 1024, got '{threads}'$")
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"nope": 1}, r"^unknown train option 'nope'"),
+    ({"epoch": 1}, r"^unknown train option 'epoch' \(did you mean 'epochs'\?\)"),
+    ({1: 2}, r"^unknown train option '1'"),
+])
+def test_api_train_refuses_unknown_keys_of_a_config_dict(config, match):
+    import convzoo
+
+    one_line_error(lambda: convzoo.train(config), "ConfigError", match)
