@@ -131,6 +131,8 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     _boolean("int8", int8)
     _boolean("dynamic_batch", dynamic_batch)
     _path_or_none("data_path", data_path)
+    if int8 and format == "pt2":  # int8 is an ONNX graph; a .pt2 name on it would mislead every reader
+        raise ConfigError("--int8 makes an ONNX file; it cannot be combined with --format pt2")
     source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
     path = _resolve(source)
     if path.suffix == ".onnx":
