@@ -307,6 +307,125 @@ def test_fuzzed_requests_get_2xx_or_4xx_json(served, digits):
     assert {200, 415, 422} <= seen, seen
 
 
+# --- request heads and slow clients (deploy/protocol.py) --------------------------------------------
+
+HEAD_LIMIT = 64 << 10  # protocol.MAX_HEAD_BYTES
+
+
+def raw(url: str, timeout: float = 10) -> socket.socket:
+    host, port = urlsplit(url).netloc.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset after its reply counts as the close)."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def json_error(reply: bytes, status: int) -> str:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"content-type: application/json" in head, reply[:300]
+    return json.loads(body)["error"]
+
+
+def test_an_endless_header_is_431_and_healthz_keeps_answering(served):
+    """A head growing past 64 KiB is refused as soon as the limit is crossed, without waiting for its
+    end; one that never ends is cut off while /healthz keeps answering other clients at once."""
+    url = served[0]
+    with raw(url) as sock:  # a little over the limit, then silence: the 431 comes now, not after a timeout
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * (HEAD_LIMIT + 1024))
+        sock.settimeout(3)
+        assert "64 KiB" in json_error(read_all(sock), 431)
+
+    stop, outcome = threading.Event(), {}
+
+    def endless():
+        with raw(url) as sock:
+            sent = 0
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ")
+                while not stop.is_set() and sent < 256 << 20:
+                    sock.sendall(b"a" * (1 << 20))
+                    sent += 1 << 20
+                outcome["sent"] = sent  # never cut off
+            except OSError:
+                outcome["cut"] = sent  # what the kernels' buffers took; the server read 64 KiB of it
+
+    sender = threading.Thread(target=endless)
+    sender.start()
+    try:
+        for _ in range(10):
+            start = time.monotonic()
+            assert httpx.get(url + "/healthz", timeout=2).json() == {"status": "ok"}
+            assert time.monotonic() - start < 1
+    finally:
+        sender.join(10)
+        stop.set()
+        sender.join()
+    assert "cut" in outcome, outcome
+
+
+def test_large_but_allowed_heads_work_and_a_finished_oversized_one_is_431(served, digits):
+    """60 KB of headers (in one packet with the body after them) are served; a finished 100 KB header
+    is refused all the same."""
+    url = served[0]
+    png, label = digits[0]
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"b" * 1000) for i in range(60))
+    with raw(url) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n%s\r\n%s" % (len(png), filler, png))
+        head, _, body = read_all(sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert json.loads(body)["class"] == label
+    assert httpx.get(url + "/healthz", headers={f"X-{i}": "c" * 1000 for i in range(60)}).status_code == 200
+    with raw(url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 100_000 + b"\r\n\r\n")
+        json_error(read_all(sock), 431)
+
+
+def test_stalled_heads_and_bodies_are_closed_after_the_timeout(mnist_onnx, tmp_path, monkeypatch):
+    """With 2-s timeouts: a connection that sends nothing, half a head, half a body, or half of its
+    second request gets a 408 JSON error and is closed after ~2 s; a body that keeps arriving, however
+    slowly, is served; /healthz answers throughout."""
+    monkeypatch.setenv("CONVZOO_HEAD_TIMEOUT", "2")
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "2")
+    stalls = {
+        "nothing": b"",
+        "half a head": b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n",
+        "half a body": b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                       b"Content-Length: 5000000\r\n\r\n\x89PNG",
+        "half a 2nd request": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n",
+    }
+    with server_with(mnist_onnx, tmp_path) as url:
+        socks = {}
+        for kind, data in stalls.items():
+            socks[kind] = raw(url)
+            socks[kind].sendall(data)
+        opened = time.monotonic()
+        for kind, sock in socks.items():
+            with sock:
+                reply = read_all(sock)  # the old server never closed them: a socket timeout (10 s) here
+                assert time.monotonic() - opened < 5, kind
+                reply = reply[reply.index(b"HTTP/1.1 408 "):]  # "half a 2nd request": after the first's 200
+                assert "did not arrive" in json_error(reply, 408) or "no part" in json_error(reply, 408), kind
+            assert httpx.get(url + "/healthz", timeout=2).status_code == 200
+        with raw(url) as sock:  # 6 s of a body, a byte every 0.3 s: progress, never a stall
+            body = b"x" * 20
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for byte in body:
+                time.sleep(0.3)
+                sock.sendall(bytes([byte]))
+            reply = read_all(sock)  # answered (not an image: 4xx), not timed out
+            status = int(reply.split(b" ", 2)[1])
+            assert 400 <= status < 500 and status != 408, reply[:300]
+            json_error(reply, status)
+
+
 # --- micro-batching -------------------------------------------------------------------------------
 
 BATCH = 12  # the batching server's --max-batch: a burst of exactly BATCH requests is one batch

@@ -52,6 +52,7 @@ BUSY = 2  # batches decoding or inferring at once; later requests wait on the ev
 BATCH_WINDOW_MS = 2.0
 MAX_BATCH_REQUESTS = 32
 MAX_QUEUE = 256  # requests waiting for a batch; one more gets 503
+KEEP_ALIVE_TIMEOUT = 5  # s an idle kept-alive connection stays open (uvicorn's default, stated here)
 # A batch this small (bodies, pixels and the model's time for its images, together) is decoded and run
 # on the event loop, a few ms at most: handing it to a thread cost more than the work (+20-30% req/s
 # on LeNet-5, README "Serving"). Larger ones go to a thread, so /healthz never waits long.
@@ -508,6 +509,8 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
 
     import uvicorn
 
+    from .protocol import GuardedHttpToolsProtocol  # reads CONVZOO_*_TIMEOUT: a bad one is one line here
+
     if workers == 1:
         target, factory = create_app(model_path, **settings), False
     else:
@@ -522,12 +525,15 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
                 if window > 0 else "batching off")
     print(f"convzoo serve: {model_path} on http://{shown}:{port}/ (API docs at /docs), {workers} worker(s), "
           f"{batching}", flush=True)
-    config = uvicorn.Config(target, factory=factory, host=host, port=port, workers=workers, log_level="warning")
+    # http=: uvicorn's httptools protocol with a cap on the request head and timeouts (protocol.py);
+    # idle kept-alive connections close after timeout_keep_alive.
+    options = dict(factory=factory, http=GuardedHttpToolsProtocol, timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+                   log_level="warning")
     try:
         if workers == 1:
-            uvicorn.Server(config).run(sockets=[sock])
+            uvicorn.Server(uvicorn.Config(target, host=host, port=port, **options)).run(sockets=[sock])
         else:  # uvicorn's public way to run workers on a socket we bound: its file descriptor
-            uvicorn.run(target, factory=factory, fd=sock.fileno(), workers=workers, log_level="warning")
+            uvicorn.run(target, fd=sock.fileno(), workers=workers, **options)
     finally:
         sock.close()
 
