@@ -176,6 +176,10 @@ def test_bad_checkpoints(tmp_path, tiny_run):
     truncated.write_bytes((tiny_run / "best.pt").read_bytes()[:5000])
     assert_user_error(run_cli("eval", "--ckpt", truncated), "truncated.pt", "truncated or corrupt")
 
+    onnx_file = tmp_path / "model.onnx"  # its protobuf bytes were called an unsafe pickle
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
+    assert_user_error(run_cli("quantize", "--ckpt", onnx_file), "model.onnx", "an ONNX file, not a checkpoint")
+
     plain = tmp_path / "plain.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, plain)
     assert_user_error(run_cli("eval", "--ckpt", plain), "plain.pt", "not a convzoo checkpoint")

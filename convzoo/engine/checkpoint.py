@@ -40,6 +40,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError("checkpoint not found" if not path.exists() else "not a file", path)
     if path.suffix == ".safetensors":
         return load_safetensors(path)
+    if path.suffix.lower() == ".onnx":  # torch would call its protobuf bytes an unsafe pickle
+        raise CheckpointError("an ONNX file, not a checkpoint: eval, predict and serve take it with --model", path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore", UserWarning)
