@@ -27,6 +27,8 @@ import onnx
 import pytest
 from PIL import Image
 
+from convzoo.deploy.server import INLINE_SECONDS
+
 from conftest import MNIST_DIR, assert_user_error, run_cli
 from test_deploy import mnist_test, png_bytes, serving
 
@@ -514,8 +516,11 @@ def test_a_burst_is_one_batch_and_each_request_gets_its_own_results(batching, al
         after = metrics(batching)
         assert after["convzoo_batches_total"] - before["convzoo_batches_total"] == 1
         assert after["convzoo_batch_requests_total"] - before["convzoo_batch_requests_total"] == BATCH
-        # a few dozen small digits: decoded and run on the event loop, no thread hop
-        assert after["convzoo_batches_inline_total"] - before["convzoo_batches_inline_total"] == 1
+        # a few dozen small digits: decoded and run on the event loop, no thread hop, unless the model's
+        # time for them (measured at start, on a busy machine perhaps) is over the inline budget
+        images = sum(len(expected) for _, expected, _ in cases)
+        inline = images * after["convzoo_model_seconds_per_image"] <= INLINE_SECONDS
+        assert after["convzoo_batches_inline_total"] - before["convzoo_batches_inline_total"] == int(inline)
     assert after["convzoo_batch_largest"] == BATCH
 
 
