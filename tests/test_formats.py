@@ -166,9 +166,11 @@ def test_data_files_with_no_records_are_refused(tmp_path):
 
 
 @pytest.mark.real_data
-def test_cli_test_split_with_no_records(tmp_path):
+def test_cli_test_split_with_no_records(tmp_path, capsys):
     """t10k files whose headers say 0 records beside the real training files: eval (ONNX and checkpoint),
     predict --from-test and train all stop when the data are loaded, with one line naming the file."""
+    from convzoo.cli import main
+
     folder = tmp_path / "zero"
     folder.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
@@ -180,7 +182,11 @@ def test_cli_test_split_with_no_records(tmp_path):
                  ["predict", "--model", "lenet5:mnist", "--from-test", 2],
                  ["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", 1, "--train-limit", 256,
                   "--threads", 1, "--output-dir", run]):
-        assert_user_error(run_cli(*args, "--data-path", folder), f"{folder / 't10k-images-idx3-ubyte'}: no records")
+        code = main([str(a) for a in (*args, "--data-path", folder)])  # in this process: no interpreter start each
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+        assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+        assert f"{folder / 't10k-images-idx3-ubyte'}: no records" in errors[0], err
     assert not (run / "last.pt").exists()
 
 

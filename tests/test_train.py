@@ -171,37 +171,50 @@ def test_bad_input(tmp_path, args, fragments):
 
 
 @pytest.mark.real_data
-def test_bad_checkpoints(tmp_path, tiny_run):
+def cli_error(capsys, *args, fragments=()) -> str:
+    """`convzoo ARGS` in this process (torch is imported already: no interpreter start per case): exit 2
+    and exactly one `convzoo: error:` line holding every fragment."""
+    from convzoo.cli import main
+
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert all(f.lower() in errors[0].lower() for f in fragments), err
+    return errors[0]
+
+
+def test_bad_checkpoints(tmp_path, tiny_run, capsys):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((tiny_run / "best.pt").read_bytes()[:5000])
-    assert_user_error(run_cli("eval", "--ckpt", truncated), "truncated.pt", "truncated or corrupt")
+    cli_error(capsys, "eval", "--ckpt", truncated, fragments=("truncated.pt", "truncated or corrupt"))
 
     onnx_file = tmp_path / "model.onnx"  # its protobuf bytes were called an unsafe pickle
     onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
-    assert_user_error(run_cli("quantize", "--ckpt", onnx_file), "model.onnx", "an ONNX file, not a checkpoint")
+    cli_error(capsys, "quantize", "--ckpt", onnx_file, fragments=("model.onnx", "an ONNX file, not a checkpoint"))
 
     plain = tmp_path / "plain.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, plain)
-    assert_user_error(run_cli("eval", "--ckpt", plain), "plain.pt", "not a convzoo checkpoint")
+    cli_error(capsys, "eval", "--ckpt", plain, fragments=("plain.pt", "not a convzoo checkpoint"))
 
     from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
 
     resized = load_checkpoint(tiny_run / "best.pt")  # conv1 as 3x3 kernels: torch's own line for it is shown
     resized["state_dict"] = {**resized["state_dict"], "conv1.weight": torch.zeros(6, 1, 3, 3)}
     save_checkpoint(tmp_path / "resized.pt", resized)
-    assert_user_error(run_cli("eval", "--ckpt", tmp_path / "resized.pt"), "resized.pt", "do not fit model 'lenet5'",
-                      "size mismatch for conv1.weight", "torch.Size([6, 1, 3, 3])")
+    cli_error(capsys, "eval", "--ckpt", tmp_path / "resized.pt",
+              fragments=("resized.pt", "do not fit model 'lenet5'", "size mismatch for conv1.weight", "torch.Size([6, 1, 3, 3])"))
     complex_weights = {**resized, "state_dict": {**resized["state_dict"], "fc1.bias": torch.zeros(120, dtype=torch.complex64)}}
     save_checkpoint(tmp_path / "complex.pt", complex_weights)
-    assert_user_error(run_cli("eval", "--ckpt", tmp_path / "complex.pt"), "complex.pt", "tensor 'fc1.bias' is complex")
+    cli_error(capsys, "eval", "--ckpt", tmp_path / "complex.pt", fragments=("complex.pt", "tensor 'fc1.bias' is complex"))
     resized["state_dict"]["extra"] = torch.zeros(1)  # ... and a second problem is counted
     save_checkpoint(tmp_path / "resized.pt", resized)
-    assert_user_error(run_cli("eval", "--ckpt", tmp_path / "resized.pt"), "resized.pt", '"extra"', "(and 1 more)")
+    cli_error(capsys, "eval", "--ckpt", tmp_path / "resized.pt", fragments=("resized.pt", '"extra"', "(and 1 more)"))
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "convzoo-checkpoint", "payload": RunsCode(marker)}, evil)
-    assert_user_error(run_cli("eval", "--ckpt", evil), "evil.pt", "refused to load")
+    cli_error(capsys, "eval", "--ckpt", evil, fragments=("evil.pt", "refused to load"))
     assert not marker.exists()
     raw = tmp_path / "raw-pickle.pt"  # a bare protocol-4 pickle: torch warned first, then a paragraph
     raw.write_bytes(pickle.dumps({"format": "convzoo-checkpoint", "payload": RunsCode(marker)}, protocol=4))
