@@ -18,8 +18,6 @@ from pathlib import Path
 
 from .errors import ConfigError, ConvzooError
 
-MAX_TOPK = 1000  # as `convzoo predict --topk` and the server (deploy/server.py) allow
-
 __all__ = ["train", "evaluate", "load", "predict", "export", "Model", "ConvzooError", "TrainConfig"]
 
 
@@ -115,6 +113,8 @@ def predict(model, images, *, topk: int = 3) -> list[dict]:
     folders, quoted patterns ('shots/*.png'), PIL images, or numpy arrays (H x W grey, H x W x 3 RGB
     or H x W x 4 RGBA; uint8, or floats in 0..1). They get the same preprocessing as `convzoo predict`.
     """
+    from .deploy.predict import MAX_TOPK
+
     topk = _integer("topk", topk, 1, MAX_TOPK)  # before loading the model
     model = model if isinstance(model, Model) else load(model)
     return model.predict(images, topk=topk)
@@ -177,6 +177,8 @@ class Model:
         return self._predictor.inputs([image for _, image, _ in decoded])
 
     def predict(self, images, *, topk: int = 3) -> list[dict]:
+        from .deploy.predict import MAX_TOPK
+
         topk = _integer("topk", topk, 1, MAX_TOPK)
         decoded = _decoded(images)
         results = self._predictor.predict_images([image for _, image, _ in decoded], topk)

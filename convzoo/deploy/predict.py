@@ -17,6 +17,7 @@ from .graph_limits import check_tensor_sizes
 from .preprocess import ImageError, load_image, to_array
 from .runtime import open_runner, ort_session, pick_runtime, run_batched, session_runner
 
+MAX_TOPK = 1000  # classes a result may list: the API, `predict --topk` and the server allow 1..this
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 

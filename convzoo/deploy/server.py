@@ -39,13 +39,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import ConfigError
-from .predict import Predictor
+from .predict import MAX_TOPK, Predictor
 from .preprocess import ImageError, ImageTooLarge, NotAnImage, decode_image, open_image, to_array
 
 MAX_UPLOAD = 5 * 1024 * 1024
 MAX_BATCH = 64  # images in one request (JSON or multipart); --max-batch counts requests per batch
 MAX_REQUEST_PIXELS = 64_000_000  # width*height summed over a request's images, read from their headers
-MAX_TOPK = 1000
 BUSY = 2  # batches decoding or inferring at once; later requests wait on the event loop, not in a thread
 # Micro-batching defaults (benchmarks/serve_load.py, README "Serving"): under load batches form from the
 # queue anyway; the window only makes a lone request wait for company.
