@@ -165,10 +165,7 @@ FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (boo
 def check_value(name: str, value, source: str):
     """`value` for TrainConfig field `name`, type-checked: presets and resumed checkpoints come from
     files, so a string where a number belongs is one clear line, not a crash deep in training."""
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    if name not in types:  # a key of a dict given to the Python API's train(), say
-        raise unknown("train option", str(name), types)
-    declared = types[name]
+    declared = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[name]  # names are checked by the callers
     kinds = [k.strip() for k in str(declared).split("|")]
     if value is None and "None" in kinds:
         return None
