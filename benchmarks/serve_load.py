@@ -297,7 +297,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (both servers)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker (both servers)")
-    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="convzoo's window when batched")
+    parser.add_argument("--batch-window-ms", type=float, default=1.0, help="convzoo's window when batched")
     parser.add_argument("--max-batch", type=int, default=32, help="convzoo's most requests per batch")
     parser.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure convzoo with batching off (default: yes)")

@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger request bodies get 413 (at most 4096)")
     p.add_argument("--workers", type=number(int, 1, 256), default=1, help="uvicorn worker processes")
     add_runtime_flag(p)
-    p.add_argument("--batch-window-ms", type=number(float, 0, 1000), default=2.0, metavar="MS",
+    p.add_argument("--batch-window-ms", type=number(float, 0, 1000), default=1.0, metavar="MS",
                    help="requests arriving within MS of the oldest waiting one run as one onnxruntime call "
-                        "(default 2; 0: batching off)")
+                        "(default 1; 0: batching off)")
     p.add_argument("--max-batch", type=number(int, 1, 256), default=32, metavar="N",
                    help="most requests per batch, each of up to 64 images (default 32)")
     p.add_argument("--max-queue", type=number(int, 1, 65536), default=256, metavar="N",
@@ -377,11 +377,10 @@ def resolve_model(name: str) -> str:
 def cmd_serve(args) -> int:
     from .deploy.server import serve
 
-    serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
-          max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
-          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue,
-          runtime=args.runtime)
-    return 0
+    return serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
+                 max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
+                 batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue,
+                 runtime=args.runtime)
 
 
 def cmd_quantize(args) -> int:
