@@ -65,6 +65,14 @@ def number(kind, low=None, high=None):
     return parse
 
 
+def nonempty(text: str) -> str:
+    """An argparse type: any text but an empty one, which would otherwise quietly mean the default
+    (`--config ""` trained the defaults, `--host ""` listened on every interface)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import TTA_CHOICES
 
@@ -84,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("--config", help="named preset (e.g. lenet-mindspore)")
+    p.add_argument("--config", type=nonempty, help="named preset (e.g. lenet-mindspore)")
     add_train_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last.pt")
     p.add_argument("--exist-ok", action="store_true", help="overwrite a run already in --output-dir")
@@ -117,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="QAT or PTQ to an int8 ONNX model, with an fp32-vs-int8 report")
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", help="fp32 convzoo checkpoint (omit with --config to train first)")
-    p.add_argument("--config", help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
+    p.add_argument("--config", type=nonempty, help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
     p.add_argument("--method", default="qat", help="qat | ptq")
     p.add_argument("--epochs", type=number(int, 1, 10_000), default=1, help="QAT fine-tune epochs")
     p.add_argument("--lr", type=number(float, 1e-12, 100), default=0.001, help="QAT fine-tune peak learning rate")
@@ -162,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
     p.add_argument("--model", required=True)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", type=nonempty, default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="0: any free port (printed)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-upload-mb", type=number(float, 0.001, 4096), default=5.0,

@@ -44,6 +44,28 @@ def test_pretrained_name_and_safetensors_work_as_checkpoints(tmp_path):
     assert "restored from lenet5:mnist: loaded 8 tensors" in proc.stdout
 
 
+def test_safetensors_weights_are_read_whatever_their_file_name(tmp_path):
+    """safetensors weights renamed weights.pt (or .SAFETENSORS) were handed to torch.load, which called
+    them an unsafe pickle; the content decides, and a torch checkpoint named .safetensors is one line."""
+    import shutil
+
+    import torch
+
+    from convzoo.engine.checkpoint import load_checkpoint
+    from convzoo.errors import CheckpointError
+    from convzoo.models.pretrained import pretrained_path
+
+    shipped = load_checkpoint(pretrained_path("lenet5:mnist"))
+    for name in ("weights.pt", "W.SAFETENSORS", "noext"):
+        shutil.copy(pretrained_path("lenet5:mnist"), tmp_path / name)
+        loaded = load_checkpoint(tmp_path / name)
+        assert loaded["model"] == shipped["model"] and loaded["class_names"] == shipped["class_names"], name
+        assert all(torch.equal(loaded["state_dict"][k], v) for k, v in shipped["state_dict"].items()), name
+    torch.save({"format": "convzoo-checkpoint"}, tmp_path / "torch.safetensors")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_checkpoint(tmp_path / "torch.safetensors")
+
+
 @pytest.mark.real_data
 def test_predict_from_a_checkpoint_reuses_its_cached_onnx_and_remakes_a_damaged_one(tmp_path):
     """The first prediction from a checkpoint exports it to ONNX in the cache; the next ones load that
@@ -79,8 +101,9 @@ def write_run(folder, rows: bytes):
     (b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n1,abc,0.5,,0.9,0.1,3,100\n",
      "line 2 holds a value that is not a number"),
     (b"epoch,train_loss\n\xff\xfe\x00garbage\n", "cannot read metrics"),
-    (b"epoch,loss\n1,2\n", "lacks columns"),
-    (b"", "no rows"),
+    (b"epoch,loss\n1,2\n", "lacks the columns train_loss, train_acc"),
+    (b"", "holds no logged step"),
+    (b"\x00garbage;;;\n", "holds no logged step (an empty file, or a header alone)"),
 ])
 def test_report_on_damaged_metrics(tmp_path, content, fragment):
     write_run(tmp_path / "run", content)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -433,3 +434,17 @@ def test_cli_download_onto_full_disk(tmp_path, file_server, capsys):
         assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
         assert "mnist/train-images-idx3-ubyte.gz: cannot write: No space left on device" in errors[0]
         assert not (folder / "mnist").exists()
+
+
+def test_a_folder_of_symlinks_is_named_as_given(tmp_path):
+    """Files linked in from two places: the warning and config.yaml named "/" (their common real
+    folder); they name the folder the user gave."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    given = tmp_path / "data" / "mnist"
+    given.mkdir(parents=True)
+    for source in sorted(Path(need(MNIST_DIR)).glob("*-ubyte.gz")):
+        target = source if source.name.startswith("train") else shutil.copy(source, elsewhere)
+        (given / source.name).symlink_to(target)
+    located = fetch.locate(MNIST, tmp_path / "data", download=False)
+    assert located.root == given and str(given) in located.warning()

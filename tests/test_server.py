@@ -371,6 +371,23 @@ def test_an_endless_header_is_431_and_healthz_keeps_answering(served):
     assert "cut" in outcome, outcome
 
 
+def test_unparsable_requests_are_400_json_and_head_is_answered(served):
+    """Bytes httptools cannot parse got uvicorn's plain-text 400; every error is JSON. HEAD (load
+    balancers' health checks) got 405 from FastAPI's GET-only routes."""
+    url = served[0]
+    for request in [b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", b"\x00\x01\x02 garbage\r\n\r\n",
+                    b"GET /he althz HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+                    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"]:
+        with raw(url) as sock:
+            sock.sendall(request)
+            assert "malformed" in json_error(read_all(sock), 400), request
+    for path in ("/healthz", "/", "/metrics", "/v1/model"):
+        get, head = httpx.get(url + path), httpx.head(url + path)
+        assert head.status_code == get.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+
+
 def test_large_but_allowed_heads_work_and_a_finished_oversized_one_is_431(served, digits):
     """60 KB of headers (in one packet with the body after them) are served; a finished 100 KB header
     is refused all the same."""

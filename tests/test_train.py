@@ -162,6 +162,9 @@ def tiny_run(tmp_path_factory):
     (["train", "--lr", "inf"], ["lr must be float"]),
     (["train", "--epochs", "abc"], ["--epochs", "'abc'"]),
     (["train", "--config", "../../../etc/passwd"], ["unknown preset"]),
+    (["train", "--config", ""], ["--config", "must not be empty"]),
+    (["quantize", "--config", " "], ["--config", "must not be empty"]),
+    (["serve", "--model", "x.onnx", "--host", ""], ["--host", "must not be empty"]),
     (["predict", "--model", "lenet5:mnist", "--topk", "0", "x.png"], ["--topk", "outside 1..1000"]),
     (["eval", "--batch-size", "-1", "--ckpt", "x.pt"], ["--batch-size", "outside"]),
 ])

@@ -309,7 +309,9 @@ def is_official(path: Path, md5: str, size: int | None) -> bool:
 
 
 def common_folder(found: dict[str, Path]) -> Path:
-    return Path(os.path.commonpath([str(p.resolve().parent) for p in found.values()]))
+    """The folder the files were found in, as the user named it: symlinks are not followed (files
+    linked in from several places made it "/")."""
+    return Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in found.values()]))
 
 
 def download_file(urls: list[str], dest: Path, md5: str, size: int | None, timeout: float = TIMEOUT_S) -> Path:

@@ -130,10 +130,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """A JSON error and close, or only close where a response has begun (ours would garble it)."""
         cycle = self.cycle
         if cycle is None or cycle.response_complete or (self._head_bytes is None and not cycle.response_started):
-            body = json.dumps({"error": message}).encode()
-            head = [STATUS_LINE[status]]
-            head += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
-            head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-                        % len(body))
-            self.transport.write(b"".join(head) + body)
+            self._write_error(status, message)
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes httptools cannot parse (a bad request line, HTTP/9.9, a bad
+        header), as JSON like every other error instead of plain text."""
+        self._write_error(400, f"{msg.rstrip('.')} (malformed request line or headers)")
+        self.transport.close()
+
+    def _write_error(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        head = [STATUS_LINE[status]]
+        head += [b"%s: %s\r\n" % pair for pair in self.server_state.default_headers]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                    % len(body))
+        self.transport.write(b"".join(head) + body)

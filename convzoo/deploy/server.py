@@ -110,20 +110,21 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     async def http_error(request, exc: HTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    # GET routes answer HEAD too (load balancers' health checks); uvicorn sends no body for HEAD.
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index():
         return page
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.api_route("/metrics", methods=["GET", "HEAD"], response_class=PlainTextResponse)
     async def metrics():
         """This worker's batching counters, in Prometheus' text format."""
         return batcher.metrics()
 
-    @app.get("/v1/model")
+    @app.api_route("/v1/model", methods=["GET", "HEAD"])
     async def model_info():
         meta = predictor.meta
         return {"name": meta["model"], "dataset": meta.get("dataset"), "classes": meta["class_names"],

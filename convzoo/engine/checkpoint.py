@@ -38,7 +38,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = pretrained.resolve(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found" if not path.exists() else "not a file", path)
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):  # also one named .pt
         return load_safetensors(path)
     if path.suffix.lower() == ".onnx":  # torch would call its protobuf bytes an unsafe pickle
         raise CheckpointError("an ONNX file, not a checkpoint: eval, predict and serve take it with --model", path)
@@ -65,6 +65,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     ckpt.update(check_model_meta(ckpt, path))
     check_state_dict(ckpt["state_dict"], path)
     return ckpt
+
+
+def looks_like_safetensors(path: Path) -> bool:
+    """safetensors' layout: an 8-byte little-endian header size, then the JSON header's '{'
+    (a torch checkpoint starts with a zip's 'PK' or a pickle's 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False  # torch.load below reports it
+    return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100 << 20
 
 
 def load_safetensors(path: Path) -> dict:

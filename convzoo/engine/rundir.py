@@ -99,9 +99,11 @@ def read_metrics(path: Path) -> list[dict]:
         raise DataError("no metrics.csv: not a convzoo run folder", path) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read metrics ({exc})", file) from None
-    missing = [k for k in METRIC_FIELDS if rows and k not in rows[0] and k not in OPTIONAL_METRICS]
-    if not rows or missing:
-        raise DataError(f"metrics.csv has no rows or lacks columns {', '.join(missing)}", file)
+    if not rows:
+        raise DataError("metrics.csv holds no logged step (an empty file, or a header alone)", file)
+    missing = [k for k in METRIC_FIELDS if k not in rows[0] and k not in OPTIONAL_METRICS]
+    if missing:
+        raise DataError(f"metrics.csv lacks the columns {', '.join(missing)}", file)
     history = []
     for line, row in enumerate(rows, start=2):
         try:
