@@ -53,9 +53,11 @@ def requests_seen(connection: http.client.HTTPConnection) -> int:
                           if line.startswith("convzoo_batch_requests_total "))))
 
 
-def test_connections_spread_over_one_socket_per_worker(mnist_onnx, tmp_path):
+def test_connections_spread_over_one_socket_per_worker_and_the_port_is_ours(mnist_onnx, tmp_path):
     """uvicorn's shared socket let one worker accept a whole burst (50 of 64 connections measured);
-    here each worker listens on its own and the kernel spreads the burst over both."""
+    here each worker listens on its own and the kernel spreads the burst over both. Sockets that
+    share a port (SO_REUSEPORT) would also let another `convzoo serve` on it silently take half the
+    traffic, perhaps with another model: that one is refused."""
     png = png_bytes(mnist_test(1)[0][0][0])
     with serving(mnist_onnx, "--workers", "2", log=tmp_path / "serve.log") as (url, proc):
         port = urlsplit(url).port
@@ -75,16 +77,10 @@ def test_connections_spread_over_one_socket_per_worker(mnist_onnx, tmp_path):
         # Spread by a hash: a worker gets 12 or fewer of 64 with probability ~1e-7.
         assert 12 < min(seen) and max(seen) < 52, sorted(set(seen))
 
-
-def test_a_second_server_on_the_port_is_refused(mnist_onnx, tmp_path):
-    """Sockets that share a port (SO_REUSEPORT) would let another `convzoo serve` on the same port
-    silently take half the traffic, perhaps with another model: it is one line instead."""
-    with serving(mnist_onnx, "--workers", "2", log=tmp_path / "serve.log") as (url, _):
-        port = urlsplit(url).port
         for workers in ("2", "1"):
-            proc = run_cli("serve", "--model", mnist_onnx, "--port", port, "--workers", workers, timeout=60)
-            assert_user_error(proc, f"127.0.0.1:{port}", "in use")
-            assert "convzoo serve:" not in proc.stdout
+            second = run_cli("serve", "--model", mnist_onnx, "--port", port, "--workers", workers, timeout=60)
+            assert_user_error(second, f"127.0.0.1:{port}", "in use")
+            assert "convzoo serve:" not in second.stdout
         assert listening(port) == 2
 
 
