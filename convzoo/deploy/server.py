@@ -21,7 +21,6 @@ import binascii
 import contextlib
 import json
 import logging
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -512,7 +511,7 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
     """Load the model and bind the port here, so either failing is one line (ConvzooError) before
     uvicorn starts; with workers > 1 each worker process loads the model again and has its own
     batcher (the settings, create_app's keywords, travel in the environment) and, on Linux, its own
-    socket (workers.py). The exit status: 0 once stopped, 1 when workers kept failing."""
+    socket (workers.py). The exit status: 0 once stopped, 2 when a worker could not start."""
     import os
 
     import uvicorn
@@ -521,49 +520,33 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
     from .protocol import GuardedHttpToolsProtocol  # reads CONVZOO_*_TIMEOUT: a bad one is one line here
 
     if workers == 1:
-        target, factory = create_app(model_path, **settings), False
+        app = create_app(model_path, **settings)
     else:
         Predictor(model_path, runtime=settings.get("runtime", "auto"))  # fail here, once, not in every worker
         os.environ[SETTINGS_ENV] = json.dumps({"model_path": str(model_path), **settings})
-        target, factory = "convzoo.deploy.server:app_from_environment", True
     balanced = workers > 1 and worker_processes.balanced()
-    sockets = worker_processes.bind_each(host, port, workers) if balanced else [bind(host, port)]
+    sockets = worker_processes.bind_each(host, port, workers) if balanced else [worker_processes.listen(host, port)]
     port = sockets[0].getsockname()[1]  # the real one when asked for 0
-    shown = f"[{host}]" if ":" in host else host
     window = settings.get("batch_window_ms", BATCH_WINDOW_MS)
     batching = (f"batching {window:g} ms, up to {settings.get('max_batch', MAX_BATCH_REQUESTS)} requests"
                 if window > 0 else "batching off")
-    print(f"convzoo serve: {model_path} on http://{shown}:{port}/ (API docs at /docs), {workers} worker(s), "
-          f"{batching}", flush=True)
+    print(f"convzoo serve: {model_path} on http://{worker_processes.shown(host)}:{port}/ (API docs at /docs), "
+          f"{workers} worker(s), {batching}", flush=True)
     # http=: uvicorn's httptools protocol with a cap on the request head and timeouts (protocol.py);
     # idle kept-alive connections close after timeout_keep_alive.
-    options = dict(factory=factory, http=GuardedHttpToolsProtocol, timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
-                   log_level="warning")
+    options = dict(http=GuardedHttpToolsProtocol, timeout_keep_alive=KEEP_ALIVE_TIMEOUT, log_level="warning")
     try:
         if balanced:
-            return worker_processes.run(dict(app=target, **options), sockets)
+            return worker_processes.run(app_from_environment, options, sockets)
         if workers == 1:
-            uvicorn.Server(uvicorn.Config(target, host=host, port=port, **options)).run(sockets=sockets)
+            uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
         else:  # uvicorn's public way to run workers on a socket we bound: its file descriptor
-            uvicorn.run(target, fd=sockets[0].fileno(), workers=workers, **options)
+            uvicorn.run("convzoo.deploy.server:app_from_environment", factory=True, fd=sockets[0].fileno(),
+                        workers=workers, **options)
         return 0
     finally:
         for sock in sockets:
             sock.close()
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound the way uvicorn binds one; a busy port or unknown host is a ConfigError."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:  # also socket.gaierror for a host that does not resolve
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-    sock.listen(2048)  # connections queue from now on, while uvicorn starts (it listens again, same socket)
-    sock.set_inheritable(True)
-    return sock
 
 
 def app_from_environment() -> FastAPI:

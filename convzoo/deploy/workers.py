@@ -1,4 +1,4 @@
-"""`convzoo serve --workers N` on Linux: N uvicorn worker processes, each with its own listening socket.
+"""Listening sockets for `convzoo serve`, and on Linux its worker processes, one socket each.
 
 uvicorn's supervisor shares one socket among its workers, and the worker that wakes first accepts a
 whole burst of connections: with 64 keep-alive clients one worker held 50 (or 41) and the other 14
@@ -7,9 +7,11 @@ spreads new connections over one socket per worker by a hash of their addresses 
 req/s, same load, README "Serving"). Elsewhere (macOS, Windows: no such spreading) uvicorn's own
 supervisor and shared socket are used.
 
-The parent binds every socket (a busy port is one line before anything starts), keeps them open and
-restarts a worker that dies on the same socket, so connections queue there meanwhile instead of
-being refused; SIGINT/SIGTERM stop every worker gracefully.
+The parent binds every socket (a busy port is one line before anything starts) and keeps them open,
+so a worker that dies or stops answering its health check (a ping every 5 s, as uvicorn's
+supervisor does) is replaced on the same socket while new connections wait there. A worker that
+cannot start its app stops the server with that one line. SIGINT, SIGTERM, SIGHUP and SIGQUIT stop
+every worker gracefully; workers also get SIGTERM if the parent dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,101 +21,215 @@ import multiprocessing.connection
 import signal
 import socket
 import sys
+import threading
 import time
+import traceback
+from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConvzooError
+from ..orphans import die_with_parent
 
 STOP_SECONDS = 15  # a worker still finishing requests after this is killed
-RESTARTS = 5  # deaths within RESTART_PERIOD after which the server stops instead of restarting
-RESTART_PERIOD = 60
-STARTUP_FAILURE = 3  # uvicorn's exit code for a worker whose app failed to start: restarting will not help
+HEALTH_SECONDS = 5  # a running worker must answer a ping within this (uvicorn's default)
+START_SECONDS = 120  # ... and a starting one its first ping (imports and model load, on a busy machine)
+QUICK_DEATH_SECONDS = 10  # a worker dead sooner is replaced after a 1 s pause, not in a tight loop
+STARTUP_FAILURE = 3  # a worker's exit code when its app could not start: restarting would not help
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def balanced() -> bool:
     return sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
+def shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A socket bound and listening the way uvicorn binds one; a busy port or unknown host is one line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # connections queue from now on, while the workers start
+    except OSError as exc:  # also socket.gaierror for a host that does not resolve
+        sock.close()
+        raise ConfigError(f"cannot listen on {shown(host)}:{port} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)  # uvicorn's own workers take it by file descriptor
+    return sock
+
+
 def bind_each(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` listening sockets on one port, spread over by the kernel. A probe without SO_REUSEPORT
     binds first, so a port anyone holds (another `convzoo serve` included, whose sockets would
     otherwise silently share its traffic with ours) is refused; it also picks the port for 0."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError as exc:  # also socket.gaierror for a host that does not resolve
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {shown(host)}:{port} ({exc.strerror or exc})") from None
         port = probe.getsockname()[1]
     sockets = []
     try:
         for _ in range(count):
-            sock = socket.socket(family)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            sock.listen(2048)  # connections queue from now on, while the workers start
-    except OSError as exc:  # taken in the moment since the probe: rare, still one line
+            sockets.append(listen(host, port, reuse_port=True))
+        # Another server probing in the moment between our probe and our binds could have joined.
+        if (found := listeners(sockets[0].getsockname(), sockets[0].family)) is not None and found > count:
+            raise ConfigError(f"cannot listen on {shown(host)}:{port} (another server started on it at the same "
+                              "moment)")
+    except ConfigError:
         for sock in sockets:
             sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        raise
     return sockets
 
 
-def worker(options: dict, sock: socket.socket) -> None:  # runs in a spawned process
+def listeners(address: tuple, family: int = socket.AF_INET) -> int | None:
+    """Listening TCP sockets of every process on this address and port (Linux's /proc/net/tcp[6],
+    which prints each 32-bit word of an address in host byte order); None where it cannot be read."""
+    packed = socket.inet_pton(family, address[0])
+    words = "".join(packed[i:i + 4][::-1].hex() for i in range(0, len(packed), 4)).upper()
+    try:
+        lines = Path("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp").read_text().splitlines()
+    except OSError:
+        return None
+    wanted = f"{words}:{address[1]:04X}"
+    return sum(1 for line in lines[1:] if line.split()[1] == wanted and line.split()[3] == "0A")  # 0A: LISTEN
+
+
+def worker(make_app, options: dict, sock: socket.socket, pings, failures) -> None:  # in a spawned process
+    """Build the app, then serve it on `sock` until told to stop. Ctrl-C reaches every process of the
+    terminal's group: here it is ignored until uvicorn's own handler is in place (the parent stops
+    the worker anyway), so no KeyboardInterrupt traceback is printed."""
+    die_with_parent()
+    threading.Thread(target=answer_pings, args=(pings,), daemon=True).start()
+    try:
+        app = make_app()
+    except ConvzooError as exc:  # e.g. the model file was removed after the parent checked it
+        failures.put(str(exc))
+        sys.exit(STARTUP_FAILURE)
+    except Exception:  # a bug: its traceback, and the parent stops
+        traceback.print_exc()
+        failures.put("a worker could not start (traceback above)")
+        sys.exit(STARTUP_FAILURE)
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(**options)).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server.run(sockets=[sock])  # returns after Ctrl-C; SIGTERM ends the process from inside it
+    if not server.started:  # the app's startup failed (uvicorn logged why)
+        failures.put("a worker could not start (see above)")
+        sys.exit(STARTUP_FAILURE)
 
 
-def run(options: dict, sockets: list[socket.socket]) -> int:
-    """Run one worker per socket (uvicorn.Config keywords in `options`) until SIGINT/SIGTERM; the
-    exit status: 0, or 1 when workers kept dying or one could not start its app."""
+def answer_pings(connection) -> None:
+    try:
+        while True:
+            connection.recv()
+            connection.send(True)
+    except (EOFError, OSError):  # the parent is gone
+        pass
+
+
+class Worker:
+    """One worker process on its socket, with the pipe its health pings travel on."""
+
+    def __init__(self, context, make_app, options: dict, sock: socket.socket, failures):
+        self.pings, child_end = context.Pipe()
+        self.process = context.Process(target=worker, args=(make_app, options, sock, child_end, failures),
+                                       daemon=True)
+        self.up = False  # answered a ping since it started
+        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child starts with Ctrl-C ignored
+        try:
+            self.process.start()
+        finally:
+            signal.signal(signal.SIGINT, ignored)
+        self.started = time.monotonic()
+        child_end.close()
+        self.ping()  # answered once its first thread runs: then it is up, and pinged every HEALTH_SECONDS
+
+    def ping(self) -> None:
+        try:
+            self.pings.send(True)
+        except OSError:  # it died: the sentinel says so
+            pass
+
+    def healthy(self, deadline: float) -> bool:
+        """An up worker answered its last ping by `deadline`; a starting one has START_SECONDS for its first."""
+        try:
+            if self.up:
+                if self.pings.poll(max(0.0, deadline - time.monotonic())):
+                    self.pings.recv()
+                    return True
+                return False
+            if self.pings.poll(0):
+                self.pings.recv()
+                self.up = True
+        except (EOFError, OSError):  # it died: the sentinel says so
+            return True
+        return self.up or time.monotonic() < self.started + START_SECONDS
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits
+
+
+def run(make_app, options: dict, sockets: list[socket.socket]) -> int:
+    """One worker per socket (uvicorn.Config keywords in `options`, the app from make_app()) until a
+    stop signal; the exit status: 0, or 2 when a worker could not start its app."""
     # spawn, not fork: a fork of a process that has loaded onnxruntime (the parent checked the model)
     # may inherit its locks mid-use.
     context = multiprocessing.get_context("spawn")
+    failures = context.SimpleQueue()
     stopping = []
-    previous = {sig: signal.signal(sig, lambda number, frame: stopping.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def start(sock):
-        process = context.Process(target=worker, args=(options, sock), daemon=True)
-        process.start()
-        return process
-
-    processes = [start(sock) for sock in sockets]
-    deaths: list[float] = []
-    status = 0
+    previous = {sig: signal.signal(sig, lambda number, frame: stopping.append(number)) for sig in STOP_SIGNALS}
+    workers = [Worker(context, make_app, options, sock, failures) for sock in sockets]
+    restart_at = {}  # worker index -> when a quickly dead one may start again
+    status, next_ping = 0, time.monotonic() + HEALTH_SECONDS
     try:
-        while not stopping:
-            multiprocessing.connection.wait([p.sentinel for p in processes], timeout=0.5)
-            for k, process in enumerate(processes):
-                if process.is_alive() or stopping:
+        while not stopping and not status:
+            multiprocessing.connection.wait([w.process.sentinel for w in workers if w.process.is_alive()],
+                                            timeout=0.5)
+            if time.monotonic() >= next_ping and not stopping:
+                for w in workers:
+                    if w.up:
+                        w.ping()
+                deadline = time.monotonic() + HEALTH_SECONDS
+                for w in workers:
+                    if w.process.is_alive() and not w.healthy(deadline):
+                        print(f"warning: serve: worker {w.process.pid} did not answer for {HEALTH_SECONDS} s; "
+                              "replacing it", file=sys.stderr, flush=True)
+                        w.process.kill()
+                        w.process.join()
+                next_ping = time.monotonic() + HEALTH_SECONDS
+            for k, w in enumerate(workers):
+                if stopping or w.process.is_alive():
                     continue
-                now = time.monotonic()
-                deaths = [t for t in deaths if now - t < RESTART_PERIOD] + [now]
-                if process.exitcode == STARTUP_FAILURE or len(deaths) > RESTARTS:
-                    why = ("could not start" if process.exitcode == STARTUP_FAILURE
-                           else f"died {len(deaths)} times in {RESTART_PERIOD} s")
-                    print(f"error: serve: a worker {why} (exit code {process.exitcode}); stopping",
-                          file=sys.stderr, flush=True)
-                    stopping.append(None)
-                    status = 1
+                if w.process.exitcode == STARTUP_FAILURE:
+                    message = failures.get() if not failures.empty() else "a worker could not start"
+                    print(f"convzoo: error: {message}", file=sys.stderr, flush=True)
+                    status = 2
                     break
-                print(f"warning: serve: worker {process.pid} died (exit code {process.exitcode}); starting another",
-                      file=sys.stderr, flush=True)
-                processes[k] = start(sockets[k])
+                now = time.monotonic()
+                if k not in restart_at:
+                    print(f"warning: serve: worker {w.process.pid} died (exit code {w.process.exitcode}); "
+                          "starting another", file=sys.stderr, flush=True)
+                    quick = now - w.started < QUICK_DEATH_SECONDS
+                    restart_at[k] = now + (1.0 if quick else 0.0)
+                if now >= restart_at[k]:
+                    del restart_at[k]
+                    workers[k] = Worker(context, make_app, options, sockets[k], failures)
     finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits
+        for w in workers:
+            w.stop()
         deadline = time.monotonic() + STOP_SECONDS
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join()
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():  # stopped (SIGSTOP) or stuck: it cannot finish
+                w.process.kill()
+                w.process.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import ConvzooError
+from ..orphans import die_with_parent
 from . import distributed
 from .runtime import default_threads
 from .trainer import train as train_here
@@ -134,16 +135,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the launcher dies (Linux prctl; elsewhere nothing)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def worker_main() -> int:
