@@ -195,6 +195,9 @@ def test_bad_checkpoints(tmp_path, tiny_run, capsys):
     onnx_file = tmp_path / "model.onnx"  # its protobuf bytes were called an unsafe pickle
     onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
     cli_error(capsys, "quantize", "--ckpt", onnx_file, fragments=("model.onnx", "an ONNX file, not a checkpoint"))
+    archive = tmp_path / "model.pt2"  # `export --format pt2` writes these; torch.load called them corrupt
+    archive.write_bytes(b"PK\x03\x04 a torch.export zip")
+    cli_error(capsys, "eval", "--ckpt", archive, fragments=("model.pt2", "torch.export archive", "does not run"))
 
     plain = tmp_path / "plain.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, plain)

@@ -42,6 +42,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         return load_safetensors(path)
     if path.suffix.lower() == ".onnx":  # torch would call its protobuf bytes an unsafe pickle
         raise CheckpointError("an ONNX file, not a checkpoint: eval, predict and serve take it with --model", path)
+    if path.suffix.lower() == ".pt2":  # torch.export's archive: torch.load calls it corrupt
+        raise CheckpointError("a torch.export archive (.pt2), which convzoo writes but does not run; pass the "
+                              "checkpoint (.pt, .safetensors, NAME:DATASET) or its exported .onnx", path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore", UserWarning)
