@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConvzooError
+from .errors import ConvzooError, printable
 
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
@@ -269,6 +269,7 @@ def resumed_config(args) -> tuple[dict, str]:
 
 
 def cmd_eval(args) -> int:
+    from .atomic import check_target
     from .engine.evaluate import evaluate_checkpoint
     from .engine.runtime import configure_threads, default_threads
     from .errors import ConfigError
@@ -279,6 +280,11 @@ def cmd_eval(args) -> int:
     threads = configure_threads(args.threads or default_threads(2), torch.device("cpu"))
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
+    # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
+    confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
+                                   if args.ckpt and Path(args.ckpt).is_file() else None)
+    if confusion:  # checked before the work: `--confusion best.pt` replaced the checkpoint with a PNG
+        check_target(confusion, inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()])
     if args.model:
         from .deploy.predict import evaluate_model_file
 
@@ -293,9 +299,6 @@ def cmd_eval(args) -> int:
     else:
         print(f"'Accuracy': {result.accuracy:.4f}")
         print(result.table())
-    # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
-    confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
-                                   if args.ckpt and Path(args.ckpt).is_file() else None)
     if confusion:
         from .report.plots import plot_confusion
 
@@ -342,12 +345,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .atomic import check_target
     from .deploy.predict import Predictor
     from .errors import ConfigError
 
     # One short-lived process: OpenVINO's faster int8 kernels never make up for its import and compile.
     runtime = "onnxruntime" if args.runtime == "auto" else args.runtime
-    predictor = Predictor(resolve_model(args.model), threads=args.threads, runtime=runtime)
+    model = resolve_model(args.model)
+    if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
+        check_target(args.grid, inputs=[model])
+    predictor = Predictor(model, threads=args.threads, runtime=runtime)
     if args.from_test:
         return predict_test_images(predictor, args)
     if not args.images:
@@ -358,7 +365,8 @@ def cmd_predict(args) -> int:
             print(json.dumps(r))
         else:
             others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
-            print(f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else ""))
+            line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")
+            print(printable(line))  # a file or class name with a newline stays on its line
     return 0
 
 

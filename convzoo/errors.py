@@ -1,12 +1,22 @@
 """User-facing errors: the CLI prints them as one line and exits 2; anything else is a bug."""
 
+import re
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters (a newline in a file or class name) escaped as Python
+    writes them, everything else (accents, CJK) kept."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class ConvzooError(Exception):
     """A mistake in the user's input (files, flags, data); never a bug in convzoo."""
 
     def __init__(self, message: str, path=None):
         self.path = str(path) if path is not None else None
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        super().__init__(printable(f"{self.path}: {message}" if self.path else message))
 
 
 class DataError(ConvzooError):

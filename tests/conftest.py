@@ -77,6 +77,19 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str
     return errors[0]
 
 
+def cli_error(capsys, *args, fragments=()) -> str:
+    """`convzoo ARGS` in this process (torch is imported already: no interpreter start per case): exit 2
+    and exactly one `convzoo: error:` line holding every fragment."""
+    from convzoo.cli import main
+
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert all(f.lower() in errors[0].lower() for f in fragments), err
+    return errors[0]
+
+
 class FileServer:
     """A real HTTP server on 127.0.0.1 serving `files` (url path -> bytes); `drop` paths send half
     of the body then close the connection; `endless` paths repeat their body until the client hangs

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import MNIST_DIR, assert_user_error, need, run_cli
+from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
 
 
 @pytest.mark.real_data
@@ -104,10 +104,71 @@ def write_run(folder, rows: bytes):
     (b"epoch,loss\n1,2\n", "lacks the columns train_loss, train_acc"),
     (b"", "holds no logged step"),
     (b"\x00garbage;;;\n", "holds no logged step (an empty file, or a header alone)"),
+    (b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\nnan,1,0.5,,0.9,0.1,3,100\n",
+     "line 2: epoch 'nan' is not an epoch number"),
+    (b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n-inf,1,0.5,,0.9,0.1,3,100\n",
+     "line 2: epoch '-inf' is not an epoch number"),
 ])
 def test_report_on_damaged_metrics(tmp_path, content, fragment):
     write_run(tmp_path / "run", content)
     assert_user_error(run_cli("report", tmp_path / "run"), "metrics.csv", fragment)
+
+
+def test_report_on_hostile_config_yaml(tmp_path, capsys):
+    """A 464-byte alias bomb hung `report` with memory growing without end; a value holding a newline
+    added a heading of its own to report.md."""
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    write_run(tmp_path / "bomb", header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp_path / "bomb" / "config.yaml").write_text("\n".join(lines) + "\nmodel: lenet5\n")
+    cli_error(capsys, "report", tmp_path / "bomb", fragments=("config.yaml", "expands to over 100,000 values"))
+
+    write_run(tmp_path / "odd", header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    (tmp_path / "odd" / "config.yaml").write_text('model: "lenet5\\n# injected"\nbatch_size: {a: [1, 2]}\n')
+    from convzoo.cli import main
+
+    assert main(["report", str(tmp_path / "odd")]) == 0
+    report = (tmp_path / "odd" / "report.md").read_text()
+    assert "\n# injected" not in report and "model=lenet5\\n# injected" in report
+
+
+def test_report_eval_and_predict_never_write_over_their_inputs(tmp_path, capsys):
+    """`report run --output run/metrics.csv`, `eval --confusion best.pt`, `predict --grid model.onnx`
+    replaced the file with markdown or a PNG and exited 0."""
+    import shutil
+
+    from convzoo.models.pretrained import pretrained_path
+
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    write_run(tmp_path / "run", header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    weights = tmp_path / "run" / "best.pt"
+    shutil.copy(pretrained_path("lenet5:mnist"), weights)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()}
+    for name in ("metrics.csv", "best.pt"):
+        cli_error(capsys, "report", tmp_path / "run", "--output", tmp_path / "run" / name,
+                  fragments=(name, "is also the input"))
+    cli_error(capsys, "report", tmp_path / "run", "--output", tmp_path / "r.html", "--html",
+              fragments=("r.html", "written to this one file"))
+    cli_error(capsys, "eval", "--ckpt", weights, "--confusion", weights, fragments=("best.pt", "is also the input"))
+    cli_error(capsys, "predict", "--model", weights, "--from-test", "4", "--grid", weights,
+              fragments=("best.pt", "is also the input"))
+    assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
+
+
+def test_predict_patterns_do_not_follow_symlinked_folders(tmp_path):
+    """glob.glob's `**` followed a link to a parent folder and ran forever; a name holding a newline
+    split the one-line error in two."""
+    folder = tmp_path / "lp" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(folder / "16.png")
+    (folder / "up").symlink_to("..")
+    (folder / "self").symlink_to(".")
+    proc = run_cli("predict", "--model", "lenet5:mnist", "lp/**/16.png", cwd=tmp_path, timeout=120, check=0)
+    assert proc.stdout.splitlines()[0].startswith("lp/a/16.png: ") and len(proc.stdout.splitlines()) == 1
+    (folder / "bad\nname.png").write_bytes(b"garbage")
+    line = assert_user_error(run_cli("predict", "--model", "lenet5:mnist", folder / "bad\nname.png", timeout=120))
+    assert "bad\\nname.png" in line
 
 
 def test_report_on_damaged_config(tmp_path):

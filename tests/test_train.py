@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, need, run_cli
+from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, cli_error, need, run_cli
 
 MNIST = ["--dataset", "mnist", "--data-path", str(MNIST_DIR)]
 
@@ -171,20 +171,6 @@ def tiny_run(tmp_path_factory):
 def test_bad_input(tmp_path, args, fragments):
     assert_user_error(run_cli(*args, "--data-path", MNIST_DIR, cwd=tmp_path) if args[0] == "train"
                       else run_cli(*args, cwd=tmp_path), *fragments)
-
-
-@pytest.mark.real_data
-def cli_error(capsys, *args, fragments=()) -> str:
-    """`convzoo ARGS` in this process (torch is imported already: no interpreter start per case): exit 2
-    and exactly one `convzoo: error:` line holding every fragment."""
-    from convzoo.cli import main
-
-    code = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
-    assert all(f.lower() in errors[0].lower() for f in fragments), err
-    return errors[0]
 
 
 def test_bad_checkpoints(tmp_path, tiny_run, capsys):

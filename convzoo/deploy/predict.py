@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 from pathlib import Path
 
@@ -216,7 +215,7 @@ def expand_image_paths(paths) -> list[Path]:
                 raise ImageError(f"folder holds no image files ({' '.join(image_suffixes())})", path)
             files += found
         elif not path.exists() and any(ch in str(path) for ch in "*?["):
-            found = sorted(Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            found = glob_files(path)
             if not found:
                 raise ImageError("no files match this pattern", path)
             files += found
@@ -225,6 +224,16 @@ def expand_image_paths(paths) -> list[Path]:
         else:
             files.append(path)
     return files
+
+
+def glob_files(pattern: Path) -> list[Path]:
+    """The regular files matching `pattern`, by pathlib's glob: its `**` does not descend into
+    symlinked folders, as folder arguments do not (glob.glob's does: a link to a parent folder made
+    `'shots/**/x.png'` run forever)."""
+    parts = pattern.parts
+    first = next(k for k, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    root = Path(*parts[:first]) if first else Path(".")
+    return sorted(p for p in root.glob(str(Path(*parts[first:]))) if p.is_file())
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import atomic_write_bytes, remove_stale_temps, write_error
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s",
                  "wall_s"]  # wall_s: seconds of training since the run began (time to accuracy); newer runs only
@@ -20,6 +21,8 @@ OPTIONAL_METRICS = {"wall_s"}
 # What a run writes atomically: only these files' leftover temps are removed (--output-dir may be
 # a folder that also holds the user's own hidden files).
 RUN_FILES = ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "curves.png"]
+MAX_CONFIG_BYTES = 1 << 20  # a run's config.yaml is a few KB
+MAX_CONFIG_VALUES = 100_000  # values in it once YAML's aliases are followed (a 464-byte alias bomb expands to 10^9)
 
 
 def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
@@ -51,13 +54,52 @@ def check_resumed_checkpoint(path: Path, state: dict) -> None:
     continued, and its best.pt, metrics and config written over the run's own. The run's config.yaml
     (written at every start) names the model; an unreadable one proves nothing and is rewritten."""
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = read_config(path)
+    except DataError:
         return
-    model = config.get("model") if isinstance(config, dict) else None
+    model = config.get("model")
     if isinstance(model, str) and model != state.get("model"):
         raise ConfigError(f"last.pt is a {state.get('model')!r} checkpoint, but this run trains {model!r} "
                           "(config.yaml): it is not this run's; nothing was changed", path)
+
+
+def read_config(path: Path) -> dict:
+    """The run's config.yaml as a mapping ({} when there is none); a file too large, unreadable, not a
+    mapping or one whose aliases expand past MAX_CONFIG_VALUES is one DataError line."""
+    file = path / "config.yaml"
+    try:
+        if not file.is_file():
+            return {}
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise DataError(f"config.yaml is larger than {MAX_CONFIG_BYTES >> 20} MB; a run's is a few KB", file)
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        raise DataError(f"cannot read config.yaml ({first_line(exc)})", file) from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise DataError(f"config.yaml holds a {type(config).__name__}, not a mapping of settings", file)
+    if not within(config, MAX_CONFIG_VALUES):
+        raise DataError(f"config.yaml expands to over {MAX_CONFIG_VALUES:,} values (YAML aliases); a run's holds "
+                        "a few dozen", file)
+    return config
+
+
+def within(value, budget: int) -> bool:
+    """Whether `value` holds at most `budget` values, counting shared (aliased) parts each time they
+    appear, as printing it would; stops counting at the budget (also for self-referencing lists)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+    return True
 
 
 def write_config(path: Path, config: dict) -> None:
@@ -110,6 +152,9 @@ def read_metrics(path: Path) -> list[dict]:
             history.append({k: float(v) if v not in ("", None) else None for k, v in row.items() if k is not None})
         except (TypeError, ValueError):
             raise DataError(f"line {line} holds a value that is not a number", file) from None
+        epoch = history[-1]["epoch"]
+        if epoch is None or not math.isfinite(epoch) or not 0 <= epoch <= 1e9:
+            raise DataError(f"line {line}: epoch {row['epoch']!r} is not an epoch number", file)
     return history
 
 

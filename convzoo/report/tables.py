@@ -6,11 +6,9 @@ import base64
 import html
 from pathlib import Path
 
-import yaml
-
-from ..atomic import atomic_write_bytes
-from ..engine.rundir import read_metrics
-from ..errors import ConfigError, first_line
+from ..atomic import atomic_write_bytes, check_target
+from ..engine.rundir import read_config, read_metrics
+from ..errors import ConfigError, WriteError, printable
 from .plots import plot_curves
 
 
@@ -18,11 +16,7 @@ def load_run(folder) -> dict:
     folder = Path(folder)
     if not (folder / "metrics.csv").is_file():
         raise ConfigError("not a run directory (no metrics.csv)", folder)
-    try:
-        config = yaml.safe_load((folder / "config.yaml").read_text("utf-8")) if (folder / "config.yaml").is_file() else {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config.yaml ({first_line(exc)})", folder) from None
-    config = config if isinstance(config, dict) else {}
+    config = read_config(folder)
     history = read_metrics(folder)
     key = "val_acc" if history[-1].get("val_acc") is not None else "test_acc"
     scored = [h for h in history if h[key] is not None]
@@ -39,6 +33,13 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def shown(value, limit: int = 80) -> str:
+    """A config.yaml value as one short markdown-safe line: the file may have been edited by anyone
+    (a newline in a value added a heading to report.md)."""
+    text = printable(str(value)).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def fmt(value, spec=".4f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -50,8 +51,8 @@ def epoch_table(run: dict) -> str:
 
 
 def comparison_table(runs: list[dict]) -> str:
-    rows = [[r["name"], r["config"].get("model", "?"), r["config"].get("dataset", "?"), len(r["history"]),
-             r["config"].get("batch_size", "?"), r["config"].get("optimizer", "?"), r["config"].get("schedule", "?"),
+    rows = [[shown(r["name"]), *(shown(r["config"].get(k, "?")) for k in ("model", "dataset")), len(r["history"]),
+             *(shown(r["config"].get(k, "?")) for k in ("batch_size", "optimizer", "schedule")),
              fmt(r["best"]["test_acc"]), fmt(r["last"]["test_acc"]), fmt(r["time_s"], ".0f")] for r in runs]
     return markdown_table(["run", "model", "dataset", "epochs", "batch", "optimizer", "schedule", "best test acc",
                            "last test acc", "train time (s)"], rows)
@@ -67,25 +68,40 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
     if len({r["name"] for r in runs}) < len(runs):  # same folder names: tell them apart by their parents
         for r in runs:
             r["name"] = f"{r['folder'].parent.name}/{r['folder'].name}"
+    out = Path(output) if output else runs[0]["folder"] / "report.md" if len(runs) == 1 else Path("report.md")
+    curves_path = runs[0]["folder"] / "curves.png" if len(runs) == 1 else out.with_name(out.stem + "-curves.png")
+    check_outputs([out, curves_path] + ([out.with_suffix(".html")] if html_page else []), runs)
     if len(runs) == 1:
         run = runs[0]
-        out = Path(output) if output else run["folder"] / "report.md"
-        curves = plot_curves(run["history"], run["folder"] / "curves.png")
-        settings = ", ".join(f"{k}={v}" for k, v in run["config"].items() if v not in (None, [], ""))
-        text = (f"# Run {run['name']}\n\n{settings}\n\n"
+        curves = plot_curves(run["history"], curves_path)
+        settings = ", ".join(f"{shown(k)}={shown(v)}" for k, v in run["config"].items() if v not in (None, [], ""))
+        text = (f"# Run {shown(run['name'])}\n\n{settings}\n\n"
                 f"Best {run['select'].replace('_', ' ')} at epoch {int(run['best']['epoch'])}: "
                 f"test accuracy {run['best']['test_acc']:.4f}; last epoch: {run['last']['test_acc']:.4f}; "
                 f"training time {run['time_s']:.0f} s.\n\n{epoch_table(run)}\n\n![curves]({rel(curves, out)})\n")
         images = [curves]
     else:
-        out = Path(output or "report.md")
-        curves = plot_curves({r["name"]: r["history"] for r in runs}, out.with_name(out.stem + "-curves.png"))
+        curves = plot_curves({r["name"]: r["history"] for r in runs}, curves_path)
         text = f"# {len(runs)} runs compared\n\n{comparison_table(runs)}\n\n![curves]({rel(curves, out)})\n"
         images = [curves]
     atomic_write_bytes(out, text.encode())
     if html_page:
         atomic_write_bytes(out.with_suffix(".html"), to_html(text, images).encode())
     return text, out
+
+
+REPORT_FILES = {"report.md", "report.html", "curves.png"}  # what a report (re)writes in a run folder
+
+
+def check_outputs(targets: list[Path], runs: list[dict]) -> None:
+    """Before anything is written: no output is one of the runs' own files (`--output run/metrics.csv`
+    replaced the metrics with markdown) or another of the report's outputs."""
+    inputs = [f for r in runs for f in r["folder"].iterdir() if f.is_file() and f.name not in REPORT_FILES]
+    for k, target in enumerate(targets):
+        check_target(target, inputs=inputs)
+        if target.resolve() in [t.resolve() for t in targets[:k]]:
+            raise WriteError(f"the report's markdown, plot and page would all be written to this one file; "
+                             "choose an --output ending in .md", target)
 
 
 def rel(path: Path, report: Path) -> str:
