@@ -111,7 +111,7 @@ def predict(model, images, *, topk: int = 3) -> list[dict]:
 
     model: a Model from load(), or anything load() takes. images: one or a list of file paths,
     folders, quoted patterns ('shots/*.png'), PIL images, or numpy arrays (H x W grey, H x W x 3 RGB
-    or H x W x 4 RGBA; uint8, or floats in 0..1). They get the same preprocessing as `convzoo predict`.
+    or H x W x 4 RGBA; integers in 0..255 or floats in 0..1; 40 megapixels at most, as files). They get the same preprocessing as `convzoo predict`.
     """
     from .deploy.predict import MAX_TOPK
 
@@ -215,6 +215,7 @@ def _decoded(images) -> list:
         elif isinstance(item, Image.Image):
             if 0 in item.size:  # as a file's image is refused (data/images.py open_image)
                 raise ImageError("image is {}x{}: no pixels".format(*item.size), f"image[{i}]")
+            _check_pixels(item.size[1], item.size[0], f"image[{i}]")
             out.append((f"image[{i}]", item, False))
         elif type(item).__module__ == "numpy":
             out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))
@@ -223,8 +224,18 @@ def _decoded(images) -> list:
     return out
 
 
+def _check_pixels(height: int, width: int, name: str) -> None:
+    """The files' megapixel limit, from the shape, before anything is converted or allocated (a
+    broadcast 100,000 x 100,000 array grew to 9.8 GB, then failed with numpy's MemoryError)."""
+    from .data.images import MAX_PIXELS, ImageTooLarge
+
+    if height * width > MAX_PIXELS:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+                            f"{MAX_PIXELS / 1e6:.0f}", name)
+
+
 def _array_image(array, name: str):
-    """H x W, H x W x 1/3/4 arrays (uint8, or floats in 0..1) -> a PIL image."""
+    """H x W, H x W x 1/3/4 arrays (uint8 or other integers in 0..255, floats in 0..1) -> a PIL image."""
     import numpy as np
     from PIL import Image
 
@@ -233,11 +244,17 @@ def _array_image(array, name: str):
         a = a[..., 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or 0 in a.shape:
         raise ConvzooError(f"{name}: expected an H x W, H x W x 3 or H x W x 4 image array, got shape {a.shape}")
+    _check_pixels(a.shape[0], a.shape[1], name)
     if a.dtype != np.uint8:
-        real = np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)  # not complex, not bool
-        if not real or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ConvzooError(f"{name}: non-uint8 arrays must hold values in 0..1 (got dtype {a.dtype})")
-        a = np.round(a * 255).astype(np.uint8)
+        # As torchvision reads them: integers are 0..255 (numpy's default int64 included), floats 0..1.
+        integer = np.issubdtype(a.dtype, np.integer)
+        if not integer and not np.issubdtype(a.dtype, np.floating):  # complex, bool, object
+            raise ConvzooError(f"{name}: expected an array of numbers, got dtype {a.dtype}")
+        top = 255 if integer else 1
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > top:
+            raise ConvzooError(f"{name}: {'integer' if integer else 'float'} arrays must hold values in 0..{top} "
+                               f"(got dtype {a.dtype})")
+        a = a.astype(np.uint8) if integer else np.round(a * 255).astype(np.uint8)
     return Image.fromarray(a)
 
 

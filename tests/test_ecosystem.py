@@ -251,6 +251,10 @@ def test_api_errors_are_one_line_convzoo_errors(tmp_path):
         model.predict(np.zeros((2, 3, 28, 28)))
     with pytest.raises(convzoo.ConvzooError, match="0..1"):
         model.predict(np.full((28, 28), 7.0))
+    # numpy's default int64 holding 0..255 reads as uint8 does (it was refused)
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 13:16] = 255
+    assert model.predict(digit.astype(np.int64)) == model.predict(digit)
     with pytest.raises(convzoo.ConvzooError, match="file not found"):
         convzoo.predict(model, tmp_path / "missing.png")
 
@@ -281,7 +285,11 @@ def one_line_error(call, kind: str, match: str):
     (3, "pil 0x0", "ImageError", r"^image\[0\]: image is 0x0: no pixels$"),
     (3, "pil 0x5", "ImageError", r"^image\[0\]: image is 0x5: no pixels$"),
     (3, "pil 7x0 RGB", "ImageError", r"^image\[0\]: image is 7x0: no pixels$"),
-    (3, "complex", "ConvzooError", r"^array\[0\]: non-uint8 arrays must hold values in 0\.\.1 \(got dtype complex128\)$"),
+    (3, "complex", "ConvzooError", r"^array\[0\]: expected an array of numbers, got dtype complex128$"),
+    (3, "int 300", "ConvzooError", r"^array\[0\]: integer arrays must hold values in 0\.\.255 \(got dtype int64\)$"),
+    # The files' 40-megapixel limit, from the shape: a broadcast array grew to 9.8 GB before failing.
+    (3, "broadcast", "ImageError", r"^array\[0\]: image is 100000x100000 = 10000 megapixels; the limit is 40$"),
+    (3, "pil 7000x7000", "ImageError", r"^image\[0\]: image is 7000x7000 = 49 megapixels; the limit is 40$"),
 ])
 def test_api_predict_refuses_bad_arguments(pretrained_model, topk, image, kind, match):
     import warnings
@@ -293,7 +301,9 @@ def test_api_predict_refuses_bad_arguments(pretrained_model, topk, image, kind, 
 
     images = {"digit": np.zeros((28, 28), np.uint8), "pil 0x0": Image.new("L", (0, 0)),
               "pil 0x5": Image.new("L", (0, 5)), "pil 7x0 RGB": Image.new("RGB", (7, 0)),
-              "complex": np.zeros((28, 28), complex)}[image]
+              "complex": np.zeros((28, 28), complex), "int 300": np.full((28, 28), 300),
+              "broadcast": np.broadcast_to(np.float32(0.5), (100_000, 100_000)),
+              "pil 7000x7000": Image.new("L", (7000, 7000))}[image]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's ComplexWarning is not an answer either
         one_line_error(lambda: convzoo.predict(pretrained_model, [images], topk=topk), kind, match)
