@@ -76,7 +76,9 @@ def test_train_on_folder_and_eval_reproduces(digits, digits_run):
     assert best >= 0.85, out  # 10 classes: chance is 0.1
     ckpt = load_checkpoint(work / "run" / "best.pt")
     assert ckpt["dataset"] == "folder" and ckpt["class_names"] == [str(d) for d in range(10)]
-    assert ckpt["data"] == {"image_size": 28, "channels": 1, "test_split": 0.2, "seed": 0, "path": str(root)}
+    rule = {k: v for k, v in ckpt["data"].items() if k != "split"}
+    assert rule == {"image_size": 28, "channels": 1, "test_split": 0.2, "seed": 0, "path": str(root)}
+    assert ckpt["data"]["split"]["test_files"] == int(N_DIGITS * 0.2)  # and a sha256 of their paths
     assert ckpt["input"]["channels"] == 1 and ckpt["input"]["size"] == 32 and ckpt["input"]["fit"] == "pad"
     # mean/std are the training images' own (MNIST's are 0.1307 / 0.3081; the JPEGs and resizes shift them a bit)
     assert abs(ckpt["input"]["mean"][0] - 0.1307) < 0.02 and abs(ckpt["input"]["std"][0] - 0.3081) < 0.03
@@ -289,3 +291,42 @@ def test_split_is_seeded_stratified_and_stable(tmp_path):
         (tmp_path / "d" / f"{i}.png").write_bytes(b"")
     again = sorted((p.parent.name, p.name) for p, _ in formats.list_folder(tmp_path, rule)[1]["test"])
     assert [t for t in again if t[0] != "d"] == test  # a new class leaves the others' split alone
+
+
+def test_eval_warns_once_when_the_folder_split_is_not_the_trained_one(tmp_path, capsys):
+    """Images added to a class redraw its split, moving training images into the test split: eval
+    still scores the folder but says, in one line, that this is not the run's test split. The same
+    files again: silent. A checkpoint made before the split was recorded: silent."""
+    import torch
+
+    images, labels = mnist_test(300)
+    root = tmp_path / "imgs"
+    picked = {c: np.flatnonzero(labels == c)[:15] for c in (0, 1)}
+    for c, rows in picked.items():
+        (root / str(c)).mkdir(parents=True)
+        for i in rows[:12]:
+            Image.fromarray(images[i, 0]).save(root / str(c) / f"{i}.png")
+    code, err = cli(capsys, "train", "--model", "lenet5", "--dataset", "folder", "--data-path", root,
+                    "--image-size", 28, "--epochs", 1, "--batch-size", 8, "--threads", 1,
+                    "--output-dir", tmp_path / "run")
+    assert code == 0, err
+    best = tmp_path / "run" / "best.pt"
+
+    def split_warnings(ckpt=best) -> list[str]:
+        code, err = cli(capsys, "eval", "--ckpt", ckpt)
+        assert code == 0 and "Traceback" not in err, err
+        return [line for line in err.splitlines() if "test split" in line]
+
+    assert split_warnings() == []
+    added = [root / "0" / f"{i}.png" for i in picked[0][12:]]
+    for i, path in zip(picked[0][12:], added):
+        Image.fromarray(images[i, 0]).save(path)
+    [line] = split_warnings()
+    assert line.startswith(f"warning: {root}: not the test split {best} was tested with (5 test files now, 4 then"), line
+    old = torch.load(best, weights_only=True)  # as written before the split was recorded
+    del old["data"]["split"]
+    torch.save(old, tmp_path / "old.pt")
+    assert split_warnings(tmp_path / "old.pt") == []
+    for path in added:
+        path.unlink()
+    assert split_warnings() == []

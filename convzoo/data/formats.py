@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -507,6 +508,18 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
     # A seeded order mixes the classes, so --train-limit and --from-test take a bit of each.
     files = {s: [f[i] for i in np.random.default_rng(rule.seed).permutation(len(f))] for s, f in files.items()}
     return classes, files
+
+
+def split_fingerprint(root: Path, rule, class_names) -> dict:
+    """The test split of an image folder by `rule`, over the classes `class_names`: its file count and
+    a sha256 of its sorted paths relative to the folder (a moved folder is the same split). Checkpoints
+    record it: files added to or removed from a class redraw that class's split, moving training images
+    into the test split, which the rule alone cannot tell."""
+    root = Path(root)
+    classes, files = list_folder(root, rule)
+    paths = sorted(p.relative_to(root).as_posix() for p, y in files["test"] if classes[y] in class_names)
+    digest = hashlib.sha256("\0".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
+    return {"test_files": len(paths), "test_sha256": digest}
 
 
 def class_folders(folder: Path, root: Path) -> list[Path]:

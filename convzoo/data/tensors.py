@@ -112,12 +112,32 @@ def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_p
     the rule and from the folder the model records, or from `data_path`."""
     rule = meta.get("data")
     if dataset is None and rule:
-        train, test, _ = load_dataset(meta["dataset"], data_path or rule.get("path"), folder=FolderRule.from_dict(rule))
+        train, test, located = load_dataset(meta["dataset"], data_path or rule.get("path"),
+                                            folder=FolderRule.from_dict(rule))
+        warn_if_split_changed(rule.get("split"), located, meta["class_names"], path)
     else:
         folder = FolderRule(channels=meta["input"]["channels"])  # a model of another data set on a folder
         train, test, _ = load_dataset(dataset or meta["dataset"], data_path, folder=folder)
     return (select_classes_by_name(train, meta["class_names"], path),
             select_classes_by_name(test, meta["class_names"], path))
+
+
+def warn_if_split_changed(recorded: dict | None, located: Located, class_names, path=None) -> None:
+    """One warning line when an image folder's test split, rebuilt by the model's rule, is not the one
+    the model was tested with (its recorded split_fingerprint); models made before the record: silent.
+    A warning, not a refusal: folders legitimately grow and scoring the grown one is useful, but its
+    accuracy must not pass for the run's test score (training images may now be among the test ones)."""
+    if not recorded:
+        return
+    now = formats.split_fingerprint(located.root, located.spec.folder, class_names)
+    if now == recorded:
+        return
+    then = recorded.get("test_files") if isinstance(recorded, dict) else None
+    counts = (f"{now['test_files']} test files now, {then} then" if then != now["test_files"]
+              else f"{then} test files then and now, not the same ones")
+    print(f"warning: {located.root}: not the test split {path or 'the model'} was tested with ({counts}: files added, "
+          "removed or renamed); training images may be among them, so its accuracy is not the run's test score",
+          file=sys.stderr)
 
 
 def split_validation(train: Split, fraction: float) -> tuple[Split, Split | None]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.catalog import FolderRule, get_spec
+from ..data.formats import split_fingerprint
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, first_line
@@ -129,7 +130,8 @@ class TrainingRun:
         self.base = dict(model=cfg.model, num_classes=len(train_split.classes), class_names=list(train_split.classes),
                          dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
         if data_spec.folder:  # so eval and predict --from-test read the folder again the same way
-            self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root)}
+            self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root),
+                                 "split": split_fingerprint(located.root, data_spec.folder, train_split.classes)}
         if main:
             rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
                                       "data_found_in": str(located.root), "data_verified": located.verified})
