@@ -386,3 +386,24 @@ def test_a_diverging_loss_stops_the_run_and_saves_no_nan_weights(tmp_path):
     assert_user_error(run_cli(*common, "--lr", "10000", "--epochs", "1", "--output-dir", out),
                       "training diverged", "at epoch 1, within steps 1-4", "no checkpoint was written")
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+
+
+@pytest.mark.real_data
+def test_one_training_at_a_time_per_run_folder(tmp_path):
+    """Two `train --exist-ok` into one folder at once both wrote it (train.log held both runs' lines):
+    the second is one line while the first runs, and works once it has ended (even by SIGKILL)."""
+    out = tmp_path / "run"
+    common = ["--model", "lenet5", "--data-path", MNIST_DIR, "--train-limit", "512", "--output-dir", out]
+    first = subprocess.Popen([sys.executable, "-m", "convzoo", "train", *map(str, common), "--epochs", "1000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.csv").exists():  # training, holding the folder
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert_user_error(run_cli("train", *common, "--epochs", "1", "--exist-ok"), "run",
+                          "another convzoo train is writing this output folder")
+    finally:
+        first.kill()
+        first.wait()
+    run_cli("train", *common, "--epochs", "1", "--exist-ok", check=0)

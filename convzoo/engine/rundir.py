@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,10 +44,39 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
         tempfile.TemporaryFile(dir=path).close()
     except OSError as exc:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
+    lock(path)
     # Temp files of writes killed half-way (a SIGKILLed checkpoint save leaves .last.pt.*.tmp): only
     # one convzoo writes a run folder, and a live writer's temps are locked, so these are leftovers.
     remove_stale_temps(path, RUN_FILES)
     return path
+
+
+LOCK_FILE = ".convzoo-train.lock"
+_locks: dict[Path, int] = {}  # run folder -> the descriptor holding its lock, until this process exits
+
+
+def lock(path: Path) -> None:
+    """One training at a time per run folder: two `train --exist-ok` into one folder at once both
+    wrote its files (train.log held both runs' lines). An flock, released when the process ends
+    however it ends; a second train in the same process (the Python API) reuses it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return
+    key = path.resolve()
+    if key in _locks:
+        return
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError("another convzoo train is writing this output folder now; wait for it to end or "
+                          "choose another --output-dir", path) from None
+    _locks[key] = fd
 
 
 def check_resumed_checkpoint(path: Path, state: dict) -> None:

@@ -8,8 +8,13 @@ import numpy as np
 
 
 def _pyplot():
+    import warnings
+
     import matplotlib
 
+    # A class name in a script the font lacks (CJK) is drawn as boxes; matplotlib's warning about it
+    # (two lines with a source line, per glyph) told the user nothing they could act on.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
