@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from .data.catalog import preprocess_rule
 from .errors import CheckpointError
@@ -122,6 +123,13 @@ def check_folder_rule(rule, path) -> dict:
             raise MetadataError(f"data path must be a string of 1..{MAX_PATH_CHARS} characters, got {_show(folder)}",
                                 path)
         checked["path"] = folder
+    if "split" in rule:  # the test split's fingerprint (data.formats.split_fingerprint); newer models only
+        split = rule["split"]
+        if not (isinstance(split, dict) and type(split.get("test_files")) is int and split["test_files"] >= 0
+                and isinstance(split.get("test_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", split["test_sha256"])):
+            raise MetadataError(f"data split must be {{test_files: count, test_sha256: 64 hex digits}}, got "
+                                f"{_show(split)}", path)
+        checked["split"] = {"test_files": split["test_files"], "test_sha256": split["test_sha256"]}
     return checked
 
 

@@ -312,17 +312,22 @@ def test_eval_warns_once_when_the_folder_split_is_not_the_trained_one(tmp_path, 
     assert code == 0, err
     best = tmp_path / "run" / "best.pt"
 
-    def split_warnings(ckpt=best) -> list[str]:
-        code, err = cli(capsys, "eval", "--ckpt", ckpt)
+    model = tmp_path / "m.onnx"  # the fingerprint travels in the ONNX metadata too
+    assert cli(capsys, "export", "--ckpt", best, "--output", model)[0] == 0
+
+    def split_warnings(ckpt=best, flag="--ckpt") -> list[str]:
+        code, err = cli(capsys, "eval", flag, ckpt)
         assert code == 0 and "Traceback" not in err, err
         return [line for line in err.splitlines() if "test split" in line]
 
-    assert split_warnings() == []
+    assert split_warnings() == [] and split_warnings(model, "--model") == []
     added = [root / "0" / f"{i}.png" for i in picked[0][12:]]
     for i, path in zip(picked[0][12:], added):
         Image.fromarray(images[i, 0]).save(path)
     [line] = split_warnings()
     assert line.startswith(f"warning: {root}: not the test split {best} was tested with (5 test files now, 4 then"), line
+    [line] = split_warnings(model, "--model")
+    assert line.startswith(f"warning: {root}: not the test split {model} was tested with (5 test files now"), line
     old = torch.load(best, weights_only=True)  # as written before the split was recorded
     del old["data"]["split"]
     torch.save(old, tmp_path / "old.pt")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import pickle
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -66,21 +65,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"convzoo checkpoint is missing {', '.join(missing)}", path)
-    split = ckpt["data"].get("split") if isinstance(ckpt.get("data"), dict) else None
     ckpt.update(check_model_meta(ckpt, path))
-    if split is not None and ckpt.get("data"):  # check_model_meta keeps only the rule's fields
-        ckpt["data"]["split"] = check_split_record(split, path)
     check_state_dict(ckpt["state_dict"], path)
     return ckpt
-
-
-def check_split_record(split, path) -> dict:
-    """An image folder's test-split fingerprint (data.formats.split_fingerprint), checked."""
-    ok = (isinstance(split, dict) and type(split.get("test_files")) is int and split["test_files"] >= 0
-          and isinstance(split.get("test_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", split["test_sha256"]))
-    if not ok:
-        raise CheckpointError("data split must be {test_files: count, test_sha256: 64 hex digits}", path)
-    return {"test_files": split["test_files"], "test_sha256": split["test_sha256"]}
 
 
 def looks_like_safetensors(path: Path) -> bool:
