@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -11,9 +12,11 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -448,3 +451,148 @@ def test_a_folder_of_symlinks_is_named_as_given(tmp_path):
         (given / source.name).symlink_to(target)
     located = fetch.locate(MNIST, tmp_path / "data", download=False)
     assert located.root == given and str(given) in located.warning()
+
+
+# ---------------------------------------------------------------- mirrors that never finish: FIFOs, trickles, bad URLs
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: float):
+    """Fails the test instead of hanging the suite when the block outlives `seconds` (the defects
+    checked here were hangs). A BaseException, so no `except OSError` on the way swallows it."""
+    class Hung(BaseException):
+        pass
+
+    def alarm(*_):
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def paced_server(body: bytes, chunk: int, every: float, *, announce: int | None = None, slow_headers=False):
+    """A real HTTP server on 127.0.0.1 sending `body` `chunk` bytes at a time, one piece every `every`
+    seconds (with slow_headers, the header too, a byte at a time, padded to minutes' worth), whatever the
+    path; it announces `announce` bytes (default: the body's), then holds the connection until the
+    client hangs up."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    pad = f"X-Pad: {'a' * 2000}\r\n" if slow_headers else ""
+    head = f"HTTP/1.0 200 OK\r\n{pad}Content-Length: {len(body) if announce is None else announce}\r\n\r\n".encode()
+    pieces = ([head[i:i + 1] for i in range(len(head))] if slow_headers else [head]) + \
+        [body[i:i + chunk] for i in range(0, len(body), chunk)]
+
+    def serve(conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                for piece in pieces:
+                    if stop.wait(every):
+                        return
+                    conn.sendall(piece)
+                stop.wait()
+            except OSError:  # the client cut the connection
+                return
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.fixture
+def quick_rule(monkeypatch):
+    """The slow-download rule in seconds instead of minutes: 1,000 bytes/s averaged after 1 s (or --timeout)."""
+    monkeypatch.setattr(fetch, "GRACE_S", 1.0)
+    monkeypatch.setattr(fetch, "MIN_RATE", 1000)
+
+
+def test_fifo_file_mirror_fails_over(tmp_path, file_server):
+    """A FIFO behind a file: mirror blocked open() for ever; it is refused and the next mirror used."""
+    files = small_mnist_files()
+    (tmp_path / "mir").mkdir()
+    os.mkfifo(tmp_path / "mir" / "train-images-idx3-ubyte.gz")
+    file_server.files = {f"/m/{k}": v for k, v in files.items()}
+    with hang_guard(20):
+        located = fetch.download_dataset(spec_for(files), tmp_path / "dl",
+                                         mirrors=[(tmp_path / "mir").as_uri() + "/", file_server.url + "/m/"])
+    assert located.verified
+    assert file_server.hits["/m/train-images-idx3-ubyte.gz"] == 1
+
+
+def test_cli_fifo_file_mirror_is_one_line(tmp_path):
+    (tmp_path / "mir").mkdir()
+    os.mkfifo(tmp_path / "mir" / "train-images-idx3-ubyte.gz")
+    proc = run_cli("data", "download", "mnist", "--data-path", tmp_path / "dl", "--timeout", "2",
+                   "--mirror", (tmp_path / "mir").as_uri(), timeout=60)
+    assert_user_error(proc, "train-images-idx3-ubyte.gz: not a regular file (refused)")
+    assert not (tmp_path / "dl").exists()
+
+
+def test_cli_trickling_mirror_fails_over_then_one_line(tmp_path, quick_rule, capsys):
+    """1 byte every 0.1 s of the 9.9 MB train images: each read is well within --timeout 2, but the
+    average is far under the rule's, so both mirrors are cut after the 2 s grace."""
+    with paced_server(bytes(1000), 1, 0.1, announce=9912422) as url, hang_guard(30):
+        start = time.monotonic()
+        code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--timeout", "2",
+                        "--mirror", url + "/a/", "--mirror", url + "/b/")
+    errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].count("too slow") == 2 and "/b/train-images-idx3-ubyte.gz: too slow" in errors[0], errors[0]
+    assert "(stopped and removed)" in errors[0]
+    assert time.monotonic() - start < 15
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trickling_headers_are_cut_and_next_mirror_used(tmp_path, file_server, quick_rule):
+    """A header sent a byte at a time never returned from urlopen (each byte within --timeout)."""
+    body = bytes(range(256)) * 20
+    file_server.files = {"/m/x.bin": body}
+    with paced_server(body, len(body), 0.1, slow_headers=True) as url, hang_guard(20):
+        dest = fetch.download_file([url + "/x.bin", file_server.url + "/m/x.bin"], tmp_path / "x.bin", md5(body),
+                                   len(body), timeout=1)
+    assert dest.read_bytes() == body
+
+
+@pytest.mark.parametrize("min_rate,ok", [(2000, True), (20000, False)])
+def test_slow_but_steady_download_is_judged_by_its_average(tmp_path, quick_rule, monkeypatch, min_rate, ok):
+    """6,000 bytes at about 5,000 bytes/s for over a second: kept when the floor is 2,000 bytes/s,
+    cut (and nothing left) when it is 20,000."""
+    monkeypatch.setattr(fetch, "GRACE_S", 0.5)
+    monkeypatch.setattr(fetch, "MIN_RATE", min_rate)
+    body = np.random.default_rng(2).integers(0, 256, 6000, np.uint8).tobytes()
+    with paced_server(body, 500, 0.1) as url, hang_guard(20):
+        if ok:
+            assert fetch.download_file([url + "/x"], tmp_path / "x", md5(body), len(body), timeout=0.5).read_bytes() == body
+        else:
+            with pytest.raises(DownloadError, match="too slow: .* under the minimum average of 20,000 bytes/s"):
+                fetch.download_file([url + "/x"], tmp_path / "x", md5(body), len(body), timeout=0.5)
+            assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mirror", ["http://[::1", "http://[zz]/", "http://host:99999/", "http://host:port/"])
+def test_cli_malformed_mirror_is_one_line(tmp_path, capsys, mirror):
+    code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", mirror)
+    errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "--mirror must be a base URL" in errors[0]
+    assert list(tmp_path.iterdir()) == []

@@ -17,14 +17,17 @@ import http.client
 import json
 import os
 import socket
+import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from ..atomic import atomic_path, remove_stale_temps
 from ..cache import cache_root
@@ -35,6 +38,13 @@ from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzi
 MANIFEST = ".convzoo-verified.json"
 SYSTEM_ROOT = Path("/usr/share/datasets")
 TIMEOUT_S = 30
+# The slow-download rule. --timeout bounds each network read, so a mirror that trickles a byte now
+# and then would never time out: once GRACE_S (or --timeout, if longer) has passed since the request,
+# a download must have averaged at least MIN_RATE bytes/s, or it is cut and the next mirror tried.
+# 4 KiB/s is a slow modem (MNIST's 9.9 MB train images in at most 40 min); it also caps the whole
+# download at about size / MIN_RATE (CIFAR-10's 170 MB: 11.5 h), however a mirror paces its bytes.
+MIN_RATE = 4096
+GRACE_S = 30.0
 
 
 @dataclass
@@ -243,11 +253,13 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
 
 def check_mirror(url) -> None:
     """A mirror is a base URL urllib can fetch from: http(s) or ftp with a host, or file:."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https", "ftp", "file") or \
-            (parts.scheme != "file" and not parts.hostname):
+    try:  # urlsplit and .port raise ValueError on a malformed host ('http://[::1') or port ('h:99999')
+        parts = urlsplit(url) if isinstance(url, str) else None
+        ok = parts is not None and parts.scheme in ("http", "https", "ftp", "file") and \
+            (parts.scheme == "file" or bool(parts.hostname)) and (parts.port or 0) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
         raise ConfigError(f"--mirror must be a base URL such as https://host/path/, got {str(url)[:100]!r}")
 
 
@@ -319,8 +331,9 @@ def download_file(urls: list[str], dest: Path, md5: str, size: int | None, timeo
 
     `size` is the official file's byte size: a server that announces or sends more is cut off there
     (an endless or hostile mirror cannot fill the disk). Failures (HTTP errors, timeouts, dropped
-    connections, too many bytes, wrong checksum) move on to the next mirror; the temp file is always
-    removed, so nothing half-downloaded is ever left behind.
+    connections, too many bytes, too slow (see MIN_RATE), wrong checksum, a file: URL that is not a
+    regular file) move on to the next mirror; the temp file is always removed, so nothing
+    half-downloaded is ever left behind.
     """
     failures = []
     for url in urls:
@@ -333,8 +346,10 @@ def download_file(urls: list[str], dest: Path, md5: str, size: int | None, timeo
             return dest
         except ChecksumMismatch as exc:
             failures.append(f"{url}: md5 {exc} does not match the official {md5} (rejected and removed)")
-        except TooLarge as exc:
+        except (TooLarge, TooSlow) as exc:
             failures.append(f"{url}: {exc} (stopped and removed)")
+        except NotRegular:
+            failures.append(f"{url}: not a regular file (refused)")
         except urllib.error.HTTPError as exc:
             failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
@@ -351,28 +366,137 @@ class TooLarge(Exception):
     """A server announced or sent more bytes than the official file has."""
 
 
+class TooSlow(Exception):
+    """A download fell below the slow-download rule (MIN_RATE after the grace period)."""
+
+
+class NotRegular(Exception):
+    """A file: URL names a FIFO, device or folder: reading it could block for ever or never end."""
+
+
+class Pace:
+    """The slow-download rule for one request. Checked after every read, and by a watchdog thread
+    that cuts the connection's socket: a trickle inside the headers (read line by line, each
+    byte within --timeout) or inside one read never returns to the loop that checks."""
+
+    def __init__(self, timeout: float):
+        self.start = time.monotonic()
+        self.grace = max(GRACE_S, timeout)
+        self.done = 0  # body bytes received so far
+        self.failed: str | None = None
+        self.sock: socket.socket | None = None
+        self.stopped = threading.Event()
+
+    def check(self) -> str | None:
+        elapsed = time.monotonic() - self.start
+        if self.failed is None and elapsed > self.grace and self.done < MIN_RATE * elapsed:
+            self.failed = (f"too slow: {self.done:,} bytes in {elapsed:.0f} s, under the minimum average "
+                           f"of {MIN_RATE:,} bytes/s")
+        return self.failed
+
+    def watch(self) -> None:
+        while not self.stopped.wait(min(1.0, self.grace / 4)):
+            if self.check():
+                try:  # the plain socket's shutdown, also under TLS: the blocked read sees the end
+                    if self.sock is not None:
+                        socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+
+
+class _Watched:
+    """Mixed into urllib's HTTP(S) handlers: hands each connection's socket to `pace` once connected."""
+
+    pace: Pace
+
+    def do_open(self, http_class, req, **kwargs):
+        pace = self.pace
+
+        class Connection(http_class):
+            def connect(self):
+                super().connect()
+                pace.sock = self.sock
+
+        return super().do_open(Connection, req, **kwargs)
+
+
+class _HTTP(_Watched, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPS(_Watched, urllib.request.HTTPSHandler):
+    pass
+
+
+def open_url(url: str, timeout: float, pace: Pace):
+    """(response, announced size or 0). A file: URL is opened here, not by urllib: only a regular
+    file is read (a FIFO blocks open and read for ever, and no --timeout applies to files)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        handlers = [_HTTP(), _HTTPS()]
+        for handler in handlers:
+            handler.pace = pace
+        resp = urllib.request.build_opener(*handlers).open(url, timeout=timeout)
+        try:
+            return resp, int(resp.headers.get("Content-Length") or 0)
+        except ValueError:  # a garbled header: the byte count in stream() still applies
+            return resp, 0
+    if parts.netloc not in ("", "localhost"):
+        raise urllib.error.URLError(f"file: URL on another host ({parts.netloc})")
+    try:  # O_NONBLOCK: opening a FIFO does not wait for a writer
+        fd = os.open(urllib.request.url2pathname(parts.path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise urllib.error.URLError(exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegular()
+        os.set_blocking(fd, True)
+        return open(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def stream(url: str, out, timeout: float, label: str, limit: int | None = None) -> str:
     """Copy `url` into `out`, at most `limit` bytes; returns the md5 of what was copied."""
     from tqdm import tqdm
 
     digest = hashlib.md5()
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        try:
-            total = int(resp.headers.get("Content-Length") or 0)
-        except ValueError:  # a garbled header: the byte count below still applies
-            total = 0
-        if limit is not None and total > limit:
-            raise TooLarge(f"announces {total:,} bytes, more than the official {limit:,}")
-        done = 0
-        with tqdm(total=total or None, unit="B", unit_scale=True, desc=label, disable=not sys.stderr.isatty()) as bar:
-            # Never ask for more than one byte past the limit: that byte is the proof of excess.
-            while chunk := resp.read(1 << 16 if limit is None else min(1 << 16, limit + 1 - done)):
-                done += len(chunk)
-                if limit is not None and done > limit:
-                    raise TooLarge(f"sends more than the official {limit:,} bytes")
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
+    pace = Pace(timeout)
+    threading.Thread(target=pace.watch, daemon=True).start()
+    try:
+        resp, total = open_url(url, timeout, pace)
+        with resp:
+            if limit is not None and total > limit:
+                raise TooLarge(f"announces {total:,} bytes, more than the official {limit:,}")
+            done = 0
+            # read1: what has arrived, so the rule is checked between trickled bytes, not after 64 KiB of them
+            read = getattr(resp, "read1", resp.read)
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=label,
+                      disable=not sys.stderr.isatty()) as bar:
+                # Never ask for more than one byte past the limit: that byte is the proof of excess.
+                while chunk := read(1 << 16 if limit is None else min(1 << 16, limit + 1 - done)):
+                    done += len(chunk)
+                    if limit is not None and done > limit:
+                        raise TooLarge(f"sends more than the official {limit:,} bytes")
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+                    pace.done = done
+                    if pace.check():
+                        raise TooSlow(pace.failed)
+        if pace.failed:  # the watchdog cut the socket: what ended early (headers, body) ended for that
+            raise TooSlow(pace.failed)
+    except (TooSlow, TooLarge, NotRegular):
+        raise
+    except Exception:
+        if pace.failed:  # whatever the cut socket raised (short read, TLS error), the cause is the rule
+            raise TooSlow(pace.failed) from None
+        raise
+    finally:
+        pace.stopped.set()
     if total and done != total:
         raise http.client.IncompleteRead(b"", total - done)
     return digest.hexdigest()
