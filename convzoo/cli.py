@@ -221,11 +221,15 @@ def add_train_flags(parser) -> None:
 
 def cmd_data(args) -> int:
     from .data.catalog import get_spec
+    from .errors import ConfigError
     from .cache import cache_root
     from .data.fetch import download_dataset, locate
     from .data.info import print_info, save_samples
 
     spec = get_spec(args.name)
+    if args.action in ("download", "verify") and not spec.reader.official:  # it printed nothing and exited 0
+        raise ConfigError(f"{args.name} reads your own images: there are no official files to {args.action}; "
+                          f"`convzoo data info {args.name} --data-path FOLDER` describes a folder")
     if args.action == "sample":
         return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output))
     if args.action == "download":

@@ -335,3 +335,13 @@ def test_eval_warns_once_when_the_folder_split_is_not_the_trained_one(tmp_path, 
     for path in added:
         path.unlink()
     assert split_warnings() == []
+
+    # The folder moved: it said "--data-path is not a folder" though none was given.
+    moved = root.rename(tmp_path / "moved")
+    code, err = cli(capsys, "eval", "--ckpt", best)
+    assert code == 2 and err.count("\n") == 1 and f"{root}: the image folder {best} was trained on is not there" in err
+    code, err = cli(capsys, "eval", "--ckpt", best, "--data-path", moved)
+    assert code == 0 and "test split" not in err, err
+    # `data verify folder` printed nothing and exited 0: a folder has no official files to check.
+    code, err = cli(capsys, "data", "verify", "folder", "--data-path", moved)
+    assert code == 2 and "no official files to verify" in err, err

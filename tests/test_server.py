@@ -207,7 +207,9 @@ def test_pixel_budget_and_healthz_during_heavy_requests(served):
     after = metrics(url)  # small bodies, but 63 megapixels each: decoded in a thread, never on the loop
     assert after["convzoo_batches_total"] > before["convzoo_batches_total"]
     assert after["convzoo_batches_inline_total"] == before["convzoo_batches_inline_total"]
-    assert len(latencies) >= 10 and max(latencies) < 0.1, sorted(latencies)[-5:]
+    # A 63-megapixel decode on the loop would hold /healthz for 0.5-1 s; 0.4 s leaves room for the
+    # scheduling of a loaded 2-core machine (0.101 s was seen with the whole suite running).
+    assert len(latencies) >= 10 and max(latencies) < 0.4, sorted(latencies)[-5:]
 
 
 def test_mixed_load_for_ten_seconds(served, digits):

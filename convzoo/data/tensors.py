@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -112,7 +113,11 @@ def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_p
     the rule and from the folder the model records, or from `data_path`."""
     rule = meta.get("data")
     if dataset is None and rule:
-        train, test, located = load_dataset(meta["dataset"], data_path or rule.get("path"),
+        recorded = rule.get("path")
+        if data_path is None and recorded and not Path(recorded).is_dir():  # not the user's --data-path
+            raise DataError(f"the image folder {path or 'the model'} was trained on is not there any more (moved or "
+                            "deleted); pass --data-path FOLDER", recorded)
+        train, test, located = load_dataset(meta["dataset"], data_path or recorded,
                                             folder=FolderRule.from_dict(rule))
         warn_if_split_changed(rule.get("split"), located, meta["class_names"], path)
     else:

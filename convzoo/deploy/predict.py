@@ -233,7 +233,10 @@ def glob_files(pattern: Path) -> list[Path]:
     parts = pattern.parts
     first = next(k for k, part in enumerate(parts) if any(ch in part for ch in "*?["))
     root = Path(*parts[:first]) if first else Path(".")
-    return sorted(p for p in root.glob(str(Path(*parts[first:]))) if p.is_file())
+    # Hidden files and folders match only a pattern that names them (the shell's and glob.glob's rule).
+    hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in parts[first:])
+    return sorted(p for p in root.glob(str(Path(*parts[first:])))
+                  if p.is_file() and (hidden_ok or not any(q.startswith(".") for q in p.relative_to(root).parts)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

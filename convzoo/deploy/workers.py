@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import sys
@@ -100,11 +101,13 @@ def listeners(address: tuple, family: int = socket.AF_INET) -> int | None:
     return sum(1 for line in lines[1:] if line.split()[1] == wanted and line.split()[3] == "0A")  # 0A: LISTEN
 
 
-def worker(make_app, options: dict, sock: socket.socket, pings, failures) -> None:  # in a spawned process
+def worker(make_app, options: dict, sock: socket.socket, pings, failures, parent: int) -> None:  # spawned
     """Build the app, then serve it on `sock` until told to stop. Ctrl-C reaches every process of the
     terminal's group: here it is ignored until uvicorn's own handler is in place (the parent stops
     the worker anyway), so no KeyboardInterrupt traceback is printed."""
     die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above: no signal will come
+        return
     threading.Thread(target=answer_pings, args=(pings,), daemon=True).start()
     try:
         app = make_app()
@@ -138,8 +141,8 @@ class Worker:
 
     def __init__(self, context, make_app, options: dict, sock: socket.socket, failures):
         self.pings, child_end = context.Pipe()
-        self.process = context.Process(target=worker, args=(make_app, options, sock, child_end, failures),
-                                       daemon=True)
+        self.process = context.Process(target=worker, args=(make_app, options, sock, child_end, failures,
+                                                             os.getpid()), daemon=True)
         self.up = False  # answered a ping since it started
         ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child starts with Ctrl-C ignored
         try:
