@@ -34,8 +34,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # the workers, so a long file started last would run on alone while the other worker idles.
 LONGEST_FIRST = ["test_train.py", "test_cifar.py", "test_quant.py", "test_fast_training.py", "test_demo.py",
                  "test_folder.py", "test_ecosystem.py", "test_distributed.py", "test_cli.py", "test_reuse.py",
-                 "test_fuzz_models.py", "test_deploy.py", "test_fetch.py", "test_server.py", "test_workers.py", "test_multinode.py",
-                 "test_models.py", "test_fuzz_data.py", "test_runtime.py", "test_fashion_deploy.py"]
+                 "test_fuzz_models.py", "test_deploy.py", "test_fetch.py", "test_server.py", "test_workers.py",
+                 "test_multinode.py", "test_models.py", "test_fuzz_data.py", "test_runtime.py", "test_fashion_deploy.py"]
 
 
 def pytest_collection_modifyitems(items):
