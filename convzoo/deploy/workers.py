@@ -103,8 +103,8 @@ def listeners(address: tuple, family: int = socket.AF_INET) -> int | None:
 
 def worker(make_app, options: dict, sock: socket.socket, pings, failures, parent: int) -> None:  # spawned
     """Build the app, then serve it on `sock` until told to stop. Ctrl-C reaches every process of the
-    terminal's group: here it is ignored until uvicorn's own handler is in place (the parent stops
-    the worker anyway), so no KeyboardInterrupt traceback is printed."""
+    terminal's group: a worker starts with it ignored (Worker starts it so) until uvicorn's own
+    handler is in place, and the parent stops it anyway, so no KeyboardInterrupt traceback is printed."""
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above: no signal will come
         return
