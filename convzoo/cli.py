@@ -288,7 +288,9 @@ def cmd_eval(args) -> int:
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
                                    if args.ckpt and Path(args.ckpt).is_file() else None)
     if confusion:  # checked before the work: `--confusion best.pt` replaced the checkpoint with a PNG
-        check_target(confusion, inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()])
+        # .png only: `--confusion run/last.pt` replaced the run's other checkpoint
+        check_target(confusion, inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
+                     suffixes=(".png",))
     if args.model:
         from .deploy.predict import evaluate_model_file
 
@@ -357,7 +359,7 @@ def cmd_predict(args) -> int:
     runtime = "onnxruntime" if args.runtime == "auto" else args.runtime
     model = resolve_model(args.model)
     if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
-        check_target(args.grid, inputs=[model])
+        check_target(args.grid, inputs=[model], suffixes=(".png",))
     predictor = Predictor(model, threads=args.threads, runtime=runtime)
     if args.from_test:
         return predict_test_images(predictor, args)

@@ -2,12 +2,12 @@
 
 import re
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 (8-bit CSI), line/paragraph separators
 
 
 def printable(text: str) -> str:
-    """`text` on one line: control characters (a newline in a file or class name) escaped as Python
-    writes them, everything else (accents, CJK) kept."""
+    """`text` on one line: control characters (a newline in a file or class name, a terminal escape)
+    escaped as Python writes them, everything else (accents, CJK) kept."""
     return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 

@@ -123,6 +123,10 @@ def test_report_on_hostile_config_yaml(tmp_path, capsys):
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     (tmp_path / "bomb" / "config.yaml").write_text("\n".join(lines) + "\nmodel: lenet5\n")
     cli_error(capsys, "report", tmp_path / "bomb", fragments=("config.yaml", "expands to over 100,000 values"))
+    # A 5,000-digit integer (Python's int-to-string limit) and a base-60 one (minutes of CPU at 1 MB).
+    for number in ("1" * 5000, "1" + ":30" * 3000):
+        (tmp_path / "bomb" / "config.yaml").write_text(f"model: lenet5\nx: {number}\n")
+        cli_error(capsys, "report", tmp_path / "bomb", fragments=("config.yaml", "integer of over 100 characters"))
 
     write_run(tmp_path / "odd", header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
     (tmp_path / "odd" / "config.yaml").write_text('model: "lenet5\\n# injected"\nbatch_size: {a: [1, 2]}\n')
@@ -151,9 +155,18 @@ def test_report_eval_and_predict_never_write_over_their_inputs(tmp_path, capsys)
     cli_error(capsys, "report", tmp_path / "run", "--output", tmp_path / "r.html", "--html",
               fragments=("r.html", "written to this one file"))
     cli_error(capsys, "eval", "--ckpt", weights, "--confusion", weights, fragments=("best.pt", "is also the input"))
+    cli_error(capsys, "eval", "--ckpt", weights, "--confusion", tmp_path / "run" / "metrics.csv",
+              fragments=("metrics.csv", "must end in .png"))
     cli_error(capsys, "predict", "--model", weights, "--from-test", "4", "--grid", weights,
               fragments=("best.pt", "is also the input"))
     assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
+
+
+def test_error_text_stays_on_one_line_and_off_the_terminal_controls():
+    from convzoo.errors import ConfigError, printable
+
+    assert printable("a\nb\r\x1b[31m\x9b31m\u2028\x85 ü 名") == "a\\nb\\r\\x1b[31m\\x9b31m\\u2028\\x85 ü 名"
+    assert str(ConfigError("not an image", "bad\nname.png")) == "bad\\nname.png: not an image"
 
 
 def test_predict_patterns_do_not_follow_symlinked_folders(tmp_path):
@@ -169,6 +182,8 @@ def test_predict_patterns_do_not_follow_symlinked_folders(tmp_path):
     (folder / "bad\nname.png").write_bytes(b"garbage")
     line = assert_user_error(run_cli("predict", "--model", "lenet5:mnist", folder / "bad\nname.png", timeout=120))
     assert "bad\\nname.png" in line
+    assert_user_error(run_cli("predict", "--model", "lenet5:mnist", "lp/a**.png", cwd=tmp_path, timeout=120),
+                      "lp/a**.png", "invalid pattern")
 
 
 def test_report_on_damaged_config(tmp_path):

@@ -589,10 +589,37 @@ def test_slow_but_steady_download_is_judged_by_its_average(tmp_path, quick_rule,
             assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("mirror", ["http://[::1", "http://[zz]/", "http://host:99999/", "http://host:port/"])
+@pytest.mark.parametrize("mirror", ["http://[::1", "http://[zz]/", "http://host:99999/", "http://host:port/",
+                                    "ftp://127.0.0.1/mnist/"])  # ftp: out of reach of the slow-download rule
 def test_cli_malformed_mirror_is_one_line(tmp_path, capsys, mirror):
     code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", mirror)
     errors = [line for line in err.splitlines() if line.startswith("convzoo: error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "--mirror must be a base URL" in errors[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_ftp_is_refused(tmp_path):
+    """urllib follows a redirect to ftp:, whose control connection the slow-download rule cannot cut
+    (a trickling FTP server behind a 302 hung the download)."""
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1:9/x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DownloadError, match="redirected to ftp://127.0.0.1:9/x, not an http"):
+            fetch.download_file([f"http://127.0.0.1:{server.server_port}/x"], tmp_path / "x", "0" * 32, 10, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -252,10 +252,11 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
 
 
 def check_mirror(url) -> None:
-    """A mirror is a base URL urllib can fetch from: http(s) or ftp with a host, or file:."""
+    """A mirror is a base URL: http(s) with a host, or file:. Not ftp: its control connection is read
+    line by line, out of reach of the slow-download rule (a trickling FTP server hung the download)."""
     try:  # urlsplit and .port raise ValueError on a malformed host ('http://[::1') or port ('h:99999')
         parts = urlsplit(url) if isinstance(url, str) else None
-        ok = parts is not None and parts.scheme in ("http", "https", "ftp", "file") and \
+        ok = parts is not None and parts.scheme in ("http", "https", "file") and \
             (parts.scheme == "file" or bool(parts.hostname)) and (parts.port or 0) >= 0
     except ValueError:
         ok = False
@@ -425,6 +426,15 @@ class _HTTP(_Watched, urllib.request.HTTPHandler):
     pass
 
 
+class _Redirect(urllib.request.HTTPRedirectHandler):
+    """Redirects to http(s) only: urllib's own also follow one to ftp:, which the rule cannot watch."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.URLError(f"redirected to {newurl[:100]}, not an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class _HTTPS(_Watched, urllib.request.HTTPSHandler):
     pass
 
@@ -437,7 +447,7 @@ def open_url(url: str, timeout: float, pace: Pace):
         handlers = [_HTTP(), _HTTPS()]
         for handler in handlers:
             handler.pace = pace
-        resp = urllib.request.build_opener(*handlers).open(url, timeout=timeout)
+        resp = urllib.request.build_opener(*handlers, _Redirect()).open(url, timeout=timeout)
         try:
             return resp, int(resp.headers.get("Content-Length") or 0)
         except ValueError:  # a garbled header: the byte count in stream() still applies

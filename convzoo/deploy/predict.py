@@ -235,7 +235,11 @@ def glob_files(pattern: Path) -> list[Path]:
     root = Path(*parts[:first]) if first else Path(".")
     # Hidden files and folders match only a pattern that names them (the shell's and glob.glob's rule).
     hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in parts[first:])
-    return sorted(p for p in root.glob(str(Path(*parts[first:])))
+    try:
+        found = list(root.glob(str(Path(*parts[first:]))))
+    except ValueError as exc:  # pathlib: "'**' can only be an entire path component"
+        raise ImageError(f"invalid pattern ({exc})", pattern) from None
+    return sorted(p for p in found
                   if p.is_file() and (hidden_ok or not any(q.startswith(".") for q in p.relative_to(root).parts)))
 
 
