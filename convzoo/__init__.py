@@ -48,7 +48,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
 
     from .config import TrainConfig, build_config
     from .engine.launch import train as run_training
-    from .errors import ConfigError, unknown
+    from .errors import unknown
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in [*(config if isinstance(config, dict) else ()), *flags]:  # a dict's keys are flags too

@@ -220,15 +220,16 @@ def add_train_flags(parser) -> None:
 
 
 def cmd_data(args) -> int:
-    from .data.catalog import get_spec
-    from .errors import ConfigError
     from .cache import cache_root
+    from .data.catalog import get_spec
     from .data.fetch import download_dataset, locate
     from .data.info import print_info, save_samples
+    from .errors import ConfigError
 
     spec = get_spec(args.name)
-    if args.action in ("download", "verify") and not spec.reader.official:  # it printed nothing and exited 0
-        raise ConfigError(f"{args.name} reads your own images: there are no official files to {args.action}; "
+    # A folder has no official files: verify printed nothing and exited 0 (download_dataset refuses it itself).
+    if args.action == "verify" and not spec.reader.official:
+        raise ConfigError(f"{args.name} reads your own images: there are no official files to verify; "
                           f"`convzoo data info {args.name} --data-path FOLDER` describes a folder")
     if args.action == "sample":
         return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output))
@@ -287,8 +288,7 @@ def cmd_eval(args) -> int:
     # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
                                    if args.ckpt and Path(args.ckpt).is_file() else None)
-    if confusion:  # checked before the work: `--confusion best.pt` replaced the checkpoint with a PNG
-        # .png only: `--confusion run/last.pt` replaced the run's other checkpoint
+    if confusion:  # checked before the work: `--confusion best.pt` (or run/last.pt) replaced it with a PNG
         check_target(confusion, inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
                      suffixes=(".png",))
     if args.model:

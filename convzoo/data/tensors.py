@@ -137,7 +137,7 @@ def warn_if_split_changed(recorded: dict | None, located: Located, class_names, 
     now = formats.split_fingerprint(located.root, located.spec.folder, class_names)
     if now == recorded:
         return
-    then = recorded.get("test_files") if isinstance(recorded, dict) else None
+    then = recorded["test_files"]  # schema-checked on load (metadata.check_folder_rule)
     counts = (f"{now['test_files']} test files now, {then} then" if then != now["test_files"]
               else f"{then} test files then and now, not the same ones")
     print(f"warning: {located.root}: not the test split {path or 'the model'} was tested with ({counts}: files added, "

@@ -46,9 +46,17 @@ def shown(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def address_family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def cannot_listen(host: str, port: int, why) -> ConfigError:
+    return ConfigError(f"cannot listen on {shown(host)}:{port} ({why})")
+
+
 def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A socket bound and listening the way uvicorn binds one; a busy port or unknown host is one line."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock = socket.socket(address_family(host))
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -57,7 +65,7 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         sock.listen(2048)  # connections queue from now on, while the workers start
     except OSError as exc:  # also socket.gaierror for a host that does not resolve
         sock.close()
-        raise ConfigError(f"cannot listen on {shown(host)}:{port} ({exc.strerror or exc})") from None
+        raise cannot_listen(host, port, exc.strerror or exc) from None
     sock.set_inheritable(True)  # uvicorn's own workers take it by file descriptor
     return sock
 
@@ -66,12 +74,12 @@ def bind_each(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` listening sockets on one port, spread over by the kernel. A probe without SO_REUSEPORT
     binds first, so a port anyone holds (another `convzoo serve` included, whose sockets would
     otherwise silently share its traffic with ours) is refused; it also picks the port for 0."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+    with socket.socket(address_family(host)) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {shown(host)}:{port} ({exc.strerror or exc})") from None
+            raise cannot_listen(host, port, exc.strerror or exc) from None
         port = probe.getsockname()[1]
     sockets = []
     try:
@@ -79,8 +87,7 @@ def bind_each(host: str, port: int, count: int) -> list[socket.socket]:
             sockets.append(listen(host, port, reuse_port=True))
         # Another server probing in the moment between our probe and our binds could have joined.
         if (found := listeners(sockets[0].getsockname(), sockets[0].family)) is not None and found > count:
-            raise ConfigError(f"cannot listen on {shown(host)}:{port} (another server started on it at the same "
-                              "moment)")
+            raise cannot_listen(host, port, "another server started on it at the same moment")
     except ConfigError:
         for sock in sockets:
             sock.close()

@@ -100,7 +100,7 @@ def check_outputs(targets: list[Path], runs: list[dict]) -> None:
     for k, target in enumerate(targets):
         check_target(target, inputs=inputs)
         if target.resolve() in [t.resolve() for t in targets[:k]]:
-            raise WriteError(f"the report's markdown, plot and page would all be written to this one file; "
+            raise WriteError("the report's markdown, plot and page would all be written to this one file; "
                              "choose an --output ending in .md", target)
 
 
