@@ -100,7 +100,10 @@ def bad_requests(digit: bytes) -> list[tuple[str, dict, int]]:
         ("truncated PNG", {"content": digit[: len(digit) // 2], "headers": {"content-type": "image/png"}}, 422),
         ("text as image", {"content": b"hello", "headers": {"content-type": "image/png"}}, 415),
         ("text/plain", {"content": digit, "headers": {"content-type": "text/plain"}}, 415),
-        ("no content type", {"content": digit}, 415),
+        ("no content type, not an image", {"content": b"hello"}, 415),
+        ("a real form", {"data": {"file": "digit.png"}}, 415),
+        ("octet-stream, not an image", {"content": b"\x00" * 64, "headers": {"content-type": "application/octet-stream"}},
+         415),
         ("deeply nested JSON", {"content": deep, "headers": {"content-type": "application/json"}}, 422),
         ("JSON list", {"json": [b64(digit)]}, 422),
         ("JSON images not strings", {"json": {"images": [1, 2]}}, 422),
@@ -160,6 +163,20 @@ def test_every_bad_request_gets_its_4xx_json_and_keeps_the_connection(served, di
     conn.request("GET", "/healthz")
     assert conn.getresponse().read() == b'{"status":"ok"}' and conn.sock is sock
     conn.close()
+
+
+def test_an_image_as_the_whole_body_needs_no_image_content_type(served, digits):
+    """`curl --data-binary @digit.png URL` (form-urlencoded), octet-stream and no Content-Type at all
+    are answered as a raw image/png body is: same class, same probabilities."""
+    url, digit = served[0], digits[0][0]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        typed = client.post("/v1/predict", content=digit, headers={"content-type": "image/png"})
+        assert typed.status_code == 200, typed.text
+        for ctype in (None, "application/octet-stream", "application/x-www-form-urlencoded"):
+            headers = {"content-type": ctype} if ctype else {}
+            r = client.post("/v1/predict", content=digit, headers=headers, params={"topk": 2})
+            assert r.status_code == 200, (ctype, r.text)
+            assert r.json()["topk"] == typed.json()["topk"][:2], ctype
 
 
 def pixel_png(width: int, height: int, mode: str = "1") -> bytes:

@@ -59,6 +59,8 @@ INLINE_BYTES = 256 << 10
 INLINE_PIXELS = 1 << 18
 INLINE_SECONDS = 0.005
 MAX_QUEUE_BYTES = 64 << 20  # their bodies together; a single request over it still queues when none waits
+# Content types under which the body is tried as one raw image: none, octet-stream, and curl's default.
+UNTYPED_BODIES = ("", "application/octet-stream", "application/x-www-form-urlencoded")
 SETTINGS_ENV = "CONVZOO_SERVE_SETTINGS"  # create_app's keywords as JSON, for uvicorn's worker processes
 
 log = logging.getLogger("uvicorn.error")
@@ -142,9 +144,15 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
             images = await from_multipart(request, body)
         elif ctype.startswith("application/json"):
             images = None  # parsed with the batch: in a thread when large (a 5 MB body is not the event loop's work)
+        elif ctype.split(";")[0].strip() in UNTYPED_BODIES:
+            # `curl --data-binary @cat.jpg` sends form-urlencoded; other clients send octet-stream or
+            # nothing: a body that decodes as an image is one, anything else gets the 415 below.
+            try:
+                return JSONResponse(await predict_raw(body, request.query_params.get("topk", "3")))
+            except NotAnImage:
+                raise RequestError(415, wrong_type(ctype)) from None
         else:
-            raise RequestError(415, "send multipart/form-data (field 'file'), an image/* body or application/json, "
-                                    f"not {ctype[:80] or 'nothing'!r}")
+            raise RequestError(415, wrong_type(ctype))
 
         def parse():  # with the batch (in a thread unless the batch is small)
             return from_json(body, topk) if images is None else (images, topk)
@@ -154,6 +162,11 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         return JSONResponse(results[0] if len(results) == 1 and images is not None else {"predictions": results})
 
     return app
+
+
+def wrong_type(ctype: str) -> str:
+    return ("send multipart/form-data (field 'file'), an image/* body or application/json (or an image as "
+            f"the whole body), not {ctype[:80] or 'nothing'!r}")
 
 
 def error_response(exc: Exception) -> JSONResponse:
