@@ -50,7 +50,7 @@ register(ModelInfo(name="alexnet-cifar", build=alexnet.AlexNetCifar, input_size=
                    default_threads=2, quantizable=True, description="AlexNet's shape for 32x32 with BatchNorm",
                    params=6_977_994, macs=171_643_904))
 register(ModelInfo(name="airbench", build=airbench.AirbenchNet, input_size=32, fit="none", in_channels=3,
-                   default_threads=2,  # no int8 recipe yet: its QAT export is untested
+                   default_threads=2, quantizable=True,
                    description="airbench94-style CIFAR net for time to accuracy (whitening conv, BN/GELU, 2M params)",
                    params=1_972_792, macs=118_147_360))
 
