@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--from-test", type=number(int, 0, 100_000), default=0, metavar="N",
                    help="predict the first N test images instead")
-    p.add_argument("--grid", default="grid.png", help="with --from-test: where to write the 5x5 grid")
+    p.add_argument("--grid", help="with --from-test: where to write the 5x5 grid (default grid.png, which is not "
+                                  "written over a file there that is not a PNG image)")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--threads", type=number(int, 1, 1024), default=1)
     add_runtime_flag(p, auto="auto: onnxruntime, whose start-up is about 0.4 s shorter than OpenVINO's (a "
@@ -358,7 +359,13 @@ def cmd_predict(args) -> int:
     # One short-lived process: OpenVINO's faster int8 kernels never make up for its import and compile.
     runtime = "onnxruntime" if args.runtime == "auto" else args.runtime
     model = resolve_model(args.model)
+    if args.from_test and args.images:
+        raise ConfigError("give IMAGE files or --from-test N, not both")
+    if args.grid is not None and not args.from_test:
+        raise ConfigError("--grid goes with --from-test N (the grid shows those test images)")
     if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
+        if args.grid is None:
+            args.grid = default_grid()
         check_target(args.grid, inputs=[model], suffixes=(".png",))
     predictor = Predictor(model, threads=args.threads, runtime=runtime)
     if args.from_test:
@@ -374,6 +381,18 @@ def cmd_predict(args) -> int:
             line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")
             print(printable(line))  # a file or class name with a newline stays on its line
     return 0
+
+
+def default_grid() -> str:
+    """grid.png, unless a file by that name is something other than a PNG (the user's, not an earlier grid)."""
+    from .errors import WriteError
+
+    path = Path("grid.png")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise WriteError("exists and is not a PNG image (not an earlier grid); pass --grid PATH", path)
+    return str(path)
 
 
 def predict_test_images(predictor, args) -> int:

@@ -1,0 +1,32 @@
+"""predict's flags: conflicting ones refused, the default grid never written over a file that is not a grid."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from conftest import MNIST_DIR, cli_error, need
+
+
+@pytest.mark.real_data
+def test_predict_refuses_conflicting_flags_and_keeps_a_foreign_grid_png(tmp_path, capsys, monkeypatch):
+    """Image files with --from-test, or --grid without it, were silently ignored; the default grid.png
+    replaced whatever file had that name. An earlier grid (a PNG) is still written over."""
+    from convzoo.data import formats
+
+    monkeypatch.chdir(tmp_path)
+    digit = tmp_path / "seven.png"
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    cli_error(capsys, "predict", "--model", "lenet5:mnist", "--from-test", "2", digit, fragments=["not both"])
+    cli_error(capsys, "predict", "--model", "lenet5:mnist", "--grid", "g.png", digit,
+              fragments=["--grid goes with --from-test"])
+    (tmp_path / "grid.png").write_text("my notes")
+    test_set = ["--from-test", "2", "--data-path", MNIST_DIR]
+    cli_error(capsys, "predict", "--model", "lenet5:mnist", *test_set, fragments=["grid.png", "not a PNG"])
+    assert (tmp_path / "grid.png").read_text() == "my notes" and not (tmp_path / "g.png").exists()
+    (tmp_path / "grid.png").unlink()
+    from convzoo.cli import main
+
+    for _ in range(2):  # written, then an earlier grid written over
+        assert main(["predict", "--model", "lenet5:mnist", *map(str, test_set)]) == 0
+        assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
