@@ -204,7 +204,7 @@ def _decoded(images) -> list:
     from PIL import Image
 
     from .deploy.predict import expand_image_paths
-    from .deploy.preprocess import ImageError, load_image
+    from .deploy.preprocess import ImageError, load_image, read_pixels
 
     items = images if isinstance(images, (list, tuple)) else [images]
     out = []
@@ -215,8 +215,8 @@ def _decoded(images) -> list:
         elif isinstance(item, Image.Image):
             if 0 in item.size:  # as a file's image is refused (data/images.py open_image)
                 raise ImageError("image is {}x{}: no pixels".format(*item.size), f"image[{i}]")
-            _check_pixels(item.size[1], item.size[0], f"image[{i}]")
-            out.append((f"image[{i}]", item, False))
+            _check_pixels(item.size[1], item.size[0], f"image[{i}]")  # from the header, before reading pixels
+            out.append((f"image[{i}]", read_pixels(item, f"image[{i}]"), False))
         elif type(item).__module__ == "numpy":
             out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))
         else:

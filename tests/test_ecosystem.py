@@ -371,3 +371,36 @@ def test_api_train_refuses_unknown_keys_of_a_config_dict(config, match):
     import convzoo
 
     one_line_error(lambda: convzoo.train(config), "ConfigError", match)
+
+
+@pytest.mark.real_data
+def test_api_refuses_closed_and_truncated_pil_images(pretrained_model, tmp_path):
+    """Pillow reads a file's pixels lazily: an image closed by its `with` block or by close(), or a
+    truncated JPEG, once reached convzoo's preprocessing as a bare AssertionError, ValueError or OSError."""
+    from PIL import Image
+
+    import convzoo
+    from convzoo.data import formats
+
+    digit = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]  # a 7
+    Image.fromarray(digit).save(tmp_path / "seven.png")
+    Image.fromarray(digit).resize((280, 280)).save(tmp_path / "seven.jpg", quality=95)
+    data = (tmp_path / "seven.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+
+    with Image.open(tmp_path / "seven.png") as after_with:
+        pass
+    closed = Image.open(tmp_path / "seven.png")
+    closed.close()
+    closed_msg = r"^image\[0\]: the image is closed, or its file was closed before its pixels were read"
+    for image, match in [(after_with, closed_msg), (closed, closed_msg),
+                         (Image.open(tmp_path / "cut.jpg"), r"^image\[0\]: corrupt or truncated image \(image file "
+                                                           r"is truncated")]:
+        one_line_error(lambda: convzoo.predict(pretrained_model, image), "ImageError", match)
+        one_line_error(lambda: pretrained_model.preprocess(image), "ImageError", match)
+    # The CLI says the same of the file.
+    assert "corrupt or truncated image" in assert_user_error(run_cli("predict", "--model", pretrained_model.path,
+                                                                     tmp_path / "cut.jpg"), "cut.jpg")
+    # An image opened lazily and still open is read, and predicted as its file is.
+    with Image.open(tmp_path / "seven.jpg") as lazy:
+        assert convzoo.predict(pretrained_model, lazy)[0]["class"] == "7"

@@ -14,9 +14,25 @@ import numpy as np
 from PIL import Image
 
 from ..data.catalog import image_side
+from ..errors import first_line
 # Re-exported: predict and serve decode users' files through this module.
 from ..data.images import (ImageError, ImageTooLarge, NotAnImage, decode_image, flatten_alpha,  # noqa: F401
                            load_image, open_image, standard_mode, to_pixels)
+
+
+def read_pixels(image: Image.Image, name: str) -> Image.Image:
+    """A caller's PIL image with its pixels read now: Pillow reads a file's pixels lazily, so a closed
+    or truncated image would fail later with Pillow's own bare AssertionError, ValueError or OSError."""
+    try:
+        image.load()
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the types above, and whatever a format's decoder raises
+        if isinstance(exc, AssertionError) or "closed" in str(exc):  # AssertionError: its file object is gone
+            raise ImageError("the image is closed, or its file was closed before its pixels were read (use it "
+                             "inside the `with Image.open(...)` block, or call .load() there)", name) from None
+        raise ImageError(f"corrupt or truncated image ({first_line(exc)})", name) from None
+    return image
 
 
 def to_array(image: Image.Image, meta: dict) -> np.ndarray:
