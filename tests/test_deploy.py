@@ -473,3 +473,120 @@ def test_onnxruntime_errors_are_one_line(tmp_path):
     assert_user_error(proc, "reshape.onnx", "failed to run")
     assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines() if line.startswith("convzoo: error:")]
     assert "onnxruntime:" not in proc.stderr
+
+
+# --- ONNX files from other exporters ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained_onnx(tmp_path_factory) -> Path:
+    """The shipped LeNet-5 MNIST weights exported by `convzoo export` (dynamic batch)."""
+    import convzoo
+
+    return Path(convzoo.export("lenet5:mnist", tmp_path_factory.mktemp("pretrained") / "lenet5.onnx")["path"])
+
+
+def digit_files(folder: Path, n: int) -> list[Path]:
+    """The first n real MNIST test digits as PNG files."""
+    folder.mkdir(exist_ok=True)
+    paths = [folder / f"{i:02d}.png" for i in range(n)]
+    for path, digit in zip(paths, mnist_test(n)[0][:, 0]):
+        Image.fromarray(digit).save(path)
+    return paths
+
+
+@pytest.mark.real_data
+def test_external_data_is_read_beside_the_model_from_any_folder(pretrained_onnx, tmp_path, monkeypatch):
+    """Weights saved as external data (onnx.save(..., save_as_external_data=True)) are found beside the
+    model wherever predict runs (they were looked for in the current folder: "not a loadable ONNX model
+    (... should be stored in ext.onnx.data, but it is not regular file.)"); a location outside the
+    model's folder (../, absolute, a symlink) is still refused."""
+    import convzoo
+
+    folder, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    folder.mkdir(), elsewhere.mkdir()
+    model = onnx.load(str(pretrained_onnx))
+    onnx.save(model, str(folder / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=1024)
+    assert (folder / "ext.onnx.data").stat().st_size > 200_000  # the weights really are outside the .onnx file
+    digits = digit_files(tmp_path / "digits", 3)
+    expected = [r["class"] for r in convzoo.predict(pretrained_onnx, digits)]
+    for model_arg, cwd in ((folder / "ext.onnx", elsewhere), ("models/ext.onnx", tmp_path), ("ext.onnx", folder)):
+        proc = run_cli("predict", "--model", model_arg, "--json", *digits, cwd=cwd, check=0)
+        assert [json.loads(line)["class"] for line in proc.stdout.splitlines()] == expected, (model_arg, cwd)
+    monkeypatch.chdir(elsewhere)  # the API too
+    assert [r["class"] for r in convzoo.predict(str(folder / "ext.onnx"), digits)] == expected
+
+    (tmp_path / "secret.data").write_bytes((folder / "ext.onnx.data").read_bytes())
+    (folder / "link.data").symlink_to(tmp_path / "secret.data")
+    outside = "(external data): not a file in the model's folder"
+    for name, location, fragment in (("up", "../secret.data", outside), ("abs", str(tmp_path / "secret.data"), outside),
+                                     ("link", "link.data", "which is a symbolic link"),
+                                     ("gone", "gone.data", "which is missing in the model's folder")):
+        forged = onnx.load(str(folder / "ext.onnx"), load_external_data=False)
+        for tensor in forged.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(forged, str(folder / f"{name}.onnx"))
+        assert_user_error(run_cli("predict", "--model", folder / f"{name}.onnx", digits[0], cwd=elsewhere),
+                          f"{name}.onnx", f"is stored in {location!r}", fragment)
+
+
+def fixed_batch_onnx(path: Path, batch: int) -> Path:
+    """The shipped LeNet-5 MNIST weights through torch.onnx.export's defaults (TorchScript exporter): the
+    input's batch dimension fixed at `batch` (input 'input.1'), then convzoo's metadata added."""
+    import warnings
+
+    from convzoo.deploy.export import set_metadata
+    from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from convzoo.metadata import deployment_metadata
+
+    ckpt = load_checkpoint("lenet5:mnist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model_from_checkpoint(ckpt, path).eval(), torch.zeros(batch, 1, 32, 32), str(path),
+                          dynamo=False)
+    model = onnx.load(str(path))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [batch, 1, 32, 32]
+    set_metadata(model, deployment_metadata(ckpt))
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.real_data
+def test_fixed_batch_onnx_predicts_any_number_of_images(pretrained_onnx, tmp_path):
+    """A graph exported for exactly N images (torch.onnx.export's default) runs 7 images N at a time, the
+    last group padded: the same results as the dynamic export, in predict, the API (both runtimes) and
+    serve (7 images used to fail: "Got invalid dimensions for input: input.1", and serve did not start).
+    A fixed batch larger than convzoo runs at once is one line saying how to re-export."""
+    import httpx
+
+    import convzoo
+    from convzoo.deploy.runtime import openvino_installed
+
+    digits = digit_files(tmp_path / "digits", 7)
+    expected = convzoo.predict(pretrained_onnx, digits, topk=10)
+    one, three = fixed_batch_onnx(tmp_path / "fixed1.onnx", 1), fixed_batch_onnx(tmp_path / "fixed3.onnx", 3)
+
+    def same(results):
+        assert [r["class"] for r in results] == [r["class"] for r in expected]
+        got = np.array([[t["probability"] for t in r["topk"]] for r in results])
+        assert np.allclose(got, [[t["probability"] for t in r["topk"]] for r in expected], atol=1e-5)
+
+    proc = run_cli("predict", "--model", one, "--json", "--topk", "10", *digits, check=0)
+    same([json.loads(line) for line in proc.stdout.splitlines()])
+    for runtime in ("onnxruntime", "openvino") if openvino_installed() else ("onnxruntime",):
+        for model in (one, three):
+            # threads=2: OpenVINO's two streams must not split a fixed batch between them
+            loaded = convzoo.load(model, runtime=runtime, threads=2)
+            same(loaded.predict(digits, topk=10))
+            same(loaded.predict(digits[:4], topk=10)[:4] + loaded.predict(digits[4:], topk=10))  # 1 + 3 rows
+    with serving(one, log=tmp_path / "serve.log") as (url, _):
+        r = httpx.post(url + "/v1/predict", json={"images": [base64.b64encode(p.read_bytes()).decode()
+                                                             for p in digits], "topk": 10}, timeout=60)
+        same(r.json()["predictions"])
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+    big = fixed_batch_onnx(tmp_path / "fixed1000.onnx", 1000)
+    assert_user_error(run_cli("predict", "--model", big, digits[0]), "fixed1000.onnx",
+                      "batch size is fixed at 1000", "convzoo export")

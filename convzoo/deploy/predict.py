@@ -31,14 +31,19 @@ class Predictor:
         # first time a file is seen, and later predictions start as fast as from an .onnx file.
         self.onnx_path, self._scratch = (self.path, None) if self.path.suffix == ".onnx" else cached_onnx(self.path)
         self.meta, self.run = self._load_onnx()
-        spec = self.meta["input"]
-        # Rows per inference call: 256 for LeNet-sized inputs, fewer for big ones, so memory stays bounded.
-        self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
 
     def _load_onnx(self):
         # onnx_path differs from path only for convzoo's own export, verified against its sha256 by cached_onnx
         own = self.onnx_path != self.path and self.runtime in ("auto", "onnxruntime")
-        meta, run_session = self._open_own_export() if own else self._open_checked()
+        meta, run_session, fixed = self._open_own_export() if own else self._open_checked()
+        spec = meta["input"]
+        # Rows per inference call: 256 for LeNet-sized inputs, fewer for big ones, so memory stays bounded.
+        self.batch_rows = max(1, min(256, BATCH_BYTES // (4 * spec["channels"] * spec["size"] ** 2)))
+        if fixed is not None:  # a graph exported for exactly `fixed` images per call
+            if fixed > self.batch_rows:
+                raise ConfigError(f"the model's batch size is fixed at {fixed} images, more than the {self.batch_rows} "
+                                  f"convzoo runs at once for this input size; {REEXPORT}", self.path)
+            self.batch_rows, run_session = fixed, in_fixed_batches(run_session, fixed)
 
         def run(x):
             try:
@@ -46,7 +51,6 @@ class Predictor:
             except Exception as exc:  # a graph whose weights disagree with its own shapes fails only when run
                 raise ConfigError(f"the model failed to run ({first_line(exc)})", self.path) from None
 
-        spec = meta["input"]
         out = run(np.zeros((1, spec["channels"], spec["size"], spec["size"]), np.float32))  # refused now, not per request
         if out.shape != (1, len(meta["class_names"])):
             raise ConfigError(f"the model outputs shape {list(out.shape)} for one image, not [1, "
@@ -64,16 +68,23 @@ class Predictor:
             raise ConfigError("model file not found", self.path)
         try:
             graph = onnx.load(str(self.onnx_path), load_external_data=False)
-            onnx.checker.check_model(graph)  # a structurally broken graph never reaches onnxruntime's C++ loader
+            check_external_data(graph, self.onnx_path)
+            # A structurally broken graph never reaches onnxruntime's C++ loader. Checked by path, so weights
+            # stored beside the file (external data) are looked for in its folder, not the current one.
+            onnx.checker.check_model(str(self.onnx_path))
+        except ConvzooError:
+            raise
         except Exception as exc:  # protobuf and onnx raise many types for a bad file
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
         meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
         check_tensor_sizes(graph, self.path)  # and the memory its tensors can ask for
         self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
+        weights = {t.name for t in graph.graph.initializer}
+        fixed = fixed_batch(next(i for i in graph.graph.input if i.name not in weights))  # the image input
         del graph
         try:
-            return meta, open_runner(self.onnx_path, self.threads, self.runtime)
+            return meta, open_runner(self.onnx_path, self.threads, self.runtime), fixed
         except ConvzooError:  # a runtime that is not installed
             raise
         except Exception as exc:  # the runtimes raise their own types for graphs they cannot run
@@ -91,7 +102,8 @@ class Predictor:
         meta = parse_json_meta(session.get_modelmeta().custom_metadata_map.get(META_KEY), self.path,
                                need_num_classes=False)
         self.runtime = "onnxruntime"
-        return meta, session_runner(session)
+        batch = session.get_inputs()[0].shape[0]  # convzoo exports a named (dynamic) batch dimension
+        return meta, session_runner(session), batch if isinstance(batch, int) and batch > 0 else None
 
     @property
     def classes(self) -> list[str]:
@@ -144,6 +156,51 @@ class Predictor:
         except NonFiniteOutput as exc:
             raise NonFiniteOutput(exc.rows, files[exc.rows[0]], model=self.path) from None
         return [{"file": str(f), **r} for f, r in zip(files, results)]
+
+
+def check_external_data(model, path: Path) -> None:
+    """Weights stored outside an ONNX file (external data) must be regular files in its folder or below,
+    as onnx's checker and onnxruntime require too: said here in one short line (onnx's message repeats
+    the folder's full path, and a one-line error cut it off before the problem)."""
+    import onnx
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        where = f"tensor {tensor.name[:60]!r} is stored in {location[:100]!r} (external data)"
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise ConfigError(f"{where}: not a file in the model's folder; external data is read only from there",
+                              path)
+        target = path.parent / location
+        if target.is_symlink() or not target.is_file():
+            problem = "a symbolic link" if target.is_symlink() else "missing" if not target.exists() else "not a file"
+            raise ConfigError(f"{where}, which is {problem} in the model's folder ({target})", path)
+
+
+REEXPORT = ("re-export it with a dynamic batch dimension (`convzoo export` makes one; torch.onnx.export needs "
+            "dynamic_shapes or dynamic_axes for dimension 0)")
+
+
+def fixed_batch(graph_input) -> int | None:
+    """The batch size an ONNX graph input is fixed at (its dimension 0 is a number), or None if it is dynamic."""
+    dims = graph_input.type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+def in_fixed_batches(run, rows: int):
+    """run for a graph that takes exactly `rows` images a call: any number of inputs run `rows` at a
+    time, the last group padded with zeros whose outputs are dropped."""
+    def fixed(x):
+        outputs = []
+        for start in range(0, len(x), rows):
+            part = x[start: start + rows]
+            if len(part) < rows:
+                part = np.concatenate([part, np.zeros((rows - len(part), *part.shape[1:]), part.dtype)])
+            outputs.append(run(part)[: len(x) - start])
+        return np.concatenate(outputs)
+
+    return fixed
 
 
 class NonFiniteOutput(ConfigError):

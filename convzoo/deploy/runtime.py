@@ -108,8 +108,11 @@ def openvino_runner(path, threads: int = 1, *, hint: str = "THROUGHPUT"):
     for _ in range(max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
         idle.put(compiled.create_infer_request())
 
+    # A graph with a fixed batch size takes exactly that many rows a call: never split between requests.
+    fixed = compiled.input(0).get_partial_shape()[0].is_static
+
     def run(x):
-        requests, started = take_requests(idle, len(x)), []
+        requests, started = take_requests(idle, 1 if fixed else len(x)), []
         try:
             parts = np.array_split(x, len(requests))
             for request, part in zip(requests, parts):
