@@ -76,34 +76,46 @@ def onnx_qparams(path) -> list[dict]:
     return layers
 
 
-@pytest.mark.real_data
-def test_qat_onnx_carries_the_learned_qparams(mnist_run, tmp_path):
-    """The int8 ONNX file quantizes exactly as the QAT model: every Conv/Gemm input's scale and zero point, and
-    every weight's per-channel scales and int8 values equal PyTorch's converted model's. A fresh MinMax
-    calibration (the old export) fails this. With BatchNorm folded into the convolutions, as QAT folds it:
-    test_airbench_qat_int8_on_real_cifar10."""
-    from convzoo.data.tensors import InputSpec, load_model_data, to_model_input
+def qat_with_matching_qparams(path, data_path, tmp_path, *, images: int, lr: float, layers: int):
+    """QAT of the checkpoint at `path` on its first `images` training images, one epoch; the int8 ONNX file
+    must quantize exactly as PyTorch's converted model: every Conv/Gemm input's scale and zero point, and
+    every weight's per-channel scales and 7-bit int8 values (up to a rounding tie flipped by float
+    arithmetic). Returns (the converted model, the test split, the input spec)."""
+    from convzoo.data.tensors import InputSpec, load_model_data
     from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from convzoo.quant.pipeline import qat_to_int8
     from convzoo.quant.ptq import calibration_batches
 
     torch.manual_seed(0)
-    ckpt = load_checkpoint(mnist_run / "best.pt")
-    train, test = load_model_data(ckpt, mnist_run / "best.pt", data_path=MNIST_DIR)
+    ckpt = load_checkpoint(path)
+    train, test = load_model_data(ckpt, path, data_path=data_path)
     spec = InputSpec.from_dict(ckpt["input"])
-    converted = qat_to_int8(ckpt, model_from_checkpoint(ckpt), train.subset(slice(0, 2560)),
-                            calibration_batches(train, spec, 2), tmp_path, epochs=1, lr=0.01, log=lambda *_: None)
+    converted = qat_to_int8(ckpt, model_from_checkpoint(ckpt), train.subset(slice(0, images)),
+                            calibration_batches(train, spec, 2), tmp_path, epochs=1, lr=lr, log=lambda *_: None)
     torch_layers, onnx_layers = converted_qparams(converted), onnx_qparams(tmp_path / "model-int8.onnx")
-    assert len(torch_layers) == len(onnx_layers) == 5
+    assert len(torch_layers) == len(onnx_layers) == layers
     for t, o in zip(torch_layers, onnx_layers):
         assert o["x"][0] == pytest.approx(t["x"][0], rel=1e-6) and int(o["x"][1]) == t["x"][1]
         q, scale, zero = o["w"]
         np.testing.assert_allclose(scale, t["w"][1], rtol=1e-6)
         assert (zero == 0).all() and (t["w"][2] == 0).all()
         assert q.dtype == np.int8 and q.min() >= -64 and q.max() <= 63
-        # same int8 weights, up to a rounding tie flipped by float arithmetic
         assert np.abs(q.astype(int) - t["w"][0].astype(int)).max() <= 1
-        assert (q != t["w"][0]).mean() <= 0.001
+        # ties: 2 of airbench's 288 whitening weights; 0.10% of a 256x256 conv whose BatchNorm both sides fold
+        assert (q != t["w"][0]).sum() <= max(2, 0.002 * q.size)
+    return converted, test, spec
+
+
+@pytest.mark.real_data
+def test_qat_onnx_carries_the_learned_qparams(mnist_run, tmp_path):
+    """The int8 ONNX file quantizes exactly as the QAT model: every Conv/Gemm input's scale and zero point, and
+    every weight's per-channel scales and int8 values equal PyTorch's converted model's. A fresh MinMax
+    calibration (the old export) fails this. With BatchNorm folded into the convolutions, as QAT folds it:
+    test_airbench_qat_int8_on_real_cifar10."""
+    from convzoo.data.tensors import to_model_input
+
+    converted, test, spec = qat_with_matching_qparams(mnist_run / "best.pt", MNIST_DIR, tmp_path, images=2560, lr=0.01,
+                                                      layers=5)
     # and so the same predictions as PyTorch's int8 model, in onnxruntime's integer kernels
     import onnxruntime as ort
 
@@ -123,28 +135,16 @@ def test_airbench_qat_int8_on_real_cifar10(tmp_path):
     fp32 (measured: QAT on 10,000 images, all 10,000 test images, -0.23)."""
     import onnxruntime as ort
 
-    from convzoo.data.tensors import InputSpec, load_model_data, to_model_input
+    from convzoo.data.tensors import to_model_input
     from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from convzoo.models.pretrained import pretrained_path
-    from convzoo.quant.pipeline import qat_to_int8
-    from convzoo.quant.ptq import calibration_batches
 
-    torch.manual_seed(0)
     path = pretrained_path("airbench:cifar10")
+    converted, test, spec = qat_with_matching_qparams(path, need(CIFAR_DIR), tmp_path, images=256, lr=0.001, layers=8)
     ckpt = load_checkpoint(path)
-    train, test = load_model_data(ckpt, path, data_path=need(CIFAR_DIR))
-    spec = InputSpec.from_dict(ckpt["input"])
-    converted = qat_to_int8(ckpt, model_from_checkpoint(ckpt), train.subset(slice(0, 256)),
-                            calibration_batches(train, spec, 2), tmp_path, epochs=1, lr=0.001, log=lambda *_: None)
-    torch_layers, onnx_layers = converted_qparams(converted), onnx_qparams(tmp_path / "model-int8.onnx")
-    assert len(torch_layers) == len(onnx_layers) == 8
-    for t, o in zip(torch_layers, onnx_layers):
-        assert o["x"][0] == pytest.approx(t["x"][0], rel=1e-6) and int(o["x"][1]) == t["x"][1]
-        np.testing.assert_allclose(o["w"][1], t["w"][1], rtol=1e-6)
-        assert np.abs(o["w"][0].astype(int) - t["w"][0].astype(int)).max() <= 1
     graph = onnx.load(str(tmp_path / "model-int8.onnx")).graph
     quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    floats = [n for n in graph.node if n.op_type in ("Erf", "Div", "BatchNormalization")]
+    floats = [n for n in graph.node if n.op_type in ("Gelu", "Erf", "Div", "BatchNormalization")]
     assert floats and not any(set(n.input) & quantized for n in floats)  # fed float, not dequantized int8
 
     x = to_model_input(test.images[:1000], spec)
