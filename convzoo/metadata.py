@@ -22,6 +22,12 @@ MAX_CHANNELS = 4
 # batch buffer (a 12,000-pixel claim once asked for 15.9 GB).
 MAX_INPUT_SIZE = 512
 MAX_NAME_CHARS = 200
+# Normalisation: pixels are 0..1 when (x - mean) / std is taken, so real means lie in 0..1 and stds in
+# about 0.001..1 (a blank image folder's std is floored at 0.001). The bounds leave room for any real
+# convention (even 0..255 pixels' mean 127.5, std 64) while |(x - mean) / std| stays below ~1e10,
+# nowhere near float32's 3e38: a forged [1e30] / [1e-30] overflowed to inf with numpy's warnings.
+MAX_ABS_MEAN = 1e4
+STD_RANGE = (1e-6, 1e6)
 MAX_PATH_CHARS = 4096
 
 
@@ -41,13 +47,12 @@ def _str(value, what: str, path, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _floats(value, what: str, count: int, path, *, positive: bool = False) -> list[float]:
+def _floats(value, what: str, count: int, path, low: float, high: float) -> list[float]:
     ok = isinstance(value, (list, tuple)) and len(value) == count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
         for v in value)
     if not ok:
-        kind = "positive finite numbers" if positive else "finite numbers"
-        raise MetadataError(f"{what} must be a list of {count} {kind}, got {_show(value)}", path)
+        raise MetadataError(f"{what} must be a list of {count} numbers in {low:g}..{high:g}, got {_show(value)}", path)
     return [float(v) for v in value]
 
 
@@ -68,8 +73,8 @@ def check_input_spec(spec, path) -> dict:
     if spec["fit"] not in FITS:
         raise MetadataError(f"input fit must be one of {', '.join(FITS)}, got {_show(spec['fit'])}", path)
     return {"channels": channels, "size": size, "fit": spec["fit"],
-            "mean": _floats(spec["mean"], "input mean", channels, path),
-            "std": _floats(spec["std"], "input std", channels, path, positive=True)}
+            "mean": _floats(spec["mean"], "input mean", channels, path, -MAX_ABS_MEAN, MAX_ABS_MEAN),
+            "std": _floats(spec["std"], "input std", channels, path, *STD_RANGE)}
 
 
 def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:

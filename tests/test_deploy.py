@@ -590,3 +590,67 @@ def test_fixed_batch_onnx_predicts_any_number_of_images(pretrained_onnx, tmp_pat
     big = fixed_batch_onnx(tmp_path / "fixed1000.onnx", 1000)
     assert_user_error(run_cli("predict", "--model", big, digits[0]), "fixed1000.onnx",
                       "batch size is fixed at 1000", "convzoo export")
+
+
+# --- normalisation bounds --------------------------------------------------------------------------
+
+def test_normalisation_the_schema_accepts_never_overflows():
+    """Seeded: mean and std drawn from 1e-40..1e40 (either sign): the schema accepts exactly |mean| <= 1e4
+    and 1e-6 <= std <= 1e6, and every accepted pair normalises 0..1 pixels to finite float32 with no
+    numpy warning (mean 1e30 with std 1e-30 passed before, and overflowed with a RuntimeWarning)."""
+    import random
+    import warnings
+
+    from convzoo.deploy.preprocess import normalise
+    from convzoo.metadata import MetadataError, check_input_spec
+
+    rng = random.Random(2024)
+    pixels = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    values = [0.0, 1e4, -1e4, 1e-6, 1e6, 1.0001e4, 0.99e-6, 1.01e6, 1e30, 1e-30]
+    values += [rng.choice((-1, 1)) * 10 ** rng.uniform(-40, 40) for _ in range(300)]
+    accepted = 0
+    for mean, std in zip(values, values[1:] + values[:1]):
+        spec = {"channels": 1, "size": 8, "fit": "none", "mean": [mean], "std": [std]}
+        ok = abs(mean) <= 1e4 and 1e-6 <= std <= 1e6
+        try:
+            checked = check_input_spec(spec, "m.onnx")
+        except MetadataError as exc:
+            assert not ok and "\n" not in str(exc) and str(exc).startswith("m.onnx: input "), (mean, std, exc)
+            continue
+        assert ok, (mean, std)
+        accepted += 1
+        with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+            warnings.simplefilter("error")
+            assert np.isfinite(normalise(pixels, checked)).all(), (mean, std)
+    assert accepted >= 10
+
+
+@pytest.mark.real_data
+def test_extreme_normalisation_is_refused_at_load(pretrained_onnx, tmp_path):
+    """A model file claiming mean [1e30] and std [1e-30] (ONNX or checkpoint) is one line at load naming the
+    field, and nothing else on stderr (was numpy's two-line overflow RuntimeWarning, then a
+    non-finite-output error); a 0..255-style mean 127.5, std 64 still predicts."""
+    from convzoo.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    digit = digit_files(tmp_path / "digits", 1)[0]
+
+    def forged(name: str, mean: float, std: float) -> Path:
+        if name.endswith(".pt"):
+            ckpt = load_checkpoint("lenet5:mnist")
+            ckpt["input"] = {**ckpt["input"], "mean": [mean], "std": [std]}
+            save_checkpoint(tmp_path / name, ckpt)
+        else:
+            model = onnx.load(str(pretrained_onnx))
+            meta = json.loads(model.metadata_props[0].value)
+            meta["input"].update(mean=[mean], std=[std])
+            model.metadata_props[0].value = json.dumps(meta)
+            onnx.save(model, str(tmp_path / name))
+        return tmp_path / name
+
+    for mean, std, suffix, field in ((1e30, 1e-30, ".onnx", "input mean"), (0.1, 1e-30, ".onnx", "input std"),
+                                     (0.1, 1e7, ".onnx", "input std"), (1e30, 1e-30, ".pt", "input mean")):
+        model = forged(f"m{mean:g}-{std:g}{suffix}", mean, std)
+        proc = run_cli("predict", "--model", model, digit, env={"PYTHONWARNINGS": "default"})
+        assert_user_error(proc, model.name, field, "numbers in")
+        assert proc.stderr.count("\n") == 1, proc.stderr
+    run_cli("predict", "--model", forged("wide.onnx", 127.5, 64.0), digit, check=0)
