@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", help="fp32 convzoo checkpoint (omit with --config to train first)")
     p.add_argument("--config", type=nonempty, help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
     p.add_argument("--method", default="qat", help="qat | ptq")
-    p.add_argument("--epochs", type=number(int, 1, 10_000), default=1, help="QAT fine-tune epochs")
-    p.add_argument("--lr", type=number(float, 1e-12, 100), default=0.001, help="QAT fine-tune peak learning rate")
+    p.add_argument("--epochs", type=number(int, 1, 10_000), help="QAT fine-tune epochs (default 1)")
+    p.add_argument("--lr", type=number(float, 1e-12, 100), help="QAT fine-tune peak learning rate (default 0.001)")
     p.add_argument("--calib-batches", type=number(int, 1, 100_000), default=32)
     p.add_argument("--train-limit", type=number(int, 0, 10**9), default=0,
                    help="fine-tune and calibrate on the first N training images only (0: all)")
@@ -430,6 +430,8 @@ def cmd_quantize(args) -> int:
     from .errors import ConfigError
     from .quant.pipeline import run_quantize
 
+    if args.method == "ptq" and (args.epochs is not None or args.lr is not None):
+        raise ConfigError("--epochs and --lr set QAT's fine-tune; --method ptq has none (it only calibrates)")
     ckpt = args.ckpt
     if not ckpt:
         if not args.config:
@@ -440,9 +442,10 @@ def cmd_quantize(args) -> int:
         cfg = build_config(args.config, {"data_path": args.data_path})
         result = train(cfg, exist_ok=True)
         ckpt = str(Path(result["output_dir"]) / "best.pt")
-    run_quantize(ckpt, method=args.method, epochs=args.epochs, lr=args.lr, calib_batches=args.calib_batches,
-                 train_limit=args.train_limit, output_dir=args.output_dir, data_path=args.data_path,
-                 threads=args.threads or default_threads(2), runtime=args.runtime)
+    fine_tune = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}  # else its defaults
+    run_quantize(ckpt, method=args.method, calib_batches=args.calib_batches, train_limit=args.train_limit,
+                 output_dir=args.output_dir, data_path=args.data_path, threads=args.threads or default_threads(2),
+                 runtime=args.runtime, **fine_tune)
     return 0
 
 

@@ -206,6 +206,9 @@ def test_quantize_bad_input(tmp_path, mnist_run):
                       "--calib-batches", "0 is outside 1..")
     assert_user_error(run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--train-limit", "-5"),
                       "--train-limit", "-5 is outside 0..")
+    for flag in ("--epochs", "--lr"):  # were silently ignored: PTQ has no fine-tune
+        assert_user_error(run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--method", "ptq", flag, "1"),
+                          "--method ptq has none")
 
 
 @pytest.mark.real_data
