@@ -257,3 +257,70 @@ def test_outputs_that_would_destroy_an_input_or_cannot_be_written(tmp_path, caps
         assert err.count("\n") == 1 and err.startswith("convzoo: error:") and fragment in err, (argv, err)
     assert weights.read_bytes() == before and own_qat.read_bytes() == saved
     assert not (tmp_path / "dl").exists() and not (tmp_path / "w.txt").exists()
+
+
+@pytest.mark.real_data
+def test_weights_must_be_float16_to_float64(tmp_path, capsys):
+    """float8 weights crashed predict, eval, train --restore and convzoo.load with a traceback ('isfinite'
+    not implemented for 'Float8_e4m3fn'); integer, bool and uint16/uint32 ones were cast silently (uint16
+    weights gave 0.1 for every class). Each is one line naming the tensor and its dtype; float16, bfloat16
+    and float64 weights load, and BatchNorm's int64 num_batches_tracked is still allowed."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import convzoo
+    from convzoo.engine.checkpoint import FORMAT, load_checkpoint
+    from convzoo.errors import CheckpointError
+    from convzoo.models.pretrained import pretrained_path
+
+    shipped = pretrained_path("lenet5:mnist")
+    with safe_open(str(shipped), framework="pt") as f:
+        meta = f.metadata()
+    good = load_checkpoint(shipped)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "digit.png")
+
+    def forged(dtype, suffix):
+        state = {**good["state_dict"], "fc1.weight": good["state_dict"]["fc1.weight"].to(dtype)}
+        path = tmp_path / f"{str(dtype).removeprefix('torch.')}{suffix}"
+        if suffix == ".safetensors":
+            save_file(state, path, metadata=meta)
+        else:
+            torch.save({"format": FORMAT, "version": 1, **good, "state_dict": state}, path)
+        return path
+
+    bad = [torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.int8, torch.uint16, torch.uint32,
+           torch.bool, torch.int64]
+    for dtype in bad:
+        name = str(dtype).removeprefix("torch.")
+        for suffix in (".pt", ".safetensors") if dtype != torch.float8_e4m3fnuz else (".pt",):
+            path = forged(dtype, suffix)
+            fragments = (path.name, f"tensor 'fc1.weight' is {name}", "float16, bfloat16, float32 or float64")
+            cli_error(capsys, "predict", "--model", path, tmp_path / "digit.png", fragments=fragments)
+            cli_error(capsys, "eval", "--ckpt", path, "--data-path", need(MNIST_DIR), fragments=fragments)
+            with pytest.raises(CheckpointError, match=f"is {name};"):
+                convzoo.load(path)
+    f8 = tmp_path / "float8_e4m3fn.safetensors"  # the reported case, through the real command line
+    assert_user_error(run_cli("predict", "--model", f8, tmp_path / "digit.png"), "is float8_e4m3fn")
+    assert_user_error(run_cli("train", "--model", "lenet5", "--data-path", MNIST_DIR, "--train-limit", "64",
+                              "--epochs", "1", "--restore", f8, "--output-dir", tmp_path / "run"), "is float8_e4m3fn")
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        assert load_checkpoint(forged(dtype, ".safetensors"))["state_dict"]["fc1.weight"].dtype == dtype
+    norm = load_checkpoint("airbench:cifar10")["state_dict"]["groups.0.norm1.num_batches_tracked"]
+    assert norm.dtype == torch.int64
+
+
+def test_an_image_or_other_file_given_as_the_model(tmp_path, capsys):
+    """Swapped arguments (`predict --model digit.png x.png`) said 'refused to load: the file needs
+    arbitrary unpickling, which could run code (Unsupported operand 80)': the file's kind is named now."""
+    digit = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
+    digit.save(tmp_path / "digit.png")
+    digit.save(tmp_path / "photo.jpg", quality=90)
+    (tmp_path / "notes.pt").write_text("my notes\n")
+    png, jpg = tmp_path / "digit.png", tmp_path / "photo.jpg"
+    assert_user_error(run_cli("predict", "--model", png, png), f"{png}: not a checkpoint or model: a PNG image")
+    assert_user_error(run_cli("eval", "--ckpt", jpg), f"{jpg}: not a checkpoint or model: a JPEG image")
+    cli_error(capsys, "predict", "--model", jpg, png, fragments=("photo.jpg", "a JPEG image"))
+    cli_error(capsys, "eval", "--ckpt", png, fragments=("digit.png", "a PNG image"))
+    cli_error(capsys, "export", "--ckpt", png, "--output", tmp_path / "m.onnx", fragments=("digit.png", "a PNG image"))
+    cli_error(capsys, "eval", "--ckpt", tmp_path / "notes.pt", fragments=("notes.pt", "unrecognised format"))

@@ -345,3 +345,20 @@ def test_eval_warns_once_when_the_folder_split_is_not_the_trained_one(tmp_path, 
     # `data verify folder` printed nothing and exited 0: a folder has no official files to check.
     code, err = cli(capsys, "data", "verify", "folder", "--data-path", moved)
     assert code == 2 and "no official files to verify" in err, err
+
+
+def test_class_names_a_checkpoint_cannot_hold_are_refused_before_training(tmp_path):
+    """A class folder named with over 200 characters trained, then its best.pt and last.pt were refused
+    by eval, predict, export and --resume (the model-description schema's limit): refused before
+    training now, naming the folder, with nothing written."""
+    from conftest import assert_user_error
+
+    root = tmp_path / "fold"
+    for c in ("x" * 201, "y"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            (root / c / f"{i}.png").write_bytes(digit_png(i))
+    proc = run_cli("train", "--model", "lenet5", "--dataset", "folder", "--data-path", root, "--epochs", 1,
+                   "--batch-size", 2, "--threads", 1, "--output-dir", tmp_path / "run", timeout=120)
+    assert_user_error(proc, str(root), "each class name must be a string of 1..200 characters", "rename the folder")
+    assert not (tmp_path / "run").exists()

@@ -38,6 +38,8 @@ FIELD_EDITS = [
     (("dataset",), 5), (("preprocess",), "evil"), (("preprocess",), 3),
 ]
 DELETIONS = ["model", "class_names", "input", ("input", "size"), ("input", "std")]
+FORGED_DTYPES = [torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2, torch.int8, torch.uint8, torch.int32,
+                 torch.uint16, torch.uint32, torch.bool]
 
 
 def edited(meta: dict, path, value=None, delete=False) -> dict:
@@ -104,10 +106,11 @@ def test_malformed_model_files_give_one_line_errors(tmp_path):
                    {"format": FORMAT, "version": 1, "state_dict": good["state_dict"], **description}, buf)
         return buf.getvalue()
 
-    def as_safetensors(description) -> bytes:
+    def as_safetensors(description, state=None) -> bytes:
         from safetensors.torch import save
 
-        return save({k: v.contiguous() for k, v in good["state_dict"].items()}, {"convzoo": json.dumps(description)})
+        state = good["state_dict"] if state is None else state
+        return save({k: v.contiguous() for k, v in state.items()}, {"convzoo": json.dumps(description)})
 
     def as_onnx(description) -> bytes:
         model = copy.deepcopy(good_onnx)
@@ -124,6 +127,15 @@ def test_malformed_model_files_give_one_line_errors(tmp_path):
             add(f"field{i}.onnx", as_onnx(description), True)
     for i, state in enumerate(["x", {"conv1.weight": 1}, {}, {"conv1.weight": torch.zeros(3)}]):
         add(f"state{i}.pt", as_pt({**meta, "state_dict": state}), True)
+    # Weights of a dtype loading would cast silently, or that has no isfinite (float8): one tensor each.
+    picks = random.Random(SEED + 2)  # its own generator: the cases below stay as they were
+    for i, dtype in enumerate(FORGED_DTYPES):
+        state = dict(good["state_dict"])
+        name = picks.choice(sorted(state))
+        state[name] = state[name].to(dtype)
+        add(f"dtype{i}.pt", as_pt({**meta, "state_dict": state}), True)
+        if dtype != torch.float8_e4m3fnuz:  # safetensors has no such dtype
+            add(f"dtype{i}.safetensors", as_safetensors(meta, state), True)
     # Graphs that disagree with their metadata: no input, two inputs, other input or output sizes.
     for i, edit in enumerate(["no_input", "two_inputs", "size28", "out7", "int_input"]):
         model = copy.deepcopy(good_onnx)

@@ -136,3 +136,42 @@ def test_tampered_pretrained_weights_refused(tmp_path, monkeypatch, capsys):
     assert cli.main(["predict", "--model", "lenet5:mnist", str(tmp_path / "any.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lenet5-mnist.safetensors" in err and "does not match the recorded" in err
+
+
+@pytest.mark.real_data
+def test_restore_from_other_trainers_weights(tmp_path):
+    """--restore takes, besides convzoo's files, what other training code saves: a plain state_dict, one
+    under 'state_dict' / 'model_state_dict' / 'model', DataParallel's 'module.' names and a .safetensors
+    file without convzoo's description (all were refused as 'not a convzoo checkpoint'). Matching by
+    name and shape and --restore-exclude apply as to convzoo's files; files with nothing to restore,
+    unusable tensors or code to unpickle are one line each, before any run folder is made."""
+    from safetensors.torch import load_file, save_file
+
+    from convzoo.models.pretrained import pretrained_path
+
+    source = load_file(pretrained_path("lenet5:mnist"))
+    files = {"plain.pth": source, "wrapped.pt": {"state_dict": source, "epoch": 3},
+             "model_state.pt": {"model_state_dict": source, "optimizer_state_dict": {}},
+             "model.pt": {"model": source}, "ddp.pth": {f"module.{k}": v for k, v in source.items()}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    save_file(source, tmp_path / "plain.safetensors")
+    train = ["train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--train-limit", "64",
+             "--test-limit", "100", "--epochs", "1", "--threads", "1", "--freeze", "conv*", "--json"]
+    for name in [*files, "plain.safetensors"]:
+        exclude = ["--restore-exclude", "fc3.*"] if name == "ddp.pth" else []
+        proc = run_cli(*train, "--restore", tmp_path / name, *exclude, "--output-dir", tmp_path / f"run-{name}", check=0)
+        restore = next(e["restore"] for e in json_events(proc.stdout) if "restore" in e)
+        assert len(restore["loaded"]) == (8 if exclude else 10) and restore["unused"] == [], (name, restore)
+        assert sorted(restore["excluded"]) == (["fc3.bias", "fc3.weight"] if exclude else []), name
+        trained = torch.load(tmp_path / f"run-{name}" / "last.pt", weights_only=True)["state_dict"]
+        assert torch.equal(trained["conv1.weight"], source["conv1.weight"]), name  # restored, then frozen
+    torch.save({"net.conv1.weight": source["conv1.weight"]}, tmp_path / "other-names.pt")
+    torch.save({**source, "fc1.weight": source["fc1.weight"].to(torch.float8_e4m3fn)}, tmp_path / "float8.pt")
+    torch.save({"weights": source}, tmp_path / "elsewhere.pt")
+    for name, fragments in (("other-names.pt", ["no tensor matches the model", "'net.conv1.weight'"]),
+                            ("float8.pt", ["tensor 'fc1.weight' is float8_e4m3fn", "must be float16"]),
+                            ("elsewhere.pt", ["no weights found", "'model_state_dict'"])):
+        assert_user_error(run_cli(*train, "--restore", tmp_path / name, "--output-dir", tmp_path / f"run-{name}"),
+                          str(tmp_path / name), *fragments)
+        assert not (tmp_path / f"run-{name}").exists()

@@ -407,3 +407,46 @@ def test_one_training_at_a_time_per_run_folder(tmp_path):
         first.kill()
         first.wait()
     run_cli("train", *common, "--epochs", "1", "--exist-ok", check=0)
+
+
+@pytest.mark.real_data
+def test_run_killed_before_its_first_checkpoint(tmp_path):
+    """SIGKILL in the first epoch leaves config.yaml and train.log but no last.pt: a re-run was told
+    to pass --resume, and --resume then said 'checkpoint not found'. Both now say to start over."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "convzoo", "train", "--model", "lenet5", *MNIST, "--train-limit",
+                             "6400", "--batch-size", "16", "--epochs", "1", "--threads", "1", "--print-freq", "0",
+                             "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while not (out / "config.yaml").exists():  # written once training starts
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "train.log").exists() and not (out / "last.pt").exists()
+    base = ["train", "--model", "lenet5", *MNIST, "--epochs", "1", "--output-dir", out]
+    line = assert_user_error(run_cli(*base), "saved no checkpoint", "--exist-ok to start it over")
+    assert "--resume" not in line
+    assert_user_error(run_cli(*base, "--resume"), "last.pt", "no checkpoint to resume from yet", "--exist-ok")
+
+
+@pytest.mark.real_data
+def test_resume_with_other_classes_or_mismatched_weights(tmp_path):
+    """`--resume --classes 3,5` on a 10-class run showed torch's cut first line ('Error(s) in loading
+    state_dict for LeNet5:'); it is a 'differs from the run's' line now, and a last.pt whose weights
+    do not fit names the first mismatching tensor. The run folder is untouched either way."""
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", *MNIST, "--train-limit", "320", "--test-limit", "200", "--epochs", "1",
+            "--schedule", "constant", "--threads", "1", "--output-dir", out, "--quiet", check=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    resume = ["train", *MNIST, "--output-dir", out, "--resume", "--epochs", "2"]
+    assert_user_error(run_cli(*resume, "--classes", "3,5"), "last.pt", "--classes 3,5 differs from the run's (not set)")
+    assert_user_error(run_cli(*resume, "--val-split", "0.2"), "--val-split 0.2 differs from the run's 0.0")
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["state_dict"]["fc3.weight"] = torch.zeros(3, 84)
+    torch.save(state, out / "last.pt")
+    before["last.pt"] = (out / "last.pt").read_bytes()
+    assert_user_error(run_cli(*resume), "last.pt", "cannot resume: its weights do not fit",
+                      "size mismatch for fc3.weight", "torch.Size([3, 84])")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -35,20 +35,38 @@ def save_checkpoint(path, payload: dict) -> None:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load and validate a model: a convzoo checkpoint (.pt), a shipped .safetensors file, or a
     shipped pretrained name such as lenet5:mnist. Every failure is one CheckpointError line."""
-    path = pretrained.resolve(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint not found" if not path.exists() else "not a file", path)
+    path = model_file(path)
     if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):  # also one named .pt
         return load_safetensors(path)
+    return check_checkpoint(read_torch_file(path, map_location), path)
+
+
+def model_file(path) -> Path:
+    """`path` (or a NAME:DATASET's shipped file), checked to be a file."""
+    path = pretrained.resolve(path)
+    if path.name == "last.pt" and not path.exists() and (path.parent / "config.yaml").is_file():
+        # A run killed in its first epoch: `train --resume` (which reads last.pt) has nothing to continue.
+        raise CheckpointError("no checkpoint to resume from yet: the run in this folder stopped before writing "
+                              "last.pt (at the end of its first epoch, or every --save-every steps); start it over "
+                              "with --exist-ok", path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found" if not path.exists() else "not a file", path)
+    return path
+
+
+def read_torch_file(path: Path, map_location="cpu"):
+    """torch.load(weights_only=True) of a torch zip or pickle file; anything else, or a file that
+    needs arbitrary unpickling, is one CheckpointError line."""
     if path.suffix.lower() == ".onnx":  # torch would call its protobuf bytes an unsafe pickle
         raise CheckpointError("an ONNX file, not a checkpoint: eval, predict and serve take it with --model", path)
     if path.suffix.lower() == ".pt2":  # torch.export's archive: torch.load calls it corrupt
         raise CheckpointError("a torch.export archive (.pt2), which convzoo writes but does not run; pass the "
                               "checkpoint (.pt, .safetensors, NAME:DATASET) or its exported .onnx", path)
+    check_torch_signature(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's text is a paragraph about weights_only; what it refused follows "WeightsUnpickler error:".
         found = str(exc).partition("WeightsUnpickler error:")[2].strip()
@@ -59,15 +77,81 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             IndexError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError) as exc:
         # A damaged zip or pickle stream surfaces as almost any of these from inside torch.load.
         raise CheckpointError(f"truncated or corrupt checkpoint ({first_line(exc)})", path) from None
+
+
+# File signatures of what is often passed by mistake (an image as --model, arguments swapped).
+SIGNATURES = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+              (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+              (b"\x1f\x8b", "a gzip file"), (b"%PDF", "a PDF document"), (b"\x93NUMPY", "a NumPy .npy array"),
+              (b"\x89HDF", "an HDF5 file (a Keras .h5 model?)")]
+
+
+def check_torch_signature(path: Path) -> None:
+    """A torch checkpoint is a zip ('PK') or, in the legacy format, a pickle (0x80 and its protocol):
+    anything else is named here, before torch.load calls a PNG an unsafe pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return  # torch.load reports it
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return
+    kind = next((name for magic, name in SIGNATURES if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "a WebP image"
+    elif head[4:8] == b"ftyp":
+        kind = "an HEIC/AVIF image or a video"
+    elif not kind and len(head) > 2 and head[0] == 0x08 and 3 <= head[1] <= 20 and head[2] in (0x12, 0x3A):
+        kind = "an ONNX model (its name must end in .onnx; eval, predict and serve take it with --model)"
+    elif not head:
+        kind = "an empty file"
+    elif not kind:
+        kind = f"unrecognised format (it starts with bytes {head[:8].hex(' ')})"
+    raise CheckpointError(f"not a checkpoint or model: {kind}; expected a convzoo checkpoint (.pt), a .safetensors "
+                          "file, NAME:DATASET or an .onnx model", path)
+
+
+def check_checkpoint(ckpt, path) -> dict:
+    """A loaded .pt's contents checked as a convzoo checkpoint: format record, description, tensors."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record; "
-                              "plain state_dicts can be loaded with --restore)", path)
+        raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record); a plain "
+                              "state_dict can only initialise training, with train --restore", path)
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"convzoo checkpoint is missing {', '.join(missing)}", path)
     ckpt.update(check_model_meta(ckpt, path))
     check_state_dict(ckpt["state_dict"], path)
     return ckpt
+
+
+# Where other trainers keep the weights in their checkpoint dicts.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def load_weights(path) -> dict[str, torch.Tensor]:
+    """The tensors --restore starts from: a convzoo checkpoint or .safetensors (validated in full), or
+    another trainer's weights: a plain state_dict, a dict holding one under STATE_DICT_KEYS, or a
+    .safetensors file without convzoo's description. A 'module.' prefix (DataParallel/DDP) is dropped."""
+    path = model_file(path)
+    if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):
+        return load_safetensors(path, need_meta=False)["state_dict"]
+    obj = read_torch_file(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return check_checkpoint(obj, path)["state_dict"]
+    candidates = [obj] + ([obj.get(k) for k in STATE_DICT_KEYS] if isinstance(obj, dict) else [])
+    state = next((c for c in candidates if is_state_dict(c)), None)
+    if state is None:
+        raise CheckpointError("no weights found: expected a convzoo checkpoint, a state_dict (names to tensors) "
+                              f"or a dict holding one under {', '.join(map(repr, STATE_DICT_KEYS))}", path)
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_state_dict(state, path)
+    return state
+
+
+def is_state_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
 def looks_like_safetensors(path: Path) -> bool:
@@ -81,8 +165,9 @@ def looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100 << 20
 
 
-def load_safetensors(path: Path) -> dict:
-    """A checkpoint-like dict (model, classes, input spec, state_dict) from a convzoo .safetensors file."""
+def load_safetensors(path: Path, *, need_meta: bool = True) -> dict:
+    """A checkpoint-like dict (model, classes, input spec, state_dict) from a convzoo .safetensors file;
+    without `need_meta`, a file with no description gives just its state_dict."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -91,15 +176,19 @@ def load_safetensors(path: Path) -> dict:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"not a safetensors file ({first_line(exc)})", path) from None
-    if META_KEY not in meta:
+    if META_KEY not in meta and need_meta:
         raise CheckpointError(f"not a convzoo safetensors file (no {META_KEY!r} metadata entry)", path)
-    info = parse_json_meta(meta[META_KEY], path)  # checked before a single tensor is read
+    info = parse_json_meta(meta[META_KEY], path) if META_KEY in meta else {}  # checked before a tensor is read
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"corrupt safetensors file ({first_line(exc)})", path) from None
     check_state_dict(state, path)
     return {**info, "state_dict": state}
+
+
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COUNTERS = "num_batches_tracked"  # BatchNorm's step count, the zoo's only integer tensor
 
 
 def check_state_dict(state, path) -> None:
@@ -109,6 +198,10 @@ def check_state_dict(state, path) -> None:
     for name, tensor in state.items():  # one pass over the weights, far cheaper than reading them
         if tensor.is_complex():  # loading would drop the imaginary parts, with only a warning
             raise CheckpointError(f"tensor {name!r} is complex ({tensor.dtype}); weights must be real", path)
+        # Loading casts silently (uint16 weights predicted 0.1 for every class); float8 has no isfinite.
+        if tensor.dtype not in WEIGHT_DTYPES and not (tensor.dtype == torch.int64 and name.endswith(COUNTERS)):
+            raise CheckpointError(f"tensor {name!r} is {str(tensor.dtype).removeprefix('torch.')}; weights must be "
+                                  "float16, bfloat16, float32 or float64", path)
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
             raise CheckpointError(f"tensor {name!r} holds {kind} values (a diverged training run?); weights "
@@ -147,13 +240,18 @@ def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
         raise CheckpointError(f"input size {ckpt['input']['size']} does not match model {info.name!r} "
                               f"({info.input_size}x{info.input_size})", path)
     model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["input"]["channels"])
+    load_strict(model, ckpt["state_dict"], path, f"weights do not fit model {ckpt['model']!r}")
+    return model
+
+
+def load_strict(model: nn.Module, state: dict, path, what: str) -> None:
+    """model.load_state_dict(state), its failure one line: `what`, then the first tensor torch names."""
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:  # torch's first line only says "Error(s) in loading state_dict"; each problem follows
         problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [first_line(exc)]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"weights do not fit model {ckpt['model']!r}: {problems[0][:200]}{more}", path) from None
-    return model
+        raise CheckpointError(f"{what}: {problems[0][:200]}{more}", path) from None
 
 
 def check_model_name(ckpt: dict, expected: str, path) -> None:
@@ -164,7 +262,7 @@ def check_model_name(ckpt: dict, expected: str, path) -> None:
 def restore_weights(model: nn.Module, path, exclude: list[str] = ()) -> dict[str, list[str]]:
     """Load the tensors of `path` that match `model` by name and shape, except those matching an
     `exclude` glob (e.g. 'fc3.*'). Returns which were loaded, skipped (and why) and left new."""
-    source = load_checkpoint(path)["state_dict"]
+    source = load_weights(path)
     own = model.state_dict()
     report = {"loaded": [], "excluded": [], "shape_mismatch": [], "unused": [], "new": []}
     update = {}
@@ -178,6 +276,10 @@ def restore_weights(model: nn.Module, path, exclude: list[str] = ()) -> dict[str
         else:
             update[name] = tensor
             report["loaded"].append(name)
+    if not update:  # a run "restored" from nothing would silently train from scratch
+        skipped = (f"{len(report['shape_mismatch'])} of another shape, {len(report['excluded'])} excluded, "
+                   f"{len(report['unused'])} not in the model, e.g. {next(iter(source), '-')!r}")
+        raise CheckpointError(f"no tensor matches the model by name and shape ({skipped}); nothing to restore", path)
     report["new"] = [n for n in own if n not in update]
     model.load_state_dict(update, strict=False)
     return report

@@ -32,6 +32,9 @@ def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError("output folder is a file", path)
     if not resume and not exist_ok and (path / "config.yaml").exists():
+        if not (path / "last.pt").exists():  # stopped before its first checkpoint: nothing to --resume
+            raise ConfigError("output folder holds a run that saved no checkpoint (stopped in its first epoch?); "
+                              "pass --exist-ok to start it over, or another --output-dir", path)
         raise ConfigError("output folder already holds a run; pass --resume to continue it, --exist-ok to "
                           "overwrite it, or another --output-dir", path)
 

@@ -22,10 +22,12 @@ from ..data.catalog import FolderRule, get_spec
 from ..data.formats import split_fingerprint
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
-from ..errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, ConfigError, DataError, first_line
+from ..metadata import check_model_meta
 from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
-from .checkpoint import check_model_name, check_resume_state, freeze, load_checkpoint, restore_weights, save_checkpoint
+from .checkpoint import (check_model_name, check_resume_state, freeze, load_checkpoint, load_strict, restore_weights,
+                         save_checkpoint)
 from .evaluate import evaluate
 from .loggers import open_loggers
 from .lookahead import Lookahead
@@ -83,9 +85,13 @@ class TrainingRun:
             test_split = test_split.subset(slice(0, cfg.test_limit))
         train_split, val_split = split_validation(train_split, cfg.val_split)
         self.spec = spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+        if data_spec.folder:
+            check_class_names(train_split.classes, cfg.model, spec, located.root)
 
         self.model = model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
         check_fits(model, to_model_input(train_split.subset(slice(0, 2)).images, spec), cfg.model, data_spec.title)
+        if state is not None:  # here, before the run folder is touched: a mismatch changes nothing
+            load_strict(model, state["state_dict"], out / "last.pt", "cannot resume: its weights do not fit the model")
         if cfg.restore and not resume:
             report = restore_weights(model, cfg.restore, cfg.restore_exclude)
             notes.append((format_restore(report, cfg.restore), {"restore": report}))
@@ -347,9 +353,8 @@ class TrainingRun:
                 "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
 
     def _load_state(self, state: dict) -> None:
-        """Continue from last.pt: weights, optimizer, scaler, position, history and RNG."""
-        try:
-            self.model.load_state_dict(state["state_dict"])
+        """Continue from last.pt: optimizer, scaler, position, history and RNG."""
+        try:  # the weights were loaded in __init__, before the run folder was touched
             self.optimizer.load_state_dict(state["optimizer"])
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
@@ -467,6 +472,17 @@ def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: i
         step = (sub + 1) * natural
 
 
+def check_class_names(classes, model: str, spec: InputSpec, folder: Path) -> None:
+    """An image folder's class names by the rule every checkpoint is read with: a name that eval,
+    predict and --resume would refuse (over 200 characters) stops training before it starts."""
+    try:
+        check_model_meta({"model": model, "class_names": list(classes), "num_classes": len(classes),
+                          "input": spec.to_dict()}, None)
+    except CheckpointError as exc:
+        raise DataError(f"class folder names cannot be saved as the model's class names: {exc}; rename the "
+                        "folder", folder) from None
+
+
 def check_fits(model: nn.Module, x: torch.Tensor, name: str, data_title: str) -> None:
     """One forward pass on two real training inputs, before anything is written: a model that cannot
     take the data set's images (AlexNet's 32x32 RGB layers on 28x28 digits) is one line, not a crash
@@ -509,11 +525,20 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     if state["epoch"] >= cfg.epochs:
         raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
                               "schedule, or start a new run with --restore", path)
+    # classes and val_split change which images the model learns and is judged on (and classes its
+    # output layer): a run resumed with others would no longer be the run its history describes.
     for key in ("batch_size", "steps_per_epoch", "dataset", "seed", "image_size", "channels", "test_split",
-                "optimizer", "nesterov", "bias_lr_scale", "lookahead"):
+                "optimizer", "nesterov", "bias_lr_scale", "lookahead", "classes", "val_split"):
         if key in old and old[key] != getattr(cfg, key):
-            raise CheckpointError(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the run's {old[key]}; "
-                                  "resume needs the same setting", path)
+            raise CheckpointError(f"--{key.replace('_', '-')} {setting(getattr(cfg, key))} differs from the run's "
+                                  f"{setting(old[key])}; resume needs the same setting", path)
+
+
+def setting(value) -> str:
+    """A setting as it is written on the command line (--classes 3,5), or '(not set)'."""
+    if value is None:
+        return "(not set)"
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
