@@ -802,3 +802,68 @@ def test_non_finite_outputs_fail_only_their_own_request(tmp_path):
             r = client.post("/v1/predict", json={"images": [b64(blank)]})
             assert r.status_code == 200 and np.isfinite(r.json()["predictions"][0]["probability"]), r.text
     assert "Traceback" not in log.read_text() and "internal error" not in log.read_text(), log.read_text()
+
+
+# --- clients that go away, paths and form fields ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """The shipped LeNet-5 MNIST weights as an ONNX file: a server that needs no training to start."""
+    import convzoo
+
+    return convzoo.export("lenet5:mnist", tmp_path_factory.mktemp("pretrained") / "lenet5.onnx")["path"]
+
+
+def test_uploads_cut_off_mid_body_are_dropped_quietly(pretrained, tmp_path, monkeypatch):
+    """A client that closes its socket part-way through a multipart, JSON, octet-stream or image body is
+    dropped without a word in the log (multipart and JSON logged "ERROR: unexpected error in POST
+    /v1/predict" and a traceback ending in ClientDisconnect); a client that stalls still gets its 408,
+    and /healthz and predictions keep working."""
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "1")
+    log = tmp_path / "serve.log"
+    digit = png_bytes(mnist_test(1)[0][0, 0])
+    types = [b"multipart/form-data; boundary=XyZ", b"application/json", b"application/octet-stream", b"image/png"]
+    with serving(pretrained, log=log) as (url, _):
+        for ctype in types:
+            for sent in (b"", b"--XyZ\r\n" + b"x" * 100):  # the head only, or some of the body
+                with raw(url) as sock:
+                    sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype +
+                                 b"\r\nContent-Length: 5000\r\n\r\n" + sent)
+                    time.sleep(0.2)  # the server is reading the body when the client goes
+            assert httpx.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
+        with raw(url) as sock:  # a stalled multipart upload: still 408 JSON
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + types[0] +
+                         b"\r\nContent-Length: 5000\r\n\r\n--XyZ\r\n")
+            assert "no part of the request body" in json_error(read_all(sock), 408)
+        r = httpx.post(url + "/v1/predict", files={"file": ("seven.png", digit, "image/png")}, timeout=30)
+        assert r.status_code == 200 and r.json()["class"] == "7", r.text
+        time.sleep(0.5)  # anything the server would log about the aborted uploads is written by now
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text and "ClientDisconnect" not in text, text
+
+
+def test_trailing_slash_is_404_json_and_a_multipart_topk_field_counts(pretrained, tmp_path):
+    """`POST /v1/predict/` is a 404 JSON error naming the real paths (was a bodiless 307 that clients
+    do not follow with the body); a multipart form's `topk` field is used as `?topk=` is, and wins over
+    it as JSON's "topk" does (it was ignored)."""
+    digit = png_bytes(mnist_test(1)[0][0, 0])
+    upload = {"file": ("seven.png", digit, "image/png")}
+    with serving(pretrained, log=tmp_path / "serve.log") as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        for method, path, kwargs in (("POST", "/v1/predict/", dict(files=upload)),
+                                     ("POST", "/v1/predict/",
+                                      dict(content=digit, headers={"content-type": "image/png"})),
+                                     ("GET", "/healthz/", {}), ("GET", "/nope", {})):
+            r = client.request(method, path, **kwargs)
+            assert r.status_code == 404 and "/v1/predict (POST)" in r.json()["error"], (path, r.status_code, r.text)
+            assert client.get("/healthz").status_code == 200  # the connection stays usable
+        for query, field, count in (("", "5", 5), ("?topk=2", "7", 7), ("?topk=4", None, 4), ("", None, 3)):
+            data = {"topk": field} if field is not None else None
+            r = client.post("/v1/predict" + query, files=upload, data=data)
+            assert r.status_code == 200 and len(r.json()["topk"]) == count, (query, field, r.text)
+            assert r.json()["class"] == "7"
+        for field in ("abc", "0", "1001", "-1", ""):
+            r = client.post("/v1/predict", files=upload, data={"topk": field})
+            assert r.status_code == 422 and "topk must be an integer" in r.json()["error"], (field, r.text)
+        r = client.post("/v1/predict", files={**upload, "topk": ("k.txt", b"5", "text/plain")})
+        assert r.status_code == 422 and "'topk' must be a number, not a file" in r.json()["error"], r.text
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()

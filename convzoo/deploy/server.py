@@ -87,8 +87,10 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         yield
         batcher.close()
 
+    # redirect_slashes off: Starlette answered `POST /v1/predict/` with a bodiless 307 that clients do not
+    # follow with the body; now it is a 404 JSON error naming the real paths.
     app = FastAPI(title="convzoo", description=f"Predictions from {predictor.meta['model']} "
-                  f"({predictor.meta.get('dataset', '')})", version="1", lifespan=lifespan)
+                  f"({predictor.meta.get('dataset', '')})", version="1", lifespan=lifespan, redirect_slashes=False)
 
     async def predict_raw(body: bytes, topk_text: str) -> dict:
         """A raw image body (Content-Type image/*, the cheapest single-image request): its one result."""
@@ -109,7 +111,11 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
 
     @app.exception_handler(HTTPException)  # 404, 405, ...: the same {"error": ...} shape as ours
     async def http_error(request, exc: HTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = (f"no such path {request.url.path[:100]!r}; the paths are /v1/predict (POST), /v1/model, "
+                       "/healthz, /metrics, / (the page) and /docs")
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     # GET routes answer HEAD too (load balancers' health checks); uvicorn sends no body for HEAD.
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
@@ -135,13 +141,15 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
 
     @app.post("/v1/predict")
     async def predict(request: Request):
-        """A multipart upload (field `file`), a raw image body (Content-Type image/*), or
-        JSON {"images": [base64, ...], "topk": 3} for a batch; `?topk=` for the first two."""
+        """A multipart upload (field `file`, and optionally a `topk` field), a raw image body (Content-Type
+        image/*), or JSON {"images": [base64, ...], "topk": 3} for a batch; `?topk=` for each (a topk
+        in the body wins)."""
         body = await read_limited(request, max_upload)
         ctype = request.headers.get("content-type", "").lower()  # image/*: RawImageRoute answered it
         topk = parse_topk(request.query_params.get("topk", "3"))
         if ctype.startswith("multipart/form-data"):
-            images = await from_multipart(request, body)
+            images, form_topk = await from_multipart(request, body)
+            topk = topk if form_topk is None else parse_topk(form_topk)
         elif ctype.startswith("application/json"):
             images = None  # parsed with the batch: in a thread when large (a 5 MB body is not the event loop's work)
         elif ctype.split(";")[0].strip() in UNTYPED_BODIES:
@@ -223,6 +231,8 @@ class LastResort:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:  # the client closed the connection mid-upload: nobody to answer, no bug to log
+            return
         except Exception:
             log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
             if started:
@@ -479,7 +489,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return body
 
 
-async def from_multipart(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str, bytes]], str | None]:
+    """The uploaded files as (name, bytes), and the `topk` field's text (None without one)."""
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -489,11 +500,14 @@ async def from_multipart(request: Request, body: bytes) -> list[tuple[str, bytes
         raise RequestError(422, f"malformed multipart body ({str(getattr(exc, 'detail', exc))[:200]})") from None
     try:
         files = [((v.filename or k)[:100], await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+        topk = form.get("topk")
     finally:
         await form.close()
     if not files:
         raise RequestError(422, "no file in the multipart body (send the image in a field named 'file')")
-    return files
+    if topk is not None and not isinstance(topk, str):  # a file sent as `topk`
+        raise RequestError(422, "the multipart field 'topk' must be a number, not a file")
+    return files, topk
 
 
 def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
