@@ -278,6 +278,10 @@ def digit_runs(digit: np.ndarray, scale: float = 10):
             x += 1
 
 
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
 @pytest.mark.browser
 @pytest.mark.real_data
 def test_draw_digit_in_real_browser(server):
@@ -286,10 +290,8 @@ def test_draw_digit_in_real_browser(server):
     images, labels = mnist_test(3)
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=flags)
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_FLAGS)
         page = browser.new_page(viewport={"width": 900, "height": 600})
         page.goto(server + "/")
         predicted = []
@@ -307,6 +309,44 @@ def test_draw_digit_in_real_browser(server):
             page.screenshot(path=str(artifacts / f"draw-digit-{label}.png"))
         browser.close()
     assert predicted == [str(v) for v in labels]
+
+
+# Class names as a model file or an image folder's sub-folders may spell them: markup, entities, < and &.
+HTML_NAMES = ["zero", "R&D", "a<b", "<b>3</b>", "<script>window.pwned = 4</script>", "&amp;", "6 > 5",
+              "<img src=x onerror=\"document.title='XSS-'+document.domain; window.pwned = 7\">7",
+              "<svg onload=\"window.pwned = 8\">", "<i>9</i>"]
+
+
+@pytest.mark.browser
+@pytest.mark.real_data
+def test_class_names_show_as_text_in_real_browser(pretrained_onnx, tmp_path):
+    """The page shows class names from the model as text: markup in them is displayed, never run (the
+    top-k bars were built with innerHTML, and an <img onerror> class name retitled the page when a 7 was
+    uploaded); 'R&D' and 'a<b' read as written."""
+    from playwright.sync_api import sync_playwright
+
+    model = onnx.load(str(pretrained_onnx))
+    meta = json.loads(model.metadata_props[0].value)
+    meta["class_names"] = HTML_NAMES
+    model.metadata_props[0].value = json.dumps(meta)
+    onnx.save(model, str(tmp_path / "html.onnx"))
+    seven = digit_files(tmp_path / "digits", 1)[0]  # MNIST's first test digit, a 7
+    with serving(tmp_path / "html.onnx", log=tmp_path / "serve.log") as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_FLAGS)
+        page = browser.new_page()
+        page.goto(url + "/")
+        title = page.title()
+        page.wait_for_function("document.getElementById('model').textContent.includes('10 classes')")
+        page.set_input_files("#upload", str(seven))
+        page.wait_for_function("document.querySelectorAll('#bars .bar').length === 10")
+        page.wait_for_timeout(500)  # an <img src=x> would have failed to load and run its onerror by now
+        shown = page.locator("#bars .bar > span:first-child").all_text_contents()
+        prediction = page.locator("#prediction").text_content()
+        state = page.evaluate("[document.title, window.pwned, document.querySelectorAll('#bars *').length]")
+        browser.close()
+    assert prediction == HTML_NAMES[7] and shown[0] == HTML_NAMES[7], (prediction, shown)
+    assert sorted(shown) == sorted(HTML_NAMES), shown
+    assert state == [title, None, 10 * 5], state  # no script ran; each bar is its own 5 elements, no markup
 
 
 @pytest.mark.real_data
