@@ -630,6 +630,12 @@ def test_fixed_batch_onnx_predicts_any_number_of_images(pretrained_onnx, tmp_pat
     big = fixed_batch_onnx(tmp_path / "fixed1000.onnx", 1000)
     assert_user_error(run_cli("predict", "--model", big, digits[0]), "fixed1000.onnx",
                       "batch size is fixed at 1000", "convzoo export")
+    # convzoo's own fixed-batch export: batch 1, its parity check run one image at a time (was a traceback)
+    exported = json.loads(run_cli("export", "--ckpt", "lenet5:mnist", "--no-dynamic-batch", "--output",
+                                  tmp_path / "own-fixed.onnx", check=0).stdout)
+    assert exported["max_abs_diff"] <= 1e-4
+    assert onnx.load(str(tmp_path / "own-fixed.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    same(convzoo.predict(tmp_path / "own-fixed.onnx", digits, topk=10))
 
 
 # --- normalisation bounds --------------------------------------------------------------------------

@@ -144,10 +144,14 @@ def test_restore_from_other_trainers_weights(tmp_path):
     under 'state_dict' / 'model_state_dict' / 'model', DataParallel's 'module.' names and a .safetensors
     file without convzoo's description (all were refused as 'not a convzoo checkpoint'). Matching by
     name and shape and --restore-exclude apply as to convzoo's files; files with nothing to restore,
-    unusable tensors or code to unpickle are one line each, before any run folder is made."""
+    unusable tensors or code to unpickle are one line each, before any run folder is made. Each form
+    is read in this process; one goes through `convzoo train` end to end."""
     from safetensors.torch import load_file, save_file
 
+    from convzoo.engine.checkpoint import restore_weights
+    from convzoo.errors import CheckpointError
     from convzoo.models.pretrained import pretrained_path
+    from convzoo.models.registry import create_model
 
     source = load_file(pretrained_path("lenet5:mnist"))
     files = {"plain.pth": source, "wrapped.pt": {"state_dict": source, "epoch": 3},
@@ -156,22 +160,30 @@ def test_restore_from_other_trainers_weights(tmp_path):
     for name, obj in files.items():
         torch.save(obj, tmp_path / name)
     save_file(source, tmp_path / "plain.safetensors")
+    for name in [*files, "plain.safetensors"]:
+        model = create_model("lenet5", 10, 1)
+        restore = restore_weights(model, tmp_path / name, exclude=["fc3.*"])
+        assert len(restore["loaded"]) == 8 and restore["unused"] == [], (name, restore)
+        assert sorted(restore["excluded"]) == ["fc3.bias", "fc3.weight"], name
+        assert torch.equal(model.state_dict()["conv1.weight"], source["conv1.weight"]), name
+
     train = ["train", "--model", "lenet5", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--train-limit", "64",
              "--test-limit", "100", "--epochs", "1", "--threads", "1", "--freeze", "conv*", "--json"]
-    for name in [*files, "plain.safetensors"]:
-        exclude = ["--restore-exclude", "fc3.*"] if name == "ddp.pth" else []
-        proc = run_cli(*train, "--restore", tmp_path / name, *exclude, "--output-dir", tmp_path / f"run-{name}", check=0)
-        restore = next(e["restore"] for e in json_events(proc.stdout) if "restore" in e)
-        assert len(restore["loaded"]) == (8 if exclude else 10) and restore["unused"] == [], (name, restore)
-        assert sorted(restore["excluded"]) == (["fc3.bias", "fc3.weight"] if exclude else []), name
-        trained = torch.load(tmp_path / f"run-{name}" / "last.pt", weights_only=True)["state_dict"]
-        assert torch.equal(trained["conv1.weight"], source["conv1.weight"]), name  # restored, then frozen
+    proc = run_cli(*train, "--restore", tmp_path / "ddp.pth", "--output-dir", tmp_path / "run", check=0)
+    restore = next(e["restore"] for e in json_events(proc.stdout) if "restore" in e)
+    assert len(restore["loaded"]) == 10 and restore["unused"] == [], restore
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
+    assert torch.equal(trained["conv1.weight"], source["conv1.weight"])  # restored, then frozen
+
     torch.save({"net.conv1.weight": source["conv1.weight"]}, tmp_path / "other-names.pt")
     torch.save({**source, "fc1.weight": source["fc1.weight"].to(torch.float8_e4m3fn)}, tmp_path / "float8.pt")
     torch.save({"weights": source}, tmp_path / "elsewhere.pt")
     for name, fragments in (("other-names.pt", ["no tensor matches the model", "'net.conv1.weight'"]),
                             ("float8.pt", ["tensor 'fc1.weight' is float8_e4m3fn", "must be float16"]),
                             ("elsewhere.pt", ["no weights found", "'model_state_dict'"])):
-        assert_user_error(run_cli(*train, "--restore", tmp_path / name, "--output-dir", tmp_path / f"run-{name}"),
-                          str(tmp_path / name), *fragments)
-        assert not (tmp_path / f"run-{name}").exists()
+        with pytest.raises(CheckpointError) as caught:
+            restore_weights(create_model("lenet5", 10, 1), tmp_path / name)
+        assert all(f in str(caught.value) for f in fragments), (name, str(caught.value))
+    assert_user_error(run_cli(*train, "--restore", tmp_path / "float8.pt", "--output-dir", tmp_path / "run-float8"),
+                      str(tmp_path / "float8.pt"), "must be float16")
+    assert not (tmp_path / "run-float8").exists()

@@ -28,7 +28,8 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     spec = ckpt["input"]
-    example = torch.zeros(2, spec["channels"], spec["size"], spec["size"])
+    # A fixed batch is 1, what a graph without a batch dimension serves; 2 keeps a dynamic one symbolic.
+    example = torch.zeros(2 if dynamic_batch else 1, spec["channels"], spec["size"], spec["size"])
     samples = parity_samples(example.shape[1:])
     with torch.no_grad():
         expected = model(samples).numpy()
@@ -98,7 +99,12 @@ def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor
     if expected is None:
         with torch.no_grad():
             expected = model(x).numpy()
-    got = session_runner(ort_session(onnx_path))(x.numpy())
+    from .predict import in_fixed_batches
+
+    session = ort_session(onnx_path)
+    rows = session.get_inputs()[0].shape[0]  # a number when the batch is fixed (--no-dynamic-batch), else a name
+    run = session_runner(session)
+    got = (in_fixed_batches(run, rows) if isinstance(rows, int) and rows > 0 else run)(x.numpy())
     return float(np.abs(expected - got).max())
 
 
