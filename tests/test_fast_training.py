@@ -134,8 +134,7 @@ def test_airbench_recipe_learns_real_cifar10(tmp_path):
     """The airbench-cifar preset (at batch 256) on 2,048 real training images for 2 epochs (16 steps),
     scored with flip TTA on the first 1,000 test images: twice chance (10%) at least (a measured run:
     0.347; batch 512 on 3,072 images gave 0.346 in 1.3x the time, and 8 steps of 512 only 0.247).
-    Then the model goes through eval (which reads the TTA back), report, export to ONNX and predict,
-    as every zoo model."""
+    Then the model goes through eval (which reads the TTA back) and report."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
     run_cli("train", "--config", "airbench-cifar", "--data-path", CIFAR_DIR, "--train-limit", "2048", "--batch-size",
@@ -148,16 +147,5 @@ def test_airbench_recipe_learns_real_cifar10(tmp_path):
                    check=0)
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(accuracy, abs=1e-4)
     assert "| epoch | train loss" in run_cli("report", out, check=0).stdout
-    exported = json.loads(run_cli("export", "--ckpt", out / "best.pt", "--output", out / "m.onnx", check=0).stdout)
-    assert exported["max_abs_diff"] <= 1e-3
-    from PIL import Image
-
-    images, labels = cifar_test_images(200)
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    for i, image in enumerate(images.numpy()):
-        Image.fromarray(image.transpose(1, 2, 0)).save(shots / f"{i:03d}.png")
-    lines = run_cli("predict", "--model", out / "m.onnx", shots, "--json", check=0).stdout.splitlines()
-    names = ckpt["class_names"]
-    hits = sum(json.loads(line)["class"] == names[label] for line, label in zip(lines, labels.tolist()))
-    assert len(lines) == 200 and hits / 200 >= 0.15, hits  # no TTA here, 200 images: +-3 points
+    # Its export and ONNX scoring: the shipped airbench:cifar10 (test_reuse, test_quant); CIFAR images read from
+    # PNG files by predict: test_cifar's alexnet-cifar (the same preprocessing rule).
