@@ -19,7 +19,7 @@ from ..atomic import atomic_path, atomic_write_bytes, check_target, make_folder
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..errors import CheckpointError
 from ..metadata import META_KEY, deployment_metadata
-from .runtime import ort_session, session_runner
+from .runtime import in_fixed_batches, ort_session, session_runner
 
 
 def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True) -> dict:
@@ -99,8 +99,6 @@ def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor
     if expected is None:
         with torch.no_grad():
             expected = model(x).numpy()
-    from .predict import in_fixed_batches
-
     session = ort_session(onnx_path)
     rows = session.get_inputs()[0].shape[0]  # a number when the batch is fixed (--no-dynamic-batch), else a name
     run = session_runner(session)

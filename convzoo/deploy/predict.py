@@ -14,7 +14,7 @@ from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
 from .graph_limits import check_tensor_sizes
 from .preprocess import ImageError, load_image, to_array
-from .runtime import open_runner, ort_session, pick_runtime, run_batched, session_runner
+from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
 MAX_TOPK = 1000  # classes a result may list: the API, `predict --topk` and the server allow 1..this
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
@@ -186,21 +186,6 @@ def fixed_batch(graph_input) -> int | None:
     """The batch size an ONNX graph input is fixed at (its dimension 0 is a number), or None if it is dynamic."""
     dims = graph_input.type.tensor_type.shape.dim
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-
-
-def in_fixed_batches(run, rows: int):
-    """run for a graph that takes exactly `rows` images a call: any number of inputs run `rows` at a
-    time, the last group padded with zeros whose outputs are dropped."""
-    def fixed(x):
-        outputs = []
-        for start in range(0, len(x), rows):
-            part = x[start: start + rows]
-            if len(part) < rows:
-                part = np.concatenate([part, np.zeros((rows - len(part), *part.shape[1:]), part.dtype)])
-            outputs.append(run(part)[: len(x) - start])
-        return np.concatenate(outputs)
-
-    return fixed
 
 
 class NonFiniteOutput(ConfigError):

@@ -152,3 +152,20 @@ def run_batched(run, x, rows: int):
     import numpy as np
 
     return np.concatenate([run(x[i: i + rows]) for i in range(0, len(x), rows)])
+
+
+def in_fixed_batches(run, rows: int):
+    """run for a graph that takes exactly `rows` images a call: any number of inputs run `rows` at a
+    time, the last group padded with zeros whose outputs are dropped."""
+    import numpy as np
+
+    def fixed(x):
+        outputs = []
+        for start in range(0, len(x), rows):
+            part = x[start: start + rows]
+            if len(part) < rows:
+                part = np.concatenate([part, np.zeros((rows - len(part), *part.shape[1:]), part.dtype)])
+            outputs.append(run(part)[: len(x) - start])
+        return np.concatenate(outputs)
+
+    return fixed
