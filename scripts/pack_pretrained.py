@@ -17,6 +17,8 @@ from convzoo.engine.checkpoint import load_checkpoint
 from convzoo.metadata import META_KEY
 from convzoo.models.pretrained import INDEX, index, package_folder
 
+LIMIT = 1 << 20
+
 
 def pack(ckpt_path, name: str, recipe: str = "scripts/make_pretrained.sh") -> dict:
     ckpt = load_checkpoint(ckpt_path)
@@ -26,6 +28,9 @@ def pack(ckpt_path, name: str, recipe: str = "scripts/make_pretrained.sh") -> di
     out.parent.mkdir(exist_ok=True)
     state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
     save_file(state, str(out), metadata={META_KEY: json.dumps(info)})
+    if out.stat().st_size > LIMIT:  # the repository keeps no data file this large (airbench's are 7.5 MiB)
+        out.unlink()
+        sys.exit(f"{ckpt_path}: {name}'s weights are over {LIMIT >> 20} MiB; not packed (use the checkpoint itself)")
     accuracy = evaluate_model_file(out, threads=1).accuracy
     entries = index()
     entries[name] = {"file": out.name, "model": info["model"], "dataset": info["dataset"], "accuracy": accuracy,

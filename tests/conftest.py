@@ -176,6 +176,24 @@ def mnist_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def airbench_run(tmp_path_factory):
+    """The airbench-cifar preset (at batch 256) trained once per test session on 2,048 real CIFAR-10
+    training images for 2 epochs (16 steps), scored with flip TTA on the first 1,000 test images
+    (measured: 0.347). The recipe's test reads it; the CIFAR int8 test quantizes it (no trained CIFAR
+    weights are shipped: 7.5 MiB)."""
+    folder, lock = shared_across_workers(tmp_path_factory, "airbench")
+    out = folder / "run"
+    with lock:
+        if not (folder / "trained").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            run_cli("train", "--config", "airbench-cifar", "--data-path", need(CIFAR_DIR), "--train-limit", "2048",
+                    "--batch-size", "256", "--epochs", "2", "--tta", "flip", "--test-limit", "1000", "--output-dir",
+                    out, "--quiet", check=0)
+            (folder / "trained").touch()
+    return out
+
+
+@pytest.fixture(scope="session")
 def mnist_onnx(mnist_run, tmp_path_factory):
     _, lock = shared_across_workers(tmp_path_factory, "mnist")
     out = mnist_run / "model.onnx"
