@@ -194,9 +194,13 @@ class Model:
 
 def _resolve(path_or_name) -> Path:
     """NAME:DATASET -> the shipped weights file (verified); a path as is."""
+    import os
+
     from .models.pretrained import resolve
 
-    return Path(resolve(str(path_or_name)))
+    if not isinstance(path_or_name, (str, os.PathLike)) or not str(path_or_name):
+        raise ConfigError(f"model must be a file path or a NAME:DATASET name, got {_shown(path_or_name)}")
+    return Path(resolve(os.fspath(path_or_name)))
 
 
 def _decoded(images) -> list:

@@ -315,6 +315,8 @@ def test_weights_must_be_float16_to_float64(tmp_path, capsys):
 
 
 def test_an_image_or_other_file_given_as_the_model(tmp_path, capsys):
+    import convzoo
+
     """Swapped arguments (`predict --model digit.png x.png`) said 'refused to load: the file needs
     arbitrary unpickling, which could run code (Unsupported operand 80)': the file's kind is named now."""
     digit = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
@@ -328,3 +330,12 @@ def test_an_image_or_other_file_given_as_the_model(tmp_path, capsys):
     cli_error(capsys, "eval", "--ckpt", png, fragments=("digit.png", "a PNG image"))
     cli_error(capsys, "export", "--ckpt", png, "--output", tmp_path / "m.onnx", fragments=("digit.png", "a PNG image"))
     cli_error(capsys, "eval", "--ckpt", tmp_path / "notes.pt", fragments=("notes.pt", "unrecognised format"))
+    # a folder or a pipe is named as such (it was "model file not found", which the user could see was wrong)
+    (tmp_path / "run.onnx").mkdir()
+    os.mkfifo(tmp_path / "pipe.pt")
+    for path in (tmp_path / "run.onnx", tmp_path / "pipe.pt"):
+        cli_error(capsys, "predict", "--model", path, png, fragments=(path.name, "not a regular file (a folder"))
+    cli_error(capsys, "eval", "--ckpt", tmp_path, fragments=(str(tmp_path), "not a regular file (a folder"))
+    for bad in (None, 3, b"lenet5:mnist", ""):  # the API: a named ConfigError, not 'None: checkpoint not found'
+        with pytest.raises(convzoo.ConfigError, match="^model must be a file path or a NAME:DATASET name, got "):
+            convzoo.load(bad)

@@ -65,7 +65,8 @@ class Predictor:
         import onnx
 
         if not self.onnx_path.is_file():
-            raise ConfigError("model file not found", self.path)
+            raise ConfigError("model file not found" if not self.onnx_path.exists() else "not a regular file "
+                              "(a folder, device or pipe); give the model file itself", self.path)
         try:
             graph = onnx.load(str(self.onnx_path), load_external_data=False)
             check_external_data(graph, self.onnx_path)

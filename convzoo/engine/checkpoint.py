@@ -50,7 +50,8 @@ def model_file(path) -> Path:
                               "last.pt (at the end of its first epoch, or every --save-every steps); start it over "
                               "with --exist-ok", path)
     if not path.is_file():
-        raise CheckpointError("checkpoint not found" if not path.exists() else "not a file", path)
+        raise CheckpointError("checkpoint not found" if not path.exists() else "not a regular file (a folder, "
+                              "device or pipe); give the checkpoint file itself", path)
     return path
 
 
