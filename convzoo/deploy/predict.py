@@ -257,7 +257,7 @@ def expand_image_paths(paths) -> list[Path]:
             if not found:
                 raise ImageError(f"folder holds no image files ({' '.join(image_suffixes())})", path)
             files += found
-        elif not path.exists() and any(ch in str(path) for ch in "*?["):
+        elif not path.exists() and is_pattern(str(path)):
             found = glob_files(path)
             if not found:
                 raise ImageError("no files match this pattern", path)
@@ -269,12 +269,16 @@ def expand_image_paths(paths) -> list[Path]:
     return files
 
 
+def is_pattern(text: str) -> bool:
+    return any(ch in text for ch in "*?[")  # glob's wildcards
+
+
 def glob_files(pattern: Path) -> list[Path]:
     """The regular files matching `pattern`, by pathlib's glob: its `**` does not descend into
     symlinked folders, as folder arguments do not (glob.glob's does: a link to a parent folder made
     `'shots/**/x.png'` run forever)."""
     parts = pattern.parts
-    first = next(k for k, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    first = next(k for k, part in enumerate(parts) if is_pattern(part))
     root = Path(*parts[:first]) if first else Path(".")
     # Hidden files and folders match only a pattern that names them (the shell's and glob.glob's rule).
     hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in parts[first:])
