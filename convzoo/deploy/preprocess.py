@@ -53,9 +53,13 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     with even_light, a photo of paper has its lighting evened out first (even_lighting).
     (np.maximum/np.minimum, not np.clip: the same values, a fraction of the call cost, which is
     most of a served request's CPU for a 28x28 digit.)"""
-    border = np.sort(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
-    half = len(border) // 2  # the median (np.median's value; its call costs as much as the rest together)
-    background = float(border[half] if len(border) % 2 else (border[half - 1] + border[half]) / 2)
+    background = edge_brightness(grey)
+    step = max(1, max(grey.shape) // 64)
+    bulk = grey[::step, ::step]
+    light = np.count_nonzero(bulk > 127) * 2 > bulk.size  # the median's side of 127, without its sort
+    if (background > 127) != light:  # edges unlike the bulk: a frame, perhaps
+        grey = without_frame(grey, light)
+        background = edge_brightness(grey)
     if (even_light and max(grey.shape) > EVEN_LIGHTING_ABOVE
             and max(background, float(np.median(grey[::4, ::4]))) > 127):
         # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
@@ -89,6 +93,35 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         left = min(max(round(14 - cx), 0), 28 - nw)
     canvas[top: top + nh, left: left + nw] = small
     return canvas
+
+
+def edge_brightness(grey: np.ndarray) -> float:
+    border = np.sort(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    half = len(border) // 2  # the median (np.median's value; its call costs as much as the rest together)
+    return float(border[half] if len(border) % 2 else (border[half - 1] + border[half]) / 2)
+
+
+def without_frame(grey: np.ndarray, light: bool) -> np.ndarray:
+    """The image without a frame round it: edge lines nearly all of the other brightness than the image's
+    bulk (light: the bulk's), such as a drawing program's white canvas edge round a white-on-black digit
+    or a scanner's dark edge round paper, up to 1/20 of the side from each edge. Read as background, a
+    frame inverted the digit."""
+    h, w = grey.shape
+    limit = min(h, w) // 20
+
+    def frame(line) -> bool:
+        return np.count_nonzero((line > 127) != light) > 0.9 * len(line)
+
+    top, bottom, left, right = 0, h, 0, w
+    while top < limit and frame(grey[top, left:right]):
+        top += 1
+    while h - bottom < limit and frame(grey[bottom - 1, left:right]):
+        bottom -= 1
+    while left < limit and frame(grey[top:bottom, left]):
+        left += 1
+    while w - right < limit and frame(grey[top:bottom, right - 1]):
+        right -= 1
+    return grey[top:bottom, left:right]
 
 
 EVEN_LIGHTING_ABOVE = 64  # px: a larger image of paper is a photo or scan, whose lighting may be uneven
