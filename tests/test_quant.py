@@ -148,6 +148,9 @@ def test_airbench_qat_int8_on_real_cifar10(airbench_run, tmp_path):
     quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     floats = [n for n in graph.node if n.op_type in ("Gelu", "Erf", "Div", "BatchNormalization")]
     assert floats and not any(set(n.input) & quantized for n in floats)  # fed float, not dequantized int8
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    norms = [n for n in graph.node if n.op_type == "BatchNormalization"]
+    assert len(norms) == 3 and not any(producer.get(n.input[0]) == "Conv" for n in norms)  # the other 3 folded
 
     x = to_model_input(test.images[:1000], spec)
     labels = test.labels[:1000].numpy()
