@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import http.client
 import io
 import json
@@ -110,6 +111,12 @@ def bad_requests(digit: bytes) -> list[tuple[str, dict, int]]:
         ("JSON no images", {"json": {"images": []}}, 422),
         ("JSON 65 images", {"json": {"images": [b64(digit)] * 65}}, 422),
         ("bad base64", {"json": {"images": ["@@@"]}}, 422),
+        # a compressed body is not read as a corrupt image, nor a gzip header ignored (both were)
+        ("gzipped raw PNG", {"content": gzip.compress(digit), "headers": {"content-type": "image/png",
+                                                                         "content-encoding": "gzip"}}, 415),
+        ("raw PNG said to be br", {**raw, "headers": {**raw["headers"], "content-encoding": "br"}}, 415),
+        ("gzipped JSON", {"content": gzip.compress(b'{"images": []}'), "headers": {
+            "content-type": "application/json", "content-encoding": "gzip"}}, 415),
         ("multipart without a file", {"content": b'--x\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--x--\r\n',
                                       "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
         ("malformed multipart", {"content": b"--x\r\nnonsense", "headers": {
@@ -150,6 +157,12 @@ def test_every_bad_request_gets_its_4xx_json_and_keeps_the_connection(served, di
             assert r.status_code == 200 and len(r.json()["topk"]) == 3, (name, r.text[:300])
         r = client.post("/v1/predict", json={"images": [b64(digit)], "topk": 1000})  # clamped to the 10 classes
         assert len(r.json()["predictions"][0]["topk"]) == 10 and r.json()["predictions"][0]["class"] == label
+        # MIME base64 (`base64 digit.png`: a line break every 76 characters) was a 422
+        r = client.post("/v1/predict", json={"images": [base64.encodebytes(digit).decode()]})
+        assert r.status_code == 200 and r.json()["predictions"][0]["class"] == label, r.text[:300]
+        r = client.post("/v1/predict", content=digit, headers={"content-type": "image/png",
+                                                               "content-encoding": "identity"})
+        assert r.status_code == 200 and r.json()["class"] == label
     # One keep-alive connection answers them all: no answer closed it (uvicorn closes after a crash).
     target = urlsplit(url)
     conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)

@@ -145,6 +145,7 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         image/*), or JSON {"images": [base64, ...], "topk": 3} for a batch; `?topk=` for each (a topk
         in the body wins)."""
         body = await read_limited(request, max_upload)
+        check_encoding(request.headers.get("content-encoding", ""))
         ctype = request.headers.get("content-type", "").lower()  # image/*: RawImageRoute answered it
         topk = parse_topk(request.query_params.get("topk", "3"))
         if ctype.startswith("multipart/form-data"):
@@ -170,6 +171,13 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         return JSONResponse(results[0] if len(results) == 1 and images is not None else {"predictions": results})
 
     return app
+
+
+def check_encoding(encoding: str) -> None:
+    """A compressed body would be read as a corrupt image (a gzipped PNG: '415 not an image'), and an
+    uncompressed one sent with a gzip header served as if the header were not there."""
+    if encoding.strip().lower() not in ("", "identity"):
+        raise RequestError(415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed")
 
 
 def wrong_type(ctype: str) -> str:
@@ -205,6 +213,7 @@ class RawImageRoute:
             body = await read_body(receive, headers.get(b"content-length", b"").decode("latin-1"), self.max_upload)
             if body is None:  # the client went away
                 return
+            check_encoding(headers.get(b"content-encoding", b"").decode("latin-1"))
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
             response = JSONResponse(await self.handle(body, query.get("topk", "3")))
         except (RequestError, ImageError) as exc:
@@ -527,6 +536,8 @@ def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
     for i, text in enumerate(encoded):
         if text.startswith("data:"):
             text = text.split(",", 1)[-1]
+        if any(c in text for c in "\n\r \t"):  # MIME base64 (the `base64` tool's default) breaks lines every 76
+            text = "".join(text.split())
         try:
             images.append((f"images[{i}]", base64.b64decode(text, validate=True)))
         except (binascii.Error, ValueError):
