@@ -82,3 +82,38 @@ def test_digits_inside_a_frame(tmp_path, kind):
     results = Predictor(pretrained_path("lenet5:mnist")).predict_files([str(f) for f in files], topk=1)
     read = [int(r["class"]) for r in results]
     assert sum(r == int(t) for r, t in zip(read, labels)) >= 9, (read, labels.tolist())
+
+
+@pytest.mark.real_data
+def test_a_blank_image_is_flagged_not_read_as_a_digit(tmp_path):
+    """An image with no ink (white or black, a JPEG of a blank page, paper with sensor noise) got a
+    confident "1 (0.8062)" and nothing else: its result now says "blank", in the CLI's line, its JSON and
+    the API; a real digit's does not."""
+    import json
+
+    import convzoo
+    from conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    Image.new("L", (280, 280), 255).save(tmp_path / "white.png")
+    Image.new("L", (280, 280), 0).save(tmp_path / "black.png")
+    Image.new("L", (400, 300), 240).save(tmp_path / "page.jpg", quality=60)
+    Image.fromarray((200 + rng.integers(0, 5, (120, 120))).astype(np.uint8)).save(tmp_path / "noise.png")
+    digit = formats_digit()
+    Image.fromarray(255 - digit).resize((140, 140)).save(tmp_path / "seven.png")
+    blank = ["white.png", "black.png", "page.jpg", "noise.png"]
+    proc = run_cli("predict", "--model", "lenet5:mnist", *(tmp_path / n for n in blank + ["seven.png"]), check=0)
+    lines = proc.stdout.splitlines()
+    assert all(line.endswith("(blank image: nothing to read)") for line in lines[:4]), lines
+    assert not lines[4].endswith("read)") and lines[4].split(": ")[1].startswith("7 "), lines
+    proc = run_cli("predict", "--model", "lenet5:mnist", "--json", tmp_path / "white.png", tmp_path / "seven.png",
+                   check=0)
+    assert [json.loads(line).get("blank", False) for line in proc.stdout.splitlines()] == [True, False]
+    results = convzoo.predict("lenet5:mnist", [np.zeros((28, 28), np.uint8), digit])
+    assert [r.get("blank", False) for r in results] == [True, False]
+
+
+def formats_digit() -> np.ndarray:
+    from convzoo.data import formats
+
+    return formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]  # a 7

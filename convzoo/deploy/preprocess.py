@@ -69,7 +69,7 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         grey, background = 255 - grey, 255 - background
     ink = np.maximum(grey - background, 0)
     peak = ink.max()
-    if peak <= 0:
+    if peak < FAINTEST_INK:  # blank (or a JPEG's noise on blank paper, which scaled up would be read as ink)
         return np.zeros((28, 28), np.float32)
     ink = ink / peak * 255
     strong = ink > 0.25 * 255
@@ -124,6 +124,7 @@ def without_frame(grey: np.ndarray, light: bool) -> np.ndarray:
     return grey[top:bottom, left:right]
 
 
+FAINTEST_INK = 8  # grey levels from the background: below, an image holds no ink and is read as blank
 EVEN_LIGHTING_ABOVE = 64  # px: a larger image of paper is a photo or scan, whose lighting may be uneven
 LIGHTING_FIT_SIDE = 64  # px: lighting varies slowly, so it is fitted on a copy at most this wide
 LIGHTING_DEGREE = 3  # of the polynomial surface in x and y: a vignette, a shadow's gradient
