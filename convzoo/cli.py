@@ -379,6 +379,7 @@ def cmd_predict(args) -> int:
         else:
             others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
             line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")
+            line += "  (blank image: nothing to read)" if r.get("blank") else ""
             print(printable(line))  # a file or class name with a newline stays on its line
     return 0
 

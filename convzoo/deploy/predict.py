@@ -140,9 +140,12 @@ class Predictor:
         k = min(topk, probs.shape[1])
         order = np.argsort(-probs, axis=1)[:, :k]  # one call for the batch, plain Python numbers out
         chances, classes, results = np.take_along_axis(probs, order, 1).tolist(), self.classes, []
-        for indices, row, ok in zip(order.tolist(), chances, finite.tolist()):
+        flat = batch.reshape(len(batch), -1)
+        blank = (flat.max(1) == flat.min(1)).tolist()  # nothing to see: the answer is the model's guess for nothing
+        for indices, row, ok, empty in zip(order.tolist(), chances, finite.tolist(), blank):
             top = [{"class": classes[i], "index": i, "probability": p} for i, p in zip(indices, row)]
-            results.append({**top[0], "topk": top} if ok else None)
+            results.append(None if not ok else {**top[0], "topk": top, "blank": True} if empty else
+                           {**top[0], "topk": top})
         return results
 
     def predict_files(self, paths, topk: int = 3) -> list[dict]:

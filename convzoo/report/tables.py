@@ -18,7 +18,7 @@ def load_run(folder) -> dict:
         raise ConfigError("not a run directory (no metrics.csv)", folder)
     config = read_config(folder)
     history = read_metrics(folder)
-    key = "val_acc" if history[-1].get("val_acc") is not None else "test_acc"
+    key = "val_acc" if any(h.get("val_acc") is not None for h in history) else "test_acc"
     scored = [h for h in history if h[key] is not None]
     if not scored:
         raise ConfigError("run has no evaluated epoch yet", folder)
@@ -77,7 +77,7 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
         settings = ", ".join(f"{shown(k)}={shown(v)}" for k, v in run["config"].items() if v not in (None, [], ""))
         text = (f"# Run {shown(run['name'])}\n\n{settings}\n\n"
                 f"Best {run['select'].replace('_', ' ')} at epoch {int(run['best']['epoch'])}: "
-                f"test accuracy {run['best']['test_acc']:.4f}; last epoch: {run['last']['test_acc']:.4f}; "
+                f"test accuracy {fmt(run['best']['test_acc'])}; last epoch: {fmt(run['last']['test_acc'])}; "
                 f"training time {run['time_s']:.0f} s.\n\n{epoch_table(run)}\n\n![curves]({rel(curves, out)})\n")
         images = [curves]
     else:
