@@ -114,6 +114,19 @@ def test_report_on_damaged_metrics(tmp_path, content, fragment):
     assert_user_error(run_cli("report", tmp_path / "run"), "metrics.csv", fragment)
 
 
+def test_report_on_a_run_whose_last_epoch_is_not_scored(tmp_path):
+    """--eval-every 2 stopped after epoch 3 (or `report` while it trains): the last row has no accuracy,
+    which crashed the report (TypeError formatting None); and the best epoch is chosen by val_acc when any
+    epoch has one, not only when the last has."""
+    from convzoo.cli import main
+
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    write_run(tmp_path / "run", header + b"1,0.9,0.6,,,0.1,3,100\n2,0.5,0.8,0.81,0.8,0.1,3,100\n3,0.4,0.85,,,0.1,3,100\n")
+    assert main(["report", str(tmp_path / "run")]) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Best val acc at epoch 2: test accuracy 0.8000; last epoch: -;" in report, report
+
+
 def test_report_on_hostile_config_yaml(tmp_path, capsys):
     """A 464-byte alias bomb hung `report` with memory growing without end; a value holding a newline
     added a heading of its own to report.md."""
