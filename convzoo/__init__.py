@@ -54,6 +54,9 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     for key in [*(config if isinstance(config, dict) else ()), *flags]:  # a dict's keys are flags too
         if key not in fields:
             raise unknown("train option", str(key), fields)
+    flags = {k: _plain(v) for k, v in flags.items()}
+    if isinstance(config, dict):
+        config = {k: _plain(v) for k, v in config.items()}
     if isinstance(config, TrainConfig):
         cfg = build_config(None, flags, base=config.to_dict(), base_source="the given TrainConfig")
     elif isinstance(config, dict):
@@ -207,6 +210,7 @@ def _decoded(images) -> list:
     """(name, PIL image, is_file) for paths, folders, patterns, PIL images and numpy arrays."""
     from PIL import Image
 
+    from .data.images import orient
     from .deploy.predict import expand_image_paths
     from .deploy.preprocess import ImageError, load_image, read_pixels
 
@@ -220,7 +224,9 @@ def _decoded(images) -> list:
             if 0 in item.size:  # as a file's image is refused (data/images.py open_image)
                 raise ImageError("image is {}x{}: no pixels".format(*item.size), f"image[{i}]")
             _check_pixels(item.size[1], item.size[0], f"image[{i}]")  # from the header, before reading pixels
-            out.append((f"image[{i}]", read_pixels(item, f"image[{i}]"), False))
+            # Upright by its EXIF orientation, as a file given by path is (load_image): a phone photo
+            # opened with Image.open is stored sideways.
+            out.append((f"image[{i}]", orient(read_pixels(item, f"image[{i}]"), f"image[{i}]"), False))
         elif type(item).__module__ == "numpy":
             out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))
         else:
@@ -275,6 +281,27 @@ def _integer(name: str, value, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
         raise ConfigError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
     return int(value)
+
+
+def _plain(value):
+    """A train() argument as the other API functions take it: a path-like object (pathlib.Path) as its
+    str, numpy scalars as Python's int, float or bool (lists item by item); anything else as given, for
+    TrainConfig's checks to accept or refuse."""
+    import numbers
+    import os
+
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if value.dtype == bool:
+            return bool(value)
+    return value
 
 
 def _boolean(name: str, value) -> bool:

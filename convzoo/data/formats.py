@@ -542,10 +542,8 @@ def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
     (a FIFO or device named *.png would block or never end when read, a broken link fails)."""
     suffixes = set(image_files.image_suffixes())
     found = []
-    if folder.is_dir():
-        for here, dirs, names in os.walk(folder):  # does not descend into linked folders
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found += [Path(here, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
+    if folder.is_dir():  # walk_files: no recursion (a deep tree), linked folders not entered
+        found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes]
     found = sorted(f for f in found if inside(f, root) and f.is_file())  # is_file: regular, links followed
     if not found and required:
         raise DataError(f"no image files ({' '.join(sorted(suffixes))})", folder)
@@ -560,7 +558,7 @@ def inside(path: Path, root: Path) -> bool:
     """Does `path`, links resolved, stay inside `root`?"""
     try:
         return path.resolve().is_relative_to(root.resolve())
-    except OSError:  # a link loop
+    except (OSError, RuntimeError):  # a link loop: Python 3.11's resolve() raises RuntimeError for it
         return False
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import stat
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -115,12 +116,11 @@ def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
         # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
         image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
         image.load()
-        image = ImageOps.exif_transpose(image)
     except MemoryError:
         raise
-    except Exception as exc:  # as above: truncated data and broken EXIF fail in format-specific ways
+    except Exception as exc:  # as above: truncated data fails in format-specific ways
         raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})", name) from None
-    return standard_mode(image, name)
+    return standard_mode(orient(image, name), name)
 
 
 CONVERT = {"1": "L", "La": "LA", "P": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB",
@@ -196,6 +196,40 @@ def image_suffixes() -> list[str]:
     formats = readable_formats()
     readable = {ext for ext, fmt in Image.EXTENSION.items() if fmt in formats}
     return [ext for ext in PHOTO_SUFFIXES if ext in readable]
+
+
+def walk_files(folder, error=ImageError, hidden: bool = False) -> list[Path]:
+    """Every entry under `folder` that is not a folder (files, links to files, broken links), sub-folders
+    included, hidden names skipped unless `hidden`; linked folders are not entered, as with os.walk.
+    Walked with a stack, not recursion: os.walk and Path.rglob recurse once per level, and a tree
+    ~1,000 levels deep (a runaway script, a recursive backup) raised RecursionError. A folder that
+    cannot be listed (no permission, a path longer than the system allows) is `error` naming it."""
+    found, stack = [], [str(folder)]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") and not hidden:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        found.append(Path(entry.path))
+        except OSError as exc:
+            raise error(f"cannot read folder: {exc.strerror or exc}", here) from None
+    return found
+
+
+def orient(image: Image.Image, name: str = "image") -> Image.Image:
+    """`image` turned upright by its EXIF orientation (as phones save photos), for files and callers'
+    PIL images alike, so both predict the same."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # broken EXIF fails in format-specific ways
+        raise ImageError(f"corrupt EXIF orientation ({exc or type(exc).__name__})", name) from None
 
 
 def to_pixels(image: Image.Image, side: int, channels: int) -> np.ndarray:

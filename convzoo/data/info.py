@@ -31,6 +31,13 @@ def save_samples(located: Located, count: int, folder: Path) -> int:
     return 0
 
 
+def class_label(name: str) -> str:
+    """A class name as listed: quoted (repr) when it holds the list's separator, a quote, surrounding
+    spaces or anything unprintable (a newline), so 'a,b' is one class, not two; plain otherwise."""
+    plain = name and name.isprintable() and name == name.strip() and not any(c in name for c in ",'\"")
+    return name if plain else repr(name)
+
+
 def print_info(located: Located, as_json: bool) -> int:
     spec = located.spec
     splits = {s: read_split(located, s) for s in ("train", "test")}
@@ -57,7 +64,7 @@ def print_info(located: Located, as_json: bool) -> int:
     for s, n in info["counts"].items():
         official = f" (official: {spec.sizes[s]:,})" if s in spec.sizes else ""
         print(f"  {s:<12} {n:,} images{official}; per class {info['class_counts'][s]}")
-    print(f"  classes      {', '.join(classes)}")
+    print(f"  classes      {', '.join(map(class_label, classes))}")
     if spec.mean:
         print(f"  mean / std   {spec.mean} / {spec.std}")
     for c in located.checks:

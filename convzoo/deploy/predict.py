@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..data.images import image_suffixes
+from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
 from .graph_limits import check_tensor_sizes
@@ -253,10 +254,12 @@ def expand_image_paths(paths) -> list[Path]:
     ones and non-regular files skipped); a pattern such as 'shots/*.jpg' (quoted, so the shell leaves
     it) -> its matching regular files."""
     files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in image_suffixes()
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    for given in paths:
+        if isinstance(given, str) and not given:  # Path("") is ".": an unset shell variable would predict every image here
+            raise ImageError("empty image path", "''")
+        path = Path(given)
+        if path.is_dir():  # walk_files: no recursion (a deep tree), hidden names and linked folders skipped
+            found = sorted(f for f in walk_files(path) if f.suffix.lower() in image_suffixes() and f.is_file())
             if not found:
                 raise ImageError(f"folder holds no image files ({' '.join(image_suffixes())})", path)
             files += found
@@ -285,12 +288,33 @@ def glob_files(pattern: Path) -> list[Path]:
     root = Path(*parts[:first]) if first else Path(".")
     # Hidden files and folders match only a pattern that names them (the shell's and glob.glob's rule).
     hidden_ok = any(part.startswith(".") and part not in (".", "..") for part in parts[first:])
-    try:
-        found = list(root.glob(str(Path(*parts[first:]))))
-    except ValueError as exc:  # pathlib: "'**' can only be an entire path component"
-        raise ImageError(f"invalid pattern ({exc})", pattern) from None
+    rest = parts[first:]
+    if any("**" in part and part != "**" for part in rest):
+        raise ImageError("invalid pattern ('**' can only be an entire path component)", pattern)
+    if "**" in rest:  # pathlib's '**' recurses once per folder level: a deep tree raised RecursionError
+        found = [f for f in walk_files(root, hidden=hidden_ok) if match_parts(f.relative_to(root).parts, rest)]
+    else:
+        found = list(root.glob(str(Path(*rest))))
     return sorted(p for p in found
                   if p.is_file() and (hidden_ok or not any(q.startswith(".") for q in p.relative_to(root).parts)))
+
+
+def match_parts(parts: tuple, pattern: tuple) -> bool:
+    """Does a file's path (its parts) match a glob's parts, '**' standing for any number of folders
+    (none included) but never the file itself? Case-sensitive, as pathlib's glob; no recursion: it
+    follows the set of pattern positions reached so far."""
+    states = {0}
+    for i, name in enumerate(parts):
+        reached = set()
+        for k in states:  # a '**' may match no folder: the positions after it are reached too
+            reached.add(k)
+            while k < len(pattern) and pattern[k] == "**":
+                k += 1
+                reached.add(k)
+        folder = i < len(parts) - 1
+        states = {k if pattern[k] == "**" else k + 1 for k in reached if k < len(pattern)
+                  and (folder if pattern[k] == "**" else fnmatch.fnmatchcase(name, pattern[k]))}
+    return len(pattern) in states
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
