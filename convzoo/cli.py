@@ -34,9 +34,10 @@ def main(argv=None) -> int:
         print(f"convzoo: error: this command needs the training packages (no module named {exc.name!r}); "
               "install them with: pip install 'convzoo[train]'", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("convzoo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # train's Terminated (a SIGTERM it saved last.pt for) carries signum 15
+        signum = int(getattr(exc, "signum", 2))
+        print(f"convzoo: {'terminated' if signum == 15 else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -275,7 +276,6 @@ def resumed_config(args) -> tuple[dict, str]:
 
 
 def cmd_eval(args) -> int:
-    from .atomic import check_target
     from .engine.evaluate import evaluate_checkpoint
     from .engine.runtime import configure_threads, default_threads
     from .errors import ConfigError
@@ -289,9 +289,13 @@ def cmd_eval(args) -> int:
     # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
                                    if args.ckpt and Path(args.ckpt).is_file() else None)
-    if confusion:  # checked before the work: `--confusion best.pt` (or run/last.pt) replaced it with a PNG
-        check_target(confusion, inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
-                     suffixes=(".png",))
+    if confusion:  # checked before the work: `--confusion best.pt` (or run/curves.png) replaced it with a PNG
+        from .report.plots import check_plot_target
+
+        model = args.ckpt or args.model
+        check_plot_target(confusion, "confusion", default="confusion.png",
+                          inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
+                          protected=image_folders(model_meta(model), args.data_path, args.dataset))
     if args.model:
         from .deploy.predict import evaluate_model_file
 
@@ -352,7 +356,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .atomic import check_target
     from .deploy.predict import Predictor
     from .errors import ConfigError
 
@@ -363,11 +366,14 @@ def cmd_predict(args) -> int:
         raise ConfigError("give IMAGE files or --from-test N, not both")
     if args.grid is not None and not args.from_test:
         raise ConfigError("--grid goes with --from-test N (the grid shows those test images)")
-    if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
-        if args.grid is None:
-            args.grid = default_grid()
-        check_target(args.grid, inputs=[model], suffixes=(".png",))
     predictor = Predictor(model, threads=args.threads, runtime=runtime)
+    if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
+        from .report.plots import check_plot_target
+
+        if args.grid is None:
+            args.grid = "grid.png"
+        check_plot_target(args.grid, "grid", default="grid.png", inputs=[model],
+                          protected=image_folders(predictor.meta, args.data_path))
     if args.from_test:
         return predict_test_images(predictor, args)
     if not args.images:
@@ -384,16 +390,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def default_grid() -> str:
-    """grid.png, unless a file by that name is something other than a PNG (the user's, not an earlier grid)."""
-    from .errors import WriteError
+def image_folders(meta: dict | None, data_path=None, dataset=None) -> list:
+    """The image folder a model is scored on (its --data-path, else the one it records), where a plot
+    would become one of the data set's images. Catalog data sets (IDX, CIFAR files) have none."""
+    if dataset == "folder" or (dataset is None and (meta or {}).get("data")):
+        return [data_path or ((meta or {}).get("data") or {}).get("path")]
+    return []
 
-    path = Path("grid.png")
-    if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                raise WriteError("exists and is not a PNG image (not an earlier grid); pass --grid PATH", path)
-    return str(path)
+
+def model_meta(model) -> dict | None:
+    """A checkpoint's or ONNX model's description; None for a file that cannot be read (its own loader
+    reports it later, in its own words)."""
+    try:
+        path = Path(resolve_model(model))
+        if path.suffix.lower() == ".onnx":
+            import onnx
+
+            from .metadata import read_onnx_metadata
+
+            return read_onnx_metadata(onnx.load(str(path), load_external_data=False), path)
+        from .engine.checkpoint import load_checkpoint
+
+        return load_checkpoint(path)
+    except Exception:  # noqa: BLE001 - onnx and torch raise many types for a bad file
+        return None
 
 
 def predict_test_images(predictor, args) -> int:

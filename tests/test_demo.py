@@ -24,7 +24,7 @@ def test_make_demo(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     accuracy = float(proc.stdout.split("'Accuracy': ")[1].split()[0])
     assert accuracy >= 0.99
-    report = json.loads((demo / "quant" / "report.json").read_text())
+    report = json.loads((demo / "quant" / "int8-report.json").read_text())
     assert report["int8"]["accuracy"] >= accuracy - 0.005
     assert len(list((demo / "digits").glob("*.png"))) == 5 and (demo / "grid.png").stat().st_size > 10_000
     assert (demo / "model.onnx").is_file() and proc.stdout.count("true ") == 25

@@ -37,15 +37,15 @@ def qat_run(mnist_run, tmp_path_factory):
 @pytest.mark.real_data
 def test_qat_int8_accuracy(qat_run):
     out, proc = qat_run
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "int8-report.json").read_text())
     fp32, int8 = report["fp32"]["accuracy"], report["int8"]["accuracy"]
     assert int8 >= 0.983 and fp32 - int8 <= 0.002, report  # issue 15: within 0.2 points on the real test set
     assert report["agreement_with_torch_int8"] >= 0.998, report  # the ONNX file computes what QAT trained
     assert report["int8"]["size_bytes"] <= 0.35 * report["fp32"]["size_bytes"]
-    assert "| test accuracy" in proc.stdout and "| fp32/int8 agreement" in (out / "report.md").read_text()
+    assert "| test accuracy" in proc.stdout and "| fp32/int8 agreement" in (out / "int8-report.md").read_text()
     # QAT vs PTQ side by side: PTQ of the same fp32 checkpoint, its file kept beside
     assert 0.9 < report["ptq_int8"]["accuracy"] <= 1 and (out / report["ptq_int8"]["file"]).is_file()
-    assert "| test accuracy, PTQ int8 instead" in (out / "report.md").read_text()
+    assert "| test accuracy, PTQ int8 instead" in (out / "int8-report.md").read_text()
     # the QAT checkpoint is a normal convzoo checkpoint
     assert torch.load(out / "qat.pt", weights_only=True)["quantization"]["method"] == "qat"
 
@@ -196,7 +196,7 @@ def test_eval_onnx_int8(qat_run):
     out, _ = qat_run
     proc = run_cli("eval", "--model", out / "model-int8.onnx", "--data-path", MNIST_DIR, check=0)
     accuracy = float(proc.stdout.split("'Accuracy': ")[1].split()[0])
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "int8-report.json").read_text())
     assert accuracy == pytest.approx(report["int8"]["accuracy"], abs=1e-4)
 
 
@@ -227,7 +227,7 @@ def test_lenet_quant_conv_bn_qat(tmp_path):
             "--epochs", "2", "--lr", "0.05", "--output-dir", run, "--quiet", check=0)
     run_cli("quantize", "--ckpt", run / "best.pt", "--epochs", "1", "--calib-batches", "8", "--data-path", MNIST_DIR,
             "--train-limit", "6400", "--output-dir", tmp_path / "q", check=0)
-    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    report = json.loads((tmp_path / "q" / "int8-report.json").read_text())
     assert report["fp32"]["accuracy"] > 0.95 and report["fp32"]["accuracy"] - report["int8"]["accuracy"] < 0.01
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q" / "model-int8.onnx")).graph.node]
     assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") >= 5
@@ -253,7 +253,7 @@ def test_ptq_method_and_export_int8(mnist_run, tmp_path):
     out = tmp_path / "ptq"
     run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--method", "ptq", "--calib-batches", "8",
             "--data-path", MNIST_DIR, "--output-dir", out, check=0)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "int8-report.json").read_text())
     assert report["method"] == "ptq" and not (out / "qat.pt").exists()
     assert report["int8"]["accuracy"] >= report["fp32"]["accuracy"] - 0.01, report
     exported = tmp_path / "exported-int8.onnx"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_open
-from ..errors import CheckpointError, first_line
+from ..errors import CheckpointError, ConfigError, first_line
 from ..metadata import META_KEY, check_model_meta, parse_json_meta
 from ..models import pretrained
 
@@ -264,6 +264,7 @@ def restore_weights(model: nn.Module, path, exclude: list[str] = ()) -> dict[str
     """Load the tensors of `path` that match `model` by name and shape, except those matching an
     `exclude` glob (e.g. 'fc3.*'). Returns which were loaded, skipped (and why) and left new."""
     source = load_weights(path)
+    check_globs("--restore-exclude", exclude, list(source), str(path), noun="tensor")
     own = model.state_dict()
     report = {"loaded": [], "excluded": [], "shape_mismatch": [], "unused": [], "new": []}
     update = {}
@@ -286,8 +287,19 @@ def restore_weights(model: nn.Module, path, exclude: list[str] = ()) -> dict[str
     return report
 
 
-def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+def check_globs(flag: str, patterns, names: list[str], what: str, noun: str = "parameter") -> None:
+    """Each glob matches at least one of `names`: a typo ('Conv1.*') silently trained the layers the
+    user meant to keep fixed. The error lists the names' prefixes (conv1, fc3, ...) to pick from."""
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(name, pat) for name in names):
+            prefixes = ", ".join(dict.fromkeys(name.split(".")[0] + ".*" for name in names))
+            raise ConfigError(f"{flag} {pat!r} matches no {noun} of {what} (names start with: {prefixes}; "
+                              "globs are case-sensitive)")
+
+
+def freeze(model: nn.Module, patterns: list[str], model_name: str = "the model") -> list[str]:
     """requires_grad=False for parameters matching any glob; returns their names."""
+    check_globs("--freeze", patterns, [name for name, _ in model.named_parameters()], model_name)
     frozen = []
     for name, p in model.named_parameters():
         if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):

@@ -29,7 +29,7 @@ from ..errors import ConvzooError
 from ..orphans import die_with_parent
 from . import distributed
 from .runtime import default_threads
-from .trainer import train as train_here
+from .trainer import Terminated, train as train_here
 
 SPEC_ENV = "CONVZOO_LAUNCH_SPEC"  # the worker's config and options, as JSON
 
@@ -82,6 +82,8 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
                 log.close()
     if message:
         raise ConvzooError(message)
+    if 143 in codes and all(c in (0, 130, 143) for c in codes):  # the ranks saved last.pt after a SIGTERM
+        raise Terminated
     if 130 in codes:
         raise KeyboardInterrupt
     if first is not None:
@@ -145,8 +147,8 @@ def worker_main() -> int:
     except ConvzooError as exc:  # the launcher raises it, once, in the process the user started
         Path(spec["errors"], f"rank{os.environ.get('RANK', 0)}.txt").write_text(str(exc))
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # 130, or 143 after a SIGTERM (Terminated)
+        return 128 + int(getattr(exc, "signum", 2))
     except Exception:  # a bug, or a peer's death seen as a broken link: the launcher decides what to show
         Path(spec["errors"], f"rank{os.environ.get('RANK', 0)}.traceback").write_text(traceback.format_exc())
         return 1

@@ -22,6 +22,7 @@ OPTIONAL_METRICS = {"wall_s"}
 # What a run writes atomically: only these files' leftover temps are removed (--output-dir may be
 # a folder that also holds the user's own hidden files).
 RUN_FILES = ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "curves.png"]
+WRITTEN_FILES = ["train.log", "evals.csv"]  # appended to, not replaced; a run writes them too
 MAX_CONFIG_BYTES = 1 << 20  # a run's config.yaml is a few KB
 MAX_CONFIG_VALUES = 100_000  # values in it once YAML's aliases are followed (a 464-byte alias bomb expands to 10^9)
 
@@ -37,6 +38,12 @@ def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
                               "pass --exist-ok to start it over, or another --output-dir", path)
         raise ConfigError("output folder already holds a run; pass --resume to continue it, --exist-ok to "
                           "overwrite it, or another --output-dir", path)
+    # No config.yaml, yet files of the names a run writes (another model's best.pt, a run whose config
+    # was deleted): they were replaced without a word.
+    taken = [name for name in RUN_FILES + WRITTEN_FILES if (path / name).exists()] if path.is_dir() else []
+    if not resume and not exist_ok and taken:
+        raise ConfigError(f"output folder already holds {', '.join(taken)}, which this run would write over; pass "
+                          "--exist-ok to overwrite them, or another --output-dir", path)
 
 
 def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:

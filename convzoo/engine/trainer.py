@@ -83,10 +83,17 @@ class TrainingRun:
             train_split = train_split.subset(slice(0, cfg.train_limit))
         if cfg.test_limit:
             test_split = test_split.subset(slice(0, cfg.test_limit))
+        kept = len(train_split)
         train_split, val_split = split_validation(train_split, cfg.val_split)
+        if cfg.val_split and not len(train_split):  # else the batch size would be blamed below
+            raise ConfigError(f"--val-split {cfg.val_split:g} of {kept} training images leaves no training images")
         self.spec = spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+        split = None
         if data_spec.folder:
             check_class_names(train_split.classes, cfg.model, spec, located.root)
+            split = split_fingerprint(located.root, data_spec.folder, train_split.classes)
+            if state is not None:
+                check_same_split(state, split, located.root)
 
         self.model = model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
         check_fits(model, to_model_input(train_split.subset(slice(0, 2)).images, spec), cfg.model, data_spec.title)
@@ -98,7 +105,7 @@ class TrainingRun:
         elif hasattr(model, "init_from_data") and not resume:  # e.g. airbench's whitening conv, set from data
             sample = train_split.subset(slice(0, 5000)).images
             model.init_from_data(to_model_input(sample, spec))
-        frozen = freeze(model, cfg.freeze) if cfg.freeze else []
+        frozen = freeze(model, cfg.freeze, cfg.model) if cfg.freeze else []
         if frozen:
             if not any(p.requires_grad for p in model.parameters()):
                 raise ConfigError(f"--freeze {','.join(cfg.freeze)} matches every parameter of {cfg.model}: "
@@ -137,7 +144,7 @@ class TrainingRun:
                          dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
         if data_spec.folder:  # so eval and predict --from-test read the folder again the same way
             self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root),
-                                 "split": split_fingerprint(located.root, data_spec.folder, train_split.classes)}
+                                 "split": split}
         if main:
             rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
                                       "data_found_in": str(located.root), "data_verified": located.verified})
@@ -157,7 +164,7 @@ class TrainingRun:
         self.position = (self.start_epoch, self.start_step)
         # Wall clock of training (a resumed run goes on from its last recorded time): time to accuracy.
         self.wall_start = time.perf_counter() - ((self.history[-1].get("wall_s") or 0.0) if self.history else 0.0)
-        stop = interrupt_flag()
+        stop = interrupt_flag()  # the first Ctrl-C or SIGTERM: finish the step, write last.pt, stop
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step if epoch == self.start_epoch else 0
@@ -170,7 +177,7 @@ class TrainingRun:
                 if self.reached:
                     break
                 if stop.is_set() and epoch + 1 < cfg.epochs:
-                    raise KeyboardInterrupt  # this epoch's last.pt is complete
+                    raise stop.interruption()  # this epoch's last.pt is complete
         except KeyboardInterrupt:
             epoch, step = self.position
             log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from")
@@ -182,8 +189,7 @@ class TrainingRun:
             self.loggers.close(ok=False)
             raise
         finally:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+            stop.restore()
             distributed.cleanup()
         final = self.history[-1] if self.history else {}
         summary = {"best_acc": self.best, **final, "target_acc": cfg.target_acc or None, "reached": self.reached,
@@ -245,7 +251,7 @@ class TrainingRun:
             if saved:
                 self._checkpoint(epoch, done, meter.to_dict())
             if interrupted:
-                raise KeyboardInterrupt
+                raise stop.interruption()
 
         self.ddp_model.train()
         try:
@@ -424,18 +430,42 @@ class EpochMeter:
                 "time": self.elapsed()}
 
 
-def interrupt_flag() -> threading.Event:
-    """The first Ctrl-C sets a flag the loop checks after each step (so last.pt is written between
-    steps, never mid-update); a second Ctrl-C interrupts at once."""
-    flag = threading.Event()
+class Terminated(KeyboardInterrupt):
+    """Raised in place of KeyboardInterrupt after a SIGTERM (SLURM preemption, kubectl delete,
+    timeout, docker stop); the CLI exits 143 for it, 128 + the signal, as a plain SIGTERM would."""
+
+    signum = signal.SIGTERM
+
+
+class InterruptFlag(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM; `signum` says which."""
+
+    signum = signal.SIGINT
+    previous: dict = {}
+
+    def interruption(self) -> KeyboardInterrupt:
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def restore(self) -> None:
+        """The handlers from before the run (Ctrl-C: Python's KeyboardInterrupt)."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else handler or signal.SIG_DFL)
+
+
+def interrupt_flag() -> InterruptFlag:
+    """The first Ctrl-C or SIGTERM sets a flag the loop checks after each step (so last.pt is written
+    between steps, never mid-update) on every rank; a second one interrupts (or kills) at once."""
+    flag = InterruptFlag()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
+        flag.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
+            flag.signum = signum
             flag.set()
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signum, flag.previous[signum] or signal.SIG_DFL)  # a second one: as before
 
-        signal.signal(signal.SIGINT, handler)
+        for signum in flag.previous:
+            signal.signal(signum, handler)
     return flag
 
 
@@ -515,6 +545,18 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module):
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def check_same_split(state: dict, split: dict, folder: Path) -> None:
+    """An image folder that gained or lost images redraws its test split: a resumed run would be tested
+    on images it trained on, and record the new split so that eval no longer warns. Refused; last.pt
+    keeps the split the run began with."""
+    recorded = (state.get("data") or {}).get("split")
+    if recorded and recorded != split:
+        raise DataError(f"its test split changed since the run began ({recorded['test_files']} test images then, "
+                        f"{split['test_files']} now: images added, removed or renamed), so the resumed run would be "
+                        "tested on images it trained on; start a new run (--restore LAST.PT to keep the weights), "
+                        "or restore the folder", folder)
 
 
 def check_resumable(state: dict, cfg: TrainConfig, path) -> None:

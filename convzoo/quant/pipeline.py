@@ -19,8 +19,8 @@ from .report import compare, format_table, onnx_accuracy
 
 
 # What a quantize run writes into its folder.
-OUTPUTS = ("model-fp32.onnx", "model-int8.onnx", "model-int8-ptq.onnx", "qat.pt", "qat-fp32.onnx", "report.md",
-           "report.json")
+OUTPUTS = ("model-fp32.onnx", "model-int8.onnx", "model-int8-ptq.onnx", "qat.pt", "qat-fp32.onnx", "int8-report.md",
+           "int8-report.json")  # int8-: `convzoo report` writes report.md into a run folder
 
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
@@ -72,10 +72,10 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
               f"activations, MinMax calibration on {calib_batches} training batches")
     report = (f"# int8 report: {ckpt['model']} on {ckpt['dataset']} ({method.upper()})\n\n"
               f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, {scheme}).\n\n{table}\n")
-    atomic_write_bytes(out / "report.md", report.encode())
-    atomic_write_bytes(out / "report.json", json.dumps(result, indent=1).encode())
+    atomic_write_bytes(out / "int8-report.md", report.encode())
+    atomic_write_bytes(out / "int8-report.json", json.dumps(result, indent=1).encode())
     log(table)
-    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'report.md'}")
+    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
     return result
 
 

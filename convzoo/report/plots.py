@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
+
+# Each plot carries a PNG text chunk naming its kind, so a later write can tell an earlier output of
+# the same kind (safe to replace) from anything else (the run's curves.png, a user's photo).
+KIND_KEY = "convzoo-plot"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _pyplot():
@@ -48,7 +55,7 @@ def plot_curves(runs: dict[str, list[dict]] | list[dict], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right" if ax is ax_loss else "lower right")
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, "curves")
 
 
 def plot_confusion(confusion, classes, out) -> Path:
@@ -69,7 +76,7 @@ def plot_confusion(confusion, classes, out) -> Path:
                 ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if normalised[i, j] > 0.5 else "black")
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, "confusion")
 
 
 def plot_grid(images: np.ndarray, true: list[str], predicted: list[str], out, title: str = "") -> Path:
@@ -89,17 +96,64 @@ def plot_grid(images: np.ndarray, true: list[str], predicted: list[str], out, ti
     wrong = sum(t != p for t, p in zip(true[:n], predicted[:n]))
     fig.suptitle(title or f"{n} test images, {wrong} wrong (red)", fontsize=12)
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, "grid")
 
 
-def _save(fig, out) -> Path:
+def plot_kind(path) -> str | None:
+    """The kind a convzoo plot records in its PNG text chunks ('confusion', 'grid', 'curves'); '' for
+    a PNG without that record; None for a file that is not a PNG (or cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_MAGIC:
+                return None
+            for _ in range(64):  # matplotlib writes its text chunks before the image data
+                head = f.read(8)
+                if len(head) < 8:
+                    return ""
+                length, chunk = struct.unpack(">I4s", head)
+                if chunk == b"IDAT" or length > 1 << 20:
+                    return ""
+                data = f.read(length)
+                f.seek(4, os.SEEK_CUR)  # CRC
+                if chunk == b"tEXt" and data.startswith(KIND_KEY.encode() + b"\0"):
+                    return data.partition(b"\0")[2].decode("latin-1")
+    except OSError:
+        return None
+    return ""
+
+
+def check_plot_target(path, kind: str, *, default: str, inputs=(), protected=()) -> Path:
+    """An output path for a `kind` plot, refused (one WriteError line) before any work when it is one
+    of `inputs`, lies inside a `protected` folder (the model's data set: a PNG there becomes a
+    training or test image), or is an existing file other than an earlier `kind` plot of convzoo's. A
+    PNG without convzoo's record (written before it existed) is replaced only under its `default` name."""
+    from ..atomic import check_target
+    from ..errors import WriteError
+
+    path = check_target(path, inputs=inputs, suffixes=(".png",))
+    for folder in protected:
+        if folder and Path(folder).is_dir() and path.resolve().is_relative_to(Path(folder).resolve()):
+            raise WriteError(f"is inside the model's data set folder {folder}: a PNG there would become one of its "
+                             "images; choose a path outside it", path)
+    if path.exists():
+        found = plot_kind(path)
+        if found is None:
+            raise WriteError(f"exists and is not a PNG image (not an earlier {kind} plot); choose another path", path)
+        if found != kind and not (found == "" and path.name == default):
+            what = f"convzoo's {found} plot" if found else "a PNG convzoo did not write"
+            raise WriteError(f"exists and is {what}, not an earlier {kind} plot: writing it would destroy that; "
+                             "choose another path", path)
+    return path
+
+
+def _save(fig, out, kind: str) -> Path:
     from ..atomic import atomic_path
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(out, ".png") as tmp:
-            fig.savefig(tmp, format="png")
+            fig.savefig(tmp, format="png", metadata={KIND_KEY: kind})
     finally:
         _pyplot().close(fig)
     return out

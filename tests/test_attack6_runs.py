@@ -1,0 +1,188 @@
+"""Attack round 6, runs: a resumed folder run whose split changed, plots written over other files,
+run files of a folder without config.yaml, one-class runs, globs matching nothing, SIGTERM, a
+--val-split leaving nothing to train, and quantize's report beside `convzoo report`'s."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import MNIST_DIR, cli_error, need, run_cli
+
+MNIST = ["--data-path", MNIST_DIR]
+SMALL = ["--model", "lenet5", "--epochs", "1", "--threads", "1"]
+
+
+def make_folder(root: Path, n: int, start: int = 0) -> Path:
+    """root/{a,b,c}/NNNN.png: 28x28 grey noise with a bright bar whose position is the class."""
+    rng = np.random.default_rng(start)
+    for k, c in enumerate("abc"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + n):
+            a = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+            a[4:24, 4 + 8 * k: 8 + 8 * k] = 255
+            Image.fromarray(a).save(root / c / f"{i:04d}.png")
+    return root
+
+
+def train_ok(*args) -> None:
+    """`convzoo train ARGS` in this process (torch is imported already), exit 0."""
+    from convzoo.cli import main
+
+    assert main(["train", *map(str, args), "--quiet"]) == 0
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """LeNet-5 trained for one epoch on a 60-image folder (48 train / 12 test): (folder, run)."""
+    root = tmp_path_factory.mktemp("folder")
+    imgs = make_folder(root / "imgs", 20)
+    train_ok(*SMALL, "--dataset", "folder", "--data-path", imgs, "--batch-size", "16", "--output-dir", root / "run")
+    return imgs, root / "run"
+
+
+@pytest.fixture(scope="module")
+def mnist_small(tmp_path_factory):
+    """LeNet-5, one epoch on 256 real MNIST images (scored on 100): a run folder with curves.png."""
+    run = tmp_path_factory.mktemp("mnist") / "run"
+    train_ok(*SMALL, "--data-path", need(MNIST_DIR), "--train-limit", "256", "--test-limit", "100", "--output-dir", run)
+    return run
+
+
+@pytest.mark.real_data
+def test_resume_refuses_a_folder_whose_test_split_changed(tmp_path, capsys):
+    """Images added to the folder redrew its split: --resume tested on images epoch 1 trained on and
+    recorded the new split, so eval stopped warning. Refused; last.pt keeps the original record."""
+    imgs = make_folder(tmp_path / "imgs", 20)
+    run = tmp_path / "run"
+    train_ok(*SMALL, "--dataset", "folder", "--data-path", imgs, "--batch-size", "16", "--output-dir", run)
+    make_folder(imgs, 10, start=20)  # the user adds 10 images per class
+    before = files(run)
+    cli_error(capsys, "train", "--resume", "--output-dir", run, "--epochs", "2", "--threads", "1",
+              fragments=[str(imgs), "test split changed", "start a new run"])
+    assert files(run) == before
+
+
+@pytest.mark.real_data
+def test_confusion_and_grid_refuse_files_that_are_not_earlier_plots_of_their_kind(mnist_small, folder_run, tmp_path,
+                                                                                 capsys, monkeypatch):
+    """`eval --confusion` and `predict --grid` wrote over the run's curves.png, a user's photo and an
+    image of the model's own data set folder. The default outputs are still rewritten on a rerun."""
+    from convzoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt, limit = mnist_small / "best.pt", ["--test-limit", "50", "--threads", "1", *MNIST]
+    photo = tmp_path / "my_photo.png"
+    Image.new("L", (28, 28)).save(photo)
+    imgs, folder_ckpt = folder_run[0], folder_run[1] / "best.pt"
+    guarded = {**files(mnist_small), **{f"imgs/{k}": v for k, v in files(imgs).items()}, "photo": photo.read_bytes()}
+    cli_error(capsys, "eval", "--ckpt", ckpt, *limit, "--confusion", mnist_small / "curves.png",
+              fragments=["curves.png", "curves plot", "not an earlier confusion"])
+    cli_error(capsys, "eval", "--ckpt", ckpt, *limit, "--confusion", photo,
+              fragments=["my_photo.png", "convzoo did not write"])
+    grid = ["predict", "--model", folder_ckpt, "--from-test", "3", "--grid"]
+    cli_error(capsys, *grid, imgs / "a" / "0000.png", fragments=["0000.png", "data set folder"])
+    cli_error(capsys, *grid, imgs / "a" / "new.png", fragments=["new.png", "data set folder"])  # a new class-a image
+    cli_error(capsys, *grid, mnist_small / "curves.png", fragments=["curves.png", "not an earlier grid"])
+    assert {**files(mnist_small), **{f"imgs/{k}": v for k, v in files(imgs).items()},
+            "photo": photo.read_bytes()} == guarded
+    for _ in range(2):  # written, then an earlier plot of the same kind written over
+        assert main(["eval", "--ckpt", str(ckpt), *map(str, limit)]) == 0
+        assert main(["predict", "--model", str(folder_ckpt), "--from-test", "3"]) == 0
+    assert (mnist_small / "confusion.png").is_file() and (tmp_path / "grid.png").is_file()
+    cli_error(capsys, "eval", "--ckpt", ckpt, *limit, "--confusion", tmp_path / "grid.png",
+              fragments=["grid.png", "grid plot", "not an earlier confusion"])
+
+
+def test_train_refuses_run_files_in_a_folder_without_config_yaml(tmp_path, capsys):
+    """A folder holding another model's best.pt, a metrics.csv and a summary.json (no config.yaml) was
+    overwritten without a word; its train.log got the new run's lines appended."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "best.pt").write_bytes(b"PK my yolo weights")
+    (proj / "metrics.csv").write_text("epoch,notes\n1,mine\n")
+    (proj / "summary.json").write_text('{"mine": 1}\n')
+    before = files(proj)
+    cli_error(capsys, "train", *SMALL, "--train-limit", "256", "--output-dir", proj,
+              fragments=[str(proj), "best.pt, metrics.csv, summary.json", "--exist-ok"])
+    assert files(proj) == before
+
+
+def test_classes_needs_two_classes_in_the_cli_and_the_api(tmp_path, capsys):
+    """--classes 3 trained a one-class model scoring 100% and answering 3 for any image."""
+    import convzoo
+    from convzoo.errors import ConvzooError
+
+    cli_error(capsys, "train", *SMALL, "--classes", "3", "--output-dir", tmp_path / "one",
+              fragments=["--classes needs at least two classes, got [3]"])
+    with pytest.raises(ConvzooError, match=r"at least two classes, got \[3\]"):
+        convzoo.train(model="lenet5", classes=[3], epochs=1, output_dir=str(tmp_path / "api"), quiet=True)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "api").exists()
+
+
+@pytest.mark.real_data
+def test_freeze_and_restore_exclude_globs_must_match_a_parameter(tmp_path, capsys):
+    """`--freeze 'Conv1.*'` (a capital letter) froze nothing and trained conv1; `--restore-exclude
+    'fc9.*'` excluded nothing. Each is one line naming the glob and the names to choose from."""
+    args = ["train", *SMALL, *MNIST, "--train-limit", "64", "--test-limit", "64", "--restore", "lenet5:mnist",
+            "--output-dir", tmp_path / "fz"]
+    cli_error(capsys, *args, "--freeze", "Conv1.*", fragments=["--freeze 'Conv1.*' matches no parameter of lenet5",
+                                                               "conv1.*", "fc3.*"])
+    cli_error(capsys, *args, "--restore-exclude", "fc3.*,fc9.*",
+              fragments=["--restore-exclude 'fc9.*' matches no tensor of lenet5:mnist", "conv1.*"])
+    assert not (tmp_path / "fz").exists()
+
+
+@pytest.mark.real_data
+def test_sigterm_during_training_saves_last_pt_like_ctrl_c(tmp_path):
+    """SIGTERM (SLURM preemption, kubectl delete, timeout, docker stop) killed the run with exit 143 and
+    no last.pt; it now finishes the step, writes last.pt and exits 143, and the run resumes."""
+    run = tmp_path / "run"
+    args = ["train", *SMALL, *MNIST, "--train-limit", "300", "--batch-size", "100", "--steps-per-epoch", "100000",
+            "--test-limit", "100", "--print-freq", "1", "--output-dir", run]
+    proc = subprocess.Popen([sys.executable, "-m", "convzoo", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.time() + 120
+    while not ((run / "train.log").is_file() and "step: [   3/" in (run / "train.log").read_text()):
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err and "convzoo: terminated" in err, err[-2000:]
+    assert (run / "last.pt").is_file() and "interrupted at epoch 1" in (run / "train.log").read_text()
+    from convzoo.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "last.pt")["step"] >= 3
+
+
+@pytest.mark.real_data
+def test_val_split_leaving_no_training_images_names_val_split(tmp_path, capsys):
+    """--val-split 0.99 of 50 images blamed --batch-size ('larger than the 0 training images')."""
+    cli_error(capsys, "train", *SMALL, *MNIST, "--val-split", "0.99", "--train-limit", "50", "--batch-size", "1",
+              "--output-dir", tmp_path / "v", fragments=["--val-split 0.99 of 50 training images leaves no training"])
+
+
+@pytest.mark.real_data
+def test_quantize_report_does_not_replace_convzoo_reports_report_md(folder_run, capsys):
+    """`quantize --output-dir RUN` replaced the report.md `convzoo report` wrote there (both used the name)."""
+    from convzoo.cli import main
+
+    run = folder_run[1]
+    assert main(["report", str(run)]) == 0
+    report = (run / "report.md").read_bytes()
+    assert main(["quantize", "--ckpt", str(run / "best.pt"), "--method", "ptq", "--calib-batches", "2", "--threads",
+                 "1", "--output-dir", str(run)]) == 0
+    assert (run / "report.md").read_bytes() == report
+    assert "# int8 report" in (run / "int8-report.md").read_text() and (run / "int8-report.json").is_file()
