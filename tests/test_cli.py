@@ -97,6 +97,24 @@ def write_run(folder, rows: bytes):
     (folder / "metrics.csv").write_bytes(rows)
 
 
+def test_report_on_impossible_metrics_and_a_bom(tmp_path, capsys):
+    """NaN accuracy was chosen as the best epoch, 1e308 or inf printed and plotted (with numpy overflow
+    warnings); a UTF-8 BOM (Excel's) made 'epoch' an unknown column. A diverged run's NaN loss still reads."""
+    from convzoo.cli import main
+
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    for row, fragment in [(b"2,2.3,0.15,,nan,0.01,0.3,7303", "line 3: test_acc 'nan' is not in 0..1"),
+                          (b"2,2.3,0.15,,1e308,0.01,0.3,7303", "line 3: test_acc '1e308' is not in 0..1"),
+                          (b"2,2.3,0.15,,0.5,0.01,-5,7303", "line 3: epoch_time_s '-5' is not in 0..1e+09"),
+                          (b"2,2.3,0.15,,0.5,0.01,0.3,inf", "line 3: images_per_s 'inf' is not in 0..1e+12")]:
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        write_run(folder, header + b"1,2.1,0.3,,0.5,0.01,0.3,7303\n" + row + b"\n")
+        cli_error(capsys, "report", folder, fragments=("metrics.csv", fragment))
+    write_run(tmp_path / "bom", b"\xef\xbb\xbf" + header + b"1,nan,0.1,,0.1,0.01,0.3,7303\n2,0.5,0.8,,0.8,0.01,0.3,7303\n")
+    assert main(["report", str(tmp_path / "bom")]) == 0
+    assert "Best test acc at epoch 2: test accuracy 0.8000" in (tmp_path / "bom" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("content,fragment", [
     (b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n1,abc,0.5,,0.9,0.1,3,100\n",
      "line 2 holds a value that is not a number"),

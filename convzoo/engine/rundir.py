@@ -188,7 +188,7 @@ def read_metrics(path: Path) -> list[dict]:
     """metrics.csv as rows of floats (None where empty); a damaged file is one DataError line."""
     file = path / "metrics.csv"
     try:
-        with open(file, newline="", encoding="utf-8") as f:
+        with open(file, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM, as Excel saves, is not a column name
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise DataError("no metrics.csv: not a convzoo run folder", path) from None
@@ -208,7 +208,16 @@ def read_metrics(path: Path) -> list[dict]:
         epoch = history[-1]["epoch"]
         if epoch is None or not math.isfinite(epoch) or not 0 <= epoch <= 1e9:
             raise DataError(f"line {line}: epoch {row['epoch']!r} is not an epoch number", file)
+        for key, (low, high) in METRIC_RANGES.items():  # NaN was picked as the best epoch; 1e308 plotted
+            value = history[-1].get(key)
+            if value is not None and not low <= value <= high:  # False for NaN too
+                raise DataError(f"line {line}: {key} {row[key]!r} is not in {low:g}..{high:g}", file)
     return history
+
+
+# What the trainer can write (train_loss may be NaN or inf: a diverged run is worth a report).
+METRIC_RANGES = {"train_acc": (0, 1), "val_acc": (0, 1), "test_acc": (0, 1), "lr": (0, 1e6),
+                 "epoch_time_s": (0, 1e9), "images_per_s": (0, 1e12), "wall_s": (0, 1e9)}
 
 
 class RunLog:
