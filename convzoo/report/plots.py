@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,6 @@ import numpy as np
 # Each plot carries a PNG text chunk naming its kind, so a later write can tell an earlier output of
 # the same kind (safe to replace) from anything else (the run's curves.png, a user's photo).
 KIND_KEY = "convzoo-plot"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _pyplot():
@@ -101,25 +98,17 @@ def plot_grid(images: np.ndarray, true: list[str], predicted: list[str], out, ti
 
 def plot_kind(path) -> str | None:
     """The kind a convzoo plot records in its PNG text chunks ('confusion', 'grid', 'curves'); '' for
-    a PNG without that record; None for a file that is not a PNG (or cannot be read)."""
+    a PNG without that record; None for a file that is not a PNG (or cannot be read). Pillow reads the
+    chunks before the image data only."""
+    from PIL import Image
+
     try:
-        with open(path, "rb") as f:
-            if f.read(8) != PNG_MAGIC:
-                return None
-            for _ in range(64):  # matplotlib writes its text chunks before the image data
-                head = f.read(8)
-                if len(head) < 8:
-                    return ""
-                length, chunk = struct.unpack(">I4s", head)
-                if chunk == b"IDAT" or length > 1 << 20:
-                    return ""
-                data = f.read(length)
-                f.seek(4, os.SEEK_CUR)  # CRC
-                if chunk == b"tEXt" and data.startswith(KIND_KEY.encode() + b"\0"):
-                    return data.partition(b"\0")[2].decode("latin-1")
-    except OSError:
+        with Image.open(path) as image:
+            return str(image.info.get(KIND_KEY, "")) if image.format == "PNG" else None
+    except Image.DecompressionBombError:  # a huge PNG: not one of convzoo's plots
+        return ""
+    except Exception:  # noqa: BLE001 - Pillow raises many types for a file that is not an image
         return None
-    return ""
 
 
 def check_plot_target(path, kind: str, *, default: str, inputs=(), protected=()) -> Path:
