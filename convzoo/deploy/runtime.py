@@ -101,8 +101,11 @@ def openvino_runner(path, threads: int = 1, *, hint: str = "THROUGHPUT"):
     core = ov.Core()
     # No pinning: each process would pin its threads without knowing of the others (`serve --workers`),
     # and pinned threads cannot move away from the other jobs of a shared machine.
+    # f32: on CPUs with AVX512-BF16 or AMX, OpenVINO's default runs an fp32 model's float ops in bf16
+    # (LeNet-5's logits moved by up to 0.008 on a Xeon with AVX512-BF16; 4e-7 in f32), silently.
     compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-        "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False})
+        "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False,
+        "INFERENCE_PRECISION_HINT": "f32"})
     # An infer request runs one call at a time: a pool of them, one per stream, shared by all callers.
     idle = queue.SimpleQueue()
     for _ in range(max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
