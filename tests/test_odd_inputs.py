@@ -1,4 +1,4 @@
-"""Inputs from attack round 6: a symlink loop and a ~1,000-level deep tree in an image folder, an
+"""Odd inputs a user sends: a symlink loop and a ~1,000-level deep tree in an image folder, an
 empty image argument, a caller's PIL image with EXIF orientation, class names holding the list's
 separator, and train() arguments given as pathlib.Path or numpy integers. Real MNIST digits written
 as files, the real CLI (in this process) and the real API."""

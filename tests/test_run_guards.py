@@ -1,4 +1,4 @@
-"""Attack round 6, runs: a resumed folder run whose split changed, plots written over other files,
+"""What a run must not do to files and settings: a resumed folder run whose split changed, plots written over other files,
 run files of a folder without config.yaml, one-class runs, globs matching nothing, SIGTERM, a
 --val-split leaving nothing to train, and quantize's report beside `convzoo report`'s."""
 
