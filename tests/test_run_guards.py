@@ -1,6 +1,7 @@
-"""What a run must not do to files and settings: a resumed folder run whose split changed, plots written over other files,
-run files of a folder without config.yaml, one-class runs, globs matching nothing, SIGTERM, a
---val-split leaving nothing to train, and quantize's report beside `convzoo report`'s."""
+"""What a run must not do to files and settings: a resumed folder run whose split changed, plots
+written over other files, run files of a folder without config.yaml, one-class runs, globs matching
+nothing, SIGTERM, a --val-split leaving nothing to train, and quantize's report beside `convzoo
+report`'s."""
 
 from __future__ import annotations
 
