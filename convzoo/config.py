@@ -139,6 +139,8 @@ class TrainConfig:
         # One class is no classifier: it scores 100% and answers that class for any image.
         checks.append((self.classes is None or len(self.classes) >= 2,
                        f"--classes needs at least two classes, got {self.classes}"))
+        checks.append((self.restore or not self.restore_exclude,  # else the user's exclusions did nothing
+                       "--restore-exclude goes with --restore (the weights to start from)"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

@@ -143,6 +143,8 @@ def test_freeze_and_restore_exclude_globs_must_match_a_parameter(tmp_path, capsy
                                                                "conv1.*", "fc3.*"])
     cli_error(capsys, *args, "--restore-exclude", "fc3.*,fc9.*",
               fragments=["--restore-exclude 'fc9.*' matches no tensor of lenet5:mnist", "conv1.*"])
+    cli_error(capsys, "train", *SMALL, *MNIST, "--restore-exclude", "fc3.*", "--output-dir", tmp_path / "fz",
+              fragments=["--restore-exclude goes with --restore"])  # without --restore it was ignored
     assert not (tmp_path / "fz").exists()
 
 
