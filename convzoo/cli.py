@@ -391,10 +391,11 @@ def cmd_predict(args) -> int:
 
 
 def image_folders(meta: dict | None, data_path=None, dataset=None) -> list:
-    """The image folder a model is scored on (its --data-path, else the one it records), where a plot
-    would become one of the data set's images. Catalog data sets (IDX, CIFAR files) have none."""
+    """The image folders of a model's data set (its --data-path and the one it records: both, since the
+    recorded one may still be where it trained), where a plot would become one of the data set's images.
+    Catalog data sets (IDX, CIFAR files) have none."""
     if dataset == "folder" or (dataset is None and (meta or {}).get("data")):
-        return [data_path or ((meta or {}).get("data") or {}).get("path")]
+        return [data_path, ((meta or {}).get("data") or {}).get("path")]
     return []
 
 

@@ -6,6 +6,7 @@ report`'s."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,9 @@ def test_confusion_and_grid_refuse_files_that_are_not_earlier_plots_of_their_kin
     cli_error(capsys, *grid, imgs / "a" / "0000.png", fragments=["0000.png", "data set folder"])
     cli_error(capsys, *grid, imgs / "a" / "new.png", fragments=["new.png", "data set folder"])  # a new class-a image
     cli_error(capsys, *grid, mnist_small / "curves.png", fragments=["curves.png", "not an earlier grid"])
+    moved = tmp_path / "moved"  # a copy scored with --data-path: the folder it trained on stays protected
+    shutil.copytree(imgs, moved)
+    cli_error(capsys, *grid, imgs / "a" / "grid.png", "--data-path", moved, fragments=["grid.png", "data set folder"])
     assert {**files(mnist_small), **{f"imgs/{k}": v for k, v in files(imgs).items()},
             "photo": photo.read_bytes()} == guarded
     for _ in range(2):  # written, then an earlier plot of the same kind written over
