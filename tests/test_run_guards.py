@@ -125,6 +125,32 @@ def test_train_refuses_run_files_in_a_folder_without_config_yaml(tmp_path, capsy
     assert files(proj) == before
 
 
+def test_exist_ok_clears_the_earlier_run(tmp_path):
+    """`--exist-ok` into a run's folder by a run that diverged before its first checkpoint left the new
+    config.yaml beside the old run's best.pt, last.pt and metrics (report credited the old accuracy to the
+    new model). The old run's files go before the new run writes anything."""
+    run = tmp_path / "x"
+    # (a subprocess: a run folder stays locked until the process that trained into it ends)
+    run_cli("train", *SMALL, *MNIST, "--train-limit", "256", "--test-limit", "100", "--output-dir", run, check=0)
+    assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
+    proc = run_cli("train", "--model", "lenet5-keras", "--epochs", "1", "--threads", "1", *MNIST, "--train-limit",
+                   "256", "--test-limit", "100", "--lr", "10000", "--output-dir", run, "--exist-ok")
+    left = sorted(f.name for f in run.iterdir() if not f.name.startswith("."))
+    assert proc.returncode != 0 and "best.pt" not in left and "metrics.csv" not in left, (left, proc.stderr[-500:])
+
+
+def test_an_output_folder_inside_the_image_folder_is_refused(folder_run, tmp_path, capsys, monkeypatch):
+    """Trained from inside its image folder (`--data-path .`), the run folder became a class of the next
+    run (`runs`, holding curves.png): refused before anything is written."""
+    imgs = folder_run[0]
+    monkeypatch.chdir(imgs)
+    cli_error(capsys, "train", *SMALL, "--dataset", "folder", "--data-path", ".", fragments=[
+        "runs/lenet5-folder", "inside the image folder", "--output-dir outside"])
+    cli_error(capsys, "train", *SMALL, "--dataset", "folder", "--data-path", imgs, "--output-dir", imgs / "a" / "r",
+              fragments=["inside the image folder"])
+    assert sorted(p.name for p in imgs.iterdir()) == ["a", "b", "c"]
+
+
 def test_classes_needs_two_classes_in_the_cli_and_the_api(tmp_path, capsys):
     """--classes 3 trained a one-class model scoring 100% and answering 3 for any image."""
     import convzoo
@@ -193,3 +219,28 @@ def test_quantize_report_does_not_replace_convzoo_reports_report_md(folder_run, 
                  "1", "--output-dir", str(run)]) == 0
     assert (run / "report.md").read_bytes() == report
     assert "# int8 report" in (run / "int8-report.md").read_text() and (run / "int8-report.json").is_file()
+
+
+@pytest.mark.real_data
+def test_quantize_refuses_an_earlier_quantization_unless_exist_ok(mnist_small, tmp_path, capsys, monkeypatch):
+    """A second `quantize --output-dir Q` replaced the first one's files without a word, and one stopped
+    during QAT left the new model-fp32.onnx beside the old model-int8.onnx and report. Refused before any
+    work (also before `--config` trains); `--exist-ok` removes all the earlier files first."""
+    from convzoo.cli import main
+
+    q = tmp_path / "q"
+    small = ["--ckpt", mnist_small / "best.pt", "--threads", "1", "--train-limit", "512", "--calib-batches", "2",
+             *MNIST, "--output-dir", q]
+    assert main(["quantize", *map(str, small), "--method", "qat"]) == 0
+    assert {"qat.pt", "qat-fp32.onnx", "model-int8-ptq.onnx"} <= {f.name for f in q.iterdir()}
+    before = files(q)
+    cli_error(capsys, "quantize", *small, "--method", "ptq", fragments=[
+        str(q), "already holds model-fp32.onnx, model-int8.onnx", "--exist-ok"])
+    monkeypatch.chdir(tmp_path)  # --config would train into runs/... here
+    cli_error(capsys, "quantize", "--config", "lenet-quant-mindspore", *MNIST, "--output-dir", q,
+              fragments=["--exist-ok"])
+    assert files(q) == before and not (tmp_path / "runs").exists()
+    assert main(["quantize", *map(str, small), "--method", "ptq", "--exist-ok"]) == 0
+    names = {f.name for f in q.iterdir() if not f.name.startswith(".")}
+    assert names == {"model-fp32.onnx", "model-int8.onnx", "int8-report.md", "int8-report.json"}, names
+    assert "(PTQ)" in (q / "int8-report.md").read_text()

@@ -55,6 +55,12 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
     except OSError as exc:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     lock(path)
+    if exist_ok and not resume:  # overwrite means the old run goes: a new run that stopped early or diverged had
+        for name in RUN_FILES + WRITTEN_FILES:  # left its config beside the old run's checkpoints and metrics
+            try:
+                (path / name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot remove the earlier run's {name} ({exc.strerror or exc})", path) from None
     # Temp files of writes killed half-way (a SIGKILLed checkpoint save leaves .last.pt.*.tmp): only
     # one convzoo writes a run folder, and a live writer's temps are locked, so these are leftovers.
     remove_stale_temps(path, RUN_FILES)

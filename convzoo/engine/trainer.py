@@ -70,6 +70,10 @@ class TrainingRun:
             check_resumable(state, cfg, out / "last.pt")
         if main:
             rundir.check(out, resume=resume, exist_ok=exist_ok)  # the folder is written only once all is checked
+        if data_spec.folder and cfg.data_path and out.resolve().is_relative_to(Path(cfg.data_path).resolve()):
+            # Its files would become a class: the next run on the folder read runs/ (its curves.png) as one.
+            raise ConfigError(f"output folder is inside the image folder {cfg.data_path}, whose sub-folders are its "
+                              "classes; pass an --output-dir outside it", out)
         notes = []  # (line, event) for train.log, which is opened only then
 
         folder = FolderRule(cfg.image_size, cfg.channels or info.in_channels, cfg.test_split)  # --dataset folder only
