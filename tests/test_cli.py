@@ -106,11 +106,12 @@ def test_report_on_impossible_metrics_and_a_bom(tmp_path, capsys):
     for row, fragment in [(b"2,2.3,0.15,,nan,0.01,0.3,7303", "line 3: test_acc 'nan' is not in 0..1"),
                           (b"2,2.3,0.15,,1e308,0.01,0.3,7303", "line 3: test_acc '1e308' is not in 0..1"),
                           (b"2,2.3,0.15,,0.5,0.01,-5,7303", "line 3: epoch_time_s '-5' is not in 0..1e+09"),
-                          (b"2,2.3,0.15,,0.5,0.01,0.3,inf", "line 3: images_per_s 'inf' is not in 0..1e+12")]:
+                          (b"2,2.3,0.15,,0.5,0.01,0.3,inf", "line 3: images_per_s 'inf' is not in 0..1e+12"),
+                          (b"2,1.7e308,0.15,,0.5,0.01,0.3,7303", "line 3: train_loss '1.7e308' is not in 0..1e+30")]:
         folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
         write_run(folder, header + b"1,2.1,0.3,,0.5,0.01,0.3,7303\n" + row + b"\n")
         cli_error(capsys, "report", folder, fragments=("metrics.csv", fragment))
-    write_run(tmp_path / "bom", b"\xef\xbb\xbf" + header + b"1,nan,0.1,,0.1,0.01,0.3,7303\n2,0.5,0.8,,0.8,0.01,0.3,7303\n")
+    write_run(tmp_path / "bom", b"\xef\xbb\xbf" + header + b"1,nan,0.1,,0.1,0.01,0.3,7303\n2,inf,0.8,,0.8,0.01,0.3,7303\n")
     assert main(["report", str(tmp_path / "bom")]) == 0
     assert "Best test acc at epoch 2: test accuracy 0.8000" in (tmp_path / "bom" / "report.md").read_text()
 

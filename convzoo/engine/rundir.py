@@ -216,13 +216,15 @@ def read_metrics(path: Path) -> list[dict]:
             raise DataError(f"line {line}: epoch {row['epoch']!r} is not an epoch number", file)
         for key, (low, high) in METRIC_RANGES.items():  # NaN was picked as the best epoch; 1e308 plotted
             value = history[-1].get(key)
+            if key == "train_loss" and value is not None and not math.isfinite(value):
+                continue  # a diverged run's NaN or inf loss is worth a report
             if value is not None and not low <= value <= high:  # False for NaN too
                 raise DataError(f"line {line}: {key} {row[key]!r} is not in {low:g}..{high:g}", file)
     return history
 
 
-# What the trainer can write (train_loss may be NaN or inf: a diverged run is worth a report).
-METRIC_RANGES = {"train_acc": (0, 1), "val_acc": (0, 1), "test_acc": (0, 1), "lr": (0, 1e6),
+# What the trainer can write (train_loss may also be NaN or inf; a finite 1.7e308 broke the plot's axis).
+METRIC_RANGES = {"train_loss": (0, 1e30), "train_acc": (0, 1), "val_acc": (0, 1), "test_acc": (0, 1), "lr": (0, 1e6),
                  "epoch_time_s": (0, 1e9), "images_per_s": (0, 1e12), "wall_s": (0, 1e9)}
 
 
