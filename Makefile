@@ -23,7 +23,7 @@ demo: setup
 	$(CONVZOO) data info mnist
 	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok $(DEMO_TRAIN)
 	$(CONVZOO) eval --ckpt $(DEMO)/best.pt
-	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant $(DEMO_QUANT)
+	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant --exist-ok $(DEMO_QUANT)
 	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx
 	$(CONVZOO) data sample mnist --count 5 --output $(DEMO)/digits
 	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=number(int, 0, 10**9), default=0,
                    help="fine-tune and calibrate on the first N training images only (0: all)")
     p.add_argument("--output-dir")
+    p.add_argument("--exist-ok", action="store_true", help="overwrite an earlier quantization in --output-dir")
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--threads", type=number(int, 0, 1024), default=0, help="0: $OMP_NUM_THREADS if set, else 2")
     add_runtime_flag(p)
@@ -450,7 +451,7 @@ def cmd_serve(args) -> int:
 def cmd_quantize(args) -> int:
     from .engine.runtime import default_threads
     from .errors import ConfigError
-    from .quant.pipeline import run_quantize
+    from .quant.pipeline import check_output_dir, output_folder, run_quantize
 
     if args.method == "ptq" and (args.epochs is not None or args.lr is not None):
         raise ConfigError("--epochs and --lr set QAT's fine-tune; --method ptq has none (it only calibrates)")
@@ -462,12 +463,14 @@ def cmd_quantize(args) -> int:
         from .engine.launch import train
 
         cfg = build_config(args.config, {"data_path": args.data_path})
+        best = Path(cfg.run_dir()) / "best.pt"  # refused before the training, not after it
+        check_output_dir(output_folder(best, args.method, args.output_dir), best, exist_ok=args.exist_ok)
         result = train(cfg, exist_ok=True)
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     fine_tune = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}  # else its defaults
     run_quantize(ckpt, method=args.method, calib_batches=args.calib_batches, train_limit=args.train_limit,
                  output_dir=args.output_dir, data_path=args.data_path, threads=args.threads or default_threads(2),
-                 runtime=args.runtime, **fine_tune)
+                 runtime=args.runtime, exist_ok=args.exist_ok, **fine_tune)
     return 0
 
 

@@ -132,6 +132,17 @@ def bad_requests(digit: bytes) -> list[tuple[str, dict, int]]:
         cases.append((f"JSON topk {topk!r}", {"json": {"images": [b64(digit)], "topk": topk}}, 422))
     cases.append(("JSON topk 1e999", {"content": b'{"images": ["%s"], "topk": 1e999}' % b64(digit).encode(),
                                       "headers": {"content-type": "application/json"}}, 422))
+    # A misspelled key and a repeated ?topk= were ignored without a word (3 results; the last topk won).
+    for key in ("topK", "top_k", "image"):
+        cases.append((f"JSON key {key!r}", {"json": {"images": [b64(digit)], key: 1}}, 422))
+    twice = {"topk": ["1", "5"]}
+    cases += [("raw ?topk=1&topk=5", {**raw, "params": twice}, 422),
+              ("octet-stream ?topk=1&topk=5", {"content": digit, "params": twice,
+                                               "headers": {"content-type": "application/octet-stream"}}, 422),
+              ("multipart ?topk=1&topk=5", {"files": {"file": ("d.png", digit, "image/png")}, "params": twice}, 422),
+              ("JSON ?topk=1&topk=5", {"json": {"images": [b64(digit)]}, "params": twice}, 422),
+              ("multipart topk field twice", {"files": [("file", ("d.png", digit, "image/png")), ("topk", (None, "1")),
+                                                        ("topk", (None, "5"))]}, 422)]
     return cases
 
 
@@ -176,6 +187,25 @@ def test_every_bad_request_gets_its_4xx_json_and_keeps_the_connection(served, di
     conn.request("GET", "/healthz")
     assert conn.getresponse().read() == b'{"status":"ok"}' and conn.sock is sock
     conn.close()
+
+
+def test_unknown_json_keys_and_a_repeated_topk_are_named(served, digits):
+    """`{"images": [...], "topK": 1}` answered 3 results and `?topk=1&topk=5` gave 5, without a word: the
+    422 names the unknown key and the allowed ones, or the repeated parameter. A JSON topk still wins
+    over ?topk= (documented)."""
+    digit = digits[0][0]
+    with httpx.Client(base_url=served[0], timeout=30) as client:
+        for key in ("topK", "top_k"):
+            r = client.post("/v1/predict", json={"images": [b64(digit)], key: 1})
+            check_error(r, 422, key)
+            assert repr(key) in r.json()["error"] and "'images' and 'topk'" in r.json()["error"], r.text
+        for kwargs in ({"content": digit, "headers": {"content-type": "image/png"}},
+                       {"files": {"file": ("d.png", digit, "image/png")}}, {"json": {"images": [b64(digit)]}}):
+            r = client.post("/v1/predict", params={"topk": ["1", "5"]}, **kwargs)
+            check_error(r, 422, str(kwargs.keys()))
+            assert "topk is given 2 times" in r.json()["error"], r.text
+        r = client.post("/v1/predict", params={"topk": "5"}, json={"images": [b64(digit)], "topk": 1})
+        assert r.status_code == 200 and len(r.json()["predictions"][0]["topk"]) == 1, r.text
 
 
 def test_an_image_as_the_whole_body_needs_no_image_content_type(served, digits):

@@ -92,9 +92,9 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     app = FastAPI(title="convzoo", description=f"Predictions from {predictor.meta['model']} "
                   f"({predictor.meta.get('dataset', '')})", version="1", lifespan=lifespan, redirect_slashes=False)
 
-    async def predict_raw(body: bytes, topk_text: str) -> dict:
+    async def predict_raw(body: bytes, topk_texts: list[str]) -> dict:
         """A raw image body (Content-Type image/*, the cheapest single-image request): its one result."""
-        topk = parse_topk(topk_text)
+        topk = query_topk(topk_texts)
         results = await batcher.submit(lambda: ([("body", body)], topk), len(body))
         return results[0]
 
@@ -147,7 +147,7 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
         body = await read_limited(request, max_upload)
         check_encoding(request.headers.get("content-encoding", ""))
         ctype = request.headers.get("content-type", "").lower()  # image/*: RawImageRoute answered it
-        topk = parse_topk(request.query_params.get("topk", "3"))
+        topk = query_topk(request.query_params.getlist("topk"))
         if ctype.startswith("multipart/form-data"):
             images, form_topk = await from_multipart(request, body)
             topk = topk if form_topk is None else parse_topk(form_topk)
@@ -157,7 +157,7 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
             # `curl --data-binary @cat.jpg` sends form-urlencoded; other clients send octet-stream or
             # nothing: a body that decodes as an image is one, anything else gets the 415 below.
             try:
-                return JSONResponse(await predict_raw(body, request.query_params.get("topk", "3")))
+                return JSONResponse(await predict_raw(body, request.query_params.getlist("topk")))
             except NotAnImage:
                 raise RequestError(415, wrong_type(ctype)) from None
         else:
@@ -214,8 +214,8 @@ class RawImageRoute:
             if body is None:  # the client went away
                 return
             check_encoding(headers.get(b"content-encoding", b"").decode("latin-1"))
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-            response = JSONResponse(await self.handle(body, query.get("topk", "3")))
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            response = JSONResponse(await self.handle(body, [value for key, value in query if key == "topk"]))
         except (RequestError, ImageError) as exc:
             response = error_response(exc)
         await response(scope, receive, send)
@@ -460,6 +460,13 @@ def non_finite(names: list[str]) -> RequestError:
                              "it cannot classify this input")
 
 
+def query_topk(texts: list[str]) -> int:
+    """The query's `topk` values: 3 without one; `?topk=1&topk=5` is a 422 (it silently meant 5)."""
+    if len(texts) > 1:
+        raise RequestError(422, f"topk is given {len(texts)} times in the query; give it once")
+    return parse_topk(texts[0] if texts else "3")
+
+
 def parse_topk(text: str) -> int:
     """`?topk=`: digits only (no sign, exponent or 30-digit numbers to convert)."""
     return check_topk(int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else text)
@@ -509,14 +516,20 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
         raise RequestError(422, f"malformed multipart body ({str(getattr(exc, 'detail', exc))[:200]})") from None
     try:
         files = [((v.filename or k)[:100], await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
-        topk = form.get("topk")
+        topks = form.getlist("topk")
     finally:
         await form.close()
     if not files:
         raise RequestError(422, "no file in the multipart body (send the image in a field named 'file')")
+    if len(topks) > 1:
+        raise RequestError(422, f"the multipart field 'topk' is given {len(topks)} times; give it once")
+    topk = topks[0] if topks else None
     if topk is not None and not isinstance(topk, str):  # a file sent as `topk`
         raise RequestError(422, "the multipart field 'topk' must be a number, not a file")
     return files, topk
+
+
+JSON_KEYS = ("images", "topk")
 
 
 def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
@@ -525,6 +538,10 @@ def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: [[[[... nested deeper than Python recurses
         raise RequestError(422, f"body is not valid JSON; {usage}") from None
+    unknown = [key for key in payload if key not in JSON_KEYS] if isinstance(payload, dict) else []
+    if unknown:  # `"topK": 5` or `"top_k"` was ignored without a word
+        raise RequestError(422, f"unknown key{'s' * (len(unknown) > 1)} {', '.join(repr(k[:40]) for k in unknown[:5])} "
+                                "in the JSON body; the keys are 'images' and 'topk'")
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
         raise RequestError(422, usage)

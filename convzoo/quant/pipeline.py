@@ -25,16 +25,12 @@ OUTPUTS = ("model-fp32.onnx", "model-int8.onnx", "model-int8-ptq.onnx", "qat.pt"
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
                  train_limit: int = 0, output_dir=None, data_path=None, threads: int = 2, runtime: str = "auto",
-                 log=print) -> dict:
+                 exist_ok: bool = False, log=print) -> dict:
     if method not in ("qat", "ptq"):
         raise ConfigError(f"--method must be qat or ptq, got {method!r}")
     if method == "qat" and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 for QAT, got {epochs}")
-    out = Path(output_dir or Path(ckpt_path).parent / f"quant-{method}")
-    if out.exists() and not out.is_dir():
-        raise WriteError("--output-dir is a file", out)
-    for name in OUTPUTS:  # `--ckpt qat.pt --output-dir .` would replace the checkpoint it fine-tunes
-        check_target(out / name, inputs=[ckpt_path])
+    out = check_output_dir(output_folder(ckpt_path, method, output_dir), ckpt_path, exist_ok=exist_ok)
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
     torch.set_num_threads(threads)
@@ -48,6 +44,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     from ..data.tensors import to_model_input
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
+    remove_outputs(out)  # --exist-ok: a run stopped half-way must not leave old files beside new ones
     export_onnx(ckpt_path, out / "model-fp32.onnx")
     calib = calibration_batches(train, spec, calib_batches)
     # PTQ of the same fp32 checkpoint is cheap: --method qat builds it too, for the side-by-side accuracy.
@@ -77,6 +74,34 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     log(table)
     log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
     return result
+
+
+def output_folder(ckpt_path, method: str, output_dir=None) -> Path:
+    return Path(output_dir or Path(ckpt_path).parent / f"quant-{method}")
+
+
+def check_output_dir(out: Path, ckpt_path, *, exist_ok: bool) -> Path:
+    """The folder can take this run's files (nothing is changed): not a file, none of its outputs would
+    replace the checkpoint, and no earlier quantization's files in it unless `exist_ok` (a rerun
+    replaced them without a word, and one stopped half-way left an fp32/int8 pair of two checkpoints)."""
+    if out.exists() and not out.is_dir():
+        raise WriteError("--output-dir is a file", out)
+    for name in OUTPUTS:  # `--ckpt qat.pt --output-dir .` would replace the checkpoint it fine-tunes
+        check_target(out / name, inputs=[ckpt_path])
+    taken = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if taken and not exist_ok:
+        raise ConfigError(f"output folder already holds {', '.join(taken)} from an earlier quantization, which this "
+                          "run would write over; pass --exist-ok to overwrite them, or another --output-dir", out)
+    return out
+
+
+def remove_outputs(out: Path) -> None:
+    """An earlier quantization's files, all of them, before the first new one is written."""
+    for name in OUTPUTS:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot remove the earlier {name} ({exc.strerror or exc})", out) from None
 
 
 def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
