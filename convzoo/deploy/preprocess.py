@@ -69,13 +69,16 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         grey, background = 255 - grey, 255 - background
     ink = np.maximum(grey - background, 0)
     peak = ink.max()
-    if peak < FAINTEST_INK:  # blank (or a JPEG's noise on blank paper, which scaled up would be read as ink)
+    if peak < FAINTEST_INK or (peak < 64 and peak < 6 * noise_level(grey)):
+        # blank, or only noise (a JPEG's or a sensor's on a blank page), which scaled up would be read as ink
         return np.zeros((28, 28), np.float32)
     ink = ink / peak * 255
     strong = ink > 0.25 * 255
     rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))  # the bounding box, not every pixel
     crop = ink[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
     h, w = crop.shape
+    if max(h, w) <= 2 or max(h, w) < max(grey.shape) / 50:  # one pixel, a speck of dust: no digit to read
+        return np.zeros((28, 28), np.float32)
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) == (h, w):  # already fits (every MNIST digit does): Pillow's resize would return a copy
@@ -93,6 +96,14 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         left = min(max(round(14 - cx), 0), 28 - nw)
     canvas[top: top + nh, left: left + nw] = small
     return canvas
+
+
+def noise_level(grey: np.ndarray) -> float:
+    """The pixels' noise (a robust standard deviation: 1.4826 x the median absolute deviation), on a
+    copy at most ~64 px wide."""
+    step = max(1, max(grey.shape) // 64)
+    sample = grey[::step, ::step]
+    return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
 
 
 def edge_brightness(grey: np.ndarray) -> float:
