@@ -623,3 +623,49 @@ def test_a_redirect_to_ftp_is_refused(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.real_data
+def test_scoring_reads_the_test_files_alone(tmp_path, file_server):
+    """eval (--model, --ckpt) and predict --from-test only read the test split: a folder holding only
+    MNIST's t10k files (or CIFAR-10's test_batch.bin) is enough; they asked for train-images and tried
+    to download it into that folder ("download failed on every mirror"). train still needs every file,
+    and missing test files are downloaded as before, the failure naming them. The official mirrors are
+    reached through the local server as a proxy: no real network, every request seen and refused."""
+    import json
+
+    from convzoo.data.tensors import load_dataset
+
+    folder = tmp_path / "testonly"
+    folder.mkdir()
+    for name in OFFICIAL_T10K:
+        shutil.copy(need(MNIST_DIR) / name, folder / name)
+    proxy = {"http_proxy": file_server.url, "https_proxy": file_server.url, "HTTP_PROXY": file_server.url,
+             "HTTPS_PROXY": file_server.url, "no_proxy": "", "NO_PROXY": ""}
+
+    result = json.loads(run_cli("eval", "--model", "lenet5:mnist", "--data-path", folder, "--json", env=proxy,
+                                check=0).stdout)
+    assert result["accuracy"] > 0.98 and sum(map(sum, result["confusion"])) == 10000
+    proc = run_cli("eval", "--ckpt", "lenet5:mnist", "--data-path", folder, "--test-limit", "1000", env=proxy, check=0)
+    assert "'Accuracy': 0.9" in proc.stdout and "warning" not in proc.stderr
+    proc = run_cli("predict", "--model", "lenet5:mnist", "--from-test", "3", "--data-path", folder,
+                   "--grid", tmp_path / "grid.png", env=proxy, check=0)
+    assert proc.stdout.startswith("test[0]: 7 (") and (tmp_path / "grid.png").is_file()
+    assert sorted(p.name for p in folder.iterdir()) == OFFICIAL_T10K and not file_server.hits  # nothing fetched
+
+    proc = run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", folder, "--epochs", "1",
+                   "--output-dir", tmp_path / "run", env=proxy)
+    assert_user_error(proc, "download failed on every mirror", "train-images-idx3-ubyte.gz")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    proc = run_cli("eval", "--model", "lenet5:mnist", "--data-path", folder, env=proxy)
+    assert_user_error(proc, "download failed on every mirror", "t10k-images-idx3-ubyte.gz")
+    assert sorted(p.name for p in folder.iterdir()) == OFFICIAL_T10K[:1]  # the mnist/ it made is removed again
+
+    cifar = tmp_path / "cifar"
+    (cifar / "cifar-10-verify-bin").mkdir(parents=True)  # MindSpore's folder for the test batch
+    (cifar / "cifar-10-verify-bin" / "test_batch.bin").symlink_to(need(CIFAR_DIR) / "cifar-10-batches-bin" /
+                                                                  "test_batch.bin")
+    train, test, located = load_dataset("cifar10", cifar, test_only=True, quiet=True)
+    assert train is None and test.images.shape == (10000, 3, 32, 32) and list(located.files) == ["test_batch.bin"]
+    with pytest.raises(DataError, match="looked for data_batch_1.bin"):
+        fetch.locate(CIFAR10, cifar, download=False)

@@ -92,8 +92,11 @@ def search_roots(data_path=None) -> list[tuple[str, Path]]:
     return roots
 
 
-def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=None, verify: bool = True) -> Located:
-    """Find `spec` locally (in search order) or download it; returns paths and checksum results."""
+def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=None, verify: bool = True,
+           splits=None) -> Located:
+    """Find `spec` locally (in search order) or download it; returns paths and checksum results.
+    `splits`: the splits needed (None: all). A folder holding their files is enough (eval reads the
+    test files alone); when none has them, the whole data set is downloaded as usual."""
     if data_path is not None and not Path(data_path).is_dir():
         raise DataError("--data-path is not a folder", data_path)
     if not spec.reader.official:  # the user's own folder: no files to find, verify or download
@@ -102,7 +105,7 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
                             "of images per class)")
         return Located(spec, Path(data_path).resolve(), "--data-path", {})
     for source, root in search_roots(data_path):
-        found = find_in(spec, root)
+        found = find_in(spec, root, splits)
         if found is not None:
             located = Located(spec, common_folder(found), source, found)
             if verify:
@@ -111,13 +114,18 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
         if source == "--data-path":
             break  # an explicit folder is the only place looked in
     if not download:
-        raise missing_error(spec, data_path)
-    return download_dataset(spec, Path(data_path) if data_path else cache_root(), mirrors=mirrors)
+        raise missing_error(spec, data_path, splits)
+    return download_dataset(spec, Path(data_path) if data_path else cache_root(), mirrors=mirrors, splits=splits)
 
 
-def missing_error(spec: DatasetSpec, data_path) -> DataError:
+def needed_files(spec: DatasetSpec, splits=None) -> list[FileSpec]:
+    """`spec`'s files of `splits` (None: all of them)."""
+    return [f for f in spec.files if splits is None or f.split in splits]
+
+
+def missing_error(spec: DatasetSpec, data_path, splits=None) -> DataError:
     where = ", ".join(str(r) for _, r in search_roots(data_path))
-    names = ", ".join(f.name for f in spec.files[:2]) + ", ..."
+    names = ", ".join(f.name for f in needed_files(spec, splits)[:2]) + ", ..."
     return DataError(
         f"{spec.title} not found (looked for {names} in {where}); "
         f"run `convzoo data download {spec.name}` or pass --data-path FOLDER",
@@ -125,14 +133,14 @@ def missing_error(spec: DatasetSpec, data_path) -> DataError:
     )
 
 
-def find_in(spec: DatasetSpec, root: Path) -> dict[str, Path] | None:
-    """Paths of all of `spec`'s files under `root` in any known layout, or None."""
+def find_in(spec: DatasetSpec, root: Path, splits=None) -> dict[str, Path] | None:
+    """Paths of all of `spec`'s files of `splits` (None: all) under `root` in any known layout, or None."""
     if not root.is_dir():
         return None
     subs = [root] + [root / n for n in (spec.name, *spec.folder_names)] + [root / n / "raw" for n in spec.folder_names]
     for folder in dict.fromkeys(subs):
         found = {}
-        for file in spec.files:
+        for file in needed_files(spec, splits):
             path = find_file(folder, file, spec)
             if path is None:
                 break
@@ -165,7 +173,7 @@ def spellings(name: str) -> list[str]:
 
 def verify_files(spec: DatasetSpec, files: dict[str, Path]) -> list[FileCheck]:
     manifest = read_manifest(next(iter(files.values())).parent)
-    return [check_file(f, files[f.name], manifest) for f in spec.files]
+    return [check_file(f, files[f.name], manifest) for f in spec.files if f.name in files]
 
 
 def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
@@ -230,8 +238,10 @@ def read_manifest(folder: Path) -> dict:
 # ---------------------------------------------------------------- download
 
 
-def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: float = TIMEOUT_S) -> Located:
-    """Download every file of `spec` into root/<name>/, verified; returns it located. The folders
+def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: float = TIMEOUT_S,
+                     splits=None) -> Located:
+    """Download every file of `spec` into root/<name>/, verified; returns it located. Those of `splits`
+    (the ones the caller needs) come first, so a failure names one of them. The folders
     this call creates are removed again if it fails and they are still empty (no stray empty
     mnist/ in the user's folder); files already downloaded are kept, as is any folder it found."""
     if not spec.reader.official:
@@ -241,7 +251,7 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
     target = root / spec.name
     created = missing_folders(target)
     try:
-        return download_into(spec, root, target, mirrors, timeout)
+        return download_into(spec, root, target, mirrors, timeout, splits)
     except BaseException:
         for folder in reversed(created):  # innermost first; rmdir refuses a folder that holds anything
             try:
@@ -273,7 +283,7 @@ def missing_folders(folder: Path) -> list[Path]:
     return missing[::-1]
 
 
-def download_into(spec: DatasetSpec, root: Path, target: Path, mirrors, timeout: float) -> Located:
+def download_into(spec: DatasetSpec, root: Path, target: Path, mirrors, timeout: float, splits=None) -> Located:
     """download_dataset's work, into the folder `target` (root/<name>)."""
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -296,7 +306,7 @@ def download_into(spec: DatasetSpec, root: Path, target: Path, mirrors, timeout:
                           spec.archive.size, timeout)
         extract_archive(archive, target, spec.archive.folder)
     else:
-        for file in spec.files:
+        for file in sorted(spec.files, key=lambda f: splits is not None and f.split not in splits):
             dest = target / file.name
             if is_official(dest, file.md5, file.size):
                 continue

@@ -56,17 +56,20 @@ class InputSpec:
 
 
 def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=None, quiet: bool = False,
-                 folder: FolderRule | None = None):
+                 folder: FolderRule | None = None, test_only: bool = False):
     """(train Split, test Split, Located) on the CPU; prints the non-official-files warning once.
     An image folder is read by `folder` (default FolderRule()); its Located.spec then holds the
-    classes, mean and std found in it."""
+    classes, mean and std found in it. test_only: a catalog data set's test files are located, checked
+    and read alone (train is None), so scoring needs no training files; an image folder is read whole."""
     spec = get_spec(name)
     if spec.folder and folder:
         spec = spec.reading(folder)
-    located = locate(spec, data_path, download=download, mirrors=mirrors)
+    test_only = test_only and spec.reader.official
+    located = locate(spec, data_path, download=download, mirrors=mirrors, splits=("test",) if test_only else None)
     if located.warning() and not quiet:
         print(located.warning(), file=sys.stderr)
-    train, test = read_split(located, "train"), read_split(located, "test")
+    train = None if test_only else read_split(located, "train")
+    test = read_split(located, "test")
     if spec.folder:  # statistics of the user's own images: their training split's
         mean, std = formats.channel_stats(train.images.numpy())
         located.spec = replace(spec, classes=train.classes, mean=mean, std=std, title=f"image folder {located.root}")
@@ -107,10 +110,12 @@ def select_classes_by_name(split: Split, names, path=None) -> Split:
     return select_classes(split, [split.classes.index(n) for n in names])
 
 
-def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_path=None) -> tuple[Split, Split]:
+def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_path=None,
+                    test_only: bool = False) -> tuple[Split | None, Split]:
     """(train, test) of the data set a model (checkpoint or ONNX description) was trained on, or of
     `dataset`, restricted and relabelled to the model's classes. An image folder is read again by
-    the rule and from the folder the model records, or from `data_path`."""
+    the rule and from the folder the model records, or from `data_path`. test_only: train is None and
+    a catalog data set's training files are not needed (see load_dataset)."""
     rule = meta.get("data")
     if dataset is None and rule:
         recorded = rule.get("path")
@@ -118,12 +123,12 @@ def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_p
             raise DataError(f"the image folder {path or 'the model'} was trained on is not there any more (moved or "
                             "deleted); pass --data-path FOLDER", recorded)
         train, test, located = load_dataset(meta["dataset"], data_path or recorded,
-                                            folder=FolderRule.from_dict(rule))
+                                            folder=FolderRule.from_dict(rule), test_only=test_only)
         warn_if_split_changed(rule.get("split"), located, meta["class_names"], path)
     else:
         folder = FolderRule(channels=meta["input"]["channels"])  # a model of another data set on a folder
-        train, test, _ = load_dataset(dataset or meta["dataset"], data_path, folder=folder)
-    return (select_classes_by_name(train, meta["class_names"], path),
+        train, test, _ = load_dataset(dataset or meta["dataset"], data_path, folder=folder, test_only=test_only)
+    return (None if train is None else select_classes_by_name(train, meta["class_names"], path),
             select_classes_by_name(test, meta["class_names"], path))
 
 

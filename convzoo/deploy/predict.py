@@ -328,7 +328,7 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
     from ..data.tensors import load_model_data
     from .preprocess import from_dataset
 
-    _, test = load_model_data(predictor.meta, predictor.path, data_path=data_path)
+    _, test = load_model_data(predictor.meta, predictor.path, data_path=data_path, test_only=True)
     images = test.images[:count].numpy()
     truth = [test.classes[i] for i in test.labels[:count].tolist()]
     try:
@@ -351,7 +351,7 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
     from .preprocess import from_dataset
 
     predictor = Predictor(path, threads=threads, runtime=runtime)
-    _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path)
+    _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path, test_only=True)
     test = test.subset(slice(0, limit or None))
     k = len(predictor.classes)
     images, labels = test.images.numpy(), test.labels.numpy()
