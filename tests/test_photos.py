@@ -52,36 +52,43 @@ def test_digits_photographed_under_uneven_light(tmp_path, kind):
 
 def framed(digit: np.ndarray, kind: str) -> Image.Image:
     """A digit with a frame round it, as drawn or scanned: light ink on black inside a 1-px white frame
-    (a drawing program's canvas edge), or dark ink on paper at 200 px with a scanner's 6-px dark edge."""
+    (a drawing program's canvas edge), or dark ink on a 200-px page with a scanner's 6-px dark edge or
+    a frame drawn 3 px in."""
     if kind == "white frame":
         framed = digit.copy()
         framed[0], framed[-1], framed[:, 0], framed[:, -1] = 255, 255, 255, 255
         return Image.fromarray(framed)
-    paper = 255 - np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BILINEAR))
-    paper = paper.copy()
-    paper[:6], paper[-6:], paper[:, -6:] = 20, 20, 20  # three sides: a page narrower than the glass
+    paper = np.full((200, 200), 255, np.uint8)  # the digit at 160 px on a 200-px page
+    paper[20:180, 20:180] = 255 - np.asarray(Image.fromarray(digit).resize((160, 160), Image.Resampling.BILINEAR))
+    if kind == "scanner edge":
+        paper[:6], paper[-6:], paper[:, -6:] = 20, 20, 20  # three sides: a page narrower than the glass
+    elif kind == "scanner edge, one side":
+        paper[:, :6] = 20
+    else:  # "inset frame": a 2-px frame drawn 3 px in, paper outside it
+        paper[3:5, 3:-3], paper[-5:-3, 3:-3], paper[3:-3, 3:5], paper[3:-3, -5:-3] = 0, 0, 0, 0
     return Image.fromarray(paper)
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("kind", ["white frame", "scanner edge"])
+@pytest.mark.parametrize("kind", ["white frame", "scanner edge", "scanner edge, one side", "inset frame"])
 def test_digits_inside_a_frame(tmp_path, kind):
-    """A frame's lines, of the other brightness than the image's bulk, are peeled off before the
+    """A frame's lines, of the other brightness than the image's bulk, are cut off before the
     background is read from the edges: a 1-px white frame had made a white-on-black digit read as dark
-    ink on light paper (2 of 10 right in a user's report), a scanner's dark edge the reverse."""
+    ink on light paper (2 of 10 right in a user's report), a scanner's dark edge the reverse; a dark edge
+    on one side, or a frame a few pixels in, was read as ink (0.79 and 0.83 on 100 digits)."""
     from convzoo.data import formats
     from convzoo.deploy.predict import Predictor
     from convzoo.models.pretrained import pretrained_path
 
-    digits = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[:10, 0]
-    labels = formats.read_idx_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", 10)[:10]
+    digits = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[:40, 0]
+    labels = formats.read_idx_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", 40)[:40]
     files = []
     for i, digit in enumerate(digits):
         files.append(tmp_path / f"{i}.png")
         framed(digit, kind).save(files[-1])
     results = Predictor(pretrained_path("lenet5:mnist")).predict_files([str(f) for f in files], topk=1)
     read = [int(r["class"]) for r in results]
-    assert sum(r == int(t) for r, t in zip(read, labels)) >= 9, (read, labels.tolist())
+    assert sum(r == int(t) for r, t in zip(read, labels)) >= 39, (read, labels.tolist())
 
 
 @pytest.mark.real_data
@@ -108,10 +115,15 @@ def test_a_blank_image_is_flagged_not_read_as_a_digit(tmp_path):
     one[14, 14] = 40
     Image.fromarray(one).save(tmp_path / "pixel.png")
     Image.fromarray(np.clip(128 + rng.normal(0, 3, (48, 48)), 0, 255).astype(np.uint8)).save(tmp_path / "grain.png")
+    frame = np.full((200, 200), 255, np.uint8)  # an empty frame drawn 2 px in: "1 (0.749)" before
+    frame[2:4, 2:-2], frame[-4:-2, 2:-2], frame[2:-2, 2:4], frame[2:-2, -4:-2] = 0, 0, 0, 0
+    Image.fromarray(frame).save(tmp_path / "frame.png")
     digit = formats_digit()
     Image.fromarray(255 - digit).resize((140, 140)).save(tmp_path / "seven.png")
-    blank = ["white.png", "black.png", "page.jpg", "noise.png", "dust.png", "pixel.png", "grain.png"]
+    blank = ["white.png", "black.png", "page.jpg", "noise.png", "dust.png", "pixel.png", "grain.png", "frame.png"]
     for model in ("lenet5:mnist", "lenet5:fashion-mnist"):
+        if model == "lenet5:fashion-mnist":
+            blank.remove("frame.png")  # frames are cut for digits only (a garment's edges are no frame)
         proc = run_cli("predict", "--model", model, *(tmp_path / n for n in blank + ["seven.png"]), check=0)
         lines = proc.stdout.splitlines()
         assert all(line.endswith("(blank image: nothing to read)") for line in lines[:-1]), lines
