@@ -58,10 +58,7 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     (np.maximum/np.minimum, not np.clip: the same values, a fraction of the call cost, which is
     most of a served request's CPU for a 28x28 digit.)"""
     background = edge_brightness(grey)
-    step = max(1, max(grey.shape) // 64)
-    bulk = grey[::step, ::step]
-    light = np.count_nonzero(bulk > 127) * 2 > bulk.size  # the median's side of 127, without its sort
-    framed = without_frame(grey, light) if frames else grey
+    framed = without_frame(grey) if frames else grey
     if framed is not grey:
         grey, background = framed, edge_brightness(framed)
     if (even_light and max(grey.shape) > EVEN_LIGHTING_ABOVE
@@ -116,9 +113,9 @@ def edge_brightness(grey: np.ndarray) -> float:
     return float(border[half] if len(border) % 2 else (border[half - 1] + border[half]) / 2)
 
 
-def without_frame(grey: np.ndarray, light: bool) -> np.ndarray:
-    """The image inside a frame: lines nearly all of the other brightness than the image's bulk (light:
-    the bulk's) within 1/20 of the side from an edge, such as a drawing program's canvas edge round a
+def without_frame(grey: np.ndarray) -> np.ndarray:
+    """The image inside a frame: lines nearly all of the other brightness than the image's bulk within
+    1/20 of the side from an edge, such as a drawing program's canvas edge round a
     white-on-black digit, a scanner's dark edge round paper, or a frame drawn a few pixels in. Each side
     is cut past its innermost such line when its outermost line is one (an edge on any number of sides)
     or when every side has one (a frame with a margin outside it). A single line in one side's band,
@@ -128,6 +125,9 @@ def without_frame(grey: np.ndarray, light: bool) -> np.ndarray:
     limit = min(h, w) // 20
     if not limit:
         return grey
+    step = max(1, max(h, w) // 64)
+    bulk = grey[::step, ::step]
+    light = np.count_nonzero(bulk > 127) * 2 > bulk.size  # the median's side of 127, without its sort
 
     def lines(band, axis) -> np.ndarray:  # positions, from the edge inwards, of the band's frame lines
         return np.flatnonzero(np.count_nonzero((band > 127) != light, axis=axis) > 0.9 * band.shape[axis])
