@@ -285,20 +285,20 @@ def _integer(name: str, value, low: int, high: int) -> int:
 
 def _plain(value):
     """A train() argument as the other API functions take it: a path-like object (pathlib.Path) as its
-    str, numpy scalars as Python's int, float or bool (lists item by item); anything else as given, for
+    str, numpy scalars as Python's int, float or bool (lists, tuples and 1-d arrays item by item, as lists); anything else as given, for
     TrainConfig's checks to accept or refuse."""
     import numbers
     import os
 
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
+    if isinstance(value, (list, tuple)) or (type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1):
+        return [_plain(v) for v in value]  # classes=(3, 5) or np.array([3, 5]) as [3, 5]
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         if isinstance(value, numbers.Integral):
             return int(value)
-        if isinstance(value, numbers.Real):
-            return float(value)
+        if isinstance(value, numbers.Real):  # via its shortest text: np.float32(0.01) is 0.01, not 0.0099999998
+            return float(str(value))
         if value.dtype == bool:
             return bool(value)
     return value

@@ -227,3 +227,9 @@ def test_train_api_takes_paths_and_numpy_integers(tmp_path):
         convzoo.train(model="lenet5", epochs=np.float64(1.5), output_dir=tmp_path / "x")
     with pytest.raises(ConfigError, match="epochs"):
         convzoo.train(model="lenet5", epochs=np.bool_(True), output_dir=tmp_path / "x")
+    # a tuple or an array of classes is read as the list it means (refused as a type before), here
+    # reaching the one-class check; float32 values as written
+    for one in ((3,), np.array([3])):
+        with pytest.raises(ConfigError, match=r"--classes needs at least two classes, got \[3\]"):
+            convzoo.train(model="lenet5", classes=one, output_dir=tmp_path / "x")
+    assert convzoo._plain(np.float32(0.01)) == 0.01 and convzoo._plain((np.int8(1), 2)) == [1, 2]

@@ -30,3 +30,6 @@ def test_predict_refuses_conflicting_flags_and_keeps_a_foreign_grid_png(tmp_path
     for _ in range(2):  # written, then an earlier grid written over
         assert main(["predict", "--model", "lenet5:mnist", *map(str, test_set)]) == 0
         assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    # more test images than the set holds quietly gave the 10,000 it has
+    cli_error(capsys, "predict", "--model", "lenet5:mnist", "--from-test", "20000", "--data-path", MNIST_DIR,
+              fragments=["--from-test 20000 is more than the 10,000 test images"])

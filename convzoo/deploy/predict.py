@@ -329,6 +329,8 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
     from .preprocess import from_dataset
 
     _, test = load_model_data(predictor.meta, predictor.path, data_path=data_path, test_only=True)
+    if count > len(test):  # it quietly gave the whole test set
+        raise ConfigError(f"--from-test {count} is more than the {len(test):,} test images of the model's data set")
     images = test.images[:count].numpy()
     truth = [test.classes[i] for i in test.labels[:count].tolist()]
     try:
