@@ -143,6 +143,16 @@ def create_temp(path: Path, suffix: str) -> tuple[int, Path]:
     raise WriteError("cannot create a temporary file beside it (100 names taken)", path)
 
 
+def remove_outputs(folder: Path, names) -> None:
+    """An earlier run's files `names` in `folder`, all removed before the first new one is written
+    (`--exist-ok`): a new run stopped half-way must not leave its files beside the old ones."""
+    for name in names:
+        try:
+            (folder / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot remove the earlier {name} ({exc.strerror or exc})", folder) from None
+
+
 def remove_stale_temps(folder, targets=None) -> list[Path]:
     """Remove temp files left in `folder` by killed writers (of `targets`, names, or of anything).
 

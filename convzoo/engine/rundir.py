@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import atomic_write_bytes, remove_stale_temps, write_error
+from ..atomic import atomic_write_bytes, remove_outputs, remove_stale_temps, write_error
 from ..errors import ConfigError, DataError, first_line
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s",
@@ -56,11 +56,7 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     lock(path)
     if exist_ok and not resume:  # overwrite means the old run goes: a new run that stopped early or diverged had
-        for name in RUN_FILES + WRITTEN_FILES:  # left its config beside the old run's checkpoints and metrics
-            try:
-                (path / name).unlink(missing_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cannot remove the earlier run's {name} ({exc.strerror or exc})", path) from None
+        remove_outputs(path, RUN_FILES + WRITTEN_FILES)  # left its config beside the old checkpoints and metrics
     # Temp files of writes killed half-way (a SIGKILLed checkpoint save leaves .last.pt.*.tmp): only
     # one convzoo writes a run folder, and a live writer's temps are locked, so these are leftovers.
     remove_stale_temps(path, RUN_FILES)

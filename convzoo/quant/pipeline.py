@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_bytes, check_target, make_folder
+from ..atomic import atomic_write_bytes, check_target, make_folder, remove_outputs
 from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
 from ..metadata import deployment_metadata
@@ -44,7 +44,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     from ..data.tensors import to_model_input
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
-    remove_outputs(out)  # --exist-ok: a run stopped half-way must not leave old files beside new ones
+    remove_outputs(out, OUTPUTS)  # --exist-ok (else there are none): old files never sit beside new ones
     export_onnx(ckpt_path, out / "model-fp32.onnx")
     calib = calibration_batches(train, spec, calib_batches)
     # PTQ of the same fp32 checkpoint is cheap: --method qat builds it too, for the side-by-side accuracy.
@@ -93,15 +93,6 @@ def check_output_dir(out: Path, ckpt_path, *, exist_ok: bool) -> Path:
         raise ConfigError(f"output folder already holds {', '.join(taken)} from an earlier quantization, which this "
                           "run would write over; pass --exist-ok to overwrite them, or another --output-dir", out)
     return out
-
-
-def remove_outputs(out: Path) -> None:
-    """An earlier quantization's files, all of them, before the first new one is written."""
-    for name in OUTPUTS:
-        try:
-            (out / name).unlink(missing_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot remove the earlier {name} ({exc.strerror or exc})", out) from None
 
 
 def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
