@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.catalog import FolderRule, get_spec
-from ..data.formats import split_fingerprint
+from ..data.formats import inside, split_fingerprint
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, DataError, first_line
@@ -70,7 +70,7 @@ class TrainingRun:
             check_resumable(state, cfg, out / "last.pt")
         if main:
             rundir.check(out, resume=resume, exist_ok=exist_ok)  # the folder is written only once all is checked
-        if data_spec.folder and cfg.data_path and out.resolve().is_relative_to(Path(cfg.data_path).resolve()):
+        if data_spec.folder and cfg.data_path and inside(out, Path(cfg.data_path)):
             # Its files would become a class: the next run on the folder read runs/ (its curves.png) as one.
             raise ConfigError(f"output folder is inside the image folder {cfg.data_path}, whose sub-folders are its "
                               "classes; pass an --output-dir outside it", out)
