@@ -290,13 +290,14 @@ def cmd_eval(args) -> int:
     # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
                                    if args.ckpt and Path(args.ckpt).is_file() else None)
+    meta = None  # the model's description, read for the check below and (a checkpoint) evaluated from
     if confusion:  # checked before the work: `--confusion best.pt` (or run/curves.png) replaced it with a PNG
         from .report.plots import check_plot_target
 
-        model = args.ckpt or args.model
+        meta = model_meta(args.ckpt or args.model)
         check_plot_target(confusion, "confusion", default="confusion.png",
                           inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
-                          protected=image_folders(model_meta(model), args.data_path, args.dataset))
+                          protected=image_folders(meta, args.data_path, args.dataset))
     if args.model:
         from .deploy.predict import evaluate_model_file
 
@@ -304,7 +305,8 @@ def cmd_eval(args) -> int:
                                      threads=threads, runtime=args.runtime, limit=args.test_limit)
     else:
         result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
-                                     batch_size=args.batch_size, tta=args.tta, limit=args.test_limit)
+                                     batch_size=args.batch_size, tta=args.tta, limit=args.test_limit,
+                                     ckpt=meta if meta and "state_dict" in meta else None)
     if args.json:
         print(json.dumps({"accuracy": result.accuracy, "per_class": dict(zip(result.classes,
                           result.per_class)), "confusion": result.confusion.tolist()}))

@@ -76,14 +76,16 @@ def tta_logits(model, x: torch.Tensor, tta: str) -> torch.Tensor:
 
 
 def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, device: str = "auto",
-                        batch_size: int = 1000, tta: str | None = None, limit: int = 0) -> EvalResult:
+                        batch_size: int = 1000, tta: str | None = None, limit: int = 0,
+                        ckpt: dict | None = None) -> EvalResult:
     """Evaluate a convzoo checkpoint on its data set's test split (or `dataset`'s, same classes), or
-    its first `limit` images; tta None: the TTA the model was trained and scored with (its config's `tta`)."""
+    its first `limit` images; tta None: the TTA the model was trained and scored with (its config's `tta`).
+    `ckpt`: the file's contents when the caller has loaded them already (read once, not twice)."""
     from ..data.tensors import load_model_data
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .runtime import resolve_device
 
-    ckpt = load_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     dev = resolve_device(device)
     _, test = load_model_data(ckpt, path, dataset=dataset, data_path=data_path, test_only=True)
