@@ -118,9 +118,16 @@ def test_a_blank_image_is_flagged_not_read_as_a_digit(tmp_path):
     frame = np.full((200, 200), 255, np.uint8)  # an empty frame drawn 2 px in: "1 (0.749)" before
     frame[2:4, 2:-2], frame[-4:-2, 2:-2], frame[2:-2, 2:4], frame[2:-2, -4:-2] = 0, 0, 0, 0
     Image.fromarray(frame).save(tmp_path / "frame.png")
+    # Empty paper photographed under light falling off to one side or in a vignette: the gradient was
+    # read as a frame (digits: "1 (0.66)") or as a garment ("T-shirt/top (0.50)", "Pullover (0.65)").
+    ramp = 100 + 150 * np.mgrid[0:300, 0:400][1] / 400 + rng.normal(0, 3, (300, 400))
+    Image.fromarray(np.clip(ramp, 0, 255).astype(np.uint8)).save(tmp_path / "ramp.png")
+    vignette = 225 * lighting("vignette") + rng.normal(0, 3, (SIDE, SIDE))
+    Image.fromarray(np.clip(vignette, 0, 255).astype(np.uint8)).save(tmp_path / "vignette.png")
     digit = formats_digit()
     Image.fromarray(255 - digit).resize((140, 140)).save(tmp_path / "seven.png")
-    blank = ["white.png", "black.png", "page.jpg", "noise.png", "dust.png", "pixel.png", "grain.png", "frame.png"]
+    blank = ["white.png", "black.png", "page.jpg", "noise.png", "dust.png", "pixel.png", "grain.png", "ramp.png",
+             "vignette.png", "frame.png"]
     for model in ("lenet5:mnist", "lenet5:fashion-mnist"):
         if model == "lenet5:fashion-mnist":
             blank.remove("frame.png")  # frames are cut for digits only (a garment's edges are no frame)

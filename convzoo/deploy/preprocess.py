@@ -61,18 +61,21 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     framed = without_frame(grey) if frames else grey
     if framed is not grey:
         grey, background = framed, edge_brightness(framed)
-    if (even_light and max(grey.shape) > EVEN_LIGHTING_ABOVE
-            and max(background, float(np.median(grey[::4, ::4]))) > 127):
-        # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
-        # shadow half of it).
+    # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
+    # shadow half of it).
+    paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and max(background, float(np.median(grey[::4, ::4]))) > 127
+    if paper and even_light:
         grey, background = even_lighting(grey), 255.0
+    elif paper and not has_ink(255 - even_lighting(grey), 0.0):
+        # An empty page under uneven light: a garment's shading is kept as it is, so only this test evens
+        # the light (read as it is, the light's gradient was a confident T-shirt).
+        return np.zeros((28, 28), np.float32)
     if background > 127:  # dark ink on light paper: invert
         grey, background = 255 - grey, 255 - background
+    if not has_ink(grey, background):
+        return np.zeros((28, 28), np.float32)
     ink = np.maximum(grey - background, 0)
     peak = ink.max()
-    if peak < FAINTEST_INK or (peak < 64 and peak < 6 * noise_level(grey)):
-        # blank, or only noise (a JPEG's or a sensor's on a blank page), which scaled up would be read as ink
-        return np.zeros((28, 28), np.float32)
     ink = ink / peak * 255
     strong = ink > 0.25 * 255
     rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))  # the bounding box, not every pixel
@@ -97,6 +100,13 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         left = min(max(round(14 - cx), 0), 28 - nw)
     canvas[top: top + nh, left: left + nw] = small
     return canvas
+
+
+def has_ink(grey: np.ndarray, background: float) -> bool:
+    """Whether light-on-dark pixels hold anything brighter than their background: not when blank, or
+    only noise (a JPEG's or a sensor's on a blank page), which scaled up would be read as ink."""
+    peak = float(np.max(grey)) - background
+    return not (peak < FAINTEST_INK or (peak < 64 and peak < 6 * noise_level(grey)))
 
 
 def noise_level(grey: np.ndarray) -> float:
@@ -136,6 +146,11 @@ def without_frame(grey: np.ndarray) -> np.ndarray:
              lines(grey[:, ::-1][:, :limit], 0)]  # top, bottom, left, right
     everywhere = all(len(found) for found in sides)
     cut = [found[-1] + 1 if len(found) and (everywhere or found[0] == 0) else 0 for found in sides]
+    inside = [grey[cut[0]], grey[h - 1 - cut[1]], grey[:, cut[2]], grey[:, w - 1 - cut[3]]]
+    # A frame ends: past it the image's bulk brightness resumes. Where it does not, the band is the dark
+    # side of a lighting gradient or of a shadow over the paper, not a frame.
+    cut = [c if not c or np.count_nonzero((line > 127) != light) <= 0.5 * line.size else 0
+           for c, line in zip(cut, inside)]
     if not any(cut):
         return grey
     return grey[cut[0]: h - cut[1], cut[2]: w - cut[3]]
