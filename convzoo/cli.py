@@ -6,10 +6,12 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from .errors import ConvzooError, printable
+from .errors import ConvzooError, Terminated, printable
 
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    previous = terminate_as_interrupt()
     try:
         return args.handler(args) or 0
     except ConvzooError as exc:
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
         print(f"convzoo: error: this command needs the training packages (no module named {exc.name!r}); "
               "install them with: pip install 'convzoo[train]'", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # train's Terminated (a SIGTERM it saved last.pt for) carries signum 15
+    except KeyboardInterrupt as exc:  # Terminated (a SIGTERM; train saved last.pt for it) carries signum 15
         signum = int(getattr(exc, "signum", 2))
         print(f"convzoo: {'terminated' if signum == 15 else 'interrupted'}", file=sys.stderr)
         return 128 + signum
@@ -42,6 +45,24 @@ def main(argv=None) -> int:
         # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def terminate_as_interrupt():
+    """A SIGTERM (docker stop, kubectl, timeout) ends any command as Ctrl-C does: half-written files are
+    removed by the code that writes them, and the command says so and exits 143 (killed outright, it
+    left temp files and printed nothing). Train and serve set their own handlers while they run.
+    Returns the handler replaced, or None where none was (not the main thread, or the embedding
+    program has its own)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 class Parser(argparse.ArgumentParser):

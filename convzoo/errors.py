@@ -11,6 +11,14 @@ def printable(text: str) -> str:
     return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in place of KeyboardInterrupt after a SIGTERM (SLURM preemption, kubectl delete,
+    timeout, docker stop): cleanup code runs as for Ctrl-C, and the CLI exits 143, 128 + the signal,
+    as a plain SIGTERM would."""
+
+    signum = 15
+
+
 class ConvzooError(Exception):
     """A mistake in the user's input (files, flags, data); never a bug in convzoo."""
 

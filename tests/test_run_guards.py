@@ -201,6 +201,26 @@ def test_sigterm_during_training_saves_last_pt_like_ctrl_c(tmp_path):
 
 
 @pytest.mark.real_data
+def test_sigterm_stops_any_command_with_one_line_and_no_temp_files(tmp_path):
+    """A SIGTERM during `quantize` (or any command but train and serve, which handle it themselves)
+    killed it silently: no message, and a temp file being written was left behind. It now stops as
+    Ctrl-C does: the writer's cleanup runs, one line, exit 143."""
+    out = tmp_path / "q"
+    proc = subprocess.Popen([sys.executable, "-m", "convzoo", "quantize", "--ckpt", "lenet5:mnist", "--method", "qat",
+                             *map(str, MNIST), "--output-dir", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.time() + 120
+    while not (out / "model-fp32.onnx").is_file():  # written first; QAT's fine-tune follows
+        assert time.time() < deadline and proc.poll() is None, "quantize did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err and err.strip().endswith("convzoo: terminated"), err[-2000:]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not (out / "model-int8.onnx").exists()
+
+
+@pytest.mark.real_data
 def test_val_split_leaving_no_training_images_names_val_split(tmp_path, capsys):
     """--val-split 0.99 of 50 images blamed --batch-size ('larger than the 0 training images')."""
     cli_error(capsys, "train", *SMALL, *MNIST, "--val-split", "0.99", "--train-limit", "50", "--batch-size", "1",

@@ -25,11 +25,11 @@ import traceback
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..errors import ConvzooError
+from ..errors import ConvzooError, Terminated
 from ..orphans import die_with_parent
 from . import distributed
 from .runtime import default_threads
-from .trainer import Terminated, train as train_here
+from .trainer import train as train_here
 
 SPEC_ENV = "CONVZOO_LAUNCH_SPEC"  # the worker's config and options, as JSON
 

@@ -22,7 +22,7 @@ from ..data.catalog import FolderRule, get_spec
 from ..data.formats import inside, split_fingerprint
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
-from ..errors import CheckpointError, ConfigError, DataError, first_line
+from ..errors import CheckpointError, ConfigError, DataError, Terminated, first_line
 from ..metadata import check_model_meta
 from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
@@ -432,13 +432,6 @@ class EpochMeter:
     def to_dict(self) -> dict:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
                 "time": self.elapsed()}
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in place of KeyboardInterrupt after a SIGTERM (SLURM preemption, kubectl delete,
-    timeout, docker stop); the CLI exits 143 for it, 128 + the signal, as a plain SIGTERM would."""
-
-    signum = signal.SIGTERM
 
 
 class InterruptFlag(threading.Event):
