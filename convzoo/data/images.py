@@ -144,14 +144,16 @@ def standard_mode(image: Image.Image, name: str = "image") -> Image.Image:
 
 
 def high_bit_depth_to_grey(image: Image.Image, integer: bool, name: str) -> Image.Image:
-    """16/32-bit integer or float pixels -> 8-bit grey: 8- and 16-bit ranges scale as such,
-    anything else (floats, negative or wider integers) stretches from its minimum to its maximum."""
+    """16/32-bit integer or float pixels -> 8-bit grey: non-negative integers scale by the smallest
+    of the 8-, 10-, 12-, 14- and 16-bit ranges that holds their maximum (a 10-bit sensor's 0..1023 in a
+    16-bit PNG scaled by 65535 was 4 grey levels, read as blank); anything else (floats, negative or
+    wider integers) stretches from its minimum to its maximum."""
     a = np.asarray(image, dtype=np.float64)
     if not np.isfinite(a).all():
         raise ImageError("image holds NaN or infinite pixel values", name)
     low, high = float(a.min()), float(a.max())
     if integer and low >= 0 and high <= 65535:
-        top = 65535.0 if high > 255 else 255.0
+        top = next(2.0**bits - 1 for bits in (8, 10, 12, 14, 16) if high <= 2**bits - 1)
         a = a / top * 255
     else:
         a = (a - low) / max(high - low, 1e-12) * 255
