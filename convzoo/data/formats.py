@@ -529,11 +529,28 @@ def class_folders(folder: Path, root: Path) -> list[Path]:
 
 
 def check_classes(classes: tuple[str, ...], folder: Path) -> None:
+    for name in classes:
+        check_class_name(name, folder)
     if not classes:
         raise DataError("no class folders: expected one sub-folder of images per class (or train/ and test/ "
                         "holding them)", folder)
     if len(classes) == 1:
         raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
+
+
+def check_class_name(name: str, folder: Path) -> None:
+    """Class names are stored in checkpoints and ONNX metadata (UTF-8 JSON): a folder name that is not
+    UTF-8 (Latin-1 bytes from an old zip or tar archive) cannot be one."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"class folder '{shown(name)}' has a name that is not valid UTF-8 (an old zip or tar archive?); "
+                        "rename it to UTF-8: class names are stored in checkpoints and model files", folder) from None
+
+
+def shown(name: str) -> str:
+    """A file name as printed: bytes that are not UTF-8 (surrogate-escaped by Python) as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:

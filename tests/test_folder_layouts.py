@@ -1,0 +1,57 @@
+"""Image folders as users really get them: names from old archives, train/ + val/ and other split
+spellings, look-alike Unicode names, macOS zips, test images copied from the training ones. Each
+is read right, refused in one line (exit 2) or warned about in one line; small PNGs made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import cli_error
+
+
+def write_pngs(folder: Path, count: int, seed: int) -> list[Path]:
+    """`count` distinct 12x12 grey noise PNGs in `folder`."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i}.png" for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(path)
+    return paths
+
+
+def info(capsys, folder: Path) -> tuple[dict, str]:
+    """`convzoo data info folder --json` on `folder`: (its JSON, its stderr); exit 0."""
+    from convzoo.cli import main
+
+    capsys.readouterr()
+    code = main(["data", "info", "folder", "--data-path", str(folder), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    return json.loads(out), err
+
+
+def test_a_class_folder_named_in_latin1_is_refused_in_one_line(tmp_path, capsys):
+    """'caf\\xe9/' (Latin-1, from an old zip) crashed data info and train with UnicodeEncodeError: now
+    one line naming the folder as its bytes read; a file so named inside a class folder still loads."""
+    root = tmp_path / "d"
+    write_pngs(root / "plain", 4, 0)
+    os.makedirs(os.fsencode(root) + b"/caf\xe9")
+    write_pngs(Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9")), 4, 1)
+    for args in (["data", "info", "folder"], ["train", "--epochs", "1", "--threads", "1", "--output-dir",
+                                              str(tmp_path / "run"), "--dataset", "folder"]):
+        cli_error(capsys, *args, "--data-path", root, fragments=(str(root), "'caf\\xe9'", "not valid utf-8",
+                                                                  "rename it to utf-8"))
+    assert not (tmp_path / "run").exists()
+
+    good = tmp_path / "good"
+    write_pngs(good / "a", 4, 2)
+    write_pngs(good / "b", 3, 3)
+    (good / "b" / "0.png").rename(os.fsdecode(os.fsencode(good) + b"/b/x\xff.png"))
+    data, _ = info(capsys, good)
+    assert data["classes"] == ["a", "b"] and sum(data["counts"].values()) == 7
