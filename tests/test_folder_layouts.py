@@ -55,3 +55,17 @@ def test_a_class_folder_named_in_latin1_is_refused_in_one_line(tmp_path, capsys)
     (good / "b" / "0.png").rename(os.fsdecode(os.fsencode(good) + b"/b/x\xff.png"))
     data, _ = info(capsys, good)
     assert data["classes"] == ["a", "b"] and sum(data["counts"].values()) == 7
+
+
+def test_a_macos_zips_metadata_folder_is_skipped(tmp_path, capsys):
+    """A folder unzipped from a macOS zip holds __MACOSX/<class>/._N.png (AppleDouble metadata): it
+    failed as a class with no image files; now skipped like hidden files, at the top and inside a class."""
+    root = tmp_path / "d"
+    for c, seed in (("a", 0), ("b", 1)):
+        write_pngs(root / c, 3, seed)
+        (root / "__MACOSX" / c).mkdir(parents=True)
+        for i in range(3):
+            (root / "__MACOSX" / c / f"._{i}.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X        ")
+    write_pngs(root / "a" / "__MACOSX", 2, 2)  # even should it hold decodable files
+    data, _ = info(capsys, root)
+    assert data["classes"] == ["a", "b"] and data["counts"] == {"train": 4, "test": 2}

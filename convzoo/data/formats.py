@@ -462,6 +462,7 @@ def read_cifar_split(located, split: str):
 
 MAX_DECODED_BYTES = 2 << 30  # a folder decodes into memory at once: refused beyond this, before decoding
 MAX_IMAGE_FILE_BYTES = image_files.MAX_FILE_BYTES  # a single image file larger than this is not a photo
+MACOS_METADATA = "__MACOSX"  # skipped like hidden files (see skipped)
 
 
 def read_folder_split(located, split: str):
@@ -523,9 +524,16 @@ def split_fingerprint(root: Path, rule, class_names) -> dict:
 
 
 def class_folders(folder: Path, root: Path) -> list[Path]:
-    """The class folders of `folder`, sorted by name: hidden ones and links leaving `root` skipped."""
-    return sorted((p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir() and inside(p, root)),
+    """The class folders of `folder`, sorted by name: hidden ones, macOS zips' __MACOSX and links leaving
+    `root` skipped."""
+    return sorted((p for p in folder.iterdir() if not skipped(p.name) and p.is_dir() and inside(p, root)),
                   key=lambda p: p.name)
+
+
+def skipped(name: str) -> bool:
+    """Hidden names (.DS_Store, AppleDouble ._x.png) and __MACOSX, the folder of AppleDouble files a
+    zip made on macOS holds: metadata, never images."""
+    return name.startswith(".") or name == MACOS_METADATA
 
 
 def check_classes(classes: tuple[str, ...], folder: Path) -> None:
@@ -560,7 +568,8 @@ def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
     suffixes = set(image_files.image_suffixes())
     found = []
     if folder.is_dir():  # walk_files: no recursion (a deep tree), linked folders not entered
-        found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes]
+        found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes
+                 and MACOS_METADATA not in f.relative_to(folder).parts]
     found = sorted(f for f in found if inside(f, root) and f.is_file())  # is_file: regular, links followed
     if not found and required:
         raise DataError(f"no image files ({' '.join(sorted(suffixes))})", folder)
