@@ -297,6 +297,13 @@ def resumed_config(args) -> tuple[dict, str]:
     return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
 
 
+def shipped(path) -> bool:
+    """Is `path` a file of the installed package's shipped weights?"""
+    from .models.pretrained import package_folder
+
+    return Path(path).resolve().parent == package_folder().resolve()
+
+
 def cmd_eval(args) -> int:
     from .engine.evaluate import evaluate_checkpoint
     from .engine.runtime import configure_threads, default_threads
@@ -308,9 +315,10 @@ def cmd_eval(args) -> int:
     threads = configure_threads(args.threads or default_threads(2), torch.device("cpu"))
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
-    # Beside a checkpoint file by default; a shipped NAME:DATASET has no folder of the user's to write in.
+    # Beside a checkpoint file by default; shipped weights (NAME:DATASET, or their file named by path)
+    # have no folder of the user's to write in: the installed package is not one.
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
-                                   if args.ckpt and Path(args.ckpt).is_file() else None)
+                                   if args.ckpt and Path(args.ckpt).is_file() and not shipped(args.ckpt) else None)
     meta = None  # the model's description, read for the check below and (a checkpoint) evaluated from
     if confusion:  # checked before the work: `--confusion best.pt` (or run/curves.png) replaced it with a PNG
         from .report.plots import check_plot_target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -182,3 +183,32 @@ def test_restore_from_other_trainers_weights(tmp_path):
     assert_user_error(run_cli(*train, "--restore", tmp_path / "float8.pt", "--output-dir", tmp_path / "run-float8"),
                       str(tmp_path / "float8.pt"), "must be float16")
     assert not (tmp_path / "run-float8").exists()
+
+
+def test_confusion_plot_of_many_classes_stays_bounded(tmp_path):
+    """The confusion plot grew 0.7 inch per class: 200 classes took 7.7 GB and a 200-megapixel PNG
+    (which convzoo's own plot check then could not open), 1,000 a 30 GiB canvas and a traceback.
+    The figure now stops at 20 inches and names every k-th class beyond 28."""
+    from convzoo.report.plots import plot_confusion, plot_kind
+
+    rng = np.random.default_rng(0)
+    for k in (10, 1000):
+        confusion = rng.integers(0, 3, (k, k)) + 20 * np.eye(k, dtype=np.int64)
+        path = plot_confusion(confusion, [f"class {i}" for i in range(k)], tmp_path / f"confusion-{k}.png")
+        with Image.open(path) as image:
+            assert max(image.size) <= 2300, image.size
+        assert plot_kind(path) == "confusion"
+
+
+@pytest.mark.real_data
+def test_eval_of_shipped_weights_by_path_writes_nothing_into_the_package(capsys):
+    """`eval --ckpt .../convzoo/pretrained/lenet5-mnist.safetensors` wrote confusion.png into the
+    installed package (beside the file, as for a run's checkpoint)."""
+    from convzoo.cli import main
+    from convzoo.models.pretrained import package_folder, pretrained_path
+
+    before = sorted(p.name for p in package_folder().iterdir())
+    assert main(["eval", "--ckpt", str(pretrained_path("lenet5:mnist")), "--test-limit", "100", "--threads", "1",
+                 "--data-path", str(need(MNIST_DIR))]) == 0
+    assert "'Accuracy'" in capsys.readouterr().out
+    assert sorted(p.name for p in package_folder().iterdir()) == before

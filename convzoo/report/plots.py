@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -55,23 +56,31 @@ def plot_curves(runs: dict[str, list[dict]] | list[dict], out: Path) -> Path:
     return _save(fig, out, "curves")
 
 
+MAX_CONFUSION_INCHES = 20
+MAX_CONFUSION_LABELS = 28  # classes named along an axis of the largest figure (0.7 inch each)
+
+
 def plot_confusion(confusion, classes, out) -> Path:
     """Row-normalised confusion matrix with class names; cells show the fraction of each true class."""
     plt = _pyplot()
     matrix = np.asarray(confusion, dtype=np.float64)
     normalised = matrix / np.clip(matrix.sum(1, keepdims=True), 1, None)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k + 2), max(5, 0.7 * k + 1.5)), dpi=100)
-    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    # 0.7 inch a class up to a 20-inch figure: one sized by the class count alone took 7.7 GB and a
+    # 200-megapixel PNG for 200 classes, and failed for 1,000 (a 30 GiB canvas).
+    side = min(0.7 * k, MAX_CONFUSION_INCHES)
+    fig, ax = plt.subplots(figsize=(max(6, side + 2), max(5, side + 1.5)), dpi=100)
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), labels=classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), labels=classes)
+    step = math.ceil(k / MAX_CONFUSION_LABELS)  # every class named while names fit, then every step-th
+    ax.set_xticks(range(0, k, step), labels=classes[::step], rotation=45 if step == 1 else 90,
+                  ha="right" if step == 1 else "center", fontsize=None if step == 1 else 6)
+    ax.set_yticks(range(0, k, step), labels=classes[::step], fontsize=None if step == 1 else 6)
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (accuracy {np.trace(matrix) / matrix.sum():.4f})")
-    for i in range(k):
-        for j in range(k):
-            if normalised[i, j] >= 0.005:
-                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if normalised[i, j] > 0.5 else "black")
+    if k <= MAX_CONFUSION_LABELS:  # the fractions only where a cell is wide enough to hold them
+        for i, j in zip(*np.nonzero(normalised >= 0.005)):
+            ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if normalised[i, j] > 0.5 else "black")
     fig.tight_layout()
     return _save(fig, out, "confusion")
 
