@@ -69,3 +69,24 @@ def test_a_macos_zips_metadata_folder_is_skipped(tmp_path, capsys):
     write_pngs(root / "a" / "__MACOSX", 2, 2)  # even should it hold decodable files
     data, _ = info(capsys, root)
     assert data["classes"] == ["a", "b"] and data["counts"] == {"train": 4, "test": 2}
+
+
+def test_class_names_alike_but_for_unicode_normalisation_are_refused(tmp_path, capsys):
+    """'café' typed (NFC) and 'café' from macOS (NFD) were two classes that print alike; now one line
+    naming both. 'Cat' and 'cat' are told apart by Linux and by eye: still two classes."""
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    root = tmp_path / "d"
+    write_pngs(root / nfc, 3, 0)
+    write_pngs(root / nfd, 3, 1)
+    cli_error(capsys, "data", "info", "folder", "--data-path", root,
+              fragments=(str(root), ascii(nfc), ascii(nfd), "unicode normalisation"))
+    split = tmp_path / "split"  # train/ says it one way, test/ the other
+    write_pngs(split / "train" / nfc, 3, 0)
+    write_pngs(split / "train" / "tea", 3, 1)
+    write_pngs(split / "test" / nfd, 2, 2)
+    cli_error(capsys, "data", "info", "folder", "--data-path", split,
+              fragments=(str(split / "test" / nfd), ascii(nfc), "unicode normalisation"))
+    cased = tmp_path / "cased"
+    write_pngs(cased / "Cat", 3, 0)
+    write_pngs(cased / "cat", 3, 1)
+    assert info(capsys, cased)[0]["classes"] == ["Cat", "cat"]

@@ -20,6 +20,7 @@ import io
 import math
 import os
 import pickle
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -488,7 +489,7 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
         check_classes(classes, root / "train")
         unknown_classes = [p for p in class_folders(root / "test", root) if p.name not in classes]
         if unknown_classes:
-            raise DataError("a test class that train/ does not have", unknown_classes[0])
+            raise unknown_test_class(unknown_classes[0], classes)
         files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(root / s / c, root, s == "train")]
                  for s in ("train", "test")}
         if not files["test"]:
@@ -509,6 +510,16 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
     # A seeded order mixes the classes, so --train-limit and --from-test take a bit of each.
     files = {s: [f[i] for i in np.random.default_rng(rule.seed).permutation(len(f))] for s, f in files.items()}
     return classes, files
+
+
+def unknown_test_class(folder: Path, classes: tuple[str, ...]) -> DataError:
+    """The error for a test class folder that the training folder does not have; a look-alike name
+    (the same in another Unicode normalisation) is said to be one."""
+    twin = next((c for c in classes if unicodedata.normalize("NFC", c) == unicodedata.normalize("NFC", folder.name)),
+                None)
+    hint = "" if twin is None else (f" (train/ has {ascii(twin)}, the same name written in another Unicode "
+                                    f"normalisation than {ascii(folder.name)}; rename one)")
+    return DataError(f"a test class that train/ does not have{hint}", shown(str(folder)))
 
 
 def split_fingerprint(root: Path, rule, class_names) -> dict:
@@ -539,6 +550,7 @@ def skipped(name: str) -> bool:
 def check_classes(classes: tuple[str, ...], folder: Path) -> None:
     for name in classes:
         check_class_name(name, folder)
+    check_lookalikes(classes, folder)
     if not classes:
         raise DataError("no class folders: expected one sub-folder of images per class (or train/ and test/ "
                         "holding them)", folder)
@@ -554,6 +566,18 @@ def check_class_name(name: str, folder: Path) -> None:
     except UnicodeEncodeError:
         raise DataError(f"class folder '{shown(name)}' has a name that is not valid UTF-8 (an old zip or tar archive?); "
                         "rename it to UTF-8: class names are stored in checkpoints and model files", folder) from None
+
+
+def check_lookalikes(classes: tuple[str, ...], folder: Path) -> None:
+    """Two folders whose names differ only in Unicode normalisation ('café' typed on Linux, NFC, and
+    copied from macOS, NFD) print alike: two classes no one can tell apart. Case differences are
+    visible, and legitimate where the file system tells them apart: left alone."""
+    seen = {}
+    for name in classes:
+        other = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            raise DataError(f"class folders {ascii(other)} and {ascii(name)} have the same name written in two Unicode "
+                            "normalisations (NFC and NFD), so they look identical; merge them or rename one", folder)
 
 
 def shown(name: str) -> str:
