@@ -6,16 +6,19 @@ Every decoding failure is an ImageError naming the file; any Pillow mode either 
 or RGB or is refused, so hostile pixels (NaN, odd modes) never reach numpy; images over 40 MP are
 refused from their header, before decoding. A path is read only if it is a regular file of at
 most MAX_FILE_BYTES (checked from its stat, before reading: /dev/zero or a FIFO would never end).
+Pillow's warnings are caught, never printed; an image whose EXIF block is corrupt is read unturned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import io
 import math
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -64,8 +67,7 @@ def open_image(source, name: str = "image") -> Image.Image:
     else:
         return open_image(read_image_file(source), str(source))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with quiet():
             image = Image.open(stream, formats=list(readable_formats()))
     except MemoryError:
         raise
@@ -82,6 +84,21 @@ def open_image(source, name: str = "image") -> Image.Image:
     if width * height == 0:
         raise ImageError(f"image is {width}x{height}: no pixels", name)
     return image
+
+
+# catch_warnings swaps process-wide state: two threads (the server decodes in two) would restore each
+# other's filters, so Pillow's warnings are caught under one lock.
+PILLOW_WARNINGS = threading.RLock()
+
+
+@contextlib.contextmanager
+def quiet():
+    """Pillow's warnings (corrupt EXIF, odd palettes) recorded into the list yielded, never printed: a user
+    sees one line or none, not a library's text; a decompression-bomb warning is raised."""
+    with PILLOW_WARNINGS, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield caught
 
 
 def read_image_file(path) -> bytes:
@@ -113,9 +130,10 @@ def read_image_file(path) -> bytes:
 def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
     """Decode an opened image: EXIF orientation applied, then standard_mode (8-bit, <= MAX_SIDE)."""
     try:
-        # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
-        image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
-        image.load()
+        with quiet():
+            # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
+            image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
+            image.load()
     except MemoryError:
         raise
     except Exception as exc:  # as above: truncated data fails in format-specific ways
@@ -136,7 +154,8 @@ def standard_mode(image: Image.Image, name: str = "image") -> Image.Image:
     if target not in ("L", "LA", "RGB", "RGBA", "F"):
         raise ImageError(f"unsupported image mode {mode}", name)
     if target != mode:
-        image = image.convert(target)
+        with quiet():  # a palette's transparency Pillow cannot carry over is a warning
+            image = image.convert(target)
     factor = math.ceil(max(image.size) / MAX_SIDE)
     if factor > 1:
         image = image.reduce(factor)
@@ -225,13 +244,33 @@ def walk_files(folder, error=ImageError, hidden: bool = False) -> list[Path]:
 
 def orient(image: Image.Image, name: str = "image") -> Image.Image:
     """`image` turned upright by its EXIF orientation (as phones save photos), for files and callers'
-    PIL images alike, so both predict the same."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except MemoryError:
-        raise
-    except Exception as exc:  # broken EXIF fails in format-specific ways
-        raise ImageError(f"corrupt EXIF orientation ({exc or type(exc).__name__})", name) from None
+    PIL images alike, so both predict the same. A corrupt EXIF block (Pillow warns, or fails, reading it)
+    gives no orientation: what was read of it cannot be trusted, and the pixels are still good."""
+    if exif_is_corrupt(image):
+        return image
+    with quiet():
+        try:
+            return ImageOps.exif_transpose(image)
+        except MemoryError:
+            raise
+        except Exception as exc:  # broken EXIF fails in format-specific ways
+            raise ImageError(f"corrupt EXIF orientation ({exc or type(exc).__name__})", name) from None
+
+
+def exif_is_corrupt(image: Image.Image) -> bool:
+    """Whether the image's EXIF block (JPEG, PNG, WebP: bytes in its info) makes Pillow warn or fail.
+    Parsed afresh: Pillow parses it while opening a JPEG (for its dpi) and keeps what it read, warning once."""
+    raw = image.info.get("exif")
+    if not isinstance(raw, (bytes, bytearray)):
+        return False
+    with quiet() as caught:
+        try:
+            Image.Exif().load(bytes(raw))
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - broken EXIF fails in format-specific ways
+            return True
+    return bool(caught)
 
 
 def to_pixels(image: Image.Image, side: int, channels: int) -> np.ndarray:
