@@ -94,7 +94,8 @@ PILLOW_WARNINGS = threading.RLock()
 @contextlib.contextmanager
 def quiet():
     """Pillow's warnings (corrupt EXIF, odd palettes) recorded into the list yielded, never printed: a user
-    sees one line or none, not a library's text; a decompression-bomb warning is raised."""
+    sees one line or none, not a library's text; a decompression-bomb warning is raised. Only short steps
+    run here: the server's event loop may wait on the lock."""
     with PILLOW_WARNINGS, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -130,10 +131,10 @@ def read_image_file(path) -> bytes:
 def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
     """Decode an opened image: EXIF orientation applied, then standard_mode (8-bit, <= MAX_SIDE)."""
     try:
-        with quiet():
-            # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
-            image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
-            image.load()
+        # Not under quiet(): Pillow warns while decoding none of FORMATS' images, and no lock is held.
+        # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
+        image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
+        image.load()
     except MemoryError:
         raise
     except Exception as exc:  # as above: truncated data fails in format-specific ways
@@ -154,8 +155,7 @@ def standard_mode(image: Image.Image, name: str = "image") -> Image.Image:
     if target not in ("L", "LA", "RGB", "RGBA", "F"):
         raise ImageError(f"unsupported image mode {mode}", name)
     if target != mode:
-        with quiet():  # a palette's transparency Pillow cannot carry over is a warning
-            image = image.convert(target)
+        image = image.convert(target)
     factor = math.ceil(max(image.size) / MAX_SIDE)
     if factor > 1:
         image = image.reduce(factor)
@@ -248,13 +248,14 @@ def orient(image: Image.Image, name: str = "image") -> Image.Image:
     gives no orientation: what was read of it cannot be trusted, and the pixels are still good."""
     if exif_is_corrupt(image):
         return image
-    with quiet():
-        try:
-            return ImageOps.exif_transpose(image)
-        except MemoryError:
-            raise
-        except Exception as exc:  # broken EXIF fails in format-specific ways
-            raise ImageError(f"corrupt EXIF orientation ({exc or type(exc).__name__})", name) from None
+    try:
+        with quiet():  # parsed here, and kept: a TIFF's tags may warn
+            image.getexif()
+        return ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # broken EXIF fails in format-specific ways
+        raise ImageError(f"corrupt EXIF orientation ({exc or type(exc).__name__})", name) from None
 
 
 def exif_is_corrupt(image: Image.Image) -> bool:
