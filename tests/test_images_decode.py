@@ -71,3 +71,56 @@ def test_corrupt_exif_is_read_without_warnings_or_orientation(tmp_path, kind):
     proc = run_cli("predict", "--model", "lenet5:mnist", path, env={"PYTHONWARNINGS": "default"}, check=0)
     assert proc.stderr == "", proc.stderr
     assert f"{path}: 7 (" in proc.stdout, proc.stdout
+
+
+def psd(grey: np.ndarray) -> bytes:
+    """A one-channel, uncompressed Photoshop file (Pillow reads PSD but cannot write it)."""
+    import struct
+
+    h, w = grey.shape
+    header = b"8BPS" + struct.pack(">H6xHLLHH", 1, 1, h, w, 8, 1)  # version 1, 1 channel, 8 bits, greyscale
+    return header + struct.pack(">LLLH", 0, 0, 0, 0) + grey.tobytes()  # no palette, resources or layers; raw
+
+
+# Format -> (suffix, side saved at): an icon is saved at one of its standard sizes.
+OTHER_FORMATS = {"ICO": (".ico", 64), "JPEG2000": (".jp2", 28), "ICNS": (".icns", 64), "DDS": (".dds", 28),
+                 "PCX": (".pcx", 28), "SGI": (".sgi", 28), "PSD": (".psd", 28)}
+
+
+@pytest.mark.real_data
+def test_icons_jpeg_2000_and_editors_files_are_read(tmp_path):
+    """ICO and JPEG 2000, which Pillow reads, were refused as 'not an image (unrecognised format)'; so
+    were ICNS, DDS, PCX, SGI and PSD. Each is read by content (as the server reads an untyped body),
+    picked up from a folder by its suffix, and its 7 read as one."""
+    from convzoo.data.images import open_image
+    from convzoo.deploy.predict import expand_image_paths
+
+    digit = mnist_digits()[0]
+    paper = Image.fromarray(255 - digit)  # dark ink on white, as an icon or a scan has it
+    files = []
+    for fmt, (suffix, side) in OTHER_FORMATS.items():
+        files.append(tmp_path / f"seven{suffix}")
+        image = paper.resize((side, side), Image.Resampling.BICUBIC)
+        if fmt == "PSD":
+            files[-1].write_bytes(psd(np.asarray(image)))
+        else:
+            image.convert("RGB").save(files[-1], fmt)
+        assert open_image(files[-1].read_bytes(), files[-1].name).format == fmt
+    assert sorted(expand_image_paths([tmp_path])) == sorted(files)
+    assert read_digits(files) == ["7"] * len(files)
+
+
+def test_icon_holding_a_larger_image_is_refused_before_decoding(tmp_path):
+    """An icon's header gives 1024 px; the PNG inside it is 48 MP (of 5 kB): refused by the 40-MP
+    limit as the header-checked formats are, not decoded (Pillow's own bomb check starts at 89 MP)."""
+    import io
+    import struct
+
+    from convzoo.data.images import ImageTooLarge, load_image
+
+    inner = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(inner, "PNG")
+    entry = b"ic10" + struct.pack(">L", 8 + len(inner.getvalue())) + inner.getvalue()
+    (tmp_path / "bomb.icns").write_bytes(b"icns" + struct.pack(">L", 8 + len(entry)) + entry)
+    with pytest.raises(ImageTooLarge, match="bomb.icns.*megapixel"):
+        load_image(tmp_path / "bomb.icns")

@@ -31,11 +31,16 @@ MAX_PIXELS = 40_000_000
 # Bytes an image file may have, refused from its size before reading: 40 MP as uncompressed 16-bit
 # RGB (TIFF, PPM) is 240 MB; anything larger is not a photo.
 MAX_FILE_BYTES = 256 << 20
-# The photo formats only: Pillow's other parsers (EPS runs Ghostscript, PSD, FITS, ...) see no user bytes.
+# The still-image formats users save pictures in, icons and editors' files included; Pillow's other
+# parsers (EPS runs Ghostscript, FITS, animation and scientific formats, ...) see no user bytes.
 # Format -> its Pillow plugin, imported alone: Image.init() would import all ~45 (a tenth of a second).
 PLUGINS = {"PNG": "Png", "JPEG": "Jpeg", "BMP": "Bmp", "GIF": "Gif", "TIFF": "Tiff", "WEBP": "WebP", "AVIF": "Avif",
-           "PPM": "Ppm", "TGA": "Tga", "QOI": "Qoi"}
+           "PPM": "Ppm", "TGA": "Tga", "QOI": "Qoi", "JPEG2000": "Jpeg2K", "ICO": "Ico", "ICNS": "Icns",
+           "PSD": "Psd", "DDS": "Dds", "PCX": "Pcx", "SGI": "Sgi"}
 FORMATS = tuple(PLUGINS)
+# Icon files hold other images (PNG, JPEG 2000) whose size their header does not give: decoded under
+# the MAX_PIXELS bomb check (Pillow's own is twice as large).
+CONTAINERS = ("ICO", "ICNS")
 MAX_SIDE = 2048  # larger images are box-reduced first: the model sees 32x32, numpy need not see 40 MP
 
 
@@ -92,14 +97,19 @@ PILLOW_WARNINGS = threading.RLock()
 
 
 @contextlib.contextmanager
-def quiet():
-    """Pillow's warnings (corrupt EXIF, odd palettes) recorded into the list yielded, never printed: a user
-    sees one line or none, not a library's text; a decompression-bomb warning is raised. Only short steps
-    run here: the server's event loop may wait on the lock."""
+def quiet(max_pixels: int | None = None):
+    """Pillow's warnings (corrupt EXIF, an icon's odd size) recorded into the list yielded, never printed:
+    a user sees one line or none, not a library's text; a decompression-bomb warning is raised, from
+    `max_pixels` when given. Only short steps run here: the server's event loop may wait on the lock."""
     with PILLOW_WARNINGS, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield caught
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels or saved
+        try:
+            yield caught
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_image_file(path) -> bytes:
@@ -130,13 +140,17 @@ def read_image_file(path) -> bytes:
 
 def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
     """Decode an opened image: EXIF orientation applied, then standard_mode (8-bit, <= MAX_SIDE)."""
+    # Pillow warns while decoding only an icon's inner image (its size); other formats decode unlocked.
+    guard = quiet(MAX_PIXELS) if image.format in CONTAINERS else contextlib.nullcontext()
     try:
-        # Not under quiet(): Pillow warns while decoding none of FORMATS' images, and no lock is held.
-        # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
-        image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
-        image.load()
+        with guard:
+            # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
+            image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
+            image.load()
     except MemoryError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image exceeds the {MAX_PIXELS / 1e6:.0f}-megapixel limit", name) from None
     except Exception as exc:  # as above: truncated data fails in format-specific ways
         raise ImageError(f"corrupt or truncated image ({exc or type(exc).__name__})", name) from None
     return standard_mode(orient(image, name), name)
@@ -197,8 +211,10 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
 
 
 # The usual still-image extensions (lower case); a folder may hold other files, which are skipped.
+# (SGI's .rgb and .bw are left out: raw pixel dumps use them too.)
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".pgm", ".ppm",
-                  ".pbm", ".pnm", ".tga", ".qoi")
+                  ".pbm", ".pnm", ".tga", ".qoi", ".jp2", ".j2k", ".jpf", ".jpx", ".ico", ".icns", ".psd", ".dds",
+                  ".pcx", ".sgi")
 
 
 @functools.cache
