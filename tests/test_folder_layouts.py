@@ -90,3 +90,52 @@ def test_class_names_alike_but_for_unicode_normalisation_are_refused(tmp_path, c
     write_pngs(cased / "Cat", 3, 0)
     write_pngs(cased / "cat", 3, 1)
     assert info(capsys, cased)[0]["classes"] == ["Cat", "cat"]
+
+
+def split_by_hand(root: Path, train: str, test: str, classes=("a", "b")) -> Path:
+    for i, c in enumerate(classes):
+        write_pngs(root / train / c, 4, 2 * i)
+        write_pngs(root / test / c, 2, 2 * i + 1)
+    return root
+
+
+def test_train_and_val_folders_are_the_training_and_test_splits(tmp_path, capsys):
+    """train/ + val/ (and Train/ + Test/, training/ + testing/, train/ + valid/ or validation/) were
+    taken for two classes named after the splits; now the splits, whose folder data info names.
+    test/ beside val/ is the test split; a lone split folder holding classes is refused."""
+    for train, test in (("train", "val"), ("Train", "Test"), ("training", "testing"), ("train", "valid"),
+                        ("TRAIN", "Validation")):
+        data, _ = info(capsys, split_by_hand(tmp_path / f"{train}-{test}", train, test))
+        assert data["classes"] == ["a", "b"] and data["counts"] == {"train": 8, "test": 4}, (train, test)
+        assert data["test_split"].startswith(f"{test}/"), data["test_split"]
+    three = split_by_hand(tmp_path / "three", "train", "val")
+    write_pngs(three / "test" / "a", 3, 9)
+    data, _ = info(capsys, three)
+    assert data["test_split"].startswith("test/") and data["counts"] == {"train": 8, "test": 3}
+
+    from convzoo.cli import main
+    from convzoo.engine.checkpoint import load_checkpoint
+
+    capsys.readouterr()
+    assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(tmp_path / "train-val"),
+                 "--epochs", "1", "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
+    assert "(8 train / 4 test)" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["class_names"] == ["a", "b"]
+
+    lone = tmp_path / "lone"
+    for c in ("a", "b"):
+        write_pngs(lone / "train" / c, 3, 0)
+    write_pngs(lone / "c", 3, 1)  # a class beside it: train/ would have been a class of no images of its own
+    cli_error(capsys, "data", "info", "folder", "--data-path", lone,
+              fragments=(str(lone), "train/ holds class folders", "no test folder", "val/"))
+    (lone / "train").rename(lone / "Val")
+    cli_error(capsys, "data", "info", "folder", "--data-path", lone,
+              fragments=("Val/ holds class folders", "no training folder (train/ or training/)"))
+    twice = split_by_hand(tmp_path / "twice", "train", "test")
+    write_pngs(twice / "Training" / "a", 2, 5)
+    cli_error(capsys, "data", "info", "folder", "--data-path", twice, fragments=("train/ and Training/ would both be the training split", "keep one"))
+    flat = tmp_path / "flat"  # no split names: --test-split of each class, as before
+    write_pngs(flat / "valid", 5, 0)
+    write_pngs(flat / "invalid", 5, 1)
+    data, _ = info(capsys, flat)
+    assert data["classes"] == ["invalid", "valid"] and data["test_split"].startswith("20% of each class folder")

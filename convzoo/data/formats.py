@@ -479,24 +479,19 @@ def read_folder_split(located, split: str):
 
 def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
     """(class names, {split: [(file, label)]}) of an image folder: one sub-folder of images per class,
-    or train/ and test/ each holding them. Every problem (no classes, one class, a class without
-    images, no test images, too much to decode) is a DataError found here, before any image is decoded."""
+    or a training and a test folder each holding them (split_folders). Every problem (no classes, one
+    class, a class without images, no test images, too much to decode) is a DataError found here,
+    before any image is decoded."""
     root = Path(root)
     if not root.is_dir():
         raise DataError("not a folder", root)
-    if all((root / s).is_dir() for s in ("train", "test")):
-        classes = tuple(p.name for p in class_folders(root / "train", root))
-        check_classes(classes, root / "train")
-        unknown_classes = [p for p in class_folders(root / "test", root) if p.name not in classes]
-        if unknown_classes:
-            raise unknown_test_class(unknown_classes[0], classes)
-        files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(root / s / c, root, s == "train")]
-                 for s in ("train", "test")}
-        if not files["test"]:
-            raise DataError(f"no image files in any class folder ({' '.join(image_files.image_suffixes())})",
-                            root / "test")
+    layout = split_folders(root)
+    if layout:
+        classes, files = split_folder_files(root, *layout)
     else:
-        classes = tuple(p.name for p in class_folders(root, root))
+        folders = class_folders(root, root)
+        check_not_split(folders, root)
+        classes = tuple(p.name for p in folders)
         check_classes(classes, root)
         files = {"train": [], "test": []}
         for i, c in enumerate(classes):
@@ -512,14 +507,92 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
     return classes, files
 
 
-def unknown_test_class(folder: Path, classes: tuple[str, ...]) -> DataError:
+# A folder split by hand: a training folder and a test folder, each with one sub-folder per class,
+# named in any case. The first tier present is the test split: test/ over val/ beside both.
+TRAIN_FOLDERS = ("train", "training")
+TEST_FOLDERS = (("test", "testing"), ("val", "valid", "validation"))
+SPLIT_NAMES = frozenset(TRAIN_FOLDERS).union(*TEST_FOLDERS)
+
+
+def split_folders(root: Path) -> tuple[Path, Path] | None:
+    """(training folder, test folder) of a folder split by hand (train/ + test/, Train/ + Test/,
+    training/ + testing/, train/ + val/, valid/ or validation/), None for one folder per class."""
+    by_name: dict[str, list[Path]] = {}
+    for p in class_folders(root, root):
+        by_name.setdefault(p.name.lower(), []).append(p)
+    train = [p for name in TRAIN_FOLDERS for p in by_name.get(name, [])]
+    test = next(([p for name in tier for p in by_name.get(name, [])] for tier in TEST_FOLDERS
+                 if any(name in by_name for name in tier)), [])
+    if not train or not test:
+        return None
+    for found in (train, test):
+        if len(found) > 1:  # train/ and Training/: which one is meant cannot be guessed
+            raise DataError(f"{' and '.join(shown(p.name) + '/' for p in found)} would both be the "
+                            f"{'training' if found is train else 'test'} split; keep one", root)
+    return train[0], test[0]
+
+
+def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
+    """(class names, {split: [(file, label)]}) of a folder split by hand: the classes are the training
+    folder's; the test folder may lack some, not add any."""
+    classes = tuple(p.name for p in class_folders(train_dir, root))
+    check_classes(classes, train_dir)
+    unknown = [p for p in class_folders(test_dir, root) if p.name not in classes]
+    if unknown:
+        raise unknown_test_class(unknown[0], classes, train_dir.name)
+    files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(d / c, root, s == "train")]
+             for s, d in (("train", train_dir), ("test", test_dir))}
+    if not files["test"]:
+        raise DataError(f"no image files in any class folder ({' '.join(image_files.image_suffixes())})", test_dir)
+    return classes, files
+
+
+def check_not_split(folders: list[Path], root: Path) -> None:
+    """Refuse a split folder (train/, val/, ...) taken for a class: one that holds class folders and
+    no images is a split whose partner is missing, and its name would become a class."""
+    for p in folders:
+        name = p.name.lower()
+        if name not in SPLIT_NAMES or not holds_only_folders(p):
+            continue
+        wanted = ("test", sum(TEST_FOLDERS, ())) if name in TRAIN_FOLDERS else ("training", TRAIN_FOLDERS)
+        missing = f"no {wanted[0]} folder ({either(wanted[1])}) is beside it"
+        raise DataError(f"{shown(p.name)}/ holds class folders, as a split of the data would, but {missing}; add it, "
+                        "or put the class folders here directly to hold out --test-split of each", root)
+
+
+def either(names) -> str:
+    """('a', 'b', 'c') -> 'a/, b/ or c/'."""
+    names = [n + "/" for n in names]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def holds_only_folders(folder: Path) -> bool:
+    """Does `folder` hold sub-folders and no image files of its own (hidden entries aside)?"""
+    suffixes = set(image_files.image_suffixes())
+    try:
+        entries = [e for e in os.scandir(folder) if not skipped(e.name)]
+    except OSError as exc:
+        raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
+    return (any(e.is_dir() for e in entries)
+            and not any(Path(e.name).suffix.lower() in suffixes and not e.is_dir() for e in entries))
+
+
+def describe_test_split(root: Path, rule) -> str:
+    """Where an image folder's test images come from, for `data info`."""
+    layout = split_folders(Path(root))
+    if layout:
+        return f"{shown(layout[1].name)}/ (training images: {shown(layout[0].name)}/)"
+    return f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
+
+
+def unknown_test_class(folder: Path, classes: tuple[str, ...], train: str = "train") -> DataError:
     """The error for a test class folder that the training folder does not have; a look-alike name
     (the same in another Unicode normalisation) is said to be one."""
     twin = next((c for c in classes if unicodedata.normalize("NFC", c) == unicodedata.normalize("NFC", folder.name)),
                 None)
-    hint = "" if twin is None else (f" (train/ has {ascii(twin)}, the same name written in another Unicode "
+    hint = "" if twin is None else (f" ({shown(train)}/ has {ascii(twin)}, the same name written in another Unicode "
                                     f"normalisation than {ascii(folder.name)}; rename one)")
-    return DataError(f"a test class that train/ does not have{hint}", shown(str(folder)))
+    return DataError(f"a test class that {shown(train)}/ does not have{hint}", shown(str(folder)))
 
 
 def split_fingerprint(root: Path, rule, class_names) -> dict:

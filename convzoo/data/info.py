@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..atomic import atomic_open, write_error
+from . import formats
 from .fetch import Located
 from .tensors import read_split
 
@@ -48,6 +49,7 @@ def print_info(located: Located, as_json: bool) -> int:
         "counts": {s: len(split) for s, split in splits.items()},
         "official_counts": spec.sizes,
         "class_counts": {s: split.labels.bincount(minlength=len(classes)).tolist() for s, split in splits.items()},
+        "test_split": formats.describe_test_split(located.root, spec.folder) if spec.folder else None,
         "files": {c.path.name: {"path": str(c.path), "status": c.status, "detail": c.detail} for c in located.checks},
     }
     if located.warning():
@@ -65,6 +67,8 @@ def print_info(located: Located, as_json: bool) -> int:
         official = f" (official: {spec.sizes[s]:,})" if s in spec.sizes else ""
         print(f"  {s:<12} {n:,} images{official}; per class {info['class_counts'][s]}")
     print(f"  classes      {', '.join(map(class_label, classes))}")
+    if info["test_split"]:  # a folder's: say which folder (or share) is held out, e.g. val/ beside train/
+        print(f"  test split   {info['test_split']}")
     if spec.mean:
         print(f"  mean / std   {spec.mean} / {spec.std}")
     for c in located.checks:
