@@ -64,6 +64,9 @@ UNTYPED_BODIES = ("", "application/octet-stream", "application/x-www-form-urlenc
 SETTINGS_ENV = "CONVZOO_SERVE_SETTINGS"  # create_app's keywords as JSON, for uvicorn's worker processes
 
 log = logging.getLogger("uvicorn.error")
+# python-multipart logs each malformed body as a warning before raising; the client gets that as a 422,
+# and the server's log would get a context-free line per bad request.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 class RequestError(Exception):
