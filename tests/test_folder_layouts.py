@@ -139,3 +139,35 @@ def test_train_and_val_folders_are_the_training_and_test_splits(tmp_path, capsys
     write_pngs(flat / "invalid", 5, 1)
     data, _ = info(capsys, flat)
     assert data["classes"] == ["invalid", "valid"] and data["test_split"].startswith("20% of each class folder")
+
+
+def byte_copy_warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "byte-identical" in line]
+
+
+def test_test_images_copied_from_training_images_are_warned_about_once(tmp_path, capsys):
+    """test/ a byte copy of train/ scored training images as test ones, silently: one warning line with
+    the count, in data info and train; a photo saved many times in a class folder of a folder split
+    by --test-split too. Distinct images: silent."""
+    import shutil
+
+    from convzoo.cli import main
+
+    root = split_by_hand(tmp_path / "copied", "train", "test")
+    shutil.rmtree(root / "test")
+    shutil.copytree(root / "train", root / "test")
+    _, err = info(capsys, root)
+    assert byte_copy_warnings(err) == [f"warning: {root}: 8 of 8 test images are byte-identical to training images; "
+                                       "the test accuracy measures memory"], err
+    assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(root), "--epochs", "1",
+                 "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
+    assert len(byte_copy_warnings(capsys.readouterr().err)) == 1
+
+    flat = tmp_path / "flat"
+    [one] = write_pngs(flat / "a", 1, 0)
+    for i in range(1, 10):
+        shutil.copy(one, flat / "a" / f"copy{i}.png")
+    write_pngs(flat / "b", 10, 1)
+    [line] = byte_copy_warnings(info(capsys, flat)[1])
+    assert line.startswith(f"warning: {flat}: 2 of 4 test images are byte-identical"), line
+    assert byte_copy_warnings(info(capsys, split_by_hand(tmp_path / "distinct", "train", "val"))[1]) == []

@@ -20,6 +20,7 @@ import io
 import math
 import os
 import pickle
+import sys
 import unicodedata
 import zlib
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..errors import DataError
+from ..errors import DataError, printable
 from . import images as image_files
 
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
@@ -472,9 +473,49 @@ def read_folder_split(located, split: str):
     classes, files = list_folder(located.root, rule)
     chosen = files[split]
     images = np.empty((len(chosen), rule.channels, rule.image_size, rule.image_size), np.uint8)
+    digests = {}
     for i, (path, _) in enumerate(chosen):
-        images[i] = image_files.to_pixels(image_files.load_image(path), rule.image_size, rule.channels)
+        data = image_files.read_image_file(path)
+        digests[path] = file_digest(path, data)
+        images[i] = image_files.to_pixels(image_files.load_image(data, str(path)), rule.image_size, rule.channels)
+    if split == "train":  # kept for the test split's read, which follows
+        _TRAIN_DIGESTS.clear()
+        _TRAIN_DIGESTS.update(digests)
+    else:
+        warn_if_test_copies_train(located.root, [p for p, _ in files["train"]], digests)
+        _TRAIN_DIGESTS.clear()  # used: a large folder's digests are not kept for the whole run
     return images, np.array([label for _, label in chosen], np.int64), classes
+
+
+# The digests of the training files last read (path -> (size, mtime, digest)): the test split's read
+# compares against them without reading the training files again.
+_TRAIN_DIGESTS: dict[Path, tuple[int, int, bytes]] = {}
+
+
+def file_digest(path: Path, data: bytes) -> tuple[int, int, bytes]:
+    """(size, mtime, blake2b) of an image file's bytes, read anyway to decode it; size and mtime tell
+    a remembered digest from a changed file's."""
+    return len(data), os.stat(path).st_mtime_ns, hashlib.blake2b(data, digest_size=16).digest()
+
+
+def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tuple[int, int, bytes]]) -> None:
+    """One warning line when test images are byte copies of training images (test/ a copy of train/,
+    a photo saved twice in a class folder): their score is a training score. A training file is read
+    only if no digest of it is remembered and a test file has its size."""
+    sizes = {size for size, _, _ in test.values()}
+    seen = set()
+    for path in train:
+        stat = os.stat(path)
+        if stat.st_size not in sizes:  # cannot be a copy of any test file
+            continue
+        known = _TRAIN_DIGESTS.get(path)
+        if known is None or known[:2] != (stat.st_size, stat.st_mtime_ns):
+            known = file_digest(path, image_files.read_image_file(path))
+        seen.add(known[2])
+    copies = sum(digest in seen for _, _, digest in test.values())
+    if copies:
+        print(f"warning: {printable(shown(str(root)))}: {copies} of {len(test)} test images are byte-identical to "
+              "training images; the test accuracy measures memory", file=sys.stderr)
 
 
 def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
