@@ -312,6 +312,8 @@ def cmd_eval(args) -> int:
 
     if not args.ckpt and not args.model:
         raise ConfigError("eval needs --ckpt PATH (a convzoo checkpoint) or --model (an .onnx file or NAME:DATASET)")
+    if args.ckpt and args.model:  # one was scored and the other ignored, without saying which
+        raise ConfigError(f"give --ckpt {args.ckpt} or --model {args.model}, not both: eval scores one model")
     threads = configure_threads(args.threads or default_threads(2), torch.device("cpu"))
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")

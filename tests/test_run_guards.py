@@ -111,6 +111,24 @@ def test_confusion_and_grid_refuse_files_that_are_not_earlier_plots_of_their_kin
               fragments=["grid.png", "grid plot", "not an earlier confusion"])
 
 
+@pytest.mark.real_data
+def test_eval_keeps_a_users_own_confusion_png_and_scores_one_model(tmp_path, capsys):
+    """Beside a model file outside a run folder, an unmarked confusion.png is the user's, not an older
+    convzoo plot: it was replaced. `eval --ckpt A --model B` scored B alone without saying so."""
+    from convzoo.models.pretrained import pretrained_path
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(pretrained_path("lenet5:mnist"), folder / "model.safetensors")
+    Image.new("RGB", (64, 48), "red").save(folder / "confusion.png")
+    before = (folder / "confusion.png").read_bytes()
+    cli_error(capsys, "eval", "--ckpt", folder / "model.safetensors", "--test-limit", "50", *MNIST,
+              fragments=["confusion.png", "a PNG convzoo did not write"])
+    cli_error(capsys, "eval", "--ckpt", folder / "model.safetensors", "--model", "lenet5:mnist", *MNIST,
+              fragments=["not both"])
+    assert (folder / "confusion.png").read_bytes() == before
+
+
 def test_train_refuses_run_files_in_a_folder_without_config_yaml(tmp_path, capsys):
     """A folder holding another model's best.pt, a metrics.csv and a summary.json (no config.yaml) was
     overwritten without a word; its train.log got the new run's lines appended."""

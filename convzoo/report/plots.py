@@ -124,7 +124,8 @@ def check_plot_target(path, kind: str, *, default: str, inputs=(), protected=())
     """An output path for a `kind` plot, refused (one WriteError line) before any work when it is one
     of `inputs`, lies inside a `protected` folder (the model's data set: a PNG there becomes a
     training or test image), or is an existing file other than an earlier `kind` plot of convzoo's. A
-    PNG without convzoo's record (written before it existed) is replaced only under its `default` name."""
+    PNG without convzoo's record (written before it existed) is replaced only under its `default` name
+    in a run folder."""
     from ..atomic import check_target
     from ..data.formats import inside
     from ..errors import WriteError
@@ -138,11 +139,18 @@ def check_plot_target(path, kind: str, *, default: str, inputs=(), protected=())
         found = plot_kind(path)
         if found is None:
             raise WriteError(f"exists and is not a PNG image (not an earlier {kind} plot); choose another path", path)
-        if found != kind and not (found == "" and path.name == default):
+        # An unmarked PNG under the default name is an older convzoo's plot only inside a run folder;
+        # elsewhere (beside a model file from anywhere) it may be a user's own confusion.png.
+        older = found == "" and path.name == default and is_run_folder(path.parent)
+        if found != kind and not older:
             what = f"convzoo's {found} plot" if found else "a PNG convzoo did not write"
             raise WriteError(f"exists and is {what}, not an earlier {kind} plot: writing it would destroy that; "
                              "choose another path", path)
     return path
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() or (folder / "metrics.csv").is_file()
 
 
 def _save(fig, out, kind: str) -> Path:
