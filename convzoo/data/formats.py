@@ -1,5 +1,6 @@
 """Readers and writers for the IDX (MNIST family) and CIFAR-10 formats, and the reader of image
-folders (one sub-folder per class). numpy (and Pillow for the folders) only.
+folders (one sub-folder per class, or a training and a test folder holding them: train/ + test/,
+val/, valid/ or validation/, training/ + testing/, in any case). numpy (and Pillow for the folders) only.
 
 CIFAR-10 batches are read in both published forms: the binary records (cifar-10-batches-bin) and
 the Python pickles torchvision downloads (cifar-10-batches-py), the latter with an unpickler that
