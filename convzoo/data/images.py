@@ -193,8 +193,9 @@ def high_bit_depth_to_grey(image: Image.Image, integer: bool, name: str) -> Imag
     return Image.fromarray(a.clip(0, 255).round().astype(np.uint8))
 
 
-def flatten_alpha(image: Image.Image) -> Image.Image:
-    """Composite transparency onto a background that contrasts with the opaque ink ('L' or 'RGB' out)."""
+def flatten_alpha(image: Image.Image, background: float | None = None) -> Image.Image:
+    """Composite transparency onto `background` (0..255 grey), or when None onto digit_background's
+    ('L' or 'RGB' out)."""
     if image.mode not in ("RGBA", "LA"):
         return image
     rgba = image.convert("RGBA")
@@ -202,12 +203,32 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
     if alpha.min() > 0.99:
         return rgba.convert("RGB" if image.mode == "RGBA" else "L")
     lum = np.asarray(rgba.convert("L"), dtype=np.float32)
-    ink = float((lum * alpha).sum() / max(alpha.sum(), 1e-6))
-    background = 255 if ink < 128 else 0
+    if background is None:
+        background = digit_background(lum, alpha)
     if image.mode == "LA":
         return Image.fromarray((lum * alpha + background * (1 - alpha)).clip(0, 255).astype(np.uint8))
     colour = np.asarray(rgba.convert("RGB"), dtype=np.float32) * alpha[..., None] + background * (1 - alpha[..., None])
     return Image.fromarray(colour.clip(0, 255).astype(np.uint8))
+
+
+PAPER_AND_INK = 64  # grey levels from the opaque pixels' median: a pixel this far off is ink on paper
+
+
+def digit_background(lum: np.ndarray, alpha: np.ndarray) -> float:
+    """What a digit's transparent pixels are, from its opaque ones. Paper (a card on a transparent canvas,
+    a photo rotated in an editor, its corners transparent), told by holding ink too or by covering most
+    of the image: the paper's brightness, their median (a background contrasting with their mean, black
+    for white paper, read the margin as ink: confident wrong digits). Strokes drawn on a transparent
+    canvas (uniform, a fraction of it): a background contrasting with them. Ink is told by its count,
+    not by percentiles: a 7 on a photo's page is 5% of its pixels."""
+    opaque = lum[alpha > 0.98]  # edges of anti-aliased strokes are half transparent, their colour unsure
+    if opaque.size:
+        paper = float(np.median(opaque))
+        inked = np.count_nonzero(np.abs(opaque - paper) > PAPER_AND_INK) > 0.001 * opaque.size
+        if inked or opaque.size > 0.5 * lum.size:  # no digit's strokes cover half the image: a blank page
+            return paper
+    ink = float((lum * alpha).sum() / max(alpha.sum(), 1e-6))
+    return 255.0 if ink < 128 else 0.0
 
 
 # The usual still-image extensions (lower case); a folder may hold other files, which are skipped.
