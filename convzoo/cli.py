@@ -355,11 +355,15 @@ def cmd_eval(args) -> int:
 
 def cmd_summary(args) -> int:
     from .metadata import MAX_CHANNELS, MAX_INPUT_SIZE
-    from .models.registry import create_model, get_model_info
+    from .models.registry import MODELS, create_model, get_model_info
     from .models.summary import format_summary, summarize
     from .errors import ConfigError
 
-    info = get_model_info(args.model)
+    name, num_classes, described = args.model, args.num_classes, None
+    if name not in MODELS and (":" in name or Path(name).suffix):  # a model file or NAME:DATASET: its architecture
+        described = model_description(name)
+        name, num_classes = described["model"], len(described["class_names"])
+    info = get_model_info(name)
     if args.input:
         try:
             shape = tuple(int(v) for v in args.input.split(","))
@@ -368,15 +372,43 @@ def cmd_summary(args) -> int:
         except (ValueError, AssertionError):
             raise ConfigError(f"--input must be C,H,W with C in 1..{MAX_CHANNELS} and H, W in 1..{MAX_INPUT_SIZE}, "
                               f"got {args.input!r}") from None
+    elif described:
+        spec = described["input"]
+        shape = (spec["channels"], spec["size"], spec["size"])
     else:
         shape = (info.in_channels, info.input_size, info.input_size)
-    model = create_model(args.model, num_classes=args.num_classes, in_channels=shape[0])
+    model = create_model(name, num_classes=num_classes, in_channels=shape[0])
     try:
         rows = summarize(model, shape)
     except RuntimeError as exc:
-        raise ConfigError(f"model {args.model} cannot take input {shape}: {str(exc).splitlines()[0]}") from None
-    print(format_summary(args.model, rows, model))
+        raise ConfigError(f"model {name} cannot take input {shape}: {str(exc).splitlines()[0]}") from None
+    print(format_summary(name, rows, model))
     return 0
+
+
+def model_description(model) -> dict:
+    """The description (model, class_names, input) of a checkpoint, ONNX file or NAME:DATASET, its
+    errors as one line."""
+    path = Path(resolve_model(model))
+    if path.suffix.lower() != ".onnx":
+        from .engine.checkpoint import load_checkpoint
+
+        return load_checkpoint(path)
+    import onnx
+
+    from .metadata import read_onnx_metadata
+
+    if not path.is_file():
+        from .errors import CheckpointError
+
+        raise CheckpointError("not found", path)
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises many types for a bad file
+        from .errors import CheckpointError, first_line
+
+        raise CheckpointError(f"not a readable ONNX file ({first_line(exc)})", path) from None
+    return read_onnx_metadata(graph, path)
 
 
 def cmd_export(args) -> int:

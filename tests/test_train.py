@@ -116,6 +116,18 @@ def test_summary(model, params, shapes):
     assert "MACs per image:" in out
 
 
+@pytest.mark.real_data
+def test_summary_of_a_model_file_shows_its_architecture(mnist_onnx, tmp_path):
+    """`summary --model best.pt` (or lenet5:mnist, or an .onnx) said "unknown model 'best.pt'": it now
+    shows the file's architecture, with its class count and input."""
+    for model in ("lenet5:mnist", mnist_onnx):
+        out = run_cli("summary", "--model", model, check=0).stdout
+        assert 'Model: "lenet5"' in out and "Total params: 61,706" in out, out
+    png = tmp_path / "x.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert_user_error(run_cli("summary", "--model", png, check=None), "x.png")
+
+
 def test_paper_c3_connection_table():
     from convzoo.models.lenet import LeNet5Paper
 
