@@ -171,3 +171,28 @@ def test_blank_page_with_transparent_margins_is_blank(tmp_path, kind):
     on_transparent(np.zeros((28, 28), np.uint8), kind).save(tmp_path / "page.png")
     [result] = Predictor(pretrained_path("lenet5:mnist")).predict_files([str(tmp_path / "page.png")], topk=1)
     assert result.get("blank"), result
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cut_outs_one_grey_level_apart_get_the_same_white_background(channels):
+    """For folder and CIFAR models (to_pixels, in training and at predict time), transparency took a
+    background contrasting with the opaque pixels: a grey-127 cut-out of a 7 got white, a grey-128 one
+    black, and the model saw opposite images. It is now white for both, at training and prediction alike."""
+    from convzoo.data.images import to_pixels
+    from convzoo.deploy.preprocess import normalise, to_array
+
+    shape = mnist_digits()[0] > 60
+    meta = {"dataset": "cifar10", "preprocess": "resize",
+            "input": {"channels": channels, "size": 32, "fit": "resize", "mean": [0.5] * channels,
+                      "std": [0.25] * channels}}
+    pixels = []
+    for level in (127, 128):
+        rgba = np.zeros((28, 28, 4), np.uint8)
+        rgba[..., :3], rgba[..., 3] = level, np.where(shape, 255, 0)
+        cut_out = Image.fromarray(rgba, "RGBA")
+        pixels.append(to_pixels(cut_out, 32, channels).astype(np.int16))  # as an image folder is decoded
+        assert pixels[-1][:, 0, 0].tolist() == [255] * channels  # a corner: transparent
+        trained = normalise(pixels[-1][None].astype(np.float32) / 255, meta["input"])
+        np.testing.assert_allclose(to_array(cut_out, meta), trained, atol=1e-6)  # predict sees the same
+    assert np.abs(pixels[0] - pixels[1]).max() <= 1

@@ -7,6 +7,12 @@ or RGB or is refused, so hostile pixels (NaN, odd modes) never reach numpy; imag
 refused from their header, before decoding. A path is read only if it is a regular file of at
 most MAX_FILE_BYTES (checked from its stat, before reading: /dev/zero or a FIFO would never end).
 Pillow's warnings are caught, never printed; an image whose EXIF block is corrupt is read unturned.
+
+Transparency: to_pixels (image folders for training, and any model but a digit or garment one at
+predict time) composites it onto white, as a web page or a product photo shows it, whatever the
+pixels (a background chosen from them flipped between two cut-outs one grey level apart). Digit and
+garment models (deploy/preprocess.py) take digit_background's: the paper's, or one contrasting with
+strokes drawn on a transparent canvas.
 """
 
 from __future__ import annotations
@@ -211,6 +217,7 @@ def flatten_alpha(image: Image.Image, background: float | None = None) -> Image.
     return Image.fromarray(colour.clip(0, 255).astype(np.uint8))
 
 
+TRANSPARENT = 255.0  # what transparency is for any model but a digit's or a garment's (to_pixels): white
 PAPER_AND_INK = 64  # grey levels from the opaque pixels' median: a pixel this far off is ink on paper
 
 
@@ -312,10 +319,10 @@ def exif_is_corrupt(image: Image.Image) -> bool:
 
 
 def to_pixels(image: Image.Image, side: int, channels: int) -> np.ndarray:
-    """A decoded image -> uint8 (channels, side, side): transparency flattened, grey (1) or RGB (3),
-    resized with Pillow's antialiased bilinear filter. How an image folder is decoded for training,
-    and how `predict` and `serve` fit users' images for a model trained at that size."""
-    image = flatten_alpha(standard_mode(image)).convert("L" if channels == 1 else "RGB")
+    """A decoded image -> uint8 (channels, side, side): transparency flattened onto white, grey (1) or
+    RGB (3), resized with Pillow's antialiased bilinear filter. How an image folder is decoded for
+    training, and how `predict` and `serve` fit users' images for a model trained at that size."""
+    image = flatten_alpha(standard_mode(image), TRANSPARENT).convert("L" if channels == 1 else "RGB")
     if image.size != (side, side):
         image = image.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     pixels = np.asarray(image, dtype=np.uint8)

@@ -6,6 +6,9 @@ detected (bright border) and inverted. Fashion models get the item fitted in 28x
 gets the image resized to the side its data set's images had (CIFAR-10's 32, an image folder's
 --image-size), exactly as an image folder is decoded, then fitted to the model's input as in
 training. Files are decoded by data/images.py (errors name the file; any Pillow mode is handled).
+Transparency is white for those other models, as their training images' was (images.to_pixels); a
+digit's or garment's is its paper's brightness, or contrasts with strokes on a transparent canvas
+(images.digit_background).
 """
 
 from __future__ import annotations
