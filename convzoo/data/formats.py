@@ -514,7 +514,7 @@ def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tu
             known = file_digest(path, image_files.read_image_file(path))
         seen.add(known[2])
     copies = sum(digest in seen for _, _, digest in test.values())
-    if copies:
+    if copies and os.environ.get("RANK", "0") == "0":  # once per run: data-parallel ranks all read the folder
         print(f"warning: {printable(shown(str(root)))}: {copies} of {len(test)} test images are byte-identical to "
               "training images; the test accuracy measures memory", file=sys.stderr)
 
