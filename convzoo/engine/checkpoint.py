@@ -7,6 +7,7 @@ that needs arbitrary unpickling is refused, never executed.
 from __future__ import annotations
 
 import fnmatch
+import math
 import pickle
 import warnings
 import zipfile
@@ -64,6 +65,7 @@ def read_torch_file(path: Path, map_location="cpu"):
         raise CheckpointError("a torch.export archive (.pt2), which convzoo writes but does not run; pass the "
                               "checkpoint (.pt, .safetensors, NAME:DATASET) or its exported .onnx", path)
     check_torch_signature(path)
+    check_torch_zip(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore", UserWarning)
@@ -78,6 +80,36 @@ def read_torch_file(path: Path, map_location="cpu"):
             IndexError, UnicodeDecodeError, MemoryError, OverflowError, RecursionError) as exc:
         # A damaged zip or pickle stream surfaces as almost any of these from inside torch.load.
         raise CheckpointError(f"truncated or corrupt checkpoint ({first_line(exc)})", path) from None
+
+
+# torch.save stores its entries uncompressed, so a checkpoint's entries declare about its own size. A
+# re-zipped file may compress them, but floating-point weights shrink by little: a file declaring far
+# more than it holds is a decompression bomb (1000:1 for zeros), which torch.load would allocate in full.
+MAX_EXPANSION = 8
+SLACK_BYTES = 1 << 20  # small records (data.pkl, version) may compress well
+
+
+def check_torch_zip(path: Path) -> None:
+    """The zip directory of a torch file, read before torch.load allocates what it declares: a
+    TorchScript archive is named as one, and a file declaring more than MAX_EXPANSION times its size
+    (plus SLACK_BYTES) is refused. A legacy pickle file, or a zip too damaged to list, is left to torch.load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, OverflowError):
+        return
+    names = {e.filename.partition("/")[2] for e in entries}
+    if "constants.pkl" in names or any(n.startswith("code/") for n in names):
+        raise CheckpointError("a TorchScript archive (torch.jit.save), which convzoo does not run; save the model's "
+                              "weights instead (torch.save(model.state_dict(), 'weights.pt')) and start from them "
+                              "with train --restore, or export the model to ONNX", path)
+    declared, size = sum(e.file_size for e in entries), path.stat().st_size
+    if declared > MAX_EXPANSION * size + SLACK_BYTES:
+        biggest = max(entries, key=lambda e: e.file_size)
+        raise CheckpointError(f"its zip entries declare {declared:,} bytes in a {size:,}-byte file ({biggest.filename!r}: "
+                              f"{biggest.file_size:,} bytes compressed to {biggest.compress_size:,}); torch.save "
+                              "stores entries uncompressed, so this is not a checkpoint it wrote (a decompression "
+                              "bomb?)", path)
 
 
 # File signatures of what is often passed by mistake (an image as --model, arguments swapped).
@@ -117,12 +149,24 @@ def check_checkpoint(ckpt, path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record); a plain "
                               "state_dict can only initialise training, with train --restore", path)
+    check_version(ckpt.get("version"), path)
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"convzoo checkpoint is missing {', '.join(missing)}", path)
     ckpt.update(check_model_meta(ckpt, path))
     check_state_dict(ckpt["state_dict"], path)
     return ckpt
+
+
+def check_version(version, path) -> None:
+    """The checkpoint format version: a newer one may mean fields this convzoo would misread."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        shown = version if is_int(version) else repr(str(version)[:40])
+        raise CheckpointError(f"convzoo checkpoint has no valid format version (got {shown}; this "
+                              f"convzoo writes and reads format {VERSION})", path)
+    if version > VERSION:
+        raise CheckpointError(f"written by a newer convzoo (format {version}; this one reads {VERSION}): upgrade "
+                              "convzoo", path)
 
 
 # Where other trainers keep the weights in their checkpoint dicts.
@@ -132,7 +176,8 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 def load_weights(path) -> dict[str, torch.Tensor]:
     """The tensors --restore starts from: a convzoo checkpoint or .safetensors (validated in full), or
     another trainer's weights: a plain state_dict, a dict holding one under STATE_DICT_KEYS, or a
-    .safetensors file without convzoo's description. A 'module.' prefix (DataParallel/DDP) is dropped."""
+    .safetensors file without convzoo's description. A 'module.' prefix (DataParallel/DDP) is dropped;
+    a 'model.' one (Lightning, Hugging Face) by restore_weights, where the model's names are known."""
     path = model_file(path)
     if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):
         return load_safetensors(path, need_meta=False)["state_dict"]
@@ -172,6 +217,7 @@ def load_safetensors(path: Path, *, need_meta: bool = True) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    check_not_torch_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -188,6 +234,19 @@ def load_safetensors(path: Path, *, need_meta: bool = True) -> dict:
     return {**info, "state_dict": state}
 
 
+def check_not_torch_file(path: Path) -> None:
+    """A PyTorch checkpoint given a .safetensors name: safetensors reads its zip signature as a header
+    size ("header too large"); say what it is instead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # safetensors reports it
+    if head == b"PK\x03\x04" or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise CheckpointError("not a safetensors file: it is a PyTorch checkpoint (a torch.save file); rename it to "
+                              "end in .pt", path)
+
+
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COUNTERS = "num_batches_tracked"  # BatchNorm's step count, the zoo's only integer tensor
 
@@ -197,6 +256,9 @@ def check_state_dict(state, path) -> None:
                                                for k, v in state.items()):
         raise CheckpointError("state_dict must map parameter names to tensors", path)
     for name, tensor in state.items():  # one pass over the weights, far cheaper than reading them
+        if tensor.layout != torch.strided or tensor.is_meta:  # torch.isfinite below cannot read them
+            kind = "on the meta device (it holds no values)" if tensor.is_meta else f"sparse ({tensor.layout})"
+            raise CheckpointError(f"tensor {name!r} is {kind}; weights must be dense tensors", path)
         if tensor.is_complex():  # loading would drop the imaginary parts, with only a warning
             raise CheckpointError(f"tensor {name!r} is complex ({tensor.dtype}); weights must be real", path)
         # Loading casts silently (uint16 weights predicted 0.1 for every class); float8 has no isfinite.
@@ -209,23 +271,193 @@ def check_state_dict(state, path) -> None:
                                   "must be finite", path)
 
 
-def check_resume_state(state: dict, path) -> None:
-    """The training position and states that --resume reads, checked before any is applied."""
+def check_resume_state(state: dict, path, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """The training position and states that --resume reads, checked before any is applied (or a
+    whole epoch is trained with them). With the run's freshly built `optimizer`, each saved optimizer
+    tensor is checked against its parameter's shape; without, against the checkpoint's weights' shapes."""
     for key in ("epoch", "step"):
         value = state.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        if not is_int(value) or not 0 <= value < 2**31:
             raise CheckpointError(f"cannot resume: {key} must be a non-negative integer, got {str(value)[:40]!r}", path)
-    rng = state.get("rng")
-    if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8):
-        raise CheckpointError("cannot resume: the checkpoint has no valid RNG state", path)
     for key, kind in (("optimizer", dict), ("config", dict), ("history", list)):
         if not isinstance(state.get(key, kind()), kind):
             raise CheckpointError(f"cannot resume: {key} must be a {kind.__name__}", path)
-    meter = state.get("epoch_accumulators")
-    numbers = ("loss_sum", "correct", "seen", "time")
-    if meter is not None and not (isinstance(meter, dict) and all(
-            isinstance(meter.get(k), (int, float)) and not isinstance(meter.get(k), bool) for k in numbers)):
+    check_position(state, path)
+    check_rng_state(state.get("rng"), path)
+    best = state.get("best_acc", -1.0)
+    if not is_real(best) or not (best == -1.0 or 0.0 <= best <= 1.0):
+        raise CheckpointError(f"cannot resume: best_acc must be an accuracy from 0 to 1 (or -1 before the first "
+                              f"evaluation), got {str(best)[:40]!r}", path)
+    check_history(state.get("history", []), state["epoch"], path)
+    check_accumulators(state.get("epoch_accumulators"), path)
+    if "optimizer" in state:
+        # the weights first (the likelier mistake, and the trainer's own line for it), then the optimizer's
+        check_weights_fit(state, path, "cannot resume: its weights do not fit the model")
+        check_optimizer_state(state["optimizer"], path, optimizer, state.get("state_dict"))
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A finite int or float (not a bool, which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_position(state: dict, path) -> None:
+    """The saved step lies within an epoch: the steps per epoch are the schedule's total over the epochs
+    it was planned for (a forged step of 10**9 skipped every batch and read as a diverged loss)."""
+    epochs = (state.get("config") or {}).get("epochs")
+    total = (state.get("scheduler") or {}).get("total_steps") if isinstance(state.get("scheduler"), dict) else None
+    if is_int(epochs) and is_int(total) and epochs > 0 and total > 0 and total % epochs == 0:
+        per_epoch = total // epochs
+        if state["step"] > per_epoch:
+            raise CheckpointError(f"cannot resume: step {state['step']} is beyond the run's {per_epoch} steps per "
+                                  "epoch", path)
+        if "global_step" in state and state["global_step"] != state["epoch"] * per_epoch + state["step"]:
+            raise CheckpointError(f"cannot resume: global_step {str(state['global_step'])[:40]!r} does not match "
+                                  f"epoch {state['epoch']}, step {state['step']} ({per_epoch} steps per epoch)", path)
+    elif "global_step" in state and not (is_int(state["global_step"]) and state["global_step"] >= state["step"]):
+        raise CheckpointError(f"cannot resume: global_step must be an integer of at least step, got "
+                              f"{str(state['global_step'])[:40]!r}", path)
+
+
+# The CUDA generator's state is its 8-byte seed and 8-byte Philox offset.
+CUDA_RNG_BYTES = 16
+
+
+def check_rng_state(rng, path) -> None:
+    """torch's generator state exactly as long as this torch's (torch.set_rng_state raises on any
+    other length), and each CUDA generator's as long as a CUDA state."""
+    size = torch.get_rng_state().numel()
+    if not (isinstance(rng, dict) and is_byte_state(rng.get("torch"), size)):
+        raise CheckpointError(f"cannot resume: the checkpoint has no valid RNG state (the torch generator's state "
+                              f"must be {size} bytes)", path)
+    cuda = rng.get("cuda", [])
+    if not (isinstance(cuda, (list, tuple)) and all(is_byte_state(t, CUDA_RNG_BYTES) for t in cuda)):
+        raise CheckpointError(f"cannot resume: the saved CUDA RNG states must be {CUDA_RNG_BYTES}-byte tensors", path)
+
+
+def is_byte_state(value, size: int) -> bool:
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+            and value.dtype == torch.uint8 and value.shape == (size,))
+
+
+# A history row as trainer writes it: accuracies from 0 to 1 or None (not evaluated that epoch), the
+# rest real numbers (None where unknown); metrics.csv and the report read them back as numbers.
+HISTORY_ACCURACIES = ("train_acc", "val_acc", "test_acc")
+HISTORY_NUMBERS = ("train_loss", "lr", "epoch_time_s", "images_per_s", "wall_s")
+
+
+def check_history(history: list, epoch: int, path) -> None:
+    previous = 0
+    for i, row in enumerate(history):
+        where = f"cannot resume: history entry {i + 1}"
+        if not isinstance(row, dict) or not all(isinstance(k, str) for k in row):
+            raise CheckpointError(f"{where} must be a mapping of field names to values", path)
+        number = row.get("epoch")
+        if not is_int(number) or not previous < number <= epoch:
+            raise CheckpointError(f"{where}: epoch must be an integer after the previous entry's and at most "
+                                  f"{epoch}, got {str(number)[:40]!r}", path)
+        previous = number
+        for key in HISTORY_ACCURACIES:
+            value = row.get(key)
+            if value is not None and not (is_real(value) and 0.0 <= value <= 1.0):
+                raise CheckpointError(f"{where}: {key} must be an accuracy from 0 to 1, got {str(value)[:40]!r}", path)
+        for key in HISTORY_NUMBERS:
+            value = row.get(key)
+            if value is not None and not (is_real(value) and value >= 0):
+                raise CheckpointError(f"{where}: {key} must be a finite non-negative number, got "
+                                      f"{str(value)[:40]!r}", path)
+
+
+def check_accumulators(meter, path) -> None:
+    """The mid-epoch totals a resumed epoch continues from (a NaN loss sum read as a diverged run)."""
+    if meter is None:
+        return
+    if not isinstance(meter, dict):
         raise CheckpointError("cannot resume: the saved mid-epoch totals are malformed", path)
+    for key in ("loss_sum", "time"):
+        if not (is_real(meter.get(key)) and meter[key] >= 0):
+            raise CheckpointError(f"cannot resume: the saved mid-epoch {key} must be a finite non-negative number, "
+                                  f"got {str(meter.get(key))[:40]!r}", path)
+    for key in ("correct", "seen"):
+        if not (is_int(meter.get(key)) and 0 <= meter[key] < 2**53):
+            raise CheckpointError(f"cannot resume: the saved mid-epoch count {key!r} must be a non-negative integer, "
+                                  f"got {str(meter.get(key))[:40]!r}", path)
+    if meter["correct"] > meter["seen"]:
+        raise CheckpointError(f"cannot resume: the saved mid-epoch totals count {meter['correct']} correct of "
+                              f"{meter['seen']} images seen", path)
+
+
+# The numeric settings of SGD, Adam and AdamW param groups (lr_scale: --bias-lr-scale's group).
+OPTIMIZER_NUMBERS = ("lr", "initial_lr", "momentum", "dampening", "weight_decay", "eps", "lr_scale")
+
+
+def check_optimizer_state(saved: dict, path, optimizer: torch.optim.Optimizer | None = None,
+                          weights: dict | None = None) -> None:
+    """An optimizer state_dict's structure, and each of its tensors shaped as its parameter: torch's
+    load_state_dict checks neither, and a wrong-shaped momentum buffer failed at the first step."""
+    groups, per_param = saved.get("param_groups"), saved.get("state")
+    if not (isinstance(groups, list) and groups and isinstance(per_param, dict)):
+        raise CheckpointError("cannot resume: the optimizer state must hold 'param_groups' (a non-empty list) and "
+                              "'state' (a mapping)", path)
+    ids = []
+    for group in groups:
+        params = group.get("params") if isinstance(group, dict) else None
+        if not (isinstance(params, list) and all(is_int(i) for i in params)):
+            raise CheckpointError("cannot resume: each optimizer param group must list its parameters' numbers", path)
+        ids += params
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if key == "betas":
+                ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    is_real(v) and 0 <= v < 1 for v in value)
+            elif key in OPTIMIZER_NUMBERS:
+                ok = is_real(value) and value >= 0
+            else:  # nesterov, maximize, foreach, fused, ...: flags
+                ok = value is None or isinstance(value, bool) or is_real(value)
+            if not ok:
+                raise CheckpointError(f"cannot resume: optimizer setting {key!r} is {str(value)[:40]!r}", path)
+    if len(set(ids)) != len(ids):
+        raise CheckpointError("cannot resume: the optimizer lists a parameter twice", path)
+    shapes = None
+    if optimizer is not None:
+        own = [p for group in optimizer.param_groups for p in group["params"]]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise CheckpointError(f"cannot resume: the optimizer state has {len(ids)} parameters in {len(groups)} "
+                                  f"group(s), the run's optimizer {len(own)} in {len(optimizer.param_groups)}", path)
+        shapes = {i: own[n].shape for n, i in enumerate(ids)}
+    for index, entry in per_param.items():
+        if index not in ids or not isinstance(entry, dict):
+            raise CheckpointError(f"cannot resume: the optimizer holds state for parameter {str(index)[:20]!r}, "
+                                  "which none of its param groups lists", path)
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                if key == "step" and is_real(value) and value >= 0:  # an older torch's integer step count
+                    continue
+                raise CheckpointError(f"cannot resume: optimizer state {key!r} of parameter {index} must be a "
+                                      f"tensor or number, got {type(value).__name__}", path)
+            if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
+                raise CheckpointError(f"cannot resume: optimizer state {key!r} of parameter {index} must be a dense "
+                                      f"floating-point tensor", path)
+            if key == "step" and value.dim() == 0:
+                if not (math.isfinite(float(value)) and float(value) >= 0):
+                    raise CheckpointError(f"cannot resume: optimizer step count of parameter {index} is "
+                                          f"{float(value)}", path)
+                continue
+            expected_ok = (value.shape == shapes[index] if shapes is not None
+                           else weights is None or any(isinstance(w, torch.Tensor) and w.shape == value.shape
+                                                       for w in weights.values()))
+            if not expected_ok:
+                want = f" (the parameter is {tuple(shapes[index])})" if shapes is not None else ""
+                raise CheckpointError(f"cannot resume: optimizer state {key!r} of parameter {index} has shape "
+                                      f"{tuple(value.shape)}, which fits no parameter of the model{want}", path)
+            if not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"cannot resume: optimizer state {key!r} of parameter {index} holds NaN or "
+                                      "inf values", path)
 
 
 def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
@@ -240,9 +472,29 @@ def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
     if ckpt["input"]["size"] != info.input_size:
         raise CheckpointError(f"input size {ckpt['input']['size']} does not match model {info.name!r} "
                               f"({info.input_size}x{info.input_size})", path)
+    what = f"weights do not fit model {ckpt['model']!r}"
+    check_weights_fit(ckpt, path, what)  # names and shapes first: AlexNet for 100,000 classes is 2 GB
     model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["input"]["channels"])
-    load_strict(model, ckpt["state_dict"], path, f"weights do not fit model {ckpt['model']!r}")
+    load_strict(model, ckpt["state_dict"], path, what)
     return model
+
+
+def check_weights_fit(ckpt: dict, path, what: str) -> nn.Module | None:
+    """The checkpoint's tensor names and shapes against its model's, built on the meta device (no
+    memory); returns that skeleton, or None for a model that cannot be built there (lenet5-1998's
+    __init__ computes from values), whose real build then checks them."""
+    from ..models.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(ckpt["model"], num_classes=ckpt["num_classes"],
+                                    in_channels=ckpt["input"]["channels"])
+    except (NotImplementedError, RuntimeError):
+        return None
+    with warnings.catch_warnings():  # "copying ... to a meta parameter ... is a no-op": only shapes matter here
+        warnings.simplefilter("ignore", UserWarning)
+        load_strict(skeleton, ckpt["state_dict"], path, what)
+    return skeleton
 
 
 def load_strict(model: nn.Module, state: dict, path, what: str) -> None:
@@ -263,9 +515,9 @@ def check_model_name(ckpt: dict, expected: str, path) -> None:
 def restore_weights(model: nn.Module, path, exclude: list[str] = ()) -> dict[str, list[str]]:
     """Load the tensors of `path` that match `model` by name and shape, except those matching an
     `exclude` glob (e.g. 'fc3.*'). Returns which were loaded, skipped (and why) and left new."""
-    source = load_weights(path)
-    check_globs("--restore-exclude", exclude, list(source), str(path), noun="tensor")
     own = model.state_dict()
+    source = strip_wrapper_prefix(load_weights(path), own)  # before the globs, which name the model's tensors
+    check_globs("--restore-exclude", exclude, list(source), str(path), noun="tensor")
     report = {"loaded": [], "excluded": [], "shape_mismatch": [], "unused": [], "new": []}
     update = {}
     for name, tensor in source.items():
@@ -285,6 +537,23 @@ def restore_weights(model: nn.Module, path, exclude: list[str] = ()) -> dict[str
     report["new"] = [n for n in own if n not in update]
     model.load_state_dict(update, strict=False)
     return report
+
+
+# What wrappers put before a model's own names: Lightning's LightningModule and Hugging Face models
+# keep the network as `self.model`.
+WRAPPER_PREFIXES = ("model.",)
+
+
+def strip_wrapper_prefix(source: dict, own: dict) -> dict:
+    """`source` without a prefix that all its names share, when only then do its names match the
+    model's (a model whose own names begin with 'model.' keeps them)."""
+    matching = sum(name in own for name in source)
+    for prefix in WRAPPER_PREFIXES:
+        if all(name.startswith(prefix) for name in source):
+            stripped = {name.removeprefix(prefix): tensor for name, tensor in source.items()}
+            if sum(name in own for name in stripped) > matching:
+                return stripped
+    return source
 
 
 def check_globs(flag: str, patterns, names: list[str], what: str, noun: str = "parameter") -> None:
