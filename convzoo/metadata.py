@@ -10,10 +10,14 @@ import json
 import math
 import re
 
-from .data.catalog import preprocess_rule
+from .data.catalog import DATASETS, find_spec, image_side, preprocess_rule
 from .errors import CheckpointError
 
 META_KEY = "convzoo"  # the ONNX / safetensors metadata entry holding the description
+FORMAT_VERSION = 1  # of the description deployment_metadata writes; a reader refuses a newer one
+# How an image of another size becomes the model's input (data/tensors.fit in training and eval,
+# deploy/preprocess.fit for users' photos): 'pad' centres a smaller image on zeros, 'resize' scales it,
+# 'none' takes the data set's images as they are (airbench, alexnet-cifar), so they must have the input's size.
 FITS = ("pad", "resize", "none")
 PREPROCESS_RULES = ("digit", "fashion", "resize")
 MAX_CLASSES = 100_000
@@ -98,15 +102,50 @@ def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
     num_classes = _int(meta["num_classes"], "num_classes", 1, MAX_CLASSES, path) if need_num_classes else len(names)
     if num_classes != len(names):
         raise MetadataError(f"num_classes is {num_classes} but there are {len(names)} class names", path)
-    dataset = _str(meta.get("dataset", ""), "dataset", path, allow_empty=True)
+    check_format_version(meta, path)
+    dataset = check_dataset(meta, path)
     rule = meta.get("preprocess", preprocess_rule(dataset))
     if rule not in PREPROCESS_RULES:
         raise MetadataError(f"preprocess must be one of {', '.join(PREPROCESS_RULES)}, got {_show(rule)}", path)
+    if dataset and rule != preprocess_rule(dataset):  # predict would read photos unlike the images eval reads
+        raise MetadataError(f"preprocess is {_show(rule)} but a model of {dataset} reads images by the "
+                            f"{preprocess_rule(dataset)!r} rule", path)
     checked = {"model": _str(meta["model"], "model name", path), "dataset": dataset, "class_names": names,
                "num_classes": num_classes, "input": check_input_spec(meta["input"], path), "preprocess": rule}
     if meta.get("data") is not None:
         checked["data"] = check_folder_rule(meta["data"], path)
+    if dataset and checked["input"]["fit"] == "none" and image_side(checked) != checked["input"]["size"]:
+        raise MetadataError(f"input fit 'none' takes the data set's images as they are, but {dataset}'s are "
+                            f"{image_side(checked)}x{image_side(checked)} and the input is "
+                            f"{checked['input']['size']}x{checked['input']['size']}", path)
     return checked
+
+
+def check_format_version(meta: dict, path) -> None:
+    """format_version (written since convzoo's first ONNX exports) is at most the one this convzoo writes."""
+    if "format_version" not in meta:
+        return
+    version = meta["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise MetadataError(f"format_version must be a positive integer, got {_show(version)}", path)
+    if version > FORMAT_VERSION:
+        raise MetadataError(f"metadata format_version {version} was written by a newer convzoo (this one reads up "
+                            f"to {FORMAT_VERSION}); upgrade convzoo", path)
+
+
+def check_dataset(meta: dict, path) -> str:
+    """The data set a model was trained on, by its catalog name: it decides how photos are read
+    (preprocess_rule), what eval reads and the size 'fit' starts from. A description read from a
+    file (path given) must name one; the trainer's own check of class names (path None) has none yet."""
+    if "dataset" not in meta:
+        if path is None:
+            return ""
+        raise MetadataError(f"model metadata is missing dataset (one of {', '.join(DATASETS)})", path)
+    dataset = meta["dataset"]
+    spec = find_spec(dataset)
+    if spec is None:
+        raise MetadataError(f"dataset must be one of {', '.join(DATASETS)}, got {_show(dataset)}", path)
+    return spec.name
 
 
 def check_folder_rule(rule, path) -> dict:
@@ -142,7 +181,8 @@ def deployment_metadata(meta: dict) -> dict:
     """What predict and serve need besides the graph, as written into ONNX and .pt2 files (with an
     image folder's reading rule and path, for `predict --from-test` and `eval --model`)."""
     out = {"model": meta["model"], "dataset": meta.get("dataset", ""), "class_names": list(meta["class_names"]),
-           "input": dict(meta["input"]), "preprocess": preprocess_rule(meta.get("dataset", "")), "format_version": 1}
+           "input": dict(meta["input"]), "preprocess": preprocess_rule(meta.get("dataset", "")),
+           "format_version": FORMAT_VERSION}
     if meta.get("data"):
         out["data"] = dict(meta["data"])
     return out
