@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
-from .graph_limits import check_tensor_sizes
+from .graph_limits import check_deterministic, check_tensor_sizes
 from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
@@ -30,7 +31,10 @@ class Predictor:
         self.threads, self.runtime = threads, runtime
         # A checkpoint or shipped weights run as their cached ONNX export: torch is imported only the
         # first time a file is seen, and later predictions start as fast as from an .onnx file.
-        self.onnx_path, self._scratch = (self.path, None) if self.path.suffix == ".onnx" else cached_onnx(self.path)
+        self.onnx_path, self._scratch = (self.path, None) if is_onnx(self.path) else cached_onnx(self.path)
+        # What the graph's output holds: 'logits' (convzoo's exports), or 'probabilities' / 'log-probabilities'
+        # for a graph that ends in Softmax / LogSoftmax over the classes (Ultralytics' -cls exports, many others).
+        self.outputs = "logits"
         self.meta, self.run = self._load_onnx()
 
     def _load_onnx(self):
@@ -50,7 +54,7 @@ class Predictor:
             try:
                 return run_session(x)
             except Exception as exc:  # a graph whose weights disagree with its own shapes fails only when run
-                raise ConfigError(f"the model failed to run ({first_line(exc)})", self.path) from None
+                raise ConfigError(f"the model failed to run ({runtime_reason(exc)})", self.path) from None
 
         out = run(np.zeros((1, spec["channels"], spec["size"], spec["size"]), np.float32))  # refused now, not per request
         if out.shape != (1, len(meta["class_names"])):
@@ -70,6 +74,7 @@ class Predictor:
                               "(a folder, device or pipe); give the model file itself", self.path)
         try:
             graph = onnx.load(str(self.onnx_path), load_external_data=False)
+            check_opsets(graph, self.path)
             check_external_data(graph, self.onnx_path)
             # A structurally broken graph never reaches onnxruntime's C++ loader. Checked by path, so weights
             # stored beside the file (external data) are looked for in its folder, not the current one.
@@ -80,7 +85,11 @@ class Predictor:
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
         meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
-        check_tensor_sizes(graph, self.path)  # and the memory its tensors can ask for
+        spec = meta["input"]
+        # and the memory its tensors can ask for, run as the spec says
+        check_tensor_sizes(graph, self.path, (spec["channels"], spec["size"], spec["size"]))
+        check_deterministic(graph, self.path)  # a prediction must not change from run to run
+        self.outputs = output_kind(graph)
         self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
         weights = {t.name for t in graph.graph.initializer}
         fixed = fixed_batch(next(i for i in graph.graph.input if i.name not in weights))  # the image input
@@ -90,8 +99,7 @@ class Predictor:
         except ConvzooError:  # a runtime that is not installed
             raise
         except Exception as exc:  # the runtimes raise their own types for graphs they cannot run
-            raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
-                              self.path) from None
+            raise ConfigError(f"not a loadable ONNX model ({runtime_reason(exc)})", self.path) from None
 
     def _open_own_export(self):
         """convzoo's own fp32 export of a checkpoint (checked with onnx when it was written, and its bytes
@@ -100,7 +108,7 @@ class Predictor:
         try:
             session = ort_session(self.onnx_path, self.threads)
         except Exception as exc:  # onnxruntime's own error types
-            raise ConfigError(f"its ONNX export does not load ({first_line(exc)})", self.path) from None
+            raise ConfigError(f"its ONNX export does not load ({runtime_reason(exc)})", self.path) from None
         meta = parse_json_meta(session.get_modelmeta().custom_metadata_map.get(META_KEY), self.path,
                                need_num_classes=False)
         self.runtime = "onnxruntime"
@@ -137,7 +145,9 @@ class Predictor:
         batch = batch.astype(np.float32)
         logits = run_batched(self.run, batch, self.batch_rows)
         finite = np.isfinite(logits).all(1)
-        probs = softmax(np.where(finite[:, None], logits, 0))  # finite logits: finite probabilities
+        logits = np.where(finite[:, None], logits, 0)  # finite outputs: finite probabilities
+        probs = (logits if self.outputs == "probabilities" else np.exp(logits) if self.outputs == "log-probabilities"
+                 else softmax(logits))
         k = min(topk, probs.shape[1])
         order = np.argsort(-probs, axis=1)[:, :k]  # one call for the batch, plain Python numbers out
         chances, classes, results = np.take_along_axis(probs, order, 1).tolist(), self.classes, []
@@ -163,6 +173,58 @@ class Predictor:
         return [{"file": str(f), **r} for f, r in zip(files, results)]
 
 
+def is_onnx(path: Path) -> bool:
+    """An ONNX model by its name (model.onnx, MODEL.ONNX): eval, predict and serve run it as it is."""
+    return path.suffix.lower() == ".onnx"
+
+
+def output_kind(model) -> str:
+    """'probabilities' when the graph's output is made by a Softmax over the class axis (through Identity or
+    Cast), 'log-probabilities' for a LogSoftmax, else 'logits' (softmax is taken of them). The output is
+    (N, classes) (Predictor checks it), so the class axis is 1 or -1 (Softmax's default in every opset)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(model.graph.output[0].name)
+    for _ in range(len(model.graph.node)):
+        if node is None or node.op_type not in ("Identity", "Cast") or node.domain not in ("", "ai.onnx"):
+            break
+        node = producer.get(node.input[0])
+    if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Softmax", "LogSoftmax"):
+        return "logits"
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    if axis not in (None, 1, -1):
+        return "logits"
+    return "probabilities" if node.op_type == "Softmax" else "log-probabilities"
+
+
+def check_opsets(model, path) -> None:
+    """The default ONNX domain's opset is one this onnx (whose checker and shape inference run on the graph)
+    knows; onnxruntime's own refusal of a newer one is long and cut before its reason."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise ConfigError(f"the model uses opset {entry.version}; this onnx and onnxruntime run up to opset "
+                              f"{newest} (upgrade them, or export with an older opset)", path)
+
+
+SOURCE_LOCATION = re.compile(r"(?:/\S*/)?[\w.-]+\.(?:cc|cpp|h|hpp):\d+\s+")
+CPP_SIGNATURE = re.compile(r"[\w~<>,*&\s]*::[\w:~<>,*&\s]*\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?")
+ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+def runtime_reason(exc: BaseException, limit: int = 200) -> str:
+    """A runtime's error in one short line, from its reason: onnxruntime's text starts with a status code,
+    a source file and line and the C++ function's signature, which a one-line cut kept instead of why."""
+    text = " ".join(str(exc).split())
+    locations = list(SOURCE_LOCATION.finditer(text))
+    if locations:
+        text = text[locations[-1].end():]
+        text = text[len(m.group()):] if (m := CPP_SIGNATURE.match(text)) else text
+    text = ORT_PREFIX.sub("", text).strip()
+    return first_line(RuntimeError(text), limit) if text else first_line(exc, limit)
+
+
 def check_external_data(model, path: Path) -> None:
     """Weights stored outside an ONNX file (external data) must be regular files in its folder or below,
     as onnx's checker and onnxruntime require too: said here in one short line (onnx's message repeats
@@ -181,6 +243,37 @@ def check_external_data(model, path: Path) -> None:
         if target.is_symlink() or not target.is_file():
             problem = "a symbolic link" if target.is_symlink() else "missing" if not target.exists() else "not a file"
             raise ConfigError(f"{where}, which is {problem} in the model's folder ({target})", path)
+        check_external_extent(tensor, location, target.stat().st_size, path)
+
+
+# Bytes per value of the element types weights are stored in (onnx.TensorProto's numbering).
+ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2,
+              17: 1, 18: 1, 19: 1, 20: 1}
+
+
+def check_external_extent(tensor, location: str, file_bytes: int, path) -> None:
+    """A tensor's bytes (offset, length) lie inside its external data file, and the length is what its
+    shape needs: onnxruntime's refusal of a short file gave only a source line."""
+    fields = {e.key: e.value for e in tensor.external_data}
+    name = f"tensor {tensor.name[:60]!r}"
+    numbers = {}
+    for key in ("offset", "length"):
+        if key in fields:
+            if not re.fullmatch(r"\d{1,19}", fields[key]):
+                raise ConfigError(f"{name}'s external data {key} is {fields[key][:40]!r}, not a byte count", path)
+            numbers[key] = int(fields[key])
+    values = 1
+    for d in tensor.dims:
+        values *= max(d, 0)
+    needed = values * ITEM_BYTES[tensor.data_type] if tensor.data_type in ITEM_BYTES else None
+    if needed is not None and numbers.get("length", needed) != needed:
+        raise ConfigError(f"{name} has shape {list(tensor.dims)[:8]}, which needs {needed:,} bytes, but its external "
+                          f"data length is {numbers['length']:,}", path)
+    length = numbers.get("length", needed)
+    offset = numbers.get("offset", 0)
+    if length is not None and offset + length > file_bytes:
+        raise ConfigError(f"external data file {location[:100]!r} is {file_bytes:,} bytes, {name} needs bytes "
+                          f"{offset:,}..{offset + length:,}", path)
 
 
 REEXPORT = ("re-export it with a dynamic batch dimension (`convzoo export` makes one; torch.onnx.export needs "
