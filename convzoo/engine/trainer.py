@@ -119,6 +119,8 @@ class TrainingRun:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg, model)
+        if state is not None:  # each saved optimizer tensor against its own parameter, before anything is written
+            check_resume_state(state, out / "last.pt", self.optimizer)
         self.lookahead = Lookahead(model) if cfg.lookahead else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
