@@ -215,6 +215,12 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
     if base is not None and not isinstance(base, dict):
         raise ConfigError(f"{base_source} must be a mapping, got {type(base).__name__}")
     values = {k: check_value(k, v, base_source) for k, v in (base or {}).items() if k in fields}
-    values.update(load_preset(preset) if preset else {})
+    chosen = load_preset(preset) if preset else {}
+    values.update(chosen)
     values.update({k: check_value(k, v, f"--{k.replace('_', '-')}") for k, v in overrides.items() if v is not None})
+    if chosen.get("threads") and overrides.get("threads") is None and isinstance(values.get("procs"), int) \
+            and values["procs"] > 1:
+        # A preset's threads are one process's; under --procs they are shared out (lenet5-fast's 2 threads
+        # in each of 2 processes on 2 cores ran 6x slower than 1 each).
+        values["threads"] = max(1, chosen["threads"] // values["procs"])
     return TrainConfig(**values).validate()

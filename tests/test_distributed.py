@@ -47,6 +47,16 @@ def test_two_process_ddp_equals_one_process(tmp_path):
             p.name for p in (tmp_path / "single").iterdir())
 
 
+def test_a_presets_threads_are_shared_out_under_procs():
+    """`train --config lenet5-fast --procs 2` (the README's example) gave each of the 2 processes the
+    preset's 2 threads: 4 threads on 2 cores, 6x slower than 1 each. --threads given stays as given."""
+    from convzoo.config import build_config
+
+    assert build_config("lenet5-fast", {}).threads == 2
+    assert build_config("lenet5-fast", {"procs": 2}).threads == 1
+    assert build_config("lenet5-fast", {"procs": 2, "threads": 2}).threads == 2
+
+
 @pytest.mark.real_data
 def test_procs_user_errors_are_one_line(tmp_path):
     """Checked before any worker starts (batch split), or found by every worker (data path): one line, once."""
