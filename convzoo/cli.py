@@ -256,21 +256,42 @@ def cmd_data(args) -> int:
         raise ConfigError(f"{args.name} reads your own images: there are no official files to verify; "
                           f"`convzoo data info {args.name} --data-path FOLDER` describes a folder")
     if args.action == "sample":
-        return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output))
-    if args.action == "download":
+        return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output), args.json)
+    located = present = verified_copy(spec, args.data_path) if args.action == "download" else None
+    if args.action == "download" and not present:
         located = download_dataset(spec, Path(args.data_path) if args.data_path else cache_root(), mirrors=args.mirror,
                                    timeout=args.timeout)
-    else:
+    elif not present:
         located = locate(spec, args.data_path, download=False)
     if args.action == "info":
         return print_info(located, args.json)
-    for check in located.checks:
-        print(f"{check.status:>9}  {check.path}  ({check.detail})")
-    if args.action == "download":
-        print(f"{spec.title} downloaded and verified in {located.root / spec.name}")
+    if args.json:
+        print(json.dumps({"dataset": spec.name, "found_in": str(located.root), "verified": located.verified,
+                          "downloaded": args.action == "download" and not present,
+                          "files": [{"status": c.status, "path": str(c.path), "detail": c.detail}
+                                    for c in located.checks]}))
+    else:
+        for check in located.checks:
+            print(f"{check.status:>9}  {check.path}  ({check.detail})")
+        if args.action == "download":
+            where = located.root if present else located.root / spec.name
+            print(f"{spec.title} {'already present' if present else 'downloaded'} and verified in {where}")
     if not located.verified:
         print(located.warning(), file=sys.stderr)
     return 0 if located.verified else 1
+
+
+def verified_copy(spec, data_path):
+    """A verified copy of the data set where convzoo looks for it (torchvision's download=True also
+    skips one that is there), or None: `data download` then needs no network."""
+    from .data.fetch import locate
+    from .errors import DataError
+
+    try:
+        located = locate(spec, data_path, download=False)
+    except DataError:
+        return None
+    return located if located.verified else None
 
 
 def cmd_train(args) -> int:

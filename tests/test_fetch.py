@@ -235,6 +235,28 @@ def test_cli_verify_reports_official_t10k(tmp_path):
 
 
 @pytest.mark.real_data
+def test_data_json_outputs_and_download_of_a_verified_copy(tmp_path):
+    """`data verify|sample|download --json` printed plain text; `data download` went to the network
+    (and failed offline) though a verified copy was where convzoo looks."""
+    import json
+
+    from conftest import FASHION_DIR
+
+    proc = run_cli("data", "verify", "mnist", "--data-path", need(MNIST_DIR), "--json")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["verified"] is False and len(report["files"]) == 4
+    assert {f["path"].rsplit("/", 1)[-1]: f["status"] for f in report["files"]}["t10k-images-idx3-ubyte.gz"] == "verified"
+    proc = run_cli("data", "sample", "mnist", "--count", "2", "--output", tmp_path / "s", "--data-path", MNIST_DIR,
+                   "--json", check=0)
+    assert [json.loads(line)["class"] for line in proc.stdout.splitlines()] == ["7", "2"]
+    dead = "http://127.0.0.1:9/"  # nothing listens: a download attempt would fail
+    proc = run_cli("data", "download", "fashion-mnist", "--data-path", need(FASHION_DIR), "--mirror", dead, check=0)
+    assert "Fashion-MNIST already present and verified in" in proc.stdout
+    proc = run_cli("data", "download", "fashion-mnist", "--data-path", FASHION_DIR, "--mirror", dead, "--json", check=0)
+    assert json.loads(proc.stdout)["downloaded"] is False
+
+
+@pytest.mark.real_data
 def test_cli_info_debian_fashion_mnist_verified():
     """Debian re-compressed the .gz files; the decompressed contents match the official md5s."""
     proc = run_cli("data", "info", "fashion-mnist", "--data-path", "/usr/share/datasets/fashion-mnist", check=0)

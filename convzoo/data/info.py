@@ -12,7 +12,7 @@ from .fetch import Located
 from .tensors import read_split
 
 
-def save_samples(located: Located, count: int, folder: Path) -> int:
+def save_samples(located: Located, count: int, folder: Path, as_json: bool = False) -> int:
     """The first `count` test images as PNG files named by index and true class; each written
     atomically, so a full or read-only folder is one WriteError and never leaves half a PNG."""
     from PIL import Image
@@ -28,7 +28,8 @@ def save_samples(located: Located, count: int, folder: Path) -> int:
         path = folder / f"test-{i:05d}-{label}.png"
         with atomic_open(path) as f:
             Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(f, format="PNG")
-        print(path)
+        print(json.dumps({"path": str(path), "index": i, "class": test.classes[int(test.labels[i])]}) if as_json
+              else path)
     return 0
 
 
@@ -55,7 +56,7 @@ def print_info(located: Located, as_json: bool) -> int:
     if located.warning():
         print(located.warning(), file=sys.stderr)
     if as_json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps(info))  # one line, as every --json output
         return 0
     print(f"{spec.title} ({spec.name})")
     print(f"  found in     {located.root}  [{located.source}]")
