@@ -45,6 +45,10 @@ def check_tensor_sizes(model, path, image: tuple[int, int, int] | None = None) -
             dims, doubled = one.get(out), two.get(out)
             known = dims is not None and None not in dims
             if known and doubled is not None and None not in doubled and count(doubled) <= 2 * count(dims):
+                if node.op_type in SIZED_BY_DATA and count(doubled) != count(dims) and count(dims) > MAX_ELEMENTS:
+                    raise ConfigError(f"tensor {out[:60]!r} ({node.op_type}) takes its size from data (the batch's "
+                                      f"size): shape {dims[:8]} is more than {MAX_ELEMENTS:,} values for one image",
+                                      path)
                 check_size(out, dims, path)
             elif node.op_type in SIZED_BY_DATA:
                 raise ConfigError(f"tensor {out[:60]!r} ({node.op_type}) takes its size from data, and that size "
