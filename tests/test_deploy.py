@@ -293,6 +293,9 @@ def test_draw_digit_in_real_browser(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_FLAGS)
         page = browser.new_page(viewport={"width": 900, "height": 600})
+        failed = []  # requests the page makes that fail (a 404 for /favicon.ico was a console error)
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
         page.goto(server + "/")
         predicted = []
         for digit, label in zip(images[:, 0], labels):
@@ -309,6 +312,7 @@ def test_draw_digit_in_real_browser(server):
             page.screenshot(path=str(artifacts / f"draw-digit-{label}.png"))
         browser.close()
     assert predicted == [str(v) for v in labels]
+    assert not failed, failed
 
 
 # Class names as a model file or an image folder's sub-folders may spell them: markup, entities, < and &.

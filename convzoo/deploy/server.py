@@ -125,22 +125,28 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     async def index():
         return page
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         """This worker's batching counters, in Prometheus' text format."""
         return batcher.metrics()
 
-    @app.api_route("/v1/model", methods=["GET", "HEAD"])
+    @app.get("/v1/model")
     async def model_info():
         meta = predictor.meta
         return {"name": meta["model"], "dataset": meta.get("dataset"), "classes": meta["class_names"],
                 "input": meta["input"], "preprocess": meta.get("preprocess"), "sha256": checksum,
                 "file": predictor.path.name, "max_upload_bytes": max_upload, "max_batch": MAX_BATCH,
                 "max_request_pixels": max_pixels, "runtime": predictor.runtime}
+
+    # HEAD outside the schema: one route for both methods gave each operation id twice (a codegen error,
+    # and a warning in the log per worker when /docs was loaded).
+    for path, endpoint, response in (("/healthz", healthz, JSONResponse), ("/metrics", metrics, PlainTextResponse),
+                                     ("/v1/model", model_info, JSONResponse)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], response_class=response, include_in_schema=False)
 
     @app.post("/v1/predict")
     async def predict(request: Request):
