@@ -353,6 +353,12 @@ def cmd_eval(args) -> int:
     if args.model:
         from .deploy.predict import evaluate_model_file
 
+        described = meta or model_meta(args.model)
+        tta = (described or {}).get("config", {}).get("tta", "none") if "state_dict" in (described or {}) else "none"
+        if tta not in ("none", None):  # the two commands' figures differ for such a run: say why
+            print(f"note: --model scores {args.model} as exported, without its run's TTA ({tta}); "
+                  "eval --ckpt applies it", file=sys.stderr)
+
         result = evaluate_model_file(resolve_model(args.model), dataset=args.dataset, data_path=args.data_path,
                                      threads=threads, runtime=args.runtime, limit=args.test_limit)
     else:

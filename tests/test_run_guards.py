@@ -129,6 +129,20 @@ def test_eval_keeps_a_users_own_confusion_png_and_scores_one_model(tmp_path, cap
     assert (folder / "confusion.png").read_bytes() == before
 
 
+@pytest.mark.real_data
+def test_eval_model_of_a_checkpoint_says_the_runs_tta_is_not_applied(tmp_path, capsys):
+    """`eval --model best.pt` of a run with --tta scored it without TTA (0.7850 against --ckpt's
+    0.7885) and said nothing."""
+    from convzoo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", *map(str, SMALL), *map(str, MNIST), "--train-limit", "300", "--test-limit", "50",
+                 "--tta", "shift", "--output-dir", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run / "best.pt"), "--test-limit", "50", *map(str, MNIST)]) == 0
+    assert "without its run's TTA (shift); eval --ckpt applies it" in capsys.readouterr().err
+
+
 def test_train_refuses_run_files_in_a_folder_without_config_yaml(tmp_path, capsys):
     """A folder holding another model's best.pt, a metrics.csv and a summary.json (no config.yaml) was
     overwritten without a word; its train.log got the new run's lines appended."""
