@@ -95,11 +95,18 @@ def nonempty(text: str) -> str:
     return text
 
 
+def package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import TTA_CHOICES
 
     parser = Parser(prog="convzoo", description="Train, evaluate, quantize, export, predict with "
                                      "and serve the classic convolutional networks.")
+    parser.add_argument("--version", action="version", version=f"convzoo {package_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("data", help="download | verify | info a data set")
@@ -200,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
     p.add_argument("--max-upload-mb", type=number(float, 0.001, 4096), default=5.0,
                    help="larger request bodies get 413 (at most 4096)")
-    p.add_argument("--workers", type=number(int, 1, 256), default=1, help="uvicorn worker processes")
+    p.add_argument("--workers", type=number(int, 1, 256), default=1,
+                   help="server processes, each with its own listening socket and batcher (Linux; elsewhere uvicorn's)")
     add_runtime_flag(p)
     p.add_argument("--batch-window-ms", type=number(float, 0, 1000), default=1.0, metavar="MS",
                    help="requests arriving within MS of the oldest waiting one run as one onnxruntime call "

@@ -371,3 +371,11 @@ def test_an_image_or_other_file_given_as_the_model(tmp_path, capsys):
     for bad in (None, 3, b"lenet5:mnist", ""):  # the API: a named ConfigError, not 'None: checkpoint not found'
         with pytest.raises(convzoo.ConfigError, match="^model must be a file path or a NAME:DATASET name, got "):
             convzoo.load(bad)
+
+
+def test_version_flag():
+    """`convzoo --version` was "unrecognized arguments" (and named convzoo twice)."""
+    from importlib.metadata import version
+
+    proc = run_cli("--version", check=0)
+    assert proc.stdout.strip() == f"convzoo {version('convzoo')}"
