@@ -1,17 +1,20 @@
 """Experiment tracking for `--logger tensorboard|mlflow`: the trainer hands each epoch's metrics row
 (the one metrics.csv gets) to `Loggers.epoch` and closes them once the run ends.
 
-Both back ends are optional (`pip install 'convzoo[tracking]'`); a missing one is a one-line error
-before the first step. Only rank 0 opens loggers, and everything lands in the run directory unless
+Both back ends are optional (`pip install 'convzoo[tracking]'`); a missing one, or an MLflow server
+that does not answer, is a one-line error from `check_loggers` before the run folder is created or
+changed. Only rank 0 opens loggers, and everything lands in the run directory unless
 MLFLOW_TRACKING_URI points elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..config import logger_names
 from ..errors import ConfigError
@@ -22,6 +25,10 @@ TB_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "val_acc":
            "images_per_s": "speed/images_per_s"}
 ARTIFACTS = ("config.yaml", "metrics.csv", "train.log", "curves.png", "best.pt")
 RUN_TAG = "convzoo.run_dir"
+PROBE_TIMEOUT_S = 5  # one request to a remote tracking server before the run folder is touched
+# MLflow retries a failed request 7 times with backoff (about 4 minutes of silence for a server that is
+# down); while a run is set up, one try with a short timeout, unless the user set these themselves.
+SETUP_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class Loggers:
@@ -45,6 +52,87 @@ def open_loggers(spec: str | None, out: Path, config: dict, *, resumed_epoch: in
     """`resumed_epoch`: epochs already done when continuing a run (its later events are dropped)."""
     makers = {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger}
     return Loggers(makers[name](Path(out), config, resumed_epoch) for name in logger_names(spec))
+
+
+def check_loggers(spec: str | None) -> None:
+    """What `--logger` needs, checked before the run folder is created or changed: its packages, and
+    for MLflow with an http(s) MLFLOW_TRACKING_URI, a server that answers (one request, no retries)."""
+    names = logger_names(spec)
+    if "tensorboard" in names:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError as exc:
+            raise missing("tensorboard", exc) from None
+    if "mlflow" in names:
+        try:
+            import mlflow  # noqa: F401
+            if not os.environ.get("MLFLOW_TRACKING_URI"):  # the local store in the run directory
+                import alembic  # noqa: F401
+                import sqlalchemy  # noqa: F401
+        except ImportError as exc:
+            raise missing("mlflow", exc) from None
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if urlsplit(uri).scheme.lower() in ("http", "https"):
+            probe_server(uri)
+
+
+def probe_server(uri: str) -> None:
+    """One request to the MLflow server at `uri` (its experiment lookup, with the user's credentials and
+    TLS settings), PROBE_TIMEOUT_S seconds and no retries: a server that is down, refuses, times out or
+    answers with an error is one line naming the URI."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convzoo"
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
+                                params={"experiment_name": name}, max_retries=0, backoff_factor=0,
+                                timeout=PROBE_TIMEOUT_S, raise_on_status=False, retry_timeout_seconds=PROBE_TIMEOUT_S)
+    except (MlflowException, OSError, ValueError) as exc:  # refused, unreachable, timed out, a bad URL
+        raise ConfigError(f"MLflow tracking server at {uri} cannot be reached ({reason(exc)}); start it, fix "
+                          "MLFLOW_TRACKING_URI, or train without --logger mlflow") from None
+    if response.status_code == 200:
+        return
+    try:
+        error = response.json()
+    except ValueError:
+        error = {}
+    error = error if isinstance(error, dict) else {}
+    if response.status_code == 404 and error.get("error_code") == "RESOURCE_DOES_NOT_EXIST":
+        return  # the experiment is created at setup
+    detail = (str(error.get("message") or response.reason or "").splitlines() or [""])[0][:200]
+    raise ConfigError(f"MLflow tracking server at {uri} answered HTTP {response.status_code}"
+                      f"{f' ({detail})' if detail else ''}; fix the server or MLFLOW_TRACKING_URI, or train without "
+                      "--logger mlflow")
+
+
+def reason(exc: Exception) -> str:
+    """The cause at the end of a requests/urllib3 error chain ([Errno 111] Connection refused)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "timed out" in text or "Timeout" in text:
+        return f"no answer within {PROBE_TIMEOUT_S} s"
+    for marker in ("[Errno", "Failed to resolve", "Name or service"):
+        if marker in text:
+            return text[text.index(marker):].rstrip("')\"")[:200]
+    return text[:200]
+
+
+@contextlib.contextmanager
+def quick_http():
+    """MLflow's requests during setup: one try, a short timeout (SETUP_HTTP_ENV), unless the user set
+    those variables; restored afterwards, so the per-epoch logging keeps MLflow's retries."""
+    added = {k: v for k, v in SETUP_HTTP_ENV.items() if not os.environ.get(k)}  # empty reads as unset
+    previous = {k: os.environ.get(k) for k in added}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def missing(package: str, exc: ImportError) -> ConfigError:
@@ -91,25 +179,40 @@ class MLflowLogger:
         self.out = out.resolve()
         local = not os.environ.get("MLFLOW_TRACKING_URI")
         uri = f"sqlite:///{self.out / 'mlflow.db'}" if local else os.environ["MLFLOW_TRACKING_URI"]
+        self.run_id = None
         try:
-            self.client = client = MlflowClient(tracking_uri=uri)
-            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convzoo"
-            experiment = client.get_experiment_by_name(name)
-            exp_id = experiment.experiment_id if experiment else client.create_experiment(
-                name, artifact_location=(self.out / "mlartifacts").as_uri() if local else None)
-            previous = client.search_runs([exp_id], f"tags.`{RUN_TAG}` = '{self.out}'", max_results=1,
-                                          order_by=["attributes.start_time DESC"]) if resumed_epoch is not None else []
-            if previous:  # --resume continues the same MLflow run
-                self.run_id = previous[0].info.run_id
-                client.update_run(self.run_id, status="RUNNING")
-            else:
-                self.run_id = client.create_run(exp_id, run_name=out.name, tags={RUN_TAG: str(self.out)}).info.run_id
-                params = [Param(k, str(v)[:6000]) for k, v in config.items()]
-                client.log_batch(self.run_id, params=params)
+            with quick_http():
+                self._start(MlflowClient(tracking_uri=uri), config, resumed_epoch, local, Param)
         except ImportError as exc:  # the SQLite store needs sqlalchemy and alembic
             raise missing("mlflow", exc) from None
         except (MlflowException, OSError) as exc:  # a bad URI or an unreachable server is the user's to fix
+            self._abandon()
             raise ConfigError(f"MLflow tracking at {uri} failed: {str(exc).splitlines()[0][:200]}") from None
+
+    def _start(self, client, config: dict, resumed_epoch: int | None, local: bool, Param) -> None:
+        """The experiment, then the run: a new one, or on --resume the run of this folder."""
+        self.client = client
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convzoo"
+        experiment = client.get_experiment_by_name(name)
+        exp_id = experiment.experiment_id if experiment else client.create_experiment(
+            name, artifact_location=(self.out / "mlartifacts").as_uri() if local else None)
+        previous = client.search_runs([exp_id], f"tags.`{RUN_TAG}` = '{self.out}'", max_results=1,
+                                      order_by=["attributes.start_time DESC"]) if resumed_epoch is not None else []
+        if previous:  # --resume continues the same MLflow run
+            self.run_id = previous[0].info.run_id
+            client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = client.create_run(exp_id, run_name=self.out.name, tags={RUN_TAG: str(self.out)}).info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in config.items()]
+            client.log_batch(self.run_id, params=params)
+
+    def _abandon(self) -> None:
+        """A run this setup created (or reopened) and could not finish setting up is marked failed, if
+        the server still answers (one quick try)."""
+        if self.run_id is None:
+            return
+        with contextlib.suppress(Exception), quick_http():
+            self.client.set_terminated(self.run_id, "FAILED")
 
     def epoch(self, row: dict) -> None:
         from mlflow.entities import Metric

@@ -7,8 +7,10 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -46,8 +48,9 @@ def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
                           "--exist-ok to overwrite them, or another --output-dir", path)
 
 
-def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
-    """Create or reuse the run folder (check()ed again); refuse one that holds another run unless told otherwise."""
+def prepare(path: Path, *, resume: bool, exist_ok: bool, clear: bool = True) -> Path:
+    """Create or reuse the run folder (check()ed again); refuse one that holds another run unless told otherwise.
+    `clear=False`: an --exist-ok run's old files stay until clear_outputs() (once nothing can fail the start)."""
     check(path, resume=resume, exist_ok=exist_ok)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -55,12 +58,59 @@ def prepare(path: Path, *, resume: bool, exist_ok: bool) -> Path:
     except OSError as exc:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     lock(path)
-    if exist_ok and not resume:  # overwrite means the old run goes: a new run that stopped early or diverged had
-        remove_outputs(path, RUN_FILES + WRITTEN_FILES)  # left its config beside the old checkpoints and metrics
+    if exist_ok and not resume and clear:
+        clear_outputs(path)
     # Temp files of writes killed half-way (a SIGKILLed checkpoint save leaves .last.pt.*.tmp): only
     # one convzoo writes a run folder, and a live writer's temps are locked, so these are leftovers.
     remove_stale_temps(path, RUN_FILES)
     return path
+
+
+def clear_outputs(path: Path) -> None:
+    """Overwrite (--exist-ok) means the old run goes: a new run that stopped early or diverged had left
+    its config beside the old checkpoints and metrics."""
+    remove_outputs(path, RUN_FILES + WRITTEN_FILES)
+
+
+@dataclass
+class Snapshot:
+    """What a run folder held before a run began: enough to undo that run's start (rollback)."""
+
+    path: Path
+    created: Path | None  # the outermost folder the run will create (None: the folder exists)
+    names: set[str]
+
+
+def snapshot(path: Path) -> Snapshot:
+    path = Path(path)
+    if path.is_dir():
+        return Snapshot(path, None, {p.name for p in path.iterdir()})
+    created = path
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    return Snapshot(path, created, set())
+
+
+def rollback(before: Snapshot) -> None:
+    """Leave the run folder as it was before this run's start (a logger that failed once the folder
+    was prepared): the folders this run created go, or else the entries it added (its lock included).
+    Only for a start that changed nothing else (prepare(clear=False), before train.log and config.yaml)."""
+    unlock(before.path)
+    if before.created is not None:
+        shutil.rmtree(before.created, ignore_errors=True)
+        return
+    for entry in before.path.iterdir() if before.path.is_dir() else ():
+        if entry.name not in before.names:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def unlock(path: Path) -> None:
+    fd = _locks.pop(Path(path).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 LOCK_FILE = ".convzoo-train.lock"
@@ -238,7 +288,9 @@ class RunLog:
         self.quiet = quiet
         self.write_hook = None  # set by a progress bar so lines print above it
 
-    def line(self, text: str, **event) -> None:
+    def line(self, text: str, event: str | None = None, **fields) -> None:
+        """`text` to train.log and stdout; with --json, `{"event": event, **fields}` to stdout instead
+        (every JSON line names its event; a line without one is text only)."""
         if self.file:
             try:
                 self.file.write(text + "\n")  # line-buffered: a full disk shows here, not at close
@@ -249,7 +301,7 @@ class RunLog:
             return
         if self.json_lines:
             if event:
-                print(json.dumps(event), flush=True)
+                print(json.dumps({"event": event, **fields}), flush=True)
         elif self.write_hook:
             self.write_hook(text)
         else:

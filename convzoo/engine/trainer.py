@@ -29,7 +29,7 @@ from . import distributed, rundir
 from .checkpoint import (check_model_name, check_resume_state, freeze, load_checkpoint, load_strict, restore_weights,
                          save_checkpoint)
 from .evaluate import evaluate
-from .loggers import open_loggers
+from .loggers import Loggers, check_loggers, open_loggers
 from .lookahead import Lookahead
 from .runtime import (configure_threads, default_threads, resolve_amp, resolve_device, rng_state, seed_everything,
                       set_rng_state)
@@ -68,8 +68,10 @@ class TrainingRun:
             check_model_name(state, cfg.model, out / "last.pt")  # the likelier mistake, named first
             check_resume_state(state, out / "last.pt")
             check_resumable(state, cfg, out / "last.pt")
+            check_clocks(state, out / "last.pt")
         if main:
             rundir.check(out, resume=resume, exist_ok=exist_ok)  # the folder is written only once all is checked
+            check_loggers(cfg.logger)  # its packages, and a remote MLflow server that answers
         if data_spec.folder and cfg.data_path and inside(out, Path(cfg.data_path)):
             # Its files would become a class: the next run on the folder read runs/ (its curves.png) as one.
             raise ConfigError(f"output folder is inside the image folder {cfg.data_path}, whose sub-folders are its "
@@ -105,7 +107,8 @@ class TrainingRun:
             load_strict(model, state["state_dict"], out / "last.pt", "cannot resume: its weights do not fit the model")
         if cfg.restore and not resume:
             report = restore_weights(model, cfg.restore, cfg.restore_exclude)
-            notes.append((format_restore(report, cfg.restore), {"restore": report}))
+            notes.append((format_restore(report, cfg.restore),
+                          {"event": "restore", "path": str(cfg.restore), "restore": report}))
         elif hasattr(model, "init_from_data") and not resume:  # e.g. airbench's whitening conv, set from data
             sample = train_split.subset(slice(0, 5000)).images
             model.init_from_data(to_model_input(sample, spec))
@@ -114,7 +117,7 @@ class TrainingRun:
             if not any(p.requires_grad for p in model.parameters()):
                 raise ConfigError(f"--freeze {','.join(cfg.freeze)} matches every parameter of {cfg.model}: "
                                   "nothing is left to train")
-            notes.append((f"frozen: {', '.join(frozen)}", {"frozen": frozen}))
+            notes.append((f"frozen: {', '.join(frozen)}", {"event": "frozen", "frozen": frozen}))
         model.to(device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -130,33 +133,48 @@ class TrainingRun:
             raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
         self.total_steps = cfg.epochs * spe
         self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
+        self.resumed_wall = 0.0  # seconds of training before this process (last.pt's wall_s)
         self.reached = None  # the evaluation that first met --target-acc
+        self.loggers = Loggers()
         if main:
-            rundir.prepare(out, resume=resume, exist_ok=exist_ok)
-            if not resume:
+            before = rundir.snapshot(out)
+            rundir.prepare(out, resume=resume, exist_ok=exist_ok, clear=False)
+            # --logger: opened in the prepared folder (MLflow's local store and TensorBoard's events live there)
+            # before anything else is written to it, so a logger that fails leaves the folder as it was
+            try:
+                self.loggers = open_loggers(cfg.logger, out, cfg.to_dict(),
+                                            resumed_epoch=state["epoch"] if state else None)
+            except BaseException:
+                rundir.rollback(before)
+                raise
+        try:  # a start that fails from here on leaves no open tracking run
+            if main and exist_ok and not resume:
+                rundir.clear_outputs(out)  # the old run's files go only now that the start cannot fail on a logger
+            if main and not resume:
                 (out / "evals.csv").unlink(missing_ok=True)  # an overwritten run's evaluations are not this one's
-        self.show_bar = main and not quiet and not json_lines
-        self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
-        for text, event in notes:
-            log.line(text, **event)
+            self.show_bar = main and not quiet and not json_lines
+            self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
+            for text, event in notes:
+                log.line(text, **event)
 
-        if state is not None:
-            self._load_state(state)
-        self.ddp_model = wrap_ddp(model, device)
-        self.train_split, self.test_split = train_split.to(device), test_split.to(device)
-        self.val_split = val_split.to(device) if val_split is not None else None
+            if state is not None:
+                self._load_state(state)
+            self.ddp_model = wrap_ddp(model, device)
+            self.train_split, self.test_split = train_split.to(device), test_split.to(device)
+            self.val_split = val_split.to(device) if val_split is not None else None
 
-        self.base = dict(model=cfg.model, num_classes=len(train_split.classes), class_names=list(train_split.classes),
-                         dataset=data_spec.name, input=spec.to_dict(), config=cfg.to_dict())
-        if data_spec.folder:  # so eval and predict --from-test read the folder again the same way
-            self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root),
-                                 "split": split}
-        if main:
-            rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world, "device": str(device),
-                                      "data_found_in": str(located.root), "data_verified": located.verified})
-        # --logger: opened once everything else is set up, so a failed start leaves no open tracking run
-        self.loggers = open_loggers(cfg.logger if main else "none", out, cfg.to_dict(),
-                                    resumed_epoch=state["epoch"] if state else None)
+            self.base = dict(model=cfg.model, num_classes=len(train_split.classes),
+                             class_names=list(train_split.classes), dataset=data_spec.name, input=spec.to_dict(),
+                             config=cfg.to_dict())
+            if data_spec.folder:  # so eval and predict --from-test read the folder again the same way
+                self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root), "split": split}
+            if main:
+                rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world,
+                                          "device": str(device), "data_found_in": str(located.root),
+                                          "data_verified": located.verified})
+        except BaseException:
+            self.loggers.close(ok=False)
+            raise
         val_part = f" / {len(val_split)} val" if val_split is not None else ""
         log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
                  f"{val_part}), device {device}, threads {threads}, world size {world}, {cfg.epochs} epochs x {spe} "
@@ -168,8 +186,9 @@ class TrainingRun:
     def fit(self) -> dict:
         cfg, out, log = self.cfg, self.out, self.log
         self.position = (self.start_epoch, self.start_step)
-        # Wall clock of training (a resumed run goes on from its last recorded time): time to accuracy.
-        self.wall_start = time.perf_counter() - ((self.history[-1].get("wall_s") or 0.0) if self.history else 0.0)
+        # Wall clock of training, for time to accuracy: a resumed run goes on from the time last.pt recorded
+        # (the steps after that checkpoint are redone; the time between the two processes is not counted).
+        self.wall_start = time.perf_counter() - self.resumed_wall
         stop = interrupt_flag()  # the first Ctrl-C or SIGTERM: finish the step, write last.pt, stop
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -186,7 +205,8 @@ class TrainingRun:
                     raise stop.interruption()  # this epoch's last.pt is complete
         except KeyboardInterrupt:
             epoch, step = self.position
-            log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from")
+            log.line(f"interrupted at epoch {epoch + 1}, step {step}; {out / 'last.pt'} holds the state to --resume from",
+                     event="interrupted", epoch=epoch + 1, step=step, path=str(out / "last.pt"))
             log.close()
             self.loggers.close(ok=False)
             raise
@@ -219,7 +239,7 @@ class TrainingRun:
         checkpoints and Ctrl-C handled after each step, outside the optimisation itself."""
         cfg, spe = self.cfg, self.spe
         self.finite_at = (epoch, first)  # the loss is finite up to here (a resumed state was saved finite)
-        meter = EpochMeter.start(self.epoch_acc, self.device, lr=self.optimizer.param_groups[0]["lr"])
+        meter = EpochMeter.start(self.epoch_acc, self.device, lr=self.optimizer.param_groups[0]["lr"], first=first)
         self.epoch_acc = None
         bar = progress(spe, first, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.show_bar)
         self.log.write_hook = bar.write if bar else None
@@ -281,7 +301,7 @@ class TrainingRun:
         train_loss, train_acc = float(stats[0] / stats[2]), float(stats[1] / stats[2])
         if not math.isfinite(train_loss):  # every rank sees the summed loss: all stop here, nothing saved
             self._diverged(epoch, self.position[1], train_loss)
-        steps_run = max(meter.steps, 1)
+        steps_run = max(meter.steps, 1)  # the steps epoch_time covers (before a resume too)
         log.line(f"Epoch time: {epoch_time * 1000:.3f}, per step time: {epoch_time * 1000 / steps_run:.3f}, "
                  f"avg loss: {train_loss:.3f}", event="epoch_time", epoch=epoch + 1, epoch_time_s=epoch_time,
                  step_ms=epoch_time * 1000 / steps_run, avg_loss=train_loss)
@@ -360,7 +380,7 @@ class TrainingRun:
                 **self.base, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "global_step": epoch * self.spe + step, "rng": rng_state(), "history": self.history,
-                "best_acc": self.best, "epoch_accumulators": meter,
+                "best_acc": self.best, "epoch_accumulators": meter, "wall_s": time.perf_counter() - self.wall_start,
                 **({"lookahead": self.lookahead.state_dict()} if self.lookahead else {}),
                 "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
 
@@ -379,8 +399,11 @@ class TrainingRun:
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         self.history, self.best = list(state.get("history", [])), state.get("best_acc", -1.0)
         self.epoch_acc = state.get("epoch_accumulators")
+        self.resumed_wall = resumed_wall(state)
         set_rng_state(state["rng"])
-        self.log.line(f"resumed from {self.out / 'last.pt'} at epoch {self.start_epoch + 1}, step {self.start_step}")
+        self.log.line(f"resumed from {self.out / 'last.pt'} at epoch {self.start_epoch + 1}, step {self.start_step}",
+                      event="resumed", epoch=self.start_epoch + 1, step=self.start_step, path=str(self.out / "last.pt"),
+                      wall_s=self.resumed_wall)
 
 
 def train_one_epoch(model, batches, model_input, optimizer, scaler, criterion, meter: "EpochMeter", *, amp_dtype,
@@ -410,14 +433,16 @@ class EpochMeter:
     seen: int
     started: float  # time.perf_counter() at the epoch's (virtual, when resumed) start
     lr: float
-    steps: int = 0  # steps run by this process in this epoch (for the per-step time)
+    steps: int = 0  # steps the epoch's time covers, those before a resume included (for the per-step time)
 
     @classmethod
-    def start(cls, saved: dict | None, device, *, lr: float) -> "EpochMeter":
-        saved = saved or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+    def start(cls, saved: dict | None, device, *, lr: float, first: int = 0) -> "EpochMeter":
+        """A new epoch, or one resumed at step `first` with last.pt's totals (`saved`); totals saved
+        before "steps" was recorded covered the `first` steps."""
+        saved = saved or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0, "steps": 0}
         return cls(torch.tensor(saved["loss_sum"], dtype=torch.float64, device=device),
                    torch.tensor(saved["correct"], dtype=torch.long, device=device), saved["seen"],
-                   time.perf_counter() - saved["time"], lr)
+                   time.perf_counter() - saved["time"], lr, saved.get("steps", first))
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss_sum += loss.detach() * len(labels)
@@ -433,7 +458,7 @@ class EpochMeter:
 
     def to_dict(self) -> dict:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
-                "time": self.elapsed()}
+                "time": self.elapsed(), "steps": self.steps}
 
 
 class InterruptFlag(threading.Event):
@@ -556,6 +581,30 @@ def check_same_split(state: dict, split: dict, folder: Path) -> None:
                         f"{split['test_files']} now: images added, removed or renamed), so the resumed run would be "
                         "tested on images it trained on; start a new run (--restore LAST.PT to keep the weights), "
                         "or restore the folder", folder)
+
+
+def resumed_wall(state: dict) -> float:
+    """Seconds of training before last.pt was written; a last.pt from before it recorded them: the last
+    finished epoch's wall_s (exact for a checkpoint written at the end of an epoch), else 0."""
+    if state.get("wall_s") is not None:
+        return float(state["wall_s"])
+    history = state.get("history") or []
+    return float(history[-1].get("wall_s") or 0.0) if history else 0.0
+
+
+def check_clocks(state: dict, path) -> None:
+    """last.pt's wall clock and the mid-epoch step count a resume continues (checked before anything is
+    written): a forged value would be a wrong time to accuracy or per-step time."""
+    wall = state.get("wall_s")
+    if wall is not None and not (isinstance(wall, (int, float)) and not isinstance(wall, bool) and math.isfinite(wall)
+                                 and 0 <= wall <= 1e9):
+        raise CheckpointError(f"cannot resume: wall_s must be the seconds of training so far, got {str(wall)[:40]!r}",
+                              path)
+    steps = (state.get("epoch_accumulators") or {}).get("steps") if isinstance(state.get("epoch_accumulators"),
+                                                                                dict) else None
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps <= state["step"]):
+        raise CheckpointError(f"cannot resume: the saved mid-epoch step count must be an integer from 0 to step "
+                              f"{state['step']}, got {str(steps)[:40]!r}", path)
 
 
 def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
