@@ -361,8 +361,9 @@ def cmd_eval(args) -> int:
     if args.model:
         from .deploy.predict import evaluate_model_file
 
-        described = meta or model_meta(args.model)
-        tta = (described or {}).get("config", {}).get("tta", "none") if "state_dict" in (described or {}) else "none"
+        described = meta or model_meta(args.model) or {}
+        config = described.get("config") if "state_dict" in described else None
+        tta = config.get("tta") if isinstance(config, dict) else None
         if tta not in ("none", None):  # the two commands' figures differ for such a run: say why
             print(f"note: --model scores {args.model} as exported, without its run's TTA ({tta}); "
                   "eval --ckpt applies it", file=sys.stderr)
@@ -504,16 +505,7 @@ def model_meta(model) -> dict | None:
     """A checkpoint's or ONNX model's description; None for a file that cannot be read (its own loader
     reports it later, in its own words)."""
     try:
-        path = Path(resolve_model(model))
-        if path.suffix.lower() == ".onnx":
-            import onnx
-
-            from .metadata import read_onnx_metadata
-
-            return read_onnx_metadata(onnx.load(str(path), load_external_data=False), path)
-        from .engine.checkpoint import load_checkpoint
-
-        return load_checkpoint(path)
+        return model_description(model)
     except Exception:  # noqa: BLE001 - onnx and torch raise many types for a bad file
         return None
 

@@ -133,6 +133,8 @@ def test_eval_keeps_a_users_own_confusion_png_and_scores_one_model(tmp_path, cap
 def test_eval_model_of_a_checkpoint_says_the_runs_tta_is_not_applied(tmp_path, capsys):
     """`eval --model best.pt` of a run with --tta scored it without TTA (0.7850 against --ckpt's
     0.7885) and said nothing."""
+    import torch
+
     from convzoo.cli import main
 
     run = tmp_path / "run"
@@ -141,6 +143,10 @@ def test_eval_model_of_a_checkpoint_says_the_runs_tta_is_not_applied(tmp_path, c
     capsys.readouterr()
     assert main(["eval", "--model", str(run / "best.pt"), "--test-limit", "50", *map(str, MNIST)]) == 0
     assert "without its run's TTA (shift); eval --ckpt applies it" in capsys.readouterr().err
+    state = torch.load(run / "best.pt", weights_only=True)
+    state["config"] = None  # a hand-edited checkpoint: read without its TTA, no traceback
+    torch.save(state, run / "edited.pt")
+    assert main(["eval", "--model", str(run / "edited.pt"), "--test-limit", "50", *map(str, MNIST)]) == 0
 
 
 def test_train_refuses_run_files_in_a_folder_without_config_yaml(tmp_path, capsys):
