@@ -129,6 +129,14 @@ def test_eval_keeps_a_users_own_confusion_png_and_scores_one_model(tmp_path, cap
     assert (folder / "confusion.png").read_bytes() == before
 
 
+def test_a_model_taking_images_as_they_are_refuses_a_data_set_of_another_size(tmp_path, capsys):
+    """airbench (32x32, fit 'none') trained on 28x28 MNIST, and its checkpoint was then refused by
+    every command that reads it (its input said 32, its data 28)."""
+    cli_error(capsys, "train", "--model", "airbench", "--dataset", "mnist", *MNIST, "--output-dir", tmp_path / "ab",
+              fragments=["airbench takes 32x32 images as they are", "mnist's are 28x28"])
+    assert not (tmp_path / "ab").exists()
+
+
 @pytest.mark.real_data
 def test_eval_model_of_a_checkpoint_says_the_runs_tta_is_not_applied(tmp_path, capsys):
     """`eval --model best.pt` of a run with --tta scored it without TTA (0.7850 against --ckpt's

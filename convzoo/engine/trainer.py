@@ -26,8 +26,8 @@ from ..errors import CheckpointError, ConfigError, DataError, Terminated, first_
 from ..metadata import check_model_meta
 from ..models.registry import create_model, get_model_info
 from . import distributed, rundir
-from .checkpoint import (check_model_name, check_resume_state, freeze, load_checkpoint, load_strict, restore_weights,
-                         save_checkpoint)
+from .checkpoint import (check_model_name, check_optimizer_state, check_resume_state, freeze, load_checkpoint,
+                         load_strict, restore_weights, save_checkpoint)
 from .evaluate import evaluate
 from .loggers import Loggers, check_loggers, open_loggers
 from .lookahead import Lookahead
@@ -79,9 +79,14 @@ class TrainingRun:
         notes = []  # (line, event) for train.log, which is opened only then
 
         folder = FolderRule(cfg.image_size, cfg.channels or info.in_channels, cfg.test_split)  # --dataset folder only
-        if data_spec.folder and info.fit == "none" and cfg.image_size != info.input_size:
+        if info.fit == "none" and data_spec.folder and cfg.image_size != info.input_size:
             raise ConfigError(f"{cfg.model} takes {info.input_size}x{info.input_size} images as they are: "
                               f"use --image-size {info.input_size}")
+        if info.fit == "none" and not data_spec.folder and data_spec.image_shape[-1] != info.input_size:
+            # it would train (the net takes any size), and its checkpoint could not be read back
+            side = data_spec.image_shape[-1]
+            raise ConfigError(f"{cfg.model} takes {info.input_size}x{info.input_size} images as they are; "
+                              f"{data_spec.name}'s are {side}x{side}: choose another model for it")
         train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main, folder=folder)
         data_spec = located.spec  # an image folder's classes, mean and std are found in it
         train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
@@ -123,7 +128,7 @@ class TrainingRun:
             model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg, model)
         if state is not None:  # each saved optimizer tensor against its own parameter, before anything is written
-            check_resume_state(state, out / "last.pt", self.optimizer)
+            check_optimizer_state(state.get("optimizer", {}), out / "last.pt", self.optimizer)
         self.lookahead = Lookahead(model) if cfg.lookahead else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
