@@ -64,13 +64,17 @@ def framed(digit: np.ndarray, kind: str) -> Image.Image:
         paper[:6], paper[-6:], paper[:, -6:] = 20, 20, 20  # three sides: a page narrower than the glass
     elif kind == "scanner edge, one side":
         paper[:, :6] = 20
+    elif kind == "scanner edge, askew":  # a page a degree off the glass's edge, on the top and left
+        y, x = np.mgrid[0:200, 0:200]
+        paper[(y < 6 + 0.0175 * x) | (x < 6 + 0.0175 * (200 - y))] = 20
     else:  # "inset frame": a 2-px frame drawn 3 px in, paper outside it
         paper[3:5, 3:-3], paper[-5:-3, 3:-3], paper[3:-3, 3:5], paper[3:-3, -5:-3] = 0, 0, 0, 0
     return Image.fromarray(paper)
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("kind", ["white frame", "scanner edge", "scanner edge, one side", "inset frame"])
+@pytest.mark.parametrize("kind", ["white frame", "scanner edge", "scanner edge, one side", "scanner edge, askew",
+                                  "inset frame"])
 def test_digits_inside_a_frame(tmp_path, kind):
     """A frame's lines, of the other brightness than the image's bulk, are cut off before the
     background is read from the edges: a 1-px white frame had made a white-on-black digit read as dark
@@ -88,7 +92,9 @@ def test_digits_inside_a_frame(tmp_path, kind):
         framed(digit, kind).save(files[-1])
     results = Predictor(pretrained_path("lenet5:mnist")).predict_files([str(f) for f in files], topk=1)
     read = [int(r["class"]) for r in results]
-    assert sum(r == int(t) for r, t in zip(read, labels)) >= 39, (read, labels.tolist())
+    # Askew, the band is cut where nearly all of a line is dark; the rest of the wedge (2-3 px) is read
+    # as ink and costs a few digits (36 of 40 read; 9 when the tilt kept the whole edge).
+    assert sum(r == int(t) for r, t in zip(read, labels)) >= (35 if "askew" in kind else 39), (read, labels.tolist())
 
 
 @pytest.mark.real_data

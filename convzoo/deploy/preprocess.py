@@ -149,11 +149,15 @@ def without_frame(grey: np.ndarray) -> np.ndarray:
              lines(grey[:, ::-1][:, :limit], 0)]  # top, bottom, left, right
     everywhere = all(len(found) for found in sides)
     cut = [found[-1] + 1 if len(found) and (everywhere or found[0] == 0) else 0 for found in sides]
-    inside = [grey[cut[0]], grey[h - 1 - cut[1]], grey[:, cut[2]], grey[:, w - 1 - cut[3]]]
-    # A frame ends: past it the image's bulk brightness resumes. Where it does not, the band is the dark
-    # side of a lighting gradient or of a shadow over the paper, not a frame.
-    cut = [c if not c or np.count_nonzero((line > 127) != light) <= 0.5 * line.size else 0
-           for c, line in zip(cut, inside)]
+    def resumes(side: int, depth: int) -> bool:  # the bulk's brightness on most of the line `depth` in
+        line = (grey[min(depth, h - 1)], grey[max(h - 1 - depth, 0)], grey[:, min(depth, w - 1)],
+                grey[:, max(w - 1 - depth, 0)])[side]
+        return np.count_nonzero((line > 127) != light) <= 0.5 * line.size
+
+    # A frame ends: just past it, or a band further in (a scanner's edge a degree askew), the image's
+    # bulk brightness resumes. Where it does not, the band is the dark side of a lighting gradient or of
+    # a shadow over the paper, not a frame.
+    cut = [c if not c or resumes(side, c) or resumes(side, c + limit) else 0 for side, c in enumerate(cut)]
     if not any(cut):
         return grey
     return grey[cut[0]: h - cut[1], cut[2]: w - cut[3]]
