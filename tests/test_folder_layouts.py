@@ -171,3 +171,43 @@ def test_test_images_copied_from_training_images_are_warned_about_once(tmp_path,
     [line] = byte_copy_warnings(info(capsys, flat)[1])
     assert line.startswith(f"warning: {flat}: 2 of 4 test images are byte-identical"), line
     assert byte_copy_warnings(info(capsys, split_by_hand(tmp_path / "distinct", "train", "val"))[1]) == []
+
+
+def test_an_unlabelled_test_folder_beside_val_is_passed_over(tmp_path, capsys):
+    """Kaggle's layout: train/ and val/ hold class folders, test/ holds loose unlabelled images. test/
+    outranked val/ and the folder was refused ('no image files in any class folder' on test/, val/ never
+    named); now val/ is the test split and data info says test/ was not used. train/ beside an unlabelled
+    test/ alone is refused saying why."""
+    root = split_by_hand(tmp_path / "kaggle", "train", "val")
+    write_pngs(root / "test", 5, 9)
+    data, err = info(capsys, root)
+    assert data["classes"] == ["a", "b"] and data["counts"] == {"train": 8, "test": 4}, data
+    assert data["test_split"].startswith("val/ (training images: train/") and "test/ holds no class folders" \
+        in data["test_split"], data["test_split"]
+    (root / "val").rename(tmp_path / "val")
+    cli_error(capsys, "data", "info", "folder", "--data-path", root,
+              fragments=(str(root / "test"), "no class folders", "unlabelled"))
+
+
+def test_a_test_only_read_hashes_no_training_file(tmp_path, capsys, monkeypatch):
+    """`data sample` (and eval) read only the test split: with no training digests remembered, every
+    training file of a test file's size was read and hashed (all of them for fixed-size images); now
+    none is, and the byte-copy warning stays with reads of both splits."""
+    import shutil
+
+    from convzoo.cli import main
+    from convzoo.data import formats
+
+    root = split_by_hand(tmp_path / "copied", "train", "test")
+    shutil.rmtree(root / "test")
+    shutil.copytree(root / "train", root / "test")
+    formats._TRAIN_DIGESTS.clear()
+    read = []
+    real = formats.image_files.read_image_file
+    monkeypatch.setattr(formats.image_files, "read_image_file", lambda path: read.append(path) or real(path))
+    capsys.readouterr()
+    assert main(["data", "sample", "folder", "--data-path", str(root), "--count", "1",
+                 "--output", str(tmp_path / "samples")]) == 0
+    assert [p for p in read if "train" in p.parts] == [] and len(read) == 8, read
+    assert byte_copy_warnings(capsys.readouterr().err) == []
+    assert len(byte_copy_warnings(info(capsys, root)[1])) == 1  # both splits read: warned

@@ -501,8 +501,12 @@ def file_digest(path: Path, data: bytes) -> tuple[int, int, bytes]:
 
 def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tuple[int, int, bytes]]) -> None:
     """One warning line when test images are byte copies of training images (test/ a copy of train/,
-    a photo saved twice in a class folder): their score is a training score. A training file is read
-    only if no digest of it is remembered and a test file has its size."""
+    a photo saved twice in a class folder): their score is a training score. Only after this process
+    read the training split (train, data info): a test-only read (eval, data sample) has no digests
+    remembered and would read and hash every training file of a test file's size, with fixed-size
+    formats (BMP, PGM) all of them. A training file is read again only if it changed since."""
+    if not any(path in _TRAIN_DIGESTS for path in train):
+        return
     sizes = {size for size, _, _ in test.values()}
     seen = set()
     for path in train:
@@ -550,7 +554,8 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
 
 
 # A folder split by hand: a training folder and a test folder, each with one sub-folder per class,
-# named in any case. The first tier present is the test split: test/ over val/ beside both.
+# named in any case. The test split is the first tier's folder that holds class folders: test/ over
+# val/ beside both, val/ when test/ is Kaggle's unlabelled one (its images loose, no classes).
 TRAIN_FOLDERS = ("train", "training")
 TEST_FOLDERS = (("test", "testing"), ("val", "valid", "validation"))
 SPLIT_NAMES = frozenset(TRAIN_FOLDERS).union(*TEST_FOLDERS)
@@ -559,19 +564,38 @@ SPLIT_NAMES = frozenset(TRAIN_FOLDERS).union(*TEST_FOLDERS)
 def split_folders(root: Path) -> tuple[Path, Path] | None:
     """(training folder, test folder) of a folder split by hand (train/ + test/, Train/ + Test/,
     training/ + testing/, train/ + val/, valid/ or validation/), None for one folder per class."""
+    layout = split_layout(root)
+    return layout[:2] if layout else None
+
+
+def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
+    """split_folders, and the test-split folders passed over for holding no class folders."""
     by_name: dict[str, list[Path]] = {}
     for p in class_folders(root, root):
         by_name.setdefault(p.name.lower(), []).append(p)
     train = [p for name in TRAIN_FOLDERS for p in by_name.get(name, [])]
-    test = next(([p for name in tier for p in by_name.get(name, [])] for tier in TEST_FOLDERS
-                 if any(name in by_name for name in tier)), [])
-    if not train or not test:
+    tiers = [found for tier in TEST_FOLDERS if (found := [p for name in tier for p in by_name.get(name, [])])]
+    if not train or not tiers:
         return None
+    labelled = [[p for p in tier if holds_class_folders(p, root)] for tier in tiers]
+    # None labelled: the first tier's, refused in split_folder_files for holding no class folders.
+    chosen = next((i for i, tier in enumerate(labelled) if tier), None)
+    test = tiers[0] if chosen is None else labelled[chosen]
     for found in (train, test):
         if len(found) > 1:  # train/ and Training/: which one is meant cannot be guessed
             raise DataError(f"{' and '.join(shown(p.name) + '/' for p in found)} would both be the "
                             f"{'training' if found is train else 'test'} split; keep one", root)
-    return train[0], test[0]
+    passed = [] if chosen is None else [p for tier in tiers[:chosen + 1] for p in tier if p not in test]
+    return train[0], test[0], passed
+
+
+def holds_class_folders(folder: Path, root: Path) -> bool:
+    """Does `folder` hold a class folder (a sub-folder, skipped ones aside)? Stops at the first: a flat
+    test/ of thousands of unlabelled images costs one directory listing."""
+    try:
+        return any(not skipped(e.name) and e.is_dir() and inside(Path(e.path), root) for e in os.scandir(folder))
+    except OSError as exc:
+        raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
 
 
 def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
@@ -584,6 +608,10 @@ def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
         raise unknown_test_class(unknown[0], classes, train_dir.name)
     files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(d / c, root, s == "train")]
              for s, d in (("train", train_dir), ("test", test_dir))}
+    if not files["test"] and not holds_class_folders(test_dir, root):  # Kaggle's test/ without its val/
+        raise DataError("no class folders: its images are unlabelled, so no accuracy can be taken from them; sort "
+                        "them into one sub-folder per class (beside train/, a test/ or val/ holding class folders is "
+                        "the test split)", test_dir)
     if not files["test"]:
         raise DataError(f"no image files in any class folder ({' '.join(image_files.image_suffixes())})", test_dir)
     return classes, files
@@ -621,9 +649,12 @@ def holds_only_folders(folder: Path) -> bool:
 
 def describe_test_split(root: Path, rule) -> str:
     """Where an image folder's test images come from, for `data info`."""
-    layout = split_folders(Path(root))
+    layout = split_layout(Path(root))
     if layout:
-        return f"{shown(layout[1].name)}/ (training images: {shown(layout[0].name)}/)"
+        train, test, passed = layout
+        unlabelled = "".join(f"; {shown(p.name)}/ holds no class folders (unlabelled images): not used"
+                             for p in passed)
+        return f"{shown(test.name)}/ (training images: {shown(train.name)}/{unlabelled})"
     return f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
 
 
