@@ -208,15 +208,22 @@ def check_opsets(model, path) -> None:
                               f"{newest} (upgrade them, or export with an older opset)", path)
 
 
-SOURCE_LOCATION = re.compile(r"(?:/\S*/)?[\w.-]+\.(?:cc|cpp|h|hpp):\d+\s+")
+# The end of a source location (".../graph/model.cc:180 "), all runtime_reason needs of it: searched from
+# the '.' alone, so the search is linear (a path group before it made every '/' of a token start a scan).
+SOURCE_LOCATION = re.compile(r"(?<=[\w.-])\.(?:cc|cpp|h|hpp):\d+\s+")
 CPP_SIGNATURE = re.compile(r"[\w~<>,*&\s]*::[\w:~<>,*&\s]*\((?:[^()]|\([^()]*\))*\)\s*(?:const\s*)?")
 ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 
+REASON_SCAN_CHARS = 2000  # of a runtime's message searched for its reason: the regexes cost more than linear time
+
+
 def runtime_reason(exc: BaseException, limit: int = 200) -> str:
     """A runtime's error in one short line, from its reason: onnxruntime's text starts with a status code,
-    a source file and line and the C++ function's signature, which a one-line cut kept instead of why."""
-    text = " ".join(str(exc).split())
+    a source file and line and the C++ function's signature, which a one-line cut kept instead of why.
+    Only its start is searched: onnxruntime quotes node names, which a hostile file makes as long as it
+    likes (a 16k-character name of '/'s took seconds, on every request in serve)."""
+    text = " ".join(str(exc)[:REASON_SCAN_CHARS].split())
     locations = list(SOURCE_LOCATION.finditer(text))
     if locations:
         text = text[locations[-1].end():]
