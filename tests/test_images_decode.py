@@ -90,8 +90,10 @@ OTHER_FORMATS = {"ICO": (".ico", 64), "JPEG2000": (".jp2", 28), "ICNS": (".icns"
 @pytest.mark.real_data
 def test_icons_jpeg_2000_and_editors_files_are_read(tmp_path):
     """ICO and JPEG 2000, which Pillow reads, were refused as 'not an image (unrecognised format)'; so
-    were ICNS, DDS, PCX, SGI and PSD. Each is read by content (as the server reads an untyped body),
-    picked up from a folder by its suffix, and its 7 read as one."""
+    were ICNS, DDS, PCX, SGI and PSD. Each is read by content (as the server reads an untyped body) and
+    its 7 read as one; a folder picks up the image formats by their suffix, not editors' and tools' source
+    files (PSD, DDS, ICNS: beside the PNGs exported from them they were training images twice, and an
+    earlier run's folder changed its test split)."""
     from convzoo.data.images import open_image
     from convzoo.deploy.predict import expand_image_paths
 
@@ -106,7 +108,7 @@ def test_icons_jpeg_2000_and_editors_files_are_read(tmp_path):
         else:
             image.convert("RGB").save(files[-1], fmt)
         assert open_image(files[-1].read_bytes(), files[-1].name).format == fmt
-    assert sorted(expand_image_paths([tmp_path])) == sorted(files)
+    assert sorted(expand_image_paths([tmp_path])) == sorted(f for f in files if f.suffix not in (".psd", ".dds", ".icns"))
     assert read_digits(files) == ["7"] * len(files)
 
 
@@ -124,6 +126,41 @@ def test_icon_holding_a_larger_image_is_refused_before_decoding(tmp_path):
     (tmp_path / "bomb.icns").write_bytes(b"icns" + struct.pack(">L", 8 + len(entry)) + entry)
     with pytest.raises(ImageTooLarge, match="bomb.icns.*megapixel"):
         load_image(tmp_path / "bomb.icns")
+
+
+def ico(inner: bytes) -> bytes:
+    """An ICO file whose one entry (256 px by its directory) holds `inner`, a PNG."""
+    import struct
+
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHLL", 0, 0, 0, 0, 1, 32, len(inner), 22) + inner
+
+
+def test_ico_is_opened_without_decoding_its_inner_image():
+    """Pillow decodes an ICO while opening it, under its own 89-MP limit and holding quiet()'s lock (on the
+    server's event loop for a small body): a 36-MP PNG in a few kB took a second to open, then was decoded
+    again. Its inner PNG is now opened lazily as any PNG (decoded once, later), a 48-MP one refused from its
+    header; the server sends icons to a thread, never decoding them on its event loop."""
+    import io
+
+    from convzoo.data.images import ImageTooLarge, decode_image, is_container, open_image
+    from convzoo.deploy.server import any_container, parse_requests
+
+    inner = io.BytesIO()
+    Image.new("1", (6000, 6000), 1).save(inner, "PNG")
+    image = open_image(ico(inner.getvalue()), "big.ico")
+    assert image.format == "ICO" and image.size == (6000, 6000)
+    assert image._im is None  # not decoded yet
+    assert decode_image(image, "big.ico").size == (2000, 2000)
+    inner = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(inner, "PNG")
+    with pytest.raises(ImageTooLarge, match="bomb.ico.*8000x6000"):
+        open_image(ico(inner.getvalue()), "bomb.ico")
+
+    small = io.BytesIO()
+    Image.new("L", (28, 28)).save(small, "PNG")
+    assert is_container(ico(small.getvalue())) and not is_container(small.getvalue())
+    parsed = parse_requests([lambda: ([("a.png", small.getvalue())], 1), lambda: ([("b.ico", ico(small.getvalue()))], 1)])
+    assert any_container(parsed) and not any_container(parsed[:1])
 
 
 def on_transparent(digit: np.ndarray, kind: str) -> Image.Image:
@@ -196,3 +233,47 @@ def test_cut_outs_one_grey_level_apart_get_the_same_white_background(channels):
         trained = normalise(pixels[-1][None].astype(np.float32) / 255, meta["input"])
         np.testing.assert_allclose(to_array(cut_out, meta), trained, atol=1e-6)  # predict sees the same
     assert np.abs(pixels[0] - pixels[1]).max() <= 1
+
+
+def test_magic_wand_cut_out_digit_keeps_a_contrasting_background():
+    """A black 7 cut out of a scan with a magic wand: a black core, an opaque grey anti-aliased fringe, the
+    rest transparent. It counted as paper and ink, the paper their median (black), and the margins turned
+    black like the ink: the digit disappeared. The fringe round it is not paper: a contrasting background."""
+    from PIL import ImageDraw
+
+    from convzoo.data.images import digit_background, flatten_alpha
+
+    rgba = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(rgba)
+    for width, grey in ((10, 170), (6, 0)):
+        draw.line([(20, 20), (80, 20), (40, 85)], fill=(grey, grey, grey, 255), width=width)
+    lum = np.asarray(rgba.convert("L"), np.float32)
+    assert digit_background(lum, np.asarray(rgba.getchannel("A"), np.float32) / 255) == 255
+    flat = np.asarray(flatten_alpha(rgba).convert("L"))
+    assert flat[5, 5] == 255 and flat[20, 50] == 0
+
+
+def test_another_threads_warning_does_not_make_a_valid_exif_corrupt(monkeypatch):
+    """Warnings are recorded process-wide: a Pillow warning from another server thread (decoding unlocked)
+    while a photo's EXIF was parsed called it corrupt, and its orientation was dropped."""
+    import threading
+    import warnings
+
+    from convzoo.data import images
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = Image.new("L", (4, 2))
+    photo.info["exif"] = exif.tobytes()
+    real_load = Image.Exif.load
+
+    def load_while_another_thread_warns(self, data):
+        other = threading.Thread(target=lambda: warnings.warn("Possibly corrupt EXIF data (another file)"))
+        other.start()
+        other.join()
+        return real_load(self, data)
+
+    monkeypatch.setattr(Image.Exif, "load", load_while_another_thread_warns)
+    assert not images.exif_is_corrupt(photo)
+    monkeypatch.setattr(Image.Exif, "load", real_load)
+    assert images.orient(photo).size == (2, 4)  # turned by its Orientation 6

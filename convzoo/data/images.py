@@ -44,9 +44,6 @@ PLUGINS = {"PNG": "Png", "JPEG": "Jpeg", "BMP": "Bmp", "GIF": "Gif", "TIFF": "Ti
            "PPM": "Ppm", "TGA": "Tga", "QOI": "Qoi", "JPEG2000": "Jpeg2K", "ICO": "Ico", "ICNS": "Icns",
            "PSD": "Psd", "DDS": "Dds", "PCX": "Pcx", "SGI": "Sgi"}
 FORMATS = tuple(PLUGINS)
-# Icon files hold other images (PNG, JPEG 2000) whose size their header does not give: decoded under
-# the MAX_PIXELS bomb check (Pillow's own is twice as large).
-CONTAINERS = ("ICO", "ICNS")
 MAX_SIDE = 2048  # larger images are box-reduced first: the model sees 32x32, numpy need not see 40 MP
 
 
@@ -70,16 +67,37 @@ def load_image(source, name: str = "image") -> Image.Image:
 
 
 def open_image(source, name: str = "image") -> Image.Image:
-    """Read only the header of bytes or a path: a lazy image whose size has been checked."""
+    """Read only the header of bytes or a path: a lazy image whose size has been checked. An icon file
+    (ICO, ICNS) gives the image inside it that Pillow would show, opened as any file is (a PNG or JPEG 2000
+    one lazily, its own header checked against MAX_PIXELS): Pillow decodes an ICO's while opening it,
+    under its own limit (twice MAX_PIXELS), and an icon's header does not give the inner image's size."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("empty file (0 bytes)", name)
-        stream = io.BytesIO(source)
     else:
         return open_image(read_image_file(source), str(source))
+    return opened(source, name, readable_formats())
+
+
+def is_container(data) -> bool:
+    """Whether bytes are an icon file (ICO, ICNS), whose inner image is decoded by Pillow while opening
+    it or whose pixel count its header does not give: the server opens these off its event loop."""
+    return bytes(data[:4]) in (b"\0\0\1\0", b"icns")
+
+
+def opened(data, name: str, formats) -> Image.Image:
+    """open_image's work on bytes: Pillow's parsers (restricted to `formats`) under quiet(),
+    errors as ImageErrors, an icon's inner image taken out, the size checked."""
     try:
-        with quiet():
-            image = Image.open(stream, formats=list(readable_formats()))
+        if bytes(data[:4]) == b"\0\0\1\0" and "ICO" in formats:
+            image = ico_inner(data, name)
+        else:
+            with quiet():
+                image = Image.open(io.BytesIO(data), formats=list(formats))
+            if image.format == "ICNS":
+                image = icns_inner(image, data, name)
+    except ImageError:
+        raise
     except MemoryError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -97,6 +115,53 @@ def open_image(source, name: str = "image") -> Image.Image:
     return image
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def ico_inner(data, name: str) -> Image.Image:
+    """The image Pillow's IcoImageFile shows (its directory's largest entry), without IcoImageFile: it
+    decodes while opening, under Pillow's limit, holding quiet()'s lock. A PNG entry is opened lazily as
+    any PNG (decoded once, later, by decode_image); a bitmap one (classic icons) is decoded here once
+    its own header's size has passed MAX_PIXELS."""
+    from PIL import IcoImagePlugin
+
+    icon = IcoImagePlugin.IcoFile(io.BytesIO(data))  # the directory only
+    if not icon.entry:
+        raise ImageError("corrupt icon (no images in it)", name)
+    offset = icon.entry[0].offset
+    if bytes(data[offset:offset + 8]) == PNG_MAGIC:
+        image = opened(data[offset:], name, ("PNG",))
+    else:  # a DIB: its header's height counts the AND mask's rows too
+        header = bytes(data[offset:offset + 12])
+        if len(header) < 12:
+            raise ImageError("corrupt or truncated icon", name)
+        width, height = abs(int.from_bytes(header[4:8], "little", signed=True)), \
+            abs(int.from_bytes(header[8:12], "little", signed=True)) // 2
+        if width * height > MAX_PIXELS:
+            raise ImageTooLarge(f"icon image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the "
+                                f"limit is {MAX_PIXELS / 1e6:.0f}", name)
+        with quiet():  # small in practice (a bitmap icon is at most 256 px a side by its directory)
+            image = icon.frame(0)
+    image.format = "ICO"
+    return image
+
+
+def icns_inner(image: Image.Image, data, name: str) -> Image.Image:
+    """An ICNS file's largest image when it is a PNG or JPEG 2000 (as recent icons are), opened lazily
+    as such a file is, so its own header is checked; else the IcnsImageFile (packed RGB, at most 1024 px
+    a side), decoded by decode_image."""
+    from PIL import IcnsImagePlugin
+
+    icns, size = image.icns, image.best_size
+    for code, reader in icns.SIZES[size]:
+        if code in icns.dct and reader is IcnsImagePlugin.read_png_or_jpeg2000:
+            start, length = icns.dct[code]
+            inner = opened(data[start:start + length], name, ("PNG", "JPEG2000"))
+            inner.format = "ICNS"
+            return inner
+    return image
+
+
 # catch_warnings swaps process-wide state: two threads (the server decodes in two) would restore each
 # other's filters, so Pillow's warnings are caught under one lock.
 PILLOW_WARNINGS = threading.RLock()
@@ -106,8 +171,17 @@ PILLOW_WARNINGS = threading.RLock()
 def quiet(max_pixels: int | None = None):
     """Pillow's warnings (corrupt EXIF, an icon's odd size) recorded into the list yielded, never printed:
     a user sees one line or none, not a library's text; a decompression-bomb warning is raised, from
-    `max_pixels` when given. Only short steps run here: the server's event loop may wait on the lock."""
-    with PILLOW_WARNINGS, warnings.catch_warnings(record=True) as caught:
+    `max_pixels` when given. Only short steps run here: the server's event loop may wait on the lock.
+    Each record has the `thread` that warned: the filters are process-wide, so a warning from another
+    thread (decoding unlocked) lands here too."""
+    with PILLOW_WARNINGS, warnings.catch_warnings():
+        caught: list[warnings.WarningMessage] = []
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+            caught[-1].thread = threading.get_ident()
+
+        warnings.showwarning = record  # restored by catch_warnings
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         saved = Image.MAX_IMAGE_PIXELS
@@ -146,13 +220,11 @@ def read_image_file(path) -> bytes:
 
 def decode_image(image: Image.Image, name: str = "image") -> Image.Image:
     """Decode an opened image: EXIF orientation applied, then standard_mode (8-bit, <= MAX_SIDE)."""
-    # Pillow warns while decoding only an icon's inner image (its size); other formats decode unlocked.
-    guard = quiet(MAX_PIXELS) if image.format in CONTAINERS else contextlib.nullcontext()
+    # Decoded unlocked: open_image has checked the size of what is decoded (an icon's inner image too).
     try:
-        with guard:
-            # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
-            image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
-            image.load()
+        # JPEG can decode at 1/2..1/8 scale: a large photo never exists at full size.
+        image.draft(None, (min(image.width, MAX_SIDE), min(image.height, MAX_SIDE)))
+        image.load()
     except MemoryError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -223,26 +295,45 @@ PAPER_AND_INK = 64  # grey levels from the opaque pixels' median: a pixel this f
 
 def digit_background(lum: np.ndarray, alpha: np.ndarray) -> float:
     """What a digit's transparent pixels are, from its opaque ones. Paper (a card on a transparent canvas,
-    a photo rotated in an editor, its corners transparent), told by holding ink too or by covering most
-    of the image: the paper's brightness, their median (a background contrasting with their mean, black
-    for white paper, read the margin as ink: confident wrong digits). Strokes drawn on a transparent
-    canvas (uniform, a fraction of it): a background contrasting with them. Ink is told by its count,
-    not by percentiles: a 7 on a photo's page is 5% of its pixels."""
-    opaque = lum[alpha > 0.98]  # edges of anti-aliased strokes are half transparent, their colour unsure
+    a photo rotated in an editor, its corners transparent), told by holding ink too and by its edge, the
+    opaque pixels bordering the transparency, being paper as well (near the opaque pixels' median), or by
+    covering most of the image: the paper's brightness, their median (a background contrasting with their
+    mean, black for white paper, read the margin as ink: confident wrong digits). Strokes drawn on a
+    transparent canvas (uniform, a fraction of it), or cut out with a magic wand (a black core, an opaque
+    grey fringe: 'paper and ink', the fringe its edge): a background contrasting with them. Ink is told by
+    its count, not by percentiles: a 7 on a photo's page is 5% of its pixels."""
+    solid = alpha > 0.98  # edges of anti-aliased strokes are half transparent, their colour unsure
+    opaque = lum[solid]
     if opaque.size:
         paper = float(np.median(opaque))
         inked = np.count_nonzero(np.abs(opaque - paper) > PAPER_AND_INK) > 0.001 * opaque.size
-        if inked or opaque.size > 0.5 * lum.size:  # no digit's strokes cover half the image: a blank page
+        if opaque.size > 0.5 * lum.size:  # no digit's strokes cover half the image: a page, blank or not
+            return paper
+        rim = lum[edge(solid)]  # a card's or a photo's edge is paper; a stroke's fringe is not
+        if inked and abs(float(np.median(rim if rim.size else opaque)) - paper) <= PAPER_AND_INK:
             return paper
     ink = float((lum * alpha).sum() / max(alpha.sum(), 1e-6))
     return 255.0 if ink < 128 else 0.0
 
 
+def edge(solid: np.ndarray) -> np.ndarray:
+    """The `solid` pixels with a non-solid one beside them (4-neighbours; the image's border is not one)."""
+    clear = ~solid
+    beside = np.zeros_like(solid)
+    beside[1:] |= clear[:-1]
+    beside[:-1] |= clear[1:]
+    beside[:, 1:] |= clear[:, :-1]
+    beside[:, :-1] |= clear[:, 1:]
+    return solid & beside
+
+
 # The usual still-image extensions (lower case); a folder may hold other files, which are skipped.
-# (SGI's .rgb and .bw are left out: raw pixel dumps use them too.)
+# (SGI's .rgb and .bw are left out: raw pixel dumps use them too.) Editors' and tools' source files
+# (.psd, .dds textures, .icns app icons) are left out too: they lie beside the PNGs exported from them,
+# and picked up they would be training images twice (and a folder's test split would change, so an
+# earlier run no longer resumes); `predict` still reads one named by its path, by its content.
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".pgm", ".ppm",
-                  ".pbm", ".pnm", ".tga", ".qoi", ".jp2", ".j2k", ".jpf", ".jpx", ".ico", ".icns", ".psd", ".dds",
-                  ".pcx", ".sgi")
+                  ".pbm", ".pnm", ".tga", ".qoi", ".jp2", ".j2k", ".jpf", ".jpx", ".ico", ".pcx", ".sgi")
 
 
 @functools.cache
@@ -304,7 +395,9 @@ def orient(image: Image.Image, name: str = "image") -> Image.Image:
 
 def exif_is_corrupt(image: Image.Image) -> bool:
     """Whether the image's EXIF block (JPEG, PNG, WebP: bytes in its info) makes Pillow warn or fail.
-    Parsed afresh: Pillow parses it while opening a JPEG (for its dpi) and keeps what it read, warning once."""
+    Parsed afresh: Pillow parses it while opening a JPEG (for its dpi) and keeps what it read, warning once.
+    Only this thread's warnings from Pillow's EXIF parser count: another server thread's (decoding a
+    file unlocked) land in the same record, and a valid EXIF was called corrupt, its orientation dropped."""
     raw = image.info.get("exif")
     if not isinstance(raw, (bytes, bytearray)):
         return False
@@ -315,7 +408,22 @@ def exif_is_corrupt(image: Image.Image) -> bool:
             raise
         except Exception:  # noqa: BLE001 - broken EXIF fails in format-specific ways
             return True
-    return bool(caught)
+    return any(exif_warning(w) for w in caught)
+
+
+EXIF_PARSERS = ("TiffImagePlugin.py", "Image.py")  # Pillow's modules that parse EXIF (Image.Exif, its IFDs)
+
+
+def exif_warning(caught: warnings.WarningMessage) -> bool:
+    """Whether a warning quiet() recorded is Pillow's EXIF parser's, in this thread: one from its EXIF or
+    TIFF-tag reading ('Possibly corrupt EXIF data', 'Tag offset too large', 'Metadata Warning, tag ...')."""
+    if getattr(caught, "thread", None) != threading.get_ident():
+        return False
+    here = Path(caught.filename or "")
+    if here.name not in EXIF_PARSERS or here.parent != Path(Image.__file__).parent:
+        return False
+    text = str(caught.message).lower()
+    return "exif" in text or "tag" in text
 
 
 def to_pixels(image: Image.Image, side: int, channels: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from ..data.images import is_container
 from ..errors import ConfigError
 from .predict import MAX_TOPK, Predictor
 from .preprocess import ImageError, ImageTooLarge, NotAnImage, decode_image, open_image, to_array
@@ -346,9 +347,12 @@ class Batcher:
             if sum(job.size for job in batch) > INLINE_BYTES:
                 outcomes = await anyio.to_thread.run_sync(run_batch, self.predictor, parses, self.max_pixels)
             else:  # small bodies: parsing them and reading their headers is quick
-                opened = open_requests(parses, self.max_pixels)
-                images, area = sizes(opened)
-                if area <= INLINE_PIXELS and images * self.image_seconds <= INLINE_SECONDS:
+                parsed = parse_requests(parses)
+                opened = None if any_container(parsed) else open_parsed(parsed, self.max_pixels)
+                images, area = sizes(opened or [])
+                if opened is None:  # an icon: opening one may decode its inner image (a small body, a large one)
+                    outcomes = await anyio.to_thread.run_sync(finish_parsed, self.predictor, parsed, self.max_pixels)
+                elif area <= INLINE_PIXELS and images * self.image_seconds <= INLINE_SECONDS:
                     self.counts["inline"] += 1
                     outcomes = finish_requests(self.predictor, opened)
                 else:
@@ -397,10 +401,40 @@ def run_batch(predictor: Predictor, parses: list[Parse], max_pixels: int) -> lis
 def open_requests(parses: list[Parse], max_pixels: int) -> list:
     """Each request parsed and its images' headers read, nothing decoded: ([(name, opened image)],
     topk), or the exception that fails only this request (bad input, 4xx; a bug stays its own 500)."""
-    opened = []
+    return open_parsed(parse_requests(parses), max_pixels)
+
+
+def parse_requests(parses: list[Parse]) -> list:
+    """Each request parsed: ([(name, bytes)], topk), or the exception that fails only this request."""
+    parsed = []
     for parse in parses:
         try:
-            blobs, topk = parse()
+            parsed.append(parse())
+        except Exception as exc:  # noqa: BLE001 - it becomes this request's outcome
+            parsed.append(exc)
+    return parsed
+
+
+def any_container(parsed: list) -> bool:
+    """Whether a parsed request holds an icon file (ICO, ICNS): opening one may decode its inner image
+    (up to 40 MP in a few kB), work for a thread, not the event loop."""
+    return any(is_container(data) for item in parsed if not isinstance(item, Exception) for _, data in item[0])
+
+
+def finish_parsed(predictor: Predictor, parsed: list, max_pixels: int) -> list:
+    """open_parsed, then finish_requests (in a thread)."""
+    return finish_requests(predictor, open_parsed(parsed, max_pixels))
+
+
+def open_parsed(parsed: list, max_pixels: int) -> list:
+    """parse_requests' requests with their images' headers read, nothing decoded (as open_requests)."""
+    opened = []
+    for item in parsed:
+        if isinstance(item, Exception):
+            opened.append(item)
+            continue
+        try:
+            blobs, topk = item
             images = [(name, open_image(data, name)) for name, data in blobs]
             total = sum(image.width * image.height for _, image in images)
             if total > max_pixels:
