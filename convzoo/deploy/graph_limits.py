@@ -39,17 +39,16 @@ def check_tensor_sizes(model, path, image: tuple[int, int, int] | None = None) -
         raise ConfigError(f"the graph has a {loops[0]}: a classifier needs none, and its cost cannot be bounded", path)
     for tensor in model.graph.initializer:
         check_size(tensor.name, list(tensor.dims), path)
-    one, two = inferred_shapes(model, 1, image, path), inferred_shapes(model, 2, image, path)
+    light = light_probe(model)  # copied once: a copy with AlexNet's weights cost a second per inference
+    one, two = inferred_shapes(light, 1, image, path), inferred_shapes(light, 2, image, path)
     for node in model.graph.node:
         for out in filter(None, node.output):
             dims, doubled = one.get(out), two.get(out)
             known = dims is not None and None not in dims
             if known and doubled is not None and None not in doubled and count(doubled) <= 2 * count(dims):
-                if node.op_type in SIZED_BY_DATA and count(doubled) != count(dims) and count(dims) > MAX_ELEMENTS:
-                    raise ConfigError(f"tensor {out[:60]!r} ({node.op_type}) takes its size from data (the batch's "
-                                      f"size): shape {dims[:8]} is more than {MAX_ELEMENTS:,} values for one image",
-                                      path)
-                check_size(out, dims, path)
+                grows = node.op_type in SIZED_BY_DATA and count(doubled) != count(dims)
+                check_size(out, dims, path, f" ({node.op_type}) takes its size from data (the batch's size) and"
+                           if grows else "")
             elif node.op_type in SIZED_BY_DATA:
                 raise ConfigError(f"tensor {out[:60]!r} ({node.op_type}) takes its size from data, and that size "
                                   "cannot be bounded before the model runs", path)
@@ -57,15 +56,50 @@ def check_tensor_sizes(model, path, image: tuple[int, int, int] | None = None) -
                 check_size(out, dims, path)
 
 
-def inferred_shapes(model, batch: int, image, path) -> dict[str, list[int | None] | None]:
-    """Every tensor's dims, inferred with the graph inputs' open dims set: dim 0 to `batch`, the
-    others to `image` where given (a dim onnx cannot work out is None). A size op's size input that
-    onnx does not fold (torch's expand(-1, ...) picks dims with Equal and Where) but that is computed
-    from constants and known shapes alone is worked out here, and inference runs again with it."""
+def light_probe(model):
+    """A copy of `model` for shape inference: its initializers' names, types and dims, with the values
+    only of those shape arithmetic can use (1-D, at most MAX_SLICE_VALUES: the sizes and axes onnx's
+    data propagation and shape_value read); the weights' payloads and the metadata are left out."""
     import onnx
 
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    for field, value in model.ListFields():
+        if field.name not in ("graph", "metadata_props"):
+            copy_field(probe, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            copy_field(probe.graph, field, value)
+    for tensor in model.graph.initializer:
+        light = probe.graph.initializer.add()
+        if len(tensor.dims) <= 1 and count(tensor.dims) <= MAX_SLICE_VALUES:
+            light.CopyFrom(tensor)
+        else:
+            light.name, light.data_type = tensor.name, tensor.data_type
+            light.dims.extend(tensor.dims)
+    return probe
+
+
+def copy_field(target, field, value) -> None:
+    """One field of a protobuf message set on `target` (a message of the same type) from `value`; a
+    string (names, doc strings: inference needs none, and a forged one need not be UTF-8) is left out."""
+    if hasattr(value, "extend"):  # a repeated field
+        getattr(target, field.name).extend(value)
+    elif hasattr(value, "CopyFrom"):  # a message
+        getattr(target, field.name).CopyFrom(value)
+    elif not isinstance(value, (str, bytes)):
+        setattr(target, field.name, value)
+
+
+def inferred_shapes(light, batch: int, image, path) -> dict[str, list[int | None] | None]:
+    """Every tensor's dims, inferred on a copy of `light` (light_probe) with the graph inputs' open dims
+    set: dim 0 to `batch`, the others to `image` where given (a dim onnx cannot work out is None). A size
+    op's size input that onnx does not fold (torch's expand(-1, ...) picks dims with Equal and Where) but
+    that is computed from constants and known shapes alone is worked out here, and inference runs again
+    with it."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(light)
     weights = {t.name for t in probe.graph.initializer}
     for graph_input in probe.graph.input:
         if graph_input.name in weights or not graph_input.type.HasField("tensor_type"):
@@ -174,13 +208,15 @@ def count(dims: list[int]) -> int:
     return size
 
 
-def check_size(name: str, dims: list[int], path) -> None:
+def check_size(name: str, dims: list[int], path, source: str = "") -> None:
+    """ConfigError when a tensor of `dims` holds more than MAX_ELEMENTS values; `source` says where its
+    size comes from, after its name. Stops multiplying at the limit: a forged shape can list many dims."""
     size = 1
     for d in dims:
         size *= max(int(d), 0)
         if size > MAX_ELEMENTS:
-            raise ConfigError(f"tensor {name[:60]!r} has shape {list(dims)[:8]}: more than {MAX_ELEMENTS:,} values "
-                              "for one image", path)
+            raise ConfigError(f"tensor {name[:60]!r}{source} has shape {list(dims)[:8]}: more than {MAX_ELEMENTS:,} "
+                              "values for one image", path)
 
 
 def check_deterministic(model, path) -> None:
@@ -213,6 +249,18 @@ def dropout_training(node, graph) -> bool:
             return bool(numpy_helper.to_array(tensor).any())
     for const in graph.node:
         if const.op_type == "Constant" and mode in const.output:
-            value = next((a for a in const.attribute if a.name == "value"), None)
-            return value is None or bool(numpy_helper.to_array(value.t).any())
+            return constant_true(const)
     return True  # computed while running: it may be true
+
+
+def constant_true(node) -> bool:
+    """Is any value of a Constant node true: its value (a tensor), value_int(s) or value_float(s)? One
+    it cannot tell (a sparse tensor, a string) counts as true."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    for attribute in node.attribute:
+        if attribute.name in ("value", "value_int", "value_ints", "value_float", "value_floats"):
+            value = helper.get_attribute_value(attribute)
+            return bool(numpy_helper.to_array(value).any() if attribute.name == "value" else np.any(value))
+    return True
