@@ -14,7 +14,7 @@ from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
-from .graph_limits import check_deterministic, check_tensor_sizes
+from .graph_limits import check_deterministic, check_tensor_sizes, count
 from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
@@ -253,11 +253,6 @@ def check_external_data(model, path: Path) -> None:
         check_external_extent(tensor, location, target.stat().st_size, path)
 
 
-# Bytes per value of the element types weights are stored in (onnx.TensorProto's numbering).
-ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2,
-              17: 1, 18: 1, 19: 1, 20: 1}
-
-
 def check_external_extent(tensor, location: str, file_bytes: int, path) -> None:
     """A tensor's bytes (offset, length) lie inside its external data file, and the length is what its
     shape needs: onnxruntime's refusal of a short file gave only a source line."""
@@ -269,10 +264,8 @@ def check_external_extent(tensor, location: str, file_bytes: int, path) -> None:
             if not re.fullmatch(r"\d{1,19}", fields[key]):
                 raise ConfigError(f"{name}'s external data {key} is {fields[key][:40]!r}, not a byte count", path)
             numbers[key] = int(fields[key])
-    values = 1
-    for d in tensor.dims:
-        values *= max(d, 0)
-    needed = values * ITEM_BYTES[tensor.data_type] if tensor.data_type in ITEM_BYTES else None
+    item = item_bytes(tensor.data_type)
+    needed = count(tensor.dims) * item if item else None
     if needed is not None and numbers.get("length", needed) != needed:
         raise ConfigError(f"{name} has shape {list(tensor.dims)[:8]}, which needs {needed:,} bytes, but its external "
                           f"data length is {numbers['length']:,}", path)
@@ -281,6 +274,19 @@ def check_external_extent(tensor, location: str, file_bytes: int, path) -> None:
     if length is not None and offset + length > file_bytes:
         raise ConfigError(f"external data file {location[:100]!r} is {file_bytes:,} bytes, {name} needs bytes "
                           f"{offset:,}..{offset + length:,}", path)
+
+
+def item_bytes(data_type: int) -> int | None:
+    """Bytes per value of an ONNX element type, None where it has none: strings, an unknown type, and
+    the types onnx numbers from UINT4 on (most are packed below a byte)."""
+    import onnx
+
+    if data_type == onnx.TensorProto.STRING or data_type >= onnx.TensorProto.UINT4:
+        return None
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 REEXPORT = ("re-export it with a dynamic batch dimension (`convzoo export` makes one; torch.onnx.export needs "
