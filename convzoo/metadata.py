@@ -39,8 +39,18 @@ class MetadataError(CheckpointError):
     """A model file whose self-description is missing, mistyped or out of range."""
 
 
+def is_int(value) -> bool:
+    """An int, not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _int(value, what: str, low: int, high: int, path) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise MetadataError(f"{what} must be an integer in {low}..{high}, got {_show(value)}", path)
     return value
 
@@ -52,9 +62,8 @@ def _str(value, what: str, path, *, allow_empty: bool = False) -> str:
 
 
 def _floats(value, what: str, count: int, path, low: float, high: float) -> list[float]:
-    ok = isinstance(value, (list, tuple)) and len(value) == count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
-        for v in value)
+    ok = isinstance(value, (list, tuple)) and len(value) == count and all(is_real(v) and low <= v <= high
+                                                                         for v in value)
     if not ok:
         raise MetadataError(f"{what} must be a list of {count} numbers in {low:g}..{high:g}, got {_show(value)}", path)
     return [float(v) for v in value]
@@ -102,7 +111,8 @@ def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
     num_classes = _int(meta["num_classes"], "num_classes", 1, MAX_CLASSES, path) if need_num_classes else len(names)
     if num_classes != len(names):
         raise MetadataError(f"num_classes is {num_classes} but there are {len(names)} class names", path)
-    check_format_version(meta, path)
+    if "format_version" in meta:  # written since convzoo's first ONNX exports
+        check_version(meta["format_version"], FORMAT_VERSION, "metadata format_version", path)
     dataset = check_dataset(meta, path)
     rule = meta.get("preprocess", preprocess_rule(dataset))
     if rule not in PREPROCESS_RULES:
@@ -121,16 +131,14 @@ def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
     return checked
 
 
-def check_format_version(meta: dict, path) -> None:
-    """format_version (written since convzoo's first ONNX exports) is at most the one this convzoo writes."""
-    if "format_version" not in meta:
-        return
-    version = meta["format_version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise MetadataError(f"format_version must be a positive integer, got {_show(version)}", path)
-    if version > FORMAT_VERSION:
-        raise MetadataError(f"metadata format_version {version} was written by a newer convzoo (this one reads up "
-                            f"to {FORMAT_VERSION}); upgrade convzoo", path)
+def check_version(version, newest: int, what: str, path) -> None:
+    """A format version (a checkpoint's, a description's): a positive integer, at most `newest`, the one
+    this convzoo writes; a newer one may hold fields this convzoo would misread."""
+    if not is_int(version) or version < 1:
+        raise MetadataError(f"{what} must be a positive integer, got {_show(version)}", path)
+    if version > newest:
+        raise MetadataError(f"{what} {version} was written by a newer convzoo (this one reads up to {newest}); "
+                            "upgrade convzoo", path)
 
 
 def check_dataset(meta: dict, path) -> str:

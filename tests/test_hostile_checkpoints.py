@@ -241,9 +241,10 @@ def test_a_torchscript_archive_is_named_as_one(tmp_path, capsys):
 # --- 5. format version -----------------------------------------------------------------------------
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("version,fragment", [(99, "written by a newer convzoo (format 99; this one reads 1): upgrade"),
-                                              ("abc", "no valid format version (got 'abc'"),
-                                              (0, "no valid format version (got 0")])
+@pytest.mark.parametrize("version,fragment", [
+    (99, "checkpoint format version 99 was written by a newer convzoo (this one reads up to 1); upgrade"),
+    ("abc", "checkpoint format version must be a positive integer, got 'abc'"),
+    (0, "checkpoint format version must be a positive integer, got 0")])
 def test_checkpoint_format_version_is_checked(small_run, tmp_path, capsys, version, fragment):
     state = torch.load(small_run / "best.pt", weights_only=True)
     state["version"] = version

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..atomic import atomic_open
 from ..errors import CheckpointError, ConfigError, first_line
-from ..metadata import META_KEY, check_model_meta, parse_json_meta
+from ..metadata import META_KEY, check_model_meta, check_version, is_int, is_real, parse_json_meta
 from ..models import pretrained
 
 FORMAT = "convzoo-checkpoint"
@@ -119,15 +119,21 @@ SIGNATURES = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b
               (b"\x89HDF", "an HDF5 file (a Keras .h5 model?)")]
 
 
+def torch_signature(head: bytes) -> bool:
+    """Do a file's first bytes start a torch.save file: a zip's local file header (PK\\x03\\x04) or a
+    legacy pickle (0x80, then its protocol, 2 to 5)?"""
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+
+
 def check_torch_signature(path: Path) -> None:
-    """A torch checkpoint is a zip ('PK') or, in the legacy format, a pickle (0x80 and its protocol):
+    """A torch checkpoint is a zip or, in the legacy format, a pickle (torch_signature):
     anything else is named here, before torch.load calls a PNG an unsafe pickle."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError:
         return  # torch.load reports it
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if torch_signature(head):
         return
     kind = next((name for magic, name in SIGNATURES if head.startswith(magic)), None)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -149,24 +155,13 @@ def check_checkpoint(ckpt, path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record); a plain "
                               "state_dict can only initialise training, with train --restore", path)
-    check_version(ckpt.get("version"), path)
+    check_version(ckpt.get("version"), VERSION, "convzoo checkpoint format version", path)
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"convzoo checkpoint is missing {', '.join(missing)}", path)
     ckpt.update(check_model_meta(ckpt, path))
     check_state_dict(ckpt["state_dict"], path)
     return ckpt
-
-
-def check_version(version, path) -> None:
-    """The checkpoint format version: a newer one may mean fields this convzoo would misread."""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        shown = version if is_int(version) else repr(str(version)[:40])
-        raise CheckpointError(f"convzoo checkpoint has no valid format version (got {shown}; this "
-                              f"convzoo writes and reads format {VERSION})", path)
-    if version > VERSION:
-        raise CheckpointError(f"written by a newer convzoo (format {version}; this one reads {VERSION}): upgrade "
-                              "convzoo", path)
 
 
 # Where other trainers keep the weights in their checkpoint dicts.
@@ -242,7 +237,7 @@ def check_not_torch_file(path: Path) -> None:
             head = f.read(4)
     except OSError:
         return  # safetensors reports it
-    if head == b"PK\x03\x04" or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+    if torch_signature(head):
         raise CheckpointError("not a safetensors file: it is a PyTorch checkpoint (a torch.save file); rename it to "
                               "end in .pt", path)
 
@@ -294,15 +289,6 @@ def check_resume_state(state: dict, path, optimizer: torch.optim.Optimizer | Non
         # the weights first (the likelier mistake, and the trainer's own line for it), then the optimizer's
         check_weights_fit(state, path, "cannot resume: its weights do not fit the model")
         check_optimizer_state(state["optimizer"], path, optimizer, state.get("state_dict"))
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_real(value) -> bool:
-    """A finite int or float (not a bool, which Python counts as an int)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_position(state: dict, path) -> None:
