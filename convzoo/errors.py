@@ -2,13 +2,23 @@
 
 import re
 
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, DEL, C1 (8-bit CSI), line/paragraph separators
+# C0, DEL, C1 (8-bit CSI), line/paragraph separators, and surrogates: a file name's bytes that are not
+# UTF-8 reach Python as U+DC80..U+DCFF (surrogateescape), which no terminal can print.
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
     """`text` on one line: control characters (a newline in a file or class name, a terminal escape)
-    escaped as Python writes them, everything else (accents, CJK) kept."""
-    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    escaped as Python writes them, a file name's bytes that are not UTF-8 as \\xNN, everything else
+    (accents, CJK) kept."""
+    return UNPRINTABLE.sub(escaped, text)
+
+
+def escaped(match: re.Match) -> str:
+    char = match.group()
+    if "\udc80" <= char <= "\udcff":  # the byte surrogateescape stood for
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]
 
 
 class Terminated(KeyboardInterrupt):

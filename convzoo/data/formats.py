@@ -519,7 +519,7 @@ def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tu
         seen.add(known[2])
     copies = sum(digest in seen for _, _, digest in test.values())
     if copies and os.environ.get("RANK", "0") == "0":  # once per run: data-parallel ranks all read the folder
-        print(f"warning: {printable(shown(str(root)))}: {copies} of {len(test)} test images are byte-identical to "
+        print(f"warning: {printable(str(root))}: {copies} of {len(test)} test images are byte-identical to "
               "training images; the test accuracy measures memory", file=sys.stderr)
 
 
@@ -583,7 +583,7 @@ def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
     test = tiers[0] if chosen is None else labelled[chosen]
     for found in (train, test):
         if len(found) > 1:  # train/ and Training/: which one is meant cannot be guessed
-            raise DataError(f"{' and '.join(shown(p.name) + '/' for p in found)} would both be the "
+            raise DataError(f"{' and '.join(p.name + '/' for p in found)} would both be the "
                             f"{'training' if found is train else 'test'} split; keep one", root)
     passed = [] if chosen is None else [p for tier in tiers[:chosen + 1] for p in tier if p not in test]
     return train[0], test[0], passed
@@ -626,7 +626,7 @@ def check_not_split(folders: list[Path], root: Path) -> None:
             continue
         wanted = ("test", sum(TEST_FOLDERS, ())) if name in TRAIN_FOLDERS else ("training", TRAIN_FOLDERS)
         missing = f"no {wanted[0]} folder ({either(wanted[1])}) is beside it"
-        raise DataError(f"{shown(p.name)}/ holds class folders, as a split of the data would, but {missing}; add it, "
+        raise DataError(f"{p.name}/ holds class folders, as a split of the data would, but {missing}; add it, "
                         "or put the class folders here directly to hold out --test-split of each", root)
 
 
@@ -652,9 +652,9 @@ def describe_test_split(root: Path, rule) -> str:
     layout = split_layout(Path(root))
     if layout:
         train, test, passed = layout
-        unlabelled = "".join(f"; {shown(p.name)}/ holds no class folders (unlabelled images): not used"
+        unlabelled = "".join(f"; {printable(p.name)}/ holds no class folders (unlabelled images): not used"
                              for p in passed)
-        return f"{shown(test.name)}/ (training images: {shown(train.name)}/{unlabelled})"
+        return f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled})"
     return f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
 
 
@@ -663,9 +663,9 @@ def unknown_test_class(folder: Path, classes: tuple[str, ...], train: str = "tra
     (the same in another Unicode normalisation) is said to be one."""
     twin = next((c for c in classes if unicodedata.normalize("NFC", c) == unicodedata.normalize("NFC", folder.name)),
                 None)
-    hint = "" if twin is None else (f" ({shown(train)}/ has {ascii(twin)}, the same name written in another Unicode "
+    hint = "" if twin is None else (f" ({train}/ has {ascii(twin)}, the same name written in another Unicode "
                                     f"normalisation than {ascii(folder.name)}; rename one)")
-    return DataError(f"a test class that {shown(train)}/ does not have{hint}", shown(str(folder)))
+    return DataError(f"a test class that {train}/ does not have{hint}", folder)
 
 
 def split_fingerprint(root: Path, rule, class_names) -> dict:
@@ -710,7 +710,7 @@ def check_class_name(name: str, folder: Path) -> None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise DataError(f"class folder '{shown(name)}' has a name that is not valid UTF-8 (an old zip or tar archive?); "
+        raise DataError(f"class folder '{name}' has a name that is not valid UTF-8 (an old zip or tar archive?); "
                         "rename it to UTF-8: class names are stored in checkpoints and model files", folder) from None
 
 
@@ -724,11 +724,6 @@ def check_lookalikes(classes: tuple[str, ...], folder: Path) -> None:
         if other != name:
             raise DataError(f"class folders {ascii(other)} and {ascii(name)} have the same name written in two Unicode "
                             "normalisations (NFC and NFD), so they look identical; merge them or rename one", folder)
-
-
-def shown(name: str) -> str:
-    """A file name as printed: bytes that are not UTF-8 (surrogate-escaped by Python) as \\xNN."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
