@@ -75,7 +75,8 @@ def test_alexnet_checkpoint_given_to_alexnet_cifar(tmp_path):
     model = create_model("alexnet", 10, 3)
     run = tmp_path / "run"
     run.mkdir()
-    save_checkpoint(run / "last.pt", {"model": "alexnet", "num_classes": 10, "class_names": list("abcdefghij"),
+    save_checkpoint(run / "last.pt", {"model": "alexnet", "dataset": "cifar10", "num_classes": 10,
+                                      "class_names": list("abcdefghij"),
                                       "input": {"channels": 3, "size": 227, "fit": "resize", "mean": [0.5] * 3,
                                                 "std": [0.5] * 3}, "state_dict": model.state_dict(), "epoch": 1,
                                       "step": 0, "config": {"epochs": 30}})
