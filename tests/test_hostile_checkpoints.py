@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import MNIST_DIR, cli_error, need, run_cli
+from test_qat_qparams_schema import paths
 from convzoo.engine.checkpoint import check_resume_state, load_checkpoint, load_weights, restore_weights, save_checkpoint
 from convzoo.errors import CheckpointError
 from convzoo.models.pretrained import pretrained_path
@@ -108,17 +109,6 @@ BAD_VALUES = [None, "x", -1, -0.5, 2, 10**9, float("nan"), float("inf"), True, [
               torch.zeros(3), torch.zeros(2, dtype=torch.uint8), torch.zeros(3).to_sparse()]
 
 
-def places(node, prefix=()):
-    """Every path into the training state that --resume reads (not into the weights)."""
-    yield prefix
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from places(value, prefix + (key,))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from places(value, prefix + (i,))
-
-
 @pytest.mark.real_data
 def test_seeded_mutations_of_the_training_state_are_refused_or_resume(small_run):
     """300 seeded mutations of a real last.pt's training state: check_resume_state refuses each with
@@ -131,7 +121,7 @@ def test_seeded_mutations_of_the_training_state_are_refused_or_resume(small_run)
     valid["epoch_accumulators"] = {"loss_sum": 3.5, "correct": 40, "seen": 64, "time": 0.5}
     check_resume_state(valid, "last.pt")
     keys = ("epoch", "step", "global_step", "rng", "optimizer", "history", "best_acc", "epoch_accumulators")
-    spots = [p for p in places({k: valid[k] for k in keys}) if p]
+    spots = [p for p in paths({k: valid[k] for k in keys}) if p]  # every path into the training state
     rng, refused = random.Random(0), 0
     cfg = build_config(None, {"model": "lenet5"})
     saved_rng = torch.get_rng_state()
