@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import MNIST_DIR, cli_error, need, run_cli
-from test_qat_qparams_schema import paths
+from test_qat_qparams_schema import paths, set_at
 from convzoo.engine.checkpoint import check_resume_state, load_checkpoint, load_weights, restore_weights, save_checkpoint
 from convzoo.errors import CheckpointError
 from convzoo.models.pretrained import pretrained_path
@@ -129,10 +129,7 @@ def test_seeded_mutations_of_the_training_state_are_refused_or_resume(small_run)
         for case in range(300):
             state = {**valid, **copy.deepcopy({k: valid[k] for k in keys})}
             spot = rng.choice(spots)
-            parent = state
-            for key in spot[:-1]:
-                parent = parent[key]
-            parent[spot[-1]] = rng.choice(BAD_VALUES)
+            set_at(state, spot, rng.choice(BAD_VALUES))
             try:
                 check_resume_state(state, "last.pt")
             except CheckpointError as exc:

@@ -20,6 +20,13 @@ VALID = {"learned": [
 BAD_VALUES = [None, "x", -1, 0, 0.0, -0.5, float("nan"), float("inf"), 300, True, [], {}, [1.0] * 3, "Conv2d"]
 
 
+def set_at(node, place, value) -> None:
+    """Replace the value at `place` (a path from paths()) inside `node`."""
+    for key in place[:-1]:
+        node = node[key]
+    node[place[-1]] = value
+
+
 def paths(node, prefix=()):
     yield prefix
     if isinstance(node, dict):
@@ -42,10 +49,7 @@ def test_seeded_mutations_are_one_checkpoint_error():
     for case in range(300):
         data = copy.deepcopy(VALID)
         place = rng.choice(places)
-        parent = data
-        for key in place[:-1]:
-            parent = parent[key]
-        parent[place[-1]] = rng.choice(BAD_VALUES)
+        set_at(data, place, rng.choice(BAD_VALUES))
         try:
             checked_learned(data, "qat.pt")
         except CheckpointError as exc:
