@@ -224,6 +224,19 @@ def test_freeze_and_restore_exclude_globs_must_match_a_parameter(tmp_path, capsy
     assert not (tmp_path / "fz").exists()
 
 
+def sigterm_when(args, ready, poll: float = 0.1) -> tuple[int, str]:
+    """`convzoo ARGS` in a subprocess, sent a SIGTERM as soon as `ready()` holds: (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "convzoo", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.time() + 120
+    while not ready():
+        assert time.time() < deadline and proc.poll() is None, f"convzoo {args[0]} did not get going"
+        time.sleep(poll)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 @pytest.mark.real_data
 def test_sigterm_during_training_saves_last_pt_like_ctrl_c(tmp_path):
     """SIGTERM (SLURM preemption, kubectl delete, timeout, docker stop) killed the run with exit 143 and
@@ -231,15 +244,9 @@ def test_sigterm_during_training_saves_last_pt_like_ctrl_c(tmp_path):
     run = tmp_path / "run"
     args = ["train", *SMALL, *MNIST, "--train-limit", "300", "--batch-size", "100", "--steps-per-epoch", "100000",
             "--test-limit", "100", "--print-freq", "1", "--output-dir", run]
-    proc = subprocess.Popen([sys.executable, "-m", "convzoo", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    deadline = time.time() + 120
-    while not ((run / "train.log").is_file() and "step: [   3/" in (run / "train.log").read_text()):
-        assert time.time() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "Traceback" not in err and "convzoo: terminated" in err, err[-2000:]
+    code, err = sigterm_when(args, lambda: (run / "train.log").is_file()
+                             and "step: [   3/" in (run / "train.log").read_text())
+    assert code == 143 and "Traceback" not in err and "convzoo: terminated" in err, err[-2000:]
     assert (run / "last.pt").is_file() and "interrupted at epoch 1" in (run / "train.log").read_text()
     from convzoo.engine.checkpoint import load_checkpoint
 
@@ -252,16 +259,10 @@ def test_sigterm_stops_any_command_with_one_line_and_no_temp_files(tmp_path):
     killed it silently: no message, and a temp file being written was left behind. It now stops as
     Ctrl-C does: the writer's cleanup runs, one line, exit 143."""
     out = tmp_path / "q"
-    proc = subprocess.Popen([sys.executable, "-m", "convzoo", "quantize", "--ckpt", "lenet5:mnist", "--method", "qat",
-                             *map(str, MNIST), "--output-dir", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    deadline = time.time() + 120
-    while not (out / "model-fp32.onnx").is_file():  # written first; QAT's fine-tune follows
-        assert time.time() < deadline and proc.poll() is None, "quantize did not start"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "Traceback" not in err and err.strip().endswith("convzoo: terminated"), err[-2000:]
+    # model-fp32.onnx is written first; QAT's fine-tune follows
+    code, err = sigterm_when(["quantize", "--ckpt", "lenet5:mnist", "--method", "qat", *MNIST, "--output-dir", out],
+                             (out / "model-fp32.onnx").is_file, poll=0.05)
+    assert code == 143 and "Traceback" not in err and err.strip().endswith("convzoo: terminated"), err[-2000:]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert not (out / "model-int8.onnx").exists()
 

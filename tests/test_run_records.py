@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 import torch
 
 from conftest import MNIST_DIR, assert_user_error, need, run_cli
+from test_run_guards import sigterm_when
 
 TINY = ["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", "1", "--train-limit", "300", "--test-limit",
         "100", "--threads", "1"]
@@ -154,15 +152,9 @@ def test_resume_continues_the_wall_clock_and_per_step_time_and_says_so_in_json(t
     run = tmp_path / "run"
     args = [*TINY, "--data-path", need(MNIST_DIR), "--batch-size", "100", "--steps-per-epoch", "600",
             "--print-freq", "1", "--output-dir", run]
-    proc = subprocess.Popen([sys.executable, "-m", "convzoo", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    deadline = time.time() + 120
-    while not ((run / "train.log").is_file() and "step: [ 100/" in (run / "train.log").read_text()):
-        assert time.time() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    code, err = sigterm_when(args, lambda: (run / "train.log").is_file()
+                             and "step: [ 100/" in (run / "train.log").read_text(), poll=0.02)
+    assert code == 143, err[-2000:]
     from convzoo.engine.checkpoint import load_checkpoint
 
     saved = load_checkpoint(run / "last.pt")
