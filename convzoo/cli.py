@@ -361,7 +361,8 @@ def cmd_eval(args) -> int:
     if args.model:
         from .deploy.predict import evaluate_model_file
 
-        described = meta or model_meta(args.model) or {}
+        # a checkpoint's run config (an ONNX file has none: not loaded twice for nothing)
+        described = meta or (model_meta(args.model) if Path(args.model).suffix.lower() != ".onnx" else None) or {}
         config = described.get("config") if "state_dict" in described else None
         tta = config.get("tta") if isinstance(config, dict) else None
         if tta not in ("none", None):  # the two commands' figures differ for such a run: say why

@@ -251,7 +251,7 @@ def check_state_dict(state, path) -> None:
                                                for k, v in state.items()):
         raise CheckpointError("state_dict must map parameter names to tensors", path)
     for name, tensor in state.items():  # one pass over the weights, far cheaper than reading them
-        if tensor.layout != torch.strided or tensor.is_meta:  # torch.isfinite below cannot read them
+        if not holds_values(tensor):  # torch.isfinite below cannot read them
             kind = "on the meta device (it holds no values)" if tensor.is_meta else f"sparse ({tensor.layout})"
             raise CheckpointError(f"tensor {name!r} is {kind}; weights must be dense tensors", path)
         if tensor.is_complex():  # loading would drop the imaginary parts, with only a warning
@@ -325,8 +325,13 @@ def check_rng_state(rng, path) -> None:
         raise CheckpointError(f"cannot resume: the saved CUDA RNG states must be {CUDA_RNG_BYTES}-byte tensors", path)
 
 
+def holds_values(tensor: torch.Tensor) -> bool:
+    """A dense tensor with values to read: not sparse, not on the meta device."""
+    return tensor.layout == torch.strided and not tensor.is_meta
+
+
 def is_byte_state(value, size: int) -> bool:
-    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+    return (isinstance(value, torch.Tensor) and holds_values(value)
             and value.dtype == torch.uint8 and value.shape == (size,))
 
 
@@ -426,7 +431,7 @@ def check_optimizer_state(saved: dict, path, optimizer: torch.optim.Optimizer | 
                     continue
                 raise CheckpointError(f"cannot resume: optimizer state {key!r} of parameter {index} must be a "
                                       f"tensor or number, got {type(value).__name__}", path)
-            if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
+            if not holds_values(value) or not value.is_floating_point():
                 raise CheckpointError(f"cannot resume: optimizer state {key!r} of parameter {index} must be a dense "
                                       f"floating-point tensor", path)
             if key == "step" and value.dim() == 0:
@@ -465,10 +470,10 @@ def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
     return model
 
 
-def check_weights_fit(ckpt: dict, path, what: str) -> nn.Module | None:
+def check_weights_fit(ckpt: dict, path, what: str) -> None:
     """The checkpoint's tensor names and shapes against its model's, built on the meta device (no
-    memory); returns that skeleton, or None for a model that cannot be built there (lenet5-1998's
-    __init__ computes from values), whose real build then checks them."""
+    memory); a model that cannot be built there (lenet5-1998's __init__ computes from values) is
+    left to its real build, which checks them."""
     from ..models.registry import create_model
 
     try:
@@ -476,11 +481,10 @@ def check_weights_fit(ckpt: dict, path, what: str) -> nn.Module | None:
             skeleton = create_model(ckpt["model"], num_classes=ckpt["num_classes"],
                                     in_channels=ckpt["input"]["channels"])
     except (NotImplementedError, RuntimeError):
-        return None
+        return
     with warnings.catch_warnings():  # "copying ... to a meta parameter ... is a no-op": only shapes matter here
         warnings.simplefilter("ignore", UserWarning)
         load_strict(skeleton, ckpt["state_dict"], path, what)
-    return skeleton
 
 
 def load_strict(model: nn.Module, state: dict, path, what: str) -> None:
