@@ -90,7 +90,9 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
         import torch
 
         torch.set_num_threads(threads)
-    if path.suffix.lower() == ".onnx":
+    from .metadata import is_onnx
+
+    if is_onnx(path):
         from .deploy.predict import evaluate_model_file
 
         return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2, runtime=runtime)
@@ -138,7 +140,9 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
         raise ConfigError("--int8 makes an ONNX file; it cannot be combined with --format pt2")
     source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
     path = _resolve(source)
-    if path.suffix.lower() == ".onnx":
+    from .metadata import is_onnx
+
+    if is_onnx(path):
         raise ConfigError("already an ONNX file; export takes a checkpoint, .safetensors or NAME:DATASET", path)
     suffix = ".pt2" if format == "pt2" else "-int8.onnx" if int8 else ".onnx"
     if output is None:

@@ -362,7 +362,9 @@ def cmd_eval(args) -> int:
         from .deploy.predict import evaluate_model_file
 
         # a checkpoint's run config (an ONNX file has none: not loaded twice for nothing)
-        described = meta or (model_meta(args.model) if Path(args.model).suffix.lower() != ".onnx" else None) or {}
+        from .metadata import is_onnx
+
+        described = meta or (model_meta(args.model) if not is_onnx(args.model) else None) or {}
         config = described.get("config") if "state_dict" in described else None
         tta = config.get("tta") if isinstance(config, dict) else None
         if tta not in ("none", None):  # the two commands' figures differ for such a run: say why
@@ -426,8 +428,10 @@ def cmd_summary(args) -> int:
 def model_description(model) -> dict:
     """The description (model, class_names, input) of a checkpoint, ONNX file or NAME:DATASET, its
     errors as one line."""
+    from .metadata import is_onnx
+
     path = Path(resolve_model(model))
-    if path.suffix.lower() != ".onnx":
+    if not is_onnx(path):
         from .engine.checkpoint import load_checkpoint
 
         return load_checkpoint(path)

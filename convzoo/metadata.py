@@ -9,9 +9,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 from .data.catalog import DATASETS, find_spec, image_side, preprocess_rule
 from .errors import CheckpointError
+
+
+def is_onnx(path) -> bool:
+    """An ONNX model by its name (model.onnx, MODEL.ONNX): eval, predict and serve run it as it is."""
+    return Path(path).suffix.lower() == ".onnx"
+
 
 META_KEY = "convzoo"  # the ONNX / safetensors metadata entry holding the description
 FORMAT_VERSION = 1  # of the description deployment_metadata writes; a reader refuses a newer one

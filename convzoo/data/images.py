@@ -82,14 +82,14 @@ def open_image(source, name: str = "image") -> Image.Image:
 def is_container(data) -> bool:
     """Whether bytes are an icon file (ICO, ICNS), whose inner image is decoded by Pillow while opening
     it or whose pixel count its header does not give: the server opens these off its event loop."""
-    return bytes(data[:4]) in (b"\0\0\1\0", b"icns")
+    return bytes(data[:4]) in (ICO_MAGIC, b"icns")
 
 
 def opened(data, name: str, formats) -> Image.Image:
     """open_image's work on bytes: Pillow's parsers (restricted to `formats`) under quiet(),
     errors as ImageErrors, an icon's inner image taken out, the size checked."""
     try:
-        if bytes(data[:4]) == b"\0\0\1\0" and "ICO" in formats:
+        if bytes(data[:4]) == ICO_MAGIC and "ICO" in formats:
             image = ico_inner(data, name)
         else:
             with quiet():
@@ -116,6 +116,7 @@ def opened(data, name: str, formats) -> Image.Image:
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ICO_MAGIC = b"\0\0\1\0"  # an ICO directory's reserved word and type 1
 
 
 def ico_inner(data, name: str) -> Image.Image:

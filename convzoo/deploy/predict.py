@@ -13,7 +13,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
-from ..metadata import META_KEY, parse_json_meta, read_onnx_metadata
+from ..metadata import META_KEY, is_onnx, parse_json_meta, read_onnx_metadata
 from .graph_limits import check_deterministic, check_tensor_sizes, count
 from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
@@ -171,11 +171,6 @@ class Predictor:
         except NonFiniteOutput as exc:
             raise NonFiniteOutput(exc.rows, files[exc.rows[0]], model=self.path) from None
         return [{"file": str(f), **r} for f, r in zip(files, results)]
-
-
-def is_onnx(path: Path) -> bool:
-    """An ONNX model by its name (model.onnx, MODEL.ONNX): eval, predict and serve run it as it is."""
-    return path.suffix.lower() == ".onnx"
 
 
 def output_kind(model) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..atomic import atomic_open
 from ..errors import CheckpointError, ConfigError, first_line
-from ..metadata import META_KEY, check_model_meta, check_version, is_int, is_real, parse_json_meta
+from ..metadata import META_KEY, check_model_meta, check_version, is_int, is_onnx, is_real, parse_json_meta
 from ..models import pretrained
 
 FORMAT = "convzoo-checkpoint"
@@ -59,7 +59,7 @@ def model_file(path) -> Path:
 def read_torch_file(path: Path, map_location="cpu"):
     """torch.load(weights_only=True) of a torch zip or pickle file; anything else, or a file that
     needs arbitrary unpickling, is one CheckpointError line."""
-    if path.suffix.lower() == ".onnx":  # torch would call its protobuf bytes an unsafe pickle
+    if is_onnx(path):  # torch would call its protobuf bytes an unsafe pickle
         raise CheckpointError("an ONNX file, not a checkpoint: eval, predict and serve take it with --model", path)
     if path.suffix.lower() == ".pt2":  # torch.export's archive: torch.load calls it corrupt
         raise CheckpointError("a torch.export archive (.pt2), which convzoo writes but does not run; pass the "
