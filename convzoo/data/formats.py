@@ -525,15 +525,15 @@ def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tu
 
 def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
     """(class names, {split: [(file, label)]}) of an image folder: one sub-folder of images per class,
-    or a training and a test folder each holding them (split_folders). Every problem (no classes, one
+    or a training and a test folder each holding them (split_layout). Every problem (no classes, one
     class, a class without images, no test images, too much to decode) is a DataError found here,
     before any image is decoded."""
     root = Path(root)
     if not root.is_dir():
         raise DataError("not a folder", root)
-    layout = split_folders(root)
+    layout = split_layout(root)
     if layout:
-        classes, files = split_folder_files(root, *layout)
+        classes, files = split_folder_files(root, *layout[:2])
     else:
         folders = class_folders(root, root)
         check_not_split(folders, root)
@@ -561,15 +561,10 @@ TEST_FOLDERS = (("test", "testing"), ("val", "valid", "validation"))
 SPLIT_NAMES = frozenset(TRAIN_FOLDERS).union(*TEST_FOLDERS)
 
 
-def split_folders(root: Path) -> tuple[Path, Path] | None:
-    """(training folder, test folder) of a folder split by hand (train/ + test/, Train/ + Test/,
-    training/ + testing/, train/ + val/, valid/ or validation/), None for one folder per class."""
-    layout = split_layout(root)
-    return layout[:2] if layout else None
-
-
 def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
-    """split_folders, and the test-split folders passed over for holding no class folders."""
+    """(training folder, test folder, the test-split folders passed over for holding no class folders)
+    of a folder split by hand (train/ + test/, Train/ + Test/, training/ + testing/, train/ + val/,
+    valid/ or validation/), None for one folder per class."""
     by_name: dict[str, list[Path]] = {}
     for p in class_folders(root, root):
         by_name.setdefault(p.name.lower(), []).append(p)
