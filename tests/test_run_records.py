@@ -215,7 +215,7 @@ def test_a_last_pt_from_before_the_wall_clock_resumes_from_its_history():
 @pytest.mark.parametrize("field, value", [("wall_s", float("nan")), ("wall_s", -1.0), ("wall_s", "12"),
                                           ("steps", 10**6), ("steps", -3)])
 def test_a_forged_wall_clock_or_step_count_is_refused(field, value):
-    from convzoo.engine.trainer import check_clocks
+    from convzoo.engine.checkpoint import check_clocks
     from convzoo.errors import CheckpointError
 
     state = {"step": 50, "epoch_accumulators": {"loss_sum": 1.0, "correct": 1, "seen": 2, "time": 1.0}}

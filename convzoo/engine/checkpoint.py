@@ -285,6 +285,7 @@ def check_resume_state(state: dict, path, optimizer: torch.optim.Optimizer | Non
                               f"evaluation), got {str(best)[:40]!r}", path)
     check_history(state.get("history", []), state["epoch"], path)
     check_accumulators(state.get("epoch_accumulators"), path)
+    check_clocks(state, path)
     if "optimizer" in state:
         # the weights first (the likelier mistake, and the trainer's own line for it), then the optimizer's
         check_weights_fit(state, path, "cannot resume: its weights do not fit the model")
@@ -380,6 +381,20 @@ def check_accumulators(meter, path) -> None:
     if meter["correct"] > meter["seen"]:
         raise CheckpointError(f"cannot resume: the saved mid-epoch totals count {meter['correct']} correct of "
                               f"{meter['seen']} images seen", path)
+
+
+def check_clocks(state: dict, path) -> None:
+    """last.pt's wall clock and the mid-epoch step count a resume continues: a forged value would be a
+    wrong time to accuracy or per-step time."""
+    wall = state.get("wall_s")
+    if wall is not None and not (is_real(wall) and 0 <= wall <= 1e9):
+        raise CheckpointError(f"cannot resume: wall_s must be the seconds of training so far, got {str(wall)[:40]!r}",
+                              path)
+    meter = state.get("epoch_accumulators")
+    steps = meter.get("steps") if isinstance(meter, dict) else None
+    if steps is not None and not (is_int(steps) and 0 <= steps <= state["step"]):
+        raise CheckpointError(f"cannot resume: the saved mid-epoch step count must be an integer from 0 to step "
+                              f"{state['step']}, got {str(steps)[:40]!r}", path)
 
 
 # The numeric settings of SGD, Adam and AdamW param groups (lr_scale: --bias-lr-scale's group).

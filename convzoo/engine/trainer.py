@@ -68,7 +68,6 @@ class TrainingRun:
             check_model_name(state, cfg.model, out / "last.pt")  # the likelier mistake, named first
             check_resume_state(state, out / "last.pt")
             check_resumable(state, cfg, out / "last.pt")
-            check_clocks(state, out / "last.pt")
         if main:
             rundir.check(out, resume=resume, exist_ok=exist_ok)  # the folder is written only once all is checked
             check_loggers(cfg.logger)  # its packages, and a remote MLflow server that answers
@@ -595,21 +594,6 @@ def resumed_wall(state: dict) -> float:
         return float(state["wall_s"])
     history = state.get("history") or []
     return float(history[-1].get("wall_s") or 0.0) if history else 0.0
-
-
-def check_clocks(state: dict, path) -> None:
-    """last.pt's wall clock and the mid-epoch step count a resume continues (checked before anything is
-    written): a forged value would be a wrong time to accuracy or per-step time."""
-    wall = state.get("wall_s")
-    if wall is not None and not (isinstance(wall, (int, float)) and not isinstance(wall, bool) and math.isfinite(wall)
-                                 and 0 <= wall <= 1e9):
-        raise CheckpointError(f"cannot resume: wall_s must be the seconds of training so far, got {str(wall)[:40]!r}",
-                              path)
-    steps = (state.get("epoch_accumulators") or {}).get("steps") if isinstance(state.get("epoch_accumulators"),
-                                                                                dict) else None
-    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps <= state["step"]):
-        raise CheckpointError(f"cannot resume: the saved mid-epoch step count must be an integer from 0 to step "
-                              f"{state['step']}, got {str(steps)[:40]!r}", path)
 
 
 def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
