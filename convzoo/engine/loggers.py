@@ -76,6 +76,11 @@ def check_loggers(spec: str | None) -> None:
             probe_server(uri)
 
 
+def experiment_name() -> str:
+    """The MLflow experiment a run is logged under: $MLFLOW_EXPERIMENT_NAME, else convzoo."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convzoo"
+
+
 def probe_server(uri: str) -> None:
     """One request to the MLflow server at `uri` (its experiment lookup, with the user's credentials and
     TLS settings), PROBE_TIMEOUT_S seconds and no retries: a server that is down, refuses, times out or
@@ -84,7 +89,7 @@ def probe_server(uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convzoo"
+    name = experiment_name()
     try:
         response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET",
                                 params={"experiment_name": name}, max_retries=0, backoff_factor=0,
@@ -192,7 +197,7 @@ class MLflowLogger:
     def _start(self, client, config: dict, resumed_epoch: int | None, local: bool, Param) -> None:
         """The experiment, then the run: a new one, or on --resume the run of this folder."""
         self.client = client
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convzoo"
+        name = experiment_name()
         experiment = client.get_experiment_by_name(name)
         exp_id = experiment.experiment_id if experiment else client.create_experiment(
             name, artifact_location=(self.out / "mlartifacts").as_uri() if local else None)
