@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=number(int, 1, 1024), default=1)
     add_runtime_flag(p, auto="auto: onnxruntime, whose start-up is about 0.4 s shorter than OpenVINO's (a "
                              "prediction's time is mostly start-up and decoding files)")
+    add_describe_flags(p)
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests per batch, each of up to 64 images (default 32)")
     p.add_argument("--max-queue", type=number(int, 1, 65536), default=256, metavar="N",
                    help="requests waiting for a batch, per worker; more get 503 (default 256)")
+    add_describe_flags(p)
     p.set_defaults(handler=cmd_serve)
 
     for command in sub.choices.values():  # args.parser: errors found after parsing are the sub-command's own
@@ -230,6 +232,43 @@ def add_runtime_flag(parser, auto: str = "auto: OpenVINO for int8 files where it
 
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help=f"what runs ONNX files: onnxruntime, openvino (pip install 'convzoo[openvino]'), or {auto}")
+
+
+def add_describe_flags(parser) -> None:
+    """How to read an ONNX classifier made elsewhere (timm, torchvision, Ultralytics, Keras), which carries
+    no convzoo description (deploy/foreign.py)."""
+    group = parser.add_argument_group("ONNX files made elsewhere (no convzoo metadata)")
+    group.add_argument("--classes", type=nonempty, metavar="FILE|N|A,B,...",
+                       help="class names: a file (one per line, or JSON: a list, {index: name}, a Hugging Face "
+                            "config.json's id2label), names separated by commas, or a count N (names 0..N-1); "
+                            "an Ultralytics export names its own")
+    group.add_argument("--mean", type=nonempty, metavar="M[,M,M]",
+                       help="per-channel mean its training subtracted from pixels in 0..1 (ImageNet: "
+                            "0.485,0.456,0.406; 0 when it took plain 0..1 pixels)")
+    group.add_argument("--std", type=nonempty, metavar="S[,S,S]",
+                       help="per-channel std it divided by (ImageNet: 0.229,0.224,0.225; 1 for plain 0..1 "
+                            "pixels; 0.0039215686 for 0..255 pixels)")
+    group.add_argument("--input-size", type=number(int, 1, 512), metavar="SIDE",
+                       help="the input's side, when the graph leaves it open")
+    group.add_argument("--crop", type=number(float, 0.05, 1), metavar="FRACTION",
+                       help="keep the centre square of this fraction of the shorter side, as timm's crop_pct "
+                            "(default 1: the whole centre square; torchvision and timm ImageNet models: 0.875)")
+    group.add_argument("--preprocess", choices=("resize", "digit", "fashion"),
+                       help="how photos become input: resize (default), or digit / fashion: read as MNIST's / "
+                            "Fashion-MNIST's images were made (the strokes cropped, centred on black, 28x28)")
+
+
+def describe_hints(args) -> dict:
+    """--classes, --mean, --std, --input-size, --crop as Predictor's `describe`; unset ones left out."""
+    from .deploy.foreign import HINTS, parse_numbers, read_classes
+
+    hints = {k: getattr(args, k) for k in HINTS if getattr(args, k, None) is not None}
+    if "classes" in hints:
+        hints["classes"] = read_classes(hints["classes"])
+    for flag in ("mean", "std"):
+        if flag in hints:
+            hints[flag] = parse_numbers(hints[flag], f"--{flag}")
+    return hints
 
 
 def add_train_flags(parser) -> None:
@@ -473,7 +512,7 @@ def cmd_predict(args) -> int:
         raise ConfigError("give IMAGE files or --from-test N, not both")
     if args.grid is not None and not args.from_test:
         raise ConfigError("--grid goes with --from-test N (the grid shows those test images)")
-    predictor = Predictor(model, threads=args.threads, runtime=runtime)
+    predictor = Predictor(model, threads=args.threads, runtime=runtime, describe=describe_hints(args))
     if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
         from .report.plots import check_plot_target
 
@@ -542,7 +581,7 @@ def cmd_serve(args) -> int:
     return serve(resolve_model(args.model), args.host, args.port, threads=args.threads,
                  max_upload=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
                  batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, max_queue=args.max_queue,
-                 runtime=args.runtime)
+                 runtime=args.runtime, describe=describe_hints(args))
 
 
 def cmd_quantize(args) -> int:

@@ -97,9 +97,10 @@ def check_input_spec(spec, path) -> dict:
             "std": _floats(spec["std"], "input std", channels, path, *STD_RANGE)}
 
 
-def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
+def check_model_meta(meta, path, *, need_num_classes: bool = True, need_dataset: bool = True) -> dict:
     """Validate a model description; returns a clean copy (model, dataset, class_names, num_classes,
-    input, preprocess). Raises MetadataError naming the file and the first problem."""
+    input, preprocess). Raises MetadataError naming the file and the first problem. need_dataset False:
+    a description the user gave for a model made elsewhere (deploy/foreign.py), which has none."""
     if not isinstance(meta, dict):
         raise MetadataError(f"model metadata must be a mapping, got {type(meta).__name__}", path)
     required = ("model", "class_names", "input") + (("num_classes",) if need_num_classes else ())
@@ -120,7 +121,7 @@ def check_model_meta(meta, path, *, need_num_classes: bool = True) -> dict:
         raise MetadataError(f"num_classes is {num_classes} but there are {len(names)} class names", path)
     if "format_version" in meta:  # written since convzoo's first ONNX exports
         check_version(meta["format_version"], FORMAT_VERSION, "metadata format_version", path)
-    dataset = check_dataset(meta, path)
+    dataset = check_dataset(meta, path if need_dataset else None)
     rule = meta.get("preprocess", preprocess_rule(dataset))
     if rule not in PREPROCESS_RULES:
         raise MetadataError(f"preprocess must be one of {', '.join(PREPROCESS_RULES)}, got {_show(rule)}", path)
@@ -240,6 +241,9 @@ def check_graph_io(graph, meta: dict, path) -> None:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     spec = meta["input"]
     want = [None, spec["channels"], spec["size"], spec["size"]]
+    if spec.get("layout") == "nhwc":  # a model made elsewhere (deploy/foreign.py): channels last
+        want = want[:1] + want[2:] + want[1:2]
     if len(dims) != 4 or any(d is not None and w is not None and d != w for d, w in zip(dims[1:], want[1:])):
+        shown = ", ".join("N" if w is None else str(w) for w in want)
         raise MetadataError(f"ONNX input shape {['?' if d is None else d for d in dims]} does not match the "
-                            f"metadata's input spec (N, {spec['channels']}, {spec['size']}, {spec['size']})", path)
+                            f"metadata's input spec ({shown})", path)

@@ -33,7 +33,8 @@ RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUnifor
 def check_tensor_sizes(model, path, image: tuple[int, int, int] | None = None) -> None:
     """ConfigError naming the first tensor that could exceed MAX_ELEMENTS for a batch of one image.
     model: an onnx.ModelProto loaded without external data (initializers count by their declared dims);
-    image: (channels, height, width) the input is run with, for an input that leaves them open."""
+    image: the input's dims after the batch ((channels, height, width), or (height, width, channels) for
+    a channels-last graph) it is run with, for an input that leaves them open."""
     loops = sorted({node.op_type for node in model.graph.node} & LOOPS)
     if loops:
         raise ConfigError(f"the graph has a {loops[0]}: a classifier needs none, and its cost cannot be bounded", path)

@@ -14,11 +14,13 @@ from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, is_onnx, parse_json_meta, read_onnx_metadata
+from .foreign import describe, has_convzoo_metadata
 from .graph_limits import check_deterministic, check_tensor_sizes, count
 from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
 MAX_TOPK = 1000  # classes a result may list: the API, `predict --topk` and the server allow 1..this
+DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size and --crop"
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 
@@ -26,9 +28,14 @@ class Predictor:
     """Wraps one model file; `meta` carries class names, input spec and the preprocessing rule.
     runtime: 'auto', 'onnxruntime' or 'openvino'; after loading, the one that runs (pick_runtime)."""
 
-    def __init__(self, path, *, threads: int = 1, runtime: str = "auto"):
+    def __init__(self, path, *, threads: int = 1, runtime: str = "auto", describe: dict | None = None):
         self.path = Path(path)
         self.threads, self.runtime = threads, runtime
+        # What the user says about an ONNX file made elsewhere (foreign.HINTS); it has no convzoo description.
+        self.describe = {k: v for k, v in (describe or {}).items() if v is not None}
+        if self.describe and not is_onnx(self.path):
+            raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint "
+                              "describes itself", self.path)
         # A checkpoint or shipped weights run as their cached ONNX export: torch is imported only the
         # first time a file is seen, and later predictions start as fast as from an .onnx file.
         self.onnx_path, self._scratch = (self.path, None) if is_onnx(self.path) else cached_onnx(self.path)
@@ -84,10 +91,17 @@ class Predictor:
         except Exception as exc:  # protobuf and onnx raise many types for a bad file
             raise ConfigError(f"not a loadable ONNX model ({first_line(exc)})",
                               self.path) from None
-        meta = read_onnx_metadata(graph, self.path)  # checked before onnxruntime builds anything from it
+        # The description, checked before onnxruntime builds anything from it
+        if has_convzoo_metadata(graph):
+            if self.describe:
+                raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; this one carries "
+                                  "convzoo's own description", self.path)
+            meta = read_onnx_metadata(graph, self.path)
+        else:
+            meta = describe(graph, self.path, self.describe)
         spec = meta["input"]
         # and the memory its tensors can ask for, run as the spec says
-        check_tensor_sizes(graph, self.path, (spec["channels"], spec["size"], spec["size"]))
+        check_tensor_sizes(graph, self.path, input_shape(spec)[1:])
         check_deterministic(graph, self.path)  # a prediction must not change from run to run
         self.outputs = output_kind(graph)
         self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
@@ -95,7 +109,10 @@ class Predictor:
         fixed = fixed_batch(next(i for i in graph.graph.input if i.name not in weights))  # the image input
         del graph
         try:
-            return meta, open_runner(self.onnx_path, self.threads, self.runtime), fixed
+            run = open_runner(self.onnx_path, self.threads, self.runtime)
+            if spec.get("layout") == "nhwc":  # convzoo's batches are (N, C, H, W)
+                return meta, channels_last(run), fixed
+            return meta, run, fixed
         except ConvzooError:  # a runtime that is not installed
             raise
         except Exception as exc:  # the runtimes raise their own types for graphs they cannot run
@@ -171,6 +188,17 @@ class Predictor:
         except NonFiniteOutput as exc:
             raise NonFiniteOutput(exc.rows, files[exc.rows[0]], model=self.path) from None
         return [{"file": str(f), **r} for f, r in zip(files, results)]
+
+
+def input_shape(spec: dict, batch: int = 1) -> tuple:
+    """The graph input's shape for `batch` images of the described size, in its layout."""
+    c, s = spec["channels"], spec["size"]
+    return (batch, s, s, c) if spec.get("layout") == "nhwc" else (batch, c, s, s)
+
+
+def channels_last(run):
+    """A runner of an (N, H, W, C) graph that takes convzoo's (N, C, H, W) batches (Keras' exports)."""
+    return lambda x: run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
 
 
 def output_kind(model) -> str:

@@ -48,8 +48,19 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
         pixels = mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
         pixels = pixels[None] / 255.0
     else:
+        if spec.get("crop"):  # a model made elsewhere (foreign.py): the centre square, as timm's crop_pct
+            image = centre_square(image, spec["crop"])
         pixels = to_pixels(image, image_side(meta), spec["channels"]).astype(np.float32) / 255.0
     return normalise(fit(pixels, spec)[None], spec)
+
+
+def centre_square(image: Image.Image, fraction: float) -> Image.Image:
+    """The centre square of side `fraction` of the shorter side: resized to the input afterwards, as
+    torchvision's Resize(size / fraction) then CenterCrop(size)."""
+    w, h = image.size
+    side = max(1, round(min(w, h) * fraction))
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side)) if (side, side) != (w, h) else image
 
 
 def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool = False,

@@ -78,9 +78,11 @@ class RequestError(Exception):
 
 def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
                max_pixels: int = MAX_REQUEST_PIXELS, busy: int = BUSY, batch_window_ms: float = BATCH_WINDOW_MS,
-               max_batch: int = MAX_BATCH_REQUESTS, max_queue: int = MAX_QUEUE, runtime: str = "auto") -> FastAPI:
-    """The app; batch_window_ms=0 turns batching off (every request its own onnxruntime call)."""
-    predictor = Predictor(model_path, threads=threads, runtime=runtime)
+               max_batch: int = MAX_BATCH_REQUESTS, max_queue: int = MAX_QUEUE, runtime: str = "auto",
+               describe: dict | None = None) -> FastAPI:
+    """The app; batch_window_ms=0 turns batching off (every request its own onnxruntime call).
+    describe: how to read an ONNX file made elsewhere (Predictor's)."""
+    predictor = Predictor(model_path, threads=threads, runtime=runtime, describe=describe)
     checksum = predictor.sha256()
     page = resources.files("convzoo.deploy").joinpath("static/index.html").read_text()
     batcher = Batcher(predictor, max_pixels, window_ms=batch_window_ms,
@@ -620,7 +622,8 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
     if workers == 1:
         app = create_app(model_path, **settings)
     else:
-        Predictor(model_path, runtime=settings.get("runtime", "auto"))  # fail here, once, not in every worker
+        # fail here, once, not in every worker
+        Predictor(model_path, runtime=settings.get("runtime", "auto"), describe=settings.get("describe"))
         os.environ[SETTINGS_ENV] = json.dumps({"model_path": str(model_path), **settings})
     balanced = workers > 1 and worker_processes.balanced()
     sockets = worker_processes.bind_each(host, port, workers) if balanced else [worker_processes.listen(host, port)]

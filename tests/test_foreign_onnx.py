@@ -1,0 +1,278 @@
+"""ONNX classifiers made elsewhere (no convzoo metadata): described with --classes, --mean, --std,
+--input-size, --crop and --preprocess (or by an Ultralytics export's own metadata), they predict exactly
+as convzoo's own export of the same network does; channels-last (Keras) graphs run; every bad
+description or hostile metadata is one line, exit 2, before a runtime builds anything."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import convzoo
+from convzoo.errors import ConvzooError
+
+from conftest import assert_user_error, run_cli
+from test_deploy import mnist_test, png_bytes, serving
+
+pytestmark = pytest.mark.real_data
+
+MNIST = {"mean": 0.1307, "std": 0.3081}  # what the shipped LeNet-5 was normalised with
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+class Wrapped(torch.nn.Module):
+    """The shipped LeNet-5 as other tools export it: channels-last input, or normalisation and a softmax inside."""
+
+    def __init__(self, net, *, nhwc=False, inside=False):
+        super().__init__()
+        self.net, self.nhwc, self.inside = net, nhwc, inside
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2) if self.nhwc else x
+        x = (x - MNIST["mean"]) / MNIST["std"] if self.inside else x
+        out = self.net(x)
+        return out.softmax(1) if self.inside else out
+
+
+def write(onnx_model, path, props=None):
+    del onnx_model.metadata_props[:]
+    for key, value in (props or {}).items():
+        onnx_model.metadata_props.add(key=key, value=value)
+    onnx.save(onnx_model, str(path))
+    return path
+
+
+ULTRALYTICS = {"author": "Ultralytics", "description": "Ultralytics YOLO11n-cls model", "task": "classify",
+               "batch": "1", "imgsz": "[32, 32]", "names": repr(dict(enumerate(NAMES)))}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The shipped LeNet-5 (MNIST) as convzoo exports it, and as three other tools would: no metadata;
+    channels-last; normalisation and softmax inside with Ultralytics' metadata (batch fixed at 1)."""
+    from convzoo.deploy.export import to_onnx
+    from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from convzoo.models.pretrained import resolve
+
+    out = tmp_path_factory.mktemp("foreign")
+    own = out / "own.onnx"
+    convzoo.export("lenet5:mnist", own)
+    net = model_from_checkpoint(load_checkpoint(resolve("lenet5:mnist"))).eval()
+    return {"own": own, "plain": write(onnx.load(str(own)), out / "plain.onnx"),
+            "nhwc": write(to_onnx(Wrapped(net, nhwc=True), torch.zeros(2, 32, 32, 1)), out / "nhwc.onnx"),
+            "ultralytics": write(to_onnx(Wrapped(net, inside=True), torch.zeros(1, 1, 32, 32), dynamic_batch=False),
+                                 out / "ultralytics.onnx", ULTRALYTICS)}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = mnist_test(200)
+    return [im[0] for im in images], labels
+
+
+def probabilities(model, images) -> np.ndarray:
+    return np.array([[t["probability"] for t in sorted(r["topk"], key=lambda t: t["index"])]
+                     for r in convzoo.predict(model, images, topk=10)])
+
+
+def test_a_described_plain_file_predicts_as_convzoos_own_export(files, digits):
+    images, labels = digits
+    own = probabilities(convzoo.load(files["own"]), images)
+    assert (own.argmax(1) == labels).mean() >= 0.98  # the shipped model, on real test digits
+    for name in ("plain", "nhwc"):  # the same network, described by hand; channels-last transposed for it
+        model = convzoo.load(files[name], classes=NAMES, preprocess="digit", **MNIST)
+        assert model.classes == NAMES
+        assert np.abs(probabilities(model, images) - own).max() < 1e-5, name
+
+
+def test_the_cli_flags_describe_the_file(files, digits, tmp_path):
+    images, labels = digits
+    for i in range(3):
+        Image.fromarray(images[i]).save(tmp_path / f"d{i}.png")
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(NAMES) + "\n")
+    proc = run_cli("predict", "--model", files["plain"], tmp_path, "--classes", names, "--mean", "0.1307",
+                   "--std", "0.3081", "--preprocess", "digit", "--json", check=0)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["class"] for r in results] == [NAMES[k] for k in labels[:3]]
+
+
+def test_an_ultralytics_export_needs_no_flags(files, digits):
+    """Its names and image size come from its metadata, its preprocessing is Ultralytics' (0..1 pixels, the
+    centre square resized), and its softmax output is used as probabilities, not softmaxed again."""
+    images, labels = digits
+    model = convzoo.load(files["ultralytics"])
+    assert model.classes == NAMES and model._predictor.batch_rows == 1  # its batch is fixed at 1
+    got = probabilities(model, images)
+    plain = convzoo.load(files["plain"], classes=NAMES, mean=MNIST["mean"], std=MNIST["std"])  # same reading
+    assert np.abs(got - probabilities(plain, images)).max() < 1e-5
+    assert (got.argmax(1) == labels).mean() >= 0.9  # resized, not centred by mass as MNIST was: a little worse
+
+
+def test_crop_keeps_the_centre_square(files, digits):
+    """--crop F: the centre square of side F x the shorter side, as timm's crop_pct; 1 for a wide image
+    keeps its centre square (no squashing)."""
+    digit = digits[0][0]
+    wide = np.zeros((56, 168), np.uint8)
+    wide[:, 56:112] = np.asarray(Image.fromarray(digit).resize((56, 56)))
+    wide[:, :20] = 255  # clutter outside the centre square
+    framed = np.full((112, 112), 255, np.uint8)
+    framed[28:84, 28:84] = wide[:, 56:112]
+    centre = Image.fromarray(wide[:, 56:112])
+
+    def model(crop):
+        return convzoo.load(files["plain"], classes=NAMES, crop=crop, **MNIST)
+
+    expected = probabilities(model(1.0), [centre])
+    assert np.abs(probabilities(model(1.0), [wide]) - expected).max() < 1e-6
+    assert np.abs(probabilities(model(0.5), [framed]) - expected).max() < 1e-6
+    assert np.abs(probabilities(model(1.0), [framed]) - expected).max() > 1e-3  # the frame is seen without it
+
+
+@pytest.mark.parametrize("form", ["txt", "json-list", "json-map", "hf-config", "imagenet-index", "commas", "count"])
+def test_class_names_come_in_every_common_form(files, tmp_path, form):
+    path = tmp_path / ("names.txt" if form == "txt" else "names.json")
+    content = {"txt": "\ufeff" + "\r\n".join(NAMES) + "\r\n\r\n", "json-list": json.dumps(NAMES),
+               "json-map": json.dumps({str(i): n for i, n in enumerate(NAMES)}),
+               "hf-config": json.dumps({"architectures": ["X"], "id2label": {str(i): n for i, n in enumerate(NAMES)}}),
+               "imagenet-index": json.dumps({str(i): [f"n{i:08d}", n] for i, n in enumerate(NAMES)})}
+    if form in content:
+        path.write_text(content[form], encoding="utf-8")
+    given = {"commas": ",".join(NAMES), "count": "10"}.get(form, str(path))
+    model = convzoo.load(files["plain"], classes=given, **MNIST)
+    assert model.classes == ([str(i) for i in range(10)] if form == "count" else NAMES)
+
+
+def test_a_served_foreign_file_answers_with_its_class_names(files, digits, tmp_path):
+    """Two workers: the description travels to each worker process."""
+    images, labels = digits
+    with serving(files["plain"], "--workers", "2", "--classes", ",".join(NAMES), "--mean", "0.1307",
+                 "--std", "0.3081", "--preprocess", "digit", log=tmp_path / "serve.log") as (url, _):
+        assert httpx.get(url + "/v1/model").json()["classes"] == NAMES
+        for image, label in zip(images[:4], labels[:4]):
+            r = httpx.post(url + "/v1/predict", content=png_bytes(image), headers={"content-type": "image/png"})
+            assert r.status_code == 200 and r.json()["class"] == NAMES[label], r.text
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_bad_descriptions_are_one_line(files, tmp_path):
+    dup = tmp_path / "dup.txt"
+    dup.write_text("a\nb\na\n")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    gaps = tmp_path / "gaps.json"
+    gaps.write_text(json.dumps({"0": "a", "2": "b"}))
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("[1, ")
+    describe = ["--mean", "0.1307", "--std", "0.3081"]
+    cases = [
+        ([files["plain"]], "describe it with --classes, --mean, --std"),
+        ([files["plain"], "--classes", "10"], "describe it with --mean, --std"),
+        ([files["plain"], "--classes", "3", *describe], "10 logits but the metadata names 3 classes"),
+        ([files["plain"], "--classes", dup, *describe], "repeats 'a'"),
+        ([files["plain"], "--classes", latin, *describe], "UTF-8"),
+        ([files["plain"], "--classes", gaps, *describe], "0..1, each once"),
+        ([files["plain"], "--classes", bad_json, *describe], "not valid JSON"),
+        ([files["plain"], "--classes", "nothing-here", *describe], "neither a count"),
+        ([files["plain"], "--classes", "a,,b", *describe], "class name"),
+        ([files["plain"], "--classes", "10", "--mean", "0.5,0.5,0.5", "--std", "1"], "input mean must be a list of 1"),
+        ([files["plain"], "--classes", "10", "--mean", "0.5", "--std", "0"], "input std"),
+        ([files["plain"], "--classes", "10", "--mean", "nan", "--std", "1"], "finite"),
+        ([files["plain"], "--classes", "10", "--mean", "x", "--std", "1"], "--mean takes numbers"),
+        ([files["plain"], "--classes", "10", *describe, "--input-size", "28"], "does not match the graph's fixed"),
+        ([files["plain"], "--classes", "10", *describe, "--preprocess", "digit", "--crop", "0.5"], "--crop goes with"),
+        ([files["own"], "--classes", "10"], "carries convzoo's own description"),
+        (["lenet5:mnist", "--classes", "10"], "a convzoo checkpoint describes itself"),
+    ]
+    for args, fragment in cases:
+        proc = run_cli("predict", "--model", *args, "--from-test", "1")
+        assert fragment in assert_user_error(proc), (args, proc.stderr)
+
+
+def foreign_graph(shape, out_classes=10):
+    """A tiny valid graph: input of `shape` -> a flat vector sliced to `out_classes` logits."""
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_classes])
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Slice", ["f", "starts", "ends", "axes"], ["y"])]
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("starts", 0), ("ends", out_classes),
+                                                                            ("axes", 1))]
+    graph = helper.make_graph(nodes, "g", [inp], [out], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("shape, fragment", [
+    (["N", 3, 32, 16], "is not square"),
+    (["N", 3, 32, 32, 1], "is not an image batch"),
+    (["N", 8, 32, 32], "no grey (1) or RGB (3) channel axis"),
+    (["N", 3, 1024, 1024], "larger than 512"),
+    (["N", "H", "W", 3], "--input-size"),
+])
+def test_inputs_convzoo_cannot_read_are_named(tmp_path, shape, fragment):
+    path = write(foreign_graph(shape), tmp_path / "g.onnx")
+    with pytest.raises(ConvzooError, match=re.escape(fragment)):
+        convzoo.load(path, classes=10, mean=0.5, std=0.25)
+
+
+def test_an_open_channels_last_input_runs_at_the_given_size(tmp_path):
+    path = write(foreign_graph(["N", "H", "W", 3]), tmp_path / "g.onnx")
+    model = convzoo.load(path, classes=10, mean=0.5, std=0.25, input_size=24)
+    assert model._predictor.meta["input"]["layout"] == "nhwc" and model._predictor.meta["input"]["size"] == 24
+    assert len(convzoo.predict(model, [np.zeros((40, 30, 3), np.uint8)])) == 1
+
+
+@pytest.mark.parametrize("props, fragment", [
+    ({"task": "detect"}, "'detect' model"),
+    ({"names": "{0: 'a', 2: 'b'}"}, "number its classes 0..1"),
+    ({"names": "__import__('os').system('false')"}, "not a {index: name} mapping"),
+    ({"names": "[" * 200_000 + "]" * 200_000}, "not a {index: name} mapping"),
+    ({"names": "{0: 'a'}" + " " * (16 << 20)}, "longer than"),
+    ({"imgsz": "[32, 16]"}, "not one square side"),
+    ({"imgsz": "[28, 28]"}, "says imgsz 28"),
+    ({"names": repr({i: "x" for i in range(10)})}, "repeats 'x'"),
+])
+def test_hostile_ultralytics_metadata_is_one_line(files, tmp_path, props, fragment):
+    path = write(onnx.load(str(files["ultralytics"])), tmp_path / "u.onnx", {**ULTRALYTICS, **props})
+    with pytest.raises(ConvzooError, match=re.escape(fragment)):
+        convzoo.load(path)
+
+
+def test_fuzzed_ultralytics_metadata_loads_or_is_refused(files, tmp_path):
+    """Seeded: random edits of the names and imgsz entries either give a working model or a ConvzooError."""
+    rng = random.Random(1508)
+    base = onnx.load(str(files["ultralytics"]))
+    alphabet = "{}[]():,' 0123456789-xeE\"\\"
+    loaded = 0
+    for case in range(40):
+        props = dict(ULTRALYTICS)
+        key = rng.choice(["names", "imgsz"])
+        text = list(props[key])
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(text) + 1)
+            op = rng.random()
+            if op < 0.4 and text:
+                del text[min(i, len(text) - 1)]
+            elif op < 0.8:
+                text.insert(i, rng.choice(alphabet))
+            else:
+                text[i:i] = text[: rng.randint(1, 20)]
+        props[key] = "".join(text)
+        path = write(onnx.ModelProto.FromString(base.SerializeToString()), tmp_path / f"f{case}.onnx", props)
+        try:
+            model = convzoo.load(path)
+        except ConvzooError as exc:
+            assert "\n" not in str(exc), str(exc)
+            continue
+        assert len(model.classes) == 10 and len(convzoo.predict(model, [np.zeros((28, 28), np.uint8)])) == 1
+        loaded += 1
+    assert 0 < loaded < 40  # the fuzz both kept and broke files
