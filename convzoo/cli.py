@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=number(int, 0, 10**9), default=0,
                    help="score the first N test images only (0: all)")
     add_runtime_flag(p)
+    add_describe_flags(p)
     p.add_argument("--tta", choices=TTA_CHOICES, help="checkpoints: test-time augmentation (default: the one the "
                                                       "run was scored with, from its config)")
     p.add_argument("--json", action="store_true")
@@ -385,6 +386,10 @@ def cmd_eval(args) -> int:
     threads = configure_threads(args.threads or default_threads(2), torch.device("cpu"))
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
+    hints = describe_hints(args)
+    if hints and args.ckpt:
+        raise ConfigError("--classes, --mean, --std, --input-size, --crop and --preprocess describe an ONNX file made "
+                          "elsewhere (--model FILE); a checkpoint describes itself")
     # Beside a checkpoint file by default; shipped weights (NAME:DATASET, or their file named by path)
     # have no folder of the user's to write in: the installed package is not one.
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")
@@ -411,7 +416,7 @@ def cmd_eval(args) -> int:
                   "eval --ckpt applies it", file=sys.stderr)
 
         result = evaluate_model_file(resolve_model(args.model), dataset=args.dataset, data_path=args.data_path,
-                                     threads=threads, runtime=args.runtime, limit=args.test_limit)
+                                     threads=threads, runtime=args.runtime, limit=args.test_limit, describe=hints)
     else:
         result = evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_path=args.data_path, device=args.device,
                                      batch_size=args.batch_size, tta=args.tta, limit=args.test_limit,

@@ -19,7 +19,7 @@ from PIL import Image
 import convzoo
 from convzoo.errors import ConvzooError
 
-from conftest import assert_user_error, run_cli
+from conftest import MNIST_DIR, assert_user_error, need, run_cli
 from test_deploy import mnist_test, png_bytes, serving
 
 pytestmark = pytest.mark.real_data
@@ -149,6 +149,17 @@ def test_class_names_come_in_every_common_form(files, tmp_path, form):
     given = {"commas": ",".join(NAMES), "count": "10"}.get(form, str(path))
     model = convzoo.load(files["plain"], classes=given, **MNIST)
     assert model.classes == ([str(i) for i in range(10)] if form == "count" else NAMES)
+
+
+def test_eval_scores_a_described_file_on_a_named_data_set(files):
+    describe = ["--classes", "10", "--mean", "0.1307", "--std", "0.3081", "--preprocess", "digit"]
+    data = {"CONVZOO_DATA": str(need(MNIST_DIR).parent)}
+    scores = [json.loads(run_cli("eval", "--model", model, *flags, "--test-limit", 500, "--json", env=data,
+                                 check=0).stdout)
+              ["accuracy"] for model, flags in ((files["own"], []), (files["plain"], [*describe, "--dataset", "mnist"]))]
+    assert scores[0] == scores[1] >= 0.98
+    assert "eval takes --dataset NAME" in assert_user_error(run_cli("eval", "--model", files["plain"], *describe))
+    assert "a checkpoint describes itself" in assert_user_error(run_cli("eval", "--ckpt", "lenet5:mnist", *describe))
 
 
 def test_a_served_foreign_file_answers_with_its_class_names(files, digits, tmp_path):

@@ -117,6 +117,9 @@ def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_p
     the rule and from the folder the model records, or from `data_path`. test_only: train is None and
     a catalog data set's training files are not needed (see load_dataset)."""
     rule = meta.get("data")
+    if not (dataset or meta.get("dataset")):
+        raise ConfigError("the model names no data set to read its test images from (an ONNX file made elsewhere); "
+                          "eval takes --dataset NAME, whose classes are matched to the model's by name", path)
     if dataset is None and rule:
         recorded = rule.get("path")
         if data_path is None and recorded and not Path(recorded).is_dir():  # not the user's --data-path

@@ -472,16 +472,17 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
 
 
 def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, threads: int = 2, runtime: str = "auto",
-                        limit: int = 0):
+                        limit: int = 0, describe: dict | None = None):
     """Accuracy and confusion matrix of an ONNX file or checkpoint on its data set's test split (or
-    its first `limit` images)."""
+    its first `limit` images); describe: an ONNX file made elsewhere (Predictor's), scored on `dataset`'s
+    images of the classes whose names it shares."""
     import torch
 
     from ..data.tensors import load_model_data
     from ..engine.evaluate import EvalResult
     from .preprocess import from_dataset
 
-    predictor = Predictor(path, threads=threads, runtime=runtime)
+    predictor = Predictor(path, threads=threads, runtime=runtime, describe=describe)
     _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path, test_only=True)
     test = test.subset(slice(0, limit or None))
     k = len(predictor.classes)

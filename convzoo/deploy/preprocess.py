@@ -237,6 +237,11 @@ def fit(x: np.ndarray, spec: dict) -> np.ndarray:
 def from_dataset(images: np.ndarray, meta: dict) -> np.ndarray:
     """uint8 (N, C, H, W) images from the data set itself -> model input, exactly as in training."""
     spec = meta["input"]
+    crop = spec.get("crop", 1)  # a model made elsewhere (foreign.py): the centre square as for users' photos
+    if crop < 1:
+        side = max(1, round(min(images.shape[-2:]) * crop))
+        top, left = (images.shape[-2] - side) // 2, (images.shape[-1] - side) // 2
+        images = images[..., top: top + side, left: left + side]
     return normalise(np.stack([fit(im.astype(np.float32) / 255, spec) for im in images]), spec)
 
 
