@@ -34,13 +34,21 @@ def refused_port() -> int:
         return s.getsockname()[1]
 
 
+RUN_INFO = {"run_id": "r1", "run_uuid": "r1", "experiment_id": "1", "user_id": "u", "status": "RUNNING",
+            "start_time": 0, "artifact_uri": "file:///nowhere", "lifecycle_stage": "active", "run_name": "r"}
+TRACKING_ANSWERS = {"experiments/create": {"experiment_id": "1"}, "runs/create": {"run": {"info": RUN_INFO,
+                                                                                           "data": {}}}}
+
+
 class FakeTracking:
     """A real HTTP server on 127.0.0.1: every request answers 500, or with `probe_ok` the experiment
     lookup answers as MLflow does for a missing experiment (404 RESOURCE_DOES_NOT_EXIST) and everything
-    else (creating it) 500. `hits` counts requests."""
+    else (creating it) 500. `batches_until_down`: it answers creating the experiment and the run as
+    MLflow's REST API does, takes that many log-batch calls, then goes down (connections refused).
+    `hits` counts requests."""
 
-    def __init__(self, *, probe_ok: bool):
-        self.hits = 0
+    def __init__(self, *, probe_ok: bool, batches_until_down: int | None = None):
+        self.hits = self.batches = 0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,8 +56,16 @@ class FakeTracking:
                 owner.hits += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
+                known = next((v for k, v in TRACKING_ANSWERS.items() if self.path.endswith(k)), None)
                 if probe_ok and "experiments/get-by-name" in self.path:
                     status, body = 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}
+                elif batches_until_down is not None and known is not None:
+                    status, body = 200, known
+                elif batches_until_down is not None and self.path.endswith("runs/log-batch"):
+                    owner.batches += 1
+                    status, body = 200, {}
+                    if owner.batches == batches_until_down:  # after this answer
+                        threading.Thread(target=owner.close).start()
                 else:
                     status, body = 500, {"error_code": "INTERNAL_ERROR", "message": "the database is down"}
                 data = json.dumps(body).encode()
@@ -135,6 +151,25 @@ def test_mlflow_server_answering_500_fails_at_once_and_leaves_the_folder_as_it_w
         assert_user_error(proc, server.uri, "failed")
         assert took < 60
         assert files(run) == before
+    finally:
+        server.close()
+
+
+@pytest.mark.real_data
+def test_a_tracking_server_that_goes_down_mid_run_costs_a_warning_not_the_run(tmp_path):
+    """The server took the run's set-up and its first epoch, then went down: MLflow retried each later
+    request for about 4 minutes and the error ended the training with a traceback. Now one warning line,
+    the logger dropped, and the run trains to its end with every epoch in metrics.csv."""
+    server = FakeTracking(probe_ok=True, batches_until_down=2)  # the params, then epoch 1's metrics
+    try:
+        run = tmp_path / "run"
+        proc, _ = train_with_mlflow(server.uri, run, "--epochs", "3")  # its timeout fails the old behaviour
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        warnings = [line for line in proc.stderr.splitlines() if "MLflow" in line]
+        assert len(warnings) == 1 and "Connection refused" in warnings[0] and "training goes on" in warnings[0], \
+            proc.stderr
+        assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 3 and (run / "best.pt").is_file()
+        assert server.batches == 2, server.batches
     finally:
         server.close()
 

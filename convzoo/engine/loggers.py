@@ -4,7 +4,8 @@
 Both back ends are optional (`pip install 'convzoo[tracking]'`); a missing one, or an MLflow server
 that does not answer, is a one-line error from `check_loggers` before the run folder is created or
 changed. Only rank 0 opens loggers, and everything lands in the run directory unless
-MLFLOW_TRACKING_URI points elsewhere.
+MLFLOW_TRACKING_URI points elsewhere. Once the run has started, a logger that fails (a tracking server
+gone down, a full disk) is dropped with one warning line: training goes on, metrics.csv keeps every epoch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +31,8 @@ PROBE_TIMEOUT_S = 5  # one request to a remote tracking server before the run fo
 # MLflow retries a failed request 7 times with backoff (about 4 minutes of silence for a server that is
 # down); while a run is set up, one try with a short timeout, unless the user set these themselves.
 SETUP_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# During training, two retries: a server that went down costs seconds once, not minutes every epoch.
+RUN_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 class Loggers:
@@ -38,14 +42,30 @@ class Loggers:
         self.items = list(items)
 
     def epoch(self, row: dict) -> None:
-        for item in self.items:
-            item.epoch(row)
+        for item in list(self.items):
+            if not self._call(item, "epoch", row):
+                self.items.remove(item)
 
     def close(self, ok: bool) -> None:
         """Upload the run's files (on success) and mark the run ended; safe to call twice."""
         items, self.items = self.items, []
         for item in items:
-            item.close(ok)
+            self._call(item, "close", ok)
+
+    @staticmethod
+    def _call(item, method: str, arg) -> bool:
+        """item.method(arg); False, with one warning line, when it fails: tracking is a copy of what the
+        run folder records, never a reason to lose the training."""
+        try:
+            with quick_http(RUN_HTTP_ENV):
+                getattr(item, method)(arg)
+            return True
+        except Exception as exc:  # noqa: BLE001 - MLflow, requests, SQLite and the OS raise many types
+            after = ("the run folder has them" if method == "close" else
+                     "it is off for the rest of the run; training goes on, the run folder records every epoch")
+            print(f"warning: {item.NAME} {'upload of the run files' if method == 'close' else 'logging'} failed "
+                  f"({reason(exc, timeout=None)}); {after}", file=sys.stderr, flush=True)
+            return False
 
 
 def open_loggers(spec: str | None, out: Path, config: dict, *, resumed_epoch: int | None = None) -> Loggers:
@@ -112,11 +132,11 @@ def probe_server(uri: str) -> None:
                       "--logger mlflow")
 
 
-def reason(exc: Exception) -> str:
+def reason(exc: Exception, timeout: float | None = PROBE_TIMEOUT_S) -> str:
     """The cause at the end of a requests/urllib3 error chain ([Errno 111] Connection refused)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "timed out" in text or "Timeout" in text:
-        return f"no answer within {PROBE_TIMEOUT_S} s"
+        return f"no answer within {timeout:g} s" if timeout else "no answer in time"
     for marker in ("[Errno", "Failed to resolve", "Name or service"):
         if marker in text:
             return text[text.index(marker):].rstrip("')\"")[:200]
@@ -124,10 +144,10 @@ def reason(exc: Exception) -> str:
 
 
 @contextlib.contextmanager
-def quick_http():
-    """MLflow's requests during setup: one try, a short timeout (SETUP_HTTP_ENV), unless the user set
-    those variables; restored afterwards, so the per-epoch logging keeps MLflow's retries."""
-    added = {k: v for k, v in SETUP_HTTP_ENV.items() if not os.environ.get(k)}  # empty reads as unset
+def quick_http(env: dict = SETUP_HTTP_ENV):
+    """MLflow's requests with fewer retries and a shorter timeout than its own (about 4 minutes for a
+    server that is down): `env`, unless the user set those variables; restored afterwards."""
+    added = {k: v for k, v in env.items() if not os.environ.get(k)}  # empty reads as unset
     previous = {k: os.environ.get(k) for k in added}
     os.environ.update(added)
     try:
@@ -146,6 +166,8 @@ def missing(package: str, exc: ImportError) -> ConfigError:
 
 class TensorBoardLogger:
     """Event files in the run directory itself, so `tensorboard --logdir runs` lists every run."""
+
+    NAME = "TensorBoard"
 
     def __init__(self, out: Path, config: dict, resumed_epoch: int | None):
         try:
@@ -171,6 +193,8 @@ class TensorBoardLogger:
 class MLflowLogger:
     """One MLflow run: the config as params, metrics.csv's columns per epoch, the run's files as
     artifacts. Default store: SQLite in the run directory (mlflow.db, artifacts in mlartifacts/)."""
+
+    NAME = "MLflow"
 
     def __init__(self, out: Path, config: dict, resumed_epoch: int | None):
         try:
