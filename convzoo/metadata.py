@@ -217,7 +217,8 @@ def read_onnx_metadata(onnx_model, path) -> dict:
     """An onnx.ModelProto's convzoo description, checked against the graph's one input."""
     entries = [p.value for p in onnx_model.metadata_props if p.key == META_KEY]
     if not entries:
-        raise MetadataError("ONNX file has no convzoo metadata (export it with `convzoo export`)", path)
+        raise MetadataError("ONNX file has no convzoo metadata (a model made elsewhere: predict, eval and serve run "
+                            "it with --classes, --mean and --std; convzoo's own models: `convzoo export`)", path)
     meta = parse_json_meta(entries[0], path, need_num_classes=False)
     check_graph_io(onnx_model.graph, meta, path)
     return meta
