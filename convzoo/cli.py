@@ -185,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", "--data_path", dest="data_path", help="data for the int8 calibration and checks")
     p.set_defaults(handler=cmd_export)
 
+    p = sub.add_parser("convert", help="another trainer's state_dict -> a convzoo checkpoint (for eval, predict, "
+                                       "export, serve, quantize)")
+    p.add_argument("weights", metavar="WEIGHTS", help="a torch.save'd state_dict, a dict holding one under state_dict, "
+                                                     "model_state_dict or model, or a plain .safetensors file")
+    p.add_argument("--model", required=True, help="the architecture the weights are for (e.g. lenet5)")
+    p.add_argument("--dataset", required=True, help="the catalog data set they were trained on (mnist, fashion-mnist, "
+                                                    "cifar10): its classes, input size and normalisation")
+    p.add_argument("--output", "-o", required=True, help="the checkpoint to write (.pt or .pth)")
+    p.add_argument("--exist-ok", action="store_true", help="overwrite an existing --output")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_convert)
+
     p = sub.add_parser("predict", help="classify image files")
     p.add_argument("--model", required=True, help="model.onnx, a convzoo checkpoint, or NAME:DATASET")
     p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or quoted patterns like 'shots/*.jpg'")
@@ -503,6 +515,14 @@ def cmd_export(args) -> int:
     result = export(args.ckpt, args.output, format=args.format, int8=args.int8, opset=args.opset,
                     dynamic_batch=args.dynamic_batch, data_path=args.data_path)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .engine.convert import convert, result_line
+
+    result = convert(args.weights, model=args.model, dataset=args.dataset, output=args.output, exist_ok=args.exist_ok)
+    print(json.dumps(result) if args.json else printable(result_line(result)))
     return 0
 
 

@@ -153,8 +153,9 @@ def check_torch_signature(path: Path) -> None:
 def check_checkpoint(ckpt, path) -> dict:
     """A loaded .pt's contents checked as a convzoo checkpoint: format record, description, tensors."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record); a plain "
-                              "state_dict can only initialise training, with train --restore", path)
+        raise CheckpointError("not a convzoo checkpoint (no 'format: convzoo-checkpoint' record); make one from a "
+                              "plain state_dict with `convzoo convert WEIGHTS --model NAME --dataset DATASET --output "
+                              "OUT.pt`, or start training from it with train --restore", path)
     check_version(ckpt.get("version"), VERSION, "convzoo checkpoint format version", path)
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
@@ -469,7 +470,7 @@ def check_optimizer_state(saved: dict, path, optimizer: torch.optim.Optimizer | 
 def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
     """Build the checkpoint's model and load its weights (strictly)."""
     from ..errors import ConfigError
-    from ..models.registry import create_model, get_model_info
+    from ..models.registry import get_model_info
 
     try:
         info = get_model_info(ckpt["model"])
@@ -480,22 +481,33 @@ def model_from_checkpoint(ckpt: dict, path=None) -> nn.Module:
                               f"({info.input_size}x{info.input_size})", path)
     what = f"weights do not fit model {ckpt['model']!r}"
     check_weights_fit(ckpt, path, what)  # names and shapes first: AlexNet for 100,000 classes is 2 GB
-    model = create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["input"]["channels"])
+    model = build_model(ckpt)
     load_strict(model, ckpt["state_dict"], path, what)
     return model
 
 
-def check_weights_fit(ckpt: dict, path, what: str) -> None:
-    """The checkpoint's tensor names and shapes against its model's, built on the meta device (no
-    memory); a model that cannot be built there (lenet5-1998's __init__ computes from values) is
-    left to its real build, which checks them."""
+def build_model(ckpt: dict) -> nn.Module:
+    """The model a checkpoint (or its description) names, for its classes and input channels."""
     from ..models.registry import create_model
 
+    return create_model(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["input"]["channels"])
+
+
+def meta_model(ckpt: dict) -> nn.Module | None:
+    """build_model on the meta device (no memory), or None for a model that cannot be built there
+    (lenet5-1998's __init__ computes from values)."""
     try:
         with torch.device("meta"):
-            skeleton = create_model(ckpt["model"], num_classes=ckpt["num_classes"],
-                                    in_channels=ckpt["input"]["channels"])
+            return build_model(ckpt)
     except (NotImplementedError, RuntimeError):
+        return None
+
+
+def check_weights_fit(ckpt: dict, path, what: str) -> None:
+    """The checkpoint's tensor names and shapes against its model's, built on the meta device; a model
+    that cannot be built there is left to its real build, which checks them."""
+    skeleton = meta_model(ckpt)
+    if skeleton is None:
         return
     with warnings.catch_warnings():  # "copying ... to a meta parameter ... is a no-op": only shapes matter here
         warnings.simplefilter("ignore", UserWarning)

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.catalog import FolderRule, get_spec
+from ..data.catalog import DatasetSpec, FolderRule, get_spec
 from ..data.formats import inside, split_fingerprint
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
                             steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, DataError, Terminated, first_line
 from ..metadata import check_model_meta
-from ..models.registry import create_model, get_model_info
+from ..models.registry import ModelInfo, create_model, get_model_info
 from . import distributed, rundir
 from .checkpoint import (check_model_name, check_optimizer_state, check_resume_state, freeze, load_checkpoint,
                          load_strict, restore_weights, save_checkpoint)
@@ -78,14 +78,7 @@ class TrainingRun:
         notes = []  # (line, event) for train.log, which is opened only then
 
         folder = FolderRule(cfg.image_size, cfg.channels or info.in_channels, cfg.test_split)  # --dataset folder only
-        if info.fit == "none" and data_spec.folder and cfg.image_size != info.input_size:
-            raise ConfigError(f"{cfg.model} takes {info.input_size}x{info.input_size} images as they are: "
-                              f"use --image-size {info.input_size}")
-        if info.fit == "none" and not data_spec.folder and data_spec.image_shape[-1] != info.input_size:
-            # it would train (the net takes any size), and its checkpoint could not be read back
-            side = data_spec.image_shape[-1]
-            raise ConfigError(f"{cfg.model} takes {info.input_size}x{info.input_size} images as they are; "
-                              f"{data_spec.name}'s are {side}x{side}: choose another model for it")
+        check_input_fit(info, data_spec, cfg.image_size)
         train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main, folder=folder)
         data_spec = located.spec  # an image folder's classes, mean and std are found in it
         train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
@@ -97,7 +90,7 @@ class TrainingRun:
         train_split, val_split = split_validation(train_split, cfg.val_split)
         if cfg.val_split and not len(train_split):  # else the batch size would be blamed below
             raise ConfigError(f"--val-split {cfg.val_split:g} of {kept} training images leaves no training images")
-        self.spec = spec = InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+        self.spec = spec = input_spec(info, data_spec)
         split = None
         if data_spec.folder:
             check_class_names(train_split.classes, cfg.model, spec, located.root)
@@ -167,11 +160,8 @@ class TrainingRun:
             self.train_split, self.test_split = train_split.to(device), test_split.to(device)
             self.val_split = val_split.to(device) if val_split is not None else None
 
-            self.base = dict(model=cfg.model, num_classes=len(train_split.classes),
-                             class_names=list(train_split.classes), dataset=data_spec.name, input=spec.to_dict(),
-                             config=cfg.to_dict())
-            if data_spec.folder:  # so eval and predict --from-test read the folder again the same way
-                self.base["data"] = {**data_spec.folder.to_dict(), "path": str(located.root), "split": split}
+            self.base = describe_model(cfg.model, train_split.classes, data_spec, spec, cfg.to_dict(), located.root,
+                                       split)
             if main:
                 rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world,
                                           "device": str(device), "data_found_in": str(located.root),
@@ -539,6 +529,37 @@ def check_class_names(classes, model: str, spec: InputSpec, folder: Path) -> Non
     except CheckpointError as exc:
         raise DataError(f"class folder names cannot be saved as the model's class names: {exc}; rename the "
                         "folder", folder) from None
+
+
+def check_input_fit(info: ModelInfo, data_spec: DatasetSpec, image_size: int) -> None:
+    """A model that takes images as they are (fit 'none') gets images of its input size: it would
+    train on others (the net takes any size), and its checkpoint could not be read back."""
+    if info.fit == "none" and data_spec.folder and image_size != info.input_size:
+        raise ConfigError(f"{info.name} takes {info.input_size}x{info.input_size} images as they are: "
+                          f"use --image-size {info.input_size}")
+    if info.fit == "none" and not data_spec.folder and data_spec.image_shape[-1] != info.input_size:
+        side = data_spec.image_shape[-1]
+        raise ConfigError(f"{info.name} takes {info.input_size}x{info.input_size} images as they are; "
+                          f"{data_spec.name}'s are {side}x{side}: choose another model for it")
+
+
+def input_spec(info: ModelInfo, data_spec: DatasetSpec) -> InputSpec:
+    """How the data set's images become the model's input."""
+    return InputSpec(data_spec.image_shape[0], info.input_size, info.fit, data_spec.mean, data_spec.std)
+
+
+def describe_model(model: str, classes, data_spec: DatasetSpec, spec: InputSpec, config: dict | None = None,
+                   root: Path | None = None, split: dict | None = None) -> dict:
+    """What a checkpoint says about its model (best.pt's and last.pt's, and `convzoo convert`'s, which
+    has no run config): metadata.check_model_meta reads it back. An image folder's reading rule, path
+    and test split too, so eval and predict --from-test read the folder again the same way."""
+    base = dict(model=model, num_classes=len(classes), class_names=list(classes), dataset=data_spec.name,
+                input=spec.to_dict())
+    if config is not None:
+        base["config"] = config
+    if data_spec.folder:
+        base["data"] = {**data_spec.folder.to_dict(), "path": str(root), "split": split}
+    return base
 
 
 def check_fits(model: nn.Module, x: torch.Tensor, name: str, data_title: str) -> None:
