@@ -224,6 +224,9 @@ def read_onnx_metadata(onnx_model, path) -> dict:
     return meta
 
 
+ELEMENT_TYPES = {2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16"}
+
+
 def check_graph_io(graph, meta: dict, path) -> None:
     """Exactly one float image input (N, C, H, W) whose fixed dims match the spec, one output."""
     initializers = {t.name for t in graph.initializer}
@@ -233,12 +236,13 @@ def check_graph_io(graph, meta: dict, path) -> None:
     if len(graph.output) != 1:
         raise MetadataError(f"ONNX graph must have exactly one output (the logits), it has {len(graph.output)}", path)
     out_dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.output[0].type.tensor_type.shape.dim]
-    if out_dims and out_dims[-1] is not None and out_dims[-1] != len(meta["class_names"]):
+    if len(out_dims) == 2 and out_dims[-1] is not None and out_dims[-1] != len(meta["class_names"]):
         raise MetadataError(f"ONNX output has {out_dims[-1]} logits but the metadata names "
                             f"{len(meta['class_names'])} classes", path)
     tensor = inputs[0].type.tensor_type
     if tensor.elem_type != 1:  # onnx.TensorProto.FLOAT
-        raise MetadataError(f"ONNX input {inputs[0].name!r} is not float32 (element type {tensor.elem_type})", path)
+        kind = ELEMENT_TYPES.get(tensor.elem_type, f"element type {tensor.elem_type}")
+        raise MetadataError(f"ONNX input {inputs[0].name!r} is {kind}, not float32: convzoo feeds float32 images", path)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     spec = meta["input"]
     want = [None, spec["channels"], spec["size"], spec["size"]]

@@ -105,8 +105,11 @@ def select_classes_by_name(split: Split, names, path=None) -> Split:
     if list(split.classes) == list(names):
         return split
     missing = [n for n in names if n not in split.classes]
-    if missing:
-        raise DataError(f"the model's classes {missing} are not in this data set ({', '.join(split.classes)})", path)
+    if missing:  # at most a few names each: a 1,000-class model's list made a 13,000-character line
+        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
+        have = ", ".join(split.classes[:20]) + (", ..." if len(split.classes) > 20 else "")
+        raise DataError(f"the model's classes {shown} are not in this data set ({have}): eval scores a model on "
+                        "a data set whose class names it shares", path)
     return select_classes(split, [split.classes.index(n) for n in names])
 
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..metadata import (MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, META_KEY, MetadataError, check_graph_io,
-                        check_model_meta)
+from ..metadata import (MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_NAME_CHARS, META_KEY, MetadataError,
+                        check_graph_io, check_model_meta)
 
 HINTS = ("classes", "mean", "std", "input_size", "crop", "preprocess")  # what a user may say about such a file
 MAX_CLASSES_FILE = 16 << 20  # a class-name file larger than this is not one (ImageNet-21k's is ~1 MB)
-MAX_ULTRALYTICS_NAMES = 16 << 20  # characters of Ultralytics' `names` entry read at most
+MAX_ULTRALYTICS_NAMES = 4 << 20  # characters of Ultralytics' `names` entry read at most (21k names: ~0.7 MB)
+# One `index: 'name'` pair of Ultralytics' names entry (Python's repr of a dict of ints to strings): read pair by
+# pair, so a hostile entry costs linear time and no more memory than its text (ast.literal_eval of a 16 MB
+# nested list took minutes and gigabytes).
+NAME_PAIR = re.compile(r"""\s*(\d{1,9})\s*:\s*('(?:[^'\\\n]|\\.){0,1000}'|"(?:[^"\\\n]|\\.){0,1000}")\s*(,|$)""")
 # Ultralytics' classify_transforms: pixels in 0..1, no normalisation, the shorter side resized to the
 # input, then the centre square (crop fraction 1.0).
 ULTRALYTICS_INPUT = {"mean": 0.0, "std": 1.0, "crop": 1.0}
@@ -35,7 +40,7 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     hints = {k: v for k, v in (hints or {}).items() if v is not None}
     if hints.get("crop") is not None and hints.get("preprocess", "resize") != "resize":
         raise ConfigError(f"--crop goes with --preprocess resize; {hints['preprocess']} crops to the strokes", path)
-    layout, channels, size = input_layout(onnx_model.graph, path)
+    layout, channels, size = input_layout(onnx_model.graph, path, hints.get("mean"))
     found = ultralytics_hints(onnx_model, path)
     if found.get("input_size") and size and found["input_size"] != size:
         raise MetadataError(f"its Ultralytics metadata says imgsz {found['input_size']} but the graph's input is "
@@ -48,11 +53,18 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     if isinstance(hints.get("classes"), dict):  # the API's {index: name}
         hints["classes"] = indexed_names(hints["classes"], "classes", path)
     missing = [flag for flag, ok in (("--classes", "classes" in hints), ("--mean", "mean" in hints),
-                                     ("--std", "std" in hints), ("--input-size", size)) if not ok]
+                                     ("--std", "std" in hints)) if not ok]
     if missing:
         raise MetadataError(f"ONNX file has no convzoo metadata; describe it with {', '.join(missing)} (the class "
                             "names, and the mean and std its training normalised pixels in 0..1 with; see the "
                             "README's 'Models made elsewhere'), or export it with `convzoo export`", path)
+    if not size:
+        raise MetadataError("the graph leaves its input's side open: give it with --input-size", path)
+    if isinstance(hints["classes"], (list, tuple)):
+        hints["classes"] = unique_names(list(hints["classes"]))
+        if len(hints["classes"]) < 2:  # a sigmoid score's one output: softmax would make every answer 1.0
+            raise MetadataError("a classifier needs an output per class, at least 2; a model with one output "
+                                "(a sigmoid score) is not one convzoo can run", path)
     rule = hints.get("preprocess", "resize")
     if rule in ("digit", "fashion") and channels != 1:
         raise ConfigError(f"--preprocess {rule} reads grey images; the model takes {channels} channels", path)
@@ -68,9 +80,10 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     return meta
 
 
-def input_layout(graph, path) -> tuple[str, int, int | None]:
+def input_layout(graph, path, mean=None) -> tuple[str, int, int | None]:
     """('nchw' or 'nhwc', channels, side or None when open) of the graph's one image input: channels are
-    the 1 or 3 long axis beside the square (or open) pair of spatial axes."""
+    the 1 or 3 long axis beside the square (or open) pair of spatial axes. An input with every axis open
+    (Hugging Face exports' pixel_values) is (N, C, H, W) with a channel per value of `mean`."""
     weights = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
     if len(inputs) != 1:
@@ -80,6 +93,11 @@ def input_layout(graph, path) -> tuple[str, int, int | None]:
     shown = ["?" if d is None else d for d in dims]
     if len(dims) != 4:
         raise MetadataError(f"ONNX input shape {shown} is not an image batch (N, C, H, W) or (N, H, W, C)", path)
+    if dims[1:] == [None, None, None]:
+        if isinstance(mean, (list, tuple)) and len(mean) in (1, 3):
+            return "nchw", len(mean), None
+        raise MetadataError(f"ONNX input shape {shown} leaves the channels open: give --mean with one value per "
+                            "channel (3 for RGB)", path)
     for layout, c, (h, w) in (("nchw", dims[1], dims[2:]), ("nhwc", dims[3], dims[1:3])):
         if c in (1, 3) and (h is None or h > MAX_CHANNELS) and (w is None or w > MAX_CHANNELS):
             if h != w and None not in (h, w):
@@ -106,14 +124,34 @@ def ultralytics_hints(onnx_model, path) -> dict:
     text = props["names"]
     if len(text) > MAX_ULTRALYTICS_NAMES:
         raise MetadataError(f"its Ultralytics names entry is longer than {MAX_ULTRALYTICS_NAMES:,} characters", path)
-    try:
-        names = ast.literal_eval(text)  # literals only: no code runs
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise MetadataError("its Ultralytics names entry is not a {index: name} mapping", path) from None
-    found = {**ULTRALYTICS_INPUT, "classes": indexed_names(names, "its Ultralytics names entry", path)}
+    found = {**ULTRALYTICS_INPUT, "classes": indexed_names(ultralytics_names(text, path), "its Ultralytics names "
+                                                                                           "entry", path)}
     if "imgsz" in props:
         found["input_size"] = ultralytics_size(props["imgsz"], path)
     return found
+
+
+def ultralytics_names(text: str, path) -> dict:
+    """{index: name} from Ultralytics' repr of a dict, pair by pair (NAME_PAIR); each name's quoted text is
+    read by ast.literal_eval (a short literal: no code runs)."""
+    inner = text.strip()
+    if not (inner.startswith("{") and inner.endswith("}")):
+        raise MetadataError("its Ultralytics names entry is not a {index: name} mapping", path)
+    inner, names, at = inner[1:-1].strip(), {}, 0
+    while at < len(inner):
+        pair = NAME_PAIR.match(inner, at)
+        if pair is None or pair.end() == at:
+            raise MetadataError("its Ultralytics names entry is not a {index: name} mapping", path)
+        try:
+            name = ast.literal_eval(pair[2])
+        except (ValueError, SyntaxError):
+            raise MetadataError("its Ultralytics names entry is not a {index: name} mapping", path) from None
+        if pair[1] in names or len(names) >= MAX_CLASSES:
+            raise MetadataError(f"its Ultralytics names entry repeats index {pair[1]} or has more than "
+                                f"{MAX_CLASSES:,} classes", path)
+        names[pair[1]] = name
+        at = pair.end()
+    return names
 
 
 def ultralytics_size(text: str, path) -> int:
@@ -155,6 +193,15 @@ def per_channel(value, channels: int) -> list:
     return [value] * channels if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
+def unique_names(names: list) -> list:
+    """Names as given, a repeated one numbered by its index ('crane (134)', 'crane (517)': ImageNet's own
+    label files name two classes 'crane' and two 'maillot'), so every answer says which class it is."""
+    seen = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    return [f"{name} ({i})" if seen[name] > 1 else name for i, name in enumerate(names)]
+
+
 def read_classes(text: str) -> list[str]:
     """--classes: a count N (names '0'..'N-1'), names separated by commas, or a file: one name per line
     (.txt), or JSON: a list, an {index: name} mapping, or a Hugging Face config.json's id2label."""
@@ -177,15 +224,28 @@ def read_classes(text: str) -> list[str]:
         raise ConfigError("class names must be UTF-8 text", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read class names ({exc.strerror or exc})", path) from None
-    if path.suffix.lower() != ".json":
-        return [line.strip() for line in content.splitlines() if line.strip()]
+    if path.suffix.lower() != ".json":  # lines end at \n (\r\n too), not at str.splitlines' U+2028 or U+0085
+        return checked_names([line.strip() for line in content.split("\n") if line.strip()], path)
     try:
         data = json.loads(content)
     except (ValueError, RecursionError):
         raise ConfigError("not valid JSON", path) from None
     if isinstance(data, dict) and "id2label" in data:  # a Hugging Face model's config.json
         data = data["id2label"]
-    return indexed_names(data, "the class names", path)
+    if isinstance(data, dict) and isinstance(data.get("label_names"), list):  # a timm hub config.json
+        data = data["label_names"]
+    return checked_names(indexed_names(data, "the class names", path), path)
+
+
+def checked_names(names: list, path) -> list[str]:
+    """Class names read from a file, checked there, so a problem names the file, not the model."""
+    if not 1 <= len(names) <= MAX_CLASSES:
+        raise ConfigError(f"holds {len(names):,} class names; a model has 1..{MAX_CLASSES:,}", path)
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
+            raise ConfigError(f"class {i}'s name must be text of 1..{MAX_NAME_CHARS} characters, got "
+                              f"{str(name)[:40]!r}", path)
+    return names
 
 
 def parse_numbers(text: str, flag: str) -> float | list[float]:

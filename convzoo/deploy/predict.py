@@ -20,7 +20,7 @@ from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
 MAX_TOPK = 1000  # classes a result may list: the API, `predict --topk` and the server allow 1..this
-DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size and --crop"
+DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size, --crop and --preprocess"
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 
@@ -57,16 +57,21 @@ class Predictor:
                                   f"convzoo runs at once for this input size; {REEXPORT}", self.path)
             self.batch_rows, run_session = fixed, in_fixed_batches(run_session, fixed)
 
+        classes = len(meta["class_names"])
+
         def run(x):
             try:
-                return run_session(x)
+                out = run_session(x)
             except Exception as exc:  # a graph whose weights disagree with its own shapes fails only when run
                 raise ConfigError(f"the model failed to run ({runtime_reason(exc)})", self.path) from None
+            if out.shape != (len(x), classes):  # a graph that drops or folds rows would misattribute answers
+                images = f"{len(x)} image{'s' if len(x) > 1 else ''}"
+                raise ConfigError(f"the model outputs shape {list(out.shape)} for {images}, not "
+                                  f"[{len(x)}, {classes}] (one logit per class per image)", self.path)
+            return out
 
-        out = run(np.zeros((1, spec["channels"], spec["size"], spec["size"]), np.float32))  # refused now, not per request
-        if out.shape != (1, len(meta["class_names"])):
-            raise ConfigError(f"the model outputs shape {list(out.shape)} for one image, not [1, "
-                              f"{len(meta['class_names'])}] (one logit per class)", self.path)
+        # Refused now, not per request: one image, and two where the batch is open (a graph folding the batch)
+        out = run(np.zeros((min(2, self.batch_rows), spec["channels"], spec["size"], spec["size"]), np.float32))
         if not np.isfinite(out).all():  # NaN weights, say: every prediction would be NaN
             raise ConfigError("the model outputs non-finite logits (NaN or inf) for an all-zero input; its weights "
                               "are unusable", self.path)
@@ -201,14 +206,19 @@ def channels_last(run):
     return lambda x: run(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
 
 
+# Ops between a final Softmax and the output that leave its values as they are (up to int8 rounding for a
+# quantize-dequantize pair, as onnxruntime's QDQ quantization writes) or only reshape them.
+PASS_THROUGH = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Squeeze")
+
+
 def output_kind(model) -> str:
     """'probabilities' when the graph's output is made by a Softmax over the class axis (through Identity or
     Cast), 'log-probabilities' for a LogSoftmax, else 'logits' (softmax is taken of them). The output is
     (N, classes) (Predictor checks it), so the class axis is 1 or -1 (Softmax's default in every opset)."""
     producer = {o: n for n in model.graph.node for o in n.output}
     node = producer.get(model.graph.output[0].name)
-    for _ in range(len(model.graph.node)):
-        if node is None or node.op_type not in ("Identity", "Cast") or node.domain not in ("", "ai.onnx"):
+    for _ in range(len(model.graph.node)):  # ops that keep the values: a softmax's rows still sum to 1
+        if node is None or node.op_type not in PASS_THROUGH or node.domain not in ("", "ai.onnx"):
             break
         node = producer.get(node.input[0])
     if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Softmax", "LogSoftmax"):

@@ -21,11 +21,13 @@ import binascii
 import contextlib
 import json
 import logging
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from itertools import islice
+from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qsl
 
@@ -62,7 +64,9 @@ INLINE_SECONDS = 0.005
 MAX_QUEUE_BYTES = 64 << 20  # their bodies together; a single request over it still queues when none waits
 # Content types under which the body is tried as one raw image: none, octet-stream, and curl's default.
 UNTYPED_BODIES = ("", "application/octet-stream", "application/x-www-form-urlencoded")
-SETTINGS_ENV = "CONVZOO_SERVE_SETTINGS"  # create_app's keywords as JSON, for uvicorn's worker processes
+# The file holding create_app's keywords as JSON, for the worker processes (a file: 21,843 class names in
+# the environment itself passed Linux's 128 KiB limit per variable, and no worker could start)
+SETTINGS_ENV = "CONVZOO_SERVE_SETTINGS"
 
 log = logging.getLogger("uvicorn.error")
 # python-multipart logs each malformed body as a warning before raising; the client gets that as a 422,
@@ -610,7 +614,8 @@ def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
 def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, **settings) -> int:
     """Load the model and bind the port here, so either failing is one line (ConvzooError) before
     uvicorn starts; with workers > 1 each worker process loads the model again and has its own
-    batcher (the settings, create_app's keywords, travel in the environment) and, on Linux, its own
+    batcher (the settings, create_app's keywords, travel in a file named in the environment; it lasts
+    as long as this call, so a replaced worker reads it too) and, on Linux, its own
     socket (workers.py). The exit status: 0 once stopped, 2 when a worker could not start."""
     import os
 
@@ -624,7 +629,10 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
     else:
         # fail here, once, not in every worker
         Predictor(model_path, runtime=settings.get("runtime", "auto"), describe=settings.get("describe"))
-        os.environ[SETTINGS_ENV] = json.dumps({"model_path": str(model_path), **settings})
+        settings_file = tempfile.NamedTemporaryFile("w", prefix="convzoo-serve-", suffix=".json")
+        json.dump({"model_path": str(model_path), **settings}, settings_file)
+        settings_file.flush()
+        os.environ[SETTINGS_ENV] = settings_file.name
     balanced = workers > 1 and worker_processes.balanced()
     sockets = worker_processes.bind_each(host, port, workers) if balanced else [worker_processes.listen(host, port)]
     port = sockets[0].getsockname()[1]  # the real one when asked for 0
@@ -653,4 +661,4 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
 def app_from_environment() -> FastAPI:
     import os
 
-    return create_app(**json.loads(os.environ[SETTINGS_ENV]))
+    return create_app(**json.loads(Path(os.environ[SETTINGS_ENV]).read_text()))
