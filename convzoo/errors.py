@@ -2,9 +2,10 @@
 
 import re
 
-# C0, DEL, C1 (8-bit CSI), line/paragraph separators, and surrogates: a file name's bytes that are not
-# UTF-8 reach Python as U+DC80..U+DCFF (surrogateescape), which no terminal can print.
-UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# C0, DEL, C1 (8-bit CSI), line/paragraph separators, bidirectional overrides (a class name with U+202E
+# printed the rest of the line reversed), and surrogates: a file name's bytes that are not UTF-8 reach
+# Python as U+DC80..U+DCFF (surrogateescape), which no terminal can print.
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:

@@ -198,6 +198,7 @@ def test_error_text_stays_on_one_line_and_off_the_terminal_controls():
     from convzoo.errors import ConfigError, printable
 
     assert printable("a\nb\r\x1b[31m\x9b31m\u2028\x85 ü 名") == "a\\nb\\r\\x1b[31m\\x9b31m\\u2028\\x85 ü 名"
+    assert printable("cat\u202egod\u2066") == "cat\\u202egod\\u2066"  # bidirectional overrides
     assert str(ConfigError("not an image", "bad\nname.png")) == "bad\\nname.png: not an image"
 
 
