@@ -271,10 +271,24 @@ def add_describe_flags(parser) -> None:
                             "Fashion-MNIST's images were made (the strokes cropped, centred on black, 28x28)")
 
 
-def describe_hints(args) -> dict:
-    """--classes, --mean, --std, --input-size, --crop as Predictor's `describe`; unset ones left out."""
-    from .deploy.foreign import HINTS, parse_numbers, read_classes
+def description_flags(args) -> bool:
+    """Any of --classes, --mean, --std, --input-size, --crop, --preprocess given."""
+    from .deploy.foreign import HINTS
 
+    return any(getattr(args, k, None) is not None for k in HINTS)
+
+
+def describe_hints(args) -> dict:
+    """--classes, --mean, --std, --input-size, --crop, --preprocess as Predictor's `describe` (unset ones
+    left out); refused for a model that is not an ONNX file before a class file is read."""
+    from .deploy.foreign import HINTS, parse_numbers, read_classes
+    from .deploy.predict import DESCRIBE_FLAGS
+    from .errors import ConfigError
+    from .metadata import is_onnx
+
+    if description_flags(args) and getattr(args, "model", None) and not is_onnx(args.model):
+        raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint describes "
+                          "itself", args.model)
     hints = {k: getattr(args, k) for k in HINTS if getattr(args, k, None) is not None}
     if "classes" in hints:
         hints["classes"] = read_classes(hints["classes"])
@@ -398,10 +412,15 @@ def cmd_eval(args) -> int:
     threads = configure_threads(args.threads or default_threads(2), torch.device("cpu"))
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
+    if description_flags(args) and args.ckpt:
+        from .deploy.predict import DESCRIBE_FLAGS
+
+        raise ConfigError(f"{DESCRIBE_FLAGS} describe an ONNX file made elsewhere (--model FILE); a checkpoint "
+                          "describes itself")
+    if description_flags(args) and not args.dataset:  # before the file is read and the runtime built
+        raise ConfigError("a model made elsewhere names no data set: eval takes --dataset NAME, whose classes are "
+                          "matched to the model's by name")
     hints = describe_hints(args)
-    if hints and args.ckpt:
-        raise ConfigError("--classes, --mean, --std, --input-size, --crop and --preprocess describe an ONNX file made "
-                          "elsewhere (--model FILE); a checkpoint describes itself")
     # Beside a checkpoint file by default; shipped weights (NAME:DATASET, or their file named by path)
     # have no folder of the user's to write in: the installed package is not one.
     confusion = args.confusion or (str(Path(args.ckpt).parent / "confusion.png")

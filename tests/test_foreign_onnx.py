@@ -126,6 +126,8 @@ def test_repeated_names_are_numbered_not_refused(files, tmp_path):
     ultra = write(onnx.load(str(files["ultralytics"])), tmp_path / "u.onnx",
                   {**ULTRALYTICS, "names": repr({i: "x" for i in range(10)})})
     assert convzoo.load(ultra).classes == [f"x ({i})" for i in range(10)]
+    clash = ["a", "b", "a", "a (2)", *map(str, range(6))]  # a numbered name that is already taken
+    assert convzoo.load(files["plain"], classes=clash, **MNIST).classes[:4] == ["a (0)", "b", "a (2)", "a (2) (3)"]
 
 
 def test_crop_keeps_the_centre_square(files, digits):
@@ -160,6 +162,15 @@ def test_class_names_come_in_every_common_form(files, tmp_path, form):
     given = {"commas": ",".join(NAMES), "count": "10"}.get(form, str(path))
     model = convzoo.load(files["plain"], classes=given, **MNIST)
     assert model.classes == ([str(i) for i in range(10)] if form == "count" else NAMES)
+
+
+def test_a_long_comma_list_is_no_file_name(tmp_path):
+    """Longer than a file name may be (255 bytes): pathlib's is_file raised ENAMETOOLONG, a traceback."""
+    names = [f"class number {i}" for i in range(100)]
+    path = write(foreign_graph(["N", 1, 16, 16], out_classes=100), tmp_path / "g.onnx")
+    assert convzoo.load(path, classes=",".join(names), mean=0, std=1).classes == names
+    assert "neither a count" in assert_user_error(run_cli("predict", "--model", path, "--classes", "\u00b2", "--mean",
+                                                          "0", "--std", "1", "--from-test", "1"))
 
 
 def test_eval_scores_a_described_file_on_a_named_data_set(files):
@@ -315,7 +326,14 @@ def test_an_open_channels_last_input_runs_at_the_given_size(tmp_path):
     path = write(foreign_graph(["N", "H", "W", 3]), tmp_path / "g.onnx")
     model = convzoo.load(path, classes=10, mean=0.5, std=0.25, input_size=24)
     assert model._predictor.meta["input"]["layout"] == "nhwc" and model._predictor.meta["input"]["size"] == 24
-    assert len(convzoo.predict(model, [np.zeros((40, 30, 3), np.uint8)])) == 1
+    image = np.zeros((24, 24, 3), np.uint8)
+    image[0, :4] = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    # The graph's first 10 values, channels last: pixel (0, 0)'s R, G, B, then pixel (0, 1)'s ...
+    logits = (np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 0, 0]]).ravel()[:10] / 255 - 0.5) / 0.25
+    expected = np.exp(logits) / np.exp(logits).sum()
+    result = convzoo.predict(model, [image], topk=10)[0]
+    got = np.array([t["probability"] for t in sorted(result["topk"], key=lambda t: t["index"])])
+    assert np.abs(got - expected).max() < 1e-5
 
 
 @pytest.mark.parametrize("props, fragment", [

@@ -196,23 +196,34 @@ def per_channel(value, channels: int) -> list:
 def unique_names(names: list) -> list:
     """Names as given, a repeated one numbered by its index ('crane (134)', 'crane (517)': ImageNet's own
     label files name two classes 'crane' and two 'maillot'), so every answer says which class it is."""
-    seen = {}
+    counts = {}
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-    return [f"{name} ({i})" if seen[name] > 1 else name for i, name in enumerate(names)]
+        counts[name] = counts.get(name, 0) + 1
+    out = [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(names)]
+    taken = set()
+    for i, name in enumerate(out):  # a numbered name that another class already bears ('a (2)'): its index again
+        while name in taken:
+            name = f"{name} ({i})"
+        taken.add(name)
+        out[i] = name
+    return out
 
 
 def read_classes(text: str) -> list[str]:
     """--classes: a count N (names '0'..'N-1'), names separated by commas, or a file: one name per line
     (.txt), or JSON: a list, an {index: name} mapping, or a Hugging Face config.json's id2label."""
     text = text.strip()
-    if text.isdigit() and len(text) < 10:
+    if text.isascii() and text.isdigit() and len(text) < 10:  # '²' is a digit to isdigit, not to int
         count = int(text)
         if not 1 <= count <= MAX_CLASSES:
             raise ConfigError(f"--classes {count}: a model has 1..{MAX_CLASSES:,} classes")
         return [str(i) for i in range(count)]
     path = Path(text)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long list of names is no file name (ENAMETOOLONG), nor is one in a closed folder
+        is_file = False
+    if not is_file:
         if "," in text:
             return [name.strip() for name in text.split(",")]
         raise ConfigError(f"--classes {text[:80]!r} is neither a count, names separated by commas nor a file")

@@ -70,8 +70,10 @@ class Predictor:
                                   f"[{len(x)}, {classes}] (one logit per class per image)", self.path)
             return out
 
-        # Refused now, not per request: one image, and two where the batch is open (a graph folding the batch)
-        out = run(np.zeros((min(2, self.batch_rows), spec["channels"], spec["size"], spec["size"]), np.float32))
+        # Refused now, not per request: one image, and a file made elsewhere two where its batch is open (a graph
+        # folding or dropping rows); convzoo's own verified export keeps its rows
+        rows = 1 if own else min(2, self.batch_rows)
+        out = run(np.zeros((rows, spec["channels"], spec["size"], spec["size"]), np.float32))
         if not np.isfinite(out).all():  # NaN weights, say: every prediction would be NaN
             raise ConfigError("the model outputs non-finite logits (NaN or inf) for an all-zero input; its weights "
                               "are unusable", self.path)
@@ -212,9 +214,10 @@ PASS_THROUGH = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear", "Flatt
 
 
 def output_kind(model) -> str:
-    """'probabilities' when the graph's output is made by a Softmax over the class axis (through Identity or
-    Cast), 'log-probabilities' for a LogSoftmax, else 'logits' (softmax is taken of them). The output is
-    (N, classes) (Predictor checks it), so the class axis is 1 or -1 (Softmax's default in every opset)."""
+    """'probabilities' when the graph's output is made by a Softmax over the class axis (through the
+    PASS_THROUGH ops), 'log-probabilities' for a LogSoftmax, else 'logits' (softmax is taken of them). The
+    output is (N, classes) (Predictor checks it), so the class axis is taken to be 1 or -1 (Softmax's default
+    in every opset); behind a Reshape that is an assumption about the shape before it."""
     producer = {o: n for n in model.graph.node for o in n.output}
     node = producer.get(model.graph.output[0].name)
     for _ in range(len(model.graph.node)):  # ops that keep the values: a softmax's rows still sum to 1

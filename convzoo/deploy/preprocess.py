@@ -58,9 +58,14 @@ def centre_square(image: Image.Image, fraction: float) -> Image.Image:
     """The centre square of side `fraction` of the shorter side: resized to the input afterwards, as
     torchvision's Resize(size / fraction) then CenterCrop(size)."""
     w, h = image.size
-    side = max(1, round(min(w, h) * fraction))
-    left, top = (w - side) // 2, (h - side) // 2
+    left, top, side = centre_box(w, h, fraction)
     return image.crop((left, top, left + side, top + side)) if (side, side) != (w, h) else image
+
+
+def centre_box(width: int, height: int, fraction: float) -> tuple[int, int, int]:
+    """(left, top, side) of the centre square of side `fraction` x the shorter side."""
+    side = max(1, round(min(width, height) * fraction))
+    return (width - side) // 2, (height - side) // 2, side
 
 
 def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool = False,
@@ -239,8 +244,7 @@ def from_dataset(images: np.ndarray, meta: dict) -> np.ndarray:
     spec = meta["input"]
     crop = spec.get("crop", 1)  # a model made elsewhere (foreign.py): the centre square as for users' photos
     if crop < 1:
-        side = max(1, round(min(images.shape[-2:]) * crop))
-        top, left = (images.shape[-2] - side) // 2, (images.shape[-1] - side) // 2
+        left, top, side = centre_box(images.shape[-1], images.shape[-2], crop)
         images = images[..., top: top + side, left: left + side]
     return normalise(np.stack([fit(im.astype(np.float32) / 255, spec) for im in images]), spec)
 

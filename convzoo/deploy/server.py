@@ -619,20 +619,30 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *, workers: int
     socket (workers.py). The exit status: 0 once stopped, 2 when a worker could not start."""
     import os
 
+    from .protocol import GuardedHttpToolsProtocol  # noqa: F401 - reads CONVZOO_*_TIMEOUT: a bad one is one line here
+
+    with contextlib.ExitStack() as cleanup:  # the settings file deleted and its variable unset on every way out
+        if workers == 1:
+            app = create_app(model_path, **settings)
+        else:
+            # fail here, once, not in every worker
+            Predictor(model_path, runtime=settings.get("runtime", "auto"), describe=settings.get("describe"))
+            settings_file = cleanup.enter_context(tempfile.NamedTemporaryFile("w", prefix="convzoo-serve-",
+                                                                              suffix=".json"))
+            json.dump({"model_path": str(model_path), **settings}, settings_file)
+            settings_file.flush()
+            os.environ[SETTINGS_ENV] = settings_file.name
+            cleanup.callback(os.environ.pop, SETTINGS_ENV, None)
+        return run_server(app if workers == 1 else None, model_path, host, port, workers, settings)
+
+
+def run_server(app, model_path, host: str, port: int, workers: int, settings: dict) -> int:
+    """Bind the port (a socket per worker where the kernel balances them) and run uvicorn until stopped."""
     import uvicorn
 
     from . import workers as worker_processes
-    from .protocol import GuardedHttpToolsProtocol  # reads CONVZOO_*_TIMEOUT: a bad one is one line here
+    from .protocol import GuardedHttpToolsProtocol
 
-    if workers == 1:
-        app = create_app(model_path, **settings)
-    else:
-        # fail here, once, not in every worker
-        Predictor(model_path, runtime=settings.get("runtime", "auto"), describe=settings.get("describe"))
-        settings_file = tempfile.NamedTemporaryFile("w", prefix="convzoo-serve-", suffix=".json")
-        json.dump({"model_path": str(model_path), **settings}, settings_file)
-        settings_file.flush()
-        os.environ[SETTINGS_ENV] = settings_file.name
     balanced = workers > 1 and worker_processes.balanced()
     sockets = worker_processes.bind_each(host, port, workers) if balanced else [worker_processes.listen(host, port)]
     port = sockets[0].getsockname()[1]  # the real one when asked for 0

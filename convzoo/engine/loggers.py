@@ -31,8 +31,10 @@ PROBE_TIMEOUT_S = 5  # one request to a remote tracking server before the run fo
 # MLflow retries a failed request 7 times with backoff (about 4 minutes of silence for a server that is
 # down); while a run is set up, one try with a short timeout, unless the user set these themselves.
 SETUP_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-# During training, two retries: a server that went down costs seconds once, not minutes every epoch.
+# During training, two retries: a server that went down costs seconds once, not minutes every epoch; the
+# upload at the end keeps MLflow's 120 s timeout (a large best.pt through a proxying server).
 RUN_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+UPLOAD_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
 
 
 class Loggers:
@@ -45,6 +47,8 @@ class Loggers:
         for item in list(self.items):
             if not self._call(item, "epoch", row):
                 self.items.remove(item)
+                with contextlib.suppress(Exception), quick_http():  # its file handle, its run marked ended: one try
+                    item.close(False)
 
     def close(self, ok: bool) -> None:
         """Upload the run's files (on success) and mark the run ended; safe to call twice."""
@@ -57,7 +61,7 @@ class Loggers:
         """item.method(arg); False, with one warning line, when it fails: tracking is a copy of what the
         run folder records, never a reason to lose the training."""
         try:
-            with quick_http(RUN_HTTP_ENV):
+            with quick_http(UPLOAD_HTTP_ENV if method == "close" else RUN_HTTP_ENV):
                 getattr(item, method)(arg)
             return True
         except Exception as exc:  # noqa: BLE001 - MLflow, requests, SQLite and the OS raise many types
