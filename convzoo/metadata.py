@@ -224,25 +224,31 @@ def read_onnx_metadata(onnx_model, path) -> dict:
     return meta
 
 
+def image_input(graph, path):
+    """The graph's one input that is not a weight (older exporters list initializers as inputs too)."""
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise MetadataError(f"ONNX graph must have exactly one input, it has {len(inputs)}", path)
+    return inputs[0]
+
+
 ELEMENT_TYPES = {2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16"}
 
 
 def check_graph_io(graph, meta: dict, path) -> None:
     """Exactly one float image input (N, C, H, W) whose fixed dims match the spec, one output."""
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise MetadataError(f"ONNX graph must have exactly one input, it has {len(inputs)}", path)
+    image = image_input(graph, path)
     if len(graph.output) != 1:
         raise MetadataError(f"ONNX graph must have exactly one output (the logits), it has {len(graph.output)}", path)
     out_dims = [d.dim_value if d.HasField("dim_value") else None for d in graph.output[0].type.tensor_type.shape.dim]
     if len(out_dims) == 2 and out_dims[-1] is not None and out_dims[-1] != len(meta["class_names"]):
         raise MetadataError(f"ONNX output has {out_dims[-1]} logits but the metadata names "
                             f"{len(meta['class_names'])} classes", path)
-    tensor = inputs[0].type.tensor_type
+    tensor = image.type.tensor_type
     if tensor.elem_type != 1:  # onnx.TensorProto.FLOAT
         kind = ELEMENT_TYPES.get(tensor.elem_type, f"element type {tensor.elem_type}")
-        raise MetadataError(f"ONNX input {inputs[0].name!r} is {kind}, not float32: convzoo feeds float32 images", path)
+        raise MetadataError(f"ONNX input {image.name!r} is {kind}, not float32: convzoo feeds float32 images", path)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     spec = meta["input"]
     want = [None, spec["channels"], spec["size"], spec["size"]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..metadata import (MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_NAME_CHARS, META_KEY, MetadataError,
-                        check_graph_io, check_model_meta)
+                        check_graph_io, check_model_meta, image_input)
 
 HINTS = ("classes", "mean", "std", "input_size", "crop", "preprocess")  # what a user may say about such a file
 MAX_CLASSES_FILE = 16 << 20  # a class-name file larger than this is not one (ImageNet-21k's is ~1 MB)
@@ -84,12 +84,8 @@ def input_layout(graph, path, mean=None) -> tuple[str, int, int | None]:
     """('nchw' or 'nhwc', channels, side or None when open) of the graph's one image input: channels are
     the 1 or 3 long axis beside the square (or open) pair of spatial axes. An input with every axis open
     (Hugging Face exports' pixel_values) is (N, C, H, W) with a channel per value of `mean`."""
-    weights = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in weights]
-    if len(inputs) != 1:
-        raise MetadataError(f"ONNX graph must have exactly one input, it has {len(inputs)}", path)
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inputs[0].type.tensor_type.shape.dim]
+            for d in image_input(graph, path).type.tensor_type.shape.dim]
     shown = ["?" if d is None else d for d in dims]
     if len(dims) != 4:
         raise MetadataError(f"ONNX input shape {shown} is not an image batch (N, C, H, W) or (N, H, W, C)", path)

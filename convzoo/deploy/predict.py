@@ -13,7 +13,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
-from ..metadata import META_KEY, is_onnx, parse_json_meta, read_onnx_metadata
+from ..metadata import META_KEY, image_input, is_onnx, parse_json_meta, read_onnx_metadata
 from .foreign import describe, has_convzoo_metadata
 from .graph_limits import check_deterministic, check_tensor_sizes, count
 from .preprocess import ImageError, load_image, to_array
@@ -112,8 +112,7 @@ class Predictor:
         check_deterministic(graph, self.path)  # a prediction must not change from run to run
         self.outputs = output_kind(graph)
         self.runtime = pick_runtime(self.runtime, graph)  # 'auto' -> the one that runs
-        weights = {t.name for t in graph.graph.initializer}
-        fixed = fixed_batch(next(i for i in graph.graph.input if i.name not in weights))  # the image input
+        fixed = fixed_batch(image_input(graph.graph, self.path))
         del graph
         try:
             run = open_runner(self.onnx_path, self.threads, self.runtime)
