@@ -102,7 +102,8 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
 
 
 def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None, mean=None, std=None,
-         input_size: int | None = None, crop: float | None = None, preprocess: str | None = None) -> "Model":
+         input_size: int | None = None, crop: float | None = None, interpolation: str | None = None,
+         preprocessor=None, preprocess: str | None = None) -> "Model":
     """A model ready to predict: an ONNX file (no torch needed), a convzoo checkpoint, a shipped
     .safetensors file or a pretrained name such as "lenet5:mnist". runtime: "onnxruntime", "openvino"
     (pip install 'convzoo[openvino]') or "auto" (OpenVINO for int8 files where installed).
@@ -111,15 +112,18 @@ def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None,
     is described as `convzoo predict` takes it: classes (a list of names, {index: name}, a count, or what
     --classes takes: a file or "a,b,c"), mean and std (one number or one per channel, for pixels in
     0..1), input_size (when the graph leaves it open), crop (the centre fraction kept, as timm's
-    crop_pct) and preprocess ("resize", or "digit" / "fashion" for MNIST-like models)."""
-    from .deploy.foreign import read_classes
+    crop_pct), interpolation (Pillow's filter for resizing photos: "bilinear", "bicubic", ...), preprocessor
+    (a timm config.json or Hugging Face preprocessor_config.json to read the others from; arguments given
+    override it) and preprocess ("resize", or "digit" / "fashion" for MNIST-like models)."""
+    from .deploy.foreign import read_classes, with_preprocessor
     from .deploy.predict import Predictor
 
     threads = _integer("threads", threads, 1, 1024)  # before the file: a bad count is not the file's fault
     if isinstance(classes, (str, int)) and not isinstance(classes, bool):
         classes = read_classes(str(classes))
-    describe = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
-                "preprocess": preprocess}
+    given = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
+             "interpolation": interpolation, "preprocess": preprocess}
+    describe = with_preprocessor({k: v for k, v in given.items() if v is not None}, preprocessor)
     return Model(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime, describe=describe),
                  str(path_or_name))
 

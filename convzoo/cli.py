@@ -250,6 +250,8 @@ def add_runtime_flag(parser, auto: str = "auto: OpenVINO for int8 files where it
 def add_describe_flags(parser) -> None:
     """How to read an ONNX classifier made elsewhere (timm, torchvision, Ultralytics, Keras), which carries
     no convzoo description (deploy/foreign.py)."""
+    from .deploy.foreign import INTERPOLATIONS
+
     group = parser.add_argument_group("ONNX files made elsewhere (no convzoo metadata)")
     group.add_argument("--classes", type=nonempty, metavar="FILE|N|A,B,...",
                        help="class names: a file (one per line, or JSON: a list, {index: name}, a Hugging Face "
@@ -266,22 +268,29 @@ def add_describe_flags(parser) -> None:
     group.add_argument("--crop", type=number(float, 0.05, 1), metavar="FRACTION",
                        help="keep the centre square of this fraction of the shorter side, as timm's crop_pct "
                             "(default 1: the whole centre square; torchvision and timm ImageNet models: 0.875)")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS,
+                       help="Pillow's filter for resizing photos to the input (default bilinear; timm's ImageNet "
+                            "models: bicubic)")
+    group.add_argument("--preprocessor", type=nonempty, metavar="FILE",
+                       help="mean, std, crop, interpolation and input side from a timm config.json "
+                            "(pretrained_cfg) or a Hugging Face preprocessor_config.json; flags given override it")
     group.add_argument("--preprocess", choices=("resize", "digit", "fashion"),
                        help="how photos become input: resize (default), or digit / fashion: read as MNIST's / "
                             "Fashion-MNIST's images were made (the strokes cropped, centred on black, 28x28)")
 
 
 def description_flags(args) -> bool:
-    """Any of --classes, --mean, --std, --input-size, --crop, --preprocess given."""
+    """Any of --classes, --mean, --std, --input-size, --crop, --interpolation, --preprocessor, --preprocess given."""
     from .deploy.foreign import HINTS
 
-    return any(getattr(args, k, None) is not None for k in HINTS)
+    return any(getattr(args, k, None) is not None for k in (*HINTS, "preprocessor"))
 
 
 def describe_hints(args) -> dict:
-    """--classes, --mean, --std, --input-size, --crop, --preprocess as Predictor's `describe` (unset ones
-    left out); refused for a model that is not an ONNX file before a class file is read."""
-    from .deploy.foreign import HINTS, parse_numbers, read_classes
+    """--classes, --mean, --std, --input-size, --crop, --interpolation, --preprocess (and --preprocessor's
+    file) as Predictor's `describe` (unset ones left out); refused for a model that is not an ONNX file
+    before a class file is read."""
+    from .deploy.foreign import HINTS, parse_numbers, read_classes, with_preprocessor
     from .deploy.predict import DESCRIBE_FLAGS
     from .errors import ConfigError
     from .metadata import is_onnx
@@ -295,7 +304,8 @@ def describe_hints(args) -> dict:
     for flag in ("mean", "std"):
         if flag in hints:
             hints[flag] = parse_numbers(hints[flag], f"--{flag}")
-    return hints
+    return with_preprocessor(hints, getattr(args, "preprocessor", None))
+
 
 
 def add_train_flags(parser) -> None:

@@ -246,9 +246,10 @@ def check_graph_io(graph, meta: dict, path) -> None:
         raise MetadataError(f"ONNX output has {out_dims[-1]} logits but the metadata names "
                             f"{len(meta['class_names'])} classes", path)
     tensor = image.type.tensor_type
-    if tensor.elem_type != 1:  # onnx.TensorProto.FLOAT
-        kind = ELEMENT_TYPES.get(tensor.elem_type, f"element type {tensor.elem_type}")
-        raise MetadataError(f"ONNX input {image.name!r} is {kind}, not float32: convzoo feeds float32 images", path)
+    dtype = meta["input"].get("dtype", "float32")  # a model made elsewhere may take float16 or uint8 (foreign.py)
+    kind = {1: "float32"}.get(tensor.elem_type) or ELEMENT_TYPES.get(tensor.elem_type, f"element type {tensor.elem_type}")
+    if kind != dtype:
+        raise MetadataError(f"ONNX input {image.name!r} is {kind}, not {dtype}: convzoo feeds {dtype} images", path)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     spec = meta["input"]
     want = [None, spec["channels"], spec["size"], spec["size"]]

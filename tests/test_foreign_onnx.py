@@ -301,13 +301,179 @@ def test_an_input_with_every_axis_open_takes_its_channels_from_the_mean(tmp_path
         convzoo.load(path, classes=10, mean=0.5, std=0.5, input_size=16)
 
 
-def test_a_half_precision_input_is_named(tmp_path):
-    model = foreign_graph(["N", 3, 8, 8])
-    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-    path = tmp_path / "fp16.onnx"
-    path.write_bytes(model.SerializeToString())
-    with pytest.raises(ConvzooError, match="is float16, not float32"):
-        convzoo.load(path, classes=10, mean=0, std=1)
+def typed_graph(elem_type, shape=("N", 3, 8, 8)):
+    """foreign_graph taking and giving `elem_type` (float16 exports, uint8 raw-pixel inputs)."""
+    model = foreign_graph(list(shape))
+    model.graph.input[0].type.tensor_type.elem_type = elem_type
+    model.graph.output[0].type.tensor_type.elem_type = elem_type
+    return model
+
+
+def test_half_precision_and_raw_pixel_inputs_run(tmp_path):
+    """float16 graphs (onnxconverter-common's float16 conversion keeps them at both ends) get the batch in
+    half precision; uint8 graphs take the pixels 0..255 as they are, with no --mean or --std."""
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    fp32 = probabilities(convzoo.load(write(foreign_graph(["N", 3, 8, 8]), tmp_path / "fp32.onnx"), classes=10,
+                                      mean=0.5, std=0.25), images)
+    half = convzoo.load(write(typed_graph(onnx.TensorProto.FLOAT16), tmp_path / "fp16.onnx"), classes=10, mean=0.5,
+                        std=0.25)
+    assert half.input["dtype"] == "float16"
+    assert np.abs(probabilities(half, images) - fp32).max() < 2e-3  # float16 rounding of the logits
+    raw = convzoo.load(write(typed_graph(onnx.TensorProto.UINT8), tmp_path / "u8.onnx"), classes=10)
+    logits = np.stack([im.transpose(2, 0, 1).ravel()[:10] for im in images]).astype(np.float64)  # the pixels
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    assert np.abs(probabilities(raw, images) - expected / expected.sum(1, keepdims=True)).max() < 1e-6
+    with pytest.raises(ConvzooError, match="--mean and --std do not apply"):
+        convzoo.load(tmp_path / "u8.onnx", classes=10, mean=0.5, std=0.25)
+    doubles = typed_graph(onnx.TensorProto.DOUBLE)
+    with pytest.raises(ConvzooError, match="float64: convzoo feeds float32, float16 or uint8"):
+        convzoo.load(write(doubles, tmp_path / "f64.onnx"), classes=10, mean=0, std=1)
+
+
+TIMM_CONFIG = {  # timm's hub config.json for resnet50.a1_in1k, at 16 px (the test graph's side) and 10 classes
+    "architecture": "resnet50", "num_classes": 10, "num_features": 2048, "global_pool": "avg",
+    "pretrained_cfg": {"tag": "a1_in1k", "custom_load": False, "input_size": [3, 16, 16],
+                       "test_input_size": [3, 20, 20], "fixed_input_size": False, "interpolation": "bicubic",
+                       "crop_pct": 0.95, "test_crop_pct": 1.0, "crop_mode": "center",
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 10,
+                       "pool_size": [1, 1], "first_conv": "conv1", "classifier": "fc"}}
+# Hugging Face preprocessor_config.json files as the hub holds them (google/vit-base-patch16-224,
+# microsoft/resnet-50, facebook/deit-base-distilled-patch16-224 in today's format), sides scaled to the test's.
+HF_VIT = {"do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
+          "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 16}
+HF_RESNET = {"crop_pct": 0.875, "do_normalize": True, "do_resize": True, "feature_extractor_type":
+             "ConvNextFeatureExtractor", "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+             "resample": 3, "size": 16}
+HF_DEIT = {"crop_size": {"height": 16, "width": 16}, "do_center_crop": True, "do_normalize": True, "do_rescale": True,
+           "do_resize": True, "image_mean": [0.485, 0.456, 0.406], "image_processor_type": "DeiTImageProcessor",
+           "image_std": [0.229, 0.224, 0.225], "resample": 3, "rescale_factor": 0.00392156862745098,
+           "size": {"shortest_edge": 20}}
+
+
+def photo(width=37, height=23):
+    """A smooth colour image, so resampling filters give measurably different inputs."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // width, y * 255 // height, (x * y) % 256], -1).astype(np.uint8)
+
+
+def expected_input(image, crop, side, resample, mean, std):
+    """What the preprocessing file says, computed here with Pillow: the centre square of `crop` x the
+    shorter side, resized to `side`, pixels / 255 normalised."""
+    im = Image.fromarray(image)
+    w, h = im.size
+    edge = round(min(w, h) * crop)
+    left, top = (w - edge) // 2, (h - edge) // 2
+    im = im.crop((left, top, left + edge, top + edge)).resize((side, side), resample, reducing_gap=2.0)
+    x = np.asarray(im, np.float32).transpose(2, 0, 1) / 255
+    return (x - np.float32(mean).reshape(3, 1, 1)) / np.float32(std).reshape(3, 1, 1)
+
+
+@pytest.mark.parametrize("config, crop, resample, mean, std", [
+    (TIMM_CONFIG, 0.95, Image.Resampling.BICUBIC, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    (HF_VIT, 1.0, Image.Resampling.BILINEAR, [0.5] * 3, [0.5] * 3),
+    (HF_RESNET, 0.875, Image.Resampling.BICUBIC, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    (HF_DEIT, 0.8, Image.Resampling.BICUBIC, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+], ids=["timm", "hf-vit", "hf-resnet", "hf-deit"])
+def test_a_preprocessing_file_describes_the_input(tmp_path, config, crop, resample, mean, std):
+    """--preprocessor reads mean, std, crop, resampling filter and side from timm's or Hugging Face's own
+    file: the input is what their eval transforms make (centre crop, filter, normalisation), and the side
+    fills an open graph."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(config))
+    image = photo()
+    for shape in (["N", 3, 16, 16], ["N", 3, "H", "W"]):
+        model = convzoo.load(write(foreign_graph(shape), tmp_path / "g.onnx"), classes=10, preprocessor=cfg)
+        got = model._predictor.inputs([Image.fromarray(image)])[0]
+        assert got.shape == (3, 16, 16)
+        assert np.abs(got - expected_input(image, crop, 16, resample, mean, std)).max() < 1e-5
+    bilinear = convzoo.load(tmp_path / "g.onnx", classes=10, preprocessor=cfg, interpolation="bilinear")
+    if resample != Image.Resampling.BILINEAR:  # a flag given overrides the file; the filters really differ
+        other = bilinear._predictor.inputs([Image.fromarray(image)])[0]
+        assert np.abs(other - expected_input(image, crop, 16, resample, mean, std)).max() > 1e-3
+
+
+def test_a_rescale_other_than_1_255_is_folded_into_mean_and_std(tmp_path):
+    """A processor that takes pixels 0..255 (do_rescale false) normalises with means in that unit."""
+    cfg = tmp_path / "preprocessor_config.json"
+    cfg.write_text(json.dumps({**HF_VIT, "do_rescale": False, "image_mean": [123.675, 116.28, 103.53],
+                               "image_std": [58.395, 57.12, 57.375]}))
+    model = convzoo.load(write(foreign_graph(["N", 3, 16, 16]), tmp_path / "g.onnx"), classes=10, preprocessor=cfg)
+    image = photo(16, 16)
+    want = (image.transpose(2, 0, 1) - np.float32([123.675, 116.28, 103.53]).reshape(3, 1, 1)) / \
+        np.float32([58.395, 57.12, 57.375]).reshape(3, 1, 1)
+    assert np.abs(model._predictor.inputs([Image.fromarray(image)])[0] - want).max() < 1e-4
+
+
+def test_the_cli_reads_a_preprocessing_file(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TIMM_CONFIG))
+    graph = write(foreign_graph(["N", 3, 16, 16]), tmp_path / "g.onnx")
+    Image.fromarray(photo()).save(tmp_path / "p.png")
+    proc = run_cli("predict", "--model", graph, tmp_path / "p.png", "--classes", "10", "--preprocessor", cfg,
+                   "--json", check=0)
+    want = convzoo.predict(convzoo.load(graph, classes=10, preprocessor=cfg), [tmp_path / "p.png"])[0]
+    assert json.loads(proc.stdout)["class"] == want["class"]
+    assert abs(json.loads(proc.stdout)["probability"] - want["probability"]) < 1e-6
+    for args, fragment in [(["--preprocess", "digit", "--preprocessor", cfg], "--preprocessor describes photos"),
+                           (["--interpolation", "bicubic", "--preprocess", "fashion"], "--interpolation goes with")]:
+        proc = run_cli("predict", "--model", graph, tmp_path / "p.png", "--classes", "10", "--mean", "0", "--std",
+                       "1", *args)
+        assert fragment in assert_user_error(proc), (args, proc.stderr)
+    proc = run_cli("predict", "--model", "lenet5:mnist", tmp_path / "p.png", "--preprocessor", cfg)
+    assert "a convzoo checkpoint describes itself" in assert_user_error(proc)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{", "not valid JSON"),
+    ("[1, 2]", "neither a timm config.json"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "mean": [0.5, 0.5]}}), "mean must be a list of 1 or 3"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "std": [1, "x", 2]}}), "std must be a list"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "input_size": [3, 16, 12]}}), "16x12"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "crop_pct": "0.9"}}), "crop_pct must be"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "crop_pct": 3}}), "--crop must be a fraction"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "interpolation": "sinc"}}), "--interpolation must be"),
+    (json.dumps({**HF_VIT, "resample": 9}), "resample must be one of Pillow's"),
+    (json.dumps({**HF_VIT, "size": {"longest_edge": 16}}), "size must be a number of pixels"),
+    (json.dumps({**HF_VIT, "size": 10 ** 9}), "not a side in 1..4096"),
+    (json.dumps({**HF_VIT, "rescale_factor": 0, "do_rescale": True}), "rescale_factor must be a positive"),
+    (json.dumps({**HF_VIT, "image_std": None}), "image_std must be a list"),
+    ('{"image_mean": ' + "[" * 100_000 + "]" * 100_000 + "}", "not valid JSON"),
+    (" " * (2 << 20), "larger than 1 MiB"),
+])
+def test_bad_preprocessing_files_are_one_line_naming_the_file(tmp_path, content, fragment):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(content)
+    graph = write(foreign_graph(["N", 3, 16, 16]), tmp_path / "g.onnx")
+    with pytest.raises(ConvzooError, match=re.escape(fragment)) as err:
+        convzoo.load(graph, classes=10, preprocessor=cfg)
+    assert "\n" not in str(err.value) and (str(cfg) in str(err.value) or "g.onnx" in str(err.value))
+
+
+def test_fuzzed_preprocessing_files_load_or_are_refused(tmp_path):
+    """Seeded: random edits of the four real files either describe the graph or raise a ConvzooError."""
+    rng = random.Random(2911)
+    graph = write(foreign_graph(["N", 3, "H", "W"]), tmp_path / "g.onnx")
+    alphabet = '{}[]:,"0123456789.-eEtrufalsn '
+    loaded = 0
+    for case in range(60):
+        text = list(json.dumps(rng.choice([TIMM_CONFIG, HF_VIT, HF_RESNET, HF_DEIT])))
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(text))
+            if rng.random() < 0.5:
+                del text[i]
+            else:
+                text.insert(i, rng.choice(alphabet))
+        cfg = tmp_path / f"c{case}.json"
+        cfg.write_text("".join(text))
+        try:
+            model = convzoo.load(graph, classes=10, preprocessor=cfg)
+        except ConvzooError as exc:
+            assert "\n" not in str(exc), str(exc)
+            continue
+        assert len(convzoo.predict(model, [photo()])) == 1
+        loaded += 1
+    assert 0 < loaded < 60
 
 
 def test_two_workers_serve_a_model_of_21843_classes(tmp_path):

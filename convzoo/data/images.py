@@ -427,12 +427,13 @@ def exif_warning(caught: warnings.WarningMessage) -> bool:
     return "exif" in text or "tag" in text
 
 
-def to_pixels(image: Image.Image, side: int, channels: int) -> np.ndarray:
+def to_pixels(image: Image.Image, side: int, channels: int, resample: str = "bilinear") -> np.ndarray:
     """A decoded image -> uint8 (channels, side, side): transparency flattened onto white, grey (1) or
-    RGB (3), resized with Pillow's antialiased bilinear filter. How an image folder is decoded for
-    training, and how `predict` and `serve` fit users' images for a model trained at that size."""
+    RGB (3), resized with Pillow's antialiased bilinear filter (or the `resample` one a model made elsewhere
+    was trained with). How an image folder is decoded for training, and how `predict` and `serve` fit
+    users' images for a model trained at that size."""
     image = flatten_alpha(standard_mode(image), TRANSPARENT).convert("L" if channels == 1 else "RGB")
     if image.size != (side, side):
-        image = image.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        image = image.resize((side, side), Image.Resampling[resample.upper()], reducing_gap=2.0)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)

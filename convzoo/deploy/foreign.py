@@ -15,10 +15,19 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..metadata import (MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_NAME_CHARS, META_KEY, MetadataError,
-                        check_graph_io, check_model_meta, image_input)
+                        ELEMENT_TYPES, check_graph_io, check_model_meta, image_input)
 
-HINTS = ("classes", "mean", "std", "input_size", "crop", "preprocess")  # what a user may say about such a file
+HINTS = ("classes", "mean", "std", "input_size", "crop", "interpolation", "preprocess")  # what a user may say
 MAX_CLASSES_FILE = 16 << 20  # a class-name file larger than this is not one (ImageNet-21k's is ~1 MB)
+MAX_PREPROCESSOR_FILE = 1 << 20  # timm's config.json and Hugging Face's preprocessor_config.json are ~1 KB
+# How photos are resized (Pillow's filters); timm names them, Hugging Face numbers them as Pillow does.
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+PIL_NUMBERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+TIMM_CROP_PCT = 0.875  # timm's DEFAULT_CROP_PCT, for a pretrained_cfg that names none
+# Input element types convzoo can feed: float16 graphs get the normalised batch cast to half precision;
+# uint8 graphs (TensorFlow's, some mobile exports) take raw pixels 0..255, normalised inside the graph.
+INPUT_TYPES = {1: "float32", 10: "float16", 2: "uint8"}
+RAW_PIXELS = {"mean": 0.0, "std": 1 / 255}  # convzoo's (pixels/255 - mean) / std = the pixels themselves
 MAX_ULTRALYTICS_NAMES = 4 << 20  # characters of Ultralytics' `names` entry read at most (21k names: ~0.7 MB)
 # One `index: 'name'` pair of Ultralytics' names entry (Python's repr of a dict of ints to strings): read pair by
 # pair, so a hostile entry costs linear time and no more memory than its text (ast.literal_eval of a 16 MB
@@ -35,11 +44,21 @@ def has_convzoo_metadata(onnx_model) -> bool:
 
 def describe(onnx_model, path, hints: dict | None) -> dict:
     """A checked convzoo description for an ONNX file without one. hints: the user's `classes` (a list of
-    names), `mean`, `std` (one number, or one per channel, for pixels in 0..1), `input_size`, `crop`, and
-    `preprocess` ('resize', or 'digit' / 'fashion' to read photos as MNIST's / Fashion-MNIST's images were made)."""
+    names), `mean`, `std` (one number, or one per channel, for pixels in 0..1), `input_size`, `crop`,
+    `interpolation` (Pillow's filter for resizing photos), `preprocess` ('resize', or 'digit' / 'fashion' to
+    read photos as MNIST's / Fashion-MNIST's images were made), and `size_hint` (read_preprocessor's side,
+    used where the graph leaves its input's open). uint8 inputs take raw pixels: no mean or std."""
     hints = {k: v for k, v in (hints or {}).items() if v is not None}
-    if hints.get("crop") is not None and hints.get("preprocess", "resize") != "resize":
-        raise ConfigError(f"--crop goes with --preprocess resize; {hints['preprocess']} crops to the strokes", path)
+    for flag in ("crop", "interpolation"):
+        if hints.get(flag) is not None and hints.get("preprocess", "resize") != "resize":
+            raise ConfigError(f"--{flag} goes with --preprocess resize; {hints['preprocess']} fits the strokes in "
+                              "MNIST's way", path)
+    dtype = input_type(onnx_model.graph, path)
+    if dtype == "uint8":
+        if "mean" in hints or "std" in hints:
+            raise ConfigError("the model takes uint8 pixels 0..255 as they are (its normalisation is inside the "
+                              "graph): --mean and --std do not apply", path)
+        hints.update(RAW_PIXELS)
     layout, channels, size = input_layout(onnx_model.graph, path, hints.get("mean"))
     found = ultralytics_hints(onnx_model, path)
     if found.get("input_size") and size and found["input_size"] != size:
@@ -49,7 +68,7 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     if hints.get("input_size") and size and hints["input_size"] != size:
         raise ConfigError(f"--input-size {hints['input_size']} does not match the graph's fixed input "
                           f"{size}x{size}", path)
-    size = size or hints.get("input_size")
+    size = size or hints.get("input_size") or hints.get("size_hint")  # a preprocessing file's side: open graphs only
     if isinstance(hints.get("classes"), dict):  # the API's {index: name}
         hints["classes"] = indexed_names(hints["classes"], "classes", path)
     missing = [flag for flag, ok in (("--classes", "classes" in hints), ("--mean", "mean" in hints),
@@ -74,10 +93,21 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     meta = check_model_meta({"model": Path(path).stem[:200] or "model", "class_names": hints["classes"],
                              "input": spec, "preprocess": rule}, path, need_num_classes=False, need_dataset=False)
     meta["input"]["layout"] = layout
+    meta["input"]["dtype"] = dtype
     if rule == "resize":  # a digit or garment is cropped to its strokes instead
         meta["input"]["crop"] = check_crop(hints.get("crop", 1.0), path)
+        meta["input"]["interpolation"] = check_interpolation(hints.get("interpolation", "bilinear"), path)
     check_graph_io(onnx_model.graph, meta, path)
     return meta
+
+
+def input_type(graph, path) -> str:
+    """'float32', 'float16' or 'uint8': the element type of the graph's image input."""
+    elem = image_input(graph, path).type.tensor_type.elem_type
+    if elem not in INPUT_TYPES:
+        kind = ELEMENT_TYPES.get(elem, f"element type {elem}")
+        raise MetadataError(f"ONNX input is {kind}: convzoo feeds float32, float16 or uint8 images", path)
+    return INPUT_TYPES[elem]
 
 
 def input_layout(graph, path, mean=None) -> tuple[str, int, int | None]:
@@ -177,6 +207,12 @@ def indexed_names(names, what: str, path) -> list:
     return [name[-1] if isinstance(name, list) and name else name for name in (indices[i] for i in range(len(names)))]
 
 
+def check_interpolation(name, path) -> str:
+    if name not in INTERPOLATIONS:
+        raise ConfigError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {str(name)[:40]!r}", path)
+    return name
+
+
 def check_crop(crop, path) -> float:
     if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.05 <= crop <= 1:
         raise ConfigError(f"--crop must be a fraction in 0.05..1 (the centre part of the image kept, as timm's "
@@ -223,20 +259,10 @@ def read_classes(text: str) -> list[str]:
         if "," in text:
             return [name.strip() for name in text.split(",")]
         raise ConfigError(f"--classes {text[:80]!r} is neither a count, names separated by commas nor a file")
-    if path.stat().st_size > MAX_CLASSES_FILE:
-        raise ConfigError(f"larger than {MAX_CLASSES_FILE >> 20} MiB: not a list of class names", path)
-    try:
-        content = path.read_text(encoding="utf-8-sig")  # -sig: Windows editors' byte-order mark is not a name
-    except UnicodeDecodeError:
-        raise ConfigError("class names must be UTF-8 text", path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read class names ({exc.strerror or exc})", path) from None
+    content = read_text(path, MAX_CLASSES_FILE, "class names")
     if path.suffix.lower() != ".json":  # lines end at \n (\r\n too), not at str.splitlines' U+2028 or U+0085
         return checked_names([line.strip() for line in content.split("\n") if line.strip()], path)
-    try:
-        data = json.loads(content)
-    except (ValueError, RecursionError):
-        raise ConfigError("not valid JSON", path) from None
+    data = parse_json(content, path)
     if isinstance(data, dict) and "id2label" in data:  # a Hugging Face model's config.json
         data = data["id2label"]
     if isinstance(data, dict) and isinstance(data.get("label_names"), list):  # a timm hub config.json
@@ -264,3 +290,132 @@ def parse_numbers(text: str, flag: str) -> float | list[float]:
     if not all(math.isfinite(v) for v in values):
         raise ConfigError(f"{flag} takes finite numbers, got {text[:60]!r}")
     return values[0] if len(values) == 1 else values
+
+
+def read_text(path: Path, limit: int, what: str) -> str:
+    """A small UTF-8 file's text (a byte-order mark dropped), or one line naming the file."""
+    try:
+        if path.stat().st_size > limit:
+            raise ConfigError(f"larger than {limit >> 20} MiB: not a file of {what}", path)
+        return path.read_text(encoding="utf-8-sig")  # -sig: Windows editors' byte-order mark is not content
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} must be UTF-8 text", path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} ({exc.strerror or exc})", path) from None
+
+
+def parse_json(content: str, path):
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        raise ConfigError("not valid JSON", path) from None
+
+
+def with_preprocessor(hints: dict, file) -> dict:
+    """The user's hints over those of a --preprocessor file (read_preprocessor), for `describe`."""
+    if file is None:
+        return hints
+    if hints.get("preprocess", "resize") != "resize":
+        raise ConfigError(f"--preprocessor describes photos resized to the input; --preprocess {hints['preprocess']} "
+                          "fits the strokes in MNIST's way instead")
+    return {**read_preprocessor(str(file)), **hints}
+
+
+def read_preprocessor(text: str) -> dict:
+    """--preprocessor FILE: how a model's photos were prepared, from a timm hub config.json (its
+    pretrained_cfg: mean, std, input_size, crop_pct, interpolation) or a Hugging Face
+    preprocessor_config.json (image_mean, image_std, rescale_factor, size, crop_size or crop_pct, resample),
+    as describe() hints; the user's own flags override them. The input side it names is used only where
+    the graph leaves its own open ('size_hint')."""
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError("preprocessing file not found" if not path.exists() else "not a regular file", path)
+    data = parse_json(read_text(path, MAX_PREPROCESSOR_FILE, "preprocessing settings"), path)
+    if isinstance(data, dict) and isinstance(data.get("pretrained_cfg"), dict):  # timm's hub config.json
+        return timm_settings(data["pretrained_cfg"], path)
+    if isinstance(data, dict) and "image_mean" in data or isinstance(data, dict) and "do_normalize" in data:
+        return hf_settings(data, path)
+    if isinstance(data, dict) and "mean" in data and "std" in data:  # a pretrained_cfg saved on its own
+        return timm_settings(data, path)
+    raise ConfigError("neither a timm config.json (with pretrained_cfg) nor a Hugging Face "
+                      "preprocessor_config.json (with image_mean and image_std)", path)
+
+
+def timm_settings(cfg: dict, path) -> dict:
+    """timm's eval transform: the centre crop_pct of the shorter side, resized to input_size with
+    `interpolation`, normalised with mean and std (pixels in 0..1)."""
+    hints = {"mean": numbers(cfg.get("mean"), "mean", path), "std": numbers(cfg.get("std"), "std", path),
+             "crop": cfg["crop_pct"] if cfg.get("crop_pct") is not None else TIMM_CROP_PCT}
+    if not isinstance(hints["crop"], (int, float)) or isinstance(hints["crop"], bool):
+        raise ConfigError(f"crop_pct must be a number, got {str(hints['crop'])[:40]!r}", path)
+    interpolation = cfg.get("interpolation", "bilinear")
+    hints["interpolation"] = "bilinear" if interpolation == "random" else interpolation  # random: training only
+    size = cfg.get("input_size")
+    if size is not None:
+        if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int for v in size)):
+            raise ConfigError(f"input_size must be [channels, height, width], got {str(size)[:60]!r}", path)
+        hints["size_hint"] = square(size[1], size[2], "input_size", path)
+    return hints
+
+
+def hf_settings(data: dict, path) -> dict:
+    """Hugging Face's image processors: resize (the shorter side, or to a square), centre crop
+    (crop_size, or ConvNeXt's crop_pct below 384 px), rescale by rescale_factor, normalise. convzoo
+    normalises pixels in 0..1, so a rescale other than 1/255 is folded into mean and std."""
+    rescale = data.get("rescale_factor", 1 / 255) if data.get("do_rescale", True) else 1.0
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 1e-6 <= rescale <= 1e6:
+        raise ConfigError(f"rescale_factor must be a positive number, got {str(rescale)[:40]!r}", path)
+    scale = 255 * rescale  # HF's input (pixels * rescale - m) / s = (pixels / 255 - m / scale) / (s / scale)
+    if data.get("do_normalize", True):
+        mean, std = numbers(data.get("image_mean"), "image_mean", path), numbers(data.get("image_std"), "image_std", path)
+        hints = {"mean": [m / scale for m in mean], "std": [s / scale for s in std]}
+    else:
+        hints = {"mean": 0.0, "std": 1 / scale}
+    resample = data.get("resample", 2)
+    if type(resample) is not int or resample not in PIL_NUMBERS:
+        raise ConfigError(f"resample must be one of Pillow's filter numbers 0..5, got {str(resample)[:40]!r}", path)
+    hints["interpolation"] = PIL_NUMBERS[resample]
+    hints["crop"] = 1.0
+    if not data.get("do_resize", True):
+        return hints
+    size = data.get("size")
+    side = hf_side(size, "size", path) if size is not None else None
+    crop_size = data.get("crop_size")
+    if data.get("do_center_crop") and crop_size is not None and side:
+        crop_side = hf_side(crop_size, "crop_size", path)
+        hints["crop"], side = min(1.0, crop_side / side), crop_side
+    elif data.get("crop_pct") is not None and side and side < 384:  # ConvNeXt: resize to side / crop_pct, crop side
+        hints["crop"] = data["crop_pct"]
+    if side:
+        hints["size_hint"] = side
+    return hints
+
+
+def hf_side(size, key: str, path) -> int:
+    """A Hugging Face size: an int, {"shortest_edge": N} or {"height": N, "width": N}."""
+    if type(size) is int:
+        side = size
+    elif isinstance(size, dict) and type(size.get("shortest_edge")) is int:
+        side = size["shortest_edge"]
+    elif isinstance(size, dict) and type(size.get("height")) is int and type(size.get("width")) is int:
+        side = square(size["height"], size["width"], key, path)
+    else:
+        raise ConfigError(f"{key} must be a number of pixels, {{\"shortest_edge\": N}} or {{\"height\": N, "
+                          f"\"width\": N}}, got {str(size)[:60]!r}", path)
+    if not 1 <= side <= 4096:
+        raise ConfigError(f"{key} {side} is not a side in 1..4096 pixels", path)
+    return side
+
+
+def square(height: int, width: int, key: str, path) -> int:
+    if height != width:
+        raise ConfigError(f"{key} is {height}x{width}: convzoo runs square inputs only", path)
+    return height
+
+
+def numbers(values, key: str, path) -> list:
+    """A list of 1 or 3 finite numbers (mean, std), checked here so a problem names the file."""
+    if (not isinstance(values, list) or len(values) not in (1, 3)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        raise ConfigError(f"{key} must be a list of 1 or 3 numbers, got {str(values)[:60]!r}", path)
+    return [float(v) for v in values]

@@ -20,7 +20,7 @@ from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
 MAX_TOPK = 1000  # classes a result may list: the API, `predict --topk` and the server allow 1..this
-DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size, --crop and --preprocess"
+DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size, --crop, --interpolation, --preprocessor and --preprocess"
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 
@@ -116,6 +116,7 @@ class Predictor:
         del graph
         try:
             run = open_runner(self.onnx_path, self.threads, self.runtime)
+            run = typed(run, spec.get("dtype", "float32"))
             if spec.get("layout") == "nhwc":  # convzoo's batches are (N, C, H, W)
                 return meta, channels_last(run), fixed
             return meta, run, fixed
@@ -200,6 +201,16 @@ def input_shape(spec: dict, batch: int = 1) -> tuple:
     """The graph input's shape for `batch` images of the described size, in its layout."""
     c, s = spec["channels"], spec["size"]
     return (batch, s, s, c) if spec.get("layout") == "nhwc" else (batch, c, s, s)
+
+
+def typed(run, dtype: str):
+    """A runner of a graph taking float16 or uint8 (raw pixels, normalised inside it) that takes convzoo's
+    float32 batches; any output comes back as float32."""
+    if dtype == "float16":
+        return lambda x: np.asarray(run(x.astype(np.float16)), np.float32)
+    if dtype == "uint8":  # the batch holds (pixels / 255 - 0) / (1 / 255): the pixels, up to float rounding
+        return lambda x: np.asarray(run(np.clip(np.rint(x), 0, 255).astype(np.uint8)), np.float32)
+    return lambda x: np.asarray(run(x), np.float32)
 
 
 def channels_last(run):

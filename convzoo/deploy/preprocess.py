@@ -50,7 +50,8 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
     else:
         if spec.get("crop"):  # a model made elsewhere (foreign.py): the centre square, as timm's crop_pct
             image = centre_square(image, spec["crop"])
-        pixels = to_pixels(image, image_side(meta), spec["channels"]).astype(np.float32) / 255.0
+        pixels = to_pixels(image, image_side(meta), spec["channels"], spec.get("interpolation", "bilinear"))
+        pixels = pixels.astype(np.float32) / 255.0
     return normalise(fit(pixels, spec)[None], spec)
 
 
@@ -218,11 +219,11 @@ def paper_brightness(grey: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(surface).resize((w, h), Image.Resampling.BILINEAR), np.float32)
 
 
-def resize(channel: np.ndarray, side: int) -> np.ndarray:
+def resize(channel: np.ndarray, side: int, resample: str = "bilinear") -> np.ndarray:
     if channel.shape == (side, side):
         return channel.astype(np.float32)
-    return np.asarray(Image.fromarray(channel.astype(np.float32)).resize((side, side), Image.Resampling.BILINEAR,
-                                                                             reducing_gap=2.0), dtype=np.float32)
+    return np.asarray(Image.fromarray(channel.astype(np.float32)).resize(
+        (side, side), Image.Resampling[resample.upper()], reducing_gap=2.0), dtype=np.float32)
 
 
 def fit(x: np.ndarray, spec: dict) -> np.ndarray:
@@ -236,7 +237,7 @@ def fit(x: np.ndarray, spec: dict) -> np.ndarray:
         canvas = np.zeros(x.shape[:-2] + (size, size), x.dtype)  # np.pad's result, at a tenth of its cost
         canvas[..., top: top + h, left: left + w] = x
         return canvas
-    return np.stack([resize(c * 255, size) / 255 for c in x])
+    return np.stack([resize(c * 255, size, spec.get("interpolation", "bilinear")) / 255 for c in x])
 
 
 def from_dataset(images: np.ndarray, meta: dict) -> np.ndarray:
