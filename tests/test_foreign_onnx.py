@@ -430,9 +430,10 @@ def test_the_cli_reads_a_preprocessing_file(tmp_path):
     (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "mean": [0.5, 0.5]}}), "mean must be a list of 1 or 3"),
     (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "std": [1, "x", 2]}}), "std must be a list"),
     (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "input_size": [3, 16, 12]}}), "16x12"),
-    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "crop_pct": "0.9"}}), "crop_pct must be"),
-    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "crop_pct": 3}}), "--crop must be a fraction"),
-    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "interpolation": "sinc"}}), "--interpolation must be"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "crop_pct": "0.9"}}), "crop_pct must be a fraction"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "crop_pct": 3}}), "crop_pct must be a fraction"),
+    (json.dumps({**HF_RESNET, "crop_pct": -1}), "crop_pct must be a fraction"),
+    (json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "interpolation": "sinc"}}), "interpolation must be one of"),
     (json.dumps({**HF_VIT, "resample": 9}), "resample must be one of Pillow's"),
     (json.dumps({**HF_VIT, "size": {"longest_edge": 16}}), "size must be a number of pixels"),
     (json.dumps({**HF_VIT, "size": 10 ** 9}), "not a side in 1..4096"),
@@ -447,7 +448,7 @@ def test_bad_preprocessing_files_are_one_line_naming_the_file(tmp_path, content,
     graph = write(foreign_graph(["N", 3, 16, 16]), tmp_path / "g.onnx")
     with pytest.raises(ConvzooError, match=re.escape(fragment)) as err:
         convzoo.load(graph, classes=10, preprocessor=cfg)
-    assert "\n" not in str(err.value) and (str(cfg) in str(err.value) or "g.onnx" in str(err.value))
+    assert "\n" not in str(err.value) and str(cfg) in str(err.value)
 
 
 def test_fuzzed_preprocessing_files_load_or_are_refused(tmp_path):

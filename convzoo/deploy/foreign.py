@@ -346,10 +346,13 @@ def timm_settings(cfg: dict, path) -> dict:
     `interpolation`, normalised with mean and std (pixels in 0..1)."""
     hints = {"mean": numbers(cfg.get("mean"), "mean", path), "std": numbers(cfg.get("std"), "std", path),
              "crop": cfg["crop_pct"] if cfg.get("crop_pct") is not None else TIMM_CROP_PCT}
-    if not isinstance(hints["crop"], (int, float)) or isinstance(hints["crop"], bool):
-        raise ConfigError(f"crop_pct must be a number, got {str(hints['crop'])[:40]!r}", path)
+    if isinstance(hints["crop"], bool) or not isinstance(hints["crop"], (int, float)) or not 0.05 <= hints["crop"] <= 1:
+        raise ConfigError(f"crop_pct must be a fraction in 0.05..1, got {str(hints['crop'])[:40]!r}", path)
     interpolation = cfg.get("interpolation", "bilinear")
-    hints["interpolation"] = "bilinear" if interpolation == "random" else interpolation  # random: training only
+    if interpolation not in (*INTERPOLATIONS, "random"):  # random: a training-time choice; bilinear at eval
+        raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                          f"{str(interpolation)[:40]!r}", path)
+    hints["interpolation"] = "bilinear" if interpolation == "random" else interpolation
     size = cfg.get("input_size")
     if size is not None:
         if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int for v in size)):
@@ -385,7 +388,10 @@ def hf_settings(data: dict, path) -> dict:
         crop_side = hf_side(crop_size, "crop_size", path)
         hints["crop"], side = min(1.0, crop_side / side), crop_side
     elif data.get("crop_pct") is not None and side and side < 384:  # ConvNeXt: resize to side / crop_pct, crop side
-        hints["crop"] = data["crop_pct"]
+        crop = data["crop_pct"]
+        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.05 <= crop <= 1:
+            raise ConfigError(f"crop_pct must be a fraction in 0.05..1, got {str(crop)[:40]!r}", path)
+        hints["crop"] = crop
     if side:
         hints["size_hint"] = side
     return hints
