@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("--config", type=nonempty, help="named preset (e.g. lenet-mindspore)")
+    p.add_argument("--config", type=nonempty, help="a named preset (e.g. lenet-mindspore) or a YAML file of settings "
+                                                    "(keys as the flags: model, dataset, epochs, lr, ...; a run's own "
+                                                    "config.yaml works)")
     add_train_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last.pt")
     p.add_argument("--exist-ok", action="store_true", help="overwrite a run already in --output-dir")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import ConfigError, unknown
 
@@ -193,19 +194,65 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+MAX_CONFIG_FILE = 1 << 20  # a training config is a few hundred bytes
+# What a run's own config.yaml records beside its settings (trainer.py): read back, they are left out.
+RUN_RECORD_KEYS = ("world_size", "data_found_in", "data_verified")
+
+
+def is_config_file(name: str) -> bool:
+    """--config NAME is a YAML file (a path, or a .yaml/.yml name) rather than a shipped preset's name."""
+    return name.lower().endswith((".yaml", ".yml")) or "/" in name or "\\" in name
+
+
 def load_preset(name: str) -> dict:
-    if name not in preset_names():  # also keeps a name like ../../x from reaching outside the package
+    """A shipped preset's settings, or those of a YAML file the user wrote (or a run's own config.yaml),
+    checked field by field as presets are."""
+    if is_config_file(name):
+        return load_config_file(Path(name))
+    if name not in preset_names():
         raise unknown("preset", name, preset_names())
     from importlib import resources
 
     import yaml  # here, not at the top: `predict` and `serve` build the parser that reads this module
 
     values = yaml.safe_load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
+    return checked_settings(values, f"preset {name!r}")
+
+
+def load_config_file(path: Path) -> dict:
+    import yaml
+
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found" if not path.exists() else
+                              f"{path}: not a regular file")
+        if path.stat().st_size > MAX_CONFIG_FILE:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config")
+        values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: a config must be UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of settings (model: lenet5, epochs: 10, ...), got "
+                          f"{type(values).__name__}")
+    for key in RUN_RECORD_KEYS:
+        values.pop(key, None)
+    return checked_settings(values, str(path))
+
+
+def checked_settings(values: dict, source: str) -> dict:
+    values = dict(values)
     values.pop("description", None)
-    bad = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = [str(k) for k in values if k not in names]
     if bad:
-        raise ConfigError(f"preset {name!r} has unknown keys: {', '.join(sorted(bad))}")
-    return {k: check_value(k, v, f"preset {name!r}") for k, v in values.items()}
+        raise ConfigError(f"{source} has unknown keys: {', '.join(sorted(bad))[:200]}")
+    return {k: check_value(k, v, source) for k, v in values.items()}
 
 
 def build_config(preset: str | None, overrides: dict, base: dict | None = None,

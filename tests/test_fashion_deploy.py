@@ -55,3 +55,30 @@ def test_one_bad_file_among_good_ones_stops_before_any_prediction(fashion_shots,
     proc = run_cli("predict", "--model", "lenet5:fashion-mnist", folder, broken)
     assert_user_error(proc, "broken.png", "corrupt or truncated")
     assert proc.stdout == ""
+
+
+@pytest.mark.real_data
+def test_a_cut_out_garment_reads_as_on_white():
+    """A garment cut out of its product photo (transparent around it) is the product photo: the same class
+    as on white, light garments too (a background contrasting with the item read 5 of 20 as their negative)."""
+    import numpy as np
+
+    from convzoo.data import formats
+    from convzoo.deploy.predict import Predictor
+    from convzoo.models.pretrained import pretrained_path
+
+    images = formats.read_idx_images(need(FASHION_DIR) / "t10k-images-idx3-ubyte.gz")[:40, 0]
+    labels = formats.read_idx_labels(FASHION_DIR / "t10k-labels-idx1-ubyte.gz", 10)[:40]
+    cut_outs, on_white = [], []
+    for image in images:
+        big = np.asarray(Image.fromarray(image).resize((224, 224), Image.Resampling.BICUBIC))
+        item = big > 10
+        rgba = np.zeros((224, 224, 4), np.uint8)
+        rgba[..., :3], rgba[..., 3] = (255 - big)[..., None], item * 255
+        cut_outs.append(Image.fromarray(rgba, "RGBA"))
+        on_white.append(Image.fromarray(np.where(item, 255 - big, 255).astype(np.uint8)))
+    predictor = Predictor(pretrained_path("lenet5:fashion-mnist"))
+    cut = [r["index"] for r in predictor.predict_images(cut_outs, topk=1)]
+    white = [r["index"] for r in predictor.predict_images(on_white, topk=1)]
+    assert cut == white
+    assert np.mean(np.array(cut) == np.asarray(labels)) >= 0.8

@@ -50,6 +50,29 @@ def test_digits_photographed_under_uneven_light(tmp_path, kind):
     assert sum(r == int(t) for r, t in zip(read, labels)) >= 9, (read, labels.tolist())
 
 
+@pytest.mark.real_data
+@pytest.mark.parametrize("paper", [110, 70, 40])
+def test_digits_on_paper_darker_than_mid_grey(paper):
+    """An underexposed photo: dark ink on grey paper. Its brightness alone said light-on-dark, so every
+    such digit was read as blank (answer '1'); the ink's side of the paper says dark-on-light."""
+    from convzoo.data import formats
+    from convzoo.deploy.predict import Predictor
+    from convzoo.models.pretrained import pretrained_path
+
+    digits = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[:10, 0]
+    labels = formats.read_idx_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", 10)[:10]
+    rng = np.random.default_rng(paper)
+    shots = []
+    for digit in digits:
+        ink = np.asarray(Image.fromarray(digit).resize((280, 280), Image.Resampling.BILINEAR), np.float64) / 255
+        shots.append(Image.fromarray(np.clip(paper * (1 - 0.8 * ink) + rng.normal(0, 3, ink.shape), 0, 255)
+                                     .astype(np.uint8)))
+    results = Predictor(pretrained_path("lenet5:mnist")).predict_images(shots, topk=1)
+    assert not any(r.get("blank") for r in results)
+    read = [int(r["class"]) for r in results]
+    assert sum(r == int(t) for r, t in zip(read, labels)) >= 9, (read, labels.tolist())
+
+
 def framed(digit: np.ndarray, kind: str) -> Image.Image:
     """A digit with a frame round it, as drawn or scanned: light ink on black inside a 1-px white frame
     (a drawing program's canvas edge), or dark ink on a 200-px page with a scanner's 6-px dark edge or

@@ -8,11 +8,11 @@ refused from their header, before decoding. A path is read only if it is a regul
 most MAX_FILE_BYTES (checked from its stat, before reading: /dev/zero or a FIFO would never end).
 Pillow's warnings are caught, never printed; an image whose EXIF block is corrupt is read unturned.
 
-Transparency: to_pixels (image folders for training, and any model but a digit or garment one at
-predict time) composites it onto white, as a web page or a product photo shows it, whatever the
-pixels (a background chosen from them flipped between two cut-outs one grey level apart). Digit and
-garment models (deploy/preprocess.py) take digit_background's: the paper's, or one contrasting with
-strokes drawn on a transparent canvas.
+Transparency: to_pixels (image folders for training, and any model but a digit one at predict time,
+garment models too) composites it onto white, as a web page or a product photo shows it, whatever the
+pixels (a background chosen from them flipped between two cut-outs one grey level apart). Digit
+models (deploy/preprocess.py) take digit_background's: the paper's, or one contrasting with strokes
+drawn on a transparent canvas.
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def flatten_alpha(image: Image.Image, background: float | None = None) -> Image.
     return Image.fromarray(colour.clip(0, 255).astype(np.uint8))
 
 
-TRANSPARENT = 255.0  # what transparency is for any model but a digit's or a garment's (to_pixels): white
+TRANSPARENT = 255.0  # what transparency is for any model but a digit's (to_pixels, garments): white
 PAPER_AND_INK = 64  # grey levels from the opaque pixels' median: a pixel this far off is ink on paper
 
 

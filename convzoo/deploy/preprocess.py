@@ -2,12 +2,14 @@
 
 Digit models see what MNIST was made of: light ink on black, the ink cropped, fitted in a 20x20
 box and centred by its centre of mass in 28x28. A photo or scan of dark ink on light paper is
-detected (bright border) and inverted. Fashion models get the item fitted in 28x28; any other model
+detected (its ink darker than its paper, however dim the light) and inverted. Fashion models get the
+item fitted in 28x28; any other model
 gets the image resized to the side its data set's images had (CIFAR-10's 32, an image folder's
 --image-size), exactly as an image folder is decoded, then fitted to the model's input as in
 training. Files are decoded by data/images.py (errors name the file; any Pillow mode is handled).
-Transparency is white for those other models, as their training images' was (images.to_pixels); a
-digit's or garment's is its paper's brightness, or contrasts with strokes on a transparent canvas
+Transparency is white for those other models, as their training images' was (images.to_pixels), and
+for garments, as the product photos Fashion-MNIST was made from had (a cut-out garment is read as on
+white); a digit's is its paper's brightness, or contrasts with strokes on a transparent canvas
 (images.digit_background).
 """
 
@@ -19,8 +21,8 @@ from PIL import Image, ImageFilter
 from ..data.catalog import image_side
 from ..errors import first_line
 # Re-exported: predict and serve decode users' files through this module.
-from ..data.images import (ImageError, ImageTooLarge, NotAnImage, decode_image, flatten_alpha,  # noqa: F401
-                           load_image, open_image, standard_mode, to_pixels)
+from ..data.images import (TRANSPARENT, ImageError, ImageTooLarge, NotAnImage, decode_image,  # noqa: F401
+                           flatten_alpha, load_image, open_image, standard_mode, to_pixels)
 
 
 def read_pixels(image: Image.Image, name: str) -> Image.Image:
@@ -43,8 +45,9 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
     spec = meta["input"]
     rule = meta.get("preprocess", "resize")
     if spec["channels"] == 1 and rule in ("digit", "fashion"):
-        grey = np.asarray(flatten_alpha(standard_mode(image)).convert("L"), dtype=np.float32)
         digit = rule == "digit"  # a digit's ink carries no shading; a garment's does, so its light is left as is
+        grey = np.asarray(flatten_alpha(standard_mode(image), None if digit else TRANSPARENT).convert("L"),
+                          dtype=np.float32)
         pixels = mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
         pixels = pixels[None] / 255.0
     else:
@@ -83,14 +86,16 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         grey, background = framed, edge_brightness(framed)
     # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
     # shadow half of it).
-    paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and max(background, float(np.median(grey[::4, ::4]))) > 127
+    dark_ink = darker_ink(grey, background)
+    paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and (dark_ink or max(background, float(np.median(grey[::4, ::4])))
+                                                      > 127)
     if paper and even_light:
         grey, background = even_lighting(grey), 255.0
     elif paper and not has_ink(255 - even_lighting(grey), 0.0):
         # An empty page under uneven light: a garment's shading is kept as it is, so only this test evens
         # the light (read as it is, the light's gradient was a confident T-shirt).
         return np.zeros((28, 28), np.float32)
-    if background > 127:  # dark ink on light paper: invert
+    if background > 127 or dark_ink:  # dark ink on lighter paper: invert
         grey, background = 255 - grey, 255 - background
     if not has_ink(grey, background):
         return np.zeros((28, 28), np.float32)
@@ -120,6 +125,13 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         left = min(max(round(14 - cx), 0), 28 - nw)
     canvas[top: top + nh, left: left + nw] = small
     return canvas
+
+
+def darker_ink(grey: np.ndarray, background: float) -> bool:
+    """Whether the marks go further below the background than above it: dark ink on paper, also where the
+    paper itself is darker than mid-grey (a dim photo, a scan of grey card), which brightness alone read
+    as light-on-dark with no ink at all ('blank')."""
+    return background - float(grey.min()) > float(grey.max()) - background
 
 
 def has_ink(grey: np.ndarray, background: float) -> bool:
