@@ -194,6 +194,38 @@ def test_report_eval_and_predict_never_write_over_their_inputs(tmp_path, capsys)
     assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
 
 
+def test_report_of_several_runs_never_writes_over_a_users_files(tmp_path, capsys, monkeypatch):
+    """`report a b --html` wrote ./report.md, ./report.html and ./report-curves.png over a user's own
+    files of those names; it refuses them now, and still replaces its own earlier report."""
+    from convzoo.cli import main
+
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        write_run(run, header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    report = ("report", *runs, "--html")
+    for name in ("report.md", "report.html", "report-curves.png"):
+        user = tmp_path / name.replace(".", "-")
+        user.mkdir()
+        if name.endswith(".png"):
+            Image.new("RGB", (8, 8), "red").save(user / name)  # a photo: a PNG convzoo did not write
+        else:
+            (user / name).write_text("my own thesis notes\n")
+        mine = (user / name).read_bytes()
+        monkeypatch.chdir(user)
+        cli_error(capsys, *report, fragments=(name, "convzoo did not write"))
+        assert [p.name for p in user.iterdir()] == [name] and (user / name).read_bytes() == mine  # nothing written
+    monkeypatch.chdir(tmp_path)
+    assert main([str(a) for a in report]) == 0
+    first = (tmp_path / "report.md").read_text()
+    assert "# 2 runs compared" in first and (tmp_path / "report.html").is_file()
+    assert main([str(a) for a in report]) == 0  # its own earlier report is replaced
+    assert (tmp_path / "report.md").read_text() == first
+    (tmp_path / "notes.md").write_text("mine\n")
+    cli_error(capsys, "report", runs[0], "--output", "notes.md", fragments=("notes.md", "did not write"))
+    assert (tmp_path / "notes.md").read_text() == "mine\n"
+
+
 def test_error_text_stays_on_one_line_and_off_the_terminal_controls():
     from convzoo.errors import ConfigError, printable
 
