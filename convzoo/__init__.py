@@ -143,16 +143,20 @@ def predict(model, images, *, topk: int = 3) -> list[dict]:
 
 
 def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False, opset: int = 18,
-           dynamic_batch: bool = True, data_path=None) -> dict:
+           dynamic_batch: bool = True, data_path=None, exist_ok: bool = False) -> dict:
     """`convzoo export`: a checkpoint, .safetensors or NAME:DATASET -> a checked ONNX file (int8 with
-    int8=True) or a torch.export .pt2 archive. Returns what the CLI prints (path, parity, ...).
-    output defaults to beside the checkpoint, or NAME-DATASET.onnx in the current folder for a name."""
+    int8=True) or a torch.export .pt2 archive. Returns what `convzoo export --json` prints (path, parity, ...).
+    output defaults to beside the checkpoint, or NAME-DATASET.onnx in the current folder for a name; a
+    file already there is replaced only with exist_ok=True."""
+    from .atomic import check_target
+
     _path_or_none("output", output)
     _choice("export format", format, ("onnx", "pt2"))
     opset = _integer("opset", opset, 18, 23)  # the CLI's range
     _boolean("int8", int8)
     _boolean("dynamic_batch", dynamic_batch)
     _path_or_none("data_path", data_path)
+    _boolean("exist_ok", exist_ok)
     if int8 and format == "pt2":  # int8 is an ONNX graph; a .pt2 name on it would mislead every reader
         raise ConfigError("--int8 makes an ONNX file; it cannot be combined with --format pt2")
     source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
@@ -165,6 +169,8 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     if output is None:
         is_name = ":" in source and not Path(source).exists()
         output = Path(source.replace(":", "-") + suffix) if is_name else path.with_name(path.stem + suffix)
+    # before the work, as convert does: a user's notes.onnx or another tool's model is not replaced unasked
+    check_target(output, inputs=[path], suffixes=(".pt2",) if format == "pt2" else (".onnx",), exist_ok=exist_ok)
     if int8:
         from .quant.ptq import export_int8_from_checkpoint
 

@@ -23,7 +23,7 @@ def test_pretrained_name_and_safetensors_work_as_checkpoints(tmp_path):
     new run through --restore, exactly as a .pt checkpoint does."""
     from convzoo.models.pretrained import pretrained_path
 
-    proc = run_cli("export", "--ckpt", "lenet5:mnist", cwd=tmp_path, check=0)
+    proc = run_cli("export", "--ckpt", "lenet5:mnist", "--json", cwd=tmp_path, check=0)
     result = json.loads(proc.stdout)
     assert result["path"] == "lenet5-mnist.onnx" and result["max_abs_diff"] <= 1e-4
     meta = json.loads(onnx.load(str(tmp_path / "lenet5-mnist.onnx")).metadata_props[0].value)
@@ -322,6 +322,30 @@ def test_outputs_that_would_destroy_an_input_or_cannot_be_written(tmp_path, caps
         assert err.count("\n") == 1 and err.startswith("convzoo: error:") and fragment in err, (argv, err)
     assert weights.read_bytes() == before and own_qat.read_bytes() == saved
     assert not (tmp_path / "dl").exists() and not (tmp_path / "w.txt").exists()
+
+
+def test_export_replaces_an_existing_file_only_with_exist_ok(tmp_path, capsys):
+    """`export --output notes.onnx` silently replaced a user's file (a text file, another tool's model);
+    it is refused now, as convert's output is, and --exist-ok overwrites it. The line printed is for
+    people; --json gives the dict."""
+    from convzoo.cli import main
+
+    for name, args in (("notes.onnx", []), ("theirs.pt2", ["--format", "pt2"]), ("theirs-int8.onnx", ["--int8"])):
+        taken = tmp_path / name
+        taken.write_text("my notes\n")
+        cli_error(capsys, "export", "--ckpt", "lenet5:mnist", "--output", taken, *args,
+                  fragments=(name, "already exists", "--exist-ok"))
+        assert taken.read_text() == "my notes\n"
+    notes = tmp_path / "notes.onnx"
+    assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(notes), "--exist-ok"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {notes}: checked in onnxruntime, max |logit difference| vs PyTorch ")
+    assert line.count("\n") == 1 and onnx.load(str(notes)).metadata_props[0].key == "convzoo"
+    assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(notes), "--exist-ok", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["path"] == str(notes) and result["max_abs_diff"] <= 1e-4
+    # convzoo's own earlier export is kept too without --exist-ok, as convert's output is
+    cli_error(capsys, "export", "--ckpt", "lenet5:mnist", "--output", notes, fragments=("already exists",))
 
 
 @pytest.mark.real_data
