@@ -24,7 +24,7 @@ demo: setup
 	$(CONVZOO) train --config lenet5-mnist --output-dir $(DEMO) --exist-ok $(DEMO_TRAIN)
 	$(CONVZOO) eval --ckpt $(DEMO)/best.pt
 	$(CONVZOO) quantize --ckpt $(DEMO)/best.pt --output-dir $(DEMO)/quant --exist-ok $(DEMO_QUANT)
-	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx
+	$(CONVZOO) export --ckpt $(DEMO)/best.pt --output $(DEMO)/model.onnx --exist-ok
 	$(CONVZOO) data sample mnist --count 5 --output $(DEMO)/digits
 	$(CONVZOO) predict --model $(DEMO)/model.onnx $(DEMO)/digits
 	$(CONVZOO) predict --model $(DEMO)/quant/model-int8.onnx --from-test 25 --grid $(DEMO)/grid.png

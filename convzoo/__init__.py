@@ -70,35 +70,60 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
 
 
 def evaluate(model, *, dataset: str | None = None, data_path=None, device: str = "auto", batch_size: int = 1000,
-             threads: int = 0, runtime: str = "auto"):
+             threads: int = 0, runtime: str = "auto", test_limit: int = 0, tta: str | None = None, classes=None,
+             mean=None, std=None, input_size: int | None = None, crop: float | None = None,
+             interpolation: str | None = None, preprocessor=None, preprocess: str | None = None):
     """Test-set accuracy of a checkpoint, .safetensors, NAME:DATASET, ONNX file or loaded Model: an
-    EvalResult with .accuracy, .per_class, .classes, .confusion and .table().
+    EvalResult with .accuracy, .per_class, .classes, .confusion and .table(). As `convzoo eval`:
     threads: CPU threads (0: leave torch's setting alone; onnxruntime then uses 2, as the CLI does).
-    runtime: what runs an ONNX file, as in load()."""
+    runtime: what runs an ONNX file, as in load(). test_limit: score the first N test images only (0: all).
+    tta: a checkpoint's test-time augmentation (None: the one its run was scored with).
+    classes, mean, std, input_size, crop, interpolation, preprocessor, preprocess: an ONNX file made
+    elsewhere, described as load() takes it; it is scored on `dataset`'s images of the classes it names."""
     from .deploy.runtime import RUNTIMES
+    from .metadata import is_onnx
 
     batch_size = _integer("batch_size", batch_size, 1, 65536)  # the CLI's ranges
     threads = _integer("threads", threads, 0, 1024)
+    test_limit = _integer("test_limit", test_limit, 0, 10**9)
     device = _device(device)
     if dataset is not None and not isinstance(dataset, str):
         raise ConfigError(f"dataset must be a data set name such as 'mnist', got {_shown(dataset)}")
     _path_or_none("data_path", data_path)
     _choice("runtime", runtime, RUNTIMES)  # checkpoints run in torch, but a misspelt runtime is still refused
+    if tta is not None:
+        from .config import TTA_CHOICES
+
+        _choice("tta", tta, TTA_CHOICES)
     source = model.source if isinstance(model, Model) else str(model)
     path = _resolve(source)
+    onnx_file = is_onnx(path)
+    if tta is not None and onnx_file:
+        raise ConfigError("tta applies to a checkpoint (scored in PyTorch); an ONNX file is scored as it is", path)
+    given = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
+             "interpolation": interpolation, "preprocessor": preprocessor, "preprocess": preprocess}
+    if any(v is not None for v in given.values()):  # as `convzoo eval` refuses them, before a class file is read
+        if not onnx_file:
+            from .deploy.predict import DESCRIBE_FLAGS
+
+            raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint "
+                              "describes itself", path)
+        if dataset is None:
+            raise ConfigError("a model made elsewhere names no data set: evaluate takes dataset='mnist' (or another "
+                              "name), whose classes are matched to the model's by name", path)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from .metadata import is_onnx
-
-    if is_onnx(path):
+    if onnx_file:
         from .deploy.predict import evaluate_model_file
 
-        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2, runtime=runtime)
+        return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2, runtime=runtime,
+                                   limit=test_limit, describe=_description(**given))
     from .engine.evaluate import evaluate_checkpoint
 
-    return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size)
+    return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size,
+                               tta=tta, limit=test_limit)
 
 
 def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None, mean=None, std=None,
@@ -115,17 +140,26 @@ def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None,
     crop_pct), interpolation (Pillow's filter for resizing photos: "bilinear", "bicubic", ...), preprocessor
     (a timm config.json or Hugging Face preprocessor_config.json to read the others from; arguments given
     override it) and preprocess ("resize", or "digit" / "fashion" for MNIST-like models)."""
-    from .deploy.foreign import read_classes, with_preprocessor
     from .deploy.predict import Predictor
 
     threads = _integer("threads", threads, 1, 1024)  # before the file: a bad count is not the file's fault
+    describe = _description(classes=classes, mean=mean, std=std, input_size=input_size, crop=crop,
+                            interpolation=interpolation, preprocessor=preprocessor, preprocess=preprocess)
+    return Model(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime, describe=describe),
+                 str(path_or_name))
+
+
+def _description(*, classes, mean, std, input_size, crop, interpolation, preprocessor, preprocess) -> dict:
+    """load()'s and evaluate()'s description of an ONNX file made elsewhere, as Predictor's `describe`
+    (the CLI's describe_hints): classes given as a file, "a,b,c" or a count are read here; the values
+    are checked against the graph when it is read."""
+    from .deploy.foreign import read_classes, with_preprocessor
+
     if isinstance(classes, (str, int)) and not isinstance(classes, bool):
         classes = read_classes(str(classes))
     given = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
              "interpolation": interpolation, "preprocess": preprocess}
-    describe = with_preprocessor({k: v for k, v in given.items() if v is not None}, preprocessor)
-    return Model(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime, describe=describe),
-                 str(path_or_name))
+    return with_preprocessor({k: v for k, v in given.items() if v is not None}, preprocessor)
 
 
 def predict(model, images, *, topk: int = 3) -> list[dict]:
@@ -143,16 +177,20 @@ def predict(model, images, *, topk: int = 3) -> list[dict]:
 
 
 def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False, opset: int = 18,
-           dynamic_batch: bool = True, data_path=None) -> dict:
+           dynamic_batch: bool = True, data_path=None, exist_ok: bool = False) -> dict:
     """`convzoo export`: a checkpoint, .safetensors or NAME:DATASET -> a checked ONNX file (int8 with
-    int8=True) or a torch.export .pt2 archive. Returns what the CLI prints (path, parity, ...).
-    output defaults to beside the checkpoint, or NAME-DATASET.onnx in the current folder for a name."""
+    int8=True) or a torch.export .pt2 archive. Returns what `convzoo export --json` prints (path, parity, ...).
+    output defaults to beside the checkpoint, or NAME-DATASET.onnx in the current folder for a name; a
+    file already there is replaced only with exist_ok=True."""
+    from .atomic import check_target
+
     _path_or_none("output", output)
     _choice("export format", format, ("onnx", "pt2"))
     opset = _integer("opset", opset, 18, 23)  # the CLI's range
     _boolean("int8", int8)
     _boolean("dynamic_batch", dynamic_batch)
     _path_or_none("data_path", data_path)
+    _boolean("exist_ok", exist_ok)
     if int8 and format == "pt2":  # int8 is an ONNX graph; a .pt2 name on it would mislead every reader
         raise ConfigError("--int8 makes an ONNX file; it cannot be combined with --format pt2")
     source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
@@ -165,6 +203,8 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     if output is None:
         is_name = ":" in source and not Path(source).exists()
         output = Path(source.replace(":", "-") + suffix) if is_name else path.with_name(path.stem + suffix)
+    # before the work, as convert does: a user's notes.onnx or another tool's model is not replaced unasked
+    check_target(output, inputs=[path], suffixes=(".pt2",) if format == "pt2" else (".onnx",), exist_ok=exist_ok)
     if int8:
         from .quant.ptq import export_int8_from_checkpoint
 

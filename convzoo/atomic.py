@@ -25,7 +25,7 @@ try:
 except ImportError:  # not POSIX: no locks, leftovers are removed by age alone
     fcntl = None
 
-from .errors import WriteError
+from .errors import ConfigError, WriteError
 
 # Also matches tempfile.mkstemp's spelling, which earlier versions left behind.
 TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]{1,8})$")
@@ -41,10 +41,11 @@ def write_error(path, exc: OSError) -> WriteError:
     return WriteError(f"cannot write: {exc.strerror or exc}", path)
 
 
-def check_target(path, *, inputs=(), suffixes: tuple[str, ...] = ()) -> Path:
+def check_target(path, *, inputs=(), suffixes: tuple[str, ...] = (), exist_ok: bool = True) -> Path:
     """An output file path, refused before any work when writing it would destroy one of `inputs`
     (`export --ckpt best.pt --output best.pt` replaced the weights with ONNX and said it succeeded),
-    or it has none of `suffixes`, is empty, or is a folder."""
+    or it has none of `suffixes`, is empty, or is a folder; and, unless `exist_ok` (--exist-ok), when
+    something is there already (`export --output notes.onnx` replaced a user's file)."""
     if str(path) == "":
         raise WriteError("the output path is empty", "''")
     path = Path(path)
@@ -56,6 +57,8 @@ def check_target(path, *, inputs=(), suffixes: tuple[str, ...] = ()) -> Path:
         raise WriteError(f"the output must end in {' or '.join(suffixes)}", path)
     if path.is_dir():
         raise WriteError("is a folder; give a file name", path)
+    if not exist_ok and (path.exists() or path.is_symlink()):
+        raise ConfigError("already exists; pass --exist-ok to overwrite it, or choose another --output", path)
     return path
 
 

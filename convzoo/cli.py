@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=number(int, 18, 23), default=18)
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--data-path", "--data_path", dest="data_path", help="data for the int8 calibration and checks")
+    p.add_argument("--exist-ok", action="store_true", help="overwrite an existing --output")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("convert", help="another trainer's state_dict -> a convzoo checkpoint (for eval, predict, "
@@ -541,11 +543,12 @@ def model_description(model) -> dict:
 
 def cmd_export(args) -> int:
     from . import export
+    from .deploy.export import result_line
 
     # The Python API's export: the same default names (a shipped name -> ./lenet5-mnist.onnx).
     result = export(args.ckpt, args.output, format=args.format, int8=args.int8, opset=args.opset,
-                    dynamic_batch=args.dynamic_batch, data_path=args.data_path)
-    print(json.dumps(result))
+                    dynamic_batch=args.dynamic_batch, data_path=args.data_path, exist_ok=args.exist_ok)
+    print(json.dumps(result) if args.json else printable(result_line(result)))
     return 0
 
 

@@ -38,7 +38,7 @@ def test_alexnet_cifar_learns_real_cifar10(tmp_path):
     from convzoo.data import formats
     from test_deploy import serving
 
-    result = json.loads(run_cli("export", "--ckpt", out / "best.pt", "--output", out / "m.onnx", check=0).stdout)
+    result = json.loads(run_cli("export", "--ckpt", out / "best.pt", "--output", out / "m.onnx", "--json", check=0).stdout)
     assert result["max_abs_diff"] <= 1e-4
     images, labels = formats.read_cifar_batch(CIFAR_DIR / "cifar-10-batches-bin" / "test_batch.bin")
     shots = tmp_path / "shots"

@@ -23,7 +23,7 @@ def test_pretrained_name_and_safetensors_work_as_checkpoints(tmp_path):
     new run through --restore, exactly as a .pt checkpoint does."""
     from convzoo.models.pretrained import pretrained_path
 
-    proc = run_cli("export", "--ckpt", "lenet5:mnist", cwd=tmp_path, check=0)
+    proc = run_cli("export", "--ckpt", "lenet5:mnist", "--json", cwd=tmp_path, check=0)
     result = json.loads(proc.stdout)
     assert result["path"] == "lenet5-mnist.onnx" and result["max_abs_diff"] <= 1e-4
     meta = json.loads(onnx.load(str(tmp_path / "lenet5-mnist.onnx")).metadata_props[0].value)
@@ -194,6 +194,38 @@ def test_report_eval_and_predict_never_write_over_their_inputs(tmp_path, capsys)
     assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
 
 
+def test_report_of_several_runs_never_writes_over_a_users_files(tmp_path, capsys, monkeypatch):
+    """`report a b --html` wrote ./report.md, ./report.html and ./report-curves.png over a user's own
+    files of those names; it refuses them now, and still replaces its own earlier report."""
+    from convzoo.cli import main
+
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        write_run(run, header + b"1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    report = ("report", *runs, "--html")
+    for name in ("report.md", "report.html", "report-curves.png"):
+        user = tmp_path / name.replace(".", "-")
+        user.mkdir()
+        if name.endswith(".png"):
+            Image.new("RGB", (8, 8), "red").save(user / name)  # a photo: a PNG convzoo did not write
+        else:
+            (user / name).write_text("my own thesis notes\n")
+        mine = (user / name).read_bytes()
+        monkeypatch.chdir(user)
+        cli_error(capsys, *report, fragments=(name, "convzoo did not write"))
+        assert [p.name for p in user.iterdir()] == [name] and (user / name).read_bytes() == mine  # nothing written
+    monkeypatch.chdir(tmp_path)
+    assert main([str(a) for a in report]) == 0
+    first = (tmp_path / "report.md").read_text()
+    assert "# 2 runs compared" in first and (tmp_path / "report.html").is_file()
+    assert main([str(a) for a in report]) == 0  # its own earlier report is replaced
+    assert (tmp_path / "report.md").read_text() == first
+    (tmp_path / "notes.md").write_text("mine\n")
+    cli_error(capsys, "report", runs[0], "--output", "notes.md", fragments=("notes.md", "did not write"))
+    assert (tmp_path / "notes.md").read_text() == "mine\n"
+
+
 def test_error_text_stays_on_one_line_and_off_the_terminal_controls():
     from convzoo.errors import ConfigError, printable
 
@@ -290,6 +322,30 @@ def test_outputs_that_would_destroy_an_input_or_cannot_be_written(tmp_path, caps
         assert err.count("\n") == 1 and err.startswith("convzoo: error:") and fragment in err, (argv, err)
     assert weights.read_bytes() == before and own_qat.read_bytes() == saved
     assert not (tmp_path / "dl").exists() and not (tmp_path / "w.txt").exists()
+
+
+def test_export_replaces_an_existing_file_only_with_exist_ok(tmp_path, capsys):
+    """`export --output notes.onnx` silently replaced a user's file (a text file, another tool's model);
+    it is refused now, as convert's output is, and --exist-ok overwrites it. The line printed is for
+    people; --json gives the dict."""
+    from convzoo.cli import main
+
+    for name, args in (("notes.onnx", []), ("theirs.pt2", ["--format", "pt2"]), ("theirs-int8.onnx", ["--int8"])):
+        taken = tmp_path / name
+        taken.write_text("my notes\n")
+        cli_error(capsys, "export", "--ckpt", "lenet5:mnist", "--output", taken, *args,
+                  fragments=(name, "already exists", "--exist-ok"))
+        assert taken.read_text() == "my notes\n"
+    notes = tmp_path / "notes.onnx"
+    assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(notes), "--exist-ok"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {notes}: checked in onnxruntime, max |logit difference| vs PyTorch ")
+    assert line.count("\n") == 1 and onnx.load(str(notes)).metadata_props[0].key == "convzoo"
+    assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(notes), "--exist-ok", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["path"] == str(notes) and result["max_abs_diff"] <= 1e-4
+    # convzoo's own earlier export is kept too without --exist-ok, as convert's output is
+    cli_error(capsys, "export", "--ckpt", "lenet5:mnist", "--output", notes, fragments=("already exists",))
 
 
 @pytest.mark.real_data

@@ -436,7 +436,7 @@ def test_checkpoints_with_non_finite_weights_are_refused(tmp_path, capsys):
     # Finite weights whose logits overflow in onnxruntime (conv1's bias at 3e38): no NaN in the JSON, and a
     # refused export writes nothing.
     big = shipped_weights_with(tmp_path / "big.safetensors", "conv1.bias", 3e38, fill=True)
-    code, out, err = in_process(["export", "--ckpt", big, "-o", tmp_path / "big.onnx"], capsys)
+    code, out, err = in_process(["export", "--ckpt", big, "-o", tmp_path / "big.onnx", "--json"], capsys)
     if code == 0:
         assert np.isfinite(strict_json(out)["max_abs_diff"])
     else:
@@ -635,7 +635,7 @@ def test_fixed_batch_onnx_predicts_any_number_of_images(pretrained_onnx, tmp_pat
     assert_user_error(run_cli("predict", "--model", big, digits[0]), "fixed1000.onnx",
                       "batch size is fixed at 1000", "convzoo export")
     # convzoo's own fixed-batch export: batch 1, its parity check run one image at a time (was a traceback)
-    exported = json.loads(run_cli("export", "--ckpt", "lenet5:mnist", "--no-dynamic-batch", "--output",
+    exported = json.loads(run_cli("export", "--ckpt", "lenet5:mnist", "--no-dynamic-batch", "--json", "--output",
                                   tmp_path / "own-fixed.onnx", check=0).stdout)
     assert exported["max_abs_diff"] <= 1e-4
     assert onnx.load(str(tmp_path / "own-fixed.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1

@@ -324,6 +324,10 @@ def test_api_predict_refuses_bad_arguments(pretrained_model, topk, image, kind, 
     ({"data_path": 5}, "data_path must be a path, got '5'"),
     ({"runtime": "x"}, "unknown runtime 'x'; choose from: auto, onnxruntime, openvino"),
     ({"runtime": None}, "unknown runtime None; choose from: auto, onnxruntime, openvino"),
+    ({"test_limit": -1}, "test_limit must be an integer from 0 to 1000000000, got '-1'"),
+    ({"test_limit": "500"}, "test_limit must be an integer from 0 to 1000000000, got '500'"),
+    ({"tta": "flips"}, "unknown tta 'flips' (did you mean 'flip'?); choose from: flip, flip-shift, none, shift"),
+    ({"tta": 1}, "unknown tta 1; choose from: flip, flip-shift, none, shift"),
 ])
 def test_api_evaluate_refuses_bad_arguments(kwargs, match):
     import re
@@ -332,6 +336,43 @@ def test_api_evaluate_refuses_bad_arguments(kwargs, match):
 
     kwargs = {"data_path": MNIST_DIR, **kwargs}
     one_line_error(lambda: convzoo.evaluate("lenet5:mnist", **kwargs), "ConfigError", f"^{re.escape(match)}$")
+
+
+@pytest.mark.real_data
+def test_api_evaluate_takes_the_eval_commands_options(tmp_path):
+    """convzoo.evaluate lacked `convzoo eval`'s --test-limit, --tta and the description of an ONNX file
+    made elsewhere (--classes, --mean, --std, ...): each was a bare TypeError."""
+    import onnx
+
+    import convzoo
+    from convzoo.engine.evaluate import evaluate_checkpoint
+    from convzoo.models.pretrained import resolve
+
+    data = {"data_path": need(MNIST_DIR), "test_limit": 300}
+    short = convzoo.evaluate("lenet5:mnist", **data)
+    assert int(short.confusion.sum()) == 300 and short.accuracy >= 0.97
+    for tta in ("none", "flip"):  # the engine's own scoring with that TTA, which changes the answers
+        engine = evaluate_checkpoint(resolve("lenet5:mnist"), data_path=MNIST_DIR, tta=tta, limit=300)
+        assert (convzoo.evaluate("lenet5:mnist", tta=tta, **data).confusion == engine.confusion).all()
+    assert (convzoo.evaluate("lenet5:mnist", tta="flip", **data).confusion != short.confusion).any()
+
+    own = tmp_path / "own.onnx"
+    convzoo.export("lenet5:mnist", own)
+    plain = onnx.load(str(own))
+    del plain.metadata_props[:]  # as another tool exports it: no description
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    described = convzoo.evaluate(tmp_path / "plain.onnx", dataset="mnist", classes=10, mean=0.1307, std=0.3081,
+                                 preprocess="digit", **data)
+    assert described.accuracy == convzoo.evaluate(own, **data).accuracy >= 0.97
+    assert int(described.confusion.sum()) == 300
+    for model, kwargs, match in [
+        (tmp_path / "plain.onnx", {"classes": 10, "mean": 0.1307, "std": 0.3081},
+         "evaluate takes dataset='mnist'"),
+        (tmp_path / "plain.onnx", {"dataset": "mnist", "classes": 10, "mean": "x", "std": 1}, "input mean"),
+        ("lenet5:mnist", {"classes": 10}, "a convzoo checkpoint describes itself"),
+        (own, {"tta": "flip"}, "tta applies to a checkpoint"),
+    ]:
+        one_line_error(lambda: convzoo.evaluate(model, **kwargs, **data), "ConvzooError", re.escape(match))
 
 
 @pytest.mark.parametrize("kwargs, match", [

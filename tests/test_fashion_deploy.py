@@ -31,7 +31,7 @@ def test_fashion_export_predict_and_serve(fashion_shots, tmp_path):
     from test_deploy import serving
 
     folder, labels = fashion_shots
-    result = json.loads(run_cli("export", "--ckpt", "lenet5:fashion-mnist", cwd=tmp_path, check=0).stdout)
+    result = json.loads(run_cli("export", "--ckpt", "lenet5:fashion-mnist", "--json", cwd=tmp_path, check=0).stdout)
     model = tmp_path / result["path"]
     assert result["max_abs_diff"] <= 1e-4
     lines = run_cli("predict", "--model", model, folder, "--json", check=0).stdout.splitlines()

@@ -50,6 +50,17 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
     return result
 
 
+def result_line(result: dict) -> str:
+    """The one line `convzoo export` prints (--json: `result` itself)."""
+    if "scales" in result:  # int8 (quant/ptq.py)
+        return (f"wrote {result['path']}: int8, {result['scales']} scales, "
+                f"{result['calibration_batches']} calibration batches")
+    if "max_abs_diff" in result:
+        return (f"wrote {result['path']}: checked in onnxruntime, max |logit difference| vs PyTorch "
+                f"{result['max_abs_diff']:.2g}")
+    return f"wrote {result['path']}"
+
+
 def to_onnx(model: torch.nn.Module, example: torch.Tensor, *, opset: int = 18, dynamic_batch: bool = True):
     """torch.onnx (dynamo) export to an in-memory onnx.ModelProto with the weights inside."""
     import onnx

@@ -30,9 +30,7 @@ def convert(weights, *, model: str, dataset: str, output, exist_ok: bool = False
         raise ConfigError(f"convert takes a catalog data set ({catalog}); for an image folder start a run from the "
                           "weights: train --dataset folder --data-path FOLDER --restore WEIGHTS")
     check_input_fit(info, data_spec, info.input_size)
-    out = check_target(output, inputs=[weights], suffixes=SUFFIXES)
-    if (out.exists() or out.is_symlink()) and not exist_ok:
-        raise ConfigError("already exists; pass --exist-ok to overwrite it, or choose another --output", out)
+    out = check_target(output, inputs=[weights], suffixes=SUFFIXES, exist_ok=exist_ok)
     spec = input_spec(info, data_spec)
     ckpt = describe_model(info.name, data_spec.classes, data_spec, spec)
     source = load_weights(weights)  # validated: only tensors unpickled, finite, dense

@@ -9,7 +9,12 @@ from pathlib import Path
 from ..atomic import atomic_write_bytes, check_target
 from ..engine.rundir import read_config, read_metrics
 from ..errors import ConfigError, WriteError, printable
-from .plots import plot_curves
+from .plots import check_plot_target, is_run_folder, plot_curves
+
+# What marks a report as convzoo's (a comment on report.md's first line, invisible when rendered; a
+# generator tag in report.html), so a later report replaces its own files, never a user's report.md.
+MD_MARK = "<!-- written by convzoo report -->"
+HTML_MARK = "<meta name='generator' content='convzoo report'>"
 
 
 def load_run(folder) -> dict:
@@ -70,7 +75,7 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
             r["name"] = f"{r['folder'].parent.name}/{r['folder'].name}"
     out = Path(output) if output else runs[0]["folder"] / "report.md" if len(runs) == 1 else Path("report.md")
     curves_path = runs[0]["folder"] / "curves.png" if len(runs) == 1 else out.with_name(out.stem + "-curves.png")
-    check_outputs([out, curves_path] + ([out.with_suffix(".html")] if html_page else []), runs)
+    check_outputs(out, curves_path, out.with_suffix(".html") if html_page else None, runs)
     if len(runs) == 1:
         run = runs[0]
         curves = plot_curves(run["history"], curves_path)
@@ -84,7 +89,7 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
         curves = plot_curves({r["name"]: r["history"] for r in runs}, curves_path)
         text = f"# {len(runs)} runs compared\n\n{comparison_table(runs)}\n\n![curves]({rel(curves, out)})\n"
         images = [curves]
-    atomic_write_bytes(out, text.encode())
+    atomic_write_bytes(out, f"{MD_MARK}\n{text}".encode())
     if html_page:
         atomic_write_bytes(out.with_suffix(".html"), to_html(text, images).encode())
     return text, out
@@ -93,15 +98,41 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
 REPORT_FILES = {"report.md", "report.html", "curves.png"}  # what a report (re)writes in a run folder
 
 
-def check_outputs(targets: list[Path], runs: list[dict]) -> None:
+def run_files(runs: list[dict]) -> list[Path]:
+    """The runs' own files, which no output may replace (the report's earlier outputs aside)."""
+    return [f for r in runs for f in r["folder"].iterdir() if f.is_file() and f.name not in REPORT_FILES]
+
+
+def check_outputs(out: Path, curves: Path, page: Path | None, runs: list[dict]) -> None:
     """Before anything is written: no output is one of the runs' own files (`--output run/metrics.csv`
-    replaced the metrics with markdown) or another of the report's outputs."""
-    inputs = [f for r in runs for f in r["folder"].iterdir() if f.is_file() and f.name not in REPORT_FILES]
+    replaced the metrics with markdown) or another of the report's outputs, and each replaces only an
+    earlier report's file of its kind (`report a b` wrote over a user's own ./report.md)."""
+    inputs = run_files(runs)
+    targets = [t for t in (out, curves, page) if t]
     for k, target in enumerate(targets):
         check_target(target, inputs=inputs)
         if target.resolve() in [t.resolve() for t in targets[:k]]:
             raise WriteError("the report's markdown, plot and page would all be written to this one file; "
                              "choose an --output ending in .md", target)
+    for target in (out, page):
+        if target and target.exists() and not earlier_report(target):
+            raise WriteError("exists and is a file convzoo did not write, not an earlier report: writing it would "
+                             "destroy that; choose another --output", target)
+    # an unmarked PNG is an older convzoo's only as the run's curves.png, or ./report-curves.png, in a run folder
+    check_plot_target(curves, "curves", default="curves.png" if len(runs) == 1 else "report-curves.png",
+                      inputs=inputs)
+
+
+def earlier_report(path: Path) -> bool:
+    """Is `path` a report convzoo wrote? A marked one anywhere; an unmarked report.md or report.html
+    (from before the mark) only in a run folder, as check_plot_target allows an older plot."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:  # unreadable: not known to be ours
+        return False
+    return head.startswith(MD_MARK.encode()) or HTML_MARK.encode() in head \
+        or (path.name in REPORT_FILES and is_run_folder(path.parent))
 
 
 def rel(path: Path, report: Path) -> str:
@@ -140,5 +171,6 @@ def to_html(markdown: str, images: list[Path]) -> str:
         body.append(f'<img alt="{html.escape(Path(image).stem)}" src="data:image/png;base64,{data}">')
     style = ("body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}table{border-collapse:collapse;"
              "margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>convzoo report</title><style>{style}</style>" \
+    return f"<!doctype html><html><head><meta charset='utf-8'>{HTML_MARK}" \
+           f"<title>convzoo report</title><style>{style}</style>" \
            f"</head><body>{''.join(body)}</body></html>"
