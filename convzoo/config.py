@@ -226,7 +226,8 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
         # in each of 2 processes on 2 cores ran 6x slower than 1 each).
         values["threads"] = max(1, chosen["threads"] // values["procs"])
     cfg = TrainConfig(**values).validate()
-    check_folder_flags(cfg, [k for k, v in overrides.items() if v is not None])
+    defaults = TrainConfig()  # a default given (a run's saved config.yaml passed back whole) changes nothing
+    check_folder_flags(cfg, [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)])
     return cfg
 
 

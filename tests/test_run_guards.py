@@ -231,6 +231,10 @@ def test_folder_flags_and_class_indices_are_refused_before_the_data_are_read(tmp
     with pytest.raises(ConvzooError, match=r"^--classes must be distinct indices in 0\.\.9, got \[3, 11\]$"):
         convzoo.train(classes=[3, 11], data_path=str(empty), output_dir=str(tmp_path / "api"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    # a run's whole config passed back (config.yaml holds the defaults of the folder flags) is no mistake
+    from convzoo.config import TrainConfig, build_config
+
+    assert build_config(None, TrainConfig(dataset="cifar10", classes=[3, 5]).to_dict()).test_split == 0.2
 
 
 @pytest.mark.real_data
