@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files")
     p.add_argument("--model", required=True, help="model.onnx, a convzoo checkpoint, or NAME:DATASET")
     p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or quoted patterns like 'shots/*.jpg'")
-    p.add_argument("--topk", type=number(int, 1, 1000), default=3, help="how many classes to list (at most all)")
+    p.add_argument("--topk", type=number(int, 1, 1000), default=3, help="how many classes to list, 1..1000; a model with fewer classes lists all of them")
     p.add_argument("--json", action="store_true")
     p.add_argument("--from-test", type=number(int, 0, 100_000), default=0, metavar="N",
                    help="predict the first N test images instead")

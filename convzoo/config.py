@@ -150,9 +150,11 @@ class TrainConfig:
             if allowed and getattr(self, f.name) not in allowed:
                 raise unknown(f.name.replace("_", "-"), getattr(self, f.name), allowed)
         logger_names(self.logger)
-        from .data.catalog import get_spec  # here: the CLI's parser imports this module for every command
+        from .data.catalog import check_class_indices, get_spec  # here: the CLI's parser imports this module
 
-        get_spec(self.dataset)  # an unknown data set name, before any training code (and torch) is loaded
+        spec = get_spec(self.dataset)  # an unknown data set name, before any training code (and torch) is loaded
+        if self.classes and not spec.folder:  # an image folder's classes are known once it is listed
+            check_class_indices(self.classes, spec.num_classes)  # before the data set is read (seconds)
         return self
 
     def to_dict(self) -> dict:
@@ -270,4 +272,24 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
         # A preset's threads are one process's; under --procs they are shared out (lenet5-fast's 2 threads
         # in each of 2 processes on 2 cores ran 6x slower than 1 each).
         values["threads"] = max(1, chosen["threads"] // values["procs"])
-    return TrainConfig(**values).validate()
+    cfg = TrainConfig(**values).validate()
+    defaults = TrainConfig()  # a default given (a run's saved config.yaml passed back whole) changes nothing
+    check_folder_flags(cfg, [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)])
+    return cfg
+
+
+FOLDER_ONLY = ("test_split", "image_size", "channels")  # how an image folder is read and split
+
+
+def check_folder_flags(cfg: TrainConfig, given: list[str]) -> None:
+    """A flag for reading an image folder given with a catalog data set, which would ignore it without a
+    word (`--dataset mnist --test-split 0.5`: MNIST has its own test set)."""
+    from .data.catalog import get_spec
+
+    spec = get_spec(cfg.dataset)
+    flags = [f"--{name.replace('_', '-')}" for name in FOLDER_ONLY if name in given]
+    if flags and not spec.folder:
+        raise ConfigError(f"{' and '.join(flags)} appl{'y' if len(flags) > 1 else 'ies'} to --dataset folder (your "
+                          f"own images) only; {spec.name} has its own test split and "
+                          f"{'x'.join(map(str, spec.image_shape[1:]))} images with {spec.image_shape[0]} channel"
+                          f"{'s' * (spec.image_shape[0] > 1)}")

@@ -33,3 +33,22 @@ def test_predict_refuses_conflicting_flags_and_keeps_a_foreign_grid_png(tmp_path
     # more test images than the set holds quietly gave the 10,000 it has
     cli_error(capsys, "predict", "--model", "lenet5:mnist", "--from-test", "20000", "--data-path", MNIST_DIR,
               fragments=["--from-test 20000 is more than the 10,000 test images"])
+
+
+@pytest.mark.real_data
+def test_topk_beyond_the_classes_lists_all_of_them(tmp_path):
+    """`--topk 11` on a 10-class model lists its 10 classes, best first, exit 0 and nothing on stderr
+    (documented: a clamp, as Hugging Face's pipeline does), and 1001 is refused by the parser."""
+    import json
+
+    from conftest import assert_user_error, run_cli
+    from convzoo.data import formats
+
+    digit = tmp_path / "seven.png"
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    proc = run_cli("predict", "--model", "lenet5:mnist", "--json", "--topk", "11", digit, check=0)
+    [result] = [json.loads(line) for line in proc.stdout.splitlines()]
+    probabilities = [t["probability"] for t in result["topk"]]
+    assert sorted(t["class"] for t in result["topk"]) == list("0123456789") and result["class"] == "7"
+    assert probabilities == sorted(probabilities, reverse=True) and proc.stderr == "", proc.stderr
+    assert_user_error(run_cli("predict", "--model", "lenet5:mnist", "--topk", "1001", digit), "--topk")

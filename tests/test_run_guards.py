@@ -209,6 +209,34 @@ def test_classes_needs_two_classes_in_the_cli_and_the_api(tmp_path, capsys):
     assert not (tmp_path / "one").exists() and not (tmp_path / "api").exists()
 
 
+def test_folder_flags_and_class_indices_are_refused_before_the_data_are_read(tmp_path, capsys):
+    """`--dataset mnist --test-split 0.5` trained and scored on MNIST's own test set without a word (so did
+    --image-size and --channels, which are how an image folder is read), and `--classes 3,11` was
+    refused only once all of MNIST had been read: each is one line before any data, here none in reach."""
+    import convzoo
+    from convzoo.errors import ConvzooError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = ["train", *SMALL, "--data-path", empty, "--output-dir", tmp_path / "run"]
+    cli_error(capsys, *run, "--dataset", "mnist", "--test-split", "0.5",
+              fragments=["--test-split applies to --dataset folder (your own images) only; mnist has its own test split"])
+    cli_error(capsys, *run, "--dataset", "cifar10", "--image-size", "64", "--channels", "1",
+              fragments=["--image-size and --channels apply to --dataset folder", "cifar10", "32x32 images with 3 channels"])
+    with pytest.raises(ConvzooError, match=r"^--test-split applies to --dataset folder"):
+        convzoo.train(dataset="fashion-mnist", test_split=0.1, data_path=str(empty), output_dir=str(tmp_path / "api"))
+    for classes in ("3,11", "3,3", "0,10"):
+        cli_error(capsys, *run, "--dataset", "mnist", "--classes", classes,
+                  fragments=["--classes must be distinct indices in 0..9"])
+    with pytest.raises(ConvzooError, match=r"^--classes must be distinct indices in 0\.\.9, got \[3, 11\]$"):
+        convzoo.train(classes=[3, 11], data_path=str(empty), output_dir=str(tmp_path / "api"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    # a run's whole config passed back (config.yaml holds the defaults of the folder flags) is no mistake
+    from convzoo.config import TrainConfig, build_config
+
+    assert build_config(None, TrainConfig(dataset="cifar10", classes=[3, 5]).to_dict()).test_split == 0.2
+
+
 @pytest.mark.real_data
 def test_freeze_and_restore_exclude_globs_must_match_a_parameter(tmp_path, capsys):
     """`--freeze 'Conv1.*'` (a capital letter) froze nothing and trained conv1; `--restore-exclude

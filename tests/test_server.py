@@ -920,3 +920,36 @@ def test_trailing_slash_is_404_json_and_a_multipart_topk_field_counts(pretrained
         r = client.post("/v1/predict", files={**upload, "topk": ("k.txt", b"5", "text/plain")})
         assert r.status_code == 422 and "'topk' must be a number, not a file" in r.json()["error"], r.text
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_unknown_query_parameters_form_fields_and_repeated_json_keys_are_named(pretrained, tmp_path):
+    """`?topK=1` on any kind of body and a multipart text field `topK` were ignored (200, 3 classes), and a
+    JSON key given twice (`"topk": 1, "topk": 5`) silently meant its last value: each is a 422 naming it."""
+    digit = png_bytes(mnist_test(1)[0][0, 0])
+    bodies = {"raw": {"content": digit, "headers": {"content-type": "image/png"}},
+              "octet-stream": {"content": digit, "headers": {"content-type": "application/octet-stream"}},
+              "multipart": {"files": {"file": ("d.png", digit, "image/png")}},
+              "JSON": {"json": {"images": [b64(digit)]}}}
+    log = tmp_path / "serve.log"
+    with serving(pretrained, log=log) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        for name, kwargs in bodies.items():
+            for params in ({"topK": "1"}, {"topk": "1", "top_k": "1"}, {"format": "json"}):
+                r = client.post("/v1/predict", params=params, **kwargs)
+                check_error(r, 422, (name, params))
+                unknown = [key for key in params if key != "topk"][0]
+                assert f"unknown query parameter {unknown!r} in the URL; the only one is 'topk'" == r.json()["error"]
+        for fields in ({"topK": "1"}, {"topk": "2", "top_k": "1"}, {"file": "d.png"}):
+            r = client.post("/v1/predict", files={"image": ("d.png", digit, "image/png")}, data=fields)
+            check_error(r, 422, fields)
+            unknown = [key for key in fields if key != "topk"][0]
+            assert f"unknown multipart field {unknown!r} (text, not a file)" in r.json()["error"], r.text
+        text = '{"images": ["%s"], "topk": 1, "topk": 5}' % b64(digit)
+        r = client.post("/v1/predict", content=text, headers={"content-type": "application/json"})
+        check_error(r, 422, "topk twice")
+        assert r.json()["error"] == "the JSON key 'topk' is given 2 times; give it once", r.text
+        # the right spellings still answer, an image under any field name included
+        r = client.post("/v1/predict?topk=2", files={"image": ("d.png", digit, "image/png")}, data={"topk": "4"})
+        assert r.status_code == 200 and len(r.json()["topk"]) == 4, r.text
+        r = client.post("/v1/predict?topk=2", content=digit, headers={"content-type": "image/png"})
+        assert r.status_code == 200 and len(r.json()["topk"]) == 2, r.text
+    assert "Traceback" not in log.read_text()

@@ -243,11 +243,11 @@ def test_output_dir_rules(tmp_path, tiny_run):
     before = (tiny_run / "best.pt").read_bytes()
     assert_user_error(run_cli(*base, "--output-dir", tiny_run), "already holds a run", "--exist-ok")
     assert (tiny_run / "best.pt").read_bytes() == before  # refused run touched nothing
-    # A run refused after the data are read (a bad --classes) changes nothing either, even with
-    # --exist-ok (it used to delete evals.csv and start train.log), and creates no new folder.
+    # A run refused after the data are read (--freeze leaving nothing to train) changes nothing either,
+    # even with --exist-ok (it used to delete evals.csv and start train.log), and creates no new folder.
     saved = {f.name: f.read_bytes() for f in tiny_run.iterdir()}
     assert "evals.csv" in saved
-    assert_user_error(run_cli(*base, "--classes", "99", "--output-dir", tiny_run, "--exist-ok"), "--classes")
+    assert_user_error(run_cli(*base, "--freeze", "*", "--output-dir", tiny_run, "--exist-ok"), "nothing is left to train")
     assert {f.name: f.read_bytes() for f in tiny_run.iterdir()} == saved
     assert_user_error(run_cli(*base, "--freeze", "*", "--output-dir", tmp_path / "new"), "nothing is left to train")
     assert not (tmp_path / "new").exists()

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from ..errors import unknown
+from ..errors import ConfigError, unknown
 from . import formats
 from .formats import CIFAR_RECORD_BYTES
 
@@ -258,6 +258,12 @@ FOLDER = DatasetSpec(
 
 DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST, CIFAR10, FOLDER)}
 ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar": "cifar10"}
+
+
+def check_class_indices(classes: list[int], count: int) -> None:
+    """--classes: distinct indices of a data set's `count` classes."""
+    if any(not 0 <= c < count for c in classes) or len(set(classes)) != len(classes):
+        raise ConfigError(f"--classes must be distinct indices in 0..{count - 1}, got {classes}")
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from . import formats
-from .catalog import DatasetSpec, FolderRule, get_spec
+from .catalog import DatasetSpec, FolderRule, check_class_indices, get_spec
 from .fetch import Located, locate
 
 
@@ -92,8 +92,7 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
     """Keep only `classes` (indices), relabelled 0..k-1 in the order given."""
     if not classes:
         return split
-    if any(not 0 <= c < len(split.classes) for c in classes) or len(set(classes)) != len(classes):
-        raise ConfigError(f"--classes must be distinct indices in 0..{len(split.classes) - 1}, got {classes}")
+    check_class_indices(classes, len(split.classes))
     lookup = torch.full((len(split.classes),), -1, dtype=torch.long)
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     mask = lookup[split.labels] >= 0

@@ -23,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from importlib import resources
 from itertools import islice
@@ -102,9 +102,9 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     app = FastAPI(title="convzoo", description=f"Predictions from {predictor.meta['model']} "
                   f"({predictor.meta.get('dataset', '')})", version="1", lifespan=lifespan, redirect_slashes=False)
 
-    async def predict_raw(body: bytes, topk_texts: list[str]) -> dict:
+    async def predict_raw(body: bytes, query: list[tuple[str, str]]) -> dict:
         """A raw image body (Content-Type image/*, the cheapest single-image request): its one result."""
-        topk = query_topk(topk_texts)
+        topk = query_topk(query)
         results = await batcher.submit(lambda: ([("body", body)], topk), len(body))
         return results[0]
 
@@ -159,11 +159,11 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     async def predict(request: Request):
         """A multipart upload (field `file`, and optionally a `topk` field), a raw image body (Content-Type
         image/*), or JSON {"images": [base64, ...], "topk": 3} for a batch; `?topk=` for each (a topk
-        in the body wins)."""
+        in the body wins). Any other query parameter, text field or JSON key, or one given twice, is a 422."""
         body = await read_limited(request, max_upload)
         check_encoding(request.headers.get("content-encoding", ""))
         ctype = request.headers.get("content-type", "").lower()  # image/*: RawImageRoute answered it
-        topk = query_topk(request.query_params.getlist("topk"))
+        topk = query_topk(request.query_params.multi_items())
         if ctype.startswith("multipart/form-data"):
             images, form_topk = await from_multipart(request, body)
             topk = topk if form_topk is None else parse_topk(form_topk)
@@ -173,7 +173,7 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
             # `curl --data-binary @cat.jpg` sends form-urlencoded; other clients send octet-stream or
             # nothing: a body that decodes as an image is one, anything else gets the 415 below.
             try:
-                return JSONResponse(await predict_raw(body, request.query_params.getlist("topk")))
+                return JSONResponse(await predict_raw(body, request.query_params.multi_items()))
             except NotAnImage:
                 raise RequestError(415, wrong_type(ctype)) from None
         else:
@@ -231,7 +231,7 @@ class RawImageRoute:
                 return
             check_encoding(headers.get(b"content-encoding", b"").decode("latin-1"))
             query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-            response = JSONResponse(await self.handle(body, [value for key, value in query if key == "topk"]))
+            response = JSONResponse(await self.handle(body, query))
         except (RequestError, ImageError) as exc:
             response = error_response(exc)
         await response(scope, receive, send)
@@ -509,8 +509,13 @@ def non_finite(names: list[str]) -> RequestError:
                              "it cannot classify this input")
 
 
-def query_topk(texts: list[str]) -> int:
-    """The query's `topk` values: 3 without one; `?topk=1&topk=5` is a 422 (it silently meant 5)."""
+def query_topk(query: list[tuple[str, str]]) -> int:
+    """The query's `topk`: 3 without one; `?topk=1&topk=5` (it silently meant 5) and any other parameter
+    (`?topK=1` was ignored) are 422s."""
+    unknown = [key for key, _ in query if key != "topk"]
+    if unknown:
+        raise unknown_names("query parameter", unknown, "in the URL; the only one is 'topk'")
+    texts = [value for _, value in query]
     if len(texts) > 1:
         raise RequestError(422, f"topk is given {len(texts)} times in the query; give it once")
     return parse_topk(texts[0] if texts else "3")
@@ -519,6 +524,13 @@ def query_topk(texts: list[str]) -> int:
 def parse_topk(text: str) -> int:
     """`?topk=`: digits only (no sign, exponent or 30-digit numbers to convert)."""
     return check_topk(int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else text)
+
+
+def unknown_names(what: str, names: list[str], known: str) -> RequestError:
+    """A 422 naming what the request sent that would otherwise be ignored (`topK` for `topk`)."""
+    names = list(dict.fromkeys(names))
+    listed = ", ".join(repr(name[:40]) for name in names[:5]) + (" ..." if len(names) > 5 else "")
+    return RequestError(422, f"unknown {what}{'s' * (len(names) > 1)} {listed} {known}")
 
 
 def check_topk(value) -> int:
@@ -565,11 +577,15 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
         raise RequestError(422, f"malformed multipart body ({str(getattr(exc, 'detail', exc))[:200]})") from None
     try:
         files = [((v.filename or k)[:100], await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+        texts = [k for k, v in form.multi_items() if not hasattr(v, "read")]
         topks = form.getlist("topk")
     finally:
         await form.close()
     if not files:
         raise RequestError(422, "no file in the multipart body (send the image in a field named 'file')")
+    unknown = [name for name in texts if name != "topk"]
+    if unknown:  # `-F topK=1` was ignored without a word
+        raise unknown_names("multipart field", unknown, "(text, not a file); the only text field is 'topk'")
     if len(topks) > 1:
         raise RequestError(422, f"the multipart field 'topk' is given {len(topks)} times; give it once")
     topk = topks[0] if topks else None
@@ -581,16 +597,24 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
 JSON_KEYS = ("images", "topk")
 
 
+def distinct_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object_pairs_hook: a key given twice is a 422 (`"topk": 1, "topk": 5` silently meant 5)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        key, count = Counter(key for key, _ in pairs).most_common(1)[0]
+        raise RequestError(422, f"the JSON key {key[:40]!r} is given {count} times; give it once")
+    return obj
+
+
 def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
     usage = 'JSON body must be {"images": ["<base64>", ...], "topk": 3}'
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=distinct_keys)
     except (ValueError, RecursionError):  # RecursionError: [[[[... nested deeper than Python recurses
         raise RequestError(422, f"body is not valid JSON; {usage}") from None
     unknown = [key for key in payload if key not in JSON_KEYS] if isinstance(payload, dict) else []
     if unknown:  # `"topK": 5` or `"top_k"` was ignored without a word
-        raise RequestError(422, f"unknown key{'s' * (len(unknown) > 1)} {', '.join(repr(k[:40]) for k in unknown[:5])} "
-                                "in the JSON body; the keys are 'images' and 'topk'")
+        raise unknown_names("key", unknown, "in the JSON body; the keys are 'images' and 'topk'")
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
         raise RequestError(422, usage)
