@@ -173,7 +173,8 @@ def tiny_run(tmp_path_factory):
     (["train", "--shift-pad", "-5"], ["--shift-pad must be in 0..64"]),
     (["train", "--lr", "inf"], ["lr must be float"]),
     (["train", "--epochs", "abc"], ["--epochs", "'abc'"]),
-    (["train", "--config", "../../../etc/passwd"], ["unknown preset"]),
+    (["train", "--config", "lenet-mindspore/../../x"], ["config file not found"]),  # a path: the user's file, not a preset
+    (["train", "--config", "lenet5-fastt"], ["unknown preset", "lenet5-fast"]),
     (["train", "--config", ""], ["--config", "must not be empty"]),
     (["quantize", "--config", " "], ["--config", "must not be empty"]),
     (["serve", "--model", "x.onnx", "--host", ""], ["--host", "must not be empty"]),
