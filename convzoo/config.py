@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, unknown
+from .errors import ConfigError, first_line, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
@@ -226,22 +226,21 @@ def load_config_file(path: Path) -> dict:
 
     try:
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found" if not path.exists() else
-                              f"{path}: not a regular file")
+            raise ConfigError("config file not found" if not path.exists() else "not a regular file", path)
         if path.stat().st_size > MAX_CONFIG_FILE:
-            raise ConfigError(f"{path}: larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config")
+            raise ConfigError(f"larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config", path)
         values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: a config must be UTF-8 text") from None
+        raise ConfigError("a config must be UTF-8 text", path) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        raise ConfigError(f"cannot read it ({exc.strerror or exc})", path) from None
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise ConfigError(f"not valid YAML ({first_line(exc, 120)})", path) from None
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of settings (model: lenet5, epochs: 10, ...), got "
-                          f"{type(values).__name__}")
+        raise ConfigError("a config must be a mapping of settings (model: lenet5, epochs: 10, ...), got "
+                          f"{type(values).__name__}", path)
     for key in RUN_RECORD_KEYS:
         values.pop(key, None)
     return checked_settings(values, str(path))

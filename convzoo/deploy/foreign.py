@@ -345,9 +345,7 @@ def timm_settings(cfg: dict, path) -> dict:
     """timm's eval transform: the centre crop_pct of the shorter side, resized to input_size with
     `interpolation`, normalised with mean and std (pixels in 0..1)."""
     hints = {"mean": numbers(cfg.get("mean"), "mean", path), "std": numbers(cfg.get("std"), "std", path),
-             "crop": cfg["crop_pct"] if cfg.get("crop_pct") is not None else TIMM_CROP_PCT}
-    if isinstance(hints["crop"], bool) or not isinstance(hints["crop"], (int, float)) or not 0.05 <= hints["crop"] <= 1:
-        raise ConfigError(f"crop_pct must be a fraction in 0.05..1, got {str(hints['crop'])[:40]!r}", path)
+             "crop": crop_pct(cfg["crop_pct"], path) if cfg.get("crop_pct") is not None else TIMM_CROP_PCT}
     interpolation = cfg.get("interpolation", "bilinear")
     if interpolation not in (*INTERPOLATIONS, "random"):  # random: a training-time choice; bilinear at eval
         raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
@@ -388,13 +386,17 @@ def hf_settings(data: dict, path) -> dict:
         crop_side = hf_side(crop_size, "crop_size", path)
         hints["crop"], side = min(1.0, crop_side / side), crop_side
     elif data.get("crop_pct") is not None and side and side < 384:  # ConvNeXt: resize to side / crop_pct, crop side
-        crop = data["crop_pct"]
-        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.05 <= crop <= 1:
-            raise ConfigError(f"crop_pct must be a fraction in 0.05..1, got {str(crop)[:40]!r}", path)
-        hints["crop"] = crop
+        hints["crop"] = crop_pct(data["crop_pct"], path)
     if side:
         hints["size_hint"] = side
     return hints
+
+
+def crop_pct(value, path) -> float:
+    """A preprocessing file's crop_pct (timm's and ConvNeXt's), checked here so a problem names the file."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.05 <= value <= 1:
+        raise ConfigError(f"crop_pct must be a fraction in 0.05..1, got {str(value)[:40]!r}", path)
+    return value
 
 
 def hf_side(size, key: str, path) -> int:

@@ -205,12 +205,12 @@ def input_shape(spec: dict, batch: int = 1) -> tuple:
 
 def typed(run, dtype: str):
     """A runner of a graph taking float16 or uint8 (raw pixels, normalised inside it) that takes convzoo's
-    float32 batches; any output comes back as float32."""
+    float32 batches, its output back as float32; a float32 graph's runner as it is."""
     if dtype == "float16":
         return lambda x: np.asarray(run(x.astype(np.float16)), np.float32)
     if dtype == "uint8":  # the batch holds (pixels / 255 - 0) / (1 / 255): the pixels, up to float rounding
         return lambda x: np.asarray(run(np.clip(np.rint(x), 0, 255).astype(np.uint8)), np.float32)
-    return lambda x: np.asarray(run(x), np.float32)
+    return run  # float32: nothing to convert on the serving path
 
 
 def channels_last(run):
