@@ -104,10 +104,9 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
              "interpolation": interpolation, "preprocessor": preprocessor, "preprocess": preprocess}
     if any(v is not None for v in given.values()):  # as `convzoo eval` refuses them, before a class file is read
         if not onnx_file:
-            from .deploy.predict import DESCRIBE_FLAGS
+            from .deploy.foreign import not_for_checkpoints
 
-            raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint "
-                              "describes itself", path)
+            raise not_for_checkpoints(path)
         if dataset is None:
             raise ConfigError("a model made elsewhere names no data set: evaluate takes dataset='mnist' (or another "
                               "name), whose classes are matched to the model's by name", path)

@@ -294,14 +294,12 @@ def describe_hints(args) -> dict:
     """--classes, --mean, --std, --input-size, --crop, --interpolation, --preprocess (and --preprocessor's
     file) as Predictor's `describe` (unset ones left out); refused for a model that is not an ONNX file
     before a class file is read."""
-    from .deploy.foreign import HINTS, parse_numbers, read_classes, with_preprocessor
-    from .deploy.predict import DESCRIBE_FLAGS
+    from .deploy.foreign import HINTS, not_for_checkpoints, parse_numbers, read_classes, with_preprocessor
     from .errors import ConfigError
     from .metadata import is_onnx
 
     if description_flags(args) and getattr(args, "model", None) and not is_onnx(args.model):
-        raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint describes "
-                          "itself", args.model)
+        raise not_for_checkpoints(args.model)
     hints = {k: getattr(args, k) for k in HINTS if getattr(args, k, None) is not None}
     if "classes" in hints:
         hints["classes"] = read_classes(hints["classes"])
@@ -427,10 +425,9 @@ def cmd_eval(args) -> int:
     if args.model and args.tta:
         raise ConfigError("--tta applies to --ckpt (a PyTorch checkpoint); an ONNX model is scored as it is")
     if description_flags(args) and args.ckpt:
-        from .deploy.predict import DESCRIBE_FLAGS
+        from .deploy.foreign import not_for_checkpoints
 
-        raise ConfigError(f"{DESCRIBE_FLAGS} describe an ONNX file made elsewhere (--model FILE); a checkpoint "
-                          "describes itself")
+        raise not_for_checkpoints(args.ckpt)
     if description_flags(args) and not args.dataset:  # before the file is read and the runtime built
         raise ConfigError("a model made elsewhere names no data set: eval takes --dataset NAME, whose classes are "
                           "matched to the model's by name")

@@ -292,3 +292,10 @@ def check_folder_flags(cfg: TrainConfig, given: list[str]) -> None:
                           f"own images) only; {spec.name} has its own test split and "
                           f"{'x'.join(map(str, spec.image_shape[1:]))} images with {spec.image_shape[0]} channel"
                           f"{'s' * (spec.image_shape[0] > 1)}")
+    if "test_split" in given and spec.folder and cfg.data_path and Path(cfg.data_path).is_dir():
+        from .data.formats import split_layout
+
+        layout = split_layout(Path(cfg.data_path))
+        if layout:  # its test images are the test folder's, whatever share was asked for
+            raise ConfigError(f"--test-split {cfg.test_split} does not apply: the folder is split by hand "
+                              f"({layout[1].name}/ beside {layout[0].name}/)", cfg.data_path)

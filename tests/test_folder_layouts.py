@@ -121,6 +121,11 @@ def test_train_and_val_folders_are_the_training_and_test_splits(tmp_path, capsys
                  "--epochs", "1", "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
     assert "(8 train / 4 test)" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "run" / "last.pt")["class_names"] == ["a", "b"]
+    # An explicit --test-split on a folder split by hand was ignored without a word: one line, no run
+    cli_error(capsys, "train", "--model", "lenet5", "--dataset", "folder", "--data-path", tmp_path / "train-val",
+              "--test-split", "0.5", "--output-dir", tmp_path / "run2",
+              fragments=(str(tmp_path / "train-val"), "--test-split 0.5 does not apply", "(val/ beside train/)"))
+    assert not (tmp_path / "run2").exists()
 
     lone = tmp_path / "lone"
     for c in ("a", "b"):

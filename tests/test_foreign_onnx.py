@@ -181,7 +181,7 @@ def test_eval_scores_a_described_file_on_a_named_data_set(files):
               ["accuracy"] for model, flags in ((files["own"], []), (files["plain"], [*describe, "--dataset", "mnist"]))]
     assert scores[0] == scores[1] >= 0.98
     assert "eval takes --dataset NAME" in assert_user_error(run_cli("eval", "--model", files["plain"], *describe))
-    assert "a checkpoint describes itself" in assert_user_error(run_cli("eval", "--ckpt", "lenet5:mnist", *describe))
+    assert "a convzoo checkpoint describes itself" in assert_user_error(run_cli("eval", "--ckpt", "lenet5:mnist", *describe))
 
 
 def test_a_served_foreign_file_answers_with_its_class_names(files, digits, tmp_path):
@@ -326,6 +326,16 @@ def test_half_precision_and_raw_pixel_inputs_run(tmp_path):
     assert np.abs(probabilities(raw, images) - expected / expected.sum(1, keepdims=True)).max() < 1e-6
     with pytest.raises(ConvzooError, match="--mean and --std do not apply"):
         convzoo.load(tmp_path / "u8.onnx", classes=10, mean=0.5, std=0.25)
+    with pytest.raises(ConvzooError, match=r"\): --std do not apply"):  # only the flag the user gave is named
+        convzoo.load(tmp_path / "u8.onnx", classes=10, std=0.25)
+    # A preprocessing file's mean and std are its training's, which a uint8 graph applies inside: not refused
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"pretrained_cfg": {**TIMM_CONFIG["pretrained_cfg"], "input_size": [3, 8, 8],
+                                                     "crop_pct": 1.0, "interpolation": "bilinear"}}))
+    from_file = convzoo.load(tmp_path / "u8.onnx", classes=10, preprocessor=cfg)
+    assert np.abs(probabilities(from_file, images) - probabilities(raw, images)).max() < 1e-6
+    with pytest.raises(ConvzooError, match="--mean do not apply"):  # the user's own flag still is
+        convzoo.load(tmp_path / "u8.onnx", classes=10, preprocessor=cfg, mean=0.5)
     doubles = typed_graph(onnx.TensorProto.DOUBLE)
     with pytest.raises(ConvzooError, match="float64: convzoo feeds float32, float16 or uint8"):
         convzoo.load(write(doubles, tmp_path / "f64.onnx"), classes=10, mean=0, std=1)

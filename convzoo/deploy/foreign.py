@@ -38,6 +38,16 @@ NAME_PAIR = re.compile(r"""\s*(\d{1,9})\s*:\s*('(?:[^'\\\n]|\\.){0,1000}'|"(?:[^
 ULTRALYTICS_INPUT = {"mean": 0.0, "std": 1.0, "crop": 1.0}
 
 
+DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size, --crop, --interpolation, --preprocessor and --preprocess"
+
+
+def not_for_checkpoints(path) -> ConfigError:
+    """The refusal of description hints (DESCRIBE_FLAGS) for a convzoo checkpoint or shipped weights, in
+    the words eval, predict, serve and the Python API all use."""
+    return ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint describes itself",
+                       path)
+
+
 def has_convzoo_metadata(onnx_model) -> bool:
     return any(p.key == META_KEY for p in onnx_model.metadata_props)
 
@@ -49,15 +59,17 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     read photos as MNIST's / Fashion-MNIST's images were made), and `size_hint` (read_preprocessor's side,
     used where the graph leaves its input's open). uint8 inputs take raw pixels: no mean or std."""
     hints = {k: v for k, v in (hints or {}).items() if v is not None}
+    from_file = hints.pop("from_preprocessor", ())
     for flag in ("crop", "interpolation"):
         if hints.get(flag) is not None and hints.get("preprocess", "resize") != "resize":
             raise ConfigError(f"--{flag} goes with --preprocess resize; {hints['preprocess']} fits the strokes in "
                               "MNIST's way", path)
     dtype = input_type(onnx_model.graph, path)
     if dtype == "uint8":
-        if "mean" in hints or "std" in hints:
+        given = [f"--{k}" for k in ("mean", "std") if k in hints and k not in from_file]
+        if given:
             raise ConfigError("the model takes uint8 pixels 0..255 as they are (its normalisation is inside the "
-                              "graph): --mean and --std do not apply", path)
+                              f"graph): {' and '.join(given)} do not apply", path)
         hints.update(RAW_PIXELS)
     layout, channels, size = input_layout(onnx_model.graph, path, hints.get("mean"))
     found = ultralytics_hints(onnx_model, path)
@@ -318,7 +330,10 @@ def with_preprocessor(hints: dict, file) -> dict:
     if hints.get("preprocess", "resize") != "resize":
         raise ConfigError(f"--preprocessor describes photos resized to the input; --preprocess {hints['preprocess']} "
                           "fits the strokes in MNIST's way instead")
-    return {**read_preprocessor(str(file)), **hints}
+    settings = read_preprocessor(str(file))
+    # which values only the file gave: a uint8 graph normalises inside, so the file's mean and std are
+    # its training's, not something to refuse the way --mean/--std are
+    return {**settings, **hints, "from_preprocessor": tuple(k for k in settings if k not in hints)}
 
 
 def read_preprocessor(text: str) -> dict:

@@ -14,13 +14,12 @@ from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
 from ..errors import ConfigError, ConvzooError, WriteError, first_line
 from ..metadata import META_KEY, image_input, is_onnx, parse_json_meta, read_onnx_metadata
-from .foreign import describe, has_convzoo_metadata
+from .foreign import DESCRIBE_FLAGS, describe, has_convzoo_metadata, not_for_checkpoints
 from .graph_limits import check_deterministic, check_tensor_sizes, count
 from .preprocess import ImageError, load_image, to_array
 from .runtime import in_fixed_batches, open_runner, ort_session, pick_runtime, run_batched, session_runner
 
 MAX_TOPK = 1000  # classes a result may list: the API, `predict --topk` and the server allow 1..this
-DESCRIBE_FLAGS = "--classes, --mean, --std, --input-size, --crop, --interpolation, --preprocessor and --preprocess"
 BATCH_BYTES = 64 << 20  # model inputs run at most this many bytes at a time, whatever the input size
 
 
@@ -34,8 +33,7 @@ class Predictor:
         # What the user says about an ONNX file made elsewhere (foreign.HINTS); it has no convzoo description.
         self.describe = {k: v for k, v in (describe or {}).items() if v is not None}
         if self.describe and not is_onnx(self.path):
-            raise ConfigError(f"{DESCRIBE_FLAGS} describe ONNX files made elsewhere; a convzoo checkpoint "
-                              "describes itself", self.path)
+            raise not_for_checkpoints(self.path)
         # A checkpoint or shipped weights run as their cached ONNX export: torch is imported only the
         # first time a file is seen, and later predictions start as fast as from an .onnx file.
         self.onnx_path, self._scratch = (self.path, None) if is_onnx(self.path) else cached_onnx(self.path)
