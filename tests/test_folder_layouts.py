@@ -216,3 +216,22 @@ def test_a_test_only_read_hashes_no_training_file(tmp_path, capsys, monkeypatch)
     assert [p for p in read if "train" in p.parts] == [] and len(read) == 8, read
     assert byte_copy_warnings(capsys.readouterr().err) == []
     assert len(byte_copy_warnings(info(capsys, root)[1])) == 1  # both splits read: warned
+
+
+def test_a_class_folder_linked_to_another_is_refused(tmp_path, capsys):
+    """`kitty -> cat` inside the data set made the same images two classes (only the test-overlap
+    warning said anything): one line naming both, in a plain folder and in a train/ + test/ one."""
+    flat = tmp_path / "flat"
+    write_pngs(flat / "cat", 3, 0)
+    write_pngs(flat / "dog", 3, 1)
+    (flat / "kitty").symlink_to(flat / "cat", target_is_directory=True)
+    cli_error(capsys, "data", "info", "folder", "--data-path", flat,
+              fragments=(str(flat), "class folders 'cat' and 'kitty' are the same folder", "remove the link"))
+    split = split_by_hand(tmp_path / "split", "train", "test", classes=("cat", "dog"))
+    (split / "train" / "kitty").symlink_to("cat", target_is_directory=True)  # a relative link
+    cli_error(capsys, "data", "info", "folder", "--data-path", split,
+              fragments=(str(split / "train"), "'cat' and 'kitty' are the same folder"))
+    (split / "train" / "kitty").unlink()
+    (flat / "kitty").unlink()
+    for folder in (flat, split):  # without the links, both read
+        assert info(capsys, folder)[0]["classes"] == ["cat", "dog"]
