@@ -235,3 +235,21 @@ def test_a_class_folder_linked_to_another_is_refused(tmp_path, capsys):
     (flat / "kitty").unlink()
     for folder in (flat, split):  # without the links, both read
         assert info(capsys, folder)[0]["classes"] == ["cat", "dog"]
+
+
+def test_eval_table_lines_up_wide_class_names():
+    """Class folders named in Chinese or Japanese (two terminal columns per character) pushed their rows'
+    numbers out of line in eval's table: each row's accuracy now ends in the header's column."""
+    import torch
+    from tqdm.utils import disp_len
+
+    from convzoo.engine.evaluate import EvalResult
+
+    classes = ("猫", "dog", "ショートヘアの猫", "café")
+    table = EvalResult(0.5, 1.0, torch.tensor([[3, 1, 0, 0], [0, 2, 0, 0], [1, 0, 5, 0], [0, 0, 0, 1]]),
+                       classes).table().splitlines()
+    header, rows = table[0], table[1:]
+    ends = {disp_len(line[:line.index(number) + len(number)])
+            for line, number in zip(rows, ("0.7500", "1.0000", "0.8333", "1.0000"))}
+    assert ends == {disp_len(header[:header.index("accuracy") + len("accuracy")])}, table
+    assert [row.split()[0] for row in rows] == list(classes)

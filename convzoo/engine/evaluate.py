@@ -25,10 +25,13 @@ class EvalResult:
         return (self.confusion.diag() / totals).tolist()
 
     def table(self) -> str:
-        width = max(12, max(len(c) for c in self.classes) + 2)
+        from tqdm.utils import disp_len  # columns on a terminal: a CJK class name takes two per character
+
+        width = max(12, max(map(disp_len, self.classes)) + 2)
         lines = [f"{'class':<{width}}{'accuracy':>10}{'correct':>10}{'total':>8}"]
         for i, (name, acc) in enumerate(zip(self.classes, self.per_class)):
-            lines.append(f"{name:<{width}}{acc:>10.4f}{int(self.confusion[i, i]):>10}{int(self.confusion[i].sum()):>8}")
+            pad = " " * (width - disp_len(name))
+            lines.append(f"{name}{pad}{acc:>10.4f}{int(self.confusion[i, i]):>10}{int(self.confusion[i].sum()):>8}")
         return "\n".join(lines)
 
 
