@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", help="fp32 convzoo checkpoint (omit with --config to train first)")
     p.add_argument("--config", type=nonempty, help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
     p.add_argument("--method", default="qat", help="qat | ptq")
+    p.add_argument("--train-epochs", type=number(int, 1, 10_000),
+                   help="with --config: the preset's training epochs (default: the preset's own)")
     p.add_argument("--epochs", type=number(int, 1, 10_000), help="QAT fine-tune epochs (default 1)")
     p.add_argument("--lr", type=number(float, 1e-12, 100), help="QAT fine-tune peak learning rate (default 0.001)")
     p.add_argument("--calib-batches", type=number(int, 1, 100_000), default=32)
@@ -648,15 +650,24 @@ def cmd_quantize(args) -> int:
     if args.method == "ptq" and (args.epochs is not None or args.lr is not None):
         raise ConfigError("--epochs and --lr set QAT's fine-tune; --method ptq has none (it only calibrates)")
     ckpt = args.ckpt
+    if ckpt and args.config:  # one was quantized and the other ignored
+        raise ConfigError(f"give --ckpt {ckpt} or --config {args.config}, not both: --config trains the model "
+                          "that --ckpt would name")
+    if args.train_epochs and not args.config:
+        raise ConfigError("--train-epochs sets --config's training; a --ckpt is trained already (--epochs sets "
+                          "QAT's fine-tune)")
     if not ckpt:
         if not args.config:
             raise ConfigError("quantize needs --ckpt PATH (an fp32 checkpoint) or --config PRESET to train one first")
         from .config import build_config
         from .engine.launch import train
 
-        cfg = build_config(args.config, {"data_path": args.data_path})
+        cfg = build_config(args.config, {"data_path": args.data_path, "epochs": args.train_epochs})
         best = Path(cfg.run_dir()) / "best.pt"  # refused before the training, not after it
         check_output_dir(output_folder(best, args.method, args.output_dir), best, exist_ok=args.exist_ok)
+        if best.exists() and not args.exist_ok:  # a model trained earlier, that a new run would replace
+            raise ConfigError(f"{best.parent} holds a trained {args.config} model already: quantize it with --ckpt "
+                              f"{best}, or pass --exist-ok to train it again")
         result = train(cfg, exist_ok=True)
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     fine_tune = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}  # else its defaults

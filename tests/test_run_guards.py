@@ -339,3 +339,31 @@ def test_quantize_refuses_an_earlier_quantization_unless_exist_ok(mnist_small, t
     names = {f.name for f in q.iterdir() if not f.name.startswith(".")}
     assert names == {"model-fp32.onnx", "model-int8.onnx", "int8-report.md", "int8-report.json"}, names
     assert "(PTQ)" in (q / "int8-report.md").read_text()
+
+
+@pytest.mark.real_data
+def test_quantize_config_trains_as_told_and_keeps_an_earlier_model(mnist_small, tmp_path, capsys, monkeypatch):
+    """`quantize --config PRESET` could not shorten the preset's training, silently quantized --ckpt when
+    both were given, and trained again over a model an earlier run had left in runs/PRESET. Now
+    --train-epochs sets the training, the pairs are one line each, and the earlier model is kept."""
+    import json
+
+    from convzoo.cli import main
+
+    monkeypatch.chdir(tmp_path)  # --config trains into runs/lenet-quant-mnist here
+    cli_error(capsys, "quantize", "--config", "lenet-quant-mindspore", "--ckpt", mnist_small / "best.pt", *MNIST,
+              fragments=["give --ckpt", "or --config lenet-quant-mindspore, not both"])
+    cli_error(capsys, "quantize", "--ckpt", mnist_small / "best.pt", "--train-epochs", "1", *MNIST,
+              fragments=["--train-epochs sets --config's training"])
+    assert not (tmp_path / "runs").exists()
+    quick = ["quantize", "--config", "lenet-quant-mindspore", "--train-epochs", "1", "--method", "ptq",
+             "--calib-batches", "2", "--threads", "1", *map(str, MNIST)]
+    assert main([*quick, "--output-dir", "q1"]) == 0
+    run = tmp_path / "runs" / "lenet-quant-mnist"
+    assert json.loads((run / "summary.json").read_text())["epoch"] == 1  # not the preset's 10
+    assert json.loads((tmp_path / "q1" / "int8-report.json").read_text())["int8"]["accuracy"] > 0.9
+    trained = files(run)
+    cli_error(capsys, *quick, "--output-dir", "q2",
+              fragments=["runs/lenet-quant-mnist holds a trained lenet-quant-mindspore model already",
+                         "--ckpt runs/lenet-quant-mnist/best.pt", "--exist-ok"])
+    assert files(run) == trained and not (tmp_path / "q2").exists()
