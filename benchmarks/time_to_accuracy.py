@@ -1,11 +1,14 @@
 """Time to accuracy: each preset trained with `convzoo train --target-acc` against, in the same run,
-a pytorch/examples-style baseline on the preset's data set (per-sample PIL decoding, DataLoader, SGD
-with the MindSpore seed's settings: lr 0.01, momentum 0.9, batch 64, LeNet-5), which is scored on
-the test set every --baseline-eval-steps steps; its time to a target is its first evaluation at or
-above it. Prints wall seconds to each preset's target, final accuracy and the ratio, and plots test
+a pytorch/examples-style baseline on the preset's data set (a per-sample Dataset and DataLoader, SGD
+with the MindSpore seed's LeNet settings: lr 0.01, momentum 0.9, batch 64; LeNet-5 on MNIST and
+Fashion-MNIST, alexnet-cifar with 4-px random crops and flips on CIFAR-10), which is scored on the
+test set every --baseline-eval-steps steps; its time to a target is its first evaluation at or above
+it. Prints wall seconds to each preset's target, final accuracy and the ratio, and plots test
 accuracy against wall-clock seconds (one panel per data set).
 
     .venv/bin/python benchmarks/time_to_accuracy.py --presets lenet5-fast:0.99,lenet5-mnist:0.994,lenet5-fashion:0.92
+    .venv/bin/python benchmarks/time_to_accuracy.py --presets airbench-cifar:0.6,alexnet-cifar:0.6 \
+        --eval-every-steps 100 --baseline-max-epochs 2
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from convzoo.engine.evaluate import evaluate
 from convzoo.models.registry import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_mnist import PerSampleMNIST  # noqa: E402  (the same per-sample data path as the speed benchmark)
+from train_cifar import PerSampleCIFAR  # noqa: E402  (the same per-sample data paths as the speed benchmarks)
+from train_mnist import PerSampleMNIST  # noqa: E402
+
+EVAL_STEPS = {"mnist": 100, "fashion-mnist": 100, "cifar10": 250}  # baseline steps between evaluations
 
 
 def run_preset(preset: str, target: float, every: int, threads: int, folder: Path, data_path) -> dict:
@@ -56,10 +62,16 @@ def run_baseline(dataset: str, target: float, every: int, threads: int, max_epoc
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     train, test, located = load_dataset(dataset, data_path, quiet=True)
-    spec = InputSpec(1, 32, "pad", located.spec.mean, located.spec.std)
-    model = create_model("lenet5")
+    if dataset == "cifar10":
+        spec = InputSpec(3, 32, "resize", located.spec.mean, located.spec.std)
+        model = create_model("alexnet-cifar", 10, 3)
+        data = PerSampleCIFAR(train.images.numpy(), train.labels.numpy(), 32)
+    else:
+        spec = InputSpec(1, 32, "pad", located.spec.mean, located.spec.std)
+        model = create_model("lenet5")
+        data = PerSampleMNIST(train.images.numpy(), train.labels.numpy(), located.spec.mean[0], located.spec.std[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    data = PerSampleMNIST(train.images.numpy(), train.labels.numpy(), located.spec.mean[0], located.spec.std[0])
+    every = every or EVAL_STEPS[dataset]
     loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True, drop_last=True)
     curve, reached, start, step = [], None, time.perf_counter(), 0
     for _ in range(max_epochs):
@@ -78,7 +90,11 @@ def run_baseline(dataset: str, target: float, every: int, threads: int, max_epoc
         if reached:
             break
     return {"name": f"baseline ({dataset})", "dataset": dataset, "threads": threads, "final": curve[-1][1],
-            "curve": curve}
+            "curve": curve, "every": every, "model": model_name(dataset)}
+
+
+def model_name(dataset: str) -> str:
+    return "alexnet-cifar" if dataset == "cifar10" else "LeNet-5"
 
 
 def main():
@@ -88,7 +104,8 @@ def main():
     parser.add_argument("--eval-every-steps", type=int, default=0, help="presets (0: each preset's own setting)")
     parser.add_argument("--threads", type=int, default=0, help="presets (0: each preset's own setting)")
     parser.add_argument("--baseline-threads", type=int, default=1)
-    parser.add_argument("--baseline-eval-steps", type=int, default=100)
+    parser.add_argument("--baseline-eval-steps", type=int, default=0,
+                        help=f"0: per data set, {', '.join(f'{k} {v}' for k, v in EVAL_STEPS.items())}")
     parser.add_argument("--baseline-max-epochs", type=int, default=10)
     parser.add_argument("--plot", default="time-to-accuracy.png")
     parser.add_argument("--data-path", help="the data set's folder (default: convzoo's search, $CONVZOO_DATA first)")
@@ -97,17 +114,17 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run_preset(p, t, args.eval_every_steps, args.threads, Path(tmp), args.data_path) for p, t in asked]
     baselines = {}
-    unknown = {r["dataset"] for r in runs} - {"mnist", "fashion-mnist"}
+    unknown = {r["dataset"] for r in runs} - set(EVAL_STEPS)
     if unknown:
-        raise SystemExit(f"the baseline is LeNet-5 on MNIST-format data; no baseline for {', '.join(sorted(unknown))} "
-                         "(CIFAR runs: README, their full runs)")
+        raise SystemExit(f"no baseline for {', '.join(sorted(unknown))}: the baselines are for {', '.join(EVAL_STEPS)}")
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         highest = max(r["target"] for r in runs if r["dataset"] == dataset)
         baselines[dataset] = run_baseline(dataset, highest, args.baseline_eval_steps, args.baseline_threads,
                                           args.baseline_max_epochs, args.data_path)
-    print(f"baseline: LeNet-5, DataLoader, SGD lr 0.01 momentum 0.9 batch 64, {args.baseline_threads} thread(s), "
-          f"test set every {args.baseline_eval_steps} steps, at most {args.baseline_max_epochs} epochs; evaluation "
-          "time included everywhere")
+    for dataset, base in baselines.items():
+        print(f"baseline ({dataset}): {base['model']}, DataLoader, SGD lr 0.01 momentum 0.9 batch 64, "
+              f"{args.baseline_threads} thread(s), test set every {base['every']} steps, at most "
+              f"{args.baseline_max_epochs} epochs; evaluation time included everywhere")
     print(f"{'preset':18}{'threads':>8}{'target':>8}{'s to target':>13}{'final acc':>11}{'baseline s':>24}"
           f"{'baseline / preset':>19}")
     for r in runs:
