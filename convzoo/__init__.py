@@ -50,6 +50,8 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     from .engine.launch import train as run_training
     from .errors import unknown
 
+    for name, value in (("resume", resume), ("exist_ok", exist_ok), ("quiet", quiet)):
+        _boolean(name, value)  # exist_ok="no" is truthy: it replaced the run it was meant to keep
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in [*(config if isinstance(config, dict) else ()), *flags]:  # a dict's keys are flags too
         if key not in fields:
@@ -385,6 +387,8 @@ def _path_or_none(name: str, value) -> None:
 
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise ConfigError(f"{name} must be a path, got {_shown(value)}")
+    if value is not None and not str(value).strip():  # '' would quietly mean the default search
+        raise ConfigError(f"{name} must not be empty")
 
 
 def _device(value) -> str:

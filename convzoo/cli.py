@@ -24,6 +24,9 @@ def main(argv=None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    empty = empty_option(args)
+    if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
+        args.parser.error(f"argument {empty}: must not be empty")
     previous = terminate_as_interrupt()
     try:
         return args.handler(args) or 0
@@ -93,6 +96,16 @@ def nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def empty_option(args) -> str | None:
+    """The first option given as empty text (argparse's own parse of `--data-path ""` is ''), which
+    the commands would take as not given: the nonempty check for every option at once."""
+    for action in args.parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.option_strings and isinstance(value, str) and not value.strip():
+            return "/".join(action.option_strings[:1])
+    return None
 
 
 def package_version() -> str:

@@ -171,3 +171,18 @@ def test_seeded_damage_to_real_weights_converts_or_is_one_line(weights, tmp_path
         else:
             assert f"case{i}.pt" in r["stderr"] and not (tmp_path / f"out{i}.pt").exists(), r["stderr"]
     assert 0 < converted < 30
+
+
+def test_convzoo_files_are_not_relabelled_for_another_task(mnist_run, tmp_path, capsys):
+    """Shipped MNIST weights, their .safetensors and a convzoo MNIST checkpoint converted `--dataset
+    fashion-mnist` were written as a Fashion model of digit weights: refused, naming what each file
+    says it holds. The same task converts (a copy), as before."""
+    out = tmp_path / "out.pt"
+    for source in ("lenet5:mnist", pretrained_path("lenet5:mnist"), mnist_run / "best.pt"):
+        refused(capsys, source, out, str(source), "these are lenet5 weights for mnist by the file's own description",
+                "not lenet5 for fashion-mnist", "train --restore", flags=["--model", "lenet5", "--dataset", "fashion-mnist"])
+        refused(capsys, source, out, "not alexnet-cifar for cifar10", flags=["--model", "alexnet-cifar", "--dataset",
+                                                                            "cifar10"])
+    assert not out.exists()
+    cli_json(capsys, "convert", "lenet5:mnist", *TO_LENET, "--output", out)
+    assert load_checkpoint(out)["class_names"] == load_checkpoint(mnist_run / "best.pt")["class_names"]

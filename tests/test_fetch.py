@@ -621,17 +621,22 @@ def test_cli_malformed_mirror_is_one_line(tmp_path, capsys, mirror):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_redirect_to_ftp_is_refused(tmp_path):
-    """urllib follows a redirect to ftp:, whose control connection the slow-download rule cannot cut
-    (a trickling FTP server behind a 302 hung the download)."""
+@pytest.mark.parametrize("headers, failure", [
+    # urllib follows a redirect to ftp:, whose control connection the slow-download rule cannot cut
+    # (a trickling FTP server behind a 302 hung the download)
+    ({"Location": "ftp://127.0.0.1:9/x", "Content-Length": "0"}, ": redirected to ftp://127.0.0.1:9/x, not an http(s) URL"),
+    # urllib's parse of the new URL raised ValueError: a traceback, and the next mirror never tried
+    ({"Location": "http://[::1/x", "Content-Length": "0"}, ": invalid URL (Invalid IPv6 URL)"),
+])
+def test_a_bad_redirect_fails_that_mirror_only(tmp_path, file_server, headers, failure):
     import http.server
     import threading
 
     class Redirect(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(302)
-            self.send_header("Location", "ftp://127.0.0.1:9/x")
-            self.send_header("Content-Length", "0")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
 
         def log_message(self, *args):
@@ -639,9 +644,38 @@ def test_a_redirect_to_ftp_is_refused(tmp_path):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    bad = f"http://127.0.0.1:{server.server_port}/x"
+    body = b"the file's bytes" * 100
+    file_server.files = {"/good/x": body}
     try:
-        with pytest.raises(DownloadError, match="redirected to ftp://127.0.0.1:9/x, not an http"):
-            fetch.download_file([f"http://127.0.0.1:{server.server_port}/x"], tmp_path / "x", "0" * 32, 10, timeout=5)
+        with pytest.raises(DownloadError) as caught:
+            fetch.download_file([bad], tmp_path / "x", "0" * 32, 10, timeout=5)
+        assert str(caught.value).endswith(f"download failed on every mirror: {bad}{failure}"), caught.value
+        assert list(tmp_path.iterdir()) == []
+        got = fetch.download_file([bad, file_server.url + "/good/x"], tmp_path / "x", md5(body), len(body), timeout=5)
+        assert got.read_bytes() == body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_negative_content_length_is_named(tmp_path):
+    """`Content-Length: -5` came out as http.client's 'IncompleteRead(0 bytes read, -3645439 more expected)'."""
+    import socketserver
+    import threading
+
+    class Liar(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(65536)
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\nConnection: close\r\n\r\nsome bytes")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DownloadError, match=r"/x: invalid Content-Length header '-5'$"):
+            fetch.download_file([f"http://127.0.0.1:{server.server_address[1]}/x"], tmp_path / "x", "0" * 32, 10,
+                                timeout=5)
+        assert list(tmp_path.iterdir()) == []
     finally:
         server.shutdown()
         server.server_close()

@@ -365,7 +365,9 @@ def download_file(urls: list[str], dest: Path, md5: str, size: int | None, timeo
             failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
-            failures.append(f"{url}: {type(reason).__name__}: {reason}")
+            failures.append(f"{url}: {reason}" if isinstance(reason, str) else f"{url}: {type(reason).__name__}: {reason}")
+        except ValueError as exc:  # urllib's parse of a malformed URL (a redirect to 'http://[::1/x')
+            failures.append(f"{url}: invalid URL ({str(exc)[:100]})")
     raise DownloadError("download failed on every mirror: " + " | ".join(failures), dest)
 
 
@@ -458,8 +460,12 @@ def open_url(url: str, timeout: float, pace: Pace):
         for handler in handlers:
             handler.pace = pace
         resp = urllib.request.build_opener(*handlers, _Redirect()).open(url, timeout=timeout)
+        announced = (resp.headers.get("Content-Length") or "").strip()
+        if announced.startswith("-"):  # http.client would read on, expecting a negative count of bytes
+            resp.close()
+            raise urllib.error.URLError(f"invalid Content-Length header {announced[:40]!r}")
         try:
-            return resp, int(resp.headers.get("Content-Length") or 0)
+            return resp, int(announced or 0)
         except ValueError:  # a garbled header: the byte count in stream() still applies
             return resp, 0
     if parts.netloc not in ("", "localhost"):

@@ -174,12 +174,20 @@ def load_weights(path) -> dict[str, torch.Tensor]:
     another trainer's weights: a plain state_dict, a dict holding one under STATE_DICT_KEYS, or a
     .safetensors file without convzoo's description. A 'module.' prefix (DataParallel/DDP) is dropped;
     a 'model.' one (Lightning, Hugging Face) by restore_weights, where the model's names are known."""
+    return read_weights(path)[0]
+
+
+def read_weights(path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """load_weights' tensors, and the file's own description (model, dataset, class_names, ...) where
+    convzoo wrote one: a checkpoint, its .safetensors, shipped weights; None for other trainers' files."""
     path = model_file(path)
     if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):
-        return load_safetensors(path, need_meta=False)["state_dict"]
+        found = load_safetensors(path, need_meta=False)
+        return found["state_dict"], ({k: v for k, v in found.items() if k != "state_dict"} or None)
     obj = read_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return check_checkpoint(obj, path)["state_dict"]
+        ckpt = check_checkpoint(obj, path)
+        return ckpt["state_dict"], ckpt
     candidates = [obj] + ([obj.get(k) for k in STATE_DICT_KEYS] if isinstance(obj, dict) else [])
     state = next((c for c in candidates if is_state_dict(c)), None)
     if state is None:
@@ -188,7 +196,7 @@ def load_weights(path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     check_state_dict(state, path)
-    return state
+    return state, None
 
 
 def is_state_dict(value) -> bool:

@@ -14,7 +14,7 @@ from ..atomic import check_target, make_folder
 from ..data.catalog import DATASETS, get_spec
 from ..errors import ConfigError
 from ..models.registry import get_model_info
-from .checkpoint import (build_model, load_weights, meta_model, model_from_checkpoint, save_checkpoint,
+from .checkpoint import (build_model, meta_model, model_from_checkpoint, read_weights, save_checkpoint,
                          strip_wrapper_prefix)
 from .trainer import check_fits, check_input_fit, describe_model, input_spec
 
@@ -33,7 +33,9 @@ def convert(weights, *, model: str, dataset: str, output, exist_ok: bool = False
     out = check_target(output, inputs=[weights], suffixes=SUFFIXES, exist_ok=exist_ok)
     spec = input_spec(info, data_spec)
     ckpt = describe_model(info.name, data_spec.classes, data_spec, spec)
-    source = load_weights(weights)  # validated: only tensors unpickled, finite, dense
+    source, described = read_weights(weights)  # validated: only tensors unpickled, finite, dense
+    if described:
+        check_same_task(described, info.name, data_spec, weights)
     skeleton = meta_model(ckpt)
     own = (skeleton if skeleton is not None else build_model(ckpt)).state_dict()
     ckpt["state_dict"] = strip_wrapper_prefix(source, own)
@@ -45,6 +47,17 @@ def convert(weights, *, model: str, dataset: str, output, exist_ok: bool = False
     save_checkpoint(out, {**ckpt, "converted_from": str(weights)})
     return {"output": str(out), "source": str(weights), "model": info.name, "dataset": data_spec.name,
             "num_classes": ckpt["num_classes"], "tensors": len(ckpt["state_dict"])}
+
+
+def check_same_task(described: dict, model: str, data_spec, weights) -> None:
+    """A convzoo file (checkpoint, .safetensors, NAME:DATASET) says what its weights are: converting
+    lenet5:mnist `--dataset fashion-mnist` wrote digit weights under garment names, every answer wrong."""
+    own_model, own_data = described.get("model"), described.get("dataset")
+    same_data = own_data == data_spec.name or (own_data in DATASETS and get_spec(own_data).name == data_spec.name)
+    if own_model != model or not same_data or list(described.get("class_names") or []) != list(data_spec.classes):
+        raise ConfigError(f"these are {own_model} weights for {own_data or 'an image folder'} by the file's own "
+                          f"description, not {model} for {data_spec.name}: convert would relabel them (convzoo files "
+                          "need no convert; to train from them on other data: train --restore)", weights)
 
 
 def result_line(result: dict) -> str:
