@@ -158,6 +158,8 @@ def _description(*, classes, mean, std, input_size, crop, interpolation, preproc
 
     if isinstance(classes, (str, int)) and not isinstance(classes, bool):
         classes = read_classes(str(classes))
+    if input_size is not None:  # as --input-size takes it ('32' was compared with the graph's 32 and failed)
+        input_size = _integer("input_size", input_size, 1, 512)
     given = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
              "interpolation": interpolation, "preprocess": preprocess}
     return with_preprocessor({k: v for k, v in given.items() if v is not None}, preprocessor)
@@ -194,6 +196,9 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     _boolean("exist_ok", exist_ok)
     if int8 and format == "pt2":  # int8 is an ONNX graph; a .pt2 name on it would mislead every reader
         raise ConfigError("--int8 makes an ONNX file; it cannot be combined with --format pt2")
+    if data_path is not None and not int8:  # taken and ignored, its folder never even looked at
+        raise ConfigError("--data-path goes with --int8 (the images its calibration and checks read); an fp32 "
+                          "export reads no data")
     source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
     path = _resolve(source)
     from .metadata import is_onnx

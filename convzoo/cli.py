@@ -679,8 +679,8 @@ def cmd_quantize(args) -> int:
         best = Path(cfg.run_dir()) / "best.pt"  # refused before the training, not after it
         check_output_dir(output_folder(best, args.method, args.output_dir), best, exist_ok=args.exist_ok)
         if best.exists() and not args.exist_ok:  # a model trained earlier, that a new run would replace
-            raise ConfigError(f"{best.parent} holds a trained {args.config} model already: quantize it with --ckpt "
-                              f"{best}, or pass --exist-ok to train it again")
+            raise ConfigError(f"{best.parent} holds a trained model already: quantize it with --ckpt {best}, or pass "
+                              f"--exist-ok to train {args.config} there, replacing it")
         result = train(cfg, exist_ok=True)
         ckpt = str(Path(result["output_dir"]) / "best.pt")
     fine_tune = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}  # else its defaults

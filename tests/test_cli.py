@@ -186,6 +186,10 @@ def test_report_eval_and_predict_never_write_over_their_inputs(tmp_path, capsys)
                   fragments=(name, "is also the input"))
     cli_error(capsys, "report", tmp_path / "run", "--output", tmp_path / "r.html", "--html",
               fragments=("r.html", "written to this one file"))
+    for name in ("r.png", "r.html", "report"):  # markdown under another kind's name: a broken image or page
+        cli_error(capsys, "report", tmp_path / "run", "--output", tmp_path / name,
+                  fragments=(name, "the report is markdown: choose an --output ending in .md"))
+        assert not (tmp_path / name).exists()
     cli_error(capsys, "eval", "--ckpt", weights, "--confusion", weights, fragments=("best.pt", "is also the input"))
     cli_error(capsys, "eval", "--ckpt", weights, "--confusion", tmp_path / "run" / "metrics.csv",
               fragments=("metrics.csv", "must end in .png"))

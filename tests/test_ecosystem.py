@@ -384,6 +384,8 @@ def test_api_evaluate_takes_the_eval_commands_options(tmp_path):
     ({"int8": "no"}, "int8 must be True or False, got 'no'"),
     ({"dynamic_batch": None}, "dynamic_batch must be True or False, got 'None'"),
     ({"data_path": 5}, "data_path must be a path, got '5'"),
+    ({"data_path": "/nonexistent"}, "--data-path goes with --int8 (the images its calibration and checks read); an "
+                                    "fp32 export reads no data"),
 ])
 def test_api_export_refuses_bad_arguments(tmp_path, kwargs, match):
     import re
@@ -412,6 +414,37 @@ def test_api_train_refuses_unknown_keys_of_a_config_dict(config, match):
     import convzoo
 
     one_line_error(lambda: convzoo.train(config), "ConfigError", match)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    # exist_ok="no" is truthy: it trained over the run it was meant to keep
+    ({"exist_ok": "no"}, "^exist_ok must be True or False, got 'no'$"),
+    ({"resume": "yes"}, "^resume must be True or False, got 'yes'$"),
+    ({"quiet": 1}, "^quiet must be True or False, got '1'$"),
+    # '' meant the default folder (with exist_ok, another run's)
+    ({"output_dir": ""}, "^--output-dir must not be empty$"),
+    ({"data_path": " "}, "^--data-path must not be empty$"),
+])
+def test_api_train_refuses_odd_switches_and_empty_paths(tmp_path, monkeypatch, kwargs, match):
+    import convzoo
+
+    monkeypatch.chdir(tmp_path)
+    one_line_error(lambda: convzoo.train(epochs=1, **kwargs), "ConfigError", match)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_load_refuses_odd_class_names_and_sides(tmp_path):
+    """classes=[None] * 10 became 'None (0)'..'None (9)' (the repeats numbered) and input_size='8' was
+    compared with the graph's 8 and called a mismatch."""
+    import convzoo
+    from test_foreign_onnx import foreign_graph, write
+
+    path = write(foreign_graph(["N", 3, 8, 8]), tmp_path / "plain.onnx")
+    one_line_error(lambda: convzoo.load(path, classes=[None] * 10, mean=0.5, std=0.25), "ConvzooError",
+                   "each class name must be a string, got None$")
+    one_line_error(lambda: convzoo.load(path, classes=10, mean=0.5, std=0.25, input_size="8"), "ConfigError",
+                   "^input_size must be an integer from 1 to 512, got '8'$")
+    assert convzoo.load(path, classes=10, mean=0.5, std=0.25, input_size=8).input["size"] == 8
 
 
 @pytest.mark.real_data

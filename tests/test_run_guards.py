@@ -364,6 +364,6 @@ def test_quantize_config_trains_as_told_and_keeps_an_earlier_model(mnist_small, 
     assert json.loads((tmp_path / "q1" / "int8-report.json").read_text())["int8"]["accuracy"] > 0.9
     trained = files(run)
     cli_error(capsys, *quick, "--output-dir", "q2",
-              fragments=["runs/lenet-quant-mnist holds a trained lenet-quant-mindspore model already",
-                         "--ckpt runs/lenet-quant-mnist/best.pt", "--exist-ok"])
+              fragments=["runs/lenet-quant-mnist holds a trained model already", "--ckpt runs/lenet-quant-mnist/best.pt",
+                         "--exist-ok to train lenet-quant-mindspore there, replacing it"])
     assert files(run) == trained and not (tmp_path / "q2").exists()

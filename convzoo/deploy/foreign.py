@@ -92,6 +92,9 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
     if not size:
         raise MetadataError("the graph leaves its input's side open: give it with --input-size", path)
     if isinstance(hints["classes"], (list, tuple)):
+        odd = next((name for name in hints["classes"] if not isinstance(name, str)), "")
+        if odd != "":  # before the repeats are numbered: [None] * 10 became 'None (0)' .. 'None (9)'
+            raise MetadataError(f"each class name must be a string, got {odd!r:.60}", path)
         hints["classes"] = unique_names(list(hints["classes"]))
         if len(hints["classes"]) < 2:  # a sigmoid score's one output: softmax would make every answer 1.0
             raise MetadataError("a classifier needs an output per class, at least 2; a model with one output "

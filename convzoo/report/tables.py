@@ -76,6 +76,9 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
     out = Path(output) if output else runs[0]["folder"] / "report.md" if len(runs) == 1 else Path("report.md")
     curves_path = runs[0]["folder"] / "curves.png" if len(runs) == 1 else out.with_name(out.stem + "-curves.png")
     check_outputs(out, curves_path, out.with_suffix(".html") if html_page else None, runs)
+    if out.suffix.lower() != ".md":  # markdown written as r.png or r.html opens as a broken image or page
+        raise WriteError("the report is markdown: choose an --output ending in .md (--html writes the .html beside "
+                         "it)", out)
     if len(runs) == 1:
         run = runs[0]
         curves = plot_curves(run["history"], curves_path)
