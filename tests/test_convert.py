@@ -109,6 +109,12 @@ def test_damaged_foreign_or_missing_files_are_one_line(weights, tmp_path, capsys
     refused(capsys, tmp_path / "missing.pt", tmp_path / "out.pt", "missing.pt", "not found")
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "no-tensors.pt")
     refused(capsys, tmp_path / "no-tensors.pt", tmp_path / "out.pt", "no-tensors.pt", "no weights found")
+    # a state_dict but for one entry ('no weights found' named nothing): the entry is named
+    state = torch.load(weights, weights_only=True)
+    for key, value in (("fc3.bias", 3), (7, torch.zeros(2))):
+        torch.save({"state_dict": {**state, key: value}, "epoch": 3}, tmp_path / "odd.pt")
+        refused(capsys, tmp_path / "odd.pt", tmp_path / "out.pt", "odd.pt", "a state_dict maps names to tensors, but "
+                f"'{key}' holds {type(value).__name__}")
     marker = tmp_path / "ran"
     torch.save({"state_dict": RunsCode(marker)}, tmp_path / "evil.pt")
     refused(capsys, tmp_path / "evil.pt", tmp_path / "out.pt", "evil.pt", "arbitrary unpickling")

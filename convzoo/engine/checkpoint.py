@@ -190,6 +190,12 @@ def read_weights(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         return ckpt["state_dict"], ckpt
     candidates = [obj] + ([obj.get(k) for k in STATE_DICT_KEYS] if isinstance(obj, dict) else [])
     state = next((c for c in candidates if is_state_dict(c)), None)
+    odd = None if state is not None else next(  # a state_dict but for one entry: name that entry
+        ((k, v) for c in candidates if isinstance(c, dict) and any(isinstance(v, torch.Tensor) for v in c.values())
+         for k, v in c.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if odd is not None:
+        raise CheckpointError(f"a state_dict maps names to tensors, but {str(odd[0])[:60]!r} holds "
+                              f"{type(odd[1]).__name__} {str(odd[1])[:40]!r}", path)
     if state is None:
         raise CheckpointError("no weights found: expected a convzoo checkpoint, a state_dict (names to tensors) "
                               f"or a dict holding one under {', '.join(map(repr, STATE_DICT_KEYS))}", path)
