@@ -7,8 +7,8 @@ it. Prints wall seconds to each preset's target, final accuracy and the ratio, a
 accuracy against wall-clock seconds (one panel per data set).
 
     .venv/bin/python benchmarks/time_to_accuracy.py --presets lenet5-fast:0.99,lenet5-mnist:0.994,lenet5-fashion:0.92
-    .venv/bin/python benchmarks/time_to_accuracy.py --presets airbench-cifar:0.6,alexnet-cifar:0.6 \
-        --eval-every-steps 100 --baseline-max-epochs 2
+    .venv/bin/python benchmarks/time_to_accuracy.py --presets airbench-cifar:0.6:48,alexnet-cifar:0.6:195 \
+        --baseline-threads 2 --baseline-max-epochs 2
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run_preset(preset: str, target: float, every: int, threads: int, folder: Pat
     out = folder / preset
     command = [sys.executable, "-m", "convzoo", "train", "--config", preset, "--target-acc", str(target),
                "--output-dir", str(out), "--quiet"]
-    command += ["--eval-every-steps", str(every)] if every else []
+    command += ["--eval-every-steps", str(every), "--eval-every", "1"] if every else []  # and every epoch's end
     command += ["--threads", str(threads)] if threads else []
     command += ["--data-path", data_path] if data_path else []
     subprocess.run(command, check=True)
@@ -100,7 +100,8 @@ def model_name(dataset: str) -> str:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", default="lenet5-fast:0.99,lenet5-mnist:0.994,lenet5-fashion:0.92",
-                        help="comma-separated PRESET:TARGET")
+                        help="comma-separated PRESET:TARGET[:STEPS] (STEPS: evaluate every STEPS steps and every "
+                             "epoch's end, over --eval-every-steps)")
     parser.add_argument("--eval-every-steps", type=int, default=0, help="presets (0: each preset's own setting)")
     parser.add_argument("--threads", type=int, default=0, help="presets (0: each preset's own setting)")
     parser.add_argument("--baseline-threads", type=int, default=1)
@@ -110,9 +111,10 @@ def main():
     parser.add_argument("--plot", default="time-to-accuracy.png")
     parser.add_argument("--data-path", help="the data set's folder (default: convzoo's search, $CONVZOO_DATA first)")
     args = parser.parse_args()
-    asked = [(name, float(target)) for name, target in (p.split(":") for p in args.presets.split(","))]
+    asked = [(name, float(target), int(steps[0]) if steps else args.eval_every_steps)
+             for name, target, *steps in (p.split(":") for p in args.presets.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_preset(p, t, args.eval_every_steps, args.threads, Path(tmp), args.data_path) for p, t in asked]
+        runs = [run_preset(p, t, every, args.threads, Path(tmp), args.data_path) for p, t, every in asked]
     baselines = {}
     unknown = {r["dataset"] for r in runs} - set(EVAL_STEPS)
     if unknown:
