@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import ConvzooError, Terminated, printable
+from .errors import ConfigError, ConvzooError, Terminated, printable
 
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
@@ -24,11 +24,11 @@ def main(argv=None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    empty = empty_option(args)
-    if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
-        args.parser.error(f"argument {empty}: must not be empty")
     previous = terminate_as_interrupt()
     try:
+        empty = empty_option(args)
+        if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
+            raise ConfigError(f"argument {empty}: must not be empty")
         return args.handler(args) or 0
     except ConvzooError as exc:
         print(f"convzoo: error: {exc}", file=sys.stderr)
