@@ -310,7 +310,6 @@ def describe_hints(args) -> dict:
     file) as Predictor's `describe` (unset ones left out); refused for a model that is not an ONNX file
     before a class file is read."""
     from .deploy.foreign import HINTS, not_for_checkpoints, parse_numbers, read_classes, with_preprocessor
-    from .errors import ConfigError
     from .metadata import is_onnx
 
     if description_flags(args) and getattr(args, "model", None) and not is_onnx(args.model):
@@ -349,7 +348,6 @@ def cmd_data(args) -> int:
     from .data.catalog import get_spec
     from .data.fetch import download_dataset, locate
     from .data.info import print_info, save_samples
-    from .errors import ConfigError
 
     spec = get_spec(args.name)
     # A folder has no official files: verify printed nothing and exited 0 (download_dataset refuses it itself).
@@ -429,7 +427,6 @@ def shipped(path) -> bool:
 def cmd_eval(args) -> int:
     from .engine.evaluate import evaluate_checkpoint
     from .engine.runtime import configure_threads, default_threads
-    from .errors import ConfigError
     import torch
 
     if not args.ckpt and not args.model:
@@ -497,7 +494,6 @@ def cmd_summary(args) -> int:
     from .metadata import MAX_CHANNELS, MAX_INPUT_SIZE
     from .models.registry import MODELS, create_model, get_model_info
     from .models.summary import format_summary, summarize
-    from .errors import ConfigError
 
     name, num_classes, described = args.model, args.num_classes, None
     if name not in MODELS and (":" in name or Path(name).suffix):  # a model file or NAME:DATASET: its architecture
@@ -574,7 +570,6 @@ def cmd_convert(args) -> int:
 
 def cmd_predict(args) -> int:
     from .deploy.predict import Predictor
-    from .errors import ConfigError
 
     # One short-lived process: OpenVINO's faster int8 kernels never make up for its import and compile.
     runtime = "onnxruntime" if args.runtime == "auto" else args.runtime
@@ -657,7 +652,6 @@ def cmd_serve(args) -> int:
 
 def cmd_quantize(args) -> int:
     from .engine.runtime import default_threads
-    from .errors import ConfigError
     from .quant.pipeline import check_output_dir, output_folder, run_quantize
 
     if args.method == "ptq" and (args.epochs is not None or args.lr is not None):
