@@ -64,11 +64,11 @@ def run_baseline(dataset: str, target: float, every: int, threads: int, max_epoc
     train, test, located = load_dataset(dataset, data_path, quiet=True)
     if dataset == "cifar10":
         spec = InputSpec(3, 32, "resize", located.spec.mean, located.spec.std)
-        model = create_model("alexnet-cifar", 10, 3)
+        name, model = "alexnet-cifar", create_model("alexnet-cifar", 10, 3)
         data = PerSampleCIFAR(train.images.numpy(), train.labels.numpy(), 32)
     else:
         spec = InputSpec(1, 32, "pad", located.spec.mean, located.spec.std)
-        model = create_model("lenet5")
+        name, model = "LeNet-5", create_model("lenet5")
         data = PerSampleMNIST(train.images.numpy(), train.labels.numpy(), located.spec.mean[0], located.spec.std[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     every = every or EVAL_STEPS[dataset]
@@ -90,11 +90,7 @@ def run_baseline(dataset: str, target: float, every: int, threads: int, max_epoc
         if reached:
             break
     return {"name": f"baseline ({dataset})", "dataset": dataset, "threads": threads, "final": curve[-1][1],
-            "curve": curve, "every": every, "model": model_name(dataset)}
-
-
-def model_name(dataset: str) -> str:
-    return "alexnet-cifar" if dataset == "cifar10" else "LeNet-5"
+            "curve": curve, "every": every, "model": name}
 
 
 def main():

@@ -90,17 +90,9 @@ def number(kind, low=None, high=None):
     return parse
 
 
-def nonempty(text: str) -> str:
-    """An argparse type: any text but an empty one, which would otherwise quietly mean the default
-    (`--config ""` trained the defaults, `--host ""` listened on every interface)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
 def empty_option(args) -> str | None:
-    """The first option given as empty text (argparse's own parse of `--data-path ""` is ''), which
-    the commands would take as not given: the nonempty check for every option at once."""
+    """The first option given as empty text, which the commands would take as not given (`--config ""`
+    trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...)."""
     for action in args.parser._actions:
         value = getattr(args, action.dest, None)
         if action.option_strings and isinstance(value, str) and not value.strip():
@@ -134,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model")
-    p.add_argument("--config", type=nonempty, help="a named preset (e.g. lenet-mindspore) or a YAML file of settings "
+    p.add_argument("--config", help="a named preset (e.g. lenet-mindspore) or a YAML file of settings "
                                                     "(keys as the flags: model, dataset, epochs, lr, ...; a run's own "
                                                     "config.yaml works)")
     add_train_flags(p)
@@ -170,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="QAT or PTQ to an int8 ONNX model, with an fp32-vs-int8 report")
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", help="fp32 convzoo checkpoint (omit with --config to train first)")
-    p.add_argument("--config", type=nonempty, help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
+    p.add_argument("--config", help="train this preset first (e.g. lenet-quant-mindspore), then quantize")
     p.add_argument("--method", default="qat", help="qat | ptq")
     p.add_argument("--train-epochs", type=number(int, 1, 10_000),
                    help="with --config: the preset's training epochs (default: the preset's own)")
@@ -234,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP API and a draw-a-digit page (onnxruntime inside)")
     p.add_argument("--model", required=True)
-    p.add_argument("--host", type=nonempty, default="127.0.0.1",
+    p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="0: any free port (printed)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=1, help="onnxruntime threads per worker")
@@ -272,14 +264,14 @@ def add_describe_flags(parser) -> None:
     from .deploy.foreign import INTERPOLATIONS
 
     group = parser.add_argument_group("ONNX files made elsewhere (no convzoo metadata)")
-    group.add_argument("--classes", type=nonempty, metavar="FILE|N|A,B,...",
+    group.add_argument("--classes", metavar="FILE|N|A,B,...",
                        help="class names: a file (one per line, or JSON: a list, {index: name}, a Hugging Face "
                             "config.json's id2label), names separated by commas, or a count N (names 0..N-1); "
                             "an Ultralytics export names its own")
-    group.add_argument("--mean", type=nonempty, metavar="M[,M,M]",
+    group.add_argument("--mean", metavar="M[,M,M]",
                        help="per-channel mean its training subtracted from pixels in 0..1 (ImageNet: "
                             "0.485,0.456,0.406; 0 when it took plain 0..1 pixels)")
-    group.add_argument("--std", type=nonempty, metavar="S[,S,S]",
+    group.add_argument("--std", metavar="S[,S,S]",
                        help="per-channel std it divided by (ImageNet: 0.229,0.224,0.225; 1 for plain 0..1 "
                             "pixels; 0.0039215686 for 0..255 pixels)")
     group.add_argument("--input-size", type=number(int, 1, 512), metavar="SIDE",
@@ -290,7 +282,7 @@ def add_describe_flags(parser) -> None:
     group.add_argument("--interpolation", choices=INTERPOLATIONS,
                        help="Pillow's filter for resizing photos to the input (default bilinear; timm's ImageNet "
                             "models: bicubic)")
-    group.add_argument("--preprocessor", type=nonempty, metavar="FILE",
+    group.add_argument("--preprocessor", metavar="FILE",
                        help="mean, std, crop, interpolation and input side from a timm config.json "
                             "(pretrained_cfg) or a Hugging Face preprocessor_config.json; flags given override it")
     group.add_argument("--preprocess", choices=("resize", "digit", "fashion"),

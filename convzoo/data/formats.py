@@ -537,9 +537,7 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
     else:
         folders = class_folders(root, root)
         check_not_split(folders, root)
-        classes = tuple(p.name for p in folders)
-        check_classes(classes, root)
-        check_distinct_folders(folders, root)
+        classes = checked_classes(folders, root)
         files = {"train": [], "test": []}
         for i, c in enumerate(classes):
             train, test = split_class(class_images(root / c, root), c, rule)
@@ -597,10 +595,7 @@ def holds_class_folders(folder: Path, root: Path) -> bool:
 def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
     """(class names, {split: [(file, label)]}) of a folder split by hand: the classes are the training
     folder's; the test folder may lack some, not add any."""
-    folders = class_folders(train_dir, root)
-    classes = tuple(p.name for p in folders)
-    check_classes(classes, train_dir)
-    check_distinct_folders(folders, train_dir)
+    classes = checked_classes(class_folders(train_dir, root), train_dir)
     unknown = [p for p in class_folders(test_dir, root) if p.name not in classes]
     if unknown:
         raise unknown_test_class(unknown[0], classes, train_dir.name)
@@ -691,7 +686,9 @@ def skipped(name: str) -> bool:
     return name.startswith(".") or name == MACOS_METADATA
 
 
-def check_classes(classes: tuple[str, ...], folder: Path) -> None:
+def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
+    """The class names of `folders` (class_folders'), each checked, and the folders distinct."""
+    classes = tuple(p.name for p in folders)
     for name in classes:
         check_class_name(name, folder)
     check_lookalikes(classes, folder)
@@ -700,18 +697,16 @@ def check_classes(classes: tuple[str, ...], folder: Path) -> None:
                         "holding them)", folder)
     if len(classes) == 1:
         raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
-
-
-def check_distinct_folders(folders: list[Path], where: Path) -> None:
-    """Two class folders that are one folder (`kitty -> cat`, a link inside the data set): its images
-    would be two classes, each one labelled wrong half the time."""
+    # Two class folders that are one (`kitty -> cat`, a link inside the data set): its images would be two
+    # classes, each one labelled wrong half the time.
     seen: dict[Path, Path] = {}
     for path in folders:
         first = seen.setdefault(path.resolve(), path)
         if first is not path:
             raise DataError(f"class folders '{printable(first.name)}' and '{printable(path.name)}' are the same "
                             "folder (one links to the other): its images would be two classes; remove the link",
-                            where)
+                            folder)
+    return classes
 
 
 def check_class_name(name: str, folder: Path) -> None:

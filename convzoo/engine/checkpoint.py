@@ -190,19 +190,25 @@ def read_weights(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         return ckpt["state_dict"], ckpt
     candidates = [obj] + ([obj.get(k) for k in STATE_DICT_KEYS] if isinstance(obj, dict) else [])
     state = next((c for c in candidates if is_state_dict(c)), None)
-    odd = None if state is not None else next(  # a state_dict but for one entry: name that entry
-        ((k, v) for c in candidates if isinstance(c, dict) and any(isinstance(v, torch.Tensor) for v in c.values())
-         for k, v in c.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
-    if odd is not None:
-        raise CheckpointError(f"a state_dict maps names to tensors, but {str(odd[0])[:60]!r} holds "
-                              f"{type(odd[1]).__name__} {str(odd[1])[:40]!r}", path)
     if state is None:
+        check_entries(candidates, path)
         raise CheckpointError("no weights found: expected a convzoo checkpoint, a state_dict (names to tensors) "
                               f"or a dict holding one under {', '.join(map(repr, STATE_DICT_KEYS))}", path)
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     check_state_dict(state, path)
     return state, None
+
+
+def check_entries(candidates: list, path) -> None:
+    """A dict of tensors but for one entry (an int among them, an int key) is named by that entry, not
+    called 'no weights found'."""
+    for candidate in candidates:
+        if isinstance(candidate, dict) and any(isinstance(v, torch.Tensor) for v in candidate.values()):
+            for key, value in candidate.items():
+                if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+                    raise CheckpointError(f"a state_dict maps names to tensors, but {str(key)[:60]!r} holds "
+                                          f"{type(value).__name__} {str(value)[:40]!r}", path)
 
 
 def is_state_dict(value) -> bool:
