@@ -117,6 +117,9 @@ def test_deep_folder_tree_is_walked_without_recursion(deep_folder, capsys, share
     assert [line.split(":")[0] for line in out.splitlines()] == [f"{deep_folder}/a/0.png", f"{deep_folder}/b/0.png"]
     out = cli_ok(capsys, "predict", "--model", "lenet5:mnist", "--threads", 1, f"{deep_folder}/*/**/*.png")
     assert len(out.splitlines()) == 9
+    # a final '**' is every file below, as bash's globstar (pathlib's matched folders only: nothing)
+    out = cli_ok(capsys, "predict", "--model", "lenet5:mnist", "--threads", 1, f"{deep_folder}/**")
+    assert len(out.splitlines()) == 9
 
 
 def test_unlistable_subfolder_is_one_line(tmp_path, digits, capsys, shared_cache):

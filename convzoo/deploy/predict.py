@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import re
 from pathlib import Path
@@ -430,9 +429,9 @@ def is_pattern(text: str) -> bool:
 
 
 def glob_files(pattern: Path) -> list[Path]:
-    """The regular files matching `pattern`, by pathlib's glob: its `**` does not descend into
-    symlinked folders, as folder arguments do not (glob.glob's does: a link to a parent folder made
-    `'shots/**/x.png'` run forever)."""
+    """The regular files matching `pattern`: pathlib's glob, or for `**` a walk that does not descend
+    into symlinked folders, as folder arguments do not (glob.glob's does: a link to a parent folder made
+    `'shots/**/x.png'` run forever), matched by wcmatch as bash's globstar does."""
     parts = pattern.parts
     first = next(k for k, part in enumerate(parts) if is_pattern(part))
     root = Path(*parts[:first]) if first else Path(".")
@@ -442,29 +441,16 @@ def glob_files(pattern: Path) -> list[Path]:
     if any("**" in part and part != "**" for part in rest):
         raise ImageError("invalid pattern ('**' can only be an entire path component)", pattern)
     if "**" in rest:  # pathlib's '**' recurses once per folder level: a deep tree raised RecursionError
-        found = [f for f in walk_files(root, hidden=hidden_ok) if match_parts(f.relative_to(root).parts, rest)]
+        from wcmatch import glob as wcglob  # 20 ms to import: only for '**' patterns
+
+        # '**' is any number of folders, none included; a final one, every file below (bash's globstar)
+        flags = wcglob.GLOBSTAR | wcglob.DOTGLOB if hidden_ok else wcglob.GLOBSTAR
+        found = [f for f in walk_files(root, hidden=hidden_ok)
+                 if wcglob.globmatch(f.relative_to(root).as_posix(), Path(*rest).as_posix(), flags=flags)]
     else:
         found = list(root.glob(str(Path(*rest))))
     return sorted(p for p in found
                   if p.is_file() and (hidden_ok or not any(q.startswith(".") for q in p.relative_to(root).parts)))
-
-
-def match_parts(parts: tuple, pattern: tuple) -> bool:
-    """Does a file's path (its parts) match a glob's parts, '**' standing for any number of folders
-    (none included) but never the file itself? Case-sensitive, as pathlib's glob; no recursion: it
-    follows the set of pattern positions reached so far."""
-    states = {0}
-    for i, name in enumerate(parts):
-        reached = set()
-        for k in states:  # a '**' may match no folder: the positions after it are reached too
-            reached.add(k)
-            while k < len(pattern) and pattern[k] == "**":
-                k += 1
-                reached.add(k)
-        folder = i < len(parts) - 1
-        states = {k if pattern[k] == "**" else k + 1 for k in reached if k < len(pattern)
-                  and (folder if pattern[k] == "**" else fnmatch.fnmatchcase(name, pattern[k]))}
-    return len(pattern) in states
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
