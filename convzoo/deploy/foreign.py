@@ -361,7 +361,8 @@ def read_preprocessor(text: str) -> dict:
 
 def timm_settings(cfg: dict, path) -> dict:
     """timm's eval transform: the centre crop_pct of the shorter side, resized to input_size with
-    `interpolation`, normalised with mean and std (pixels in 0..1)."""
+    `interpolation`, normalised with mean and std (pixels in 0..1). test_input_size and test_crop_pct
+    are not used, as timm's resolve_data_config does not use them unless asked (use_test_size=True)."""
     hints = {"mean": numbers(cfg.get("mean"), "mean", path), "std": numbers(cfg.get("std"), "std", path),
              "crop": crop_pct(cfg["crop_pct"], path) if cfg.get("crop_pct") is not None else TIMM_CROP_PCT}
     interpolation = cfg.get("interpolation", "bilinear")
