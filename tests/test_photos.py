@@ -216,3 +216,26 @@ def test_digits_on_paper_lying_on_a_desk(margin, angle):
     read = [int(r["class"]) for r in results[:-1]]
     assert sum(r == int(t) for r, t in zip(read, labels)) >= 19, (read, labels.tolist())
     assert results[-1].get("blank") and not any(r.get("blank") for r in results[:-1])
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("grey", [128, 200])
+@pytest.mark.parametrize("side", [28, 280])
+def test_light_ink_on_a_grey_background(grey, side):
+    """White strokes on mid-grey or light grey (chalk on a board, a drawing app's grey canvas): the
+    marks are brighter than the bulk, so they are the ink. A background above 127 had made them dark
+    ink on paper: every digit blank."""
+    from convzoo.data import formats
+    from convzoo.deploy.predict import Predictor
+    from convzoo.models.pretrained import pretrained_path
+
+    digits = formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[:50, 0]
+    labels = formats.read_idx_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz", 50)[:50]
+    shots = []
+    for digit in digits:
+        ink = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR), np.float64) / 255
+        shots.append(Image.fromarray((grey + (255 - grey) * ink).astype(np.uint8)))
+    results = Predictor(pretrained_path("lenet5:mnist")).predict_images(shots, topk=1)
+    assert not any(r.get("blank") for r in results)
+    read = [int(r["class"]) for r in results]
+    assert sum(r == int(t) for r, t in zip(read, labels)) >= 49, (read, labels.tolist())

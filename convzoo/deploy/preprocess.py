@@ -90,8 +90,11 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
     # shadow half of it).
     dark_ink = darker_ink(grey, background)
-    paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and (dark_ink or max(background, float(np.median(grey[::4, ::4])))
-                                                      > 127)
+    bulk = float(np.median(grey[::4, ::4]))
+    # Marks brighter than the image's bulk: light ink, whatever the background's brightness (chalk on a
+    # grey board, a white digit on mid-grey: read as dark-on-paper, they were all blank).
+    light_ink = float(grey.max()) - bulk > bulk - float(grey.min())
+    paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and (dark_ink or not light_ink and max(background, bulk) > 127)
     faintest = FAINTEST_INK
     if sheet is not None or paper and even_light:
         grey, background, faintest = even_lighting(grey, sheet), 255.0, FAINTEST_PHOTO_INK
@@ -99,7 +102,7 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         # An empty page under uneven light: a garment's shading is kept as it is, so only this test evens
         # the light (read as it is, the light's gradient was a confident T-shirt).
         return np.zeros((28, 28), np.float32)
-    if background > 127 or dark_ink:  # dark ink on lighter paper: invert
+    if dark_ink or background > 127 and not light_ink:  # dark ink on lighter paper: invert
         grey, background = 255 - grey, 255 - background
     if not has_ink(grey, background, faintest):
         return np.zeros((28, 28), np.float32)
