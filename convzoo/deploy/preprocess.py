@@ -90,7 +90,8 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
     # shadow half of it).
     dark_ink = darker_ink(grey, background)
-    bulk = float(np.median(grey[::4, ::4]))
+    sample = grey[::4, ::4].ravel()
+    bulk = float(np.partition(sample, len(sample) // 2)[len(sample) // 2])  # its median; np.median's call costs 4x
     # Marks brighter than the image's bulk: light ink, whatever the background's brightness (chalk on a
     # grey board, a white digit on mid-grey: read as dark-on-paper, they were all blank).
     light_ink = float(grey.max()) - bulk > bulk - float(grey.min())
