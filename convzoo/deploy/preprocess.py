@@ -99,6 +99,7 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     faintest = FAINTEST_INK
     if sheet is not None or paper and even_light:
         grey, background, faintest = even_lighting(grey, sheet), 255.0, FAINTEST_PHOTO_INK
+        dark_ink = True  # what even_lighting returns: dark ink on white
     elif paper and not has_ink(255 - even_lighting(grey), 0.0, FAINTEST_PHOTO_INK):
         # An empty page under uneven light: a garment's shading is kept as it is, so only this test evens
         # the light (read as it is, the light's gradient was a confident T-shirt).
@@ -209,8 +210,8 @@ def on_desk(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """A photo of a sheet of paper lying on a darker surface (a desk, a table, a scanner's open lid), the
     sheet any shape a rectangle takes in a photo: (the image cropped to the sheet, a mask of the sheet's
     pixels), so the surface is neither ink nor the paper's light; (grey, None) where there is no such
-    sheet. Read whole, a desk round the page was ink: 5-11 of 40 real test digits read right with 8-25%
-    of the side on each edge, 3-9 of 40 with the sheet 4 degrees askew. The sheet is the light side of
+    sheet. Read whole, a desk round the page was ink: 3-11 of 40 real test digits read right with 8-25%
+    of the side on each edge or the sheet askew (tests/test_photos.py). The sheet is the light side of
     Otsu's threshold, filled between its first and last pixel along each row and each column (the ink
     inside it), and must be most of its own outline, a fifth of the image and over a third of each side,
     with only the surface outside it: a light digit drawn on a dark canvas is none of these."""
