@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, first_line, unknown
+from .errors import ConfigError, first_line, shown, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
@@ -190,7 +190,7 @@ def check_value(name: str, value, source: str):
             if kind == "float" and not math.isfinite(value):
                 break
             return float(value) if kind == "float" else value
-    raise ConfigError(f"{source}: {name} must be {declared}, got {str(value)[:60]!r}")
+    raise ConfigError(f"{source}: {name} must be {declared}, got {shown(value)}")
 
 
 def preset_names() -> list[str]:
@@ -219,21 +219,23 @@ def load_preset(name: str) -> dict:
         raise unknown("preset", name, preset_names())
     from importlib import resources
 
-    import yaml  # here, not at the top: `predict` and `serve` build the parser that reads this module
+    from . import yamlfile  # here, not at the top: `predict` and `serve` build the parser that reads this module
 
-    values = yaml.safe_load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
+    values = yamlfile.load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
     return checked_settings(values, f"preset {name!r}")
 
 
 def load_config_file(path: Path) -> dict:
     import yaml
 
+    from . import yamlfile
+
     try:
         if not path.is_file():
             raise ConfigError("config file not found" if not path.exists() else "not a regular file", path)
         if path.stat().st_size > MAX_CONFIG_FILE:
             raise ConfigError(f"larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config", path)
-        values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        values = yamlfile.load(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError("a config must be UTF-8 text", path) from None
     except OSError as exc:
@@ -245,6 +247,9 @@ def load_config_file(path: Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of settings (model: lenet5, epochs: 10, ...), got "
                           f"{type(values).__name__}", path)
+    if not yamlfile.within(values):  # before any value is checked, printed or kept
+        raise ConfigError(f"expands to over {yamlfile.MAX_VALUES:,} values (YAML aliases); a training config holds "
+                          "a few dozen", path)
     for key in RUN_RECORD_KEYS:
         values.pop(key, None)
     return checked_settings(values, str(path))

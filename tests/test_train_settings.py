@@ -1,0 +1,62 @@
+"""`train`'s settings from files and flags: --config files (alias bombs, duplicate keys, flag spellings),
+the batch-size check whatever --steps-per-epoch says, and what --resume lets differ from the run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
+
+MNIST = ["--data-path", MNIST_DIR]
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML flow list of `levels` nested aliases, 9 wide: 9^levels values once expanded."""
+    value, previous = '[&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', "a0"
+    for i in range(1, levels):
+        value += f", &a{i} [" + ",".join([f"*{previous}"] * 9) + "]"
+        previous = f"a{i}"
+    return value + f", *{previous}]"
+
+
+@pytest.mark.parametrize("key", ["lr", "classes", "freeze", "model", "restore_exclude"])
+def test_an_alias_bomb_in_a_config_file_is_refused_at_once(tmp_path, key):
+    """Under a known key it ran for minutes growing to GBs (it was checked, then printed, in full); it is
+    refused by the cap `report` applies to a run's config.yaml, before any value is looked at."""
+    path = tmp_path / "abomb.yaml"
+    path.write_text(("" if key == "model" else "model: lenet5\n") + f"dataset: mnist\n{key}: {alias_bomb(9)}\n")
+    proc = run_cli("train", "--config", path, "--output-dir", tmp_path / "run", timeout=60)
+    assert_user_error(proc, "abomb.yaml", "expands to over 100,000 values (YAML aliases)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_value_is_never_written_out_whole_for_an_error():
+    """A value of 9^9 shared items given through the API: its error message was made from str(value)
+    (minutes, GBs) before being cut to 60 characters."""
+    code = ("import convzoo\nfrom convzoo.errors import ConfigError\nv = ['lol'] * 9\n"
+            "for _ in range(8): v = [v] * 9\n"
+            "try:\n    convzoo.train(lr=v)\nexcept ConfigError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "lr must be float" in proc.stdout and len(proc.stdout) < 200, proc
+
+
+def test_a_key_given_twice_names_the_key_and_line(tmp_path, capsys):
+    """YAML keeps the last of two `epochs:` lines: the run trained for an epoch count the user had
+    perhaps meant to replace. Refused by the loader `report` shares."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("model: lenet5\nepochs: 1\nlr: 0.1\nepochs: 2\n")
+    cli_error(capsys, "train", "--config", path, "--output-dir", tmp_path / "run",
+              fragments=("twice.yaml", "key 'epochs' is given twice", "line 4"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,"
+                                                 "images_per_s\n1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    (tmp_path / "run" / "config.yaml").write_text("model: lenet5\nmodel: lenet5-keras\n")
+    cli_error(capsys, "report", tmp_path / "run", fragments=("config.yaml", "key 'model' is given twice"))
+    from convzoo import yamlfile
+
+    # a merge key's values may be overridden: that is what it is for
+    assert yamlfile.load("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 2\n")["run"] == {"epochs": 2,
+                                                                                                  "lr": 0.1}
