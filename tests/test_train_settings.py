@@ -60,3 +60,44 @@ def test_a_key_given_twice_names_the_key_and_line(tmp_path, capsys):
     # a merge key's values may be overridden: that is what it is for
     assert yamlfile.load("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 2\n")["run"] == {"epochs": 2,
                                                                                                   "lr": 0.1}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 1-epoch run (constant schedule: --resume --epochs 2 continues it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run_cli("train", "--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "640", "--test-limit",
+            "200", "--epochs", "1", "--threads", "1", "--output-dir", out, "--quiet", check=0)
+    return out
+
+
+def run_files(run) -> dict:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("extra", [
+    ["--train-limit", "10", "--steps-per-epoch", "3"],
+    ["--val-split", "0.5", "--train-limit", "100", "--batch-size", "60", "--steps-per-epoch", "3"],
+    ["--procs", "2", "--train-limit", "10", "--steps-per-epoch", "3"],
+])
+def test_a_batch_larger_than_the_training_set_is_refused_whatever_the_steps(tmp_path, finished_run, extra):
+    """With --steps-per-epoch the check was skipped: a ZeroDivisionError in the first step, after the
+    run folder was created (and, with --exist-ok, after a finished run's files were deleted)."""
+    base = ["train", "--model", "lenet5", *MNIST, "--epochs", "1", "--threads", "1", *extra]
+    assert_user_error(run_cli(*base, "--output-dir", tmp_path / "new"), "--batch-size", "is larger than the")
+    assert not (tmp_path / "new").exists()
+    before = run_files(finished_run)
+    assert {"best.pt", "last.pt", "metrics.csv", "summary.json", "curves.png"} <= set(before)
+    assert_user_error(run_cli(*base, "--output-dir", finished_run, "--exist-ok"), "is larger than the")
+    assert run_files(finished_run) == before
+
+
+@pytest.mark.real_data
+def test_the_api_refuses_a_batch_larger_than_the_training_set(tmp_path):
+    import convzoo
+
+    with pytest.raises(convzoo.ConfigError, match="--batch-size 5000 is larger than the 640 training images"):
+        convzoo.train(model="lenet5", data_path=need(MNIST_DIR), train_limit=640, batch_size=5000,
+                      steps_per_epoch=2, epochs=1, output_dir=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -90,6 +90,9 @@ class TrainingRun:
         train_split, val_split = split_validation(train_split, cfg.val_split)
         if cfg.val_split and not len(train_split):  # else the batch size would be blamed below
             raise ConfigError(f"--val-split {cfg.val_split:g} of {kept} training images leaves no training images")
+        natural = steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
+        if natural == 0:  # whatever --steps-per-epoch asks: its steps are passes of full batches too
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
         self.spec = spec = input_spec(info, data_spec)
         split = None
         if data_spec.folder:
@@ -125,9 +128,7 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
         world = distributed.world_size()
-        self.spe = spe = cfg.steps_per_epoch or steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
-        if spe == 0:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
+        self.spe = spe = cfg.steps_per_epoch or natural
         self.total_steps = cfg.epochs * spe
         self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
         self.resumed_wall = 0.0  # seconds of training before this process (last.pt's wall_s)
