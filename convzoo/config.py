@@ -171,6 +171,26 @@ class TrainConfig:
         return self.output_dir or f"runs/{self.model}-{get_spec(self.dataset).name}"
 
 
+# What --resume holds to the run's own values (engine/trainer.check_resumable), and what may differ.
+# Same: what the model learns from and how, and how it is scored (history, best.pt) - a run resumed with
+# another value would no longer be the run its history and config.yaml describe. `model`, `epochs`
+# (longer with a constant schedule), `data_path` (the data are compared instead) and `restore` have
+# checks of their own. Free: where and how fast it runs, and what is logged or saved when.
+RESUME_SAME = ("dataset", "image_size", "channels", "test_split", "steps_per_epoch", "batch_size", "optimizer", "lr",
+               "momentum", "nesterov", "bias_lr_scale", "weight_decay", "schedule", "warmup_epochs", "step_size",
+               "gamma", "label_smoothing", "augment", "shift_pad", "tta", "lookahead", "amp", "seed", "val_split",
+               "train_limit", "test_limit", "classes", "restore_exclude", "freeze")
+RESUME_OWN_CHECK = ("model", "epochs", "data_path", "restore")
+RESUME_FREE = ("output_dir", "channels_last", "deterministic", "device", "threads", "procs", "print_freq",
+               "eval_every", "eval_steps", "target_acc", "save_every", "logger")
+
+
+def flag_name(name: str) -> str:
+    """TrainConfig field `name`'s main flag: --eval-every-steps for eval_steps, --lr-gamma for gamma."""
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return (field.metadata["flags"] or (f"--{name.replace('_', '-')}",))[0]
+
+
 FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 

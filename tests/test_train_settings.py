@@ -101,3 +101,73 @@ def test_the_api_refuses_a_batch_larger_than_the_training_set(tmp_path):
         convzoo.train(model="lenet5", data_path=need(MNIST_DIR), train_limit=640, batch_size=5000,
                       steps_per_epoch=2, epochs=1, output_dir=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_every_setting_has_a_resume_rule():
+    """Each TrainConfig field is held to the run's value on --resume, checked on its own, or free: a new
+    field must be placed (settings that changed the run were taken silently)."""
+    import dataclasses
+
+    from convzoo.config import RESUME_FREE, RESUME_OWN_CHECK, RESUME_SAME, TrainConfig
+
+    placed = [*RESUME_SAME, *RESUME_OWN_CHECK, *RESUME_FREE]
+    assert sorted(placed) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("flags, fragment", [
+    (["--train-limit", "1000"], "--train-limit 1000 differs from the run's 640"),
+    (["--lr", "0.5"], "--lr 0.5 differs from the run's 0.01"),
+    (["--augment", "shift"], "--augment shift differs from the run's none"),
+    (["--momentum", "0.5"], "--momentum 0.5 differs from the run's 0.9"),
+    (["--label-smoothing", "0.3"], "--label-smoothing 0.3 differs from the run's 0.0"),
+    (["--weight-decay", "0.1"], "--weight-decay 0.1 differs from the run's 0.0"),
+    (["--amp", "bf16"], "--amp bf16 differs from the run's none"),
+    (["--lr-gamma", "0.5"], "--lr-gamma 0.5 differs from the run's 0.1"),
+    (["--test-limit", "300"], "--test-limit 300 differs from the run's 200"),
+    (["--freeze", "conv1.*"], "--freeze conv1.* differs from the run's (not set)"),
+    (["--restore", "other.pt"], "--restore other.pt does not go with --resume"),
+])
+def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, capsys, flags, fragment):
+    """Each was taken with rc 0 and written into config.yaml as if the whole run had used it (--restore was
+    ignored; --freeze failed on the optimizer's state in internal words)."""
+    before = run_files(finished_run)
+    cli_error(capsys, "train", "--resume", "--output-dir", finished_run, "--epochs", "2", *MNIST, *flags,
+              fragments=("last.pt", fragment))
+    assert run_files(finished_run) == before
+
+
+@pytest.mark.real_data
+def test_resume_compares_the_training_images_not_their_path(finished_run, tmp_path, capsys):
+    """The same files elsewhere resume; other training images (recorded count and fingerprint) do not."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["train_data"]["images"] == 640
+    for forged, fragment in (({"images": 700}, "the run trained on 700 images, this one would on 640"),
+                             ({"fingerprint": "0" * 16}, "the 640 training images are not the run's")):
+        torch.save({**state, "train_data": {**state["train_data"], **forged}}, run / "last.pt")
+        cli_error(capsys, "train", "--resume", "--output-dir", run, "--epochs", "2", *MNIST,
+                  fragments=("last.pt", fragment, "resume needs the same data"))
+    torch.save(state, run / "last.pt")
+    copy = shutil.copytree(MNIST_DIR, tmp_path / "mnist-copy")
+    run_cli("train", "--resume", "--output-dir", run, "--epochs", "2", "--data-path", copy, "--quiet", check=0)
+
+
+@pytest.mark.real_data
+def test_a_run_that_reached_its_target_is_not_resumed(tmp_path, capsys):
+    """It resumed at the next epoch (skipping the rest of the one it stopped in), trained on and wrote
+    over summary.json's `reached`."""
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", *MNIST, "--train-limit", "3200", "--test-limit", "500", "--epochs", "3",
+            "--lr", "0.05", "--target-acc", "0.5", "--eval-every-steps", "10", "--threads", "1", "--output-dir", out,
+            "--quiet", check=0)
+    before = run_files(out)
+    assert '"reached": {' in before["summary.json"].decode()
+    cli_error(capsys, "train", "--resume", "--output-dir", out, *MNIST,
+              fragments=("last.pt", "run already reached its target accuracy 0.5", "nothing to resume"))
+    assert run_files(out) == before
