@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, first_line, shown, unknown
+from .errors import ConfigError, closest, first_line, shown, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
@@ -275,14 +275,32 @@ def load_config_file(path: Path) -> dict:
     return checked_settings(values, str(path))
 
 
+def key_names() -> dict[str, str]:
+    """Every spelling a settings file may use for a field -> the field: its name and its flags without
+    the dashes, with '-' or '_' (eval_every_steps and eval-every-steps for eval_steps; not -b)."""
+    names = {}
+    for f in dataclasses.fields(TrainConfig):
+        for spelling in (f.name, *(flag[2:] for flag in f.metadata["flags"] if flag.startswith("--"))):
+            names[spelling] = names[spelling.replace("-", "_")] = names[spelling.replace("_", "-")] = f.name
+    return names
+
+
 def checked_settings(values: dict, source: str) -> dict:
+    """A file's settings by field name (keys as the flags spell them too), each type-checked."""
     values = dict(values)
     values.pop("description", None)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = [str(k) for k in values if k not in names]
+    names = key_names()
+    bad = [str(k) for k in values if not isinstance(k, str) or k not in names]
     if bad:
-        raise ConfigError(f"{source} has unknown keys: {', '.join(sorted(bad))[:200]}")
-    return {k: check_value(k, v, source) for k, v in values.items()}
+        hints = [f"{key[:40]}{closest(key, names)}" for key in sorted(bad)]
+        raise ConfigError(f"{source} has unknown keys: {', '.join(hints)[:300]}")
+    settings, given_as = {}, {}
+    for key, value in values.items():
+        name = names[key]
+        if name in settings:  # epochs: and epoch_size: both; which one was meant?
+            raise ConfigError(f"{source} gives {name} twice (as {given_as[name]} and {key}); keep one")
+        settings[name], given_as[name] = check_value(name, value, source), key
+    return settings
 
 
 def build_config(preset: str | None, overrides: dict, base: dict | None = None,

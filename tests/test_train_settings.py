@@ -171,3 +171,20 @@ def test_a_run_that_reached_its_target_is_not_resumed(tmp_path, capsys):
     cli_error(capsys, "train", "--resume", "--output-dir", out, *MNIST,
               fragments=("last.pt", "run already reached its target accuracy 0.5", "nothing to resume"))
     assert run_files(out) == before
+
+
+def test_config_file_keys_may_be_spelt_as_the_flags(tmp_path, capsys):
+    """README and --help say "keys as the flags", yet eval_every_steps, lr_step_size, lr_gamma and
+    batch-size were unknown keys (only the internal eval_steps, step_size, gamma worked)."""
+    from convzoo.config import build_config
+
+    path = tmp_path / "k.yaml"
+    path.write_text("model: lenet5\neval_every_steps: 5\nlr_step_size: 3\nlr-gamma: 0.5\nbatch-size: 32\n"
+                    "learning_rate: 0.02\n")
+    cfg = build_config(str(path), {})
+    assert (cfg.eval_steps, cfg.step_size, cfg.gamma, cfg.batch_size, cfg.lr) == (5, 3, 0.5, 32, 0.02)
+    path.write_text("model: lenet5\nepochs: 1\nepoch_size: 2\n")
+    cli_error(capsys, "train", "--config", path, fragments=("k.yaml", "gives epochs twice (as epochs and epoch_size)"))
+    path.write_text("model: lenet5\neval_every_step: 5\nfoo: 1\n")
+    cli_error(capsys, "train", "--config", path,
+              fragments=("k.yaml has unknown keys: eval_every_step (did you mean 'eval_every_steps'?), foo",))
