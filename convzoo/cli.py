@@ -95,9 +95,15 @@ def empty_option(args) -> str | None:
     trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...)."""
     for action in args.parser._actions:
         value = getattr(args, action.dest, None)
-        if action.option_strings and isinstance(value, str) and not value.strip():
+        if action.option_strings and (blank(value) or isinstance(value, list) and (not value or any(map(blank, value)))):
             return "/".join(action.option_strings[:1])
     return None
+
+
+def blank(value) -> bool:
+    """Empty text; a list option's parsed value is [] for it (`--freeze ""` froze nothing), and an
+    appended option's holds it (`--mirror ""`)."""
+    return isinstance(value, str) and not value.strip()
 
 
 def package_version() -> str:

@@ -188,3 +188,15 @@ def test_config_file_keys_may_be_spelt_as_the_flags(tmp_path, capsys):
     path.write_text("model: lenet5\neval_every_step: 5\nfoo: 1\n")
     cli_error(capsys, "train", "--config", path,
               fragments=("k.yaml has unknown keys: eval_every_step (did you mean 'eval_every_steps'?), foo",))
+
+
+@pytest.mark.parametrize("flag", ["--freeze", "--restore-exclude"])
+@pytest.mark.parametrize("text", ["", " ", ","])
+def test_an_empty_list_option_is_refused_like_any_empty_option(capsys, flag, text):
+    """`--freeze ""` (an unset shell variable) was taken as "freeze nothing" with rc 0: its parsed value
+    is a list, which the empty-option check did not look at."""
+    cli_error(capsys, "train", flag, text, fragments=(f"argument {flag}: must not be empty",))
+
+
+def test_an_empty_appended_option_is_refused(capsys):
+    cli_error(capsys, "data", "download", "mnist", "--mirror", "", fragments=("argument --mirror: must not be empty",))
