@@ -406,12 +406,15 @@ def cmd_train(args) -> int:
 def resumed_config(args) -> tuple[dict, str]:
     """The config a run was started with (so `--resume` alone continues it unchanged), and where it came from."""
     from .config import TrainConfig
+    from .engine import rundir
     from .engine.checkpoint import load_checkpoint
 
     defaults = TrainConfig()
     where = TrainConfig(model=args.model or defaults.model, dataset=args.dataset or defaults.dataset,
                         output_dir=args.output_dir)
     path = Path(where.run_dir()) / "last.pt"
+    if rundir.is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
+        raise rundir.busy(path.parent)
     return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
 
 

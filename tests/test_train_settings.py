@@ -200,3 +200,31 @@ def test_an_empty_list_option_is_refused_like_any_empty_option(capsys, flag, tex
 
 def test_an_empty_appended_option_is_refused(capsys):
     cli_error(capsys, "data", "download", "mnist", "--mirror", "", fragments=("argument --mirror: must not be empty",))
+
+
+@pytest.mark.real_data
+def test_a_folder_another_train_is_writing_is_named_as_such_first(tmp_path):
+    """A second train into a folder whose run is in its first epoch was told that the folder 'holds a run
+    that saved no checkpoint ...; pass --exist-ok' (only --exist-ok found the lock)."""
+    import os
+    import time
+
+    out = tmp_path / "run"
+    common = ["--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "6400", "--batch-size", "16",
+              "--threads", "1", "--print-freq", "0", "--output-dir", out]
+    first = subprocess.Popen([sys.executable, "-m", "convzoo", "train", *map(str, common), "--epochs", "1000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "config.yaml").exists():  # training, holding the folder; no last.pt yet
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for extra in ([], ["--resume"]):
+            assert_user_error(run_cli("train", *common, "--epochs", "1", *extra),
+                              "another convzoo train is writing this output folder")
+    finally:
+        first.kill()
+        first.wait()
+    line = assert_user_error(run_cli("train", *common, "--epochs", "1"), "output folder")  # its own reason now
+    assert "another convzoo train" not in line

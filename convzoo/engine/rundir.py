@@ -34,6 +34,8 @@ def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
     unless told to continue or overwrite it."""
     if path.exists() and not path.is_dir():
         raise ConfigError("output folder is a file", path)
+    if is_locked(path):  # first: a run still writing the folder explains whatever else it holds
+        raise busy(path)
     if not resume and not exist_ok and (path / "config.yaml").exists():
         if not (path / "last.pt").exists():  # stopped before its first checkpoint: nothing to --resume
             raise ConfigError("output folder holds a run that saved no checkpoint (stopped in its first epoch?); "
@@ -136,9 +138,34 @@ def lock(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise ConfigError("another convzoo train is writing this output folder now; wait for it to end or "
-                          "choose another --output-dir", path) from None
+        raise busy(path) from None
     _locks[key] = fd
+
+
+def busy(path: Path) -> ConfigError:
+    return ConfigError("another convzoo train is writing this output folder now; wait for it to end or "
+                       "choose another --output-dir", path)
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds the folder's lock now (looked at, not taken: check() changes nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: lock() takes none either
+        return False
+    if path.resolve() in _locks:  # this process's own (the Python API training again)
+        return False
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file, or none readable: lock() itself says what is wrong
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the shared lock taken to look
 
 
 def check_resumed_checkpoint(path: Path, state: dict) -> None:
