@@ -235,6 +235,9 @@ def load_preset(name: str) -> dict:
     checked field by field as presets are."""
     if is_config_file(name):
         return load_config_file(Path(name))
+    if Path(name).is_file():  # a bare name is a preset's; the user's file of that name was passed over
+        what = "both a shipped preset and" if name in preset_names() else "not a preset but"
+        raise ConfigError(f"--config {name} is {what} a file in this folder; for the file write ./{name}")
     if name not in preset_names():
         raise unknown("preset", name, preset_names())
     from importlib import resources

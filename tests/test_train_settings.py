@@ -228,3 +228,19 @@ def test_a_folder_another_train_is_writing_is_named_as_such_first(tmp_path):
         first.wait()
     line = assert_user_error(run_cli("train", *common, "--epochs", "1"), "output folder")  # its own reason now
     assert "another convzoo train" not in line
+
+
+def test_a_bare_config_name_that_is_also_a_file_here_is_ambiguous(tmp_path, capsys, monkeypatch):
+    """`--config lenet5-fast` beside a file named lenet5-fast trained the preset without a word."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lenet5-fast").write_text("model: lenet5\nepochs: 1\n")
+    cli_error(capsys, "train", "--config", "lenet5-fast",
+              fragments=("--config lenet5-fast is both a shipped preset and a file in this folder",
+                         "write ./lenet5-fast"))
+    from convzoo.config import load_preset
+
+    assert load_preset("./lenet5-fast") == {"model": "lenet5", "epochs": 1}
+    (tmp_path / "lenet5-mnist").mkdir()  # a run folder of that name is no config file: the preset
+    assert load_preset("lenet5-mnist")["model"] == "lenet5"
+    (tmp_path / "recipe").write_text("epochs: 1\n")
+    cli_error(capsys, "train", "--config", "recipe", fragments=("not a preset but a file", "./recipe"))
