@@ -337,7 +337,9 @@ def _array_image(array, name: str):
 
 # The arguments' checks: the CLI's parser does these for its flags; the API gets the same ranges.
 def _shown(value) -> str:
-    return repr(str(value)[:40])
+    from .errors import shown
+
+    return shown(value, 40)
 
 
 def _integer(name: str, value, low: int, high: int) -> int:
@@ -354,13 +356,21 @@ def _plain(value):
     """A train() argument as the other API functions take it: a path-like object (pathlib.Path) as its
     str, numpy scalars as Python's int, float or bool (lists, tuples and 1-d arrays item by item, as lists); anything else as given, for
     TrainConfig's checks to accept or refuse."""
-    import numbers
     import os
 
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, (list, tuple)) or (type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1):
-        return [_plain(v) for v in value]  # classes=(3, 5) or np.array([3, 5]) as [3, 5]
+        # classes=(3, 5) or np.array([3, 5]) as [3, 5]; one level only (no setting nests lists), so a
+        # nested value is refused as given rather than copied whole, however many items it shares
+        return [_scalar(v) for v in value]
+    return _scalar(value)
+
+
+def _scalar(value):
+    """A numpy scalar as Python's int, float or bool; anything else as given."""
+    import numbers
+
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         if isinstance(value, numbers.Integral):
             return int(value)

@@ -95,9 +95,15 @@ def empty_option(args) -> str | None:
     trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...)."""
     for action in args.parser._actions:
         value = getattr(args, action.dest, None)
-        if action.option_strings and isinstance(value, str) and not value.strip():
+        if action.option_strings and (blank(value) or isinstance(value, list) and (not value or any(map(blank, value)))):
             return "/".join(action.option_strings[:1])
     return None
+
+
+def blank(value) -> bool:
+    """Empty text; a list option's parsed value is [] for it (`--freeze ""` froze nothing), and an
+    appended option's holds it (`--mirror ""`)."""
+    return isinstance(value, str) and not value.strip()
 
 
 def package_version() -> str:
@@ -400,12 +406,15 @@ def cmd_train(args) -> int:
 def resumed_config(args) -> tuple[dict, str]:
     """The config a run was started with (so `--resume` alone continues it unchanged), and where it came from."""
     from .config import TrainConfig
+    from .engine import rundir
     from .engine.checkpoint import load_checkpoint
 
     defaults = TrainConfig()
     where = TrainConfig(model=args.model or defaults.model, dataset=args.dataset or defaults.dataset,
                         output_dir=args.output_dir)
     path = Path(where.run_dir()) / "last.pt"
+    if rundir.is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
+        raise rundir.busy(path.parent)
     return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
 
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, first_line, unknown
+from .errors import ConfigError, closest, first_line, shown, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
@@ -171,6 +171,26 @@ class TrainConfig:
         return self.output_dir or f"runs/{self.model}-{get_spec(self.dataset).name}"
 
 
+# What --resume holds to the run's own values (engine/trainer.check_resumable), and what may differ.
+# Same: what the model learns from and how, and how it is scored (history, best.pt) - a run resumed with
+# another value would no longer be the run its history and config.yaml describe. `model`, `epochs`
+# (longer with a constant schedule), `data_path` (the data are compared instead) and `restore` have
+# checks of their own. Free: where and how fast it runs, and what is logged or saved when.
+RESUME_SAME = ("dataset", "image_size", "channels", "test_split", "steps_per_epoch", "batch_size", "optimizer", "lr",
+               "momentum", "nesterov", "bias_lr_scale", "weight_decay", "schedule", "warmup_epochs", "step_size",
+               "gamma", "label_smoothing", "augment", "shift_pad", "tta", "lookahead", "amp", "seed", "val_split",
+               "train_limit", "test_limit", "classes", "restore_exclude", "freeze")
+RESUME_OWN_CHECK = ("model", "epochs", "data_path", "restore")
+RESUME_FREE = ("output_dir", "channels_last", "deterministic", "device", "threads", "procs", "print_freq",
+               "eval_every", "eval_steps", "target_acc", "save_every", "logger")
+
+
+def flag_name(name: str) -> str:
+    """TrainConfig field `name`'s main flag: --eval-every-steps for eval_steps, --lr-gamma for gamma."""
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return (field.metadata["flags"] or (f"--{name.replace('_', '-')}",))[0]
+
+
 FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
@@ -190,7 +210,7 @@ def check_value(name: str, value, source: str):
             if kind == "float" and not math.isfinite(value):
                 break
             return float(value) if kind == "float" else value
-    raise ConfigError(f"{source}: {name} must be {declared}, got {str(value)[:60]!r}")
+    raise ConfigError(f"{source}: {name} must be {declared}, got {shown(value)}")
 
 
 def preset_names() -> list[str]:
@@ -215,25 +235,30 @@ def load_preset(name: str) -> dict:
     checked field by field as presets are."""
     if is_config_file(name):
         return load_config_file(Path(name))
+    if Path(name).is_file():  # a bare name is a preset's; the user's file of that name was passed over
+        what = "both a shipped preset and" if name in preset_names() else "not a preset but"
+        raise ConfigError(f"--config {name} is {what} a file in this folder; for the file write ./{name}")
     if name not in preset_names():
         raise unknown("preset", name, preset_names())
     from importlib import resources
 
-    import yaml  # here, not at the top: `predict` and `serve` build the parser that reads this module
+    from . import yamlfile  # here, not at the top: `predict` and `serve` build the parser that reads this module
 
-    values = yaml.safe_load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
+    values = yamlfile.load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
     return checked_settings(values, f"preset {name!r}")
 
 
 def load_config_file(path: Path) -> dict:
     import yaml
 
+    from . import yamlfile
+
     try:
         if not path.is_file():
             raise ConfigError("config file not found" if not path.exists() else "not a regular file", path)
         if path.stat().st_size > MAX_CONFIG_FILE:
             raise ConfigError(f"larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config", path)
-        values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        values = yamlfile.load(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError("a config must be UTF-8 text", path) from None
     except OSError as exc:
@@ -245,19 +270,40 @@ def load_config_file(path: Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of settings (model: lenet5, epochs: 10, ...), got "
                           f"{type(values).__name__}", path)
+    if not yamlfile.within(values):  # before any value is checked, printed or kept
+        raise ConfigError(f"expands to over {yamlfile.MAX_VALUES:,} values (YAML aliases); a training config holds "
+                          "a few dozen", path)
     for key in RUN_RECORD_KEYS:
         values.pop(key, None)
     return checked_settings(values, str(path))
 
 
+def key_names() -> dict[str, str]:
+    """Every spelling a settings file may use for a field -> the field: its name and its flags without
+    the dashes, with '-' or '_' (eval_every_steps and eval-every-steps for eval_steps; not -b)."""
+    names = {}
+    for f in dataclasses.fields(TrainConfig):
+        for spelling in (f.name, *(flag[2:] for flag in f.metadata["flags"] if flag.startswith("--"))):
+            names[spelling] = names[spelling.replace("-", "_")] = names[spelling.replace("_", "-")] = f.name
+    return names
+
+
 def checked_settings(values: dict, source: str) -> dict:
+    """A file's settings by field name (keys as the flags spell them too), each type-checked."""
     values = dict(values)
     values.pop("description", None)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = [str(k) for k in values if k not in names]
+    names = key_names()
+    bad = [str(k) for k in values if not isinstance(k, str) or k not in names]
     if bad:
-        raise ConfigError(f"{source} has unknown keys: {', '.join(sorted(bad))[:200]}")
-    return {k: check_value(k, v, source) for k, v in values.items()}
+        hints = [f"{key[:40]}{closest(key, names)}" for key in sorted(bad)]
+        raise ConfigError(f"{source} has unknown keys: {', '.join(hints)[:300]}")
+    settings, given_as = {}, {}
+    for key, value in values.items():
+        name = names[key]
+        if name in settings:  # epochs: and epoch_size: both; which one was meant?
+            raise ConfigError(f"{source} gives {name} twice (as {given_as[name]} and {key}); keep one")
+        settings[name], given_as[name] = check_value(name, value, source), key
+    return settings
 
 
 def build_config(preset: str | None, overrides: dict, base: dict | None = None,

@@ -79,3 +79,13 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
         return line
     cut = line[:limit - 3].rsplit(" ", 1)[0]  # at a word's end, and marked as cut
     return (cut if len(cut) > limit // 2 else line[:limit - 3]) + "..."
+
+
+def shown(value, limit: int = 60) -> str:
+    """`value` quoted for an error message, at most `limit` characters; a container is written only
+    as far as shown (reprlib), so a YAML alias bomb's value is never expanded in full to be cut."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+    return repr((value if isinstance(value, str) else short.repr(value))[:limit])

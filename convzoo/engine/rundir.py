@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import yamlfile
 from ..atomic import atomic_write_bytes, remove_outputs, remove_stale_temps, write_error
 from ..errors import ConfigError, DataError, first_line
 
@@ -26,7 +27,6 @@ OPTIONAL_METRICS = {"wall_s"}
 RUN_FILES = ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "curves.png"]
 WRITTEN_FILES = ["train.log", "evals.csv"]  # appended to, not replaced; a run writes them too
 MAX_CONFIG_BYTES = 1 << 20  # a run's config.yaml is a few KB
-MAX_CONFIG_VALUES = 100_000  # values in it once YAML's aliases are followed (a 464-byte alias bomb expands to 10^9)
 
 
 def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
@@ -34,6 +34,8 @@ def check(path: Path, *, resume: bool, exist_ok: bool) -> None:
     unless told to continue or overwrite it."""
     if path.exists() and not path.is_dir():
         raise ConfigError("output folder is a file", path)
+    if is_locked(path):  # first: a run still writing the folder explains whatever else it holds
+        raise busy(path)
     if not resume and not exist_ok and (path / "config.yaml").exists():
         if not (path / "last.pt").exists():  # stopped before its first checkpoint: nothing to --resume
             raise ConfigError("output folder holds a run that saved no checkpoint (stopped in its first epoch?); "
@@ -136,9 +138,34 @@ def lock(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise ConfigError("another convzoo train is writing this output folder now; wait for it to end or "
-                          "choose another --output-dir", path) from None
+        raise busy(path) from None
     _locks[key] = fd
+
+
+def busy(path: Path) -> ConfigError:
+    return ConfigError("another convzoo train is writing this output folder now; wait for it to end or "
+                       "choose another --output-dir", path)
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds the folder's lock now (looked at, not taken: check() changes nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: lock() takes none either
+        return False
+    if path.resolve() in _locks:  # this process's own (the Python API training again)
+        return False
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file, or none readable: lock() itself says what is wrong
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the shared lock taken to look
 
 
 def check_resumed_checkpoint(path: Path, state: dict) -> None:
@@ -155,56 +182,26 @@ def check_resumed_checkpoint(path: Path, state: dict) -> None:
                           "(config.yaml): it is not this run's; nothing was changed", path)
 
 
-class _ConfigLoader(yaml.SafeLoader):
-    """safe_load whose integers have at most 100 characters: a 1 MB base-60 integer (1:59:59:...) took
-    a minute of CPU to build, and a 5,000-digit one fails Python's int-to-string limit later."""
-
-    def construct_yaml_int(self, node):
-        if len(node.value) > 100:
-            raise yaml.constructor.ConstructorError(None, None, "an integer of over 100 characters", node.start_mark)
-        return super().construct_yaml_int(node)
-
-
-_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
-
-
 def read_config(path: Path) -> dict:
     """The run's config.yaml as a mapping ({} when there is none); a file too large, unreadable, not a
-    mapping or one whose aliases expand past MAX_CONFIG_VALUES is one DataError line."""
+    mapping or one whose aliases expand past yamlfile.MAX_VALUES is one DataError line."""
     file = path / "config.yaml"
     try:
         if not file.is_file():
             return {}
         if file.stat().st_size > MAX_CONFIG_BYTES:
             raise DataError(f"config.yaml is larger than {MAX_CONFIG_BYTES >> 20} MB; a run's is a few KB", file)
-        config = yaml.load(file.read_text(encoding="utf-8"), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
+        config = yamlfile.load(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
         raise DataError(f"cannot read config.yaml ({first_line(exc)})", file) from None
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise DataError(f"config.yaml holds a {type(config).__name__}, not a mapping of settings", file)
-    if not within(config, MAX_CONFIG_VALUES):
-        raise DataError(f"config.yaml expands to over {MAX_CONFIG_VALUES:,} values (YAML aliases); a run's holds "
+    if not yamlfile.within(config):
+        raise DataError(f"config.yaml expands to over {yamlfile.MAX_VALUES:,} values (YAML aliases); a run's holds "
                         "a few dozen", file)
     return config
-
-
-def within(value, budget: int) -> bool:
-    """Whether `value` holds at most `budget` values, counting shared (aliased) parts each time they
-    appear, as printing it would; stops counting at the budget (also for self-referencing lists)."""
-    stack, seen = [value], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > budget:
-            return False
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set)):
-            stack.extend(item)
-    return True
 
 
 def write_config(path: Path, config: dict) -> None:

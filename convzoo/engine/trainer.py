@@ -6,6 +6,7 @@ of every global batch, and only rank 0 logs and writes the run directory.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import RESUME_SAME, TrainConfig, flag_name
 from ..data.catalog import DatasetSpec, FolderRule, get_spec
 from ..data.formats import inside, split_fingerprint
 from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
@@ -97,6 +98,12 @@ class TrainingRun:
             split = split_fingerprint(located.root, data_spec.folder, train_split.classes)
             if state is not None:
                 check_same_split(state, split, located.root)
+        self.train_data = train_identity(train_split)
+        if state is not None:  # another --data-path holding the same files is the same run
+            check_same_train_data(state, self.train_data, out / "last.pt")
+        natural = steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
+        if natural == 0:  # whatever --steps-per-epoch asks: its steps are passes of full batches too
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
 
         self.model = model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
         check_fits(model, to_model_input(train_split.subset(slice(0, 2)).images, spec), cfg.model, data_spec.title)
@@ -125,9 +132,7 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
         world = distributed.world_size()
-        self.spe = spe = cfg.steps_per_epoch or steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
-        if spe == 0:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split)} training images")
+        self.spe = spe = cfg.steps_per_epoch or natural
         self.total_steps = cfg.epochs * spe
         self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
         self.resumed_wall = 0.0  # seconds of training before this process (last.pt's wall_s)
@@ -375,6 +380,7 @@ class TrainingRun:
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "global_step": epoch * self.spe + step, "rng": rng_state(), "history": self.history,
                 "best_acc": self.best, "epoch_accumulators": meter, "wall_s": time.perf_counter() - self.wall_start,
+                "train_data": self.train_data, "reached": self.reached,
                 **({"lookahead": self.lookahead.state_dict()} if self.lookahead else {}),
                 "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
 
@@ -608,6 +614,28 @@ def check_same_split(state: dict, split: dict, folder: Path) -> None:
                         "or restore the folder", folder)
 
 
+def train_identity(split: Split) -> dict:
+    """What --resume compares the training images by: their number and a hash of all labels and of up to
+    256 images spread over the split (cheap, and any other file set or order changes it)."""
+    n = len(split)
+    picked = torch.linspace(0, n - 1, min(n, 256)).long() if n else torch.zeros(0, dtype=torch.long)
+    digest = hashlib.sha256(split.labels.cpu().numpy().tobytes())
+    digest.update(split.images[picked].cpu().numpy().tobytes())
+    return {"images": n, "fingerprint": digest.hexdigest()[:16]}
+
+
+def check_same_train_data(state: dict, now: dict, path) -> None:
+    """The run's training images (last.pt's record; older checkpoints have none) against those read now."""
+    then = state.get("train_data")
+    if not isinstance(then, dict) or then == now:
+        return
+    if then.get("images") != now["images"]:
+        raise CheckpointError(f"the run trained on {then.get('images')} images, this one would on {now['images']} "
+                              "(another --data-path, or its files changed); resume needs the same data", path)
+    raise CheckpointError(f"the {now['images']} training images are not the run's (another --data-path, or its files "
+                          "changed); resume needs the same data", path)
+
+
 def resumed_wall(state: dict) -> float:
     """Seconds of training before last.pt was written; a last.pt from before it recorded them: the last
     finished epoch's wall_s (exact for a checkpoint written at the end of an epoch), else 0."""
@@ -625,18 +653,23 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     if state["epoch"] >= cfg.epochs:
         raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
                               "schedule, or start a new run with --restore", path)
-    # classes and val_split change which images the model learns and is judged on (and classes its
-    # output layer): a run resumed with others would no longer be the run its history describes.
-    for key in ("batch_size", "steps_per_epoch", "dataset", "seed", "image_size", "channels", "test_split",
-                "optimizer", "nesterov", "bias_lr_scale", "lookahead", "classes", "val_split"):
+    if state.get("reached"):  # its summary.json says so; continuing would train past it and redo the timing
+        reached = state["reached"]
+        raise CheckpointError(f"run already reached its target accuracy {old.get('target_acc')} ({reached.get('split')} "
+                              f"accuracy {reached.get('accuracy')} in epoch {reached.get('epoch')}); nothing to "
+                              "resume; start a new run with --restore", path)
+    if cfg.restore != old.get("restore"):  # the weights come from last.pt: another start would be ignored
+        raise CheckpointError(f"--restore {setting(cfg.restore)} does not go with --resume, which continues from the "
+                              "run's last.pt; start a new run to begin from other weights", path)
+    for key in RESUME_SAME:  # config.py says why these, and not the others
         if key in old and old[key] != getattr(cfg, key):
-            raise CheckpointError(f"--{key.replace('_', '-')} {setting(getattr(cfg, key))} differs from the run's "
+            raise CheckpointError(f"{flag_name(key)} {setting(getattr(cfg, key))} differs from the run's "
                                   f"{setting(old[key])}; resume needs the same setting", path)
 
 
 def setting(value) -> str:
     """A setting as it is written on the command line (--classes 3,5), or '(not set)'."""
-    if value is None:
+    if value is None or value == []:
         return "(not set)"
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 

@@ -1,0 +1,246 @@
+"""`train`'s settings from files and flags: --config files (alias bombs, duplicate keys, flag spellings),
+the batch-size check whatever --steps-per-epoch says, and what --resume lets differ from the run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
+
+MNIST = ["--data-path", MNIST_DIR]
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML flow list of `levels` nested aliases, 9 wide: 9^levels values once expanded."""
+    value, previous = '[&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', "a0"
+    for i in range(1, levels):
+        value += f", &a{i} [" + ",".join([f"*{previous}"] * 9) + "]"
+        previous = f"a{i}"
+    return value + f", *{previous}]"
+
+
+@pytest.mark.parametrize("key", ["lr", "classes", "freeze", "model", "restore_exclude"])
+def test_an_alias_bomb_in_a_config_file_is_refused_at_once(tmp_path, key):
+    """Under a known key it ran for minutes growing to GBs (it was checked, then printed, in full); it is
+    refused by the cap `report` applies to a run's config.yaml, before any value is looked at."""
+    path = tmp_path / "abomb.yaml"
+    path.write_text(("" if key == "model" else "model: lenet5\n") + f"dataset: mnist\n{key}: {alias_bomb(9)}\n")
+    proc = run_cli("train", "--config", path, "--output-dir", tmp_path / "run", timeout=60)
+    assert_user_error(proc, "abomb.yaml", "expands to over 100,000 values (YAML aliases)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_value_is_never_written_out_whole_for_an_error():
+    """A value of 9^9 shared items given through the API: its error message was made from str(value)
+    (minutes, GBs) before being cut to 60 characters."""
+    code = ("import convzoo\nfrom convzoo.errors import ConfigError\nv = ['lol'] * 9\n"
+            "for _ in range(8): v = [v] * 9\n"
+            "try:\n    convzoo.train(lr=v)\nexcept ConfigError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "lr must be float" in proc.stdout and len(proc.stdout) < 200, proc
+
+
+def test_a_key_given_twice_names_the_key_and_line(tmp_path, capsys):
+    """YAML keeps the last of two `epochs:` lines: the run trained for an epoch count the user had
+    perhaps meant to replace. Refused by the loader `report` shares."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("model: lenet5\nepochs: 1\nlr: 0.1\nepochs: 2\n")
+    cli_error(capsys, "train", "--config", path, "--output-dir", tmp_path / "run",
+              fragments=("twice.yaml", "key 'epochs' is given twice", "line 4"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,"
+                                                 "images_per_s\n1,0.3,0.9,,0.95,0.1,3.5,120\n")
+    (tmp_path / "run" / "config.yaml").write_text("model: lenet5\nmodel: lenet5-keras\n")
+    cli_error(capsys, "report", tmp_path / "run", fragments=("config.yaml", "key 'model' is given twice"))
+    from convzoo import yamlfile
+
+    # a merge key's values may be overridden: that is what it is for
+    assert yamlfile.load("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 2\n")["run"] == {"epochs": 2,
+                                                                                                  "lr": 0.1}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 1-epoch run (constant schedule: --resume --epochs 2 continues it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run_cli("train", "--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "640", "--test-limit",
+            "200", "--epochs", "1", "--threads", "1", "--output-dir", out, "--quiet", check=0)
+    return out
+
+
+def run_files(run) -> dict:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("extra", [
+    ["--train-limit", "10", "--steps-per-epoch", "3"],
+    ["--val-split", "0.5", "--train-limit", "100", "--batch-size", "60", "--steps-per-epoch", "3"],
+    ["--procs", "2", "--train-limit", "10", "--steps-per-epoch", "3"],
+])
+def test_a_batch_larger_than_the_training_set_is_refused_whatever_the_steps(tmp_path, finished_run, extra):
+    """With --steps-per-epoch the check was skipped: a ZeroDivisionError in the first step, after the
+    run folder was created (and, with --exist-ok, after a finished run's files were deleted)."""
+    base = ["train", "--model", "lenet5", *MNIST, "--epochs", "1", "--threads", "1", *extra]
+    assert_user_error(run_cli(*base, "--output-dir", tmp_path / "new"), "--batch-size", "is larger than the")
+    assert not (tmp_path / "new").exists()
+    before = run_files(finished_run)
+    assert {"best.pt", "last.pt", "metrics.csv", "summary.json", "curves.png"} <= set(before)
+    assert_user_error(run_cli(*base, "--output-dir", finished_run, "--exist-ok"), "is larger than the")
+    assert run_files(finished_run) == before
+
+
+@pytest.mark.real_data
+def test_the_api_refuses_a_batch_larger_than_the_training_set(tmp_path):
+    import convzoo
+
+    with pytest.raises(convzoo.ConfigError, match="--batch-size 5000 is larger than the 640 training images"):
+        convzoo.train(model="lenet5", data_path=need(MNIST_DIR), train_limit=640, batch_size=5000,
+                      steps_per_epoch=2, epochs=1, output_dir=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_setting_has_a_resume_rule():
+    """Each TrainConfig field is held to the run's value on --resume, checked on its own, or free: a new
+    field must be placed (settings that changed the run were taken silently)."""
+    import dataclasses
+
+    from convzoo.config import RESUME_FREE, RESUME_OWN_CHECK, RESUME_SAME, TrainConfig
+
+    placed = [*RESUME_SAME, *RESUME_OWN_CHECK, *RESUME_FREE]
+    assert sorted(placed) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("flags, fragment", [
+    (["--train-limit", "1000"], "--train-limit 1000 differs from the run's 640"),
+    (["--lr", "0.5"], "--lr 0.5 differs from the run's 0.01"),
+    (["--augment", "shift"], "--augment shift differs from the run's none"),
+    (["--momentum", "0.5"], "--momentum 0.5 differs from the run's 0.9"),
+    (["--label-smoothing", "0.3"], "--label-smoothing 0.3 differs from the run's 0.0"),
+    (["--weight-decay", "0.1"], "--weight-decay 0.1 differs from the run's 0.0"),
+    (["--amp", "bf16"], "--amp bf16 differs from the run's none"),
+    (["--lr-gamma", "0.5"], "--lr-gamma 0.5 differs from the run's 0.1"),
+    (["--test-limit", "300"], "--test-limit 300 differs from the run's 200"),
+    (["--freeze", "conv1.*"], "--freeze conv1.* differs from the run's (not set)"),
+    (["--restore", "other.pt"], "--restore other.pt does not go with --resume"),
+])
+def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, capsys, flags, fragment):
+    """Each was taken with rc 0 and written into config.yaml as if the whole run had used it (--restore was
+    ignored; --freeze failed on the optimizer's state in internal words)."""
+    before = run_files(finished_run)
+    cli_error(capsys, "train", "--resume", "--output-dir", finished_run, "--epochs", "2", *MNIST, *flags,
+              fragments=("last.pt", fragment))
+    assert run_files(finished_run) == before
+
+
+@pytest.mark.real_data
+def test_resume_compares_the_training_images_not_their_path(finished_run, tmp_path, capsys):
+    """The same files elsewhere resume; other training images (recorded count and fingerprint) do not."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["train_data"]["images"] == 640
+    for forged, fragment in (({"images": 700}, "the run trained on 700 images, this one would on 640"),
+                             ({"fingerprint": "0" * 16}, "the 640 training images are not the run's")):
+        torch.save({**state, "train_data": {**state["train_data"], **forged}}, run / "last.pt")
+        cli_error(capsys, "train", "--resume", "--output-dir", run, "--epochs", "2", *MNIST,
+                  fragments=("last.pt", fragment, "resume needs the same data"))
+    torch.save(state, run / "last.pt")
+    copy = shutil.copytree(MNIST_DIR, tmp_path / "mnist-copy")
+    run_cli("train", "--resume", "--output-dir", run, "--epochs", "2", "--data-path", copy, "--quiet", check=0)
+
+
+@pytest.mark.real_data
+def test_a_run_that_reached_its_target_is_not_resumed(tmp_path, capsys):
+    """It resumed at the next epoch (skipping the rest of the one it stopped in), trained on and wrote
+    over summary.json's `reached`."""
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", *MNIST, "--train-limit", "3200", "--test-limit", "500", "--epochs", "3",
+            "--lr", "0.05", "--target-acc", "0.5", "--eval-every-steps", "10", "--threads", "1", "--output-dir", out,
+            "--quiet", check=0)
+    before = run_files(out)
+    assert '"reached": {' in before["summary.json"].decode()
+    cli_error(capsys, "train", "--resume", "--output-dir", out, *MNIST,
+              fragments=("last.pt", "run already reached its target accuracy 0.5", "nothing to resume"))
+    assert run_files(out) == before
+
+
+def test_config_file_keys_may_be_spelt_as_the_flags(tmp_path, capsys):
+    """README and --help say "keys as the flags", yet eval_every_steps, lr_step_size, lr_gamma and
+    batch-size were unknown keys (only the internal eval_steps, step_size, gamma worked)."""
+    from convzoo.config import build_config
+
+    path = tmp_path / "k.yaml"
+    path.write_text("model: lenet5\neval_every_steps: 5\nlr_step_size: 3\nlr-gamma: 0.5\nbatch-size: 32\n"
+                    "learning_rate: 0.02\n")
+    cfg = build_config(str(path), {})
+    assert (cfg.eval_steps, cfg.step_size, cfg.gamma, cfg.batch_size, cfg.lr) == (5, 3, 0.5, 32, 0.02)
+    path.write_text("model: lenet5\nepochs: 1\nepoch_size: 2\n")
+    cli_error(capsys, "train", "--config", path, fragments=("k.yaml", "gives epochs twice (as epochs and epoch_size)"))
+    path.write_text("model: lenet5\neval_every_step: 5\nfoo: 1\n")
+    cli_error(capsys, "train", "--config", path,
+              fragments=("k.yaml has unknown keys: eval_every_step (did you mean 'eval_every_steps'?), foo",))
+
+
+@pytest.mark.parametrize("flag", ["--freeze", "--restore-exclude"])
+@pytest.mark.parametrize("text", ["", " ", ","])
+def test_an_empty_list_option_is_refused_like_any_empty_option(capsys, flag, text):
+    """`--freeze ""` (an unset shell variable) was taken as "freeze nothing" with rc 0: its parsed value
+    is a list, which the empty-option check did not look at."""
+    cli_error(capsys, "train", flag, text, fragments=(f"argument {flag}: must not be empty",))
+
+
+def test_an_empty_appended_option_is_refused(capsys):
+    cli_error(capsys, "data", "download", "mnist", "--mirror", "", fragments=("argument --mirror: must not be empty",))
+
+
+@pytest.mark.real_data
+def test_a_folder_another_train_is_writing_is_named_as_such_first(tmp_path):
+    """A second train into a folder whose run is in its first epoch was told that the folder 'holds a run
+    that saved no checkpoint ...; pass --exist-ok' (only --exist-ok found the lock)."""
+    import os
+    import time
+
+    out = tmp_path / "run"
+    common = ["--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "6400", "--batch-size", "16",
+              "--threads", "1", "--print-freq", "0", "--output-dir", out]
+    first = subprocess.Popen([sys.executable, "-m", "convzoo", "train", *map(str, common), "--epochs", "1000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "config.yaml").exists():  # training, holding the folder; no last.pt yet
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for extra in ([], ["--resume"]):
+            assert_user_error(run_cli("train", *common, "--epochs", "1", *extra),
+                              "another convzoo train is writing this output folder")
+    finally:
+        first.kill()
+        first.wait()
+    line = assert_user_error(run_cli("train", *common, "--epochs", "1"), "output folder")  # its own reason now
+    assert "another convzoo train" not in line
+
+
+def test_a_bare_config_name_that_is_also_a_file_here_is_ambiguous(tmp_path, capsys, monkeypatch):
+    """`--config lenet5-fast` beside a file named lenet5-fast trained the preset without a word."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lenet5-fast").write_text("model: lenet5\nepochs: 1\n")
+    cli_error(capsys, "train", "--config", "lenet5-fast",
+              fragments=("--config lenet5-fast is both a shipped preset and a file in this folder",
+                         "write ./lenet5-fast"))
+    from convzoo.config import load_preset
+
+    assert load_preset("./lenet5-fast") == {"model": "lenet5", "epochs": 1}
+    (tmp_path / "lenet5-mnist").mkdir()  # a run folder of that name is no config file: the preset
+    assert load_preset("lenet5-mnist")["model"] == "lenet5"
+    (tmp_path / "recipe").write_text("epochs: 1\n")
+    cli_error(capsys, "train", "--config", "recipe", fragments=("not a preset but a file", "./recipe"))
