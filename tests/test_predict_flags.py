@@ -52,3 +52,21 @@ def test_topk_beyond_the_classes_lists_all_of_them(tmp_path):
     assert sorted(t["class"] for t in result["topk"]) == list("0123456789") and result["class"] == "7"
     assert probabilities == sorted(probabilities, reverse=True) and proc.stderr == "", proc.stderr
     assert_user_error(run_cli("predict", "--model", "lenet5:mnist", "--topk", "1001", digit), "--topk")
+
+
+@pytest.mark.real_data
+def test_grid_path_that_is_a_fifo_or_in_an_unwritable_folder_is_refused_first(tmp_path):
+    """`--grid ff.png` on a FIFO hung for ever (the "earlier grid?" check opened it); `--grid
+    /proc/self/x.png` failed only after every prediction was printed. Both: one line, before predicting."""
+    import os
+
+    from conftest import assert_user_error, run_cli
+
+    fifo = tmp_path / "ff.png"
+    os.mkfifo(fifo)
+    test_set = ["predict", "--model", "lenet5:mnist", "--from-test", "4", "--data-path", need(MNIST_DIR)]
+    proc = run_cli(*test_set, "--grid", fifo, timeout=120)
+    assert_user_error(proc, f"{fifo}: not a regular file")
+    proc = run_cli(*test_set, "--grid", "/proc/self/x.png", timeout=120)
+    assert_user_error(proc, "/proc/self/x.png: cannot write in /proc/self")
+    assert proc.stdout == ""  # refused before the first prediction
