@@ -70,3 +70,30 @@ def test_grid_path_that_is_a_fifo_or_in_an_unwritable_folder_is_refused_first(tm
     proc = run_cli(*test_set, "--grid", "/proc/self/x.png", timeout=120)
     assert_user_error(proc, "/proc/self/x.png: cannot write in /proc/self")
     assert proc.stdout == ""  # refused before the first prediction
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("args", [["predict", "--model", "lenet5:mnist", "IMAGE"],
+                                  ["predict", "--model", "lenet5:mnist", "--json", "IMAGE"],
+                                  ["predict", "--model", "lenet5:mnist", "--from-test", "3", "--grid", "GRID"],
+                                  ["data", "info", "mnist"]],
+                         ids=["text", "json", "from-test", "data-info"])
+def test_output_that_cannot_be_written_is_one_line(tmp_path, args):
+    """`> /dev/full` was a traceback ending in `print(...)` / OSError: [Errno 28], exit 1 (or, for
+    output short enough to stay buffered, Python's own complaint at exit): one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, assert_user_error
+    from convzoo.data import formats
+
+    digit = tmp_path / "seven.png"
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    args = [str(digit) if a == "IMAGE" else str(tmp_path / "grid.png") if a == "GRID" else a for a in args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_DATA": str(MNIST_DIR.parent)}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "convzoo", *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, env=env, timeout=120)
+    proc.stdout = ""
+    assert_user_error(proc, "cannot write the output: No space left on device")
