@@ -630,7 +630,9 @@ def cmd_predict(args) -> int:
     results = predictor.predict_files(args.images, topk=args.topk)
     for r in results:
         if args.json:
-            print(json.dumps(r))
+            # The file name as the text line shows it: bytes that are not UTF-8 as \xNN. json.dumps
+            # wrote their surrogateescape stand-ins as lone surrogates ("\udcff"), invalid UTF-8 JSON.
+            print(json.dumps({**r, "file": printable(r["file"])}))
         else:
             others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
             line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")

@@ -97,3 +97,22 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path, args):
                               text=True, cwd=ROOT, env=env, timeout=120)
     proc.stdout = ""
     assert_user_error(proc, "cannot write the output: No space left on device")
+
+
+@pytest.mark.real_data
+def test_json_names_a_non_utf8_file_as_the_text_line_does(tmp_path):
+    """A file named b'\\xff\\xfebad.png' came out of --json as "\\udcff\\udcfebad.png": lone surrogates,
+    which no strict UTF-8 JSON reader accepts. Now the text line's escaped form, \\xff\\xfebad.png."""
+    import json
+    import os
+
+    from conftest import run_cli
+    from convzoo.data import formats
+
+    digit = os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfebad.png")
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    text = run_cli("predict", "--model", "lenet5:mnist", digit, check=0).stdout
+    line = run_cli("predict", "--model", "lenet5:mnist", "--json", digit, check=0).stdout
+    name = json.loads(line)["file"]
+    name.encode("utf-8")  # no lone surrogates
+    assert name == f"{tmp_path}/\\xff\\xfebad.png" and text.startswith(f"{name}: 7 (")
