@@ -783,3 +783,18 @@ def test_another_data_sets_official_files_are_refused(tmp_path, capsys):
     # Debian's re-compressed copy, known by its decompressed md5s
     cli_error(capsys, "data", "info", "mnist", "--data-path", need(FASHION_DIR),
               fragments=[f"{FASHION_DIR}: these are Fashion-MNIST's files, not MNIST's"])
+
+
+@pytest.mark.real_data
+def test_a_gz_and_a_different_plain_copy_are_refused(tmp_path, capsys):
+    """X.gz was silently read over a different X beside it. The same bytes (torchvision's raw/ keeps
+    both) still read without a word; a plain copy of another length is one line naming both."""
+    folder = partial_mnist(tmp_path / "data", "")
+    labels = gzip.decompress((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(labels)
+    located = fetch.locate(MNIST, folder, download=False, splits=("test",))
+    assert located.files["t10k-labels-idx1-ubyte.gz"].name == "t10k-labels-idx1-ubyte.gz" and located.verified
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(labels[:5008])
+    cli_error(capsys, "data", "info", "mnist", "--data-path", folder,
+              fragments=[f"{folder}/t10k-labels-idx1-ubyte.gz: decompresses to 10,008 bytes but "
+                         "t10k-labels-idx1-ubyte beside it has 5,008"])

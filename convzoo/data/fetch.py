@@ -167,7 +167,29 @@ def find_in(spec: DatasetSpec, root: Path, splits=None) -> dict[str, Path] | Non
 
 
 def find_file(folder: Path, file: FileSpec, spec: DatasetSpec) -> Path | None:
-    return next((path for path in candidates(folder, file, spec) if path.is_file()), None)
+    path = next((path for path in candidates(folder, file, spec) if path.is_file()), None)
+    if path is not None and path.suffix == ".gz":
+        check_plain_twin(path)
+    return path
+
+
+def check_plain_twin(gz: Path) -> None:
+    """X.gz is read before X. torchvision's raw/ keeps both, the same bytes; an X of another length
+    than X.gz inflates to (its gzip trailer says, no decompressing) is another file, and was silently
+    ignored: refused, naming both. Same length, different bytes is not caught (it costs a full read)."""
+    plain = gz.with_suffix("")
+    if not plain.is_file():
+        return
+    try:
+        with open(gz, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            inflated = int.from_bytes(f.read(4), "little")  # ISIZE: the length mod 2**32
+        size = plain.stat().st_size
+    except OSError:  # too short or unreadable: reading it reports that
+        return
+    if inflated != size % 2**32:
+        raise DataError(f"decompresses to {inflated:,} bytes but {plain.name} beside it has {size:,}: two different "
+                        f"copies; remove the wrong one", gz)
 
 
 def candidates(folder: Path, file: FileSpec, spec: DatasetSpec) -> list[Path]:
