@@ -57,9 +57,29 @@ def check_target(path, *, inputs=(), suffixes: tuple[str, ...] = (), exist_ok: b
         raise WriteError(f"the output must end in {' or '.join(suffixes)}", path)
     if path.is_dir():
         raise WriteError("is a folder; give a file name", path)
+    if path.exists() and not path.is_file():  # a FIFO: opening it to look inside waits for a writer for ever
+        raise WriteError("not a regular file (a FIFO or device); give a file name", path)
     if not exist_ok and (path.exists() or path.is_symlink()):
         raise ConfigError("already exists; pass --exist-ok to overwrite it, or choose another --output", path)
     return path
+
+
+def check_writable_folder(path) -> None:
+    """Refuse, before any work, an output whose folder cannot take a file (`--grid /proc/self/x.png`
+    failed only after every prediction was printed). The nearest folder that exists is probed with a
+    nameless temp file: permission bits say nothing to root, nor about /proc or a read-only mount."""
+    import tempfile
+
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent  # created when the file is written
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise WriteError(f"cannot write in {folder} ({exc.strerror or exc})", path) from None
 
 
 def make_folder(path) -> Path:

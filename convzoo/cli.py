@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import ConfigError, ConvzooError, Terminated, printable
+from .errors import ConfigError, ConvzooError, Terminated, WriteError, printable
 
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
@@ -25,11 +25,18 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     previous = terminate_as_interrupt()
+    stdout, sys.stdout = sys.stdout, Output(sys.stdout)
     try:
         empty = empty_option(args)
         if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
             raise ConfigError(f"argument {empty}: must not be empty")
-        return args.handler(args) or 0
+        code = args.handler(args) or 0
+        sys.stdout.flush()  # here, not at exit: a failure then is a traceback-free line too
+        return code
+    except OutputError as exc:  # `> /dev/full`, a full disk: whatever the command was printing
+        print(f"convzoo: error: {exc}", file=sys.stderr)
+        silence_stdout()
+        return 2
     except ConvzooError as exc:
         print(f"convzoo: error: {exc}", file=sys.stderr)
         return 2
@@ -46,11 +53,49 @@ def main(argv=None) -> int:
         return 128 + signum
     except BrokenPipeError:
         # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
         return 141
     finally:
+        sys.stdout = stdout
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class OutputError(WriteError):
+    """Standard output could not be written (no space left, an I/O error); not a broken pipe."""
+
+
+class Output:
+    """sys.stdout while a command runs: a failed write becomes OutputError, so every command's prints
+    fail as one `convzoo: error:` line, handled once in main instead of at each print."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self._guarded(self.stream.write, text)
+
+    def flush(self):
+        return self._guarded(self.stream.flush)
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:  # the reader left: main's quiet exit 141
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from None
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered goes nowhere instead of failing again at exit."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to flush at exit
+        pass
 
 
 def terminate_as_interrupt():
@@ -594,7 +639,9 @@ def cmd_predict(args) -> int:
     results = predictor.predict_files(args.images, topk=args.topk)
     for r in results:
         if args.json:
-            print(json.dumps(r))
+            # The file name as the text line shows it: bytes that are not UTF-8 as \xNN. json.dumps
+            # wrote their surrogateescape stand-ins as lone surrogates ("\udcff"), invalid UTF-8 JSON.
+            print(json.dumps({**r, "file": printable(r["file"])}))
         else:
             others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
             line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")

@@ -27,7 +27,8 @@ from convzoo.data import fetch, formats
 from convzoo.data.catalog import CIFAR10, MNIST
 from convzoo.errors import DataError, DownloadError
 
-from conftest import CIFAR_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, need, run_cli
+from conftest import (CIFAR_DIR, FASHION_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, cli_error,
+                      need, run_cli)
 
 OFFICIAL_T10K = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
@@ -709,13 +710,14 @@ def test_scoring_reads_the_test_files_alone(tmp_path, file_server):
     assert proc.stdout.startswith("test[0]: 7 (") and (tmp_path / "grid.png").is_file()
     assert sorted(p.name for p in folder.iterdir()) == OFFICIAL_T10K and not file_server.hits  # nothing fetched
 
+    # A folder holding part of the set names the missing file; nothing is downloaded into it.
     proc = run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", folder, "--epochs", "1",
                    "--output-dir", tmp_path / "run", env=proxy)
-    assert_user_error(proc, "download failed on every mirror", "train-images-idx3-ubyte.gz")
+    assert_user_error(proc, f"{folder}/train-images-idx3-ubyte(.gz): missing")
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     proc = run_cli("eval", "--model", "lenet5:mnist", "--data-path", folder, env=proxy)
-    assert_user_error(proc, "download failed on every mirror", "t10k-images-idx3-ubyte.gz")
-    assert sorted(p.name for p in folder.iterdir()) == OFFICIAL_T10K[:1]  # the mnist/ it made is removed again
+    assert_user_error(proc, f"{folder}/t10k-labels-idx1-ubyte(.gz): missing")
+    assert sorted(p.name for p in folder.iterdir()) == OFFICIAL_T10K[:1] and not file_server.hits
 
     cifar = tmp_path / "cifar"
     (cifar / "cifar-10-verify-bin").mkdir(parents=True)  # MindSpore's folder for the test batch
@@ -723,5 +725,76 @@ def test_scoring_reads_the_test_files_alone(tmp_path, file_server):
                                                                   "test_batch.bin")
     train, test, located = load_dataset("cifar10", cifar, test_only=True, quiet=True)
     assert train is None and test.images.shape == (10000, 3, 32, 32) and list(located.files) == ["test_batch.bin"]
-    with pytest.raises(DataError, match="looked for data_batch_1.bin"):
+    with pytest.raises(DataError, match="data_batch_1.bin: missing"):
         fetch.locate(CIFAR10, cifar, download=False)
+
+
+def partial_mnist(folder: Path, leave_out: str) -> Path:
+    """The shared MNIST's four files linked into `folder`, all but `leave_out`."""
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", *OFFICIAL_T10K):
+        if name != leave_out:
+            (folder / name).symlink_to(need(MNIST_DIR) / name)
+    return folder
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("put,shown,problem", [
+    (None, "train-labels-idx1-ubyte(.gz)", "missing"),
+    ("fifo", "train-labels-idx1-ubyte", "not a regular file"),
+    ("folder", "train-labels-idx1-ubyte", "not a regular file"),
+    ("dev-zero", "train-labels-idx1-ubyte.gz", "not a regular file"),
+    ("dangling", "train-labels-idx1-ubyte.gz", "a link to nothing"),
+], ids=["missing", "fifo", "folder", "dev-zero", "dangling"])
+def test_a_missing_or_unusable_local_file_is_named(tmp_path, capsys, put, shown, problem):
+    """Three of MNIST's four files and the fourth missing or not a regular file: one line naming it.
+    It was `.../mnist/train-images-idx3-ubyte.gz: download failed on every mirror` (another file, a
+    download into the user's folder) for train, and `MNIST not found` for data info."""
+    folder = partial_mnist(tmp_path / "data", "train-labels-idx1-ubyte.gz")
+    if put == "fifo":
+        os.mkfifo(folder / shown)
+    elif put == "folder":
+        (folder / shown).mkdir()
+    elif put in ("dev-zero", "dangling"):
+        (folder / shown).symlink_to("/dev/zero" if put == "dev-zero" else tmp_path / "gone")
+    cli_error(capsys, "data", "info", "mnist", "--data-path", folder, fragments=[f"{folder}/{shown}: {problem}"])
+    cli_error(capsys, "train", "--model", "lenet5", "--data-path", folder, "--epochs", "1", "--output-dir",
+              tmp_path / "run", fragments=[f"{folder}/{shown}: {problem}"])
+    assert not (folder / "mnist").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.real_data
+def test_eval_names_a_missing_test_file(tmp_path, capsys):
+    folder = partial_mnist(tmp_path / "data", "t10k-labels-idx1-ubyte.gz")
+    cli_error(capsys, "eval", "--ckpt", "lenet5:mnist", "--data-path", folder,
+              fragments=[f"{folder}/t10k-labels-idx1-ubyte(.gz): missing"])
+    assert not (folder / "mnist").exists()
+
+
+@pytest.mark.real_data
+def test_another_data_sets_official_files_are_refused(tmp_path, capsys):
+    """MNIST and Fashion-MNIST share file names: a Fashion-MNIST model scored on MNIST's digits gave
+    'Accuracy': 0.11 with T-shirt rows, under only a 'not the official ones' warning."""
+    cli_error(capsys, "eval", "--ckpt", "lenet5:fashion-mnist", "--data-path", need(MNIST_DIR), "--test-limit", "200",
+              fragments=["these are MNIST's files, not Fashion-MNIST's", "t10k-images-idx3-ubyte.gz"])
+    cli_error(capsys, "train", "--model", "lenet5", "--dataset", "fashion-mnist", "--data-path", MNIST_DIR,
+              "--epochs", "1", "--output-dir", tmp_path / "run", fragments=["these are MNIST's files"])
+    assert not (tmp_path / "run").exists()
+    # Debian's re-compressed copy, known by its decompressed md5s
+    cli_error(capsys, "data", "info", "mnist", "--data-path", need(FASHION_DIR),
+              fragments=[f"{FASHION_DIR}: these are Fashion-MNIST's files, not MNIST's"])
+
+
+@pytest.mark.real_data
+def test_a_gz_and_a_different_plain_copy_are_refused(tmp_path, capsys):
+    """X.gz was silently read over a different X beside it. The same bytes (torchvision's raw/ keeps
+    both) still read without a word; a plain copy of another length is one line naming both."""
+    folder = partial_mnist(tmp_path / "data", "")
+    labels = gzip.decompress((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(labels)
+    located = fetch.locate(MNIST, folder, download=False, splits=("test",))
+    assert located.files["t10k-labels-idx1-ubyte.gz"].name == "t10k-labels-idx1-ubyte.gz" and located.verified
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(labels[:5008])
+    cli_error(capsys, "data", "info", "mnist", "--data-path", folder,
+              fragments=[f"{folder}/t10k-labels-idx1-ubyte.gz: decompresses to 10,008 bytes but "
+                         "t10k-labels-idx1-ubyte beside it has 5,008"])

@@ -253,3 +253,25 @@ def test_eval_table_lines_up_wide_class_names():
             for line, number in zip(rows, ("0.7500", "1.0000", "0.8333", "1.0000"))}
     assert ends == {disp_len(header[:header.index("accuracy") + len("accuracy")])}, table
     assert [row.split()[0] for row in rows] == list(classes)
+
+
+def test_a_file_link_into_another_class_folder_is_refused(tmp_path, capsys):
+    """a/link.png -> ../b/0.png put one image in classes a and b with only the byte-identical warning,
+    while a class folder linking to another was refused for exactly this. A link within its own class
+    (test/cat/x.png -> train/cat/0.png) is a copy, warned about as before."""
+    flat = tmp_path / "flat"
+    for name, seed in (("a", 1), ("b", 2)):
+        write_pngs(flat / name, 3, seed)
+    (flat / "a" / "link.png").symlink_to(Path("..") / "b" / "0.png")
+    cli_error(capsys, "data", "info", "folder", "--data-path", flat,
+              fragments=(f"{flat}/a/link.png: links to {flat}/b/0.png in class folder 'b'", "two classes ('a' and 'b')"))
+    split = tmp_path / "split"
+    for name, seed in (("cat", 3), ("dog", 4)):
+        write_pngs(split / "train" / name, 3, seed)
+        write_pngs(split / "test" / name, 2, seed + 10)
+    (split / "test" / "cat" / "x.png").symlink_to(split / "train" / "cat" / "0.png")
+    _, err = info(capsys, split)
+    assert "1 of 5 test images are byte-identical" in err
+    (split / "test" / "dog" / "y.png").symlink_to(split / "train" / "cat" / "1.png")
+    cli_error(capsys, "data", "info", "folder", "--data-path", split,
+              fragments=(f"{split}/test/dog/y.png: links to", "two classes ('dog' and 'cat')"))

@@ -52,3 +52,67 @@ def test_topk_beyond_the_classes_lists_all_of_them(tmp_path):
     assert sorted(t["class"] for t in result["topk"]) == list("0123456789") and result["class"] == "7"
     assert probabilities == sorted(probabilities, reverse=True) and proc.stderr == "", proc.stderr
     assert_user_error(run_cli("predict", "--model", "lenet5:mnist", "--topk", "1001", digit), "--topk")
+
+
+@pytest.mark.real_data
+def test_grid_path_that_is_a_fifo_or_in_an_unwritable_folder_is_refused_first(tmp_path):
+    """`--grid ff.png` on a FIFO hung for ever (the "earlier grid?" check opened it); `--grid
+    /proc/self/x.png` failed only after every prediction was printed. Both: one line, before predicting."""
+    import os
+
+    from conftest import assert_user_error, run_cli
+
+    fifo = tmp_path / "ff.png"
+    os.mkfifo(fifo)
+    test_set = ["predict", "--model", "lenet5:mnist", "--from-test", "4", "--data-path", need(MNIST_DIR)]
+    proc = run_cli(*test_set, "--grid", fifo, timeout=120)
+    assert_user_error(proc, f"{fifo}: not a regular file")
+    proc = run_cli(*test_set, "--grid", "/proc/self/x.png", timeout=120)
+    assert_user_error(proc, "/proc/self/x.png: cannot write in /proc/self")
+    assert proc.stdout == ""  # refused before the first prediction
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("args", [["predict", "--model", "lenet5:mnist", "IMAGE"],
+                                  ["predict", "--model", "lenet5:mnist", "--json", "IMAGE"],
+                                  ["predict", "--model", "lenet5:mnist", "--from-test", "3", "--grid", "GRID"],
+                                  ["data", "info", "mnist"]],
+                         ids=["text", "json", "from-test", "data-info"])
+def test_output_that_cannot_be_written_is_one_line(tmp_path, args):
+    """`> /dev/full` was a traceback ending in `print(...)` / OSError: [Errno 28], exit 1 (or, for
+    output short enough to stay buffered, Python's own complaint at exit): one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, assert_user_error
+    from convzoo.data import formats
+
+    digit = tmp_path / "seven.png"
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    args = [str(digit) if a == "IMAGE" else str(tmp_path / "grid.png") if a == "GRID" else a for a in args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_DATA": str(MNIST_DIR.parent)}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "convzoo", *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, env=env, timeout=120)
+    proc.stdout = ""
+    assert_user_error(proc, "cannot write the output: No space left on device")
+
+
+@pytest.mark.real_data
+def test_json_names_a_non_utf8_file_as_the_text_line_does(tmp_path):
+    """A file named b'\\xff\\xfebad.png' came out of --json as "\\udcff\\udcfebad.png": lone surrogates,
+    which no strict UTF-8 JSON reader accepts. Now the text line's escaped form, \\xff\\xfebad.png."""
+    import json
+    import os
+
+    from conftest import run_cli
+    from convzoo.data import formats
+
+    digit = os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfebad.png")
+    Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
+    text = run_cli("predict", "--model", "lenet5:mnist", digit, check=0).stdout
+    line = run_cli("predict", "--model", "lenet5:mnist", "--json", digit, check=0).stdout
+    name = json.loads(line)["file"]
+    name.encode("utf-8")  # no lone surrogates
+    assert name == f"{tmp_path}/\\xff\\xfebad.png" and text.startswith(f"{name}: 7 (")

@@ -51,8 +51,9 @@ GRACE_S = 30.0
 class FileCheck:
     spec: FileSpec
     path: Path
-    status: str  # verified | differs | unchecked
+    status: str  # verified | differs | unchecked | foreign
     detail: str = ""
+    owner: str = ""  # foreign: the title of the catalog data set whose official file this is
 
 
 @dataclass
@@ -110,8 +111,14 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
             located = Located(spec, common_folder(found), source, found)
             if verify:
                 located.checks = verify_files(spec, found)
+                refuse_foreign(located)
             return located
         if source == "--data-path":
+            # The user's folder holds part of the set: name what is wrong there instead of
+            # downloading into it (which failed, naming another file).
+            incomplete = incomplete_error(spec, root, splits)
+            if incomplete is not None:
+                raise incomplete
             break  # an explicit folder is the only place looked in
     if not download:
         raise missing_error(spec, data_path, splits)
@@ -133,12 +140,17 @@ def missing_error(spec: DatasetSpec, data_path, splits=None) -> DataError:
     )
 
 
+def layout_folders(spec: DatasetSpec, root: Path) -> list[Path]:
+    """The folders under `root` where `spec`'s files may sit: flat, one sub-folder per data set, <Name>/raw."""
+    subs = [root] + [root / n for n in (spec.name, *spec.folder_names)] + [root / n / "raw" for n in spec.folder_names]
+    return list(dict.fromkeys(subs))
+
+
 def find_in(spec: DatasetSpec, root: Path, splits=None) -> dict[str, Path] | None:
     """Paths of all of `spec`'s files of `splits` (None: all) under `root` in any known layout, or None."""
     if not root.is_dir():
         return None
-    subs = [root] + [root / n for n in (spec.name, *spec.folder_names)] + [root / n / "raw" for n in spec.folder_names]
-    for folder in dict.fromkeys(subs):
+    for folder in layout_folders(spec, root):
         found = {}
         for file in needed_files(spec, splits):
             path = find_file(folder, file, spec)
@@ -155,12 +167,61 @@ def find_in(spec: DatasetSpec, root: Path, splits=None) -> dict[str, Path] | Non
 
 
 def find_file(folder: Path, file: FileSpec, spec: DatasetSpec) -> Path | None:
-    for sub in spec.split_folders.get(file.split, (".",)):
-        for name in spellings(file.name):
-            path = folder / sub / name
-            if path.is_file():
-                return path
+    path = next((path for path in candidates(folder, file, spec) if path.is_file()), None)
+    if path is not None and path.suffix == ".gz":
+        check_plain_twin(path)
+    return path
+
+
+def check_plain_twin(gz: Path) -> None:
+    """X.gz is read before X. torchvision's raw/ keeps both, the same bytes; an X of another length
+    than X.gz inflates to (its gzip trailer says, no decompressing) is another file, and was silently
+    ignored: refused, naming both. Same length, different bytes is not caught (it costs a full read)."""
+    plain = gz.with_suffix("")
+    if not plain.is_file():
+        return
+    try:
+        with open(gz, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            inflated = int.from_bytes(f.read(4), "little")  # ISIZE: the length mod 2**32
+        size = plain.stat().st_size
+    except OSError:  # too short or unreadable: reading it reports that
+        return
+    if inflated != size % 2**32:
+        raise DataError(f"decompresses to {inflated:,} bytes but {plain.name} beside it has {size:,}: two different "
+                        f"copies; remove the wrong one", gz)
+
+
+def candidates(folder: Path, file: FileSpec, spec: DatasetSpec) -> list[Path]:
+    """Where `file` may sit in `folder`: its split's sub-folders, each spelling, in order of preference."""
+    return [folder / sub / name for sub in spec.split_folders.get(file.split, (".",)) for name in spellings(file.name)]
+
+
+def incomplete_error(spec: DatasetSpec, root: Path, splits=None) -> DataError | None:
+    """For a folder without a complete copy: the first layout folder holding some of `spec`'s files
+    names the first needed file that is missing there or not a regular file (a FIFO, a folder, a
+    link to /dev/zero or to nothing). None when no layout folder holds any of them."""
+    for folder in layout_folders(spec, root):
+        present = [f for f in spec.files if find_file(folder, f, spec) is not None]
+        if not present:
+            continue
+        for file in needed_files(spec, splits):
+            if find_file(folder, file, spec) is None:
+                path, problem = file_problem(folder, file, spec, present)
+                return DataError(f"{problem} (the folder holds {spec.title}'s other files, so nothing is "
+                                 "downloaded into it)", path)
     return None
+
+
+def file_problem(folder: Path, file: FileSpec, spec: DatasetSpec, present: list[FileSpec]) -> tuple[Path, str]:
+    """(path as shown, problem) for a needed `file` that find_file did not find in `folder`."""
+    for path in candidates(folder, file, spec):
+        if os.path.lexists(path):  # there, but is_file() said no
+            return path, "a link to nothing" if path.is_symlink() and not path.exists() else "not a regular file"
+    # Missing: named where its split's other files sit (MindSpore's Data/train), every spelling in one.
+    siblings = [find_file(folder, f, spec) for f in present if f.split == file.split]
+    shown = file.name.removesuffix(".gz") + "(.gz)" if file.name.endswith(".gz") else file.name
+    return (siblings[0].parent if siblings else folder) / shown, "missing"
 
 
 def spellings(name: str) -> list[str]:
@@ -201,9 +262,35 @@ def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
         return FileCheck(file, path, "verified", "decompressed md5 matches the official file")
     count = record_count(file, raw, path)
     what = f"{count:,} of {file.count:,} records" if count != file.count else f"{count:,} records"
+    owner = foreign_owner(file, {md5_hex(data), md5_hex(raw)})
+    if owner:
+        return FileCheck(file, path, "foreign", f"md5 matches {owner}'s official file", owner)
     if official or file.raw_md5:
         return FileCheck(file, path, "differs", f"{what}, md5 {md5_hex(raw)[:12]}... is not the official one")
     return FileCheck(file, path, "differs", f"{what}, no official per-file checksum and no verified-download record")
+
+
+def foreign_owner(file: FileSpec, digests: set[str]) -> str:
+    """The title of another catalog data set whose official file of the same name has one of these
+    md5s (MNIST and Fashion-MNIST share file names), else ''. Reuses check_file's digests: no new read."""
+    from .catalog import DATASETS
+
+    for other in DATASETS.values():
+        for f in other.files:
+            if f.name == file.name and f.md5 != file.md5 and (f.md5 in digests or f.raw_md5 in digests):
+                return other.title
+    return ""
+
+
+def refuse_foreign(located: Located) -> None:
+    """Another data set's official files under this one's names (MNIST's digits read as Fashion-MNIST
+    scored 0.11 with per-class rows of T-shirts) are refused, not used with a warning."""
+    foreign = [c for c in located.checks if c.status == "foreign"]
+    if foreign:
+        owner, title = foreign[0].owner, located.spec.title
+        names = ", ".join(c.path.name for c in foreign)
+        raise DataError(f"these are {owner}'s files, not {title}'s ({names}: md5 of {owner}'s official files); "
+                        f"pass --data-path to a folder of {title}'s files", located.root)
 
 
 def max_copy_bytes(file: FileSpec) -> int:

@@ -546,6 +546,8 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
         if not files["test"]:  # eval would score nothing, training would report a test accuracy of 0
             raise DataError("no test images: every class folder holds a single image (a class needs two for one "
                             "to be held out for testing)", root)
+    split_dirs = layout[:2] if layout else (root,)
+    check_linked_files(files, {d / c: i for d in split_dirs for i, c in enumerate(classes)}, classes)
     check_decoded_size(sum(map(len, files.values())), rule, root)
     # A seeded order mixes the classes, so --train-limit and --from-test take a bit of each.
     files = {s: [f[i] for i in np.random.default_rng(rule.seed).permutation(len(f))] for s, f in files.items()}
@@ -707,6 +709,23 @@ def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
                             "folder (one links to the other): its images would be two classes; remove the link",
                             folder)
     return classes
+
+
+def check_linked_files(files: dict, class_dirs: dict[Path, int], classes) -> None:
+    """A file link into another class's folder (a/link.png -> ../b/0.png) puts one image in two classes,
+    as a class folder linking to another would (checked_classes): refused, naming both. A link within
+    its class (test/a -> train/a, a copy held out) is left to the byte-identical warning."""
+    owners = [(d.resolve(), label) for d, label in class_dirs.items()]
+    for chosen in files.values():
+        for path, label in chosen:
+            if not path.is_symlink():  # walk_files enters no linked folder: the file itself is the link
+                continue
+            target = path.resolve()
+            other = next((y for d, y in owners if target.is_relative_to(d) and y != label), None)
+            if other is not None:
+                raise DataError(f"links to {printable(str(target))} in class folder '{printable(classes[other])}': "
+                                f"the same image would be two classes ('{printable(classes[label])}' and "
+                                f"'{printable(classes[other])}'); remove the link", path)
 
 
 def check_class_name(name: str, folder: Path) -> None:
