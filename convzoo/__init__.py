@@ -59,14 +59,18 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     flags = {k: _plain(v) for k, v in flags.items()}
     if isinstance(config, dict):
         config = {k: _plain(v) for k, v in config.items()}
+    if not (config is None or isinstance(config, (str, dict, TrainConfig))):
+        raise ConfigError(f"config must be a preset name, a TrainConfig or a dict, not {type(config).__name__}")
     if isinstance(config, TrainConfig):
         cfg = build_config(None, flags, base=config.to_dict(), base_source="the given TrainConfig")
-    elif isinstance(config, dict):
-        cfg = build_config(None, {**config, **flags})
-    elif config is None or isinstance(config, str):
-        cfg = build_config(config, flags)
     else:
-        raise ConfigError(f"config must be a preset name, a TrainConfig or a dict, not {type(config).__name__}")
+        given = {**(config if isinstance(config, dict) else {}), **flags}
+        base, source = (None, "")
+        if resume:  # as `convzoo train --resume`: the run's own settings, then what is given (checked against them)
+            from .engine.rundir import saved_config
+
+            base, source = saved_config(given.get("model"), given.get("dataset"), given.get("output_dir"))
+        cfg = build_config(config if isinstance(config, str) else None, given, base=base, base_source=source)
     result = run_training(cfg, resume=resume, exist_ok=exist_ok, quiet=quiet)
     return {**result, "checkpoint": str(Path(result["output_dir"]) / "best.pt")}
 

@@ -440,27 +440,14 @@ def cmd_train(args) -> int:
     from .config import TrainConfig, build_config
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    base, source = resumed_config(args) if args.resume else (None, "")
+    from .engine.rundir import saved_config
+
+    base, source = saved_config(args.model, args.dataset, args.output_dir) if args.resume else (None, "")
     cfg = build_config(args.config, overrides, base=base, base_source=source)  # checked: bad flags stop here
     from .engine.launch import train  # torch (3-4 s): only for a config that passed
 
     train(cfg, resume=args.resume, exist_ok=args.exist_ok, json_lines=args.json, quiet=args.quiet)
     return 0
-
-
-def resumed_config(args) -> tuple[dict, str]:
-    """The config a run was started with (so `--resume` alone continues it unchanged), and where it came from."""
-    from .config import TrainConfig
-    from .engine import rundir
-    from .engine.checkpoint import load_checkpoint
-
-    defaults = TrainConfig()
-    where = TrainConfig(model=args.model or defaults.model, dataset=args.dataset or defaults.dataset,
-                        output_dir=args.output_dir)
-    path = Path(where.run_dir()) / "last.pt"
-    if rundir.is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
-        raise rundir.busy(path.parent)
-    return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
 
 
 def shipped(path) -> bool:

@@ -244,3 +244,19 @@ def test_a_bare_config_name_that_is_also_a_file_here_is_ambiguous(tmp_path, caps
     assert load_preset("lenet5-mnist")["model"] == "lenet5"
     (tmp_path / "recipe").write_text("epochs: 1\n")
     cli_error(capsys, "train", "--config", "recipe", fragments=("not a preset but a file", "./recipe"))
+
+
+@pytest.mark.real_data
+def test_the_api_resumes_with_the_runs_own_settings(finished_run, tmp_path):
+    """convzoo.train(resume=True) starts from the run's saved settings as --resume does: given only where
+    the run is (and more epochs), it continues; before, every setting not given was the default, so a run
+    trained with any other value (here --train-limit 640, --test-limit 200) could not be resumed."""
+    import shutil
+
+    import convzoo
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    result = convzoo.train(resume=True, output_dir=str(run), epochs=2, data_path=str(MNIST_DIR), quiet=True)
+    assert result["epoch"] == 2 and len(run_files(run)) >= 4
+    with pytest.raises(convzoo.ConvzooError, match="--lr 0.5 differs from the run's 0.01"):
+        convzoo.train(resume=True, output_dir=str(run), epochs=3, lr=0.5, data_path=str(MNIST_DIR), quiet=True)

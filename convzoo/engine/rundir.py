@@ -168,6 +168,20 @@ def is_locked(path: Path) -> bool:
         os.close(fd)  # closing releases the shared lock taken to look
 
 
+def saved_config(model: str | None, dataset: str | None, output_dir: str | None) -> tuple[dict, str]:
+    """The config a run was started with, from its last.pt (so a resume given no settings continues it
+    unchanged: the CLI's --resume and the API's resume=True), and where it came from for messages."""
+    from ..config import TrainConfig
+    from .checkpoint import load_checkpoint
+
+    defaults = TrainConfig()
+    where = TrainConfig(model=model or defaults.model, dataset=dataset or defaults.dataset, output_dir=output_dir)
+    path = Path(where.run_dir()) / "last.pt"
+    if is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
+        raise busy(path.parent)
+    return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
+
+
 def check_resumed_checkpoint(path: Path, state: dict) -> None:
     """last.pt must be this run's: a checkpoint of another model copied over it would otherwise be
     continued, and its best.pt, metrics and config written over the run's own. The run's config.yaml
