@@ -9,8 +9,10 @@ Requests are micro-batched: those arriving within a short window after the oldes
 call; a bad image fails only its own request. A batch that takes a few ms at most (small bodies, few
 pixels, a small model) runs on the event loop, where a thread hop cost more than the work; any other
 in a worker thread. At most BUSY batches run at once and
-a bounded number of requests wait (beyond it: 503), so the event loop stays free for /healthz and
-memory stays bounded however many requests arrive. Each uvicorn worker process has its own batcher.
+a bounded number of requests wait (beyond it: 503), so the event loop stays free for /healthz. The
+bodies a worker holds, those still arriving included, count against one budget (MAX_BODY_BYTES),
+reserved from Content-Length before a byte is read (beyond it: 503 at once), so memory stays bounded
+however many uploads arrive. Each uvicorn worker process has its own batcher and budget.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .preprocess import ImageError, ImageTooLarge, NotAnImage, decode_image, ope
 MAX_UPLOAD = 5 * 1024 * 1024
 MAX_BATCH = 64  # images in one request (JSON or multipart); --max-batch counts requests per batch
 MAX_REQUEST_PIXELS = 64_000_000  # width*height summed over a request's images, read from their headers
+DEFAULT_TOPK = 3
 BUSY = 2  # batches decoding or inferring at once; later requests wait on the event loop, not in a thread
 # Micro-batching defaults (benchmarks/serve_load.py, README "Serving"): under load batches form from the
 # queue anyway; the window only makes a lone request wait for company (1 ms: p99 38-43 ms in 5 of 5 runs
@@ -61,7 +64,9 @@ KEEP_ALIVE_TIMEOUT = 5  # s an idle kept-alive connection stays open (uvicorn's 
 INLINE_BYTES = 256 << 10
 INLINE_PIXELS = 1 << 18
 INLINE_SECONDS = 0.005
-MAX_QUEUE_BYTES = 64 << 20  # their bodies together; a single request over it still queues when none waits
+# Request bodies one worker holds at once, from their headers to their response: being received, waiting
+# for a batch or in one (a single body over it still runs when no other is held).
+MAX_BODY_BYTES = 64 << 20
 # Content types under which the body is tried as one raw image: none, octet-stream, and curl's default.
 UNTYPED_BODIES = ("", "application/octet-stream", "application/x-www-form-urlencoded")
 # The file holding create_app's keywords as JSON, for the worker processes (a file: 21,843 class names in
@@ -104,11 +109,13 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
 
     async def predict_raw(body: bytes, query: list[tuple[str, str]]) -> dict:
         """A raw image body (Content-Type image/*, the cheapest single-image request): its one result."""
-        topk = query_topk(query)
+        topk = query_topk(query) or DEFAULT_TOPK
         results = await batcher.submit(lambda: ([("body", body)], topk), len(body))
         return results[0]
 
+    budget = BodyBudget(MAX_BODY_BYTES)
     app.add_middleware(RawImageRoute, handle=predict_raw, max_upload=max_upload)
+    app.add_middleware(UploadGate, budget=budget, max_upload=max_upload)  # outside the raw route: every body
     app.add_middleware(LastResort)  # added last: outermost, so a bug in the raw route is a JSON 500 too
 
     @app.exception_handler(RequestError)
@@ -138,8 +145,8 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
-        """This worker's batching counters, in Prometheus' text format."""
-        return batcher.metrics()
+        """This worker's batching and body budget counters, in Prometheus' text format."""
+        return batcher.metrics() + budget.metrics()
 
     @app.get("/v1/model")
     async def model_info():
@@ -158,15 +165,15 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     @app.post("/v1/predict")
     async def predict(request: Request):
         """A multipart upload (field `file`, and optionally a `topk` field), a raw image body (Content-Type
-        image/*), or JSON {"images": [base64, ...], "topk": 3} for a batch; `?topk=` for each (a topk
-        in the body wins). Any other query parameter, text field or JSON key, or one given twice, is a 422."""
+        image/*), or JSON {"images": [base64, ...], "topk": 3} for a batch; `?topk=` for each, or a topk
+        in the body. Any other query parameter, text field or JSON key, or one given twice (topk in both the
+        query and the body too), is a 422."""
         body = await read_limited(request, max_upload)
-        check_encoding(request.headers.get("content-encoding", ""))
         ctype = request.headers.get("content-type", "").lower()  # image/*: RawImageRoute answered it
-        topk = query_topk(request.query_params.multi_items())
+        topk = query_topk(request.query_params.multi_items())  # None: not in the query
         if ctype.startswith("multipart/form-data"):
             images, form_topk = await from_multipart(request, body)
-            topk = topk if form_topk is None else parse_topk(form_topk)
+            topk = one_topk(topk, None if form_topk is None else parse_topk(form_topk), "multipart field 'topk'")
         elif ctype.startswith("application/json"):
             images = None  # parsed with the batch: in a thread when large (a 5 MB body is not the event loop's work)
         elif ctype.split(";")[0].strip() in UNTYPED_BODIES:
@@ -189,11 +196,19 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     return app
 
 
-def check_encoding(encoding: str) -> None:
+def check_codings(headers: list[tuple[bytes, bytes]]) -> None:
     """A compressed body would be read as a corrupt image (a gzipped PNG: '415 not an image'), and an
-    uncompressed one sent with a gzip header served as if the header were not there."""
-    if encoding.strip().lower() not in ("", "identity"):
-        raise RequestError(415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed")
+    uncompressed one sent with a gzip header served as if the header were not there. Every line of a
+    repeated header counts (a second `Content-Encoding: gzip` line was ignored). httptools has already
+    removed a Transfer-Encoding's chunked framing, but not a coding before it (`gzip, chunked`)."""
+    for name, allowed in ((b"content-encoding", ("identity",)), (b"transfer-encoding", ("identity", "chunked"))):
+        codings = [c.strip().lower() for key, value in headers if key == name
+                   for c in value.decode("latin-1").split(",") if c.strip()]
+        unsupported = [c for c in codings if c not in allowed]
+        if unsupported:
+            listed = ", ".join(dict.fromkeys(c[:40] for c in unsupported))
+            raise RequestError(415, f"{name.decode().title()} {listed!r} is not supported: send the body "
+                                    "uncompressed")
 
 
 def wrong_type(ctype: str) -> str:
@@ -208,6 +223,113 @@ def error_response(exc: Exception) -> JSONResponse:
                             headers={"Retry-After": "1"} if exc.status == 503 else None)
     status = 415 if isinstance(exc, NotAnImage) else 413 if isinstance(exc, ImageTooLarge) else 422
     return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+class BodyBudget:
+    """The bytes of request bodies one worker holds, from their headers until their response is sent:
+    without it, 300 half-sent 5 MB uploads held 1.5 GB. A body that does not fit is refused (503). Once
+    a burst of large bodies has ended, the heap they leave is given back (trim_heap)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self.rejected, self.peak, self.trimming = limit, 0, 0, 0, False
+
+    def reserve(self, size: int) -> bool:
+        if self.held and self.held + size > self.limit:  # alone, a body over the limit still runs
+            self.rejected += 1
+            return False
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        if not self.held and self.peak >= TRIM_AFTER and not self.trimming:  # not after every small request
+            # a second on, when the burst's other connections (refused, still sending) are gone too
+            self.trimming = True
+            asyncio.get_running_loop().call_later(1.0, self.trim)
+
+    def trim(self) -> None:
+        """The heap trimmed if no body is held now; else the next time none is."""
+        self.trimming = False
+        if not self.held:
+            self.peak = 0
+            trim_heap()
+
+    def busy(self) -> RequestError:
+        return RequestError(503, f"server busy: {self.held / 2**20:.1f} MB of request bodies are being received "
+                                 f"or processed (the limit is {self.limit >> 20} MB per worker); try again shortly")
+
+    def metrics(self) -> str:
+        values = [("convzoo_body_bytes_held", "gauge", "request body bytes held now (received, arriving or "
+                   "reserved from Content-Length)", self.held),
+                  ("convzoo_body_bytes_limit", "gauge", "most request body bytes held before 503", self.limit),
+                  ("convzoo_body_rejected_total", "counter", "requests answered 503: body budget full", self.rejected)]
+        return "".join(f"# HELP {name} {text}\n# TYPE {name} {kind}\n{name} {value}\n"
+                       for name, kind, text, value in values)
+
+
+TRIM_AFTER = 16 << 20  # bytes of bodies held at once after which, once none are, the heap is trimmed
+
+
+def trim_heap() -> None:
+    """Freed heap memory given back to the OS (glibc's malloc_trim; elsewhere nothing). Bodies arrive in
+    pieces (up to 256 KiB per socket read, 5 MB buffers) between other allocations; freed, they leave holes
+    that glibc keeps: 300 half-sent uploads left RSS 34-64 MB above its start after they ended, 2 MB trimmed."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
+        pass
+
+
+class UploadGate:
+    """`POST /v1/predict`'s headers checked before a byte of its body is read: 413 for a Content-Length
+    over the upload limit, 415 for a coded body, 503 when the worker's BodyBudget cannot hold the
+    declared size. A body without Content-Length (chunked) is reserved as it arrives. Whatever was
+    reserved is released when the request ends: answered, refused, or its client gone (a disconnect or
+    protocol.py's timeouts)."""
+
+    def __init__(self, app, budget: BodyBudget, max_upload: int):
+        self.app, self.budget, self.max_upload = app, budget, max_upload
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/predict":
+            return await self.app(scope, receive, send)
+        held = 0
+
+        async def counted():  # a chunked body's bytes reserved as they arrive
+            nonlocal held
+            message = await receive()
+            size = len(message.get("body", b""))
+            if declared is None and size:
+                if not self.budget.reserve(size):
+                    raise self.budget.busy()
+                held += size
+            return message
+
+        try:
+            declared = declared_size(scope["headers"], self.max_upload)
+            check_codings(scope["headers"])
+            if declared is not None:
+                if not self.budget.reserve(declared):
+                    raise self.budget.busy()
+                held = declared
+            await self.app(scope, counted, send)
+        except RequestError as exc:  # raised here, or by counted() where the app's own handler is not around it
+            await error_response(exc)(scope, receive, send)
+        finally:
+            self.budget.release(held)
+
+
+def declared_size(headers: list[tuple[bytes, bytes]], limit: int) -> int | None:
+    """The Content-Length (None without one: a chunked body), 413 when over `limit`."""
+    value = next((v for k, v in headers if k == b"content-length"), b"").strip()
+    if not value.isdigit():
+        return None  # httptools refuses a malformed one before the app is called
+    if int(value) > limit:
+        raise RequestError(413, f"upload of {int(value):,} bytes exceeds the {limit:,}-byte limit")
+    return int(value)
 
 
 class RawImageRoute:
@@ -229,7 +351,6 @@ class RawImageRoute:
             body = await read_body(receive, headers.get(b"content-length", b"").decode("latin-1"), self.max_upload)
             if body is None:  # the client went away
                 return
-            check_encoding(headers.get(b"content-encoding", b"").decode("latin-1"))
             query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             response = JSONResponse(await self.handle(body, query))
         except (RequestError, ImageError) as exc:
@@ -292,7 +413,6 @@ class Batcher:
         self.predictor, self.max_pixels = predictor, max_pixels
         self.window, self.max_batch, self.max_queue = window_ms / 1000, max_batch, max_queue
         self.queue: deque[Job] = deque()
-        self.queued_bytes = 0
         self.slots = asyncio.Semaphore(busy)
         self.wake, self.wanted = asyncio.Event(), 1  # set once `wanted` requests wait
         self.collector = None
@@ -302,7 +422,7 @@ class Batcher:
 
     async def submit(self, parse: Parse, size: int) -> list[dict]:
         """The request's results, or its own RequestError/ImageError; 503 when the queue is full."""
-        if self.queue and (len(self.queue) >= self.max_queue or self.queued_bytes + size > MAX_QUEUE_BYTES):
+        if len(self.queue) >= self.max_queue:  # their bytes: UploadGate's budget
             self.counts["rejected"] += 1
             raise RequestError(503, f"server busy: {len(self.queue)} requests are waiting; try again shortly")
         loop = asyncio.get_running_loop()
@@ -312,7 +432,6 @@ class Batcher:
             self.collector = loop.create_task(self.collect())
         job = Job(parse, size, loop.time(), loop.create_future())
         self.queue.append(job)
-        self.queued_bytes += size
         if len(self.queue) >= self.wanted:
             self.wake.set()
         return await job.future
@@ -335,7 +454,6 @@ class Batcher:
         deadline = self.queue[0].arrived + self.window
         await self.until_waiting(self.max_batch, deadline - asyncio.get_running_loop().time())
         batch = [self.queue.popleft() for _ in range(min(self.max_batch, len(self.queue)))]
-        self.queued_bytes -= sum(job.size for job in batch)
         return batch
 
     async def until_waiting(self, count: int, timeout: float | None = None):
@@ -509,8 +627,8 @@ def non_finite(names: list[str]) -> RequestError:
                              "it cannot classify this input")
 
 
-def query_topk(query: list[tuple[str, str]]) -> int:
-    """The query's `topk`: 3 without one; `?topk=1&topk=5` (it silently meant 5) and any other parameter
+def query_topk(query: list[tuple[str, str]]) -> int | None:
+    """The query's `topk`, None without one; `?topk=1&topk=5` (it silently meant 5) and any other parameter
     (`?topK=1` was ignored) are 422s."""
     unknown = [key for key, _ in query if key != "topk"]
     if unknown:
@@ -518,7 +636,15 @@ def query_topk(query: list[tuple[str, str]]) -> int:
     texts = [value for _, value in query]
     if len(texts) > 1:
         raise RequestError(422, f"topk is given {len(texts)} times in the query; give it once")
-    return parse_topk(texts[0] if texts else "3")
+    return parse_topk(texts[0]) if texts else None
+
+
+def one_topk(query: int | None, body: int | None, where: str) -> int:
+    """The request's topk, from the query or the body; both is a 422 (`?topk=4` with a multipart or JSON
+    topk of 1 silently meant 1)."""
+    if query is not None and body is not None:
+        raise RequestError(422, f"topk is given twice, as ?topk= in the query and as the {where}; give it once")
+    return next((k for k in (body, query) if k is not None), DEFAULT_TOPK)
 
 
 def parse_topk(text: str) -> int:
@@ -541,22 +667,25 @@ def check_topk(value) -> int:
 
 
 async def read_body(receive, declared: str, limit: int) -> bytes | None:
-    """An ASGI request body up to `limit` bytes (413 beyond it, or up front from Content-Length);
-    None when the client disconnected."""
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"upload of {int(declared):,} bytes exceeds the {limit:,}-byte limit")
-    chunks, size = [], 0
+    """An ASGI request body up to `limit` bytes (413 beyond it; UploadGate has checked Content-Length);
+    None when the client disconnected. A declared body is read into one buffer of its size: a list of
+    chunks joined at the end spread each body over the heap in ~64 KiB pieces, and with hundreds of
+    uploads at once the heap stayed fragmented (RSS hundreds of MB above its start once they ended)."""
+    size = int(declared) if declared.isdigit() and int(declared) <= limit else 0
+    body, filled = bytearray(size), 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        end = filled + len(chunk)
+        if end > limit:
             raise RequestError(413, f"upload exceeds the {limit:,}-byte limit")
-        chunks.append(chunk)
+        body[filled:end] = chunk  # within the buffer: in place; beyond it (chunked): it grows
+        filled = end
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            del body[filled:]
+            return bytes(body)  # immutable from here; Pillow reads bytes without a copy (BytesIO)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -576,8 +705,12 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
     except Exception as exc:  # malformed multipart bodies raise parser-specific errors
         raise RequestError(422, f"malformed multipart body ({str(getattr(exc, 'detail', exc))[:200]})") from None
     try:
-        files = [((v.filename or k)[:100], await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
-        texts = [k for k, v in form.multi_items() if not hasattr(v, "read")]
+        parts = form.multi_items()
+        misnamed = [k for k, v in parts if hasattr(v, "read") and k not in ("file", "topk")]
+        if misnamed:  # `-F image=@x.png` was read as if it were `file`: the field name counts, as a text field's does
+            raise unknown_names("multipart file field", misnamed, "(send each image in a field named 'file')")
+        files = [((v.filename or k)[:100], await v.read()) for k, v in parts if k == "file" and hasattr(v, "read")]
+        texts = [k for k, v in parts if not hasattr(v, "read")]
         topks = form.getlist("topk")
     finally:
         await form.close()
@@ -606,7 +739,8 @@ def distinct_keys(pairs: list[tuple[str, object]]) -> dict:
     return obj
 
 
-def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
+def from_json(body: bytes, topk: int | None) -> tuple[list[tuple[str, bytes]], int]:
+    """The images and topk of a JSON body; `topk`: the query's (None without one)."""
     usage = 'JSON body must be {"images": ["<base64>", ...], "topk": 3}'
     try:
         payload = json.loads(body, object_pairs_hook=distinct_keys)
@@ -618,8 +752,7 @@ def from_json(body: bytes, topk: int) -> tuple[list[tuple[str, bytes]], int]:
     encoded = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(e, str) for e in encoded):
         raise RequestError(422, usage)
-    if "topk" in payload:
-        topk = check_topk(payload["topk"])
+    topk = one_topk(topk, check_topk(payload["topk"]) if "topk" in payload else None, "JSON key 'topk'")
     if not 1 <= len(encoded) <= MAX_BATCH:
         raise RequestError(422, f"send between 1 and {MAX_BATCH} images, got {len(encoded)}")
     images = []
