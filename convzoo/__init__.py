@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError, ConvzooError
+from .errors import ConfigError, ConvzooError, shown
 
 __all__ = ["train", "evaluate", "load", "predict", "export", "Model", "ConvzooError", "TrainConfig"]
 
@@ -69,7 +69,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
         if resume:  # as `convzoo train --resume`: the run's own settings, then what is given (checked against them)
             from .engine.rundir import saved_config
 
-            base, source = saved_config(given.get("model"), given.get("dataset"), given.get("output_dir"))
+            base, source = saved_config(config if isinstance(config, str) else None, given)
         cfg = build_config(config if isinstance(config, str) else None, given, base=base, base_source=source)
     result = run_training(cfg, resume=resume, exist_ok=exist_ok, quiet=quiet)
     return {**result, "checkpoint": str(Path(result["output_dir"]) / "best.pt")}
@@ -94,7 +94,7 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
     test_limit = _integer("test_limit", test_limit, 0, 10**9)
     device = _device(device)
     if dataset is not None and not isinstance(dataset, str):
-        raise ConfigError(f"dataset must be a data set name such as 'mnist', got {_shown(dataset)}")
+        raise ConfigError(f"dataset must be a data set name such as 'mnist', got {shown(dataset)}")
     _path_or_none("data_path", data_path)
     _choice("runtime", runtime, RUNTIMES)  # checkpoints run in torch, but a misspelt runtime is still refused
     if tta is not None:
@@ -273,7 +273,7 @@ def _resolve(path_or_name) -> Path:
     from .models.pretrained import resolve
 
     if not isinstance(path_or_name, (str, os.PathLike)) or not str(path_or_name):
-        raise ConfigError(f"model must be a file path or a NAME:DATASET name, got {_shown(path_or_name)}")
+        raise ConfigError(f"model must be a file path or a NAME:DATASET name, got {shown(path_or_name)}")
     return Path(resolve(os.fspath(path_or_name)))
 
 
@@ -340,19 +340,13 @@ def _array_image(array, name: str):
 
 
 # The arguments' checks: the CLI's parser does these for its flags; the API gets the same ranges.
-def _shown(value) -> str:
-    from .errors import shown
-
-    return shown(value, 40)
-
-
 def _integer(name: str, value, low: int, high: int) -> int:
     """An integer (a numpy one too; not a bool) within low..high, as an int, or a ConfigError naming
     the argument."""
     import numbers
 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {shown(value)}")
     return int(value)
 
 
@@ -387,7 +381,7 @@ def _scalar(value):
 
 def _boolean(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {_shown(value)}")
+        raise ConfigError(f"{name} must be True or False, got {shown(value)}")
     return value
 
 
@@ -405,7 +399,7 @@ def _path_or_none(name: str, value) -> None:
     import os
 
     if value is not None and not isinstance(value, (str, os.PathLike)):
-        raise ConfigError(f"{name} must be a path, got {_shown(value)}")
+        raise ConfigError(f"{name} must be a path, got {shown(value)}")
     if value is not None and not str(value).strip():  # '' would quietly mean the default search
         raise ConfigError(f"{name} must not be empty")
 
@@ -415,5 +409,5 @@ def _device(value) -> str:
     if type(value).__module__ == "torch" and type(value).__name__ == "device":
         return str(value)
     if not isinstance(value, str):
-        raise ConfigError(f"device must be a name such as 'auto', 'cpu' or 'cuda', got {_shown(value)}")
+        raise ConfigError(f"device must be a name such as 'auto', 'cpu' or 'cuda', got {shown(value)}")
     return value

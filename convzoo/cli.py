@@ -57,6 +57,10 @@ def main(argv=None) -> int:
         return 141
     finally:
         sys.stdout = stdout
+        try:  # what an error path printed: flushed now, or a full disk is Python's own error at exit (code 120)
+            stdout.flush()
+        except OSError:
+            silence_stdout()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -74,6 +78,9 @@ class Output:
 
     def write(self, text):
         return self._guarded(self.stream.write, text)
+
+    def writelines(self, lines):
+        return self._guarded(self.stream.writelines, lines)
 
     def flush(self):
         return self._guarded(self.stream.flush)
@@ -438,11 +445,10 @@ def verified_copy(spec, data_path):
 
 def cmd_train(args) -> int:
     from .config import TrainConfig, build_config
-
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     from .engine.rundir import saved_config
 
-    base, source = saved_config(args.model, args.dataset, args.output_dir) if args.resume else (None, "")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    base, source = saved_config(args.config, overrides) if args.resume else (None, "")
     cfg = build_config(args.config, overrides, base=base, base_source=source)  # checked: bad flags stop here
     from .engine.launch import train  # torch (3-4 s): only for a config that passed
 
@@ -626,9 +632,11 @@ def cmd_predict(args) -> int:
     results = predictor.predict_files(args.images, topk=args.topk)
     for r in results:
         if args.json:
-            # The file name as the text line shows it: bytes that are not UTF-8 as \xNN. json.dumps
-            # wrote their surrogateescape stand-ins as lone surrogates ("\udcff"), invalid UTF-8 JSON.
-            print(json.dumps({**r, "file": printable(r["file"])}))
+            # Bytes of the name that are not UTF-8 as \xNN (json.dumps wrote their surrogateescape
+            # stand-ins as lone surrogates, "\udcff": invalid UTF-8 JSON); newlines and the like stay
+            # themselves, escaped by JSON, so a script can still open the path.
+            name = os.fsencode(r["file"]).decode("utf-8", "backslashreplace")
+            print(json.dumps({**r, "file": name}))
         else:
             others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
             line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")

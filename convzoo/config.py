@@ -187,8 +187,8 @@ RESUME_FREE = ("output_dir", "channels_last", "deterministic", "device", "thread
 
 def flag_name(name: str) -> str:
     """TrainConfig field `name`'s main flag: --eval-every-steps for eval_steps, --lr-gamma for gamma."""
-    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    return (field.metadata["flags"] or (f"--{name.replace('_', '-')}",))[0]
+    declared = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return (declared.metadata["flags"] or (f"--{name.replace('_', '-')}",))[0]
 
 
 FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -315,7 +315,7 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
     values = {k: check_value(k, v, base_source) for k, v in (base or {}).items() if k in fields}
     chosen = load_preset(preset) if preset else {}
     values.update(chosen)
-    values.update({k: check_value(k, v, f"--{k.replace('_', '-')}") for k, v in overrides.items() if v is not None})
+    values.update({k: check_value(k, v, flag_name(k)) for k, v in overrides.items() if v is not None})
     if chosen.get("threads") and overrides.get("threads") is None and isinstance(values.get("procs"), int) \
             and values["procs"] > 1:
         # A preset's threads are one process's; under --procs they are shared out (lenet5-fast's 2 threads

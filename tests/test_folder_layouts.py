@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import unicodedata
 from pathlib import Path
 
@@ -275,3 +276,20 @@ def test_a_file_link_into_another_class_folder_is_refused(tmp_path, capsys):
     (split / "test" / "dog" / "y.png").symlink_to(split / "train" / "cat" / "1.png")
     cli_error(capsys, "data", "info", "folder", "--data-path", split,
               fragments=(f"{split}/test/dog/y.png: links to", "two classes ('dog' and 'cat')"))
+
+
+def test_a_test_class_folder_linking_into_another_training_class_is_refused(tmp_path, capsys):
+    """test/dog -> ../train/cat labelled three cat images 'dog' (only the byte-identical warning): the
+    folder-level link crosses classes as a file link does. test/cat -> ../train/cat stays a copy."""
+    split = tmp_path / "split"
+    for name, seed in (("cat", 3), ("dog", 4)):
+        write_pngs(split / "train" / name, 3, seed)
+    (split / "test").mkdir()
+    (split / "test" / "cat").symlink_to(Path("..") / "train" / "cat")
+    write_pngs(split / "test" / "dog", 2, 14)
+    _, err = info(capsys, split)
+    assert "byte-identical" in err
+    shutil.rmtree(split / "test" / "dog")
+    (split / "test" / "dog").symlink_to(Path("..") / "train" / "cat")
+    cli_error(capsys, "data", "info", "folder", "--data-path", split,
+              fragments=("test class folder 'dog' and training class folder 'cat' are the same images",))

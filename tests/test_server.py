@@ -29,7 +29,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from convzoo.deploy.server import INLINE_SECONDS
+from convzoo.deploy.server import INLINE_SECONDS, MAX_BODY_BYTES
 
 from conftest import MNIST_DIR, assert_user_error, run_cli
 from test_deploy import mnist_test, png_bytes, serving
@@ -982,7 +982,6 @@ def test_unknown_query_parameters_form_fields_and_repeated_json_keys_are_named(p
 # --- bodies still arriving, header lines given twice, serve against predict ----------------------------
 
 UPLOAD = 5_000_000  # bytes: under the 5 MB (5,242,880 B) upload limit
-MAX_BODY_BYTES = 64 << 20  # bodies a worker holds at once (server.MAX_BODY_BYTES, the README's 64 MB)
 
 
 def padded_digit(size: int = UPLOAD) -> bytes:
@@ -1136,6 +1135,7 @@ def test_every_coding_header_line_counts(served, digits):
         reply = post(lines, digit, chunked)
         assert reply.startswith(b"HTTP/1.1 200") and json.loads(reply.split(b"\r\n\r\n", 1)[1])["class"], reply
     assert post([b"Transfer-Encoding: gzip"], gz).startswith(b"HTTP/1.1 400"), "uvicorn's parser"
+    assert metrics(url)["convzoo_body_bytes_held"] == 0  # the chunked bodies' reservations were released
 
 
 def test_serve_and_predict_agree_on_upscaled_digits(pretrained, tmp_path):

@@ -260,3 +260,19 @@ def test_the_api_resumes_with_the_runs_own_settings(finished_run, tmp_path):
     assert result["epoch"] == 2 and len(run_files(run)) >= 4
     with pytest.raises(convzoo.ConvzooError, match="--lr 0.5 differs from the run's 0.01"):
         convzoo.train(resume=True, output_dir=str(run), epochs=3, lr=0.5, data_path=str(MNIST_DIR), quiet=True)
+
+
+@pytest.mark.real_data
+def test_resume_finds_the_run_named_by_its_config_file(finished_run, tmp_path, capsys):
+    """`train --config RUN/config.yaml --resume` (the README's way to repeat a run) looked for last.pt in
+    the default runs/lenet5-mnist, not in the output_dir the file names."""
+    import shutil
+
+    import yaml
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "output_dir": str(run)}))
+    run_cli("train", "--config", run / "config.yaml", "--resume", "--epochs", "2", *MNIST, "--quiet",
+            cwd=tmp_path, check=0)
+    assert "2" in (run / "metrics.csv").read_text().splitlines()[-1].split(",")[0]

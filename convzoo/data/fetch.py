@@ -251,28 +251,30 @@ def check_file(file: FileSpec, path: Path, manifest: dict) -> FileCheck:
         raise DataError(f"cannot read: {exc.strerror or exc}", path) from None
     pickled = file.role == "batch" and data[:1] == PICKLE_PROTO
     official = file.python_md5 if pickled else file.md5
-    if official and md5_hex(data) == official:
+    data_md5 = md5_hex(data)
+    if official and data_md5 == official:
         return FileCheck(file, path, "verified", "md5 matches the official file")
     if manifest.get(path.name) and manifest[path.name] == hashlib.sha256(data).hexdigest():
         return FileCheck(file, path, "verified", "sha256 matches the verified download")
     raw = gunzip_capped(data, limit if file.role == "batch" else file.raw_size, path)
     if raw is None:
         return FileCheck(file, path, "differs", "decompresses to more than the official file holds")
-    if file.raw_md5 and md5_hex(raw) == file.raw_md5:
+    raw_md5 = data_md5 if raw is data else md5_hex(raw)
+    if file.raw_md5 and raw_md5 == file.raw_md5:
         return FileCheck(file, path, "verified", "decompressed md5 matches the official file")
     count = record_count(file, raw, path)
     what = f"{count:,} of {file.count:,} records" if count != file.count else f"{count:,} records"
-    owner = foreign_owner(file, {md5_hex(data), md5_hex(raw)})
+    owner = foreign_owner(file, {data_md5, raw_md5})
     if owner:
         return FileCheck(file, path, "foreign", f"md5 matches {owner}'s official file", owner)
     if official or file.raw_md5:
-        return FileCheck(file, path, "differs", f"{what}, md5 {md5_hex(raw)[:12]}... is not the official one")
+        return FileCheck(file, path, "differs", f"{what}, md5 {raw_md5[:12]}... is not the official one")
     return FileCheck(file, path, "differs", f"{what}, no official per-file checksum and no verified-download record")
 
 
 def foreign_owner(file: FileSpec, digests: set[str]) -> str:
     """The title of another catalog data set whose official file of the same name has one of these
-    md5s (MNIST and Fashion-MNIST share file names), else ''. Reuses check_file's digests: no new read."""
+    md5s (MNIST and Fashion-MNIST share file names), else ''. Given check_file's digests: nothing re-read."""
     from .catalog import DATASETS
 
     for other in DATASETS.values():

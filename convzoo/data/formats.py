@@ -598,9 +598,11 @@ def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
     """(class names, {split: [(file, label)]}) of a folder split by hand: the classes are the training
     folder's; the test folder may lack some, not add any."""
     classes = checked_classes(class_folders(train_dir, root), train_dir)
-    unknown = [p for p in class_folders(test_dir, root) if p.name not in classes]
+    test_folders = class_folders(test_dir, root)
+    unknown = [p for p in test_folders if p.name not in classes]
     if unknown:
         raise unknown_test_class(unknown[0], classes, train_dir.name)
+    check_crossed_links(class_folders(train_dir, root), test_folders, test_dir)
     files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(d / c, root, s == "train")]
              for s, d in (("train", train_dir), ("test", test_dir))}
     if not files["test"] and not holds_class_folders(test_dir, root):  # Kaggle's test/ without its val/
@@ -709,6 +711,19 @@ def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
                             "folder (one links to the other): its images would be two classes; remove the link",
                             folder)
     return classes
+
+
+def check_crossed_links(train_folders: list[Path], test_folders: list[Path], test_dir: Path) -> None:
+    """A test class folder that is, holds or lies in another class's training folder (test/dog ->
+    ../train/cat: cat images scored as dogs), or the other way round: refused, naming both."""
+    trained = [(p.name, p.resolve()) for p in train_folders]
+    for folder in test_folders:
+        tested = folder.resolve()
+        for name, place in trained:
+            if name != folder.name and (tested == place or place in tested.parents or tested in place.parents):
+                raise DataError(f"test class folder '{printable(folder.name)}' and training class folder "
+                                f"'{printable(name)}' are the same images (one links into the other): they would "
+                                "be scored as the wrong class; remove the link", test_dir)
 
 
 def check_linked_files(files: dict, class_dirs: dict[Path, int], classes) -> None:

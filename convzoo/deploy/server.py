@@ -233,8 +233,10 @@ class BodyBudget:
     def __init__(self, limit: int):
         self.limit, self.held, self.rejected, self.peak, self.trimming = limit, 0, 0, 0, False
 
-    def reserve(self, size: int) -> bool:
-        if self.held and self.held + size > self.limit:  # alone, a body over the limit still runs
+    def reserve(self, size: int, own: int = 0) -> bool:
+        """Room for `size` more bytes of a request already holding `own` (a chunked body's earlier
+        pieces): alone, a body over the limit still runs, as one declared whole does."""
+        if self.held - own and self.held + size > self.limit:
             self.rejected += 1
             return False
         self.held += size
@@ -303,7 +305,7 @@ class UploadGate:
             message = await receive()
             size = len(message.get("body", b""))
             if declared is None and size:
-                if not self.budget.reserve(size):
+                if not self.budget.reserve(size, own=held):
                     raise self.budget.busy()
                 held += size
             return message
@@ -393,7 +395,7 @@ Parse = Callable[[], tuple[list[tuple[str, bytes]], int]]  # a request's (name, 
 @dataclass
 class Job:
     parse: Parse
-    size: int  # body bytes, held until the job's batch runs
+    size: int  # body bytes (whether the batch may run on the event loop: INLINE_BYTES)
     arrived: float  # event-loop time
     future: asyncio.Future
 
@@ -685,7 +687,9 @@ async def read_body(receive, declared: str, limit: int) -> bytes | None:
         filled = end
         if not message.get("more_body", False):
             del body[filled:]
-            return bytes(body)  # immutable from here; Pillow reads bytes without a copy (BytesIO)
+            # Immutable bytes for the parsers (multipart, JSON, Pillow): one copy, held only until the
+            # buffer is freed on return, so a body peaks at twice its size for that moment.
+            return bytes(body)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

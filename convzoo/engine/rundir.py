@@ -168,14 +168,17 @@ def is_locked(path: Path) -> bool:
         os.close(fd)  # closing releases the shared lock taken to look
 
 
-def saved_config(model: str | None, dataset: str | None, output_dir: str | None) -> tuple[dict, str]:
+def saved_config(preset: str | None, given: dict) -> tuple[dict, str]:
     """The config a run was started with, from its last.pt (so a resume given no settings continues it
-    unchanged: the CLI's --resume and the API's resume=True), and where it came from for messages."""
-    from ..config import TrainConfig
+    unchanged: the CLI's --resume and the API's resume=True), and where it came from for messages. The
+    run is found as training would place it: its output_dir, model and dataset as given, else the
+    preset's or config file's (`--config runs/x/config.yaml --resume`), else the defaults."""
+    from ..config import TrainConfig, load_preset
     from .checkpoint import load_checkpoint
 
-    defaults = TrainConfig()
-    where = TrainConfig(model=model or defaults.model, dataset=dataset or defaults.dataset, output_dir=output_dir)
+    chosen = load_preset(preset) if preset else {}
+    value = {k: given.get(k) or chosen.get(k) or getattr(TrainConfig(), k) for k in ("model", "dataset", "output_dir")}
+    where = TrainConfig(**value)
     path = Path(where.run_dir()) / "last.pt"
     if is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
         raise busy(path.parent)

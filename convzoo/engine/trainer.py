@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -615,13 +616,11 @@ def check_same_split(state: dict, split: dict, folder: Path) -> None:
 
 
 def train_identity(split: Split) -> dict:
-    """What --resume compares the training images by: their number and a hash of all labels and of up to
-    256 images spread over the split (cheap, and any other file set or order changes it)."""
-    n = len(split)
-    picked = torch.linspace(0, n - 1, min(n, 256)).long() if n else torch.zeros(0, dtype=torch.long)
-    digest = hashlib.sha256(split.labels.cpu().numpy().tobytes())
-    digest.update(split.images[picked].cpu().numpy().tobytes())
-    return {"images": n, "fingerprint": digest.hexdigest()[:16]}
+    """What --resume compares the training images by: their number and a hash of every label and pixel,
+    in order (CIFAR-10's 150 MB in about 0.15 s: a sample of images missed a changed one)."""
+    digest = hashlib.sha256(np.ascontiguousarray(split.labels.cpu().numpy()))
+    digest.update(np.ascontiguousarray(split.images.cpu().numpy()))
+    return {"images": len(split), "fingerprint": digest.hexdigest()[:16]}
 
 
 def check_same_train_data(state: dict, now: dict, path) -> None:
@@ -658,7 +657,7 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
         raise CheckpointError(f"run already reached its target accuracy {old.get('target_acc')} ({reached.get('split')} "
                               f"accuracy {reached.get('accuracy')} in epoch {reached.get('epoch')}); nothing to "
                               "resume; start a new run with --restore", path)
-    if cfg.restore != old.get("restore"):  # the weights come from last.pt: another start would be ignored
+    if cfg.restore and cfg.restore != old.get("restore"):  # the weights come from last.pt: another start is ignored
         raise CheckpointError(f"--restore {setting(cfg.restore)} does not go with --resume, which continues from the "
                               "run's last.pt; start a new run to begin from other weights", path)
     for key in RESUME_SAME:  # config.py says why these, and not the others
