@@ -147,14 +147,16 @@ def empty_option(args) -> str | None:
     trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...)."""
     for action in args.parser._actions:
         value = getattr(args, action.dest, None)
-        if action.option_strings and (blank(value) or isinstance(value, list) and (not value or any(map(blank, value)))):
+        if action.option_strings and blank(value):
             return "/".join(action.option_strings[:1])
     return None
 
 
 def blank(value) -> bool:
-    """Empty text; a list option's parsed value is [] for it (`--freeze ""` froze nothing), and an
-    appended option's holds it (`--mirror ""`)."""
+    """Empty text, or a list option given it: parsed to [] (`--freeze ""` froze nothing), or holding it
+    (an appended `--mirror ""`)."""
+    if isinstance(value, list):
+        return not value or any(map(blank, value))
     return isinstance(value, str) and not value.strip()
 
 

@@ -202,24 +202,25 @@ def incomplete_error(spec: DatasetSpec, root: Path, splits=None) -> DataError | 
     names the first needed file that is missing there or not a regular file (a FIFO, a folder, a
     link to /dev/zero or to nothing). None when no layout folder holds any of them."""
     for folder in layout_folders(spec, root):
-        present = [f for f in spec.files if find_file(folder, f, spec) is not None]
-        if not present:
+        found = {f.name: find_file(folder, f, spec) for f in spec.files}
+        if not any(found.values()):
             continue
         for file in needed_files(spec, splits):
-            if find_file(folder, file, spec) is None:
-                path, problem = file_problem(folder, file, spec, present)
+            if found[file.name] is None:
+                path, problem = file_problem(folder, file, spec, found)
                 return DataError(f"{problem} (the folder holds {spec.title}'s other files, so nothing is "
                                  "downloaded into it)", path)
     return None
 
 
-def file_problem(folder: Path, file: FileSpec, spec: DatasetSpec, present: list[FileSpec]) -> tuple[Path, str]:
-    """(path as shown, problem) for a needed `file` that find_file did not find in `folder`."""
+def file_problem(folder: Path, file: FileSpec, spec: DatasetSpec, found: dict[str, Path | None]) -> tuple[Path, str]:
+    """(path as shown, problem) for a needed `file` that find_file did not find in `folder` (`found`:
+    find_file's answer there for each of the set's files, by name)."""
     for path in candidates(folder, file, spec):
         if os.path.lexists(path):  # there, but is_file() said no
             return path, "a link to nothing" if path.is_symlink() and not path.exists() else "not a regular file"
     # Missing: named where its split's other files sit (MindSpore's Data/train), every spelling in one.
-    siblings = [find_file(folder, f, spec) for f in present if f.split == file.split]
+    siblings = [found[f.name] for f in spec.files if f.split == file.split and found[f.name] is not None]
     shown = file.name.removesuffix(".gz") + "(.gz)" if file.name.endswith(".gz") else file.name
     return (siblings[0].parent if siblings else folder) / shown, "missing"
 

@@ -597,12 +597,12 @@ def holds_class_folders(folder: Path, root: Path) -> bool:
 def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
     """(class names, {split: [(file, label)]}) of a folder split by hand: the classes are the training
     folder's; the test folder may lack some, not add any."""
-    classes = checked_classes(class_folders(train_dir, root), train_dir)
-    test_folders = class_folders(test_dir, root)
+    train_folders, test_folders = class_folders(train_dir, root), class_folders(test_dir, root)
+    classes = checked_classes(train_folders, train_dir)
     unknown = [p for p in test_folders if p.name not in classes]
     if unknown:
         raise unknown_test_class(unknown[0], classes, train_dir.name)
-    check_crossed_links(class_folders(train_dir, root), test_folders, test_dir)
+    check_crossed_links(train_folders, test_folders, test_dir)
     files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(d / c, root, s == "train")]
              for s, d in (("train", train_dir), ("test", test_dir))}
     if not files["test"] and not holds_class_folders(test_dir, root):  # Kaggle's test/ without its val/

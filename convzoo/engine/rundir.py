@@ -176,9 +176,9 @@ def saved_config(preset: str | None, given: dict) -> tuple[dict, str]:
     from ..config import TrainConfig, load_preset
     from .checkpoint import load_checkpoint
 
-    chosen = load_preset(preset) if preset else {}
-    value = {k: given.get(k) or chosen.get(k) or getattr(TrainConfig(), k) for k in ("model", "dataset", "output_dir")}
-    where = TrainConfig(**value)
+    chosen, defaults = (load_preset(preset) if preset else {}), TrainConfig()
+    where = TrainConfig(**{k: given.get(k) or chosen.get(k) or getattr(defaults, k) for k in ("model", "dataset",
+                                                                                           "output_dir")})
     path = Path(where.run_dir()) / "last.pt"
     if is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
         raise busy(path.parent)
