@@ -521,6 +521,29 @@ def test_stalled_heads_and_bodies_are_closed_after_the_timeout(mnist_onnx, tmp_p
             json_error(reply, status)
 
 
+
+def test_a_stalled_body_gets_the_whole_body_timeout_whatever_the_head_took(mnist_onnx, tmp_path, monkeypatch):
+    """The connection's one timer is armed for the head when it opens. A head completed 2.5 s into a
+    3-s head timeout, then a stalled body: the 408 comes a full body timeout (3 s) after the head, not
+    when the head's timer fires 0.5 s later (it said "no part of the body arrived for 3 s" after 0.5 s).
+    The other order (head timeout 10 s, body 1 s): the 408 comes after ~1 s, not 10."""
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n"
+    monkeypatch.setenv("CONVZOO_HEAD_TIMEOUT", "3")
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "3")
+    with server_with(mnist_onnx, tmp_path) as url, raw(url) as sock:
+        sock.sendall(head)
+        time.sleep(2.5)
+        sock.sendall(b"\r\n\x89PNG")
+        head_done = time.monotonic()
+        assert "no part" in json_error(read_all(sock), 408)
+        assert time.monotonic() - head_done > 2.9  # timers never fire early: a lower bound is safe
+    monkeypatch.setenv("CONVZOO_HEAD_TIMEOUT", "10")
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "1")
+    with server_with(mnist_onnx, tmp_path) as url, raw(url, timeout=8) as sock:
+        sock.sendall(head + b"\r\n\x89PNG")
+        assert "no part" in json_error(read_all(sock), 408)  # at 10 s this socket would have timed out
+
+
 # --- micro-batching -------------------------------------------------------------------------------
 
 BATCH = 12  # the batching server's --max-batch: a burst of exactly BATCH requests is one batch
@@ -890,7 +913,9 @@ def test_uploads_cut_off_mid_body_are_dropped_quietly(pretrained, tmp_path, monk
                                  b"\r\nContent-Length: 5000\r\n\r\n" + sent)
                     time.sleep(0.2)  # the server is reading the body when the client goes
             assert httpx.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
-        with raw(url) as sock:  # a stalled multipart upload: still 408 JSON
+        # a stalled multipart upload: still 408 JSON, after BODY_TIMEOUT (1 s), not the head's 10 s (the
+        # connection's first timer, armed for the head, once decided and raced this socket's timeout)
+        with raw(url, timeout=6) as sock:
             sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + types[0] +
                          b"\r\nContent-Length: 5000\r\n\r\n--XyZ\r\n")
             assert "no part of the request body" in json_error(read_all(sock), 408)

@@ -50,7 +50,7 @@ BODY_TIMEOUT = _seconds("CONVZOO_BODY_TIMEOUT", 10.0)
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Per connection: _head_bytes counts the head being received (None while a body is), _head_started
     # is when it began (None while waiting for the next request), _received counts every byte (the
-    # stalled-body check compares it with _mark), _timer is the one pending check.
+    # stalled-body check compares it with _mark, last moved at _mark_time), _timer is the one pending check.
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -98,6 +98,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = None
         self._mark = self._received
+        self._mark_time = now = self.loop.time()
+        # the head's timer may be pending: _check re-arms one that fires early; one due late is replaced
+        if self._timer is not None and self._timer.when() > now + BODY_TIMEOUT:
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
             self._timer = self.loop.call_later(BODY_TIMEOUT, self._check)
         super().on_headers_complete()
@@ -113,9 +118,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport is None or self.transport.is_closing():
             return
         if self._head_bytes is None:  # receiving a body
+            now = self.loop.time()
             if self._received != self._mark or self.flow.read_paused:
-                self._mark = self._received
+                self._mark, self._mark_time = self._received, now
                 self._timer = self.loop.call_later(BODY_TIMEOUT, self._check)
+            elif now - self._mark_time < BODY_TIMEOUT:  # the timer was the head's, armed earlier
+                self._timer = self.loop.call_later(self._mark_time + BODY_TIMEOUT - now, self._check)
             else:
                 self._refuse(408, f"no part of the request body arrived for {BODY_TIMEOUT:g} s")
         elif self._head_started is not None:  # receiving a head (or waiting for the first one)
