@@ -244,13 +244,11 @@ def load_preset(name: str) -> dict:
 
     from . import yamlfile  # here, not at the top: `predict` and `serve` build the parser that reads this module
 
-    values = yamlfile.load((resources.files("convzoo.configs") / f"{name}.yaml").read_text()) or {}
+    values = yamlfile.load_settings((resources.files("convzoo.configs") / f"{name}.yaml").read_text())
     return checked_settings(values, f"preset {name!r}")
 
 
 def load_config_file(path: Path) -> dict:
-    import yaml
-
     from . import yamlfile
 
     try:
@@ -258,21 +256,13 @@ def load_config_file(path: Path) -> dict:
             raise ConfigError("config file not found" if not path.exists() else "not a regular file", path)
         if path.stat().st_size > MAX_CONFIG_FILE:
             raise ConfigError(f"larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config", path)
-        values = yamlfile.load(path.read_text(encoding="utf-8-sig"))
+        values = yamlfile.load_settings(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError("a config must be UTF-8 text", path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read it ({exc.strerror or exc})", path) from None
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        raise ConfigError(f"not valid YAML ({first_line(exc, 120)})", path) from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError("a config must be a mapping of settings (model: lenet5, epochs: 10, ...), got "
-                          f"{type(values).__name__}", path)
-    if not yamlfile.within(values):  # before any value is checked, printed or kept
-        raise ConfigError(f"expands to over {yamlfile.MAX_VALUES:,} values (YAML aliases); a training config holds "
-                          "a few dozen", path)
+    except yamlfile.SettingsError as exc:
+        raise ConfigError(str(exc), path) from None
     for key in RUN_RECORD_KEYS:
         values.pop(key, None)
     return checked_settings(values, str(path))

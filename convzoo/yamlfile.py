@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import yaml
 
+from .errors import first_line
+
 MAX_VALUES = 100_000  # values once YAML's aliases are followed (a 464-byte alias bomb expands to 10^9)
 
 
@@ -39,10 +41,24 @@ def check_unique_keys(node: yaml.MappingNode) -> None:
         seen.add((key.tag, key.value))
 
 
-def load(text: str):
-    """The YAML document in `text`, by SettingsLoader; raises yaml.YAMLError (and RecursionError for
-    deep nesting) as yaml.safe_load does."""
-    return yaml.load(text, Loader=SettingsLoader)  # noqa: S506 - a SafeLoader
+class SettingsError(ValueError):
+    """What is wrong with a settings file, in a few words (the caller names the file)."""
+
+
+def load_settings(text: str) -> dict:
+    """The mapping of settings in `text` ({} for an empty file), expanding to at most MAX_VALUES values;
+    anything else is a SettingsError."""
+    try:
+        values = yaml.load(text, Loader=SettingsLoader)  # noqa: S506 - a SafeLoader
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise SettingsError(f"not valid YAML ({first_line(exc, 120)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SettingsError(f"holds a {type(values).__name__}, not a mapping of settings (model: lenet5, epochs: 10, ...)")
+    if not within(values):  # before any value is checked, printed or kept
+        raise SettingsError(f"expands to over {MAX_VALUES:,} values (YAML aliases); settings hold a few dozen")
+    return values
 
 
 def within(value, budget: int = MAX_VALUES) -> bool:

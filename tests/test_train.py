@@ -487,7 +487,7 @@ def test_a_config_file_the_user_wrote_trains_and_a_runs_own_config_yaml_retrains
 @pytest.mark.parametrize("content, fragment", [
     (None, "config file not found"),
     ("model: [lenet5", "not valid YAML"),
-    ("- model: lenet5\n", "must be a mapping of settings"),
+    ("- model: lenet5\n", "holds a list, not a mapping of settings"),
     ("model: lenet5\nepochz: 3\n", "has unknown keys: epochz (did you mean 'epochs'?)"),
     ("model: lenet5\nepochs: three\n", "epochs must be int"),
     ("model: lenet5\nlr: .nan\n", "lr must be float"),

@@ -58,8 +58,8 @@ def test_a_key_given_twice_names_the_key_and_line(tmp_path, capsys):
     from convzoo import yamlfile
 
     # a merge key's values may be overridden: that is what it is for
-    assert yamlfile.load("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 2\n")["run"] == {"epochs": 2,
-                                                                                                  "lr": 0.1}
+    merged = yamlfile.load_settings("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 2\n")
+    assert merged["run"] == {"epochs": 2, "lr": 0.1}
 
 
 @pytest.fixture(scope="module")

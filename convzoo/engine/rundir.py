@@ -201,24 +201,16 @@ def check_resumed_checkpoint(path: Path, state: dict) -> None:
 
 def read_config(path: Path) -> dict:
     """The run's config.yaml as a mapping ({} when there is none); a file too large, unreadable, not a
-    mapping or one whose aliases expand past yamlfile.MAX_VALUES is one DataError line."""
+    mapping or one whose aliases expand too far (yamlfile.load_settings) is one DataError line."""
     file = path / "config.yaml"
     try:
         if not file.is_file():
             return {}
         if file.stat().st_size > MAX_CONFIG_BYTES:
             raise DataError(f"config.yaml is larger than {MAX_CONFIG_BYTES >> 20} MB; a run's is a few KB", file)
-        config = yamlfile.load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as exc:
+        return yamlfile.load_settings(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yamlfile.SettingsError) as exc:
         raise DataError(f"cannot read config.yaml ({first_line(exc)})", file) from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise DataError(f"config.yaml holds a {type(config).__name__}, not a mapping of settings", file)
-    if not yamlfile.within(config):
-        raise DataError(f"config.yaml expands to over {yamlfile.MAX_VALUES:,} values (YAML aliases); a run's holds "
-                        "a few dozen", file)
-    return config
 
 
 def write_config(path: Path, config: dict) -> None:
