@@ -85,27 +85,30 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
     sheet = None
     if even_light:
         grey, sheet = on_desk(grey)
-    background = edge_brightness(grey)
-    framed = without_frame(grey) if frames and sheet is None else grey
-    if framed is not grey:
-        grey, background = framed, edge_brightness(framed)
-    # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
-    # shadow half of it).
-    dark_ink = darker_ink(grey, background)
-    sample = grey[::4, ::4].ravel()
-    bulk = float(np.partition(sample, len(sample) // 2)[len(sample) // 2])  # its median; np.median's call costs 4x
-    # Marks brighter than the image's bulk: light ink, whatever the background's brightness (chalk on a
-    # grey board, a white digit on mid-grey: read as dark-on-paper, they were all blank).
-    light_ink = float(grey.max()) - bulk > bulk - float(grey.min())
-    paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and (dark_ink or not light_ink and max(background, bulk) > 127)
-    faintest = FAINTEST_INK
-    if sheet is not None or paper and even_light:
+    if sheet is not None:  # paper on a desk: its light evened out (dark ink on white, what even_lighting returns)
         grey, background, faintest = even_lighting(grey, sheet), 255.0, FAINTEST_PHOTO_INK
-        dark_ink = True  # what even_lighting returns: dark ink on white
-    elif paper and not has_ink(255 - even_lighting(grey), 0.0, FAINTEST_PHOTO_INK):
-        # An empty page under uneven light: a garment's shading is kept as it is, so only this test evens
-        # the light (read as it is, the light's gradient was a confident T-shirt).
-        return np.zeros((28, 28), np.float32)
+        dark_ink, light_ink = True, False
+    else:
+        background = edge_brightness(grey)
+        framed = without_frame(grey) if frames else grey
+        if framed is not grey:
+            grey, background = framed, edge_brightness(framed)
+        # A photo or scan of paper, told by its edges or by all of it (a vignette darkens every edge, a
+        # shadow half of it).
+        dark_ink = darker_ink(grey, background)
+        sample = grey[::4, ::4].ravel()
+        bulk = float(np.partition(sample, len(sample) // 2)[len(sample) // 2])  # the median; np.median costs 4x
+        # Marks brighter than the image's bulk: light ink, whatever the background's brightness (chalk on
+        # a grey board, a white digit on mid-grey: read as dark-on-paper, they were all blank).
+        light_ink = float(grey.max()) - bulk > bulk - float(grey.min())
+        paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and (dark_ink or not light_ink and max(background, bulk) > 127)
+        faintest = FAINTEST_INK
+        if paper and even_light:
+            grey, background, faintest, dark_ink = even_lighting(grey), 255.0, FAINTEST_PHOTO_INK, True
+        elif paper and not has_ink(255 - even_lighting(grey), 0.0, FAINTEST_PHOTO_INK):
+            # An empty page under uneven light: a garment's shading is kept as it is, so only this test
+            # evens the light (read as it is, the light's gradient was a confident T-shirt).
+            return np.zeros((28, 28), np.float32)
     if dark_ink or background > 127 and not light_ink:  # dark ink on lighter paper: invert
         grey, background = 255 - grey, 255 - background
     if not has_ink(grey, background, faintest):
