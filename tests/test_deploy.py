@@ -186,13 +186,14 @@ def test_predict_from_test_grid(mnist_onnx, tmp_path):
 
 
 @contextlib.contextmanager
-def serving(model, *flags, log: Path):
+def serving(model, *flags, log: Path, env: dict | None = None):
     """The real `convzoo serve --port 0` in a subprocess (output to `log`, so it never blocks on a full
-    pipe): yields (url, process) once /healthz answers; the port is the one the server printed."""
+    pipe; `env` added to the environment): yields (url, process) once /healthz answers; the port is the
+    one the server printed."""
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "convzoo", "serve", "--model", str(model), "--port", "0",
                                  *map(str, flags)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     import httpx
 
     try:
@@ -307,7 +308,7 @@ def test_draw_digit_in_real_browser(server):
                 page.mouse.move(box["x"] + x1, box["y"] + y1, steps=2)
                 page.mouse.up()
             page.wait_for_function("document.getElementById('prediction').dataset.class !== ''")
-            page.wait_for_timeout(300)  # the last stroke's request settles
+            page.wait_for_function("!pending && !dirty")  # the page's own flags: the last stroke's answer is shown
             predicted.append(page.locator("#prediction").get_attribute("data-class"))
             page.screenshot(path=str(artifacts / f"draw-digit-{label}.png"))
         browser.close()

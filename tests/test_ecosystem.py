@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 import zipfile
@@ -97,24 +95,10 @@ def test_predict_and_api_work_where_torch_cannot_be_imported(tmp_path, pretraine
 
 
 def test_serve_works_where_torch_cannot_be_imported(tmp_path, pretrained_onnx):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **blocker(tmp_path / "blocked", "torch", "torchao")}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "convzoo", "serve", "--model", str(pretrained_onnx), "--port",
-                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert server.poll() is None, server.communicate()[1][-2000:]
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                assert time.time() < deadline, "server did not start"
-                time.sleep(0.3)
+    from test_deploy import serving  # --port 0 and the printed port: a port picked here could be taken
+
+    env = blocker(tmp_path / "blocked", "torch", "torchao")
+    with serving(pretrained_onnx, log=tmp_path / "serve.log", env=env) as (url, _):
         png = digit_png(tmp_path / "one.png").read_bytes()
         request = urllib.request.Request(f"{url}/v1/predict", data=png, headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(request, timeout=30) as r:
@@ -122,9 +106,6 @@ def test_serve_works_where_torch_cannot_be_imported(tmp_path, pretrained_onnx):
         assert body["class"] == "1", body
         with urllib.request.urlopen(f"{url}/v1/model", timeout=10) as r:
             assert json.loads(r.read())["name"] == "lenet5"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert not attempts(tmp_path / "blocked"), "something tried to import torch:\n" + attempts(tmp_path / "blocked")
 
 

@@ -277,9 +277,11 @@ def test_pixel_budget_and_healthz_during_heavy_requests(served):
     after = metrics(url)  # small bodies, but 63 megapixels each: decoded in a thread, never on the loop
     assert after["convzoo_batches_total"] > before["convzoo_batches_total"]
     assert after["convzoo_batches_inline_total"] == before["convzoo_batches_inline_total"]
-    # A 63-megapixel decode on the loop would hold /healthz for 0.5-1 s; 0.4 s leaves room for the
-    # scheduling of a loaded 2-core machine (0.101 s was seen with the whole suite running).
-    assert len(latencies) >= 10 and max(latencies) < 0.4, sorted(latencies)[-5:]
+    # A 63-megapixel decode on the loop would hold /healthz for 0.5-1 s, once per heavy request (4); 0.4 s
+    # leaves room for the scheduling of a loaded 2-core machine (0.101 s was seen with the whole suite
+    # running), and the third-slowest probe, for one or two pauses of the machine's (a GC, a stall).
+    slowest = sorted(latencies)[-5:]
+    assert len(latencies) >= 10 and slowest[-3] < 0.4 and slowest[-1] < 1.5, slowest
 
 
 def test_mixed_load_for_ten_seconds(served, digits):
@@ -523,18 +525,18 @@ def test_stalled_heads_and_bodies_are_closed_after_the_timeout(mnist_onnx, tmp_p
 
 
 def test_a_stalled_body_gets_the_whole_body_timeout_whatever_the_head_took(mnist_onnx, tmp_path, monkeypatch):
-    """The connection's one timer is armed for the head when it opens. A head completed 2.5 s into a
+    """The connection's one timer is armed for the head when it opens. A head completed 2 s into a
     3-s head timeout, then a stalled body: the 408 comes a full body timeout (3 s) after the head, not
-    when the head's timer fires 0.5 s later (it said "no part of the body arrived for 3 s" after 0.5 s).
+    when the head's timer fires 1 s later (it said "no part of the body arrived for 3 s" after 1 s).
     The other order (head timeout 10 s, body 1 s): the 408 comes after ~1 s, not 10."""
     head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n"
     monkeypatch.setenv("CONVZOO_HEAD_TIMEOUT", "3")
     monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "3")
     with server_with(mnist_onnx, tmp_path) as url, raw(url) as sock:
         sock.sendall(head)
-        time.sleep(2.5)
+        time.sleep(2)
+        head_done = time.monotonic()  # before the server can have seen the head's end
         sock.sendall(b"\r\n\x89PNG")
-        head_done = time.monotonic()
         assert "no part" in json_error(read_all(sock), 408)
         assert time.monotonic() - head_done > 2.9  # timers never fire early: a lower bound is safe
     monkeypatch.setenv("CONVZOO_HEAD_TIMEOUT", "10")
@@ -716,14 +718,17 @@ def test_a_full_queue_is_503_json(mnist_onnx, alone, tmp_path):
     """--max-queue 1: while one request waits out the window, the next is refused at once."""
     png, expected = alone[0]
     with server_with(mnist_onnx, tmp_path, "--max-queue", "1", "--batch-window-ms", "1000") as url:
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(httpx.post, url + "/v1/predict", content=png, headers={"content-type": "image/png"},
-                                timeout=60)
-            deadline = time.monotonic() + 30
-            while metrics(url)["convzoo_queue_waiting"] < 1:
-                assert time.monotonic() < deadline and not first.done(), "the first request never queued"
-                time.sleep(0.01)
-            r = httpx.post(url + "/v1/predict", content=png, headers={"content-type": "image/png"}, timeout=60)
+        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(3):  # the second request must come within the first's 1-s window (~0.1 s here)
+                first = pool.submit(client.post, "/v1/predict", content=png, headers={"content-type": "image/png"})
+                deadline = time.monotonic() + 30
+                while metrics(url)["convzoo_queue_waiting"] < 1:
+                    assert time.monotonic() < deadline and not first.done(), "the first request never queued"
+                    time.sleep(0.01)
+                r = client.post("/v1/predict", content=png, headers={"content-type": "image/png"})
+                if not (r.status_code == 200 and first.done()):  # else a stalled machine let the window pass
+                    break
+                check_own_results(r, [expected], 3, "late")
             check_error(r, 503, "queue full")
             assert r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
             assert not first.done() and httpx.get(url + "/healthz").status_code == 200
@@ -1110,7 +1115,7 @@ def test_unfinished_uploads_are_held_within_the_body_budget(pretrained, tmp_path
 def test_stalled_uploads_give_their_budget_back_on_timeout(pretrained, tmp_path, monkeypatch):
     """Uploads whose bodies never come hold the budget only until protocol.py's 408: then uploads of
     every content type are read again."""
-    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "1")
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "5")  # the three probes below must all come before the first 408
     fits = MAX_BODY_BYTES // UPLOAD
     with serving(pretrained, log=tmp_path / "serve.log") as (url, _):
         socks = [raw(url, timeout=30) for _ in range(fits)]
@@ -1121,7 +1126,7 @@ def test_stalled_uploads_give_their_budget_back_on_timeout(pretrained, tmp_path,
                 with raw(url) as sock:
                     sock.sendall(upload_head(UPLOAD, ctype))
                     assert "server busy" in json_error(answered_at_once(sock), 503), ctype
-            for sock in socks:  # each is closed with a 408 once its body has made no progress for 1-2 s
+            for sock in socks:  # each is closed with a 408 once its body has made no progress for 5 s
                 assert "no part of the request body" in json_error(read_all(sock), 408)
         finally:
             for sock in socks:

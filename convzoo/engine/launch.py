@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from torch.distributed import TCPStore
 
 from ..config import TrainConfig
 from ..errors import ConvzooError, Terminated
@@ -54,8 +55,12 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
     errors = tempfile.TemporaryDirectory(prefix="convzoo-launch-")
     spec = {"config": {**cfg.to_dict(), "threads": threads}, "errors": errors.name,
             "options": {"resume": resume, "exist_ok": exist_ok, "json_lines": json_lines, "quiet": quiet}}
-    env = {**os.environ, SPEC_ENV: json.dumps(spec), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs), "OMP_NUM_THREADS": str(threads)}
+    # The rendezvous store is this launcher's, on a port it holds from the start (as torchrun's agent's):
+    # a free port picked here and bound later by rank 0 could be taken in between.
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    env = {**os.environ, SPEC_ENV: json.dumps(spec), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+           "TORCHELASTIC_USE_AGENT_STORE": "True", "WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs),
+           "OMP_NUM_THREADS": str(threads)}
     workers, logs = [], []
     for rank in range(procs):
         # Rank 0 talks to the terminal; the others' output is shown only if they fail alone.
@@ -131,12 +136,6 @@ def wait_all(workers: list[subprocess.Popen]) -> tuple[list[int], int | None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_main() -> int:
