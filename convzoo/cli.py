@@ -17,16 +17,22 @@ TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib
 
 
 def main(argv=None) -> int:
+    keep_standard_streams_taken()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # named by the sub-command that was given, whose --help lists what it takes
-        (getattr(args, "parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
-    previous = terminate_as_interrupt()
+    previous = None
     stdout, sys.stdout = sys.stdout, Output(sys.stdout)
     try:
+        try:
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # named by the sub-command that was given, whose --help lists what it takes
+                (getattr(args, "parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        except SystemExit:  # --help or --version printed (argparse itself ignores a failed write): flushed now
+            sys.stdout.flush()
+            raise
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        previous = terminate_as_interrupt()
         empty = empty_option(args)
         if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
             raise ConfigError(f"argument {empty}: must not be empty")
@@ -58,7 +64,8 @@ def main(argv=None) -> int:
     finally:
         sys.stdout = stdout
         try:  # what an error path printed: flushed now, or a full disk is Python's own error at exit (code 120)
-            stdout.flush()
+            if stdout is not None:
+                stdout.flush()
         except OSError:
             silence_stdout()
         if previous is not None:
@@ -74,20 +81,22 @@ class Output:
     fail as one `convzoo: error:` line, handled once in main instead of at each print."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream = stream  # None where the command was started with stdout closed (`>&-`)
 
     def write(self, text):
-        return self._guarded(self.stream.write, text)
+        return self._guarded("write", text)
 
     def writelines(self, lines):
-        return self._guarded(self.stream.writelines, lines)
+        return self._guarded("writelines", lines)
 
     def flush(self):
-        return self._guarded(self.stream.flush)
+        return None if self.stream is None else self._guarded("flush")
 
-    def _guarded(self, call, *args):
+    def _guarded(self, method, *args):
+        if self.stream is None:
+            raise OutputError("cannot write the output: standard output is closed")
         try:
-            return call(*args)
+            return getattr(self.stream, method)(*args)
         except BrokenPipeError:  # the reader left: main's quiet exit 141
             raise
         except OSError as exc:
@@ -95,6 +104,19 @@ class Output:
 
     def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's own
         return getattr(self.stream, name)
+
+
+def keep_standard_streams_taken() -> None:
+    """Started with stdin, stdout or stderr closed (`>&-`), the next file opened would get that number, and
+    a print or a child process's output would land in it (a checkpoint being written): /dev/null holds it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def silence_stdout() -> None:

@@ -99,6 +99,47 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path, args):
     assert_user_error(proc, "cannot write the output: No space left on device")
 
 
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["summary", "--model", "lenet5"]])
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_help_version_and_closed_stdout_are_one_line(tmp_path, args, stdout):
+    """`--help`/`--version` > /dev/full exited 0 in silence (argparse ignores a failed write); with stdout
+    closed (`>&-`) every printing command was two chained tracebacks (AttributeError on None), exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, assert_user_error
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "convzoo", *args]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                                  timeout=120)
+    else:
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                              timeout=120, preexec_fn=lambda: os.close(1))
+    proc.stdout = ""
+    assert_user_error(proc, "cannot write the output: No space left on device" if stdout == "full"
+                      else "cannot write the output: standard output is closed")
+
+
+def test_a_file_opened_with_stdout_closed_gets_no_prints(tmp_path):
+    """Started with fd 1 closed, the first file opened took fd 1; the children and prints that write to
+    fd 1 would write into it. The CLI holds 0-2 with /dev/null first, so a run's files stay its own."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import os, sys; from convzoo.cli import keep_standard_streams_taken; keep_standard_streams_taken(); "
+            f"fd = os.open({str(tmp_path / 'ckpt')!r}, os.O_WRONLY | os.O_CREAT); os.write(1, b'stray'); "
+            "sys.exit(0 if fd > 2 else 1)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and (tmp_path / "ckpt").read_bytes() == b""
+
 @pytest.mark.real_data
 def test_json_names_a_non_utf8_file_as_the_text_line_does(tmp_path):
     """A file named b'\\xff\\xfebad.png' came out of --json as "\\udcff\\udcfebad.png": lone surrogates,
