@@ -227,13 +227,24 @@ def test_a_class_folder_linked_to_another_is_refused(tmp_path, capsys):
     write_pngs(flat / "dog", 3, 1)
     (flat / "kitty").symlink_to(flat / "cat", target_is_directory=True)
     cli_error(capsys, "data", "info", "folder", "--data-path", flat,
-              fragments=(str(flat), "class folders 'cat' and 'kitty' are the same folder", "remove the link"))
+              fragments=(str(flat), "class folders 'cat' and 'kitty' are the same folder (a link", "remove the link"))
     split = split_by_hand(tmp_path / "split", "train", "test", classes=("cat", "dog"))
     (split / "train" / "kitty").symlink_to("cat", target_is_directory=True)  # a relative link
     cli_error(capsys, "data", "info", "folder", "--data-path", split,
               fragments=(str(split / "train"), "'cat' and 'kitty' are the same folder"))
     (split / "train" / "kitty").unlink()
     (flat / "kitty").unlink()
+    # A link to the data set itself, or into another class's sub-folder: all / kitty lie inside the others
+    write_pngs(flat / "cat" / "sub", 3, 0)
+    (flat / "all").symlink_to(".", target_is_directory=True)
+    cli_error(capsys, "data", "info", "folder", "--data-path", flat,
+              fragments=(str(flat), "class folders 'all' and 'cat' are one inside the other"))
+    (flat / "all").unlink()
+    (split / "train" / "kitty").symlink_to(split / "train" / "cat" / "sub", target_is_directory=True)
+    (split / "train" / "cat" / "sub").mkdir()
+    cli_error(capsys, "data", "info", "folder", "--data-path", split,
+              fragments=(str(split / "train"), "'cat' and 'kitty' are one inside the other"))
+    (split / "train" / "kitty").unlink()
     for folder in (flat, split):  # without the links, both read
         assert info(capsys, folder)[0]["classes"] == ["cat", "dog"]
 

@@ -701,16 +701,21 @@ def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
                         "holding them)", folder)
     if len(classes) == 1:
         raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
-    # Two class folders that are one (`kitty -> cat`, a link inside the data set): its images would be two
-    # classes, each one labelled wrong half the time.
-    seen: dict[Path, Path] = {}
-    for path in folders:
-        first = seen.setdefault(path.resolve(), path)
-        if first is not path:
-            raise DataError(f"class folders '{printable(first.name)}' and '{printable(path.name)}' are the same "
-                            "folder (one links to the other): its images would be two classes; remove the link",
-                            folder)
+    # Two class folders that are one, or one inside the other, through a link in the data set (`kitty ->
+    # cat`, `kitty -> cat/sub`, `all -> .`): their images would be two classes, labelled wrong half the time.
+    # Sorted by their parts, a folder comes right before the first folder inside it: neighbours suffice.
+    places = sorted((p.resolve().parts, p.name) for p in folders)
+    for (place, name), (other_place, other) in zip(places, places[1:]):
+        if overlap(Path(*place), Path(*other_place)):
+            same = "the same folder" if place == other_place else "one inside the other"
+            raise DataError(f"class folders '{printable(name)}' and '{printable(other)}' are {same} (a link in the "
+                            "data set): their images would be two classes; remove the link", folder)
     return classes
+
+
+def overlap(a: Path, b: Path) -> bool:
+    """Whether two resolved folders are one, or one lies inside the other."""
+    return a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def check_crossed_links(train_folders: list[Path], test_folders: list[Path], test_dir: Path) -> None:
@@ -720,7 +725,7 @@ def check_crossed_links(train_folders: list[Path], test_folders: list[Path], tes
     for folder in test_folders:
         tested = folder.resolve()
         for name, place in trained:
-            if name != folder.name and (tested == place or place in tested.parents or tested in place.parents):
+            if name != folder.name and overlap(tested, place):
                 raise DataError(f"test class folder '{printable(folder.name)}' and training class folder "
                                 f"'{printable(name)}' are the same images (one links into the other): they would "
                                 "be scored as the wrong class; remove the link", test_dir)
