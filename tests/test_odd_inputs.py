@@ -120,6 +120,13 @@ def test_deep_folder_tree_is_walked_without_recursion(deep_folder, capsys, share
     # a final '**' is every file below, as bash's globstar (pathlib's matched folders only: nothing)
     out = cli_ok(capsys, "predict", "--model", "lenet5:mnist", "--threads", 1, f"{deep_folder}/**")
     assert len(out.splitlines()) == 9
+    # a pattern matching folders reads their images, as the same folders given by the shell's expansion
+    # would be ('FOLDER/*' was "no files match": only files counted); a folder without images is passed over
+    (deep_folder / "empty").mkdir(exist_ok=True)
+    by_pattern = cli_ok(capsys, "predict", "--model", "lenet5:mnist", "--threads", 1, f"{deep_folder}/*")
+    by_shell = cli_ok(capsys, "predict", "--model", "lenet5:mnist", "--threads", 1, deep_folder / "a", deep_folder / "b")
+    assert by_pattern == by_shell and len(by_pattern.splitlines()) == 9
+    (deep_folder / "empty").rmdir()
 
 
 def test_unlistable_subfolder_is_one_line(tmp_path, digits, capsys, shared_cache):

@@ -401,19 +401,20 @@ def export_intact(onnx_path: Path) -> bool:
 def expand_image_paths(paths) -> list[Path]:
     """Files as given (a device or FIFO refused); a folder -> the image files under it (sorted, hidden
     ones and non-regular files skipped); a pattern such as 'shots/*.jpg' (quoted, so the shell leaves
-    it) -> its matching regular files."""
+    it) -> its matching regular files, and the image files in the folders it matches (as the shell's
+    expansion given to predict would be read; a matched folder without images is passed over)."""
     files = []
     for given in paths:
         if isinstance(given, str) and not given:  # Path("") is ".": an unset shell variable would predict every image here
             raise ImageError("empty image path", "''")
         path = Path(given)
-        if path.is_dir():  # walk_files: no recursion (a deep tree), hidden names and linked folders skipped
-            found = sorted(f for f in walk_files(path) if f.suffix.lower() in image_suffixes() and f.is_file())
+        if path.is_dir():
+            found = folder_images(path)
             if not found:
                 raise ImageError(f"folder holds no image files ({' '.join(image_suffixes())})", path)
             files += found
         elif not path.exists() and is_pattern(str(path)):
-            found = glob_files(path)
+            found = [f for match in glob_paths(path) for f in (folder_images(match) if match.is_dir() else [match])]
             if not found:
                 raise ImageError("no files match this pattern", path)
             files += found
@@ -424,14 +425,21 @@ def expand_image_paths(paths) -> list[Path]:
     return files
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under `folder`, sorted (walk_files: no recursion for a deep tree; hidden names and
+    linked folders skipped)."""
+    return sorted(f for f in walk_files(folder) if f.suffix.lower() in image_suffixes() and f.is_file())
+
+
 def is_pattern(text: str) -> bool:
     return any(ch in text for ch in "*?[")  # glob's wildcards
 
 
-def glob_files(pattern: Path) -> list[Path]:
-    """The regular files matching `pattern`: pathlib's glob, or for `**` a walk that does not descend
+def glob_paths(pattern: Path) -> list[Path]:
+    """The regular files and folders matching `pattern`: pathlib's glob, or for `**` a walk that does not descend
     into symlinked folders, as folder arguments do not (glob.glob's does: a link to a parent folder made
-    `'shots/**/x.png'` run forever), matched by wcmatch as bash's globstar does."""
+    `'shots/**/x.png'` run forever), matched by wcmatch as bash's globstar does (files only: a final '**'
+    already means every file below)."""
     parts = pattern.parts
     first = next(k for k, part in enumerate(parts) if is_pattern(part))
     root = Path(*parts[:first]) if first else Path(".")
@@ -449,8 +457,8 @@ def glob_files(pattern: Path) -> list[Path]:
                  if wcglob.globmatch(f.relative_to(root).as_posix(), Path(*rest).as_posix(), flags=flags)]
     else:
         found = list(root.glob(str(Path(*rest))))
-    return sorted(p for p in found
-                  if p.is_file() and (hidden_ok or not any(q.startswith(".") for q in p.relative_to(root).parts)))
+    return sorted(p for p in found if (p.is_file() or p.is_dir())
+                  and (hidden_ok or not any(q.startswith(".") for q in p.relative_to(root).parts)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
