@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or quoted patterns like 'shots/*.jpg'")
     p.add_argument("--topk", type=number(int, 1, 1000), default=3, help="how many classes to list, 1..1000; a model with fewer classes lists all of them")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--from-test", type=number(int, 0, 100_000), default=0, metavar="N",
+    p.add_argument("--from-test", type=number(int, 1, 100_000), metavar="N",
                    help="predict the first N test images instead")
     p.add_argument("--grid", help="with --from-test: where to write the 5x5 grid (default grid.png, which is not "
                                   "written over a file there that is not a PNG image)")

@@ -12,6 +12,7 @@ from conftest import MNIST_DIR, cli_error, need
 def test_predict_refuses_conflicting_flags_and_keeps_a_foreign_grid_png(tmp_path, capsys, monkeypatch):
     """Image files with --from-test, or --grid without it, were silently ignored; the default grid.png
     replaced whatever file had that name. An earlier grid (a PNG) is still written over."""
+    from convzoo.cli import main
     from convzoo.data import formats
 
     monkeypatch.chdir(tmp_path)
@@ -20,12 +21,14 @@ def test_predict_refuses_conflicting_flags_and_keeps_a_foreign_grid_png(tmp_path
     cli_error(capsys, "predict", "--model", "lenet5:mnist", "--from-test", "2", digit, fragments=["not both"])
     cli_error(capsys, "predict", "--model", "lenet5:mnist", "--grid", "g.png", digit,
               fragments=["--grid goes with --from-test"])
+    with pytest.raises(SystemExit):  # `--from-test 0 --grid` blamed --grid; 0 test images is the mistake
+        main(["predict", "--model", "lenet5:mnist", "--from-test", "0", "--grid", "g.png"])
+    assert "argument --from-test: 0 is outside 1..100000" in capsys.readouterr().err
     (tmp_path / "grid.png").write_text("my notes")
     test_set = ["--from-test", "2", "--data-path", MNIST_DIR]
     cli_error(capsys, "predict", "--model", "lenet5:mnist", *test_set, fragments=["grid.png", "not a PNG"])
     assert (tmp_path / "grid.png").read_text() == "my notes" and not (tmp_path / "g.png").exists()
     (tmp_path / "grid.png").unlink()
-    from convzoo.cli import main
 
     for _ in range(2):  # written, then an earlier grid written over
         assert main(["predict", "--model", "lenet5:mnist", *map(str, test_set)]) == 0
