@@ -101,11 +101,14 @@ def mnist_style(grey: np.ndarray, *, box: int, by_mass: bool, even_light: bool =
         # Marks brighter than the image's bulk: light ink, whatever the background's brightness (chalk on
         # a grey board, a white digit on mid-grey: read as dark-on-paper, they were all blank).
         light_ink = float(grey.max()) - bulk > bulk - float(grey.min())
+        if light_ink and even_light and max(grey.shape) > EVEN_LIGHTING_ABOVE and marks_are_dark(grey):
+            # Dark ink on paper that a shadow covers most of: its lit part was "light ink"
+            light_ink, dark_ink = False, True
         paper = max(grey.shape) > EVEN_LIGHTING_ABOVE and (dark_ink or not light_ink and max(background, bulk) > 127)
         faintest = FAINTEST_INK
         if paper and even_light:
             grey, background, faintest, dark_ink = even_lighting(grey), 255.0, FAINTEST_PHOTO_INK, True
-        elif paper and not has_ink(255 - even_lighting(grey), 0.0, FAINTEST_PHOTO_INK):
+        elif paper and not has_ink(255 - even_lighting(grey, local=False), 0.0, FAINTEST_PHOTO_INK):
             # An empty page under uneven light: a garment's shading is kept as it is, so only this test
             # evens the light (read as it is, the light's gradient was a confident T-shirt).
             return np.zeros((28, 28), np.float32)
@@ -260,6 +263,12 @@ def on_desk(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     touches = sum(map(np.any, (sheet[0], sheet[-1], sheet[:, 0], sheet[:, -1])))
     if rectangularity(sheet) < (0.8 if touches >= 2 else 0.92):
         return grey, None
+    # Ink running off the sheet's edge: the darker "surface" is the same paper in a hard shadow (its edge
+    # across the digit), not a desk, which no digit on the sheet reaches.
+    band = shrunk(sheet, 2) & ~shrunk(sheet, 4)
+    band[:4], band[-4:], band[:, :4], band[:, -4:] = False, False, False, False  # the photo's own edges
+    if band.any() and (~light[band]).mean() > 0.02:
+        return grey, None
     sheet = shrunk(sheet, 2)  # the sheet's blurred edge is neither paper nor surface
     full = resized_mask(sheet, (w, h))
     rows, cols = bounding_rows_cols(full)
@@ -324,22 +333,26 @@ FAINTEST_INK = 8  # grey levels from the background: below, an image holds no in
 # (a sensor's noise blurred into blobs), while ink, even pencil, is tens of levels darker.
 FAINTEST_PHOTO_INK = 16
 EVEN_LIGHTING_ABOVE = 64  # px: a larger image of paper is a photo or scan, whose lighting may be uneven
-LIGHTING_FIT_SIDE = 64  # px: lighting varies slowly, so it is fitted on a copy at most this wide
-LIGHTING_DEGREE = 3  # of the polynomial surface in x and y: a vignette, a shadow's gradient
+LIGHTING_FIT_SIDE = 64  # px: the desk's stand-in (below) varies slowly, so it is fitted on a copy this wide
+LIGHTING_DEGREE = 3  # of that polynomial surface in x and y
+PAPER_LIGHT_SIDE = 160  # px: the paper's light is read on a copy at most this wide (a hard shadow's edge kept)
 
 
-def even_lighting(grey: np.ndarray, sheet: np.ndarray | None = None) -> np.ndarray:
+def even_lighting(grey: np.ndarray, sheet: np.ndarray | None = None, *, local: bool = True) -> np.ndarray:
     """Dark ink on unevenly lit paper (a phone photo: vignetting, a hand's shadow) -> the same ink on
     evenly white paper. Each pixel becomes its share of the light its patch of paper got, so a stroke in
     shadow is as dark as one in light and the shadow itself is not ink (with one global background, 17
     of 30 such photos of real test digits were misread, mostly as 6: the shadow's edge joined the digit).
-    `sheet` (on_desk's mask): the paper's pixels; the light is fitted to them alone, and the rest, taken
-    to be lit paper (so the blur below draws no edge from it), becomes white."""
+    `sheet` (on_desk's mask): the paper's pixels; the rest, taken to be lit paper (filled with a smooth
+    surface fitted to the sheet, so no edge is drawn from it), becomes white. `local`: the light read near
+    each pixel (paper_light: a hard shadow's edge kept; marks must be thinner than a quarter of the side, as
+    a digit's strokes are); else a smooth surface fitted to all of it (paper_brightness: for a garment,
+    which may fill most of the image)."""
     if sheet is not None:
         grey = np.where(sheet, grey, paper_brightness(grey, sheet))
     smooth = Image.fromarray(np.minimum(np.maximum(grey, 0), 255).astype(np.uint8))
     smooth = np.asarray(smooth.filter(ImageFilter.BoxBlur(max(1, max(grey.shape) // 200))), np.float32)  # sensor noise
-    paper = paper_brightness(smooth, sheet)
+    paper = paper_light(smooth) if local else paper_brightness(smooth, sheet)
     dark = (paper - smooth) / np.maximum(paper, 1)
     if sheet is not None:
         dark[~sheet] = 0
@@ -349,6 +362,62 @@ def even_lighting(grey: np.ndarray, sheet: np.ndarray | None = None) -> np.ndarr
     margin = max(1, max(grey.shape) // 100)  # the fit is worst at the edges (a shadow's steepest part is there)
     dark[:margin], dark[-margin:], dark[:, :margin], dark[:, -margin:] = 0, 0, 0, 0
     return 255 - 255 * dark
+
+
+def paper_light(grey: np.ndarray) -> np.ndarray:
+    """The light on the paper under each pixel of dark ink on paper: a grey-level closing (each pixel the
+    brightest value near it, then the darkest such value near it) with a window a quarter of the image's
+    side, wider than any stroke. The ink is gone, while the light's edges stay where they are, a hard
+    shadow's included (the smooth surface this replaced bent across a shadow's edge: half the paper at half
+    the light, the edge across the digit, read 2-5 of 20 real test digits)."""
+    small = light_copy(grey)
+    light = grey_closing(small, max(3, max(small.shape) // 4) | 1)
+    return np.asarray(Image.fromarray(light).resize(grey.shape[::-1], Image.Resampling.BILINEAR), np.float32)
+
+
+def light_copy(grey: np.ndarray) -> np.ndarray:
+    """`grey` averaged down to at most PAPER_LIGHT_SIDE wide (float32)."""
+    h, w = grey.shape
+    scale = min(1.0, PAPER_LIGHT_SIDE / max(h, w))
+    size = max(1, round(w * scale)), max(1, round(h * scale))
+    return np.asarray(Image.fromarray(grey.astype(np.float32)).resize(size, Image.Resampling.BOX), np.float32)
+
+
+def grey_closing(a: np.ndarray, k: int) -> np.ndarray:
+    """Each pixel the brightest value in the k x k window round it, then the darkest of those: dark marks
+    narrower than k are filled in, and any region holding k x k squares keeps its edges. Windows are
+    centred beyond the image too, each holding only the image's part: a shadow meeting the border in a
+    narrow wedge is kept (with windows centred inside only, it read as ink)."""
+    half = k // 2
+    padded = np.pad(a, half, constant_values=-np.inf)
+    return window_extreme(window_extreme(padded, k, np.maximum, -np.inf), k, np.minimum, np.inf)[half:-half, half:-half]
+
+
+def marks_are_dark(grey: np.ndarray) -> bool:
+    """Whether an image's thin marks (narrower than a quarter of its side) are darker than what is round
+    them rather than lighter: what a closing fills in outweighs, twice over, what an opening cuts off (the
+    99th percentile of each). Unlike the brightest and darkest values, a lit patch of paper is no mark."""
+    small = light_copy(grey)
+    k = max(3, max(small.shape) // 8) | 1
+    dark = np.percentile(grey_closing(small, k) - small, (95, 99))
+    light = np.percentile(small + grey_closing(-small, k), (95, 99))  # the opening, as the closing of the negative
+    return bool(np.any(dark > 2 * light))
+
+
+def window_extreme(a: np.ndarray, k: int, extreme: np.ufunc, fill: float) -> np.ndarray:
+    """The max (or min) over the k x k window centred on each pixel (cells outside `a` = fill), by van Herk's
+    running extremes within blocks of k: a few array passes whatever k is (sliding windows cost k times more)."""
+    for axis in (0, 1):
+        a = np.moveaxis(a, axis, -1)
+        n = a.shape[-1]
+        blocks = -(-(n + k - 1) // k) + 1
+        padded = np.full(a.shape[:-1] + (blocks * k,), fill, np.float32)
+        padded[..., k // 2: k // 2 + n] = a
+        cells = padded.reshape(a.shape[:-1] + (blocks, k))
+        ahead = extreme.accumulate(cells, axis=-1).reshape(padded.shape)  # from each block's start
+        behind = extreme.accumulate(cells[..., ::-1], axis=-1)[..., ::-1].reshape(padded.shape)  # to its end
+        a = np.moveaxis(extreme(behind[..., :n], ahead[..., k - 1: k - 1 + n]), -1, axis)
+    return a
 
 
 def paper_brightness(grey: np.ndarray, sheet: np.ndarray | None = None) -> np.ndarray:
