@@ -448,6 +448,25 @@ def test_killed_download_leftover_removed_by_next_run(tmp_path, capsys):
     assert list((tmp_path / "mnist").iterdir()) == []
 
 
+def test_only_convzoos_own_stale_extractions_are_removed(tmp_path, capsys):
+    """Any unlocked `.extract*` folder over a second old in the data folder was removed with its files
+    (a user's `.extract/important.txt`); now only one with convzoo's prefix and mark, as a killed
+    extraction leaves it."""
+    from convzoo.data.fetch import EXTRACT_MARK, EXTRACTING
+
+    mine = tmp_path / "mnist" / f"{EXTRACTING}k1ll3d"
+    (mine / "cifar-10-batches-bin").mkdir(parents=True)
+    (mine / EXTRACT_MARK).touch()
+    users = [tmp_path / "mnist" / ".extract", tmp_path / "mnist" / f"{EXTRACTING}mine"]  # no mark: not ours
+    for folder in users:
+        folder.mkdir()
+        (folder / "important.txt").write_text("keep")
+    for folder in (mine, *users):
+        os.utime(folder, (time.time() - 3600,) * 2)
+    code, err = cli(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", "http://127.0.0.1:9/")
+    assert code == 2 and "download failed on every mirror" in err
+    assert not mine.exists() and all((f / "important.txt").read_text() == "keep" for f in users)
+
 def test_cli_download_onto_full_disk(tmp_path, file_server, capsys):
     """ENOSPC while a download streams: one line naming the file, nothing half-written left."""
     from test_formats import tmpfs

@@ -618,14 +618,21 @@ def stream(url: str, out, timeout: float, label: str, limit: int | None = None) 
     return digest.hexdigest()
 
 
+EXTRACTING = ".convzoo-extract-"  # the prefix of an extraction's temporary folder in the data folder
+EXTRACT_MARK = ".convzoo-extracting"  # the file in it that says convzoo made it
+
+
 def remove_stale_extractions(target: Path) -> None:
-    """Remove .extract* folders a killed extraction left (one being extracted is locked: see extract_archive)."""
+    """Remove the temporary folders a killed extraction left (one being extracted is locked: see
+    extract_archive). Only convzoo's own: its prefix and its mark inside (a user's `.extract` folder with
+    their files in the data folder was removed with them)."""
     import shutil
 
-    for folder in target.glob(".extract*"):
+    for folder in target.glob(EXTRACTING + "*"):
         try:
             # Too young: its extractor may not have locked it yet.
-            if not folder.is_dir() or folder.is_symlink() or time.time() - folder.stat().st_mtime < 1:
+            if (not folder.is_dir() or folder.is_symlink() or time.time() - folder.stat().st_mtime < 1
+                    or not (folder / EXTRACT_MARK).is_file()):
                 continue
         except OSError:
             continue
@@ -666,8 +673,9 @@ def extract_archive(archive: Path, target: Path, folder: str) -> None:
             wanted = [m for m in members if m.isfile() and PurePosixPath(m.name).parts[:1] == (folder,)]
             if not wanted:
                 raise DataError(f"archive has no {folder}/ folder", archive)
-            with tempfile.TemporaryDirectory(dir=target, prefix=".extract") as tmp:
+            with tempfile.TemporaryDirectory(dir=target, prefix=EXTRACTING) as tmp:
                 lock = try_lock(Path(tmp))  # held while extracting: remove_stale_extractions leaves it alone
+                Path(tmp, EXTRACT_MARK).touch()
                 try:
                     tar.extractall(tmp, members=wanted, filter="data")
                     files = {Path(tmp, m.name).name: hashlib.sha256(Path(tmp, m.name).read_bytes()).hexdigest()
