@@ -433,6 +433,32 @@ def test_cli_sample_full_and_read_only_folders(tmp_path, capsys):
 
 
 @pytest.mark.real_data
+def test_cli_sample_never_writes_over_a_users_file(tmp_path, capsys):
+    """`data sample --output s3` replaced a user's s3/test-00001-2.png (notes, or their own PNG) in
+    silence: refused before anything is written; earlier samples are replaced, as a re-run expects; a
+    folder data set's own folder is refused (the PNGs would become its images)."""
+    from PIL import Image
+
+    need(MNIST_DIR)
+    out = tmp_path / "s3"
+    assert cli(capsys, "data", "sample", "mnist", "--data-path", MNIST_DIR, "--count", "2", "--output", out)[0] == 0
+    assert cli(capsys, "data", "sample", "mnist", "--data-path", MNIST_DIR, "--count", "3", "--output", out)[0] == 0
+    for theirs in (b"my notes, not a PNG", (tmp_path / "s3" / "test-00000-7.png").read_bytes().replace(b"convzoo", b"someone")):
+        (out / "test-00001-2.png").write_bytes(theirs)
+        (out / "test-00002-1.png").unlink(missing_ok=True)
+        code, err = cli(capsys, "data", "sample", "mnist", "--data-path", MNIST_DIR, "--count", "3", "--output", out)
+        assert_one_error_line(code, err, "test-00001-2.png: exists and is not a sample convzoo wrote")
+        assert (out / "test-00001-2.png").read_bytes() == theirs and not (out / "test-00002-1.png").exists()
+    root = tmp_path / "folder"
+    for name, value in (("a", 0), ("b", 255)):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), value, np.uint8)).save(root / name / f"{i}.png")
+    code, err = cli(capsys, "data", "sample", "folder", "--data-path", root, "--output", root / "a")
+    assert_one_error_line(code, err, "is inside the data set's folder")
+    assert sorted(p.name for p in (root / "a").iterdir()) == ["0.png", "1.png"]
+
+@pytest.mark.real_data
 def test_cli_sample_file_size_limit(tmp_path):
     """RLIMIT_FSIZE (no root needed): the kernel refuses the write with EFBIG."""
     import resource

@@ -14,20 +14,37 @@ from .tensors import read_split
 
 def save_samples(located: Located, count: int, folder: Path, as_json: bool = False) -> int:
     """The first `count` test images as PNG files named by index and true class; each written
-    atomically, so a full or read-only folder is one WriteError and never leaves half a PNG."""
-    from PIL import Image
+    atomically, so a full or read-only folder is one WriteError and never leaves half a PNG. Every
+    name is checked first: a file there is replaced only if it is an earlier sample (a user's file of
+    that name was overwritten), and a folder inside the data set is refused (the PNGs would join it)."""
+    from PIL import Image, PngImagePlugin
+
+    from ..errors import WriteError
+    from ..report.plots import KIND_KEY, plot_kind
 
     test = read_split(located, "test")
+    if not located.spec.reader.official and formats.inside(folder, located.root):
+        raise WriteError(f"is inside the data set's folder {located.root}: the samples would become its images; "
+                         "choose a folder outside it", folder)
+    samples = []
+    for i in range(min(count, len(test))):
+        image = test.images[i].numpy()
+        label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
+        pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        samples.append((i, folder / f"test-{i:05d}-{label}.png", pixels))
+    for _, path, _ in samples:
+        if (path.exists() or path.is_symlink()) and plot_kind(path) != "sample":
+            raise WriteError("exists and is not a sample convzoo wrote: writing it would destroy it; choose another "
+                             "--output folder (nothing was written)", path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(folder, exc) from None
-    for i in range(min(count, len(test))):
-        image = test.images[i].numpy()
-        label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
-        path = folder / f"test-{i:05d}-{label}.png"
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(KIND_KEY, "sample")  # what the check above looks for next time
+    for i, path, pixels in samples:
         with atomic_open(path) as f:
-            Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(f, format="PNG")
+            Image.fromarray(pixels).save(f, format="PNG", pnginfo=mark)
         print(json.dumps({"path": str(path), "index": i, "class": test.classes[int(test.labels[i])]}) if as_json
               else path)
     return 0
