@@ -32,6 +32,7 @@ def main(argv=None) -> int:
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2
+        TERMINATED.clear()
         previous = terminate_as_interrupt()
         empty = empty_option(args)
         if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
@@ -44,6 +45,9 @@ def main(argv=None) -> int:
         silence_stdout()
         return 2
     except ConvzooError as exc:
+        if TERMINATED.is_set():  # an error the SIGTERM caused (see TERMINATED)
+            print("convzoo: terminated", file=sys.stderr)
+            return 143
         print(f"convzoo: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
@@ -61,6 +65,11 @@ def main(argv=None) -> int:
         # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
         silence_stdout()
         return 141
+    except Exception:
+        if not TERMINATED.is_set():
+            raise
+        print("convzoo: terminated", file=sys.stderr)  # the ImportError a SIGTERM mid-import became
+        return 143
     finally:
         sys.stdout = stdout
         try:  # what an error path printed: flushed now, or a full disk is Python's own error at exit (code 120)
@@ -137,9 +146,15 @@ def terminate_as_interrupt():
         return None
 
     def terminate(signum, frame):
+        TERMINATED.set()
         raise Terminated
 
     return signal.signal(signal.SIGTERM, terminate)
+
+
+# Set by the SIGTERM handler: raised inside a C extension's import (onnxruntime's), Terminated comes out
+# as ImportError("initialization failed"), which read as a traceback or "not a loadable ONNX model".
+TERMINATED = threading.Event()
 
 
 class Parser(argparse.ArgumentParser):

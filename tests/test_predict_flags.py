@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import MNIST_DIR, cli_error, need
+from test_deploy import pretrained_onnx  # noqa: F401 - a fixture
 
 
 @pytest.mark.real_data
@@ -160,3 +161,35 @@ def test_json_names_a_non_utf8_file_as_the_text_line_does(tmp_path):
     name = json.loads(line)["file"]
     name.encode("utf-8")  # no lone surrogates
     assert name == f"{tmp_path}/\\xff\\xfebad.png" and text.startswith(f"{name}: 7 (")
+
+
+@pytest.mark.parametrize("command", [["predict", "--model", "MODEL", "IMAGE"], ["eval", "--model", "MODEL"]])
+def test_a_sigterm_inside_a_c_extensions_import_is_terminated(tmp_path, pretrained_onnx, command):
+    """A SIGTERM landing while onnxruntime's C extension initialises comes out of the import as
+    ImportError("initialization failed") (pybind11 turns whatever its init raised into that): predict
+    blamed the model ("not a loadable ONNX model (initialization failed)", exit 2) and export printed a
+    traceback. The signal cannot be timed into the real import, so a stand-in onnxruntime does what its
+    extension does: receives the SIGTERM while initialising and raises that ImportError."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    fake = tmp_path / "site" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, signal, time\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "except BaseException:\n"
+        "    raise ImportError('initialization failed') from None\n")
+    image = tmp_path / "one.png"
+    Image.new("L", (28, 28)).save(image)
+    argv = [str(pretrained_onnx) if a == "MODEL" else str(image) if a == "IMAGE" else a for a in command]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "convzoo", *argv], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and proc.stderr.strip() == "convzoo: terminated", proc.stderr
