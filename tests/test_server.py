@@ -1334,6 +1334,17 @@ def test_pipelined_requests_never_read_keep_memory_flat(pretrained, tmp_path, mo
         deadline = time.monotonic() + 10  # freed memory is trimmed a second after such connections go
         while (left := rss_mb(proc.pid) - start) >= 30 and time.monotonic() < deadline:
             time.sleep(0.2)
+        # One request every 5 ms, never more than a few queued, none of the answers read: once the buffers
+        # are full the server stops answering, and 2 s later (the write timeout) cuts the client off.
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+            sock.settimeout(5)
+            started = time.monotonic()
+            with pytest.raises(OSError):  # the old server: still open after a minute
+                while time.monotonic() - started < 60:
+                    sock.send(PIPELINED)
+                    time.sleep(0.005)
         assert httpx.get(url + "/").status_code == 200
     assert peak < 60, f"RSS grew {peak:.0f} MB while 30 clients pipelined without reading"
     assert left < 30, f"RSS stayed {left:.0f} MB above its start after they left"

@@ -118,7 +118,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # stalled-body check compares it with _mark, last moved at _mark_time), _timer is the one pending check.
     # _stopped: no more requests are parsed on this connection (the pipeline overflowed, or a body is being
     # dropped after its early response: _lingering); _write_timer: pending while the client reads nothing;
-    # _heavy: the connection queued many responses (the heap is trimmed once it goes).
+    # _heavy: the connection queued many responses (the heap is trimmed once it goes); _answering: the
+    # cycle that last sent (a response under way).
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -126,7 +127,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = self.loop.time()  # a client that sends nothing gets HEAD_TIMEOUT too
         self._received = self._mark = 0
         self._stopped = self._lingering = self._heavy = False
-        self._write_timer = None
+        self._write_timer = self._answering = None
         self._timer = self.loop.call_later(HEAD_TIMEOUT, self._check)
 
     def connection_lost(self, exc) -> None:
@@ -134,6 +135,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._timer = self._write_timer = None
+        # uvicorn marks only the newest request's cycle disconnected: one answered ahead of it, waiting for
+        # the client to read, then wrote to the closed transport (uvloop: RuntimeError, a traceback per cut)
+        for cycle in (self._answering, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
         if self._heavy:
             _trim_soon(self.loop)
@@ -214,6 +221,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         rest of the body was answered again (a 408 later), or with `Expect: 100-continue` a pipelined
         request after it was swallowed as body."""
         async def send_then_close(message):
+            self._answering = cycle
             if message["type"] == "http.response.start" and cycle.more_body and not cycle.response_started:
                 cycle.keep_alive = False  # uvicorn adds `connection: close`, then calls close() ...
                 cycle.transport = _Lingering(self)  # ... which drops the rest of the body first
