@@ -486,10 +486,11 @@ def test_large_but_allowed_heads_work_and_a_finished_oversized_one_is_431(served
 
 def test_stalled_heads_and_bodies_are_closed_after_the_timeout(mnist_onnx, tmp_path, monkeypatch):
     """With 2-s timeouts: a connection that sends nothing, half a head, half a body, or half of its
-    second request gets a 408 JSON error and is closed after ~2 s; a body that keeps arriving, however
-    slowly, is served; /healthz answers throughout."""
+    second request gets a 408 JSON error and is closed after ~2 s; a body that keeps arriving, slowly but
+    above the minimum rate (1 B/s here), is served; /healthz answers throughout."""
     monkeypatch.setenv("CONVZOO_HEAD_TIMEOUT", "2")
     monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "2")
+    monkeypatch.setenv("CONVZOO_MIN_BODY_RATE", "1")  # the default floor: test_a_body_under_the_minimum_rate...
     stalls = {
         "nothing": b"",
         "half a head": b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n",
@@ -1060,13 +1061,23 @@ def send_all_but_last_byte(socks: list[socket.socket], body: bytes) -> None:
         list(pool.map(send, socks))
 
 
+def hold_upload(url: str, sock: socket.socket, body: bytes, held: int) -> None:
+    """`body` less its last byte sent on `sock` (its head sent and not refused), once the server holds
+    `held` bytes of bodies in all (the budget counts bytes as they arrive)."""
+    sock.sendall(body[:-1])
+    deadline = time.monotonic() + 30
+    while metrics(url)["convzoo_body_bytes_held"] != held:
+        assert time.monotonic() < deadline, (metrics(url), held)
+        time.sleep(0.05)
+
+
 def test_unfinished_uploads_are_held_within_the_body_budget(pretrained, tmp_path, monkeypatch):
     """Bodies still arriving held memory against no limit: 300 uploads of 5 MB, each one byte short,
     took the server from 95 to 1,613 MB, and 895 MB stayed after they closed. Now a worker holds at
-    most MAX_BODY_BYTES of bodies, reserved from Content-Length before reading: the uploads beyond it get
-    503 JSON (Retry-After) before sending their bodies, the budget comes back when the held ones
-    disconnect (a 5 MB upload then succeeds), and RSS stays near the budget while they are open and
-    returns close to where it started."""
+    most MAX_BODY_BYTES of bodies, counted as they arrive: an upload whose Content-Length does not fit in
+    what is left gets 503 JSON (Retry-After, connection: close) before sending its body, the budget
+    comes back when the held ones disconnect (a 5 MB upload then succeeds), and RSS stays near the
+    budget while they are open and returns close to where it started."""
     monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "120")  # the held uploads stall on purpose; no 408 mid-test
     body = padded_digit()
     fits, count = MAX_BODY_BYTES // UPLOAD, 40
@@ -1081,14 +1092,16 @@ def test_unfinished_uploads_are_held_within_the_body_budget(pretrained, tmp_path
                 socks.append(raw(url, timeout=30))
                 socks[-1].sendall(upload_head(UPLOAD))
                 replies.append(answered_at_once(socks[-1], 0.5 if i < fits else 10))  # a 503 comes at once
+                if i < fits and not replies[-1]:
+                    hold_upload(url, socks[-1], body, (i + 1) * (UPLOAD - 1))
             assert not any(replies[:fits]), replies[:fits]  # these are being received
             for reply in replies[fits:]:
                 assert "server busy" in json_error(reply, 503) and b"retry-after: 1" in reply.lower(), reply
-            send_all_but_last_byte(socks, body)
+                assert b"connection: close" in reply.lower(), reply
             time.sleep(1)  # the bytes sent are in the server by now
             held = rss_mb(proc.pid) - start
             now = metrics(url)
-            assert now["convzoo_body_bytes_held"] == fits * UPLOAD, now
+            assert now["convzoo_body_bytes_held"] == fits * (UPLOAD - 1), now
             assert now["convzoo_body_rejected_total"] == count - fits, now
             r = client.post("/v1/predict", content=body, headers={"content-type": "image/png"})
             check_error(r, 503, "a further upload while the budget is spent")
@@ -1113,27 +1126,229 @@ def test_unfinished_uploads_are_held_within_the_body_budget(pretrained, tmp_path
 
 
 def test_stalled_uploads_give_their_budget_back_on_timeout(pretrained, tmp_path, monkeypatch):
-    """Uploads whose bodies never come hold the budget only until protocol.py's 408: then uploads of
-    every content type are read again."""
-    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "5")  # the three probes below must all come before the first 408
-    fits = MAX_BODY_BYTES // UPLOAD
+    """Uploads that sent most of their bodies, then stalled, hold those bytes only until protocol.py's
+    408: then uploads of every content type are read again. Each refused probe gets its 503 and the
+    connection ends there (it was kept waiting for the body it refused, and answered again with a 408)."""
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "8")  # the three probes below must all come before the first 408
+    body, fits = padded_digit(), MAX_BODY_BYTES // UPLOAD
     with serving(pretrained, log=tmp_path / "serve.log") as (url, _):
         socks = [raw(url, timeout=30) for _ in range(fits)]
         try:
-            for sock in socks:
+            for i, sock in enumerate(socks):
                 sock.sendall(upload_head(UPLOAD))
+                hold_upload(url, sock, body, (i + 1) * (UPLOAD - 1))
             for ctype in (b"image/png", b"application/json", b"multipart/form-data; boundary=x"):
                 with raw(url) as sock:
                     sock.sendall(upload_head(UPLOAD, ctype))
                     assert "server busy" in json_error(answered_at_once(sock), 503), ctype
-            for sock in socks:  # each is closed with a 408 once its body has made no progress for 5 s
+                    assert read_all(sock) == b"", ctype  # closed after it: no 408 for the body it refused
+            for sock in socks:  # each is closed with a 408 once its body has made no progress for 8 s
                 assert "no part of the request body" in json_error(read_all(sock), 408)
         finally:
             for sock in socks:
                 sock.close()
-        r = httpx.post(url + "/v1/predict", content=padded_digit(), headers={"content-type": "image/png"}, timeout=60)
+        r = httpx.post(url + "/v1/predict", content=body, headers={"content-type": "image/png"}, timeout=60)
         assert r.status_code == 200 and r.json()["class"] == "7", r.text
         assert metrics(url)["convzoo_body_bytes_held"] == 0
+
+
+def test_slow_uploads_hold_only_the_bytes_they_sent(pretrained, tmp_path):
+    """13 uploads declaring 5 MB each and sending a byte now and then (under the body timeout) held the
+    whole 64 MB budget, reserved from their Content-Length: every real upload got 503 for as long as
+    they kept trickling. The budget counts the bytes that arrived: they hold 13 bytes, and full-size
+    uploads are served beside them."""
+    body = padded_digit()
+    with serving(pretrained, log=tmp_path / "serve.log") as (url, _):
+        socks = [raw(url, timeout=30) for _ in range(13)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.sendall(upload_head(5_242_880 if i < 12 else 4_194_300) + b"x")
+            for round_ in range(1, 3):
+                time.sleep(0.5)  # the bytes sent are in the server by now
+                r = httpx.post(url + "/v1/predict", content=body, headers={"content-type": "image/png"}, timeout=60)
+                assert r.status_code == 200 and r.json()["class"] == "7", r.text  # was 503 "server busy"
+                deadline = time.monotonic() + 30
+                while metrics(url)["convzoo_body_bytes_held"] != 13 * round_:
+                    assert time.monotonic() < deadline, metrics(url)
+                    time.sleep(0.05)
+                for sock in socks:
+                    sock.sendall(b"x")
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_a_body_under_the_minimum_rate_is_408(pretrained, tmp_path, monkeypatch):
+    """A body that sent 1 MB at once, then a byte every 0.2 s, never stalled for a whole body timeout and
+    held its megabyte for as long as its Content-Length left room (hours, at that rate). Under the
+    default minimum of 1,000 B/s over a body-timeout window (3 s here), it gets 408 and its budget back."""
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "3")
+    with serving(pretrained, log=tmp_path / "serve.log") as (url, _), raw(url, timeout=0.2) as sock:
+        sock.sendall(upload_head(UPLOAD) + b"\0" * (1 << 20))
+        started, reply = time.monotonic(), b""
+        while not reply and time.monotonic() - started < 30:  # the old server: never answered
+            with contextlib.suppress(TimeoutError):
+                sock.sendall(b"\0")
+                reply = sock.recv(65536)
+        sock.settimeout(10)
+        reply += read_all(sock)
+        assert "minimum is 1000" in json_error(reply, 408), reply
+        assert time.monotonic() - started > 5.9  # the first window (3 s) had its megabyte; the second did not
+        assert metrics(url)["convzoo_body_bytes_held"] == 0
+
+
+def test_a_large_declared_body_takes_memory_only_as_it_arrives(pretrained, tmp_path):
+    """With --max-upload-mb 1000, a 100-byte request head declaring 1 GB made the server allocate (and
+    zero) a 1 GB buffer before any of the body came: RSS +954 MB until its 408. The buffer grows with
+    the bytes that arrive; a body sent in full is still served."""
+    with serving(pretrained, "--max-upload-mb", "1000", log=tmp_path / "serve.log") as (url, proc):
+        digit = padded_digit(3_000_000)
+        r = httpx.post(url + "/v1/predict", content=digit, headers={"content-type": "image/png"}, timeout=60)
+        assert r.status_code == 200 and r.json()["class"] == "7", r.text
+        start = rss_mb(proc.pid)
+        with raw(url) as sock:
+            sock.sendall(upload_head(1_000_000_000) + b"\0" * 1000)
+            time.sleep(1)  # read by now (and, before, 1 GB allocated)
+            grown = rss_mb(proc.pid) - start
+            assert grown < 50, f"RSS grew {grown:.0f} MB for a 1,000-byte start of a body"
+            deadline = time.monotonic() + 30
+            while metrics(url)["convzoo_body_bytes_held"] != 1000:  # read, and counted as it arrived
+                assert time.monotonic() < deadline, metrics(url)
+                time.sleep(0.05)
+        # a chunked body (no Content-Length) grows the same way, and is served
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (digit[:1000], digit[1000:])) + b"0\r\n\r\n"
+        with raw(url) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+            reply = read_reply(sock)
+            assert reply.startswith(b"HTTP/1.1 200") and json.loads(reply.split(b"\r\n\r\n", 1)[1])["class"] == "7"
+
+
+def responses(data: bytes) -> list[bytes]:
+    """The status lines in what a connection sent (no body here holds `HTTP/1.1 `)."""
+    return re.findall(rb"HTTP/1\.1 \d{3}[^\r]*", data)
+
+
+def test_an_error_before_the_body_ends_the_connection(served):
+    """A response sent before its request's body (413 by Content-Length, 405 for a POST to a GET path)
+    left the connection waiting for that body: the client got a second response to its one request (a
+    408 once it stopped sending), and with `Expect: 100-continue` a request pipelined behind was
+    swallowed as the body. The response now says `connection: close`, and the connection ends after it
+    (what the client still sends is read and dropped, so a client sending its whole body gets the 413
+    rather than a reset)."""
+    url = served[0]
+    with raw(url, timeout=30) as sock:  # the attacker's: the head, then part of the body half a second later
+        sock.sendall(upload_head(6_000_000))
+        time.sleep(0.5)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"x" * 1000)
+        reply = read_all(sock)  # old server: the 413, then a 408 10-20 s later
+        assert responses(reply) == [b"HTTP/1.1 413 Request Entity Too Large"], reply[:600]
+        assert b"connection: close" in reply.lower() and "exceeds" in json_error(reply, 413)
+    with raw(url) as sock:  # the whole body at once, as curl and httpx send it: the 413, not a reset
+        sock.sendall(upload_head(6_000_000) + b"\0" * 6_000_000)
+        reply = read_all(sock)
+        assert responses(reply) == [b"HTTP/1.1 413 Request Entity Too Large"], reply[:600]
+    r = httpx.post(url + "/v1/predict", content=b"\0" * 6_000_000, headers={"content-type": "image/png"}, timeout=60)
+    check_error(r, 413, "a whole body over the limit, from httpx")
+    with raw(url) as sock:  # told 405 instead of `100 Continue`, the client sends no body but its next request
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nExpect: 100-continue\r\n\r\n")
+        reply = answered_at_once(sock)
+        assert responses(reply) == [b"HTTP/1.1 405 Method Not Allowed"] and b"connection: close" in reply.lower(), reply
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(10)
+        rest = read_all(sock)  # old server: the GET's first 20 bytes taken as the body, the rest a 400
+        assert rest == b"", rest[:600]
+    with raw(url) as sock:  # a body that has arrived is read: the connection stays open
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /healthz HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n")
+        reply = read_reply(sock)
+        reply = read_reply(sock, reply.split(b"\r\n\r\n", 1)[1].split(b"}", 1)[1])
+        assert responses(reply) == [b"HTTP/1.1 200 OK"], reply
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+
+
+PIPELINED = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_pipelined_requests_never_read_keep_memory_flat(pretrained, tmp_path, monkeypatch):
+    """30 clients sending `GET /` pipelined 50 to a packet and never reading the answers grew the server
+    from ~110 MB by hundreds of MB, which stayed after they left (uvicorn queued every request parsed
+    from a read, thousands per connection, and buffered the answers). Now at most 16 wait behind the one
+    being answered: a client sending more gets answers to 17, the last with `connection: close`, and
+    nothing more is read; one that reads none of its answers is cut off after CONVZOO_WRITE_TIMEOUT (2 s
+    here). RSS stays within a few tens of MB during and after; /healthz answers throughout. A few
+    requests pipelined in one packet are still all answered, in order, on a connection that stays open."""
+    monkeypatch.setenv("CONVZOO_WRITE_TIMEOUT", "2")
+    log = tmp_path / "serve.log"
+    with serving(pretrained, log=log) as (url, proc):
+        with raw(url) as sock:  # 17 in one packet: the one answered and 16 queued, all served
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 16 + b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while b'"max_upload_bytes"' not in reply:
+                chunk = sock.recv(65536)
+                assert chunk, reply[-300:]
+                reply += chunk
+            assert responses(reply) == [b"HTTP/1.1 200 OK"] * 17 and b"connection: close" not in reply.lower()
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # still open
+            assert read_reply(sock).endswith(b'{"status":"ok"}')
+        with raw(url) as sock:  # 40: the first 17 answered, then the connection ends
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+            reply = read_all(sock)
+            assert responses(reply) == [b"HTTP/1.1 200 OK"] * 17, responses(reply)
+            assert reply.lower().count(b"connection: close") == 1
+        start = rss_mb(proc.pid)
+        socks = []
+        for _ in range(30):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, buffers little
+            sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+            sock.setblocking(False)
+            socks.append(sock)
+        peak, sending = 0.0, time.monotonic()
+        try:
+            while time.monotonic() - sending < 3:
+                for sock in socks:
+                    with contextlib.suppress(OSError):  # full, or closed by the server: both fine
+                        sock.send(PIPELINED * 50)
+                peak = max(peak, rss_mb(proc.pid) - start)
+                time.sleep(0.05)
+            assert httpx.get(url + "/healthz", timeout=30).json() == {"status": "ok"}
+            deadline = time.monotonic() + 60  # each connection is ended by the server (never by this client)
+            for sock in socks:
+                sock.setblocking(True)
+                while True:
+                    peak = max(peak, rss_mb(proc.pid) - start)
+                    sock.settimeout(max(0.1, deadline - time.monotonic()))
+                    try:
+                        if not sock.recv(1 << 20):
+                            break
+                    except ConnectionResetError:
+                        break
+                    except TimeoutError:
+                        raise AssertionError(f"a connection that never read stayed open (RSS +{peak:.0f} MB)") from None
+        finally:
+            for sock in socks:
+                sock.close()
+        deadline = time.monotonic() + 10  # freed memory is trimmed a second after such connections go
+        while (left := rss_mb(proc.pid) - start) >= 30 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # One request every 5 ms, never more than a few queued, none of the answers read: once the buffers
+        # are full the server stops answering, and 2 s later (the write timeout) cuts the client off.
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+            sock.settimeout(5)
+            started = time.monotonic()
+            with pytest.raises(OSError):  # the old server: still open after a minute
+                while time.monotonic() - started < 60:
+                    sock.send(PIPELINED)
+                    time.sleep(0.005)
+        assert httpx.get(url + "/").status_code == 200
+    assert peak < 60, f"RSS grew {peak:.0f} MB while 30 clients pipelined without reading"
+    assert left < 30, f"RSS stayed {left:.0f} MB above its start after they left"
+    assert "Traceback" not in log.read_text() and "Invalid HTTP" not in log.read_text(), log.read_text()
 
 
 def test_every_coding_header_line_counts(served, digits):

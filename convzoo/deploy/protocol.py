@@ -11,16 +11,28 @@ This subclass, passed to uvicorn as `http=` (one worker or several), adds per co
   one read is counted from the next read on: slack of one read, 256 KiB at most);
 - HEAD_TIMEOUT: a head must be complete within 10 s of the connection opening, or of its first byte
   for a later request on a kept-alive connection, else 408 and close;
-- BODY_TIMEOUT: a body that makes no progress for 10-20 s (checked every 10 s; never while uvicorn
-  itself paused reading because the app has not read yet) gets 408 and is closed.
+- BODY_TIMEOUT: a body is checked every 10 s (never while uvicorn itself paused reading because the
+  app has not read yet): one that made no progress in that window, or arrived at under MIN_BODY_RATE,
+  gets 408 and is closed;
+- MAX_PIPELINED: at most 16 requests wait behind the one being answered; a client that sends more
+  (thousands of `GET /` in one read held ~10 MB per connection, never read back) gets answers to those,
+  the last with `connection: close`, and nothing after them is parsed;
+- WRITE_TIMEOUT: a client that reads none of its responses for 30 s (the transport's buffer over its
+  high-water mark all that time) is cut off (abort: close() would wait for the buffer to drain);
+- a response that starts before its request's body has arrived (413, 503, 405, ...) carries
+  `connection: close`, and the rest of that body is read and dropped (lingering close, so the client,
+  still sending, gets the response rather than a reset) for up to LINGER seconds: never parsed as a
+  next request, never answered twice.
 A 408 is written only when no response is under way on the connection; otherwise it just closes.
 The hot path adds counters and flags; one timer per connection fires every ~10 s at most.
-The timeouts can be set (seconds) with CONVZOO_HEAD_TIMEOUT and CONVZOO_BODY_TIMEOUT.
+The timeouts can be set (seconds) with CONVZOO_HEAD_TIMEOUT, CONVZOO_BODY_TIMEOUT and
+CONVZOO_WRITE_TIMEOUT, the body's minimum rate (bytes/s, 0: none) with CONVZOO_MIN_BODY_RATE.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -30,43 +42,133 @@ from ..errors import ConfigError
 MAX_HEAD_BYTES = 64 << 10
 
 
-def _seconds(name: str, default: float) -> float:
+def _seconds(name: str, default: float, zero: bool = False, what: str = "seconds") -> float:
     value = os.environ.get(name, "")
     if not value:
         return default
     try:
         seconds = float(value)
     except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < 1e6:
-        raise ConfigError(f"{name}={value!r}: expected seconds, a number > 0")
+        seconds = -1.0
+    if not (0 <= seconds if zero else 0 < seconds) or not seconds < 1e6:
+        raise ConfigError(f"{name}={value!r}: expected {what}, a number {'>=' if zero else '>'} 0")
     return seconds
 
 
 HEAD_TIMEOUT = _seconds("CONVZOO_HEAD_TIMEOUT", 10.0)
 BODY_TIMEOUT = _seconds("CONVZOO_BODY_TIMEOUT", 10.0)
+WRITE_TIMEOUT = _seconds("CONVZOO_WRITE_TIMEOUT", 30.0)
+# The slowest body accepted, averaged over each BODY_TIMEOUT window. UploadGate counts the body bytes a
+# request holds against the worker's budget; without a floor, 13 uploads that had sent 5 MB each could
+# keep it full for hours by sending a byte every few seconds. 1,000 B/s is far below any real link
+# (dial-up is 7,000), and a body holding budget must now move it along: 64 MB held for an hour costs a
+# client 13 connections x 1 KB/s ... x the hour, not one byte a second.
+MIN_BODY_RATE = _seconds("CONVZOO_MIN_BODY_RATE", 1000.0, zero=True, what="bytes per second")
+MAX_PIPELINED = 16  # requests queued behind the one being answered; a browser pipelines none
+LINGER = 5.0  # s the rest of a refused body is read and dropped after its error response (at most)
+
+
+class _PipelineFull(Exception):
+    """Raised in a parser callback to stop httptools parsing the rest of a read."""
+
+
+# The logger of a connection whose parsing was stopped on purpose: uvicorn logs the parser's error (our
+# _PipelineFull) as "Invalid HTTP request received.", a false line per hostile connection. Outside the
+# logging tree (Logger(), not getLogger): uvicorn's dictConfig resets the loggers it finds there.
+_QUIET = logging.Logger("convzoo.deploy.stopped", logging.CRITICAL)
+
+
+class _Lingering:
+    """The transport as one request's cycle sees it: uvicorn's close() after a response that came before
+    the body becomes a lingering close (the client still sending gets the response, not a reset)."""
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+
+    def __getattr__(self, name):
+        return getattr(self._protocol.transport, name)
+
+    def close(self) -> None:
+        self._protocol._linger()
+
+
+_trim_pending = False
+
+
+def _trim_soon(loop) -> None:
+    """The heap trimmed a second after a connection that queued many responses goes (debounced): the
+    pipelined cycles and unsent responses freed leave holes glibc keeps (RSS stayed +500 MB)."""
+    global _trim_pending
+    if not _trim_pending:
+        _trim_pending = True
+        loop.call_later(1.0, _trim)
+
+
+def _trim() -> None:
+    global _trim_pending
+    _trim_pending = False
+    from .server import trim_heap  # lazily: server.py imports this module
+
+    trim_heap()
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Per connection: _head_bytes counts the head being received (None while a body is), _head_started
     # is when it began (None while waiting for the next request), _received counts every byte (the
     # stalled-body check compares it with _mark, last moved at _mark_time), _timer is the one pending check.
+    # _stopped: no more requests are parsed on this connection (the pipeline overflowed, or a body is being
+    # dropped after its early response: _lingering); _write_timer: pending while the client reads nothing;
+    # _heavy: the connection queued many responses (the heap is trimmed once it goes); _answering: the
+    # cycle that last sent (a response under way).
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._head_bytes = 0
         self._head_started = self.loop.time()  # a client that sends nothing gets HEAD_TIMEOUT too
         self._received = self._mark = 0
+        self._stopped = self._lingering = self._heavy = False
+        self._write_timer = self._answering = None
         self._timer = self.loop.call_later(HEAD_TIMEOUT, self._check)
 
     def connection_lost(self, exc) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._write_timer = None
+        # uvicorn marks only the newest request's cycle disconnected: one answered ahead of it, waiting for
+        # the client to read, then wrote to the closed transport (uvloop: RuntimeError, a traceback per cut)
+        for cycle in (self._answering, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+        if self._heavy:
+            _trim_soon(self.loop)
+
+    def pause_writing(self) -> None:
+        """The client is not reading what it asked for: it has WRITE_TIMEOUT to start again."""
+        super().pause_writing()
+        self._heavy = True
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(WRITE_TIMEOUT, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if self.flow.write_paused and self.transport is not None:
+            self.transport.abort()  # close() would keep the connection until the buffer drained: never
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
+        if self._stopped:  # nothing more is parsed: a lingering body is dropped, an overflow waits unread
+            if not self._lingering:
+                self.flow.pause_reading()  # (uvicorn resumes reading after each response)
+            return
         if self._head_bytes is None:  # a body: uvicorn's flow control and the app's 413 bound it
             super().data_received(data)
             return
@@ -78,7 +180,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().data_received(data)
             return
         super().data_received(data[:room])  # the head must end within the limit ...
-        if self.transport.is_closing():  # (a malformed head: uvicorn answered 400)
+        if self.transport.is_closing() or self._stopped:  # (a malformed head: uvicorn answered 400)
             return
         if self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, f"the request line and headers are larger than {MAX_HEAD_BYTES >> 10} KiB")
@@ -86,6 +188,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().data_received(data[room:])
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:  # one read held thousands of pipelined requests
+            self._stop_pipeline()
+            raise _PipelineFull  # httptools stops parsing this read; uvicorn calls send_400_response
         if self._head_started is None:  # a pipelined request, begun in the packet that ended the last one
             self._start_head()
         super().on_message_begin()
@@ -106,6 +211,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is None:
             self._timer = self.loop.call_later(BODY_TIMEOUT, self._check)
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # (not a websocket upgrade)
+            cycle.send = self._closing_early(cycle, cycle.send)  # before the app's task runs and looks it up
+
+    def _closing_early(self, cycle, send):
+        """The cycle's send: a response that starts while its request's body is still arriving (an error
+        answered before reading it: 413, 503, 405 ...) closes the connection after it. Kept open, the
+        rest of the body was answered again (a 408 later), or with `Expect: 100-continue` a pipelined
+        request after it was swallowed as body."""
+        async def send_then_close(message):
+            self._answering = cycle
+            if message["type"] == "http.response.start" and cycle.more_body and not cycle.response_started:
+                cycle.keep_alive = False  # uvicorn adds `connection: close`, then calls close() ...
+                cycle.transport = _Lingering(self)  # ... which drops the rest of the body first
+            await send(message)
+        return send_then_close
+
+    def _stop_pipeline(self) -> None:
+        """Answer the requests queued, the last with `connection: close`, and read nothing more."""
+        self._stopped = self._heavy = True
+        self.logger = _QUIET
+        self.cycle.keep_alive = False  # the newest queued request (one is: the pipeline is not empty)
+        self.flow.pause_reading()
+
+    def _linger(self) -> None:
+        """uvicorn's close() after an early response: send FIN after it, keep reading (and dropping) what
+        the client still sends until it closes or LINGER s pass, then close. Closed at once with the body
+        unread, the kernel answers the client's next bytes with a reset, which can destroy the response."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._stopped = self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # after the response in the buffer
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(LINGER, self.transport.close)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes httptools cannot parse (a bad request line, HTTP/9.9, a bad
+        header), as JSON like every other error instead of plain text; nothing when the parser was
+        stopped on purpose (_PipelineFull)."""
+        if self._stopped:
+            return
+        self._write_error(400, f"{msg.rstrip('.')} (malformed request line or headers)")
+        self.transport.close()
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
@@ -115,17 +265,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _check(self) -> None:
         """The connection's timer: act on the state it finds, re-arm while a deadline is ahead."""
         self._timer = None
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self._head_bytes is None:  # receiving a body
+        if self.transport is None or self.transport.is_closing() or self._stopped:
+            return  # stopped: the queued answers (then close) or the write timeout end it
+        if self._head_bytes is None:  # receiving a body: checked once per window of BODY_TIMEOUT
             now = self.loop.time()
-            if self._received != self._mark or self.flow.read_paused:
+            elapsed, arrived = now - self._mark_time, self._received - self._mark
+            if self.flow.read_paused:  # uvicorn stopped reading: the app has not taken what came yet
                 self._mark, self._mark_time = self._received, now
                 self._timer = self.loop.call_later(BODY_TIMEOUT, self._check)
-            elif now - self._mark_time < BODY_TIMEOUT:  # the timer was the head's, armed earlier
+            elif elapsed < BODY_TIMEOUT:  # the timer was the head's, armed earlier
                 self._timer = self.loop.call_later(self._mark_time + BODY_TIMEOUT - now, self._check)
-            else:
+            elif not arrived:
                 self._refuse(408, f"no part of the request body arrived for {BODY_TIMEOUT:g} s")
+            elif arrived < MIN_BODY_RATE * elapsed:
+                self._refuse(408, f"the request body arrived at {arrived / elapsed:.0f} bytes/s over {elapsed:.0f} s; "
+                                  f"the minimum is {MIN_BODY_RATE:g}")
+            else:
+                self._mark, self._mark_time = self._received, now
+                self._timer = self.loop.call_later(BODY_TIMEOUT, self._check)
         elif self._head_started is not None:  # receiving a head (or waiting for the first one)
             left = self._head_started + HEAD_TIMEOUT - self.loop.time()
             if left > 0:
@@ -139,12 +296,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.response_complete or (self._head_bytes is None and not cycle.response_started):
             self._write_error(status, message)
-        self.transport.close()
-
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to bytes httptools cannot parse (a bad request line, HTTP/9.9, a bad
-        header), as JSON like every other error instead of plain text."""
-        self._write_error(400, f"{msg.rstrip('.')} (malformed request line or headers)")
         self.transport.close()
 
     def _write_error(self, status: int, message: str) -> None:

@@ -10,9 +10,9 @@ call; a bad image fails only its own request. A batch that takes a few ms at mos
 pixels, a small model) runs on the event loop, where a thread hop cost more than the work; any other
 in a worker thread. At most BUSY batches run at once and
 a bounded number of requests wait (beyond it: 503), so the event loop stays free for /healthz. The
-bodies a worker holds, those still arriving included, count against one budget (MAX_BODY_BYTES),
-reserved from Content-Length before a byte is read (beyond it: 503 at once), so memory stays bounded
-however many uploads arrive. Each uvicorn worker process has its own batcher and budget.
+bytes of bodies a worker holds, those still arriving included, count against one budget
+(MAX_BODY_BYTES) as they arrive (beyond it: 503; at once when the Content-Length alone does not fit in
+what is left), so memory stays bounded however many uploads arrive. Each uvicorn worker process has its own batcher and budget.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ KEEP_ALIVE_TIMEOUT = 5  # s an idle kept-alive connection stays open (uvicorn's 
 INLINE_BYTES = 256 << 10
 INLINE_PIXELS = 1 << 18
 INLINE_SECONDS = 0.005
-# Request bodies one worker holds at once, from their headers to their response: being received, waiting
+# Request body bytes one worker holds at once, from their arrival to their response: being received, waiting
 # for a batch or in one (a single body over it still runs when no other is held).
 MAX_BODY_BYTES = 64 << 20
 # Content types under which the body is tried as one raw image: none, octet-stream, and curl's default.
@@ -226,7 +226,7 @@ def error_response(exc: Exception) -> JSONResponse:
 
 
 class BodyBudget:
-    """The bytes of request bodies one worker holds, from their headers until their response is sent:
+    """The bytes of request bodies one worker holds, from their arrival until their response is sent:
     without it, 300 half-sent 5 MB uploads held 1.5 GB. A body that does not fit is refused (503). Once
     a burst of large bodies has ended, the heap they leave is given back (trim_heap)."""
 
@@ -234,13 +234,19 @@ class BodyBudget:
         self.limit, self.held, self.rejected, self.peak, self.trimming = limit, 0, 0, 0, False
 
     def reserve(self, size: int, own: int = 0) -> bool:
-        """Room for `size` more bytes of a request already holding `own` (a chunked body's earlier
-        pieces): alone, a body over the limit still runs, as one declared whole does."""
-        if self.held - own and self.held + size > self.limit:
-            self.rejected += 1
+        """Room for `size` more bytes of a request already holding `own` (its body's earlier pieces):
+        alone, a body over the limit still runs."""
+        if not self.fits(size, own):
             return False
         self.held += size
         self.peak = max(self.peak, self.held)
+        return True
+
+    def fits(self, size: int, own: int = 0) -> bool:
+        """Whether `size` more bytes fit now (a refusal is counted)."""
+        if self.held - own and self.held + size > self.limit:
+            self.rejected += 1
+            return False
         return True
 
     def release(self, size: int) -> None:
@@ -262,8 +268,8 @@ class BodyBudget:
                                  f"or processed (the limit is {self.limit >> 20} MB per worker); try again shortly")
 
     def metrics(self) -> str:
-        values = [("convzoo_body_bytes_held", "gauge", "request body bytes held now (received, arriving or "
-                   "reserved from Content-Length)", self.held),
+        values = [("convzoo_body_bytes_held", "gauge", "request body bytes held now (received, those of "
+                   "bodies still arriving included)", self.held),
                   ("convzoo_body_bytes_limit", "gauge", "most request body bytes held before 503", self.limit),
                   ("convzoo_body_rejected_total", "counter", "requests answered 503: body budget full", self.rejected)]
         return "".join(f"# HELP {name} {text}\n# TYPE {name} {kind}\n{name} {value}\n"
@@ -287,10 +293,12 @@ def trim_heap() -> None:
 
 class UploadGate:
     """`POST /v1/predict`'s headers checked before a byte of its body is read: 413 for a Content-Length
-    over the upload limit, 415 for a coded body, 503 when the worker's BodyBudget cannot hold the
-    declared size. A body without Content-Length (chunked) is reserved as it arrives. Whatever was
-    reserved is released when the request ends: answered, refused, or its client gone (a disconnect or
-    protocol.py's timeouts)."""
+    over the upload limit, 415 for a coded body, 503 when the declared size does not fit in what the
+    worker's BodyBudget has left now. The body's bytes are reserved as they arrive (503 once they no
+    longer fit), not from the Content-Length: reserved up front, 13 clients declaring 5 MB and sending a
+    byte every 8 s held the whole budget, and every real upload got 503, for as long as they liked.
+    Whatever was reserved is released when the request ends: answered, refused, or its client gone (a
+    disconnect or protocol.py's timeouts, a body under its minimum rate included)."""
 
     def __init__(self, app, budget: BodyBudget, max_upload: int):
         self.app, self.budget, self.max_upload = app, budget, max_upload
@@ -300,11 +308,11 @@ class UploadGate:
             return await self.app(scope, receive, send)
         held = 0
 
-        async def counted():  # a chunked body's bytes reserved as they arrive
+        async def counted():  # the body's bytes reserved as they arrive
             nonlocal held
             message = await receive()
             size = len(message.get("body", b""))
-            if declared is None and size:
+            if size:
                 if not self.budget.reserve(size, own=held):
                     raise self.budget.busy()
                 held += size
@@ -313,10 +321,8 @@ class UploadGate:
         try:
             declared = declared_size(scope["headers"], self.max_upload)
             check_codings(scope["headers"])
-            if declared is not None:
-                if not self.budget.reserve(declared):
-                    raise self.budget.busy()
-                held = declared
+            if declared and not self.budget.fits(declared):  # would be refused part-way: refused now
+                raise self.budget.busy()
             await self.app(scope, counted, send)
         except RequestError as exc:  # raised here, or by counted() where the app's own handler is not around it
             await error_response(exc)(scope, receive, send)
@@ -670,11 +676,13 @@ def check_topk(value) -> int:
 
 async def read_body(receive, declared: str, limit: int) -> bytes | None:
     """An ASGI request body up to `limit` bytes (413 beyond it; UploadGate has checked Content-Length);
-    None when the client disconnected. A declared body is read into one buffer of its size: a list of
-    chunks joined at the end spread each body over the heap in ~64 KiB pieces, and with hundreds of
-    uploads at once the heap stayed fragmented (RSS hundreds of MB above its start once they ended)."""
+    None when the client disconnected. A body is read into one buffer (a list of chunks joined at the
+    end spread each body over the heap in ~64 KiB pieces, and with hundreds of uploads at once the heap
+    stayed fragmented: RSS hundreds of MB above its start once they ended), grown as bytes arrive: it was
+    allocated, zero-filled, at the Content-Length before any came (with --max-upload-mb 1000, a 100-byte
+    request head took 1 GB until its 408)."""
     size = int(declared) if declared.isdigit() and int(declared) <= limit else 0
-    body, filled = bytearray(size), 0
+    body, filled = bytearray(), 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -683,7 +691,9 @@ async def read_body(receive, declared: str, limit: int) -> bytes | None:
         end = filled + len(chunk)
         if end > limit:
             raise RequestError(413, f"upload exceeds the {limit:,}-byte limit")
-        body[filled:end] = chunk  # within the buffer: in place; beyond it (chunked): it grows
+        if end > len(body) and size > end:  # doubled (few copies), never past the declared size nor
+            body.extend(bytes(min(size, 2 * len(body)) - len(body)))  # twice what has arrived
+        body[filled:end] = chunk  # within the buffer: in place; beyond it: it grows to fit
         filled = end
         if not message.get("more_body", False):
             del body[filled:]
