@@ -1412,3 +1412,13 @@ def test_serve_and_predict_agree_on_upscaled_digits(pretrained, tmp_path):
                 np.testing.assert_allclose([t["probability"] for t in got["topk"]],
                                            [t["probability"] for t in expected], rtol=0, atol=1e-6,
                                            err_msg=f"{path.name} {how}")
+
+
+@pytest.mark.parametrize("name, value", [("CONVZOO_HEAD_TIMEOUT", "1e-300"), ("CONVZOO_BODY_TIMEOUT", "0"),
+                                         ("CONVZOO_WRITE_TIMEOUT", "nan"), ("CONVZOO_MIN_BODY_RATE", "-1")])
+def test_server_settings_from_the_environment_are_checked(name, value):
+    """CONVZOO_HEAD_TIMEOUT=1e-300 was taken: every request timed out at once. Each setting is one line."""
+    from conftest import assert_user_error, run_cli
+
+    proc = run_cli("serve", "--model", "lenet5:mnist", "--port", "0", env={name: value}, timeout=120)
+    assert_user_error(proc, f"{name}={value!r}: expected")

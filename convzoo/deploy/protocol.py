@@ -50,8 +50,9 @@ def _seconds(name: str, default: float, zero: bool = False, what: str = "seconds
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not (0 <= seconds if zero else 0 < seconds) or not seconds < 1e6:
-        raise ConfigError(f"{name}={value!r}: expected {what}, a number {'>=' if zero else '>'} 0")
+    low = 0 if zero else 0.001  # a timeout of 1e-300 s timed every request out at once
+    if not low <= seconds < 1e6:
+        raise ConfigError(f"{name}={value!r}: expected {what}, a number from {low:g} to 1e6")
     return seconds
 
 
