@@ -45,9 +45,10 @@ class FakeTracking:
     lookup answers as MLflow does for a missing experiment (404 RESOURCE_DOES_NOT_EXIST) and everything
     else (creating it) 500. `batches_until_down`: it answers creating the experiment and the run as
     MLflow's REST API does, takes that many log-batch calls, then goes down (connections refused).
-    `hits` counts requests."""
+    `on_create`: called before answering the request that creates the experiment (the run folder is
+    prepared by then; the probe came before it). `hits` counts requests."""
 
-    def __init__(self, *, probe_ok: bool, batches_until_down: int | None = None):
+    def __init__(self, *, probe_ok: bool, batches_until_down: int | None = None, on_create=None):
         self.hits = self.batches = 0
         owner = self
 
@@ -57,6 +58,8 @@ class FakeTracking:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 known = next((v for k, v in TRACKING_ANSWERS.items() if self.path.endswith(k)), None)
+                if on_create and self.path.endswith("experiments/create"):
+                    on_create()
                 if probe_ok and "experiments/get-by-name" in self.path:
                     status, body = 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}
                 elif batches_until_down is not None and known is not None:
@@ -153,6 +156,33 @@ def test_mlflow_server_answering_500_fails_at_once_and_leaves_the_folder_as_it_w
         assert files(run) == before
     finally:
         server.close()
+
+
+@pytest.mark.real_data
+def test_a_failed_start_removes_only_what_it_created_not_a_sibling_run(tmp_path):
+    """`train --output-dir exp/a` with exp/ new, failing on its logger while `exp/b` trained beside it:
+    the rollback removed exp/ whole (shutil.rmtree of the outermost folder it had created), and run b
+    died on 'evals.csv: cannot write'. Now it removes its own folder and then each folder it created
+    only while empty: exp/b's files stay. The sibling appears while the failing run's start is between
+    creating exp/a and its rollback (the server creates it on the experiment-creation request)."""
+    exp = tmp_path / "exp"
+    sibling = exp / "b" / "metrics.csv"
+
+    def other_run_appears():
+        sibling.parent.mkdir()
+        sibling.write_text("epoch\n1\n")
+
+    for target, appears in ((exp / "a", other_run_appears), (tmp_path / "exp2" / "x" / "a", None)):
+        server = FakeTracking(probe_ok=True, on_create=appears)
+        try:
+            proc, _ = train_with_mlflow(server.uri, target)
+        finally:
+            server.close()
+        assert_user_error(proc, server.uri, "failed")
+    assert sibling.read_text() == "epoch\n1\n"
+    assert sorted(p.name for p in exp.iterdir()) == ["b"]  # its own folder went, lock and all
+    # where nothing appeared, every folder it created went (exp2/x/a, exp2/x and exp2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
 
 
 @pytest.mark.real_data

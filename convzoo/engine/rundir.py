@@ -79,34 +79,40 @@ class Snapshot:
     """What a run folder held before a run began: enough to undo that run's start (rollback)."""
 
     path: Path
-    created: Path | None  # the outermost folder the run will create (None: the folder exists)
+    created: list[Path]  # the folders the run will create, innermost (the run folder) first; [] if it exists
     names: set[str]
 
 
 def snapshot(path: Path) -> Snapshot:
     path = Path(path)
     if path.is_dir():
-        return Snapshot(path, None, {p.name for p in path.iterdir()})
-    created = path
-    while not created.parent.exists() and created.parent != created:
-        created = created.parent
+        return Snapshot(path, [], {p.name for p in path.iterdir()})
+    created = [path]
+    while not created[-1].parent.exists() and created[-1].parent != created[-1]:
+        created.append(created[-1].parent)
     return Snapshot(path, created, set())
 
 
 def rollback(before: Snapshot) -> None:
     """Leave the run folder as it was before this run's start (a logger that failed once the folder
-    was prepared): the folders this run created go, or else the entries it added (its lock included).
+    was prepared): the entries it added go (its lock included), then the folders it created, each
+    only while empty. A parent it created may have gained another run's folder meanwhile (`exp/a`
+    failing while `exp/b` trains): removing that parent whole deleted the other run.
     Only for a start that changed nothing else (prepare(clear=False), before train.log and config.yaml)."""
     unlock(before.path)
-    if before.created is not None:
-        shutil.rmtree(before.created, ignore_errors=True)
-        return
     for entry in before.path.iterdir() if before.path.is_dir() else ():
         if entry.name not in before.names:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+    for folder in before.created:  # innermost first; the first one not empty keeps itself and its parents
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
 
 
 def unlock(path: Path) -> None:
