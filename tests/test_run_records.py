@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import resource
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -202,6 +206,35 @@ def test_a_tracking_server_that_goes_down_mid_run_costs_a_warning_not_the_run(tm
         assert server.batches == 2, server.batches
     finally:
         server.close()
+
+
+def small_files_only():
+    """The kernel's file-size limit (no root needed): a checkpoint (about 500 KB) fails with EFBIG,
+    train.log and evals.csv do not."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+@pytest.mark.real_data
+def test_a_save_that_failed_and_a_resume_record_each_evaluation_once(tmp_path):
+    """Epoch 3's evaluation went to evals.csv, then its best.pt could not be written (a full disk);
+    the resume from last.pt (epoch 2) trained and evaluated epoch 3 again and appended a second
+    '3,...,test,0.448' row, while metrics.csv (rewritten from last.pt's history) had it once. Now the
+    resume drops the rows past last.pt's position first."""
+    run = tmp_path / "run"
+    args = [*TINY, "--data-path", need(MNIST_DIR), "--schedule", "constant", "--output-dir", run]
+    run_cli(*args, "--epochs", "2", check=0)
+    proc = subprocess.run([sys.executable, "-m", "convzoo", *map(str, args), "--epochs", "3", "--resume"],
+                          capture_output=True, text=True, preexec_fn=small_files_only, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert_user_error(proc, ".pt: cannot write: File too large")  # best.pt, or last.pt if no better
+    assert [row.split(",")[1] for row in (run / "evals.csv").read_text().splitlines()] == ["epoch", "1", "2", "3"]
+    run_cli(*args, "--epochs", "3", "--resume", check=0)
+    evals = [row.split(",") for row in (run / "evals.csv").read_text().splitlines()]
+    assert [row[1] for row in evals[1:]] == ["1", "2", "3"], evals  # each epoch's evaluation once
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3"]
+    assert [float(row[4]) for row in evals[1:]] == [float(line.split(",")[4]) for line in metrics[1:]]
 
 
 def log_lines(folder: Path, start: str) -> list[str]:

@@ -248,6 +248,38 @@ def append_eval(path: Path, point: dict) -> None:
         raise write_error(file, exc) from None
 
 
+def trim_evals(path: Path, epoch: int, step: int) -> None:
+    """On --resume, drop evals.csv's rows past last.pt's position (`epoch` epochs done, `step` steps
+    into the next): they were appended by the interrupted process after its last checkpoint (a save
+    that failed on a full disk, a kill), and the resumed run evaluates those steps again, so each
+    appeared twice. metrics.csv needs no such care: it is rewritten from last.pt's history.
+    A row's position is (its 1-based epoch - 1, its step); the end-of-epoch evaluation (step =
+    steps per epoch) comes before the checkpoint written after it (epoch + 1, step 0). Rows that are
+    not numbers, and a file that is not the one append_eval writes, are left as they are."""
+    file = path / "evals.csv"
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (FileNotFoundError, UnicodeDecodeError, csv.Error):  # none, or not the file append_eval writes
+        return
+    except OSError as exc:  # a folder, no permission: appending to it would fail as well
+        raise DataError(f"cannot read evaluations ({exc.strerror or exc})", file) from None
+    if not lines or lines[0][1:3] != ["epoch", "step"]:  # not the file append_eval writes: left alone
+        return
+    kept = [lines[0]] + [row for row in lines[1:] if not _past(row, epoch, step)]
+    if len(kept) < len(lines):
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerows(kept)  # as csv.DictWriter wrote them
+        atomic_write_bytes(file, buf.getvalue().encode())
+
+
+def _past(row: list[str], epoch: int, step: int) -> bool:
+    try:
+        return (int(row[1]) - 1, int(row[2])) > (epoch, step)
+    except (IndexError, ValueError):
+        return False
+
+
 def read_metrics(path: Path) -> list[dict]:
     """metrics.csv as rows of floats (None where empty); a damaged file is one DataError line."""
     file = path / "metrics.csv"
