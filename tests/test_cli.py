@@ -198,6 +198,34 @@ def test_report_eval_and_predict_never_write_over_their_inputs(tmp_path, capsys)
     assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
 
 
+def folder_state(folder) -> dict:
+    """Each file's bytes, inode and mtime: a file rewritten with the same bytes shows too."""
+    return {f.name: (f.read_bytes(), f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())}
+
+
+def test_report_with_output_elsewhere_leaves_the_run_folder_untouched(tmp_path):
+    """`report run --output elsewhere/r.md` still wrote the run's own curves.png (replacing it, or
+    failing on a read-only run folder with no report); its curves now go beside the report, which
+    links them, and the run folder is left as it was."""
+    from convzoo.report.plots import plot_kind
+
+    header = b"epoch,train_loss,train_acc,val_acc,test_acc,lr,epoch_time_s,images_per_s\n"
+    run = tmp_path / "run"
+    write_run(run, header + b"1,0.9,0.6,,0.7,0.1,3,100\n2,0.5,0.8,,0.8,0.1,3,100\n")
+    run_cli("report", run, check=0)  # the run's own report.md and curves.png, as `train` leaves them
+    before = folder_state(run)
+    assert {"report.md", "curves.png"} <= set(before)
+    out = tmp_path / "elsewhere" / "r.md"
+    out.parent.mkdir()
+    run_cli("report", run, "--output", out, "--html", check=0)
+    assert folder_state(run) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r-curves.png", "r.html", "r.md"]
+    assert plot_kind(out.parent / "r-curves.png") == "curves"
+    assert "![curves](r-curves.png)" in out.read_text()
+    run_cli("report", run, "--output", out, check=0)  # its own earlier curves are replaced
+    assert folder_state(run) == before
+
+
 def test_report_of_several_runs_never_writes_over_a_users_files(tmp_path, capsys, monkeypatch):
     """`report a b --html` wrote ./report.md, ./report.html and ./report-curves.png over a user's own
     files of those names; it refuses them now, and still replaces its own earlier report."""

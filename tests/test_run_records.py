@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import resource
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -45,9 +49,10 @@ class FakeTracking:
     lookup answers as MLflow does for a missing experiment (404 RESOURCE_DOES_NOT_EXIST) and everything
     else (creating it) 500. `batches_until_down`: it answers creating the experiment and the run as
     MLflow's REST API does, takes that many log-batch calls, then goes down (connections refused).
-    `hits` counts requests."""
+    `on_create`: called before answering the request that creates the experiment (the run folder is
+    prepared by then; the probe came before it). `hits` counts requests."""
 
-    def __init__(self, *, probe_ok: bool, batches_until_down: int | None = None):
+    def __init__(self, *, probe_ok: bool, batches_until_down: int | None = None, on_create=None):
         self.hits = self.batches = 0
         owner = self
 
@@ -57,6 +62,8 @@ class FakeTracking:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 known = next((v for k, v in TRACKING_ANSWERS.items() if self.path.endswith(k)), None)
+                if on_create and self.path.endswith("experiments/create"):
+                    on_create()
                 if probe_ok and "experiments/get-by-name" in self.path:
                     status, body = 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}
                 elif batches_until_down is not None and known is not None:
@@ -156,6 +163,33 @@ def test_mlflow_server_answering_500_fails_at_once_and_leaves_the_folder_as_it_w
 
 
 @pytest.mark.real_data
+def test_a_failed_start_removes_only_what_it_created_not_a_sibling_run(tmp_path):
+    """`train --output-dir exp/a` with exp/ new, failing on its logger while `exp/b` trained beside it:
+    the rollback removed exp/ whole (shutil.rmtree of the outermost folder it had created), and run b
+    died on 'evals.csv: cannot write'. Now it removes its own folder and then each folder it created
+    only while empty: exp/b's files stay. The sibling appears while the failing run's start is between
+    creating exp/a and its rollback (the server creates it on the experiment-creation request)."""
+    exp = tmp_path / "exp"
+    sibling = exp / "b" / "metrics.csv"
+
+    def other_run_appears():
+        sibling.parent.mkdir()
+        sibling.write_text("epoch\n1\n")
+
+    for target, appears in ((exp / "a", other_run_appears), (tmp_path / "exp2" / "x" / "a", None)):
+        server = FakeTracking(probe_ok=True, on_create=appears)
+        try:
+            proc, _ = train_with_mlflow(server.uri, target)
+        finally:
+            server.close()
+        assert_user_error(proc, server.uri, "failed")
+    assert sibling.read_text() == "epoch\n1\n"
+    assert sorted(p.name for p in exp.iterdir()) == ["b"]  # its own folder went, lock and all
+    # where nothing appeared, every folder it created went (exp2/x/a, exp2/x and exp2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+@pytest.mark.real_data
 def test_a_tracking_server_that_goes_down_mid_run_costs_a_warning_not_the_run(tmp_path):
     """The server took the run's set-up and its first epoch, then went down: MLflow retried each later
     request for about 4 minutes and the error ended the training with a traceback. Now one warning line,
@@ -172,6 +206,35 @@ def test_a_tracking_server_that_goes_down_mid_run_costs_a_warning_not_the_run(tm
         assert server.batches == 2, server.batches
     finally:
         server.close()
+
+
+def small_files_only():
+    """The kernel's file-size limit (no root needed): a checkpoint (about 500 KB) fails with EFBIG,
+    train.log and evals.csv do not."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+@pytest.mark.real_data
+def test_a_save_that_failed_and_a_resume_record_each_evaluation_once(tmp_path):
+    """Epoch 3's evaluation went to evals.csv, then its best.pt could not be written (a full disk);
+    the resume from last.pt (epoch 2) trained and evaluated epoch 3 again and appended a second
+    '3,...,test,0.448' row, while metrics.csv (rewritten from last.pt's history) had it once. Now the
+    resume drops the rows past last.pt's position first."""
+    run = tmp_path / "run"
+    args = [*TINY, "--data-path", need(MNIST_DIR), "--schedule", "constant", "--output-dir", run]
+    run_cli(*args, "--epochs", "2", check=0)
+    proc = subprocess.run([sys.executable, "-m", "convzoo", *map(str, args), "--epochs", "3", "--resume"],
+                          capture_output=True, text=True, preexec_fn=small_files_only, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert_user_error(proc, ".pt: cannot write: File too large")  # best.pt, or last.pt if no better
+    assert [row.split(",")[1] for row in (run / "evals.csv").read_text().splitlines()] == ["epoch", "1", "2", "3"]
+    run_cli(*args, "--epochs", "3", "--resume", check=0)
+    evals = [row.split(",") for row in (run / "evals.csv").read_text().splitlines()]
+    assert [row[1] for row in evals[1:]] == ["1", "2", "3"], evals  # each epoch's evaluation once
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2", "3"]
+    assert [float(row[4]) for row in evals[1:]] == [float(line.split(",")[4]) for line in metrics[1:]]
 
 
 def log_lines(folder: Path, start: str) -> list[str]:

@@ -79,34 +79,40 @@ class Snapshot:
     """What a run folder held before a run began: enough to undo that run's start (rollback)."""
 
     path: Path
-    created: Path | None  # the outermost folder the run will create (None: the folder exists)
+    created: list[Path]  # the folders the run will create, innermost (the run folder) first; [] if it exists
     names: set[str]
 
 
 def snapshot(path: Path) -> Snapshot:
     path = Path(path)
     if path.is_dir():
-        return Snapshot(path, None, {p.name for p in path.iterdir()})
-    created = path
-    while not created.parent.exists() and created.parent != created:
-        created = created.parent
+        return Snapshot(path, [], {p.name for p in path.iterdir()})
+    created = [path]
+    while not created[-1].parent.exists() and created[-1].parent != created[-1]:
+        created.append(created[-1].parent)
     return Snapshot(path, created, set())
 
 
 def rollback(before: Snapshot) -> None:
     """Leave the run folder as it was before this run's start (a logger that failed once the folder
-    was prepared): the folders this run created go, or else the entries it added (its lock included).
+    was prepared): the entries it added go (its lock included), then the folders it created, each
+    only while empty. A parent it created may have gained another run's folder meanwhile (`exp/a`
+    failing while `exp/b` trains): removing that parent whole deleted the other run.
     Only for a start that changed nothing else (prepare(clear=False), before train.log and config.yaml)."""
     unlock(before.path)
-    if before.created is not None:
-        shutil.rmtree(before.created, ignore_errors=True)
-        return
     for entry in before.path.iterdir() if before.path.is_dir() else ():
         if entry.name not in before.names:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+    for folder in before.created:  # innermost first; the first one not empty keeps itself and its parents
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
 
 
 def unlock(path: Path) -> None:
@@ -240,6 +246,38 @@ def append_eval(path: Path, point: dict) -> None:
             writer.writerow(point)
     except OSError as exc:
         raise write_error(file, exc) from None
+
+
+def trim_evals(path: Path, epoch: int, step: int) -> None:
+    """On --resume, drop evals.csv's rows past last.pt's position (`epoch` epochs done, `step` steps
+    into the next): they were appended by the interrupted process after its last checkpoint (a save
+    that failed on a full disk, a kill), and the resumed run evaluates those steps again, so each
+    appeared twice. metrics.csv needs no such care: it is rewritten from last.pt's history.
+    A row's position is (its 1-based epoch - 1, its step); the end-of-epoch evaluation (step =
+    steps per epoch) comes before the checkpoint written after it (epoch + 1, step 0). Rows that are
+    not numbers, and a file that is not the one append_eval writes, are left as they are."""
+    file = path / "evals.csv"
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (FileNotFoundError, UnicodeDecodeError, csv.Error):  # none, or not the file append_eval writes
+        return
+    except OSError as exc:  # a folder, no permission: appending to it would fail as well
+        raise DataError(f"cannot read evaluations ({exc.strerror or exc})", file) from None
+    if not lines or lines[0][1:3] != ["epoch", "step"]:  # not the file append_eval writes: left alone
+        return
+    kept = [lines[0]] + [row for row in lines[1:] if not _past(row, epoch, step)]
+    if len(kept) < len(lines):
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerows(kept)  # as csv.DictWriter wrote them
+        atomic_write_bytes(file, buf.getvalue().encode())
+
+
+def _past(row: list[str], epoch: int, step: int) -> bool:
+    try:
+        return (int(row[1]) - 1, int(row[2])) > (epoch, step)
+    except (IndexError, ValueError):
+        return False
 
 
 def read_metrics(path: Path) -> list[dict]:

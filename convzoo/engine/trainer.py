@@ -155,6 +155,8 @@ class TrainingRun:
                 rundir.clear_outputs(out)  # the old run's files go only now that the start cannot fail on a logger
             if main and not resume:
                 (out / "evals.csv").unlink(missing_ok=True)  # an overwritten run's evaluations are not this one's
+            if main and state is not None:  # the evaluations after last.pt are done again
+                rundir.trim_evals(out, state["epoch"], state["step"])
             self.show_bar = main and not quiet and not json_lines
             self.log = log = rundir.RunLog(out if main else None, json_lines=json_lines, quiet=quiet or not main)
             for text, event in notes:

@@ -74,7 +74,7 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
         for r in runs:
             r["name"] = f"{r['folder'].parent.name}/{r['folder'].name}"
     out = Path(output) if output else runs[0]["folder"] / "report.md" if len(runs) == 1 else Path("report.md")
-    curves_path = runs[0]["folder"] / "curves.png" if len(runs) == 1 else out.with_name(out.stem + "-curves.png")
+    curves_path = curves_for(out, runs)
     check_outputs(out, curves_path, out.with_suffix(".html") if html_page else None, runs)
     if out.suffix.lower() != ".md":  # markdown written as r.png or r.html opens as a broken image or page
         raise WriteError("the report is markdown: choose an --output ending in .md (--html writes the .html beside "
@@ -96,6 +96,20 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
     if html_page:
         atomic_write_bytes(out.with_suffix(".html"), to_html(text, images).encode())
     return text, out
+
+
+def curves_for(out: Path, runs: list[dict]) -> Path:
+    """Where the report's curves go: the run's own curves.png for a report written in the run folder,
+    else beside the report (r.md -> r-curves.png). A report --output elsewhere rewrote the run's
+    curves.png, and failed on a read-only run folder it had no need to write."""
+    if in_run_folder(out, runs):
+        return runs[0]["folder"] / "curves.png"
+    return out.with_name(out.stem + "-curves.png")
+
+
+def in_run_folder(out: Path, runs: list[dict]) -> bool:
+    """Is the report of one run, written in that run's folder?"""
+    return len(runs) == 1 and out.absolute().parent.resolve() == runs[0]["folder"].resolve()
 
 
 REPORT_FILES = {"report.md", "report.html", "curves.png"}  # what a report (re)writes in a run folder
@@ -122,7 +136,7 @@ def check_outputs(out: Path, curves: Path, page: Path | None, runs: list[dict]) 
             raise WriteError("exists and is a file convzoo did not write, not an earlier report: writing it would "
                              "destroy that; choose another --output", target)
     # an unmarked PNG is an older convzoo's only as the run's curves.png, or ./report-curves.png, in a run folder
-    check_plot_target(curves, "curves", default="curves.png" if len(runs) == 1 else "report-curves.png",
+    check_plot_target(curves, "curves", default=curves.name if in_run_folder(out, runs) else "report-curves.png",
                       inputs=inputs)
 
 
