@@ -154,6 +154,50 @@ def test_export_keeps_a_file_created_while_it_ran(tmp_path):
     assert target.read_bytes() == b"other export"
 
 
+# --- 4, 5. quantize: one run per folder; a failed --exist-ok run keeps the earlier set ---------------
+
+
+def quantize(out: Path, *flags, limit: bool = False) -> subprocess.CompletedProcess:
+    args = ["quantize", "--ckpt", "lenet5:mnist", "--method", "ptq", "--calib-batches", "1", "--train-limit", "64",
+            "--threads", "1", "--data-path", need(MNIST_DIR), "--output-dir", out, *flags]
+    if limit:
+        return limited_cli(*args, env={})
+    return run_cli(*args)
+
+
+@pytest.mark.real_data
+def test_quantize_refuses_a_folder_another_run_is_writing(tmp_path):
+    """Two quantize runs into one folder mixed their files and both exited 0 (one report scored the
+    other's int8 model). The lock is train's; here this process holds it, as a running quantize would."""
+    from convzoo.engine import rundir
+
+    out = tmp_path / "quant"
+    out.mkdir()
+    rundir.lock(out)
+    try:
+        proc = quantize(out)
+        assert_user_error(proc, f"{out}: another convzoo train or quantize is writing this output folder now")
+        assert [p.name for p in out.iterdir()] == [rundir.LOCK_FILE]
+    finally:
+        rundir.unlock(out)
+
+
+@pytest.mark.real_data
+def test_failed_quantize_exist_ok_keeps_the_earlier_results(tmp_path):
+    """--exist-ok deleted the earlier files before anything could fail: a failure (here a write past the
+    file-size limit, as on a full disk) or a SIGTERM left the folder empty."""
+    out = tmp_path / "quant"
+    first = quantize(out)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert {"model-fp32.onnx", "model-int8.onnx", "int8-report.json"} <= set(before)
+    proc = quantize(out, "--exist-ok", limit=True)
+    assert_user_error(proc, "cannot write: File too large")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert after == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".quantize-")] == []
+
+
 # --- 6. temps of killed cache exports are swept ----------------------------------------------------
 
 
