@@ -218,12 +218,12 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     if int8:
         from .quant.ptq import export_int8_from_checkpoint
 
-        return export_int8_from_checkpoint(path, Path(output), data_path=data_path)
+        return export_int8_from_checkpoint(path, Path(output), data_path=data_path, exist_ok=exist_ok)
     from .deploy.export import export_onnx, export_pt2
 
     if format == "pt2":
-        return export_pt2(path, output)
-    return export_onnx(path, output, opset=opset, dynamic_batch=dynamic_batch)
+        return export_pt2(path, output, exist_ok=exist_ok)
+    return export_onnx(path, output, opset=opset, dynamic_batch=dynamic_batch, exist_ok=exist_ok)
 
 
 class Model:

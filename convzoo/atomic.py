@@ -25,7 +25,7 @@ try:
 except ImportError:  # not POSIX: no locks, leftovers are removed by age alone
     fcntl = None
 
-from .errors import ConfigError, WriteError
+from .errors import ConfigError, ConvzooError, WriteError
 
 # Also matches tempfile.mkstemp's spelling, which earlier versions left behind.
 TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]{1,8})$")
@@ -107,8 +107,9 @@ def write_failure(exc: BaseException) -> OSError | None:
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix: str = ".tmp"):
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
+def atomic_path(path, suffix: str = ".tmp", *, replace: bool = True):
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`.
+    Without `replace` (no --exist-ok) it takes that name only if it is still free (publish)."""
     path = Path(path)
     # Leftovers of this target only (a user's folder may hold hidden files of any name), once per
     # target and process: a scan per write would cost O(files) each.
@@ -128,7 +129,7 @@ def atomic_path(path, suffix: str = ".tmp"):
         try:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            publish(tmp, path, replace=replace)
         except OSError as exc:
             raise write_error(path, exc) from None
     finally:
@@ -136,17 +137,87 @@ def atomic_path(path, suffix: str = ".tmp"):
         os.close(fd)  # releases the lock
 
 
+# errnos of os.link on a file system without hard links (FAT, some FUSE and network mounts)
+NO_LINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+def publish(tmp: Path, path: Path, *, replace: bool) -> None:
+    """Give the written temp file its name. Without `replace`, `path` was free when the work began
+    (check_target), but a long export leaves time for a user's file, or another convzoo's output, to
+    appear there: os.link fails on an existing name, where os.replace would destroy it. The temp name
+    is unlinked by the caller. Where hard links are not supported, the name is checked once more just
+    before the rename (a far smaller window)."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise appeared(path) from None
+    except OSError as exc:
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+    if path.exists() or path.is_symlink():
+        raise appeared(path)
+    os.replace(tmp, path)
+
+
+def appeared(path) -> ConfigError:
+    return ConfigError("appeared while it was being written; nothing was replaced (pass --exist-ok to overwrite "
+                       "it, or choose another output)", path)
+
+
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "wb"):
+def atomic_open(path, mode: str = "wb", *, replace: bool = True):
     """A file object to write `path` through, atomically (see atomic_path); closed before the rename,
     so errors the close reports (a full disk often shows only there) are WriteErrors too."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
+    with atomic_path(path, replace=replace) as tmp, open(tmp, mode) as f:
         yield f
 
 
-def atomic_write_bytes(path, payload: bytes) -> None:
-    with atomic_open(path) as f:
+def atomic_write_bytes(path, payload: bytes, *, replace: bool = True) -> None:
+    with atomic_open(path, replace=replace) as f:
         f.write(payload)
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str = "convzoo-"):
+    """A temp folder for intermediate files (onnxruntime's quantizer reads and writes paths), removed
+    at the end; a write failing there is one WriteError naming $TMPDIR (scratch_errors)."""
+    with make_scratch(prefix) as tmp, scratch_errors(tmp):
+        yield Path(tmp)
+
+
+def make_scratch(prefix: str):
+    """A tempfile.TemporaryDirectory; a $TMPDIR that cannot take one is a WriteError naming it."""
+    import tempfile
+
+    try:
+        return tempfile.TemporaryDirectory(prefix=prefix)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(tempfile.gettempdir(), exc) from None
+
+
+@contextlib.contextmanager
+def scratch_errors(folder):
+    """A failing write into the temp folder `folder` (full or read-only $TMPDIR, a file-size limit)
+    as one WriteError naming the temp folder it is in, not a traceback nor a file already removed.
+    Other errors pass unchanged (an output's own WriteError names the output)."""
+    try:
+        yield
+    except Exception as exc:
+        cause = write_failure(exc)
+        if cause is None or (isinstance(exc, ConvzooError) and not inside(exc.path, folder)):
+            raise
+        raise write_error(Path(folder).parent, cause) from None
+
+
+def inside(path, folder) -> bool:
+    folder = os.path.abspath(folder)
+    return path is not None and os.path.commonpath([os.path.abspath(path), folder]) == folder
 
 
 def create_temp(path: Path, suffix: str) -> tuple[int, Path]:

@@ -7,9 +7,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import warnings
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +20,13 @@ from ..metadata import META_KEY, deployment_metadata
 from .runtime import in_fixed_batches, ort_session, session_runner
 
 
-def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True) -> dict:
-    """Write `out_path` (.onnx); returns {'path', 'max_abs_diff'} from the onnxruntime parity check."""
+def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = True, check: bool = True,
+                ckpt: dict | None = None, exist_ok: bool = True) -> dict:
+    """Write `out_path` (.onnx); returns {'path', 'max_abs_diff'} from the onnxruntime parity check.
+    `ckpt`: the checkpoint already loaded (from the bytes the caller hashed), else `ckpt_path` is read.
+    Without `exist_ok`, a file that appears at `out_path` during the export is not replaced."""
     check_target(out_path, inputs=[ckpt_path], suffixes=(".onnx",))
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     spec = ckpt["input"]
     # A fixed batch is 1, what a graph without a batch dimension serves; 2 keeps a dynamic one symbolic.
@@ -46,7 +47,7 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
             raise CheckpointError("onnxruntime's logits for the exported model are not finite (NaN or inf) where "
                                   "PyTorch's are: its weights overflow there; nothing was written", ckpt_path)
 
-    save_onnx(onnx_model, out_path, verify=check_parity if check else None)
+    save_onnx(onnx_model, out_path, verify=check_parity if check else None, replace=exist_ok)
     return result
 
 
@@ -63,8 +64,6 @@ def result_line(result: dict) -> str:
 
 def to_onnx(model: torch.nn.Module, example: torch.Tensor, *, opset: int = 18, dynamic_batch: bool = True):
     """torch.onnx (dynamo) export to an in-memory onnx.ModelProto with the weights inside."""
-    import onnx
-
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
     # The exporter prints progress lines and warns about optional packages (torchvision) it skips.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -72,9 +71,8 @@ def to_onnx(model: torch.nn.Module, example: torch.Tensor, *, opset: int = 18, d
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["input"],
                                     output_names=["logits"], opset_version=opset, external_data=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        program.save(os.path.join(tmp, "m.onnx"), external_data=False)
-        return onnx.load(os.path.join(tmp, "m.onnx"))
+    # Serialized in memory, not saved to $TMPDIR and read back: a full temp folder gave a traceback.
+    return program.model_proto  # a fresh ModelProto, serialized from the exporter's graph
 
 
 def set_metadata(onnx_model, meta: dict) -> None:
@@ -83,16 +81,17 @@ def set_metadata(onnx_model, meta: dict) -> None:
     entry.key, entry.value = META_KEY, json.dumps(meta)
 
 
-def save_onnx(onnx_model, out_path, verify=None) -> None:
+def save_onnx(onnx_model, out_path, verify=None, *, replace: bool = True) -> None:
     """Check the graph, then write it atomically as a single file; `verify(temp_path)` may refuse the
-    written file (by raising) before it replaces `out_path`."""
+    written file (by raising) before it replaces `out_path` (without `replace`, before it takes that
+    name, which must still be free: atomic_path)."""
     import onnx
 
     for node in onnx_model.graph.node:  # the exporter's per-node notes (stack traces with local paths, module
         del node.metadata_props[:]      # names): no use to a runtime, and 6 KiB of LeNet-5's 78 KiB int8 file
     onnx.checker.check_model(onnx_model, full_check=True)
     make_folder(Path(out_path).parent)
-    with atomic_path(out_path, ".onnx") as tmp:
+    with atomic_path(out_path, ".onnx", replace=replace) as tmp:
         onnx.save(onnx_model, str(tmp))
         if verify is not None:
             verify(tmp)
@@ -117,7 +116,7 @@ def parity(model: torch.nn.Module, onnx_path, input_shape, samples: torch.Tensor
     return float(np.abs(expected - got).max())
 
 
-def export_pt2(ckpt_path, out_path) -> dict:
+def export_pt2(ckpt_path, out_path, *, exist_ok: bool = True) -> dict:
     """torch.export archive (.pt2): the graph with weights, loadable with torch.export.load."""
     check_target(out_path, inputs=[ckpt_path], suffixes=(".pt2",))
     ckpt = load_checkpoint(ckpt_path)
@@ -130,5 +129,5 @@ def export_pt2(ckpt_path, out_path) -> dict:
     # Saved to memory first: torch.export.save on a full disk aborts the interpreter at exit.
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={"convzoo.json": json.dumps(deployment_metadata(ckpt))})
-    atomic_write_bytes(out_path, buffer.getvalue())
+    atomic_write_bytes(out_path, buffer.getvalue(), replace=exist_ok)
     return {"path": str(out_path)}

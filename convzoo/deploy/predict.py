@@ -361,28 +361,65 @@ def cached_onnx(checkpoint: Path):
     sha256 beside it (`.onnx.sha256`): an entry whose bytes no longer match (damaged, cut short,
     replaced) is exported again, never run. Where the cache is not writable, the export goes to a
     TemporaryDirectory that is removed with the Predictor holding it."""
-    import tempfile
+    data = read_model_bytes(checkpoint)
+    cached = cache_entry(data)
+    if export_intact(cached):
+        return cached, None
+    return export_to_cache(checkpoint, data, cached)
 
-    from ..cache import cache_root
 
+def read_model_bytes(checkpoint: Path) -> bytes:
+    """The checkpoint's bytes, read once: what is hashed is what is exported (export_to_cache)."""
     if not checkpoint.is_file():
         from ..engine.checkpoint import load_checkpoint
 
         load_checkpoint(checkpoint)  # the one-line error for a missing or unusable path
-    cached = cache_root() / "onnx" / f"{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}.onnx"
-    if export_intact(cached):
-        return cached, None
+    try:
+        return checkpoint.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read ({exc.strerror or exc})", checkpoint) from None
+
+
+def cache_entry(data: bytes) -> Path:
+    from ..cache import cache_root
+
+    return cache_root() / "onnx" / f"{hashlib.sha256(data).hexdigest()}.onnx"
+
+
+def export_to_cache(checkpoint: Path, data: bytes, cached: Path):
+    """Export the checkpoint's bytes `data` (not the file, which training may have replaced since they
+    were hashed: the entry would hold another model under their name) to `cached`, or where the cache
+    cannot be written, to a scratch folder; (ONNX path, scratch folder or None) as cached_onnx."""
+    from ..atomic import remove_stale_temps
+    from ..engine.checkpoint import load_checkpoint
     from .export import export_onnx  # torch: only on the first prediction from this file
 
+    ckpt = load_checkpoint(checkpoint, data=data)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(checkpoint, cached)
+        # Temps of any entry whose export was killed (atomic_path sweeps only its own target's).
+        remove_stale_temps(cached.parent)
+        export_onnx(checkpoint, cached, ckpt=ckpt)
         atomic_write_bytes(digest_path(cached), hashlib.sha256(cached.read_bytes()).hexdigest().encode())
         return cached, None
     except (OSError, WriteError):
-        scratch = tempfile.TemporaryDirectory(prefix="convzoo-onnx-")
-        export_onnx(checkpoint, Path(scratch.name) / "model.onnx")
-        return Path(scratch.name) / "model.onnx", scratch
+        return export_to_scratch(checkpoint, ckpt)
+
+
+def export_to_scratch(checkpoint: Path, ckpt: dict):
+    """The export in a temp folder kept until the Predictor goes; a $TMPDIR that cannot take it is
+    one WriteError naming it (atomic.scratch_errors)."""
+    from ..atomic import make_scratch, scratch_errors
+    from .export import export_onnx
+
+    scratch = make_scratch("convzoo-onnx-")
+    try:
+        with scratch_errors(scratch.name):
+            export_onnx(checkpoint, Path(scratch.name) / "model.onnx", ckpt=ckpt)
+    except BaseException:
+        scratch.cleanup()
+        raise
+    return Path(scratch.name) / "model.onnx", scratch
 
 
 def digest_path(onnx_path: Path) -> Path:

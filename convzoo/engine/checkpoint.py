@@ -7,6 +7,8 @@ that needs arbitrary unpickling is refused, never executed.
 from __future__ import annotations
 
 import fnmatch
+import io
+import json
 import math
 import pickle
 import warnings
@@ -27,20 +29,36 @@ VERSION = 1
 REQUIRED = ("model", "num_classes", "class_names", "input", "state_dict")
 
 
-def save_checkpoint(path, payload: dict) -> None:
-    """torch.save to a temp file beside `path`, fsync, rename: a crash never leaves half a file."""
+def save_checkpoint(path, payload: dict, *, replace: bool = True) -> None:
+    """torch.save to a temp file beside `path`, fsync, rename: a crash never leaves half a file.
+    Without `replace`, a file that appeared at `path` meanwhile is kept (atomic.publish)."""
     # Through a file object: torch.save to a path reports a full disk as a bare RuntimeError.
-    with atomic_open(path) as f:
+    with atomic_open(path, replace=replace) as f:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", *, data: bytes | None = None) -> dict:
     """Load and validate a model: a convzoo checkpoint (.pt), a shipped .safetensors file, or a
-    shipped pretrained name such as lenet5:mnist. Every failure is one CheckpointError line."""
-    path = model_file(path)
-    if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):  # also one named .pt
-        return load_safetensors(path)
-    return check_checkpoint(read_torch_file(path, map_location), path)
+    shipped pretrained name such as lenet5:mnist. Every failure is one CheckpointError line.
+    `data`: the file's bytes, read by the caller; they are checked and loaded instead of reading `path`
+    again (the ONNX cache exports exactly the bytes it hashed: training may replace best.pt meanwhile)."""
+    path = model_file(path) if data is None else Path(path)
+    if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path, data):  # also one named .pt
+        return load_safetensors(path, data=data)
+    return check_checkpoint(read_torch_file(path, map_location, data), path)
+
+
+def file_head(path: Path, data: bytes | None, size: int) -> bytes:
+    """The first `size` bytes of the file, or of its bytes already read; OSError if it cannot be read."""
+    if data is not None:
+        return data[:size]
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def source(path: Path, data: bytes | None):
+    """What torch.load and zipfile read: the path, or the bytes already read."""
+    return path if data is None else io.BytesIO(data)
 
 
 def model_file(path) -> Path:
@@ -57,20 +75,20 @@ def model_file(path) -> Path:
     return path
 
 
-def read_torch_file(path: Path, map_location="cpu"):
-    """torch.load(weights_only=True) of a torch zip or pickle file; anything else, or a file that
-    needs arbitrary unpickling, is one CheckpointError line."""
+def read_torch_file(path: Path, map_location="cpu", data: bytes | None = None):
+    """torch.load(weights_only=True) of a torch zip or pickle file (or of its bytes, `data`); anything
+    else, or a file that needs arbitrary unpickling, is one CheckpointError line."""
     if is_onnx(path):  # torch would call its protobuf bytes an unsafe pickle
         raise CheckpointError("an ONNX file, not a checkpoint: eval, predict and serve take it with --model", path)
     if path.suffix.lower() == ".pt2":  # torch.export's archive: torch.load calls it corrupt
         raise CheckpointError("a torch.export archive (.pt2), which convzoo writes but does not run; pass the "
                               "checkpoint (.pt, .safetensors, NAME:DATASET) or its exported .onnx", path)
-    check_torch_signature(path)
-    check_torch_zip(path)
+    check_torch_signature(path, data)
+    check_torch_zip(path, data)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(source(path, data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's text is a paragraph about weights_only; what it refused follows "WeightsUnpickler error:".
         found = str(exc).partition("WeightsUnpickler error:")[2].strip()
@@ -90,16 +108,16 @@ MAX_EXPANSION = 8
 SLACK_BYTES = 1 << 20  # small records (data.pkl, version) may compress well
 
 
-def check_torch_zip(path: Path) -> None:
+def check_torch_zip(path: Path, data: bytes | None = None) -> None:
     """The zip directory of a torch file, read before torch.load allocates what it declares: a
     TorchScript archive is named as one, and a file declaring more than MAX_EXPANSION times its size
     (plus SLACK_BYTES) is refused, and so is one whose entries do not match their CRC-32 checksums (torch.load
     does not check them: bytes overwritten inside a weight loaded as a 2.9e26 weight, and the run "diverged").
     A legacy pickle file, or a zip too damaged to list, is left to torch.load."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(source(path, data)) as archive:
             entries = archive.infolist()
-            check_declared_sizes(entries, path)
+            check_declared_sizes(entries, path, len(data) if data is not None else path.stat().st_size)
             damaged = archive.testzip()  # reads every entry once (~0.1 s per 100 MB); the OS caches it for torch
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, OverflowError, zlib.error):
         return
@@ -108,14 +126,14 @@ def check_torch_zip(path: Path) -> None:
                               "checksum (a damaged copy or disk); use another copy", path)
 
 
-def check_declared_sizes(entries: list[zipfile.ZipInfo], path: Path) -> None:
+def check_declared_sizes(entries: list[zipfile.ZipInfo], path: Path, size: int) -> None:
     """A TorchScript archive named as one; a zip declaring far more than its size (a bomb) refused."""
     names = {e.filename.partition("/")[2] for e in entries}
     if "constants.pkl" in names or any(n.startswith("code/") for n in names):
         raise CheckpointError("a TorchScript archive (torch.jit.save), which convzoo does not run; save the model's "
                               "weights instead (torch.save(model.state_dict(), 'weights.pt')) and start from them "
                               "with train --restore, or export the model to ONNX", path)
-    declared, size = sum(e.file_size for e in entries), path.stat().st_size
+    declared = sum(e.file_size for e in entries)
     if declared > MAX_EXPANSION * size + SLACK_BYTES:
         biggest = max(entries, key=lambda e: e.file_size)
         raise CheckpointError(f"its zip entries declare {declared:,} bytes in a {size:,}-byte file ({biggest.filename!r}: "
@@ -137,12 +155,11 @@ def torch_signature(head: bytes) -> bool:
     return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
-def check_torch_signature(path: Path) -> None:
+def check_torch_signature(path: Path, data: bytes | None = None) -> None:
     """A torch checkpoint is a zip or, in the legacy format, a pickle (torch_signature):
     anything else is named here, before torch.load calls a PNG an unsafe pickle."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
+        head = file_head(path, data, 16)
     except OSError:
         return  # torch.load reports it
     if torch_signature(head):
@@ -228,46 +245,61 @@ def is_state_dict(value) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
-def looks_like_safetensors(path: Path) -> bool:
+def looks_like_safetensors(path: Path, data: bytes | None = None) -> bool:
     """safetensors' layout: an 8-byte little-endian header size, then the JSON header's '{'
     (a torch checkpoint starts with a zip's 'PK' or a pickle's 0x80)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(9)
+        head = file_head(path, data, 9)
     except OSError:
         return False  # torch.load below reports it
     return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100 << 20
 
 
-def load_safetensors(path: Path, *, need_meta: bool = True) -> dict:
-    """A checkpoint-like dict (model, classes, input spec, state_dict) from a convzoo .safetensors file;
-    without `need_meta`, a file with no description gives just its state_dict."""
+def load_safetensors(path: Path, *, need_meta: bool = True, data: bytes | None = None) -> dict:
+    """A checkpoint-like dict (model, classes, input spec, state_dict) from a convzoo .safetensors file
+    (or its bytes, `data`); without `need_meta`, a file with no description gives just its state_dict."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load, load_file
 
-    check_not_torch_file(path)
+    check_not_torch_file(path, data)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = safetensors_metadata(path, data)
     except (SafetensorError, OSError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"not a safetensors file ({first_line(exc)})", path) from None
     if META_KEY not in meta and need_meta:
         raise CheckpointError(f"not a convzoo safetensors file (no {META_KEY!r} metadata entry)", path)
     info = parse_json_meta(meta[META_KEY], path) if META_KEY in meta else {}  # checked before a tensor is read
     try:
-        state = load_file(str(path))
+        state = load_file(str(path)) if data is None else load(data)
     except (SafetensorError, OSError, ValueError, MemoryError) as exc:
         raise CheckpointError(f"corrupt safetensors file ({first_line(exc)})", path) from None
     check_state_dict(state, path)
     return {**info, "state_dict": state}
 
 
-def check_not_torch_file(path: Path) -> None:
+def safetensors_metadata(path: Path, data: bytes | None) -> dict:
+    """The header's __metadata__ (string to string), read without loading a tensor. For bytes already
+    read, parsed here: safetensors opens only files for that. ValueError for a malformed header."""
+    from safetensors.torch import safe_open
+
+    if data is None:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 + size:
+        raise ValueError("header larger than the file")
+    header = json.loads(data[8:8 + size])
+    meta = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError("__metadata__ must map strings to strings")
+    return meta
+
+
+def check_not_torch_file(path: Path, data: bytes | None = None) -> None:
     """A PyTorch checkpoint given a .safetensors name: safetensors reads its zip signature as a header
     size ("header too large"); say what it is instead."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        head = file_head(path, data, 4)
     except OSError:
         return  # safetensors reports it
     if torch_signature(head):

@@ -44,7 +44,7 @@ def convert(weights, *, model: str, dataset: str, output, exist_ok: bool = False
     # The model's own tensors: float32, contiguous, without storage shared with tensors left out.
     ckpt["state_dict"] = net.state_dict()
     make_folder(out.parent)
-    save_checkpoint(out, {**ckpt, "converted_from": str(weights)})
+    save_checkpoint(out, {**ckpt, "converted_from": str(weights)}, replace=exist_ok)
     return {"output": str(out), "source": str(weights), "model": info.name, "dataset": data_spec.name,
             "num_classes": ckpt["num_classes"], "tensors": len(ckpt["state_dict"])}
 

@@ -125,9 +125,10 @@ LOCK_FILE = ".convzoo-train.lock"
 _locks: dict[Path, int] = {}  # run folder -> the descriptor holding its lock, until this process exits
 
 
-def lock(path: Path) -> None:
+def lock(path: Path, what: str = "train") -> None:
     """One training at a time per run folder: two `train --exist-ok` into one folder at once both
-    wrote its files (train.log held both runs' lines). An flock, released when the process ends
+    wrote its files (train.log held both runs' lines); quantize takes the same lock on its output
+    folder (`what` names the writers in the refusal). An flock, released when the process ends
     however it ends; a second train in the same process (the Python API) reuses it."""
     try:
         import fcntl
@@ -144,12 +145,12 @@ def lock(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise busy(path) from None
+        raise busy(path, what) from None
     _locks[key] = fd
 
 
-def busy(path: Path) -> ConfigError:
-    return ConfigError("another convzoo train is writing this output folder now; wait for it to end or "
+def busy(path: Path, what: str = "train") -> ConfigError:
+    return ConfigError(f"another convzoo {what} is writing this output folder now; wait for it to end or "
                        "choose another --output-dir", path)
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
+import shutil
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_bytes, check_target, make_folder, remove_outputs
+from ..atomic import atomic_write_bytes, check_target, make_folder, publish, remove_outputs, write_error
 from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
 from ..metadata import deployment_metadata
+from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..errors import ConfigError, WriteError
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
@@ -21,6 +25,8 @@ from .report import compare, format_table, onnx_accuracy
 # What a quantize run writes into its folder.
 OUTPUTS = ("model-fp32.onnx", "model-int8.onnx", "model-int8-ptq.onnx", "qat.pt", "qat-fp32.onnx", "int8-report.md",
            "int8-report.json")  # int8-: `convzoo report` writes report.md into a run folder
+STAGE_PREFIX = ".quantize-"  # the hidden folder in the output folder a run writes its files into first
+WRITERS = "train or quantize"  # what holds the output folder's lock (engine/rundir.py's, shared with train)
 
 
 def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float = 0.001, calib_batches: int = 32,
@@ -35,6 +41,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     check_quantizable(ckpt["model"], ckpt_path)
     torch.set_num_threads(threads)
     make_folder(out)
+    take_folder(out)
     spec = InputSpec.from_dict(ckpt["input"])
     train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
     if train_limit:
@@ -44,8 +51,20 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     from ..data.tensors import to_model_input
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
-    remove_outputs(out, OUTPUTS)  # --exist-ok (else there are none): old files never sit beside new ones
-    export_onnx(ckpt_path, out / "model-fp32.onnx")
+    with staged(out, exist_ok=exist_ok) as stage:
+        result = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method,
+                                       epochs=epochs, lr=lr, calib_batches=calib_batches, threads=threads,
+                                       runtime=runtime, log=log)
+    log(format_table(result))
+    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
+    return result
+
+
+def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, method, epochs, lr, calib_batches,
+                  threads, runtime, log):
+    """Write every output of the run into the folder `out` (the staging folder); returns the report's dict."""
+    spec = InputSpec.from_dict(ckpt["input"])
+    export_onnx(ckpt_path, out / "model-fp32.onnx", ckpt=ckpt)
     calib = calibration_batches(train, spec, calib_batches)
     # PTQ of the same fp32 checkpoint is cheap: --method qat builds it too, for the side-by-side accuracy.
     ptq_name = "model-int8.onnx" if method == "ptq" else "model-int8-ptq.onnx"
@@ -71,9 +90,48 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
               f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, {scheme}).\n\n{table}\n")
     atomic_write_bytes(out / "int8-report.md", report.encode())
     atomic_write_bytes(out / "int8-report.json", json.dumps(result, indent=1).encode())
-    log(table)
-    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
     return result
+
+
+def take_folder(out: Path) -> None:
+    """One quantize (or train) at a time writes the folder: two quantize runs into one folder mixed
+    their files and both reported success (the second's report scored the first's int8 model). The
+    lock is train's (rundir.lock), held until the process ends. Holding it, any staging folder left
+    there is a killed run's, and goes."""
+    rundir.lock(out, WRITERS)
+    for leftover in out.glob(STAGE_PREFIX + "*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(out: Path, *, exist_ok: bool):
+    """A hidden folder in `out` to write the run's files into; when the run succeeds they replace the
+    earlier run's (--exist-ok), and the earlier files this run does not write go. A run that fails or is
+    stopped leaves the earlier set as it was (they used to be deleted before the first new file)."""
+    stage = out / f"{STAGE_PREFIX}{secrets.token_hex(4)}"
+    try:
+        stage.mkdir()
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    try:
+        yield stage
+        move_outputs(stage, out, exist_ok=exist_ok)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_outputs(stage: Path, out: Path, *, exist_ok: bool) -> None:
+    """The staged files onto their names in `out` (renames in one folder: no copy can fail half-way);
+    without `exist_ok`, a file that appeared there during the run is kept and the run refused."""
+    written = [name for name in OUTPUTS if (stage / name).exists()]
+    for name in written:
+        try:
+            publish(stage / name, out / name, replace=exist_ok)
+        except OSError as exc:
+            raise write_error(out / name, exc) from None
+    if exist_ok:  # the earlier run's files of another method (without it, none were there at the start)
+        remove_outputs(out, [name for name in OUTPUTS if name not in written])
 
 
 def output_folder(ckpt_path, method: str, output_dir=None) -> Path:
@@ -86,6 +144,8 @@ def check_output_dir(out: Path, ckpt_path, *, exist_ok: bool) -> Path:
     replaced them without a word, and one stopped half-way left an fp32/int8 pair of two checkpoints)."""
     if out.exists() and not out.is_dir():
         raise WriteError("--output-dir is a file", out)
+    if rundir.is_locked(out):  # first: a run still writing the folder explains whatever else it holds
+        raise rundir.busy(out, WRITERS)
     for name in OUTPUTS:  # `--ckpt qat.pt --output-dir .` would replace the checkpoint it fine-tunes
         check_target(out / name, inputs=[ckpt_path])
     taken = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]

@@ -7,7 +7,6 @@ TensorQuantOverrides."""
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ class BatchReader:
 
 
 def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dict,
-                  learned: list[dict] | None = None, **variant) -> Path:
+                  learned: list[dict] | None = None, *, replace: bool = True, **variant) -> Path:
     """Write `int8_path` from the float graph at `fp32_path`; BatchNorm is folded by the pre-processing.
     With `learned` (QAT qparams) every QDQ pair QAT had carries its learned scale and zero-point, and the
     logits stay float as in QAT; the calibration then only feeds onnxruntime's required pass.
@@ -42,9 +41,10 @@ def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dic
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    from ..atomic import scratch_folder
     from ..deploy.export import save_onnx, set_metadata
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder() as tmp:
         prepared, quantized = Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         quant_pre_process(str(fp32_path), str(prepared))
         options = {"WeightSymmetric": True, "ActivationSymmetric": False}
@@ -64,7 +64,7 @@ def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dic
               else {"scales": "MinMax", "calibration_batches": len(calibration)})
     set_metadata(model, {**meta, "int8": {"weights": "int8 per-channel symmetric", "activations": "uint8",
                                           "format": "QDQ", **scales, **{k: str(v) for k, v in variant.items()}}})
-    save_onnx(model, int8_path)
+    save_onnx(model, int8_path, replace=replace)
     return Path(int8_path)
 
 
@@ -210,10 +210,12 @@ def checked_learned(quantization, path) -> list[dict] | None:
     return learned
 
 
-def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32) -> dict:
+def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_batches: int = 32,
+                                exist_ok: bool = True) -> dict:
     """A float checkpoint straight to an int8 ONNX file: post-training quantization, or for a QAT checkpoint
-    (quantize's qat.pt) the qparams its observers learned."""
-    from ..atomic import check_target
+    (quantize's qat.pt) the qparams its observers learned. Without `exist_ok`, a file that appears at
+    `out_path` meanwhile is kept."""
+    from ..atomic import check_target, scratch_folder
     from ..data.tensors import InputSpec, load_model_data
     from ..deploy.export import export_onnx
     from ..metadata import deployment_metadata
@@ -225,11 +227,11 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
     train, _ = load_model_data(ckpt, ckpt_path, data_path=data_path)
     calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
     learned = checked_learned(ckpt.get("quantization"), ckpt_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp, "fp32.onnx")
-        export_onnx(ckpt_path, fp32)
+    with scratch_folder() as tmp:
+        fp32 = tmp / "fp32.onnx"
+        export_onnx(ckpt_path, fp32, ckpt=ckpt)
         try:
-            quantize_onnx(fp32, out_path, calib, deployment_metadata(ckpt), learned=learned)
+            quantize_onnx(fp32, out_path, calib, deployment_metadata(ckpt), learned=learned, replace=exist_ok)
         except RuntimeError as exc:  # the file's qparams do not fit its own model's graph
             raise CheckpointError(f"its QAT qparams do not fit the model: {first_line(exc)}", ckpt_path) from None
     return {"path": str(out_path), "calibration_batches": calib_batches, "scales": "QAT" if learned else "MinMax"}
