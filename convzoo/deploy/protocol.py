@@ -38,6 +38,7 @@ import os
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ..errors import ConfigError
+from .heap import trim_heap
 
 MAX_HEAD_BYTES = 64 << 10
 
@@ -108,8 +109,6 @@ def _trim_soon(loop) -> None:
 def _trim() -> None:
     global _trim_pending
     _trim_pending = False
-    from .server import trim_heap  # lazily: server.py imports this module
-
     trim_heap()
 
 

@@ -43,6 +43,7 @@ from starlette.requests import ClientDisconnect
 
 from ..data.images import is_container
 from ..errors import ConfigError
+from .heap import trim_heap
 from .predict import MAX_TOPK, Predictor
 from .preprocess import ImageError, ImageTooLarge, NotAnImage, decode_image, open_image, to_array
 
@@ -277,18 +278,6 @@ class BodyBudget:
 
 
 TRIM_AFTER = 16 << 20  # bytes of bodies held at once after which, once none are, the heap is trimmed
-
-
-def trim_heap() -> None:
-    """Freed heap memory given back to the OS (glibc's malloc_trim; elsewhere nothing). Bodies arrive in
-    pieces (up to 256 KiB per socket read, 5 MB buffers) between other allocations; freed, they leave holes
-    that glibc keeps: 300 half-sent uploads left RSS 34-64 MB above its start after they ended, 2 MB trimmed."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
-        pass
 
 
 class UploadGate:
