@@ -13,3 +13,20 @@ def trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
         pass
+
+
+_trim_pending = False
+
+
+def trim_heap_soon(loop) -> None:
+    """trim_heap a second from now, once however many callers ask meanwhile (many connections going at once)."""
+    global _trim_pending
+    if not _trim_pending:
+        _trim_pending = True
+        loop.call_later(1.0, _trim)
+
+
+def _trim() -> None:
+    global _trim_pending
+    _trim_pending = False
+    trim_heap()

@@ -38,7 +38,7 @@ import os
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ..errors import ConfigError
-from .heap import trim_heap
+from .heap import trim_heap_soon
 
 MAX_HEAD_BYTES = 64 << 10
 
@@ -94,24 +94,6 @@ class _Lingering:
         self._protocol._linger()
 
 
-_trim_pending = False
-
-
-def _trim_soon(loop) -> None:
-    """The heap trimmed a second after a connection that queued many responses goes (debounced): the
-    pipelined cycles and unsent responses freed leave holes glibc keeps (RSS stayed +500 MB)."""
-    global _trim_pending
-    if not _trim_pending:
-        _trim_pending = True
-        loop.call_later(1.0, _trim)
-
-
-def _trim() -> None:
-    global _trim_pending
-    _trim_pending = False
-    trim_heap()
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Per connection: _head_bytes counts the head being received (None while a body is), _head_started
     # is when it began (None while waiting for the next request), _received counts every byte (the
@@ -143,7 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.message_event.set()
         super().connection_lost(exc)
         if self._heavy:
-            _trim_soon(self.loop)
+            trim_heap_soon(self.loop)  # its cycles and unsent responses left holes glibc keeps (+500 MB)
 
     def pause_writing(self) -> None:
         """The client is not reading what it asked for: it has WRITE_TIMEOUT to start again."""

@@ -13,10 +13,10 @@ import torch
 from ..atomic import atomic_write_bytes, check_target, make_folder, publish, remove_outputs, write_error
 from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
-from ..metadata import deployment_metadata
 from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..errors import ConfigError, WriteError
+from ..metadata import deployment_metadata
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
 from .qat import WEIGHT_RANGE, qat_finetune
 from .report import compare, format_table, onnx_accuracy
@@ -52,9 +52,8 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
     with staged(out, exist_ok=exist_ok) as stage:
-        result = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method,
-                                       epochs=epochs, lr=lr, calib_batches=calib_batches, threads=threads,
-                                       runtime=runtime, log=log)
+        result = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method, epochs=epochs,
+                               lr=lr, calib_batches=calib_batches, threads=threads, runtime=runtime, log=log)
     log(format_table(result))
     log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
     return result
