@@ -46,8 +46,7 @@ def main(argv=None) -> int:
         return 2
     except ConvzooError as exc:
         if TERMINATED.is_set():  # an error the SIGTERM caused (see TERMINATED)
-            print("convzoo: terminated", file=sys.stderr)
-            return 143
+            return stopped_by(signal.SIGTERM)
         print(f"convzoo: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
@@ -58,9 +57,7 @@ def main(argv=None) -> int:
               "install them with: pip install 'convzoo[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Terminated (a SIGTERM; train saved last.pt for it) carries signum 15
-        signum = int(getattr(exc, "signum", 2))
-        print(f"convzoo: {'terminated' if signum == 15 else 'interrupted'}", file=sys.stderr)
-        return 128 + signum
+        return stopped_by(int(getattr(exc, "signum", signal.SIGINT)))
     except BrokenPipeError:
         # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
         silence_stdout()
@@ -68,8 +65,7 @@ def main(argv=None) -> int:
     except Exception:
         if not TERMINATED.is_set():
             raise
-        print("convzoo: terminated", file=sys.stderr)  # the ImportError a SIGTERM mid-import became
-        return 143
+        return stopped_by(signal.SIGTERM)  # the ImportError a SIGTERM mid-import became
     finally:
         sys.stdout = stdout
         try:  # what an error path printed: flushed now, or a full disk is Python's own error at exit (code 120)
@@ -79,6 +75,12 @@ def main(argv=None) -> int:
             silence_stdout()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_by(signum: int) -> int:
+    """Ctrl-C or a SIGTERM ended the command: one line saying which, and the shell's exit code for it."""
+    print(f"convzoo: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+    return 128 + signum
 
 
 class OutputError(WriteError):

@@ -11,6 +11,7 @@ from .errors import ConfigError, closest, first_line, shown, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
+AUGMENT_CHOICES = ("none", "shift", "flip", "shift-flip", "altflip", "shift-altflip")  # data/tensors.py: to_model_input
 TTA_CHOICES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)
 
 
@@ -69,8 +70,9 @@ class TrainConfig:
     step_size: int = opt(10, "epochs between decays (step schedule)", "--lr-step-size")
     gamma: float = opt(0.1, "decay factor (step schedule)", "--lr-gamma")
     label_smoothing: float = opt(0.0, "label smoothing")
-    augment: str = opt("none", "random shifts (pad + crop) and/or horizontal flips",
-                       choices=("none", "shift", "flip", "shift-flip"))
+    augment: str = opt("none", "random shifts (pad + crop) and/or horizontal flips; altflip: airbench's alternating "
+                               "flips (each image mirrored in every other epoch, from a seeded first choice)",
+                       choices=AUGMENT_CHOICES)
     shift_pad: int = opt(4, "largest random shift in pixels for --augment shift")
     tta: str = opt("none", "test-time augmentation at evaluation: average the logits of the image and its mirror "
                            "(flip), of 1-px shifts (shift: for digits, which have no mirror images), or both "

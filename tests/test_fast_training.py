@@ -71,6 +71,35 @@ def test_tta_through_evaluate_on_real_images():
     assert not torch.equal(on[0].confusion, evaluate(model, split, spec).confusion)
 
 
+def test_alternating_flips_show_every_image_both_ways_in_each_pair_of_epochs():
+    from convzoo.data.tensors import Split, alternating_flips
+    from convzoo.engine.trainer import epoch_batches
+
+    index = torch.arange(50_000)
+    first = alternating_flips(index, 0, 0)
+    assert 0.49 < first.float().mean() < 0.51  # half the images mirrored, by a hash of their position
+    for epoch in range(1, 4):  # then exactly the other half, and back
+        assert torch.equal(alternating_flips(index, 0, epoch), first ^ bool(epoch % 2))
+    assert torch.equal(alternating_flips(index.flip(0), 0, 0), first.flip(0))  # per sample, whatever the order
+    assert (alternating_flips(index, 1, 0) != first).float().mean() > 0.4  # another seed, another choice
+    # The trainer's batches carry the positions the flips are keyed by.
+    images = torch.randint(0, 256, (200, 3, 8, 8), dtype=torch.uint8)
+    split = Split(images, torch.arange(200) % 10, tuple(str(i) for i in range(10)))
+    cfg = TrainConfig(batch_size=32)
+    seen = []
+    for _, batch, labels, where in epoch_batches(split, cfg, 1, 0, 6):
+        assert torch.equal(batch, images[where]) and torch.equal(labels, where % 10)
+        seen.append(where)
+    assert len(torch.cat(seen).unique()) == 6 * 32
+    # to_model_input mirrors exactly the given images, with the same shifts as random flips draw.
+    spec = InputSpec(3, 8, "none", (0.5,) * 3, (0.5,) * 3)
+    flips = torch.tensor([True, False] * 16)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    given = to_model_input(images[:32], spec, augment="shift-altflip", generator=gen(), shift_pad=2, flips=flips)
+    shifted = to_model_input(images[:32], spec, augment="shift", generator=gen(), shift_pad=2)
+    assert torch.equal(given, torch.where(flips.view(-1, 1, 1, 1), shifted.flip(-1), shifted))
+
+
 @pytest.mark.real_data
 def test_whitening_init_whitens_real_cifar_patches():
     """After init_from_data, the first conv's outputs on the same images are decorrelated, with unit

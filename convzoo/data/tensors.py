@@ -166,8 +166,9 @@ def split_validation(train: Split, fraction: float) -> tuple[Split, Split | None
 
 
 def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, start_step: int = 0,
-            drop_last: bool = False, rank: int = 0, world_size: int = 1):
-    """Yield (step, uint8 images, labels) for one epoch.
+            drop_last: bool = False, rank: int = 0, world_size: int = 1, with_index: bool = False):
+    """Yield (step, uint8 images, labels) for one epoch; with_index: (step, images, labels, the
+    samples' positions in `split`).
 
     With world_size > 1 each global batch of `batch_size` is cut into equal, disjoint rank shards,
     so N ranks together see exactly the batches one process would.
@@ -184,7 +185,7 @@ def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoc
         index = order[step * batch_size : (step + 1) * batch_size]
         if world_size > 1:
             index = index[rank * per_rank : (rank + 1) * per_rank]
-        yield step, split.images[index], split.labels[index]
+        yield (step, split.images[index], split.labels[index]) + ((index,) if with_index else ())
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
@@ -192,19 +193,21 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def to_model_input(images: torch.Tensor, spec: InputSpec, *, augment: str = "none", generator=None,
-                   shard: tuple[int, int] = (0, 1), shift_pad: int = 4) -> torch.Tensor:
+                   shard: tuple[int, int] = (0, 1), shift_pad: int = 4,
+                   flips: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (B, C, H, W) -> normalised float (B, C, size, size), optionally augmented.
 
     augment: none | shift (random crop of the `shift_pad`-padded image, as MindSpore's RandomCrop)
-    | flip (a horizontal flip half the time) | shift-flip (both). Random draws are made for the
-    whole global batch and `shard` = (rank, world_size) takes this rank's slice of them, so data-
-    parallel ranks augment their samples exactly as a single process would.
+    | flip (a horizontal flip half the time) | shift-flip (both) | altflip, shift-altflip (as flip,
+    with the images to mirror given by `flips`: see alternating_flips). Random draws are made for
+    the whole global batch and `shard` = (rank, world_size) takes this rank's slice of them, so
+    data-parallel ranks augment their samples exactly as a single process would.
     """
     x = images.float().div_(255)
     x = fit(x, spec)
     if augment != "none":
-        pad = shift_pad if augment in ("shift", "shift-flip") else 0
-        x = random_shift_flip(x, flip="flip" in augment, generator=generator, shard=shard, padding=pad)
+        pad = shift_pad if augment.startswith("shift") else 0
+        x = random_shift_flip(x, flip="flip" in augment, generator=generator, shard=shard, padding=pad, flips=flips)
     mean = torch.tensor(spec.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean) / std
@@ -220,13 +223,17 @@ def fit(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=h > spec.size)
 
 
-def random_shift_flip(x: torch.Tensor, *, flip: bool, generator, shard=(0, 1), padding: int = 4) -> torch.Tensor:
+def random_shift_flip(x: torch.Tensor, *, flip: bool, generator, shard=(0, 1), padding: int = 4,
+                      flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Random shifts of up to `padding` px and, with `flip`, mirror images: random ones, or the
+    (B,) booleans `flips` (already this rank's) where given."""
     rank, world = shard
     b, c, h, w = x.shape
     total = b * world
     offsets = torch.randint(0, 2 * padding + 1, (total, 2), generator=generator, device=generator.device)
-    flips = torch.rand(total, generator=generator, device=generator.device) < 0.5
-    offsets, flips = offsets[rank * b : (rank + 1) * b].to(x.device), flips[rank * b : (rank + 1) * b].to(x.device)
+    drawn = torch.rand(total, generator=generator, device=generator.device) < 0.5  # drawn either way: same shifts
+    offsets, drawn = offsets[rank * b : (rank + 1) * b].to(x.device), drawn[rank * b : (rank + 1) * b].to(x.device)
+    flips = drawn if flips is None else flips.to(x.device)
     padded = F.pad(x, (padding,) * 4)
     rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w)
     cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
@@ -235,6 +242,16 @@ def random_shift_flip(x: torch.Tensor, *, flip: bool, generator, shard=(0, 1), p
     if flip:
         out = torch.where(flips.view(b, 1, 1, 1), out.flip(-1), out)
     return out
+
+
+def alternating_flips(index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """airbench's alternating flips: whether to mirror each sample (by its position in the training
+    set) this epoch. The first epoch's choice is a seeded hash of the position; every later epoch
+    mirrors exactly the samples the epoch before did not, so each pair of epochs shows every image
+    both ways (random flips leave a quarter of the images unmirrored, or mirrored, twice running)."""
+    h = (index.to(torch.int64) + (seed * 0x9E3779B1 & 0xFFFFFFFF)) * 0x2545F491  # a multiplicative hash: any order
+    h = h ^ (h >> 15)
+    return ((h >> 7) & 1).bool() ^ bool(epoch % 2)
 
 
 def step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator:

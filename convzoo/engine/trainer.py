@@ -22,8 +22,8 @@ from torch import nn
 from ..config import RESUME_SAME, TrainConfig, flag_name
 from ..data.catalog import DatasetSpec, FolderRule, get_spec
 from ..data.formats import inside, split_fingerprint
-from ..data.tensors import (InputSpec, Split, batches, load_dataset, select_classes, split_validation, step_generator,
-                            steps_per_epoch, to_model_input)
+from ..data.tensors import (InputSpec, Split, alternating_flips, batches, load_dataset, select_classes,
+                            split_validation, step_generator, steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, DataError, Terminated, first_line
 from ..metadata import check_model_meta
 from ..models.registry import ModelInfo, create_model, get_model_info
@@ -247,10 +247,11 @@ class TrainingRun:
         self.log.write_hook = bar.write if bar else None
         world, rank = distributed.world_size(), distributed.rank()
 
-        def model_input(images, step):
+        def model_input(images, step, index):
             gen = step_generator(cfg.seed, epoch, step, self.device) if cfg.augment != "none" else None
+            flips = alternating_flips(index, cfg.seed, epoch) if "altflip" in cfg.augment else None
             x = to_model_input(images, self.spec, augment=cfg.augment, generator=gen, shard=(rank, world),
-                               shift_pad=cfg.shift_pad)
+                               shift_pad=cfg.shift_pad, flips=flips)
             return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
         def after_step(step, loss):
@@ -412,9 +413,9 @@ class TrainingRun:
 def train_one_epoch(model, batches, model_input, optimizer, scaler, criterion, meter: "EpochMeter", *, amp_dtype,
                     lr_at_step, after_step) -> None:
     """The optimisation: for each batch, set the learning rate, forward, loss, backward, step."""
-    for step, images, labels in batches:
+    for step, images, labels, index in batches:
         meter.lr = set_lr(optimizer, lr_at_step(step))
-        x = model_input(images, step)
+        x = model_input(images, step, index)
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
             loss = criterion(logits.float(), labels)
@@ -513,19 +514,20 @@ class TargetReached(Exception):
 
 
 def epoch_batches(split: Split, cfg: TrainConfig, epoch: int, first: int, spe: int):
-    """`spe` training batches for `epoch`, starting at step `first`; when a preset asks for more
-    steps than one pass gives (Ascend TF's 1000 steps), further seeded passes follow."""
+    """`spe` training batches (step, images, labels, sample positions) for `epoch`, starting at step
+    `first`; when a preset asks for more steps than one pass gives (Ascend TF's 1000 steps), further
+    seeded passes follow."""
     world, rank = distributed.world_size(), distributed.rank()
     natural = steps_per_epoch(len(split), cfg.batch_size, drop_last=True)
     step = first
     while step < spe:
         sub, offset = divmod(step, natural)
-        for s, images, labels in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + 7919 * sub,
-                                         epoch=epoch, start_step=offset, drop_last=True, rank=rank,
-                                         world_size=world):
+        for s, images, labels, index in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + 7919 * sub,
+                                                epoch=epoch, start_step=offset, drop_last=True, rank=rank,
+                                                world_size=world, with_index=True):
             if sub * natural + s >= spe:
                 return
-            yield sub * natural + s, images, labels
+            yield sub * natural + s, images, labels, index
         step = (sub + 1) * natural
 
 

@@ -52,19 +52,20 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
     with staged(out, exist_ok=exist_ok) as stage:
-        result = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method, epochs=epochs,
-                               lr=lr, calib_batches=calib_batches, threads=threads, runtime=runtime, log=log)
-    log(format_table(result))
+        result, table = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method,
+                                      epochs=epochs, lr=lr, calib_batches=calib_batches, threads=threads,
+                                      runtime=runtime, log=log)
+    log(table)
     log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
     return result
 
 
 def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, method, epochs, lr, calib_batches,
                   threads, runtime, log):
-    """Write every output of the run into the folder `out` (the staging folder); returns the report's dict."""
-    spec = InputSpec.from_dict(ckpt["input"])
+    """Write every output of the run into the folder `out` (the staging folder); returns the report's
+    dict and its table."""
     export_onnx(ckpt_path, out / "model-fp32.onnx", ckpt=ckpt)
-    calib = calibration_batches(train, spec, calib_batches)
+    calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
     # PTQ of the same fp32 checkpoint is cheap: --method qat builds it too, for the side-by-side accuracy.
     ptq_name = "model-int8.onnx" if method == "ptq" else "model-int8-ptq.onnx"
     quantize_onnx(out / "model-fp32.onnx", out / ptq_name, calib,
@@ -89,7 +90,7 @@ def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, met
               f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, {scheme}).\n\n{table}\n")
     atomic_write_bytes(out / "int8-report.md", report.encode())
     atomic_write_bytes(out / "int8-report.json", json.dumps(result, indent=1).encode())
-    return result
+    return result, table
 
 
 def take_folder(out: Path) -> None:
@@ -157,8 +158,11 @@ def check_output_dir(out: Path, ckpt_path, *, exist_ok: bool) -> Path:
 def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
     """QAT fine-tune -> qat.pt (float weights + learned qparams) -> model-int8.onnx carrying those qparams.
     Returns PyTorch's converted int8 model, the reference for the ONNX file."""
-    cfg, spec = ckpt.get("config", {}), InputSpec.from_dict(ckpt["input"])
-    state, converted, learned = qat_finetune_logged(model, train, spec, epochs=epochs, lr=lr, cfg=cfg, log=log)
+    cfg = ckpt.get("config", {})
+    state, converted, learned = qat_finetune(model, train, InputSpec.from_dict(ckpt["input"]), epochs=epochs, lr=lr,
+                                             batch_size=int(cfg.get("batch_size", 64)), seed=int(cfg.get("seed", 0)),
+                                             augment=cfg.get("augment", "none"),
+                                             shift_pad=int(cfg.get("shift_pad", 2)), log=log)
     model.load_state_dict(state)
     payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "optimizer", "scaler")}
     save_checkpoint(out / "qat.pt", {**payload, "state_dict": model.state_dict(),
@@ -168,8 +172,3 @@ def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
                   {**deployment_metadata(ckpt), "quantization": "qat"}, learned=learned)
     return converted
 
-
-def qat_finetune_logged(model, train, spec, *, epochs, lr, cfg, log):
-    return qat_finetune(model, train, spec, epochs=epochs, lr=lr, batch_size=int(cfg.get("batch_size", 64)),
-                        seed=int(cfg.get("seed", 0)), augment=cfg.get("augment", "none"),
-                        shift_pad=int(cfg.get("shift_pad", 2)), log=log)
