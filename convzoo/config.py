@@ -134,7 +134,8 @@ class TrainConfig:
             (0 <= self.warmup_epochs <= 1e6, f"--warmup-epochs must be in 0..1000000, got {self.warmup_epochs}"),
             (self.print_freq >= 0, f"--print-freq must be >= 0, got {self.print_freq}"),
             (self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}"),
-            (0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}"),
+            # NumPy's legacy seeding and torch's CPU generators take 32 bits (2^32 seeded as 0 did)
+            (0 <= self.seed < 2**32, f"--seed must be in 0..4294967295, got {self.seed}"),
             (8 <= self.image_size <= 512, f"--image-size must be in 8..512, got {self.image_size}"),
             (self.channels in (0, 1, 3), f"--channels must be 1 or 3 (0: the model's), got {self.channels}"),
             (0 < self.test_split < 1, f"--test-split must be in (0, 1), got {self.test_split}"),

@@ -18,7 +18,7 @@ from convzoo.engine.trainer import build_optimizer
 from convzoo.errors import CheckpointError
 from convzoo.models.registry import create_model
 
-from conftest import CIFAR_DIR, need, run_cli
+from conftest import CIFAR_DIR, MNIST_DIR, need, run_cli
 
 
 def cifar_test_images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,17 +71,21 @@ def test_tta_through_evaluate_on_real_images():
     assert not torch.equal(on[0].confusion, evaluate(model, split, spec).confusion)
 
 
-def test_alternating_flips_show_every_image_both_ways_in_each_pair_of_epochs():
+def test_alternating_flips_show_every_image_both_ways_in_each_pair_of_passes():
+    from convzoo.config import TrainConfig
     from convzoo.data.tensors import Split, alternating_flips
     from convzoo.engine.trainer import epoch_batches
 
     index = torch.arange(50_000)
-    first = alternating_flips(index, 0, 0)
-    assert 0.49 < first.float().mean() < 0.51  # half the images mirrored, by a hash of their position
-    for epoch in range(1, 4):  # then exactly the other half, and back
-        assert torch.equal(alternating_flips(index, 0, epoch), first ^ bool(epoch % 2))
-    assert torch.equal(alternating_flips(index.flip(0), 0, 0), first.flip(0))  # per sample, whatever the order
-    assert (alternating_flips(index, 1, 0) != first).float().mean() > 0.4  # another seed, another choice
+    first = alternating_flips(index, 0, 0, 50_000)
+    assert 0.49 < first.float().mean() < 0.51  # a seeded random half mirrored first
+    for passes in range(1, 4):  # then exactly the other half, and back
+        assert torch.equal(alternating_flips(index, 0, passes, 50_000), first ^ bool(passes % 2))
+    assert torch.equal(alternating_flips(index.flip(0), 0, 0, 50_000), first.flip(0))  # per sample, in any order
+    for seed in (1, 2, 4, 8, 2**32 - 1):  # every seed its own choice (a first hash agreed 91% between seeds 0 and 2)
+        assert 0.48 < (alternating_flips(index, seed, 0, 50_000) == first).float().mean() < 0.52, seed
+    for gap in (1, 128, 256):  # and no pattern along the positions (that hash: 80% of neighbours alike)
+        assert 0.48 < (first[gap:] == first[:-gap]).float().mean() < 0.52, gap
     # The trainer's batches carry the positions the flips are keyed by.
     images = torch.randint(0, 256, (200, 3, 8, 8), dtype=torch.uint8)
     split = Split(images, torch.arange(200) % 10, tuple(str(i) for i in range(10)))
@@ -98,6 +102,34 @@ def test_alternating_flips_show_every_image_both_ways_in_each_pair_of_epochs():
     given = to_model_input(images[:32], spec, augment="shift-altflip", generator=gen(), shift_pad=2, flips=flips)
     shifted = to_model_input(images[:32], spec, augment="shift", generator=gen(), shift_pad=2)
     assert torch.equal(given, torch.where(flips.view(-1, 1, 1, 1), shifted.flip(-1), shifted))
+
+
+@pytest.mark.real_data
+def test_alternating_flips_alternate_between_passes_inside_an_epoch(tmp_path, monkeypatch):
+    """--steps-per-epoch 12 on 64 real MNIST images in batches of 16 (4 steps a pass): each epoch
+    holds three passes, and every pass mirrors exactly the images the pass before did not, across
+    the epoch boundary too (read from the trainer's own calls)."""
+    import convzoo
+    from convzoo.engine import trainer as trainer_module
+
+    real, calls = trainer_module.alternating_flips, []
+
+    def recording(index, seed, passes, size):
+        flips = real(index, seed, passes, size)
+        calls.append((passes, index.tolist(), flips.tolist()))
+        return flips
+
+    monkeypatch.setattr(trainer_module, "alternating_flips", recording)
+    convzoo.train(model="lenet5", dataset="mnist", data_path=need(MNIST_DIR), train_limit=64, test_limit=100,
+                  batch_size=16, steps_per_epoch=12, epochs=2, augment="altflip", threads=1,
+                  output_dir=tmp_path / "run", quiet=True)
+    assert [passes for passes, _, _ in calls] == [step // 4 for step in range(24)]  # 3 passes an epoch, then on
+    flipped = {}  # pass -> {position: mirrored}
+    for passes, index, flips in calls:
+        flipped.setdefault(passes, {}).update(zip(index, flips))
+    assert all(len(shown) == 64 for shown in flipped.values())  # each pass shows all 64
+    for passes in range(1, 6):
+        assert all(flipped[passes][i] != flipped[passes - 1][i] for i in range(64)), passes
 
 
 @pytest.mark.real_data

@@ -171,6 +171,7 @@ def tiny_run(tmp_path_factory):
     pytest.param(["train", "--amp", "fp16"], ["--amp fp16 needs a CUDA GPU"], marks=NEEDS_NO_GPU),
     (["eval", "--ckpt", "/nonexistent/best.pt"], ["/nonexistent/best.pt", "checkpoint not found"]),
     (["train", "--shift-pad", "-5"], ["--shift-pad must be in 0..64"]),
+    (["train", "--seed", "4294967296"], ["--seed must be in 0..4294967295"]),  # was NumPy's traceback
     (["train", "--lr", "inf"], ["lr must be float"]),
     (["train", "--epochs", "abc"], ["--epochs", "'abc'"]),
     (["train", "--config", "lenet-mindspore/../../x"], ["config file not found"]),  # a path: the user's file, not a preset

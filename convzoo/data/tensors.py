@@ -7,6 +7,7 @@ normalisation run on the whole batch on the device. Every random draw is seeded 
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -244,14 +245,19 @@ def random_shift_flip(x: torch.Tensor, *, flip: bool, generator, shard=(0, 1), p
     return out
 
 
-def alternating_flips(index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-    """airbench's alternating flips: whether to mirror each sample (by its position in the training
-    set) this epoch. The first epoch's choice is a seeded hash of the position; every later epoch
-    mirrors exactly the samples the epoch before did not, so each pair of epochs shows every image
-    both ways (random flips leave a quarter of the images unmirrored, or mirrored, twice running)."""
-    h = (index.to(torch.int64) + (seed * 0x9E3779B1 & 0xFFFFFFFF)) * 0x2545F491  # a multiplicative hash: any order
-    h = h ^ (h >> 15)
-    return ((h >> 7) & 1).bool() ^ bool(epoch % 2)
+def alternating_flips(index: torch.Tensor, seed: int, passes: int, size: int) -> torch.Tensor:
+    """airbench's alternating flips: whether to mirror each sample (`index`: positions in a training
+    set of `size`) in this pass over the set, after `passes` earlier ones. The first pass mirrors a
+    seeded random half; every later pass mirrors exactly the samples the pass before did not, so any
+    two passes in a row show every image both ways (random flips show a quarter of them the same way
+    twice running)."""
+    return first_flips(size, seed, str(index.device))[index] ^ bool(passes % 2)
+
+
+@functools.lru_cache(maxsize=4)
+def first_flips(size: int, seed: int, device: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 991)  # its own stream: not the order's or the shifts'
+    return (torch.rand(size, generator=g) < 0.5).to(device)
 
 
 def step_generator(seed: int, epoch: int, step: int, device) -> torch.Generator:

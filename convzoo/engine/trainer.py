@@ -133,6 +133,7 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
         world = distributed.world_size()
+        self.natural = natural  # steps in one pass over the training set
         self.spe = spe = cfg.steps_per_epoch or natural
         self.total_steps = cfg.epochs * spe
         self.start_epoch, self.start_step, self.history, self.best, self.epoch_acc = 0, 0, [], -1.0, None
@@ -249,7 +250,10 @@ class TrainingRun:
 
         def model_input(images, step, index):
             gen = step_generator(cfg.seed, epoch, step, self.device) if cfg.augment != "none" else None
-            flips = alternating_flips(index, cfg.seed, epoch) if "altflip" in cfg.augment else None
+            flips = None
+            if "altflip" in cfg.augment:  # passes, not epochs, alternate: --steps-per-epoch may hold several
+                passes = epoch * -(-spe // self.natural) + step // self.natural
+                flips = alternating_flips(index, cfg.seed, passes, len(self.train_split))
             x = to_model_input(images, self.spec, augment=cfg.augment, generator=gen, shard=(rank, world),
                                shift_pad=cfg.shift_pad, flips=flips)
             return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..data.tensors import InputSpec, Split, batches, step_generator, to_model_input
+from ..data.tensors import InputSpec, Split, alternating_flips, batches, step_generator, to_model_input
 from ..engine.schedule import cosine, set_lr
 
 
@@ -96,10 +96,12 @@ def qat_finetune(model: nn.Module, train: Split, spec: InputSpec, *, epochs: int
     for epoch in range(epochs):
         pt2e["train_mode"](prepared)
         loss_sum, seen = 0.0, 0
-        for step, images, labels in batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
+        for step, images, labels, index in batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                                   drop_last=True, with_index=True):
             set_lr(optimizer, cosine(lr, 0.0, (epoch * steps + step) / total))  # cosine decay over the fine-tune
             gen = step_generator(seed, epoch, step, images.device) if augment != "none" else None
-            x = to_model_input(images, spec, augment=augment, generator=gen, shift_pad=shift_pad)
+            flips = alternating_flips(index, seed, epoch, len(train)) if "altflip" in augment else None
+            x = to_model_input(images, spec, augment=augment, generator=gen, shift_pad=shift_pad, flips=flips)
             loss = nn.functional.cross_entropy(prepared(x), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
