@@ -53,9 +53,12 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     for name, value in (("resume", resume), ("exist_ok", exist_ok), ("quiet", quiet)):
         _boolean(name, value)  # exist_ok="no" is truthy: it replaced the run it was meant to keep
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in [*(config if isinstance(config, dict) else ()), *flags]:  # a dict's keys are flags too
+    for key in config if isinstance(config, dict) else ():  # a dict's keys are flags too
         if key not in fields:
             raise unknown("train option", str(key), fields)
+    for key in flags:  # train()'s own keywords are choices too (a typo's list had left them out)
+        if key not in fields:
+            raise unknown("train option", str(key), fields | {"config", "resume", "exist_ok", "quiet"})
     flags = {k: _plain(v) for k, v in flags.items()}
     if isinstance(config, dict):
         config = {k: _plain(v) for k, v in config.items()}

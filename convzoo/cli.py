@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"convzoo {package_version()}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    p = sub.add_parser("data", help="download | verify | info a data set")
+    p = sub.add_parser("data", help="download | verify | info | sample a data set")
     p.add_argument("action", choices=["download", "verify", "info", "sample"])
     p.add_argument("name")
     p.add_argument("--count", type=number(int, 1, 100_000), default=5, help="sample: how many test images to save as PNG")
@@ -224,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_data)
 
-    p = sub.add_parser("train", help="train a model")
+    p = sub.add_parser("train", help="train a model",
+                       description="Train a model. The defaults shown are those of a run given no --config; a "
+                                   "--config preset or file replaces them with its settings, and --resume starts "
+                                   "from the run's own; flags given win over both.")
     p.add_argument("--config", help="a named preset (e.g. lenet-mindspore) or a YAML file of settings "
                                                     "(keys as the flags: model, dataset, epochs, lr, ...; a run's own "
                                                     "config.yaml works)")
@@ -286,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked in onnxruntime) or torch.export .pt2")
     p.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True)
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
-    p.add_argument("--output", "-o", help="output file (default: beside the checkpoint)")
+    p.add_argument("--output", "-o", help="output file (default: beside the checkpoint, named after it: best.pt -> "
+                                          "best.onnx, best-int8.onnx or best.pt2; for a shipped NAME:DATASET, in the "
+                                          "current folder: lenet5:mnist -> ./lenet5-mnist.onnx)")
     p.add_argument("--int8", action="store_true", help="int8 ONNX via post-training quantization")
     p.add_argument("--opset", type=number(int, 18, 23), default=18)
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
@@ -423,11 +428,16 @@ def add_train_flags(parser) -> None:
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
-        if f.type == "bool":
+        if f.type == "bool":  # off unless given
             parser.add_argument(*flags, dest=f.name, action="store_const", const=True, default=None, help=meta["help"])
             continue
         kind = meta["parse"] or {"int": int, "float": float}.get(f.type.split(" |")[0], str)
-        parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=meta["help"],
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        # The field's default, shown here as the parser's stays None; None and [] are explained by the help itself.
+        shown = "" if default in (None, []) else f" (default: {default:g})" if isinstance(default, float) \
+            else f" (default: {default})"
+        help_text = (meta["help"] + shown).replace("%", "%%")  # argparse formats help with %
+        parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help_text,
                             metavar=f.name.upper() if not meta["choices"] else "{" + ",".join(meta["choices"]) + "}")
 
 
@@ -571,10 +581,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from .config import enough_classes
     from .metadata import MAX_CHANNELS, MAX_INPUT_SIZE
     from .models.registry import MODELS, create_model, get_model_info
     from .models.summary import format_summary, summarize
 
+    if not enough_classes(args.num_classes):  # as train refuses it
+        raise ConfigError(f"--num-classes needs at least two classes, got {args.num_classes}")
     name, num_classes, described = args.model, args.num_classes, None
     if name not in MODELS and (":" in name or Path(name).suffix):  # a model file or NAME:DATASET: its architecture
         described = model_description(name)

@@ -15,6 +15,12 @@ AUGMENT_CHOICES = ("none", "shift", "flip", "shift-flip", "altflip", "shift-altf
 TTA_CHOICES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)
 
 
+def enough_classes(count: int) -> bool:
+    """Whether a model of `count` classes is a classifier (train's --classes, summary's --num-classes): one
+    class is not, it scores 100% and answers that class for any image."""
+    return count >= 2
+
+
 def logger_names(spec: str | None) -> list[str]:
     """'none' -> [], 'tensorboard,mlflow' -> both; an unknown name is a ConfigError."""
     names = [n.strip() for n in (spec or "none").split(",") if n.strip()]
@@ -47,33 +53,36 @@ class TrainConfig:
     model: str = opt("lenet5", "model name (convzoo summary lists them)")
     dataset: str = opt("mnist", "mnist | fashion-mnist | cifar10 | folder (your own images: --data-path FOLDER "
                                 "with one sub-folder per class)")
-    data_path: str | None = opt(None, "folder with the data set's files", "--data-path", "--data_path")
+    data_path: str | None = opt(None, "folder with the data set's files (default: found in $CONVZOO_DATA, the "
+                                      "cache or /usr/share/datasets, else downloaded to the cache; --dataset folder "
+                                      "needs it)",
+                                "--data-path", "--data_path")
     image_size: int = opt(32, "--dataset folder: images are resized to this square size when decoded")
     channels: int = opt(0, "--dataset folder: 1 (grey) or 3 (RGB); 0: the model's (1 for LeNets, 3 for AlexNets)")
     test_split: float = opt(0.2, "--dataset folder without train/ and test/ sub-folders: the fraction of each class "
                                  "held out for testing (a seeded draw, the same every run)")
-    output_dir: str | None = opt(None, "run directory (default runs/MODEL-DATASET)", "--output-dir", "--ckpt_path",
+    output_dir: str | None = opt(None, "run directory (default: runs/MODEL-DATASET)", "--output-dir", "--ckpt_path",
                                  "--ckpt-path")
     epochs: int = opt(10, "epochs", "--epochs", "--epoch_size", "--epoch-size")
     steps_per_epoch: int = opt(0, "steps per epoch (0: one pass)", "--steps-per-epoch", "--steps")
     batch_size: int = opt(64, "global batch size", "--batch-size", "--batch_size", "-b")
     optimizer: str = opt("sgd", "optimizer", "--optimizer", "--opt", choices=("sgd", "adam", "adamw"))
     lr: float = opt(0.01, "peak learning rate", "--lr", "--learning_rate", "--learning-rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    nesterov: bool = opt(False, "Nesterov momentum (SGD)")
+    momentum: float = opt(0.9, "momentum (--optimizer sgd)")
+    nesterov: bool = opt(False, "Nesterov momentum (--optimizer sgd)")
     bias_lr_scale: float = opt(1.0, "BatchNorm biases get this times the learning rate and 1/this the weight "
-                                    "decay (airbench's bias scaler: they need large steps)")
+                                    "decay (airbench's bias scaler: they need large steps; models with BatchNorm only)")
     weight_decay: float = opt(0.0, "weight decay", "--weight-decay", "--wd")
     schedule: str = opt("constant", "learning-rate schedule", "--schedule", "--lr-scheduler",
                         choices=("constant", "step", "cosine", "onecycle", "triangle"))
-    warmup_epochs: float = opt(0.0, "linear warm-up epochs")
-    step_size: int = opt(10, "epochs between decays (step schedule)", "--lr-step-size")
-    gamma: float = opt(0.1, "decay factor (step schedule)", "--lr-gamma")
+    warmup_epochs: float = opt(0.0, "linear warm-up epochs (not --schedule triangle, which has its own rise)")
+    step_size: int = opt(10, "epochs between decays (--schedule step)", "--lr-step-size")
+    gamma: float = opt(0.1, "decay factor (--schedule step)", "--lr-gamma")
     label_smoothing: float = opt(0.0, "label smoothing")
     augment: str = opt("none", "random shifts (pad + crop) and/or horizontal flips; altflip: airbench's alternating "
                                "flips (each image mirrored in every other epoch, from a seeded first choice)",
                        choices=AUGMENT_CHOICES)
-    shift_pad: int = opt(4, "largest random shift in pixels for --augment shift")
+    shift_pad: int = opt(4, "largest random shift in pixels for --augment shift, shift-flip and shift-altflip")
     tta: str = opt("none", "test-time augmentation at evaluation: average the logits of the image and its mirror "
                            "(flip), of 1-px shifts (shift: for digits, which have no mirror images), or both "
                            "(flip-shift)", choices=TTA_CHOICES)
@@ -88,7 +97,8 @@ class TrainConfig:
     train_limit: int = opt(0, "use only the first N training images (0: all)")
     test_limit: int = opt(0, "score on the first N test images only (0: all): quick checks, whose accuracies are "
                              "then a subset's")
-    classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2",
+    classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2 "
+                                          "(default: all)",
                                     parse=int_list)
     device: str = opt("auto", "auto | cpu | cuda | mps", "--device", "--device_target", "--device-target")
     threads: int = opt(0, "CPU threads per process (0: $OMP_NUM_THREADS if set, else the model's default; "
@@ -106,7 +116,7 @@ class TrainConfig:
                               "--restore_path", "--restore-path")
     restore_exclude: list[str] = opt([], "comma-separated globs of tensors not to restore, e.g. 'fc3.*'",
                                      "--restore-exclude", "--restore_exclude", parse=glob_list)
-    freeze: list[str] = opt([], "comma-separated globs of parameters to keep fixed", parse=glob_list)
+    freeze: list[str] = opt([], "comma-separated globs of parameters to keep fixed (default: none)", parse=glob_list)
     logger: str = opt("none", "none | tensorboard | mlflow, or both comma-separated (pip install 'convzoo[tracking]')")
 
     def validate(self) -> "TrainConfig":
@@ -144,8 +154,7 @@ class TrainConfig:
             value = getattr(self, name, None)
             checks.append((not isinstance(value, str) or value.strip() != "",
                            f"--{name.replace('_', '-')} must not be empty"))
-        # One class is no classifier: it scores 100% and answers that class for any image.
-        checks.append((self.classes is None or len(self.classes) >= 2,
+        checks.append((self.classes is None or enough_classes(len(self.classes)),
                        f"--classes needs at least two classes, got {self.classes}"))
         checks.append((self.restore or not self.restore_exclude,  # else the user's exclusions did nothing
                        "--restore-exclude goes with --restore (the weights to start from)"))
@@ -316,7 +325,9 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
         values["threads"] = max(1, chosen["threads"] // values["procs"])
     cfg = TrainConfig(**values).validate()
     defaults = TrainConfig()  # a default given (a run's saved config.yaml passed back whole) changes nothing
-    check_folder_flags(cfg, [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)])
+    given = [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)]
+    check_folder_flags(cfg, given)
+    check_flags_apply(cfg, given)
     return cfg
 
 
@@ -342,3 +353,46 @@ def check_folder_flags(cfg: TrainConfig, given: list[str]) -> None:
         if layout:  # its test images are the test folder's, whatever share was asked for
             raise ConfigError(f"--test-split {cfg.test_split} does not apply: the folder is split by hand "
                               f"({layout[1].name}/ beside {layout[0].name}/)", cfg.data_path)
+
+
+SHIFT_AUGMENTS = tuple(a for a in AUGMENT_CHOICES if "shift" in a)  # those that pad and crop by --shift-pad
+
+
+def check_flags_apply(cfg: TrainConfig, given: list[str]) -> None:
+    """A flag given for a part of training this run does not have, which it would take and ignore
+    (`--optimizer adam --momentum 0.5` trained plain Adam). Only flags given count: a preset's or a
+    resumed run's values are its whole recipe, kept when a flag changes one part of it
+    (`--config lenet5-mnist --augment none` leaves the preset's shift_pad unused)."""
+    def named(*names) -> tuple[str, str]:
+        """The given ones of `names` as typed (`--momentum 0.5 and --nesterov`), and 'ies' or 'y' to agree."""
+        parts = [flag_name(n) + given_value(getattr(cfg, n)) for n in names if n in given]
+        return " and ".join(parts), "ies" if len(parts) == 1 else "y"
+
+    flags, verb = named("shift_pad")
+    if flags and cfg.augment not in SHIFT_AUGMENTS:
+        raise ConfigError(f"{flags} applies to --augment {', '.join(SHIFT_AUGMENTS[:-1])} or {SHIFT_AUGMENTS[-1]}; "
+                          f"--augment {cfg.augment} makes no shifts")
+    flags, verb = named("momentum", "nesterov")
+    if flags and cfg.optimizer != "sgd":  # Adam's and AdamW's own averages (betas) take momentum's place
+        raise ConfigError(f"{flags} appl{verb} to --optimizer sgd; {cfg.optimizer} has no momentum setting")
+    if "nesterov" in given and cfg.momentum == 0:  # trainer.build_optimizer: Nesterov needs momentum
+        raise ConfigError("--nesterov is a kind of momentum; --momentum 0 has none")
+    flags, verb = named("step_size", "gamma")
+    if flags and cfg.schedule != "step":
+        raise ConfigError(f"{flags} appl{verb} to --schedule step; --schedule {cfg.schedule} does not decay in steps")
+    flags, verb = named("warmup_epochs")
+    if flags and cfg.schedule == "triangle":  # engine/schedule.py: triangle makes its own rise
+        raise ConfigError(f"{flags} does not apply to --schedule triangle, which rises from 0.2 lr by itself")
+    flags, verb = named("bias_lr_scale")
+    if flags:
+        from .models.registry import has_norm_biases  # torch: only for this flag (the parser imports this module)
+
+        if not has_norm_biases(cfg.model):  # its parameter group would be empty
+            raise ConfigError(f"{flags} applies to BatchNorm biases; {cfg.model} has no BatchNorm layers")
+
+
+def given_value(value) -> str:
+    """A flag's value as typed after it: ' 0.5', ' 64' (not 64.0); nothing for an on/off flag."""
+    if isinstance(value, bool):
+        return ""
+    return f" {value:g}" if isinstance(value, float) else f" {value}"

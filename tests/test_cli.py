@@ -468,3 +468,53 @@ def test_version_flag():
 
     proc = run_cli("--version", check=0)
     assert proc.stdout.strip() == f"convzoo {version('convzoo')}"
+
+
+def help_text(capsys, *args) -> str:
+    """`convzoo ARGS --help`'s text, its lines joined (argparse wraps them at any word)."""
+    from convzoo.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--help"])
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_shows_train_defaults_and_what_each_flag_applies_to(capsys):
+    """`train --help` showed no defaults (they are TrainConfig's, the parser's being None), `--shift-pad`
+    named --augment shift alone, `data` left out `sample`, and `export --output`'s default did not say
+    where a shipped name's file goes."""
+    import dataclasses
+
+    from convzoo.cli import build_parser
+    from convzoo.config import TrainConfig
+
+    text = help_text(capsys, "train")
+    for flag, shown in (("--lr", "peak learning rate (default: 0.01)"), ("--epochs", "epochs (default: 10)"),
+                        ("--batch-size", "global batch size (default: 64)"), ("--augment", "(default: none)"),
+                        ("--shift-pad", "for --augment shift, shift-flip and shift-altflip (default: 4)"),
+                        ("--model", "(default: lenet5)"),
+                        ("--lr-gamma", "decay factor (--schedule step) (default: 0.1)")):
+        assert shown in text, (flag, text)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    for f in dataclasses.fields(TrainConfig):  # each one with a value to show (not an on/off flag) shows it
+        if f.default in (None, dataclasses.MISSING) or isinstance(f.default, bool):
+            continue
+        shown = f"{f.default:g}" if isinstance(f.default, float) else f.default
+        assert helps[f.name].endswith(f"(default: {shown})"), f.name
+    assert "(default: runs/MODEL-DATASET)" in text and "(default: found in $CONVZOO_DATA" in text
+    assert "a --config preset or file replaces them with its settings" in text
+    assert "download | verify | info | sample a data set" in help_text(capsys)
+    assert "for a shipped NAME:DATASET, in the current folder: lenet5:mnist -> ./lenet5-mnist.onnx" in \
+        help_text(capsys, "export")
+
+
+def test_summary_refuses_one_class_as_train_does(capsys):
+    """`summary --model lenet5 --num-classes 1` printed a one-output fc3, a model train refuses to make."""
+    cli_error(capsys, "summary", "--model", "lenet5", "--num-classes", "1",
+              fragments=["--num-classes needs at least two classes, got 1"])
+    from convzoo.cli import main
+
+    assert main(["summary", "--model", "lenet5", "--num-classes", "2"]) == 0
+    assert "fc3" in capsys.readouterr().out

@@ -78,6 +78,34 @@ def test_resume_refuses_a_folder_whose_test_split_changed(tmp_path, capsys):
 
 
 @pytest.mark.real_data
+def test_resume_from_another_folder_finds_a_relative_data_path(tmp_path):
+    """A run trained with `--data-path "my images"` (config.yaml records it as given) failed to resume from
+    any other folder: `my images: --data-path is not a folder`, blaming a flag never given. last.pt
+    records the folder absolute; a folder that is really gone is named as the run's."""
+    from conftest import assert_user_error
+
+    start, elsewhere = tmp_path / "x d", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    make_folder(start / "my images", 20)
+    mnist = os.path.relpath(need(MNIST_DIR), start)  # a catalog data set's --data-path, relative too
+    for name, data in (("folder", ["--dataset", "folder", "--data-path", "my images", "--batch-size", "16"]),
+                       ("mnist", ["--data-path", mnist, "--train-limit", "256", "--test-limit", "100"])):
+        run_cli("train", *SMALL, *data, "--output-dir", f"runs/{name}", "--quiet", cwd=start, check=0)
+        config = (start / "runs" / name / "config.yaml").read_text()
+        assert f"data_path: {data[data.index('--data-path') + 1]}\n" in config  # as given
+        resume = ["train", "--resume", "--output-dir", start / "runs" / name, "--epochs", "2", "--quiet"]
+        run_cli(*resume, cwd=elsewhere, check=0)
+        assert (start / "runs" / name / "metrics.csv").read_text().splitlines()[-1].startswith("2,"), name
+    (start / "my images").rename(start / "moved")
+    before = files(start / "runs" / "folder")
+    message = assert_user_error(run_cli("train", "--resume", "--output-dir", start / "runs" / "folder", "--epochs", "3",
+                                        cwd=elsewhere), str(start / "my images"), "the run's data folder",
+                                "recorded in last.pt", "is not there any more", "pass --data-path FOLDER")
+    assert "--data-path is not a folder" not in message
+    assert files(start / "runs" / "folder") == before
+
+
+@pytest.mark.real_data
 def test_confusion_and_grid_refuse_files_that_are_not_earlier_plots_of_their_kind(mnist_small, folder_run, tmp_path,
                                                                                  capsys, monkeypatch):
     """`eval --confusion` and `predict --grid` wrote over the run's curves.png, a user's photo and an

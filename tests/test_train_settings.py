@@ -123,7 +123,7 @@ def test_every_setting_has_a_resume_rule():
     (["--label-smoothing", "0.3"], "--label-smoothing 0.3 differs from the run's 0.0"),
     (["--weight-decay", "0.1"], "--weight-decay 0.1 differs from the run's 0.0"),
     (["--amp", "bf16"], "--amp bf16 differs from the run's none"),
-    (["--lr-gamma", "0.5"], "--lr-gamma 0.5 differs from the run's 0.1"),
+    (["--warmup-epochs", "0.5"], "--warmup-epochs 0.5 differs from the run's 0.0"),
     (["--test-limit", "300"], "--test-limit 300 differs from the run's 200"),
     (["--freeze", "conv1.*"], "--freeze conv1.* differs from the run's (not set)"),
     (["--restore", "other.pt"], "--restore other.pt does not go with --resume"),
@@ -276,3 +276,76 @@ def test_resume_finds_the_run_named_by_its_config_file(finished_run, tmp_path, c
     run_cli("train", "--config", run / "config.yaml", "--resume", "--epochs", "2", *MNIST, "--quiet",
             cwd=tmp_path, check=0)
     assert "2" in (run / "metrics.csv").read_text().splitlines()[-1].split(",")[0]
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--augment", "none", "--shift-pad", "2"],
+     "--shift-pad 2 applies to --augment shift, shift-flip or shift-altflip; --augment none makes no shifts"),
+    (["--augment", "flip", "--shift-pad", "2"], "--augment flip makes no shifts"),
+    (["--augment", "altflip", "--shift-pad", "2"], "--augment altflip makes no shifts"),
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum 0.5 applies to --optimizer sgd; adam has no momentum"),
+    (["--optimizer", "adamw", "--nesterov"], "--nesterov applies to --optimizer sgd; adamw has no momentum"),
+    (["--nesterov", "--momentum", "0"], "--nesterov is a kind of momentum; --momentum 0 has none"),
+    (["--lr-gamma", "0.5"], "--lr-gamma 0.5 applies to --schedule step; --schedule constant does not decay in steps"),
+    (["--schedule", "cosine", "--lr-step-size", "3", "--lr-gamma", "0.5"],
+     "--lr-step-size 3 and --lr-gamma 0.5 apply to --schedule step"),
+    (["--schedule", "triangle", "--warmup-epochs", "1"], "--warmup-epochs 1 does not apply to --schedule triangle"),
+    (["--bias-lr-scale", "64"], "--bias-lr-scale 64 applies to BatchNorm biases; lenet5 has no BatchNorm layers"),
+    (["--config", "lenet5-keras", "--momentum", "0.8"], "--momentum 0.8 applies to --optimizer sgd; adam has"),
+])
+def test_a_flag_that_does_not_apply_is_refused_not_ignored(tmp_path, capsys, flags, fragment):
+    """Each trained without it, rc 0: `--optimizer adam --momentum 0.5` was plain Adam, `--augment none
+    --shift-pad 2` no shifts, `--bias-lr-scale 64` on a model without BatchNorm scaled nothing. One line,
+    before any data are read (none are in reach here) or the run folder is made."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cli_error(capsys, "train", "--model", "lenet5", "--data-path", empty, "--output-dir", tmp_path / "run", *flags,
+              fragments=(fragment,))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_api_refuses_a_flag_that_does_not_apply_but_not_a_presets_value(tmp_path):
+    """As the CLI: a keyword given counts; what a preset (or a resumed run) sets and another setting leaves
+    unused does not (README: `--config lenet5-mnist --augment none`, the preset's shift_pad 2 unused)."""
+    import convzoo
+    from convzoo.config import build_config
+
+    with pytest.raises(convzoo.ConvzooError, match=r"^--momentum 0\.5 applies to --optimizer sgd; adamw has"):
+        convzoo.train(optimizer="adamw", momentum=0.5, output_dir=str(tmp_path / "run"))
+    with pytest.raises(convzoo.ConvzooError, match=r"^--shift-pad 3 applies to --augment shift"):
+        convzoo.train("lenet5-mnist", augment="none", shift_pad=3, output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    assert build_config("lenet5-mnist", {"augment": "none"}).shift_pad == 2
+    assert build_config("lenet5-mnist", {"optimizer": "adam", "schedule": "cosine"}).nesterov  # the preset's, unused
+    assert build_config("airbench-cifar", {"model": "lenet5"}).bias_lr_scale == 64
+    # a run's settings passed back whole hold the defaults of the flags it did not use
+    assert build_config(None, build_config(None, {"optimizer": "adam"}).to_dict()).optimizer == "adam"
+    # given where they apply, they are taken
+    assert build_config(None, {"model": "lenet-quant", "bias_lr_scale": 64.0}).bias_lr_scale == 64
+    assert build_config(None, {"schedule": "step", "gamma": 0.5, "step_size": 2}).gamma == 0.5
+    assert build_config(None, {"augment": "shift-altflip", "shift_pad": 2}).shift_pad == 2
+
+
+@pytest.mark.real_data
+def test_a_run_whose_preset_leaves_a_setting_unused_resumes(tmp_path, capsys):
+    """`--config lenet5-mnist --augment none` records the preset's shift_pad 2 beside augment none (and
+    Nesterov beside Adam): --resume takes the run's own settings, which are not flags given; such a flag
+    given to the resumed run is refused as it would be to a new one."""
+    out = tmp_path / "run"
+    common = ["--threads", "1", "--output-dir", out, "--quiet", *MNIST]
+    run_cli("train", "--config", "lenet5-mnist", "--augment", "none", "--optimizer", "adam", "--schedule", "constant",
+            "--tta", "none", "--train-limit", "256", "--test-limit", "100", "--epochs", "1", *common, check=0)
+    run_cli("train", "--resume", "--epochs", "2", *common, check=0)
+    assert (out / "metrics.csv").read_text().splitlines()[-1].startswith("2,")
+    cli_error(capsys, "train", "--resume", "--epochs", "3", "--shift-pad", "3", *common,
+              fragments=("--shift-pad 3 applies to --augment shift",))
+
+
+def test_a_mistyped_api_keyword_lists_every_keyword_train_takes():
+    """`convzoo.train(test_limt=5)`'s "choose from" list left out train()'s own keywords."""
+    import convzoo
+
+    with pytest.raises(convzoo.ConvzooError, match="did you mean 'test_limit'") as caught:
+        convzoo.train(test_limt=5)
+    choices = str(caught.value).split("choose from: ")[1].split(", ")
+    assert {"config", "exist_ok", "quiet", "resume", "test_limit", "shift_pad"} <= set(choices)

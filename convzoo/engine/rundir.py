@@ -189,7 +189,39 @@ def saved_config(preset: str | None, given: dict) -> tuple[dict, str]:
     path = Path(where.run_dir()) / "last.pt"
     if is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
         raise busy(path.parent)
-    return load_checkpoint(path).get("config", {}), f"{path}: its saved config"
+    state = load_checkpoint(path)
+    config = state.get("config", {})
+    if isinstance(config, dict) and not (given.get("data_path") or chosen.get("data_path")):
+        config = {**config, "data_path": run_data_path(state, config.get("data_path"))}
+    return config, f"{path}: its saved config"
+
+
+def run_data_path(state: dict, recorded):
+    """The data folder a resumed run reads when no --data-path is given: its own --data-path, which
+    may be relative to the folder it began in (`--data-path "my images"`), so the absolute one last.pt
+    records is taken where the two differ (resumed from elsewhere). A folder that is gone is named as
+    the run's, not as a --data-path the user never gave."""
+    if not isinstance(recorded, str) or not recorded:  # found where convzoo looks ($CONVZOO_DATA, the cache)
+        return recorded
+    # older checkpoints record only an image folder's (data.path, also absolute)
+    folder = state.get("data") if isinstance(state.get("data"), dict) else {}
+    absolute = state.get("resolved_data_path") or folder.get("path")
+    chosen = recorded
+    if isinstance(absolute, str) and Path(absolute).is_absolute() and not same_folder(recorded, absolute):
+        chosen = absolute
+    if not Path(chosen).is_dir():
+        given_as = "" if chosen == recorded else f" {recorded!r}"
+        raise DataError(f"the run's data folder (its --data-path{given_as}, recorded in last.pt) is not there any more "
+                        "(moved or deleted); pass --data-path FOLDER where its images are now", chosen)
+    return chosen
+
+
+def same_folder(a: str, b: str) -> bool:
+    """Whether two paths name one folder, links followed; False for a path that cannot be one (a NUL byte)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def check_resumed_checkpoint(path: Path, state: dict) -> None:

@@ -26,7 +26,7 @@ from ..data.tensors import (InputSpec, Split, alternating_flips, batches, load_d
                             split_validation, step_generator, steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, DataError, Terminated, first_line
 from ..metadata import check_model_meta
-from ..models.registry import ModelInfo, create_model, get_model_info
+from ..models.registry import ModelInfo, create_model, get_model_info, norm_biases
 from . import distributed, rundir
 from .checkpoint import (check_model_name, check_optimizer_state, check_resume_state, freeze, load_checkpoint,
                          load_strict, restore_weights, save_checkpoint)
@@ -100,6 +100,9 @@ class TrainingRun:
             if state is not None:
                 check_same_split(state, split, located.root)
         self.train_data = train_identity(train_split)
+        # --data-path as an absolute path: config.yaml keeps it as given, and --resume from another folder
+        # finds the data by this (rundir.saved_config)
+        self.resolved_data_path = str(Path(cfg.data_path).resolve()) if cfg.data_path else None
         if state is not None:  # another --data-path holding the same files is the same run
             check_same_train_data(state, self.train_data, out / "last.pt")
         natural = steps_per_epoch(len(train_split), cfg.batch_size, drop_last=True)
@@ -388,7 +391,7 @@ class TrainingRun:
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "global_step": epoch * self.spe + step, "rng": rng_state(), "history": self.history,
                 "best_acc": self.best, "epoch_accumulators": meter, "wall_s": time.perf_counter() - self.wall_start,
-                "train_data": self.train_data, "reached": self.reached,
+                "train_data": self.train_data, "reached": self.reached, "resolved_data_path": self.resolved_data_path,
                 **({"lookahead": self.lookahead.state_dict()} if self.lookahead else {}),
                 "scheduler": {"name": self.cfg.schedule, "total_steps": self.total_steps}})
 
@@ -595,12 +598,11 @@ def check_fits(model: nn.Module, x: torch.Tensor, name: str, data_title: str) ->
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
     """The optimizer over the trainable parameters; with --bias-lr-scale, BatchNorm biases form their
     own group (lr x scale, weight decay / scale)."""
-    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                   and m.bias is not None} if cfg.bias_lr_scale != 1 else set()
+    scaled = {id(b) for b in norm_biases(model)} if cfg.bias_lr_scale != 1 else set()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in norm_biases]}]
-    if norm_biases:
-        groups.append({"params": [p for p in trainable if id(p) in norm_biases], "lr_scale": cfg.bias_lr_scale,
+    groups = [{"params": [p for p in trainable if id(p) not in scaled]}]
+    if scaled:
+        groups.append({"params": [p for p in trainable if id(p) in scaled], "lr_scale": cfg.bias_lr_scale,
                        "weight_decay": cfg.weight_decay / cfg.bias_lr_scale})
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":

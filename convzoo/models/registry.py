@@ -63,3 +63,14 @@ def get_model_info(name: str) -> ModelInfo:
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return get_model_info(name).build(num_classes=num_classes, in_channels=in_channels)
+
+
+def norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The biases of a model's BatchNorm layers: the parameter group --bias-lr-scale scales."""
+    return [m.bias for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None]
+
+
+def has_norm_biases(name: str) -> bool:
+    """Whether model `name` has BatchNorm biases, from a copy of it built to look (on the CPU: the meta
+    device cannot build lenet5-1998, whose C3 table is read at construction)."""
+    return bool(norm_biases(create_model(name)))
