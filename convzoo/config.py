@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,12 @@ class TrainConfig:
                             "with --procs, the cores shared out)")
     procs: int = opt(1, "data-parallel training processes convzoo starts on this machine (torchrun --standalone "
                         "--nproc-per-node N without torchrun; ignored under torchrun)")
+    sync_bn: bool = opt(False, "data-parallel training (--procs N, torchrun): BatchNorm layers normalise with the "
+                               "mean and variance of the whole global batch, all-reduced across the ranks "
+                               "(torchvision's --sync-bn), so N processes train a BatchNorm model as one does; "
+                               "without it each rank normalises with its own shard's. Refused when given for one "
+                               "process (its BatchNorm sees the whole batch already; a preset's or a resumed run's "
+                               "setting is kept there) and for a model without BatchNorm")
     print_freq: int = opt(100, "log a step line every N steps")
     eval_every: int = opt(1, "evaluate on the test (and val) split every N epochs (the last one always)")
     eval_steps: int = opt(0, "also evaluate every N steps within an epoch (0: at epoch ends only), so "
@@ -187,11 +194,13 @@ class TrainConfig:
 # Same: what the model learns from and how, and how it is scored (history, best.pt) - a run resumed with
 # another value would no longer be the run its history and config.yaml describe. `model`, `epochs`
 # (longer with a constant schedule), `data_path` (the data are compared instead) and `restore` have
-# checks of their own. Free: where and how fast it runs, and what is logged or saved when.
+# checks of their own. Free: where and how fast it runs, and what is logged or saved when. `sync_bn` is
+# held: it changes what BatchNorm normalises with under --procs (a run resumed on one process, where it
+# changes nothing, keeps it).
 RESUME_SAME = ("dataset", "image_size", "channels", "test_split", "steps_per_epoch", "batch_size", "optimizer", "lr",
                "momentum", "nesterov", "bias_lr_scale", "weight_decay", "schedule", "warmup_epochs", "step_size",
                "gamma", "label_smoothing", "augment", "shift_pad", "tta", "lookahead", "amp", "seed", "val_split",
-               "train_limit", "test_limit", "classes", "restore_exclude", "freeze")
+               "train_limit", "test_limit", "classes", "restore_exclude", "freeze", "sync_bn")
 RESUME_OWN_CHECK = ("model", "epochs", "data_path", "restore")
 RESUME_FREE = ("output_dir", "channels_last", "deterministic", "device", "threads", "procs", "print_freq",
                "eval_every", "eval_steps", "target_acc", "save_every", "logger")
@@ -328,7 +337,21 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
     given = [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)]
     check_folder_flags(cfg, given)
     check_flags_apply(cfg, given)
+    check_sync_bn(cfg, given)
     return cfg
+
+
+def check_sync_bn(cfg: TrainConfig, given: list[str]) -> None:
+    """--sync-bn given for one process, which it would not change: refused. A preset's or a resumed run's
+    (resumed on one process) is kept: one process's BatchNorm normalises over the global batch already.
+    (A model without BatchNorm is refused by the trainer, which builds the model.)"""
+    if "sync_bn" not in given:
+        return
+    launched = os.environ.get("WORLD_SIZE", "") if "RANK" in os.environ else ""  # torchrun's; --procs is ignored
+    world = int(launched) if launched.isdigit() else cfg.procs
+    if world == 1:
+        raise ConfigError("--sync-bn applies to data-parallel training (--procs N, or torchrun with more than one "
+                          "process); one process's BatchNorm already normalises over the whole batch")
 
 
 FOLDER_ONLY = ("test_split", "image_size", "channels")  # how an image folder is read and split

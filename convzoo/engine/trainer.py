@@ -111,6 +111,8 @@ class TrainingRun:
 
         self.model = model = create_model(cfg.model, num_classes=len(train_split.classes), in_channels=spec.channels)
         check_fits(model, to_model_input(train_split.subset(slice(0, 2)).images, spec), cfg.model, data_spec.title)
+        if cfg.sync_bn:
+            check_has_batchnorm(model, cfg.model)
         if state is not None:  # here, before the run folder is touched: a mismatch changes nothing
             load_strict(model, state["state_dict"], out / "last.pt", "cannot resume: its weights do not fit the model")
         if cfg.restore and not resume:
@@ -168,7 +170,7 @@ class TrainingRun:
 
             if state is not None:
                 self._load_state(state)
-            self.ddp_model = wrap_ddp(model, device)
+            self.ddp_model = wrap_ddp(model, device, sync_bn=cfg.sync_bn)
             self.train_split, self.test_split = train_split.to(device), test_split.to(device)
             self.val_split = val_split.to(device) if val_split is not None else None
 
@@ -183,7 +185,8 @@ class TrainingRun:
             raise
         val_part = f" / {len(val_split)} val" if val_split is not None else ""
         log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
-                 f"{val_part}), device {device}, threads {threads}, world size {world}, {cfg.epochs} epochs x {spe} "
+                 f"{val_part}), device {device}, threads {threads}, world size {world}"
+                 f"{' (BatchNorm synchronised)' if cfg.sync_bn and world > 1 else ''}, {cfg.epochs} epochs x {spe} "
                  f"steps, batch {cfg.batch_size}, output {out}",
                  event="start", model=cfg.model, dataset=data_spec.name, device=str(device), threads=threads,
                  world_size=world, epochs=cfg.epochs, steps_per_epoch=spe, output_dir=str(out))
@@ -595,6 +598,13 @@ def check_fits(model: nn.Module, x: torch.Tensor, name: str, data_title: str) ->
         model.train(was_training)
 
 
+def check_has_batchnorm(model: nn.Module, name: str) -> None:
+    """--sync-bn on a model it would not change."""
+    if not any(type(m) is nn.BatchNorm2d for m in model.modules()):
+        raise ConfigError(f"--sync-bn: model {name} has no BatchNorm layers, so there are no statistics to "
+                          "synchronise; drop the flag")
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module):
     """The optimizer over the trainable parameters; with --bias-lr-scale, BatchNorm biases form their
     own group (lr x scale, weight decay / scale)."""
@@ -683,9 +693,14 @@ def setting(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
+    """`model` in DistributedDataParallel when there are several ranks; with `sync_bn` its BatchNorm2d
+    layers become SyncBatchNorm2d first, in place (the same tensors: `model` is what is saved, evaluated
+    and optimised, and its state_dict is a plain model's)."""
     if distributed.world_size() == 1:
         return model
+    if sync_bn:
+        distributed.sync_batchnorm(model)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
