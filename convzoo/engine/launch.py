@@ -4,8 +4,9 @@ command (and a preset) can use them.
 
 The ranks take disjoint shards of every global batch (engine/trainer.py), so a run computes what a
 single process would, up to float summation order (whose rounding differences grow over a long
-run), except in BatchNorm layers, which normalise with each rank's shard unless --sync-bn. On 2 CPU cores, LeNet-5 trained slower
-as two 1-thread processes than as one 2-thread process (README, Results: a gloo all-reduce per step).
+run), except in BatchNorm layers, which normalise with each rank's shard unless --sync-bn. On 2 CPU
+cores, LeNet-5 trained slower as two 1-thread processes than as one 2-thread process (README,
+Results: a gloo all-reduce per step).
 
 The workers run in their own session: a Ctrl-C reaches this launcher once and is forwarded once
 (the trainer's first-Ctrl-C checkpoint), and if the launcher dies they get SIGTERM (Linux).
