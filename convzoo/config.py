@@ -81,7 +81,8 @@ class TrainConfig:
     gamma: float = opt(0.1, "decay factor (--schedule step)", "--lr-gamma")
     label_smoothing: float = opt(0.0, "label smoothing")
     augment: str = opt("none", "random shifts (pad + crop) and/or horizontal flips; altflip: airbench's alternating "
-                               "flips (each image mirrored in every other pass over the data, from a seeded first choice)",
+                               "flips (each image mirrored in every other pass over the data, from a seeded first "
+                               "choice)",
                        choices=AUGMENT_CHOICES)
     shift_pad: int = opt(4, "largest random shift in pixels for --augment shift, shift-flip and shift-altflip")
     tta: str = opt("none", "test-time augmentation at evaluation: average the logits of the image and its mirror "
