@@ -338,21 +338,7 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
     given = [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)]
     check_folder_flags(cfg, given)
     check_flags_apply(cfg, given)
-    check_sync_bn(cfg, given)
     return cfg
-
-
-def check_sync_bn(cfg: TrainConfig, given: list[str]) -> None:
-    """--sync-bn given for one process, which it would not change: refused. A preset's or a resumed run's
-    (resumed on one process) is kept: one process's BatchNorm normalises over the global batch already.
-    (A model without BatchNorm is refused by the trainer, which builds the model.)"""
-    if "sync_bn" not in given:
-        return
-    launched = os.environ.get("WORLD_SIZE", "") if "RANK" in os.environ else ""  # torchrun's; --procs is ignored
-    world = int(launched) if launched.isdigit() else cfg.procs
-    if world == 1:
-        raise ConfigError("--sync-bn applies to data-parallel training (--procs N, or torchrun with more than one "
-                          "process); one process's BatchNorm already normalises over the whole batch")
 
 
 FOLDER_ONLY = ("test_split", "image_size", "channels")  # how an image folder is read and split
@@ -413,6 +399,12 @@ def check_flags_apply(cfg: TrainConfig, given: list[str]) -> None:
 
         if not has_norm_biases(cfg.model):  # its parameter group would be empty
             raise ConfigError(f"{flags} applies to BatchNorm biases; {cfg.model} has no BatchNorm layers")
+    if "sync_bn" in given:  # a preset's or a resumed run's, resumed on one process, is kept: it changes nothing
+        launched = os.environ.get("WORLD_SIZE", "") if "RANK" in os.environ else ""  # torchrun's; --procs ignored
+        if (int(launched) if launched.isdigit() else cfg.procs) == 1:
+            raise ConfigError("--sync-bn applies to data-parallel training (--procs N, or torchrun with more than "
+                              "one process); one process's BatchNorm already normalises over the whole batch")
+    # (--sync-bn on a model without BatchNorm: the trainer refuses it at any world size, having built the model)
 
 
 def given_value(value) -> str:
