@@ -40,40 +40,44 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     """Train as `convzoo train` does; returns the last epoch's metrics, `best_acc`, `output_dir` and
     `checkpoint` (the run's best.pt).
 
-    config: a preset name ("lenet5-mnist"), a TrainConfig, a dict of TrainConfig fields, or None.
+    config: a preset name ("lenet5-mnist") or YAML file, a TrainConfig, a dict of TrainConfig fields, or
+    None. Like a file, a dict or TrainConfig is a recipe: a setting in it that this run does not use
+    (momentum with optimizer="adam") is a warning line; given as a keyword, it is refused.
     flags: TrainConfig fields that override it, spelled as the long CLI flags with underscores
-    (model="lenet5", epochs=1, batch_size=64, train_limit=2048, output_dir="runs/x", logger="tensorboard").
+    (model="lenet5", epochs=1, batch_size=64, train_limit=2048, output_dir="runs/x", logger="tensorboard";
+    the flags' other spellings too: learning_rate=0.01 for lr).
     """
     import dataclasses
 
-    from .config import TrainConfig, build_config
+    from .config import TrainConfig, build_config, key_names
     from .engine.launch import train as run_training
-    from .errors import unknown
+    from .errors import ConfigError, unknown
 
     for name, value in (("resume", resume), ("exist_ok", exist_ok), ("quiet", quiet)):
         _boolean(name, value)  # exist_ok="no" is truthy: it replaced the run it was meant to keep
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in config if isinstance(config, dict) else ():  # a dict's keys are flags too
-        if key not in fields:
-            raise unknown("train option", str(key), fields)
-    for key in flags:  # train()'s own keywords are choices too (a typo's list had left them out)
-        if key not in fields:
-            raise unknown("train option", str(key), fields | {"config", "resume", "exist_ok", "quiet"})
-    flags = {k: _plain(v) for k, v in flags.items()}
-    if isinstance(config, dict):
-        config = {k: _plain(v) for k, v in config.items()}
     if not (config is None or isinstance(config, (str, dict, TrainConfig))):
         raise ConfigError(f"config must be a preset name, a TrainConfig or a dict, not {type(config).__name__}")
-    if isinstance(config, TrainConfig):
-        cfg = build_config(None, flags, base=config.to_dict(), base_source="the given TrainConfig")
-    else:
-        given = {**(config if isinstance(config, dict) else {}), **flags}
-        base, source = (None, "")
-        if resume:  # as `convzoo train --resume`: the run's own settings, then what is given (checked against them)
-            from .engine.rundir import saved_config
+    fields, spellings = {f.name for f in dataclasses.fields(TrainConfig)}, key_names()
+    for key in [*(config if isinstance(config, dict) else ()), *flags]:  # train()'s own keywords are choices too
+        if not isinstance(key, str) or key not in spellings:
+            raise unknown("train option", str(key), fields | {"config", "resume", "exist_ok", "quiet"})
+    given = {}
+    for key, value in flags.items():  # learning_rate=0.1 as lr=0.1, as the CLI's --learning_rate
+        name = spellings[key]
+        if name in given:
+            raise ConfigError(f"train() was given {name} twice ({given[name][0]}= and {key}=); keep one")
+        given[name] = key, _plain(value)
+    flags = {name: value for name, (_, value) in given.items()}
+    if isinstance(config, TrainConfig):  # a recipe, as a dict is
+        config = config.to_dict()
+    if isinstance(config, dict):
+        config = {k: _plain(v) for k, v in config.items()}
+    base, source = (None, "")
+    if resume:  # as `convzoo train --resume`: the run's own settings, then what is given (checked against them)
+        from .engine.rundir import saved_config
 
-            base, source = saved_config(config if isinstance(config, str) else None, given)
-        cfg = build_config(config if isinstance(config, str) else None, given, base=base, base_source=source)
+        base, source = saved_config(config, flags)
+    cfg = build_config(config, flags, base=base, base_source=source)
     result = run_training(cfg, resume=resume, exist_ok=exist_ok, quiet=quiet)
     return {**result, "checkpoint": str(Path(result["output_dir"]) / "best.pt")}
 

@@ -163,7 +163,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is the same one line as every other user error: `convzoo: error: ...`."""
 
     def error(self, message):
-        self.exit(2, f"convzoo: error: {self.prog.removeprefix('convzoo ')}: {message} (see {self.prog} --help)\n")
+        command = self.prog.removeprefix("convzoo").strip()  # none for the top level's own errors
+        where = f"{command}: " if command else ""
+        self.exit(2, f"convzoo: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def number(kind, low=None, high=None):
@@ -258,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs")
     p.add_argument("--model", required=True)
-    p.add_argument("--num-classes", type=number(int, 1, 10_000), default=10)
+    p.add_argument("--num-classes", type=number(int, 2, 10_000), default=10,
+                   help="outputs of the classifier (at least two, as train makes; default 10)")
     p.add_argument("--input", help="C,H,W (default: the model's own input)")
     p.set_defaults(handler=cmd_summary)
 
@@ -581,13 +584,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .config import enough_classes
     from .metadata import MAX_CHANNELS, MAX_INPUT_SIZE
     from .models.registry import MODELS, create_model, get_model_info
     from .models.summary import format_summary, summarize
 
-    if not enough_classes(args.num_classes):  # as train refuses it
-        raise ConfigError(f"--num-classes needs at least two classes, got {args.num_classes}")
     name, num_classes, described = args.model, args.num_classes, None
     if name not in MODELS and (":" in name or Path(name).suffix):  # a model file or NAME:DATASET: its architecture
         described = model_description(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +15,6 @@ from .errors import ConfigError, closest, first_line, shown, unknown
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
 AUGMENT_CHOICES = ("none", "shift", "flip", "shift-flip", "altflip", "shift-altflip")  # data/tensors.py: to_model_input
 TTA_CHOICES = ("none", "flip", "shift", "flip-shift")  # test-time augmentation (engine/evaluate.py: tta_logits)
-
-
-def enough_classes(count: int) -> bool:
-    """Whether a model of `count` classes is a classifier (train's --classes, summary's --num-classes): one
-    class is not, it scores 100% and answers that class for any image."""
-    return count >= 2
 
 
 def logger_names(spec: str | None) -> list[str]:
@@ -162,7 +157,7 @@ class TrainConfig:
             value = getattr(self, name, None)
             checks.append((not isinstance(value, str) or value.strip() != "",
                            f"--{name.replace('_', '-')} must not be empty"))
-        checks.append((self.classes is None or enough_classes(len(self.classes)),
+        checks.append((self.classes is None or len(self.classes) >= 2,  # one class scores 100%, says nothing
                        f"--classes needs at least two classes, got {self.classes}"))
         checks.append((self.restore or not self.restore_exclude,  # else the user's exclusions did nothing
                        "--restore-exclude goes with --restore (the weights to start from)"))
@@ -318,14 +313,15 @@ def checked_settings(values: dict, source: str) -> dict:
     return settings
 
 
-def build_config(preset: str | None, overrides: dict, base: dict | None = None,
+def build_config(preset: str | dict | None, overrides: dict, base: dict | None = None,
                  base_source: str = "the resumed run's config") -> TrainConfig:
-    """Defaults < `base` (a resumed run's own config) < preset < flags given on the command line."""
+    """Defaults < `base` (a resumed run's own config) < preset (a shipped one, or the user's own recipe:
+    a YAML file or the API's dict) < flags given on the command line (the API's keywords)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if base is not None and not isinstance(base, dict):
         raise ConfigError(f"{base_source} must be a mapping, got {type(base).__name__}")
     values = {k: check_value(k, v, base_source) for k, v in (base or {}).items() if k in fields}
-    chosen = load_preset(preset) if preset else {}
+    chosen = recipe_settings(preset)
     values.update(chosen)
     values.update({k: check_value(k, v, flag_name(k)) for k, v in overrides.items() if v is not None})
     if chosen.get("threads") and overrides.get("threads") is None and isinstance(values.get("procs"), int) \
@@ -338,7 +334,19 @@ def build_config(preset: str | None, overrides: dict, base: dict | None = None,
     given = [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)]
     check_folder_flags(cfg, given)
     check_flags_apply(cfg, given)
+    if isinstance(preset, dict) or preset and is_config_file(preset):
+        warn_unused(cfg, chosen, given, RECIPE_SOURCE if isinstance(preset, dict) else preset)
     return cfg
+
+
+RECIPE_SOURCE = "train()'s config"  # how messages name a recipe passed to the API as a dict or TrainConfig
+
+
+def recipe_settings(preset: str | dict | None) -> dict:
+    """A preset's, a YAML file's or the API's dict's settings by field name, checked (load_preset)."""
+    if isinstance(preset, dict):  # a run's config.yaml read by the user holds its record keys too
+        return checked_settings({k: v for k, v in preset.items() if k not in RUN_RECORD_KEYS}, RECIPE_SOURCE)
+    return load_preset(preset) if preset else {}
 
 
 FOLDER_ONLY = ("test_split", "image_size", "channels")  # how an image folder is read and split
@@ -370,41 +378,62 @@ SHIFT_AUGMENTS = tuple(a for a in AUGMENT_CHOICES if "shift" in a)  # those that
 
 def check_flags_apply(cfg: TrainConfig, given: list[str]) -> None:
     """A flag given for a part of training this run does not have, which it would take and ignore
-    (`--optimizer adam --momentum 0.5` trained plain Adam). Only flags given count: a preset's or a
-    resumed run's values are its whole recipe, kept when a flag changes one part of it
+    (`--optimizer adam --momentum 0.5` trained plain Adam): refused. Only flags given count: a preset's or
+    a resumed run's values are its whole recipe, kept when a flag changes one part of it
     (`--config lenet5-mnist --augment none` leaves the preset's shift_pad unused)."""
-    def named(*names) -> tuple[str, str]:
-        """The given ones of `names` as typed (`--momentum 0.5 and --nesterov`), and 'ies' or 'y' to agree."""
-        parts = [flag_name(n) + given_value(getattr(cfg, n)) for n in names if n in given]
+    reasons = unused_settings(cfg, given)
+    if reasons:
+        raise ConfigError(reasons[0])
+
+
+def warn_unused(cfg: TrainConfig, recipe: dict, given: list[str], source: str) -> None:
+    """The user's own recipe (a YAML file, a dict or a TrainConfig passed to the API) setting something
+    this run does not use: one `warning:` line each, not a refusal, as a run's whole config.yaml passed
+    back holds its preset's unused values (`shift_pad` after `--augment none`); the flags given on top of
+    it are refused (check_flags_apply)."""
+    defaults = TrainConfig()
+    names = [k for k, v in recipe.items() if k not in given and v != getattr(defaults, k)]
+    for reason in unused_settings(cfg, names):
+        print(f"warning: {source}: {reason} (unused)", file=sys.stderr, flush=True)
+
+
+def unused_settings(cfg: TrainConfig, names: list[str]) -> list[str]:
+    """Why each of the settings `names` (TrainConfig fields) would change nothing in the run `cfg`
+    describes, one line per rule it breaks, naming them as flags."""
+    def named(*fields) -> tuple[str, str]:
+        """Those of `fields` in names as typed (`--momentum 0.5 and --nesterov`), and 'ies' or 'y' to agree."""
+        parts = [flag_name(n) + given_value(getattr(cfg, n)) for n in fields if n in names]
         return " and ".join(parts), "ies" if len(parts) == 1 else "y"
 
+    reasons = []
     flags, verb = named("shift_pad")
     if flags and cfg.augment not in SHIFT_AUGMENTS:
-        raise ConfigError(f"{flags} applies to --augment {', '.join(SHIFT_AUGMENTS[:-1])} or {SHIFT_AUGMENTS[-1]}; "
-                          f"--augment {cfg.augment} makes no shifts")
+        reasons.append(f"{flags} applies to --augment {', '.join(SHIFT_AUGMENTS[:-1])} or {SHIFT_AUGMENTS[-1]}; "
+                       f"--augment {cfg.augment} makes no shifts")
     flags, verb = named("momentum", "nesterov")
     if flags and cfg.optimizer != "sgd":  # Adam's and AdamW's own averages (betas) take momentum's place
-        raise ConfigError(f"{flags} appl{verb} to --optimizer sgd; {cfg.optimizer} has no momentum setting")
-    if "nesterov" in given and cfg.momentum == 0:  # trainer.build_optimizer: Nesterov needs momentum
-        raise ConfigError("--nesterov is a kind of momentum; --momentum 0 has none")
+        reasons.append(f"{flags} appl{verb} to --optimizer sgd; {cfg.optimizer} has no momentum setting")
+    elif "nesterov" in names and cfg.nesterov and cfg.momentum == 0:  # trainer.build_optimizer: it needs momentum
+        reasons.append("--nesterov is a kind of momentum; --momentum 0 has none")
     flags, verb = named("step_size", "gamma")
     if flags and cfg.schedule != "step":
-        raise ConfigError(f"{flags} appl{verb} to --schedule step; --schedule {cfg.schedule} does not decay in steps")
+        reasons.append(f"{flags} appl{verb} to --schedule step; --schedule {cfg.schedule} does not decay in steps")
     flags, verb = named("warmup_epochs")
     if flags and cfg.schedule == "triangle":  # engine/schedule.py: triangle makes its own rise
-        raise ConfigError(f"{flags} does not apply to --schedule triangle, which rises from 0.2 lr by itself")
+        reasons.append(f"{flags} does not apply to --schedule triangle, which rises from 0.2 lr by itself")
     flags, verb = named("bias_lr_scale")
     if flags:
-        from .models.registry import has_norm_biases  # torch: only for this flag (the parser imports this module)
+        from .models.registry import has_norm_biases  # torch: only for this setting (the parser imports this module)
 
         if not has_norm_biases(cfg.model):  # its parameter group would be empty
-            raise ConfigError(f"{flags} applies to BatchNorm biases; {cfg.model} has no BatchNorm layers")
-    if "sync_bn" in given:  # a preset's or a resumed run's, resumed on one process, is kept: it changes nothing
+            reasons.append(f"{flags} applies to BatchNorm biases; {cfg.model} has no BatchNorm layers")
+    if "sync_bn" in names and cfg.sync_bn:  # a resumed run's, resumed on one process, is kept: it changes nothing
         launched = os.environ.get("WORLD_SIZE", "") if "RANK" in os.environ else ""  # torchrun's; --procs ignored
         if (int(launched) if launched.isdigit() else cfg.procs) == 1:
-            raise ConfigError("--sync-bn applies to data-parallel training (--procs N, or torchrun with more than "
-                              "one process); one process's BatchNorm already normalises over the whole batch")
-    # (--sync-bn on a model without BatchNorm: the trainer refuses it at any world size, having built the model)
+            reasons.append("--sync-bn applies to data-parallel training (--procs N, or torchrun with more than one "
+                           "process); one process's BatchNorm already normalises over the whole batch")
+    # (--sync-bn on a model without BatchNorm: the trainer refuses it from any source, having built the model)
+    return reasons
 
 
 def given_value(value) -> str:

@@ -510,10 +510,15 @@ def test_help_shows_train_defaults_and_what_each_flag_applies_to(capsys):
         help_text(capsys, "export")
 
 
+def test_an_unknown_command_is_named_once(capsys):
+    """The top level's own argparse errors had the program's name twice: `convzoo: error: convzoo: ...`."""
+    line = cli_error(capsys, "models", fragments=["invalid choice: 'models'"])
+    assert line.startswith("convzoo: error: argument COMMAND:"), line
+
+
 def test_summary_refuses_one_class_as_train_does(capsys):
     """`summary --model lenet5 --num-classes 1` printed a one-output fc3, a model train refuses to make."""
-    cli_error(capsys, "summary", "--model", "lenet5", "--num-classes", "1",
-              fragments=["--num-classes needs at least two classes, got 1"])
+    cli_error(capsys, "summary", "--model", "lenet5", "--num-classes", "1", fragments=["1 is outside 2..10000"])
     from convzoo.cli import main
 
     assert main(["summary", "--model", "lenet5", "--num-classes", "2"]) == 0

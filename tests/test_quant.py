@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from convzoo.engine.checkpoint import save_checkpoint
 from convzoo.models.registry import create_model
 
-from conftest import CIFAR_DIR, MNIST_DIR, assert_user_error, need, run_cli
+from conftest import CIFAR_DIR, MNIST_DIR, assert_user_error, cli_error, need, run_cli
 
 # Any DeprecationWarning raised from torch.ao's modules becomes an error in this process.
 NO_TORCH_AO = ("import warnings, sys; "
@@ -217,6 +217,38 @@ def test_quantize_bad_input(tmp_path, mnist_run):
     for flag in ("--epochs", "--lr"):  # were silently ignored: PTQ has no fine-tune
         assert_user_error(run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--method", "ptq", flag, "1"),
                           "--method ptq has none")
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("forged, fragments", [
+    ({"batch_size": "abc"}, ["batch_size must be int, got 'abc'"]),  # int('abc') deep in QAT: a traceback
+    ({"batch_size": -3}, ["--batch-size must be >= 1, got -3"]),  # QAT "learned" one channel: a RuntimeError
+    ({"seed": 2**70}, ["--seed must be in 0..4294967295"]),
+    ({"augment": "weird"}, ["unknown augment 'weird'"]),
+    ({"shift_pad": -5}, ["--shift-pad must be in 0..64, got -5"]),
+    ("x", ["config must be a mapping, got str"]),
+])
+def test_quantize_refuses_a_checkpoint_whose_training_settings_are_forged(tmp_path, mnist_run, capsys, forged,
+                                                                          fragments):
+    """QAT repeats the run's batch size, seed and augmentation, read from the checkpoint: checked as a
+    resumed run's settings are, before any folder is made."""
+    state = torch.load(mnist_run / "best.pt", weights_only=False)
+    state["config"] = {**state["config"], **forged} if isinstance(forged, dict) else forged
+    torch.save(state, tmp_path / "forged.pt")
+    cli_error(capsys, "quantize", "--ckpt", tmp_path / "forged.pt", "--output-dir", tmp_path / "q",
+              fragments=["forged.pt", "its training settings", *fragments])
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.real_data
+def test_quantize_refuses_fewer_training_images_than_one_qat_batch(tmp_path, mnist_run, capsys):
+    """--train-limit under the run's batch size: QAT's fine-tune (full batches only) took no step at all
+    and said nothing. PTQ's calibration takes a short batch, so it runs."""
+    batch = torch.load(mnist_run / "best.pt", weights_only=False)["config"]["batch_size"]
+    cli_error(capsys, "quantize", "--ckpt", mnist_run / "best.pt", "--train-limit", batch - 1,
+              "--data-path", need(MNIST_DIR), "--output-dir", tmp_path / "q",
+              fragments=[f"--train-limit {batch - 1} leaves {batch - 1} training images",
+                         f"--batch-size {batch}", "--method ptq"])
 
 
 @pytest.mark.real_data

@@ -326,6 +326,56 @@ def test_the_api_refuses_a_flag_that_does_not_apply_but_not_a_presets_value(tmp_
     assert build_config(None, {"augment": "shift-altflip", "shift_pad": 2}).shift_pad == 2
 
 
+def test_a_users_own_recipe_warns_of_a_setting_it_does_not_use(tmp_path, capsys):
+    """A YAML file, the API's dict and a TrainConfig are the user's recipe, treated alike: a setting the
+    run does not use is one `warning:` line naming it (a run's config.yaml passed back holds its preset's
+    unused values, so it is not refused); the flags given on top are refused as ever. A dict's settings
+    were checked as keywords while a file's and a TrainConfig's were not looked at."""
+    import convzoo
+    from convzoo.config import TrainConfig, build_config
+
+    recipe = tmp_path / "adam.yaml"
+    recipe.write_text("model: lenet5\noptimizer: adam\nmomentum: 0.5\nshift_pad: 3\nbias_lr_scale: 4\n")
+    cfg = build_config(str(recipe), {})
+    assert (cfg.optimizer, cfg.momentum, cfg.shift_pad) == ("adam", 0.5, 3)
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [f"warning: {recipe}: --shift-pad 3 applies to --augment shift, shift-flip or shift-altflip; "
+                        "--augment none makes no shifts (unused)",
+                        f"warning: {recipe}: --momentum 0.5 applies to --optimizer sgd; adam has no momentum setting "
+                        "(unused)",
+                        f"warning: {recipe}: --bias-lr-scale 4 applies to BatchNorm biases; lenet5 has no BatchNorm "
+                        "layers (unused)"], warnings
+    values = {"model": "lenet5", "optimizer": "adam", "momentum": 0.5}
+    for config in (values, TrainConfig(**values).to_dict()):
+        build_config(config, {})
+        assert capsys.readouterr().err == ("warning: train()'s config: --momentum 0.5 applies to --optimizer sgd; "
+                                           "adam has no momentum setting (unused)\n")
+    build_config(str(recipe), {"augment": "shift"})  # used now: no word about it
+    assert "--shift-pad" not in capsys.readouterr().err
+    build_config("lenet5-mnist", {"augment": "none"})  # a shipped preset's unused value: silent, as before
+    assert capsys.readouterr().err == ""
+    with pytest.raises(convzoo.ConvzooError, match=r"^--momentum 0\.7 applies to --optimizer sgd"):
+        build_config(values, {"momentum": 0.7})
+    with pytest.raises(convzoo.ConvzooError, match=r"^--momentum 0\.7 applies to --optimizer sgd"):
+        convzoo.train(TrainConfig(**values), momentum=0.7, output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_api_takes_the_flags_other_spellings(tmp_path):
+    """train(learning_rate=...) was an unknown option although the docstring spells keywords as the CLI's
+    flags (--learning_rate is one) and a YAML file takes the key; ckpt_path= was 'did you mean data_path'."""
+    import convzoo
+
+    with pytest.raises(convzoo.ConvzooError, match=r"^--lr: lr must be float, got 'fast'$"):
+        convzoo.train(learning_rate="fast")
+    with pytest.raises(convzoo.ConvzooError, match=r"^train\(\) was given lr twice \(lr= and learning_rate=\)"):
+        convzoo.train(lr=0.1, learning_rate=0.1)
+    with pytest.raises(convzoo.ConvzooError, match=r"output_dir twice"):
+        convzoo.train(output_dir=str(tmp_path / "a"), ckpt_path=str(tmp_path / "b"))
+    with pytest.raises(convzoo.ConvzooError, match=r"^train\(\)'s config: lr must be float, got 'fast'$"):
+        convzoo.train({"learning_rate": "fast"})
+
+
 @pytest.mark.real_data
 def test_a_run_whose_preset_leaves_a_setting_unused_resumes(tmp_path, capsys):
     """`--config lenet5-mnist --augment none` records the preset's shift_pad 2 beside augment none (and

@@ -175,15 +175,15 @@ def is_locked(path: Path) -> bool:
         os.close(fd)  # closing releases the shared lock taken to look
 
 
-def saved_config(preset: str | None, given: dict) -> tuple[dict, str]:
+def saved_config(preset: str | dict | None, given: dict) -> tuple[dict, str]:
     """The config a run was started with, from its last.pt (so a resume given no settings continues it
     unchanged: the CLI's --resume and the API's resume=True), and where it came from for messages. The
     run is found as training would place it: its output_dir, model and dataset as given, else the
     preset's or config file's (`--config runs/x/config.yaml --resume`), else the defaults."""
-    from ..config import TrainConfig, load_preset
+    from ..config import TrainConfig, recipe_settings
     from .checkpoint import load_checkpoint
 
-    chosen, defaults = (load_preset(preset) if preset else {}), TrainConfig()
+    chosen, defaults = recipe_settings(preset), TrainConfig()
     where = TrainConfig(**{k: given.get(k) or chosen.get(k) or getattr(defaults, k) for k in ("model", "dataset",
                                                                                            "output_dir")})
     path = Path(where.run_dir()) / "last.pt"

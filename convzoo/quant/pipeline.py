@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_bytes, check_target, make_folder, publish, remove_outputs, write_error
+from ..config import TrainConfig, build_config
 from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
 from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..errors import ConfigError, WriteError
+from ..errors import CheckpointError, ConfigError, WriteError
 from ..metadata import deployment_metadata
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
 from .qat import WEIGHT_RANGE, qat_finetune
@@ -39,6 +40,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     out = check_output_dir(output_folder(ckpt_path, method, output_dir), ckpt_path, exist_ok=exist_ok)
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
+    recipe = run_recipe(ckpt, ckpt_path)
     torch.set_num_threads(threads)
     make_folder(out)
     take_folder(out)
@@ -46,6 +48,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
     if train_limit:
         train = train.subset(slice(0, train_limit))
+    check_enough_training_images(len(train), recipe.batch_size, method, train_limit)
     model = model_from_checkpoint(ckpt, ckpt_path)
 
     from ..data.tensors import to_model_input
@@ -58,6 +61,24 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     log(table)
     log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
     return result
+
+
+def run_recipe(ckpt: dict, path) -> TrainConfig:
+    """The checkpoint's training settings, which QAT's fine-tune repeats (batch size, seed, augmentation),
+    checked as a resumed run's are: a forged batch_size of 'abc' or -3 was a traceback deep in QAT."""
+    try:
+        return build_config(None, {}, base=ckpt.get("config", {}), base_source="config")
+    except ConfigError as exc:
+        raise CheckpointError(f"its training settings, which QAT repeats, are not a run's: {exc}", path) from None
+
+
+def check_enough_training_images(count: int, batch: int, method: str, train_limit: int) -> None:
+    """QAT's fine-tune takes full batches of the run's --batch-size: with fewer images it took none and
+    fine-tuned for zero steps without a word (calibration takes a short batch)."""
+    if method == "qat" and count < batch:
+        held = f"--train-limit {train_limit} leaves" if train_limit else "the data set has"
+        raise ConfigError(f"{held} {count} training images, fewer than one batch of the run's --batch-size "
+                          f"{batch}, which QAT's fine-tune takes; raise --train-limit or use --method ptq")
 
 
 def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, method, epochs, lr, calib_batches,
@@ -158,11 +179,10 @@ def check_output_dir(out: Path, ckpt_path, *, exist_ok: bool) -> Path:
 def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
     """QAT fine-tune -> qat.pt (float weights + learned qparams) -> model-int8.onnx carrying those qparams.
     Returns PyTorch's converted int8 model, the reference for the ONNX file."""
-    cfg = ckpt.get("config", {})
+    run = run_recipe(ckpt, "the checkpoint")
     state, converted, learned = qat_finetune(model, train, InputSpec.from_dict(ckpt["input"]), epochs=epochs, lr=lr,
-                                             batch_size=int(cfg.get("batch_size", 64)), seed=int(cfg.get("seed", 0)),
-                                             augment=cfg.get("augment", "none"),
-                                             shift_pad=int(cfg.get("shift_pad", 2)), log=log)
+                                             batch_size=run.batch_size, seed=run.seed, augment=run.augment,
+                                             shift_pad=run.shift_pad, log=log)
     model.load_state_dict(state)
     payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "optimizer", "scaler")}
     save_checkpoint(out / "qat.pt", {**payload, "state_dict": model.state_dict(),
