@@ -76,7 +76,8 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     if resume:  # as `convzoo train --resume`: the run's own settings, then what is given (checked against them)
         from .engine.rundir import saved_config
 
-        base, source = saved_config(config, flags)
+        base, source, paths = saved_config(config, flags)
+        flags.update(paths)
     cfg = build_config(config, flags, base=base, base_source=source)
     result = run_training(cfg, resume=resume, exist_ok=exist_ok, quiet=quiet)
     return {**result, "checkpoint": str(Path(result["output_dir"]) / "best.pt")}

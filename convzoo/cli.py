@@ -502,7 +502,8 @@ def cmd_train(args) -> int:
     from .engine.rundir import saved_config
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    base, source = saved_config(args.config, overrides) if args.resume else (None, "")
+    base, source, paths = saved_config(args.config, overrides) if args.resume else (None, "", {})
+    overrides.update(paths)
     cfg = build_config(args.config, overrides, base=base, base_source=source)  # checked: bad flags stop here
     from .engine.launch import train  # torch (3-4 s): only for a config that passed
 

@@ -81,7 +81,8 @@ def test_resume_refuses_a_folder_whose_test_split_changed(tmp_path, capsys):
 def test_resume_from_another_folder_finds_a_relative_data_path(tmp_path):
     """A run trained with `--data-path "my images"` (config.yaml records it as given) failed to resume from
     any other folder: `my images: --data-path is not a folder`, blaming a flag never given. last.pt
-    records the folder absolute; a folder that is really gone is named as the run's."""
+    records the folder absolute; a folder that is really gone is named as the run's. `--config
+    RUN/config.yaml --resume` resumes RUN from any folder."""
     from conftest import assert_user_error
 
     start, elsewhere = tmp_path / "x d", tmp_path / "elsewhere"
@@ -96,9 +97,15 @@ def test_resume_from_another_folder_finds_a_relative_data_path(tmp_path):
         resume = ["train", "--resume", "--output-dir", start / "runs" / name, "--epochs", "2", "--quiet"]
         run_cli(*resume, cwd=elsewhere, check=0)
         assert (start / "runs" / name / "metrics.csv").read_text().splitlines()[-1].startswith("2,"), name
+    # the run's own config.yaml names it from anywhere: its relative output_dir and data_path (as the
+    # run began) were looked up from here, `runs/folder/last.pt: checkpoint not found`
+    config = os.path.relpath(start / "runs" / "folder" / "config.yaml", elsewhere)
+    run_cli("train", "--config", config, "--resume", "--epochs", "3", "--quiet", cwd=elsewhere, check=0)
+    assert (start / "runs" / "folder" / "metrics.csv").read_text().splitlines()[-1].startswith("3,")
+    assert not (elsewhere / "runs").exists()
     (start / "my images").rename(start / "moved")
     before = files(start / "runs" / "folder")
-    message = assert_user_error(run_cli("train", "--resume", "--output-dir", start / "runs" / "folder", "--epochs", "3",
+    message = assert_user_error(run_cli("train", "--resume", "--output-dir", start / "runs" / "folder", "--epochs", "4",
                                         cwd=elsewhere), str(start / "my images"), "the run's data folder",
                                 "recorded in last.pt", "is not there any more", "pass --data-path FOLDER")
     assert "--data-path is not a folder" not in message

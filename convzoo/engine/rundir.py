@@ -175,25 +175,44 @@ def is_locked(path: Path) -> bool:
         os.close(fd)  # closing releases the shared lock taken to look
 
 
-def saved_config(preset: str | dict | None, given: dict) -> tuple[dict, str]:
+def saved_config(preset: str | dict | None, given: dict) -> tuple[dict, str, dict]:
     """The config a run was started with, from its last.pt (so a resume given no settings continues it
-    unchanged: the CLI's --resume and the API's resume=True), and where it came from for messages. The
-    run is found as training would place it: its output_dir, model and dataset as given, else the
-    preset's or config file's (`--config runs/x/config.yaml --resume`), else the defaults."""
+    unchanged: the CLI's --resume and the API's resume=True), where it came from for messages, and the
+    paths to use over the recipe's (below). The run is found as training would place it: its output_dir,
+    model and dataset as given, else the preset's or config file's, else the defaults; a run's own
+    config.yaml (`--config runs/x/config.yaml --resume`) names the run beside it, from any folder: its
+    output_dir and data_path were written relative to where the run began, so the run's folder and the
+    data folder last.pt records are taken instead (returned as settings given, which win over the file)."""
     from ..config import TrainConfig, recipe_settings
     from .checkpoint import load_checkpoint
 
     chosen, defaults = recipe_settings(preset), TrainConfig()
+    own = own_run_folder(preset) if not given.get("output_dir") else None
     where = TrainConfig(**{k: given.get(k) or chosen.get(k) or getattr(defaults, k) for k in ("model", "dataset",
                                                                                            "output_dir")})
-    path = Path(where.run_dir()) / "last.pt"
+    path = Path(own or where.run_dir()) / "last.pt"
     if is_locked(path.parent):  # its last.pt is being written: no other reason is the real one
         raise busy(path.parent)
     state = load_checkpoint(path)
     config = state.get("config", {})
-    if isinstance(config, dict) and not (given.get("data_path") or chosen.get("data_path")):
-        config = {**config, "data_path": run_data_path(state, config.get("data_path"))}
-    return config, f"{path}: its saved config"
+    paths = {"output_dir": own} if own else {}
+    if isinstance(config, dict) and not given.get("data_path"):
+        recorded = config.get("data_path")
+        if own and chosen.get("data_path") == recorded and recorded:  # the run's own, as it began
+            paths["data_path"] = run_data_path(state, recorded)
+        elif not chosen.get("data_path"):
+            config = {**config, "data_path": run_data_path(state, recorded)}
+    return config, f"{path}: its saved config", paths
+
+
+def own_run_folder(preset) -> str | None:
+    """The run folder a --config file lies in (a run's config.yaml: its last.pt beside it), or None."""
+    from ..config import is_config_file
+
+    if not isinstance(preset, str) or not is_config_file(preset):
+        return None
+    folder = Path(preset).parent
+    return str(folder) if (folder / "last.pt").is_file() else None
 
 
 def run_data_path(state: dict, recorded):
