@@ -14,9 +14,15 @@ Mistakes in the input raise ConvzooError (one line, as the CLI prints them).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import ConfigError, ConvzooError, shown
+
+# onnxruntime 1.32's Linux builds upload usage events and keep a device id in ~/.cache/Microsoft unless
+# this is set before it starts (a `.ses` file in $TMPDIR per process too). convzoo runs offline models on
+# the user's machine: off unless the user chose (ORT_DISABLE_TELEMETRY=0 keeps onnxruntime's default).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __all__ = ["train", "evaluate", "load", "predict", "export", "Model", "ConvzooError", "TrainConfig"]
 

@@ -249,6 +249,12 @@ def test_quantize_refuses_fewer_training_images_than_one_qat_batch(tmp_path, mni
               "--data-path", need(MNIST_DIR), "--output-dir", tmp_path / "q",
               fragments=[f"--train-limit {batch - 1} leaves {batch - 1} training images",
                          f"--batch-size {batch}", "--method ptq"])
+    assert not (tmp_path / "q").exists()  # made before the data were read, it stayed holding the lock file only
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    cli_error(capsys, "quantize", "--ckpt", mnist_run / "best.pt", "--train-limit", batch - 1,
+              "--data-path", need(MNIST_DIR), "--output-dir", tmp_path / "mine", fragments=["--method ptq"])
+    assert [f.name for f in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.real_data

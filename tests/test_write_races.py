@@ -84,17 +84,25 @@ def small_file_limit():
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
 
+def parent_env() -> dict:
+    """This process's environment less what `import convzoo` set in it, so the command sets it itself."""
+    return {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+
+
 def limited_cli(*args, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "convzoo", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=small_file_limit, env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
+                          preexec_fn=small_file_limit, env={**parent_env(), "PYTHONWARNINGS": "ignore", **env},
                           timeout=600)
 
 
 @pytest.mark.real_data
 def test_writes_failing_in_the_temp_folder_are_one_line(tmp_path):
-    tmp = tmp_path / "tmp"
+    tmp, home = tmp_path / "tmp", tmp_path / "home"
     tmp.mkdir()
-    env = {"TMPDIR": str(tmp)}
+    home.mkdir()
+    # torch's compiler cache (made by torch.export, empty) is torch's own folder, not a leftover of convzoo's;
+    # HOME: onnxruntime's telemetry (off unless the user turns it on) kept a device id in ~/.cache/Microsoft
+    env = {"TMPDIR": str(tmp), "HOME": str(home), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     # export: nothing goes through the temp folder any more; the output's own write fails
     proc = limited_cli("export", "--ckpt", "lenet5:mnist", "--output", tmp_path / "m.onnx", env=env)
     assert_user_error(proc, f"{tmp_path / 'm.onnx'}: cannot write: File too large")
@@ -109,6 +117,7 @@ def test_writes_failing_in_the_temp_folder_are_one_line(tmp_path):
                        env={**env, "CONVZOO_CACHE": str(tmp_path / "cache")})
     assert_user_error(proc, f"{tmp}: cannot write: File too large")
     assert list(tmp.iterdir()) == [] and not (tmp_path / "m.onnx").exists() and not (tmp_path / "q.onnx").exists()
+    assert not (home / ".cache" / "Microsoft").exists()
 
 
 # --- 3. an output that appears during a long write is kept ------------------------------------------

@@ -42,8 +42,24 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
     check_quantizable(ckpt["model"], ckpt_path)
     recipe = run_recipe(ckpt, ckpt_path)
     torch.set_num_threads(threads)
+    before = rundir.snapshot(out)
     make_folder(out)
     take_folder(out)
+    try:
+        result, table = quantize_checked(out, ckpt, ckpt_path, recipe, method=method, epochs=epochs, lr=lr,
+                                         calib_batches=calib_batches, train_limit=train_limit, data_path=data_path,
+                                         threads=threads, runtime=runtime, exist_ok=exist_ok, log=log)
+    except BaseException:  # a data error, too few images, Ctrl-C: the folder as it was (a new one goes)
+        rundir.rollback(before)
+        raise
+    log(table)
+    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
+    return result
+
+
+def quantize_checked(out: Path, ckpt, ckpt_path, recipe: TrainConfig, *, method, epochs, lr, calib_batches,
+                     train_limit, data_path, threads, runtime, exist_ok, log):
+    """The run once the checkpoint and folder are taken: its data, then the staged outputs."""
     spec = InputSpec.from_dict(ckpt["input"])
     train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
     if train_limit:
@@ -58,9 +74,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
         result, table = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method,
                                       epochs=epochs, lr=lr, calib_batches=calib_batches, threads=threads,
                                       runtime=runtime, log=log)
-    log(table)
-    log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
-    return result
+    return result, table
 
 
 def run_recipe(ckpt: dict, path) -> TrainConfig:
