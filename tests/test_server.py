@@ -525,6 +525,41 @@ def test_stalled_heads_and_bodies_are_closed_after_the_timeout(mnist_onnx, tmp_p
 
 
 
+def test_a_body_that_keeps_coming_past_the_deadline_is_closed(mnist_onnx, tmp_path, monkeypatch):
+    """A body moving above the minimum rate was kept for as long as it kept moving: clients at 1 KB/s,
+    each holding what it had sent, filled the worker's body budget and kept it full. With a 3-s
+    deadline (checked every 1 s), a body still arriving at 5 B/s after 3 s gets a 408 JSON error and
+    is closed; one that completes inside it is served."""
+    monkeypatch.setenv("CONVZOO_BODY_TIMEOUT", "1")
+    monkeypatch.setenv("CONVZOO_MIN_BODY_RATE", "1")
+    monkeypatch.setenv("CONVZOO_BODY_DEADLINE", "3")
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nConnection: close\r\n"
+    with server_with(mnist_onnx, tmp_path) as url:
+        with raw(url, timeout=15) as sock:
+            sock.sendall(head + b"Content-Length: 100\r\n\r\n")
+            started, reply = time.monotonic(), b""
+            for _ in range(100):  # 20 s of body at a byte per 0.2 s, unless the server closes it first
+                time.sleep(0.2)
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                if time.monotonic() - started > 3.5:
+                    break
+            reply = read_all(sock)
+            assert "did not arrive within 3 s" in json_error(reply, 408)
+            assert time.monotonic() - started < 8
+        with raw(url) as sock:  # 2 s of body: inside the deadline, answered (not an image: 4xx, not 408)
+            body = b"x" * 10
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
+            for byte in body:
+                time.sleep(0.2)
+                sock.sendall(bytes([byte]))
+            reply = read_all(sock)
+            status = int(reply.split(b" ", 2)[1])
+            assert 400 <= status < 500 and status != 408, reply[:300]
+        assert httpx.get(url + "/healthz", timeout=2).status_code == 200
+
 def test_a_stalled_body_gets_the_whole_body_timeout_whatever_the_head_took(mnist_onnx, tmp_path, monkeypatch):
     """The connection's one timer is armed for the head when it opens. A head completed 2 s into a
     3-s head timeout, then a stalled body: the 408 comes a full body timeout (3 s) after the head, not
@@ -1415,7 +1450,8 @@ def test_serve_and_predict_agree_on_upscaled_digits(pretrained, tmp_path):
 
 
 @pytest.mark.parametrize("name, value", [("CONVZOO_HEAD_TIMEOUT", "1e-300"), ("CONVZOO_BODY_TIMEOUT", "0"),
-                                         ("CONVZOO_WRITE_TIMEOUT", "nan"), ("CONVZOO_MIN_BODY_RATE", "-1")])
+                                         ("CONVZOO_WRITE_TIMEOUT", "nan"), ("CONVZOO_MIN_BODY_RATE", "-1"),
+                                         ("CONVZOO_BODY_DEADLINE", "-5")])
 def test_server_settings_from_the_environment_are_checked(name, value):
     """CONVZOO_HEAD_TIMEOUT=1e-300 was taken: every request timed out at once. Each setting is one line."""
     from conftest import assert_user_error, run_cli

@@ -14,6 +14,8 @@ This subclass, passed to uvicorn as `http=` (one worker or several), adds per co
 - BODY_TIMEOUT: a body is checked every 10 s (never while uvicorn itself paused reading because the
   app has not read yet): one that made no progress in that window, or arrived at under MIN_BODY_RATE,
   gets 408 and is closed;
+- BODY_DEADLINE: a body must arrive within 120 s in all (time uvicorn paused reading not counted),
+  checked at the same times, else 408 and close;
 - MAX_PIPELINED: at most 16 requests wait behind the one being answered; a client that sends more
   (thousands of `GET /` in one read held ~10 MB per connection, never read back) gets answers to those,
   the last with `connection: close`, and nothing after them is parsed;
@@ -26,7 +28,8 @@ This subclass, passed to uvicorn as `http=` (one worker or several), adds per co
 A 408 is written only when no response is under way on the connection; otherwise it just closes.
 The hot path adds counters and flags; one timer per connection fires every ~10 s at most.
 The timeouts can be set (seconds) with CONVZOO_HEAD_TIMEOUT, CONVZOO_BODY_TIMEOUT and
-CONVZOO_WRITE_TIMEOUT, the body's minimum rate (bytes/s, 0: none) with CONVZOO_MIN_BODY_RATE.
+CONVZOO_WRITE_TIMEOUT, the body's minimum rate (bytes/s, 0: none) with CONVZOO_MIN_BODY_RATE, its
+longest time (s, 0: none) with CONVZOO_BODY_DEADLINE.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ WRITE_TIMEOUT = _seconds("CONVZOO_WRITE_TIMEOUT", 30.0)
 # (dial-up is 7,000), and a body holding budget must now move it along: 64 MB held for an hour costs a
 # client 13 connections x 1 KB/s ... x the hour, not one byte a second.
 MIN_BODY_RATE = _seconds("CONVZOO_MIN_BODY_RATE", 1000.0, zero=True, what="bytes per second")
+# The longest a body may take, as Go's http.Server ReadTimeout bounds one (the time uvicorn paused reading
+# for the app not counted). The floor alone let ~46 clients at 1 KB/s fill the 64 MB budget in 25 minutes
+# and hold it as long as they kept sending; now each holds 120 KB at most at that rate, so the same takes
+# ~550 connections. 5 MB (the default --max-upload) at 50 KB/s, a slow mobile uplink, takes 105 s.
+BODY_DEADLINE = _seconds("CONVZOO_BODY_DEADLINE", 120.0, zero=True)
 MAX_PIPELINED = 16  # requests queued behind the one being answered; a browser pipelines none
 LINGER = 5.0  # s the rest of a refused body is read and dropped after its error response (at most)
 
@@ -184,6 +192,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
+        self._body_time = 0.0  # s spent receiving this body, windows where uvicorn paused reading left out
         self._mark = self._received
         self._mark_time = now = self.loop.time()
         # the head's timer may be pending: _check re-arms one that fires early; one due late is replaced
@@ -262,7 +271,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             elif arrived < MIN_BODY_RATE * elapsed:
                 self._refuse(408, f"the request body arrived at {arrived / elapsed:.0f} bytes/s over {elapsed:.0f} s; "
                                   f"the minimum is {MIN_BODY_RATE:g}")
+            elif BODY_DEADLINE and self._body_time + elapsed >= BODY_DEADLINE:
+                self._refuse(408, f"the request body did not arrive within {BODY_DEADLINE:g} s")
             else:
+                self._body_time += elapsed
                 self._mark, self._mark_time = self._received, now
                 self._timer = self.loop.call_later(BODY_TIMEOUT, self._check)
         elif self._head_started is not None:  # receiving a head (or waiting for the first one)
