@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ConfigError, ConvzooError, shown
+from .errors import ConfigError, ConvzooError, path_error, shown
 
 # onnxruntime 1.32's Linux builds upload usage events and keep a device id in ~/.cache/Microsoft unless
 # this is set before it starts (a `.ses` file in $TMPDIR per process too). convzoo runs offline models on
@@ -42,6 +42,25 @@ def __getattr__(name):
     raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
 
 
+def _paths_checked(function):
+    """A path no file can have (a 300-byte name, a link loop) given to the API raises ConvzooError, as
+    the CLI prints it, not the OSError or RuntimeError from wherever it was first used."""
+    import functools
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            unusable = path_error(exc)
+            if unusable is None:
+                raise
+            raise unusable from None
+
+    return checked
+
+
+@_paths_checked
 def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: bool = False, **flags) -> dict:
     """Train as `convzoo train` does; returns the last epoch's metrics, `best_acc`, `output_dir` and
     `checkpoint` (the run's best.pt).
@@ -89,6 +108,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     return {**result, "checkpoint": str(Path(result["output_dir"]) / "best.pt")}
 
 
+@_paths_checked
 def evaluate(model, *, dataset: str | None = None, data_path=None, device: str = "auto", batch_size: int = 1000,
              threads: int = 0, runtime: str = "auto", test_limit: int = 0, tta: str | None = None, classes=None,
              mean=None, std=None, input_size: int | None = None, crop: float | None = None,
@@ -145,6 +165,7 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
                                tta=tta, limit=test_limit)
 
 
+@_paths_checked
 def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None, mean=None, std=None,
          input_size: int | None = None, crop: float | None = None, interpolation: str | None = None,
          preprocessor=None, preprocess: str | None = None) -> "Model":
@@ -183,6 +204,7 @@ def _description(*, classes, mean, std, input_size, crop, interpolation, preproc
     return with_preprocessor({k: v for k, v in given.items() if v is not None}, preprocessor)
 
 
+@_paths_checked
 def predict(model, images, *, topk: int = 3) -> list[dict]:
     """One result per image: {'class', 'index', 'probability', 'topk': [...]} (plus 'file' for files).
 
@@ -197,6 +219,7 @@ def predict(model, images, *, topk: int = 3) -> list[dict]:
     return model.predict(images, topk=topk)
 
 
+@_paths_checked
 def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False, opset: int = 18,
            dynamic_batch: bool = True, data_path=None, exist_ok: bool = False) -> dict:
     """`convzoo export`: a checkpoint, .safetensors or NAME:DATASET -> a checked ONNX file (int8 with
@@ -257,6 +280,7 @@ class Model:
     input = property(lambda self: dict(self.meta["input"]))  # channels, size, fit, mean, std
     preprocessing = property(lambda self: self.meta.get("preprocess", "resize"))  # digit | fashion | resize
 
+    @_paths_checked
     def preprocess(self, images):
         """Images (as predict() takes them) -> the normalised float32 batch the model runs on."""
         decoded = _decoded(images)
@@ -264,6 +288,7 @@ class Model:
             raise ConvzooError("no images given")
         return self._predictor.inputs([image for _, image, _ in decoded])
 
+    @_paths_checked
     def predict(self, images, *, topk: int = 3) -> list[dict]:
         from .deploy.predict import MAX_TOPK
 

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import ConfigError, ConvzooError, Terminated, WriteError, printable
+from .errors import ConfigError, ConvzooError, Terminated, WriteError, path_error, printable
 
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
@@ -62,7 +62,11 @@ def main(argv=None) -> int:
         # `convzoo predict ... | head -1`: the reader left; stop quietly, as cat and grep do.
         silence_stdout()
         return 141
-    except Exception:
+    except Exception as exc:
+        unusable = path_error(exc)  # a 300-byte file name, a link loop: the user's path, not a bug
+        if unusable is not None:
+            print(f"convzoo: error: {unusable}", file=sys.stderr)
+            return 2
         if not TERMINATED.is_set():
             raise
         return stopped_by(signal.SIGTERM)  # the ImportError a SIGTERM mid-import became

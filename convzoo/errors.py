@@ -1,5 +1,6 @@
 """User-facing errors: the CLI prints them as one line and exits 2; anything else is a bug."""
 
+import errno
 import re
 
 # C0, DEL, C1 (8-bit CSI), line/paragraph separators, bidirectional overrides (a class name with U+202E
@@ -56,6 +57,24 @@ class ConfigError(ConvzooError):
 
 class WriteError(ConvzooError):
     """An output that cannot be written: no space, a read-only or forbidden folder, a file-size limit."""
+
+
+class PathError(ConvzooError):
+    """A path no file can have: a name longer than the file system allows, a link that leads to itself."""
+
+
+UNUSABLE_PATH = {errno.ENAMETOOLONG: "file name too long (the file system's limit is 255 bytes a name)",
+                 errno.ELOOP: "a symbolic link loop (the link leads back to itself)"}
+
+
+def path_error(exc: BaseException) -> PathError | None:
+    """The PathError behind an OSError of that kind, or pathlib's RuntimeError for a link loop (Python
+    3.11's resolve()), else None. Caught once where commands and API calls end, as any path the user
+    gives can be one: checking each where it is first used missed most (every command traced back)."""
+    if isinstance(exc, OSError) and exc.errno in UNUSABLE_PATH:
+        return PathError(UNUSABLE_PATH[exc.errno], exc.filename)
+    loop = re.fullmatch(r"Symlink loop from '(.*)'", str(exc)) if type(exc) is RuntimeError else None
+    return PathError(UNUSABLE_PATH[errno.ELOOP], loop.group(1)) if loop else None
 
 
 def closest(name: str, choices) -> str:

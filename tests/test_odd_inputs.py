@@ -243,3 +243,43 @@ def test_train_api_takes_paths_and_numpy_integers(tmp_path):
         with pytest.raises(ConfigError, match=r"--classes needs at least two classes, got \[3\]"):
             convzoo.train(model="lenet5", classes=one, output_dir=tmp_path / "x")
     assert convzoo._plain(np.float32(0.01)) == 0.01 and convzoo._plain((np.int8(1), 2)) == [1, 2]
+
+
+def long_name(rng, suffix: str) -> str:
+    """A file name over the file system's 255-byte limit, of seeded length and letters."""
+    return "n" + "".join(rng.choice(list("abcxyz_-"), size=int(rng.integers(256, 400)))) + suffix
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, monkeypatch, seed):
+    """A name over 255 bytes in any path a command takes was `OSError: [Errno 36] File name too long`
+    and a traceback from wherever it was first used (predict, eval, export, train, report, summary,
+    convert, data info ...); an output path that is a link to itself was pathlib's RuntimeError. Both
+    are one line naming the path, from the CLI and the API."""
+    import convzoo
+    from convzoo.errors import PathError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVZOO_DATA", str(need(MNIST_DIR).parent))
+    rng = np.random.default_rng(seed)
+    Image.new("L", (28, 28)).save("digit.png")
+    commands = [["predict", "--model", "lenet5:mnist", long_name(rng, ".png")],
+                ["predict", "--model", long_name(rng, ".onnx"), "digit.png"],
+                ["eval", "--ckpt", long_name(rng, ".pt")],
+                ["export", "--ckpt", "lenet5:mnist", "--output", long_name(rng, ".onnx")],
+                ["train", "--model", "lenet5", "--data-path", long_name(rng, "")],
+                ["report", long_name(rng, "")],
+                ["summary", "--model", long_name(rng, ".pt")],
+                ["data", "info", "folder", "--data-path", long_name(rng, "")],
+                ["convert", long_name(rng, ".pt"), "--model", "lenet5", "--dataset", "mnist", "--output", "w.pt"]]
+    for args in commands:
+        cli_error(capsys, *args, fragments=("file name too long",))
+    Path("loop.onnx").symlink_to("loop.onnx")
+    cli_error(capsys, "export", "--ckpt", "lenet5:mnist", "--output", "loop.onnx",
+              fragments=("loop.onnx", "symbolic link loop"))
+    for call in (lambda: convzoo.predict("lenet5:mnist", long_name(rng, ".png")),
+                 lambda: convzoo.load(long_name(rng, ".onnx")),
+                 lambda: convzoo.export("lenet5:mnist", long_name(rng, ".onnx"))):
+        with pytest.raises(PathError, match="file name too long"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "loop.onnx"]
