@@ -162,6 +162,20 @@ def check_error(r: httpx.Response, status: int, label: str):
     assert isinstance(r.json()["error"], str) and r.json()["error"], (label, r.text[:300])
 
 
+def test_multipart_mistakes_are_named(served, digits):
+    """`curl -F 'file=<d.png'` (the bytes as a text field named file) and a body cut before its closing
+    boundary were both told "no file in the multipart body (send the image in a field named 'file')"."""
+    digit = digits[0][0]
+    head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+    with httpx.Client(base_url=served[0], timeout=30) as client:
+        r = client.post("/v1/predict", files={"file": (None, digit)})
+        assert r.status_code == 422 and "holds text, not a file upload" in r.json()["error"], r.text
+        cut = {"content-type": "multipart/form-data; boundary=x"}
+        r = client.post("/v1/predict", content=head + digit, headers=cut)
+        assert r.status_code == 422 and "no closing boundary" in r.json()["error"], r.text
+        r = client.post("/v1/predict", content=head + digit + b"\r\n--x--\r\n", headers=cut)  # the same, closed
+        assert r.status_code == 200 and r.json()["class"] == digits[0][1], r.text
+
 def test_every_bad_request_gets_its_4xx_json_and_keeps_the_connection(served, digits):
     url = served[0]
     digit, label = digits[0]

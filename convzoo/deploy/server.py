@@ -718,6 +718,11 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
     finally:
         await form.close()
     if not files:
+        if "file" in texts:  # curl -F 'file=<x.png' (the file's bytes as text) instead of -F 'file=@x.png'
+            raise RequestError(422, "the multipart field 'file' holds text, not a file upload (curl: -F "
+                                    "'file=@image.png', with @)")
+        if not parts and not closed_multipart(request, body):  # no part at all, and no closing boundary either
+            raise RequestError(422, "malformed multipart body (it never ends: no closing boundary)")
         raise RequestError(422, "no file in the multipart body (send the image in a field named 'file')")
     unknown = [name for name in texts if name != "topk"]
     if unknown:  # `-F topK=1` was ignored without a word
@@ -728,6 +733,17 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
     if topk is not None and not isinstance(topk, str):  # a file sent as `topk`
         raise RequestError(422, "the multipart field 'topk' must be a number, not a file")
     return files, topk
+
+
+def closed_multipart(request: Request, body: bytes) -> bool:
+    """Whether the body holds its closing delimiter (--BOUNDARY--); the parser reads one cut short as
+    a form with no parts, which is no reason to tell the client it sent no file."""
+    from email.message import Message
+
+    header = Message()
+    header["content-type"] = request.headers.get("content-type", "")
+    boundary = header.get_param("boundary")
+    return isinstance(boundary, str) and b"--" + boundary.encode("latin-1", "replace") + b"--" in body
 
 
 JSON_KEYS = ("images", "topk")
