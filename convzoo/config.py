@@ -227,7 +227,16 @@ def check_value(name: str, value, source: str):
             if kind == "float" and not math.isfinite(value):
                 break
             return float(value) if kind == "float" else value
-    raise ConfigError(f"{source}: {name} must be {declared}, got {shown(value)}")
+    raise ConfigError(f"{source}: {name} must be {in_words(kinds)}, got {shown(value)}")
+
+
+KIND_WORDS = {"int": "a whole number", "float": "a finite number", "str": "text", "bool": "true or false",
+              "list[int]": "a list of whole numbers", "list[str]": "a list of names", "None": "null"}
+
+
+def in_words(kinds: list[str]) -> str:
+    """A field's declared type as a user reads it (`list[int] | None`: "a list of whole numbers or null")."""
+    return " or ".join(KIND_WORDS.get(kind, kind) for kind in kinds)
 
 
 def preset_names() -> list[str]:

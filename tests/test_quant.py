@@ -221,7 +221,7 @@ def test_quantize_bad_input(tmp_path, mnist_run):
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("forged, fragments", [
-    ({"batch_size": "abc"}, ["batch_size must be int, got 'abc'"]),  # int('abc') deep in QAT: a traceback
+    ({"batch_size": "abc"}, ["batch_size must be a whole number, got 'abc'"]),  # int('abc') deep in QAT: a traceback
     ({"batch_size": -3}, ["--batch-size must be >= 1, got -3"]),  # QAT "learned" one channel: a RuntimeError
     ({"seed": 2**70}, ["--seed must be in 0..4294967295"]),
     ({"augment": "weird"}, ["unknown augment 'weird'"]),

@@ -172,7 +172,7 @@ def tiny_run(tmp_path_factory):
     (["eval", "--ckpt", "/nonexistent/best.pt"], ["/nonexistent/best.pt", "checkpoint not found"]),
     (["train", "--shift-pad", "-5"], ["--shift-pad must be in 0..64"]),
     (["train", "--seed", "4294967296"], ["--seed must be in 0..4294967295"]),  # was NumPy's traceback
-    (["train", "--lr", "inf"], ["lr must be float"]),
+    (["train", "--lr", "inf"], ["lr must be a finite number"]),
     (["train", "--epochs", "abc"], ["--epochs", "'abc'"]),
     (["train", "--config", "lenet-mindspore/../../x"], ["config file not found"]),  # a path: the user's file, not a preset
     (["train", "--config", "lenet5-fastt"], ["unknown preset", "lenet5-fast"]),
@@ -281,7 +281,7 @@ def test_output_dir_rules(tmp_path, tiny_run):
 @pytest.mark.real_data
 @pytest.mark.parametrize("edit,fragment", [
     ({"config": "lenet5"}, "saved config must be a mapping"),
-    ({"config_epochs": "x"}, "epochs must be int"),
+    ({"config_epochs": "x"}, "epochs must be a whole number"),
     ({"epoch": "1"}, "epoch must be a non-negative integer"),
     ({"step": -3}, "step must be a non-negative integer"),
     ({"rng": None}, "no valid RNG state"),
@@ -490,8 +490,8 @@ def test_a_config_file_the_user_wrote_trains_and_a_runs_own_config_yaml_retrains
     ("model: [lenet5", "not valid YAML"),
     ("- model: lenet5\n", "holds a list, not a mapping of settings"),
     ("model: lenet5\nepochz: 3\n", "has unknown keys: epochz (did you mean 'epochs'?)"),
-    ("model: lenet5\nepochs: three\n", "epochs must be int"),
-    ("model: lenet5\nlr: .nan\n", "lr must be float"),
+    ("model: lenet5\nepochs: three\n", "epochs must be a whole number"),
+    ("model: lenet5\nlr: .nan\n", "lr must be a finite number"),
     ("model: resnet\n", "unknown model 'resnet'"),
     (b"model: lenet5 \xff\n", "must be UTF-8"),
     ("a: " + "[" * 50_000 + "]" * 50_000, "not valid YAML"),
