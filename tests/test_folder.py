@@ -186,7 +186,7 @@ def digit_png(index: int = 0) -> bytes:
 def bad_folders(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     """name -> (folder, fragments its one error line must hold)."""
     cases = {}
-    cases["missing"] = (tmp / "nowhere", [str(tmp / "nowhere"), "not a folder"])
+    cases["missing"] = (tmp / "nowhere", [str(tmp / "nowhere"), "no such folder"])
     (tmp / "empty").mkdir()
     cases["empty"] = (tmp / "empty", [str(tmp / "empty"), "no class folders"])
     (tmp / "one" / "cat").mkdir(parents=True)
