@@ -676,6 +676,9 @@ def cmd_predict(args) -> int:
         raise ConfigError("give IMAGE files or --from-test N, not both")
     if args.grid is not None and not args.from_test:
         raise ConfigError("--grid goes with --from-test N (the grid shows those test images)")
+    if args.data_path is not None and not args.from_test:  # taken and ignored, its folder never looked at
+        raise ConfigError("--data-path goes with --from-test N (the data set its test images come from); IMAGE "
+                          "files are read as given")
     predictor = Predictor(model, threads=args.threads, runtime=runtime, describe=describe_hints(args))
     if args.from_test:  # checked before the work: `--grid m.onnx` replaced the model with a PNG
         from .report.plots import check_plot_target

@@ -2,6 +2,7 @@
 
 import errno
 import re
+from collections import Counter
 
 # C0, DEL, C1 (8-bit CSI), line/paragraph separators, bidirectional overrides (a class name with U+202E
 # printed the rest of the line reversed), and surrogates: a file name's bytes that are not UTF-8 reach
@@ -88,6 +89,15 @@ def closest(name: str, choices) -> str:
 def unknown(kind: str, name: str, choices) -> ConfigError:
     choices = sorted(choices)
     return ConfigError(f"unknown {kind} {name!r}{closest(name, choices)}; choose from: {', '.join(choices)}")
+
+
+def repeated_key(pairs: list[tuple[str, object]]) -> str | None:
+    """For json.loads' object_pairs_hook: what is wrong when an object gives a key more than once (JSON
+    keeps the last one, silently), or None. The server's 422 and a --classes file's error say it alike."""
+    if len({key for key, _ in pairs}) == len(pairs):
+        return None
+    key, count = Counter(key for key, _ in pairs).most_common(1)[0]
+    return f"the JSON key {key[:40]!r} is given {count} times; give it once"
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:

@@ -290,6 +290,21 @@ def test_report_on_damaged_config(tmp_path):
     assert_user_error(run_cli("report", tmp_path / "run"), "cannot read config.yaml")
 
 
+def test_a_path_that_does_not_exist_is_said_not_to(tmp_path, capsys):
+    """`--data-path nonexist_dir` said "is not a folder", `report nonexist` "not a run directory (no
+    metrics.csv)": a mistyped path is named as missing; a file, or a folder holding no run, keep their words."""
+    gone = tmp_path / "nowhere"
+    cli_error(capsys, "report", gone, fragments=[f"{gone}: no such folder"])
+    cli_error(capsys, "report", tmp_path, fragments=[f"{tmp_path}: not a run directory (no metrics.csv)"])
+    for command in (["data", "info", "mnist"], ["eval", "--ckpt", "lenet5:mnist"],
+                    ["train", "--dataset", "folder", "--output-dir", tmp_path / "run"]):
+        cli_error(capsys, *command, "--data-path", gone, fragments=[f"{gone}: no such folder (--data-path)"])
+    (tmp_path / "notes.txt").write_text("a file")
+    cli_error(capsys, "data", "info", "mnist", "--data-path", tmp_path / "notes.txt",
+              fragments=[f"{tmp_path / 'notes.txt'}: --data-path is not a folder"])
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.real_data
 def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
     """`convzoo predict ... --json | head -1`: no BrokenPipeError traceback when the reader leaves."""

@@ -186,7 +186,7 @@ def digit_png(index: int = 0) -> bytes:
 def bad_folders(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     """name -> (folder, fragments its one error line must hold)."""
     cases = {}
-    cases["missing"] = (tmp / "nowhere", [str(tmp / "nowhere"), "not a folder"])
+    cases["missing"] = (tmp / "nowhere", [str(tmp / "nowhere"), "no such folder"])
     (tmp / "empty").mkdir()
     cases["empty"] = (tmp / "empty", [str(tmp / "empty"), "no class folders"])
     (tmp / "one" / "cat").mkdir(parents=True)
@@ -345,6 +345,37 @@ def test_eval_warns_once_when_the_folder_split_is_not_the_trained_one(tmp_path, 
     # `data verify folder` printed nothing and exited 0: a folder has no official files to check.
     code, err = cli(capsys, "data", "verify", "folder", "--data-path", moved)
     assert code == 2 and "no official files to verify" in err, err
+
+
+def test_data_without_the_models_classes_is_refused_first_naming_the_command(tmp_path, capsys, monkeypatch):
+    """A cat/dog/bird folder model: `eval --dataset mnist` downloaded MNIST (or read it) only to refuse it,
+    now refused before anything is located (the catalog names its classes); on a folder of other classes,
+    eval warned of "0 test files now" before refusing, and export --int8's refusal named eval."""
+    from convzoo.data import tensors
+
+    images = mnist_test(30)[0][:, 0]
+    folders = [("mine", c) for c in ("cat", "dog", "bird")] + [("other", c) for c in ("ant", "bee", "cow")]
+    for k, (root, c) in enumerate(folders):  # distinct digits: copies across the split get a warning of their own
+        (tmp_path / root / c).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / root / c / f"{i}.png").write_bytes(png_bytes(images[5 * k + i]))
+    code, err = cli(capsys, "train", "--model", "lenet5", "--dataset", "folder", "--data-path", tmp_path / "mine",
+                    "--epochs", 1, "--batch-size", 4, "--threads", 1, "--output-dir", tmp_path / "run")
+    assert code == 0, err
+    best = tmp_path / "run" / "best.pt"
+
+    missing = "the model's classes 'bird', 'cat', 'dog' are not in this data set"
+    with monkeypatch.context() as m:  # (eval --model FILE reads the data through the same function)
+        m.setattr(tensors, "locate", lambda *a, **k: pytest.fail("the data set was located"))
+        one_error(*cli(capsys, "eval", "--ckpt", best, "--dataset", "mnist"), f"{best}: {missing} (0, 1, 2,",
+                  "eval needs a data set whose class names the model shares")
+    code, err = cli(capsys, "eval", "--ckpt", best, "--data-path", tmp_path / "other")
+    one_error(code, err, f"{missing} (ant, bee, cow): eval needs")
+    assert "test split" not in err, err  # it said "0 test files now": the model's classes are not there
+    code, err = cli(capsys, "export", "--ckpt", best, "--int8", "--data-path", tmp_path / "other", "--output",
+                    tmp_path / "q.onnx")
+    one_error(code, err, f"{missing} (ant, bee, cow): export --int8 needs")
+    assert "test split" not in err and not (tmp_path / "q.onnx").exists(), err
 
 
 def test_class_names_a_checkpoint_cannot_hold_are_refused_before_training(tmp_path):

@@ -19,7 +19,7 @@ from PIL import Image
 import convzoo
 from convzoo.errors import ConvzooError
 
-from conftest import MNIST_DIR, assert_user_error, need, run_cli
+from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
 from test_deploy import mnist_test, png_bytes, serving
 
 pytestmark = pytest.mark.real_data
@@ -226,6 +226,23 @@ def test_bad_descriptions_are_one_line(files, tmp_path):
     for args, fragment in cases:
         proc = run_cli("predict", "--model", *args, "--from-test", "1")
         assert fragment in assert_user_error(proc), (args, proc.stderr)
+
+
+def test_a_class_file_that_would_overwrite_or_shift_names_is_refused(tmp_path, capsys):
+    """A JSON key given twice (`"1": "b", "1": "c"`) named class 1 'c' without a word, and a blank line inside
+    a text file was dropped, moving every later name to the class before its own: each is one line naming
+    the file (the line, for the blank one). Blank lines at a text file's end are only its ending."""
+    model = write(foreign_graph(["N", 1, 16, 16], out_classes=3), tmp_path / "g.onnx")
+    image = tmp_path / "x.png"
+    Image.new("L", (16, 16)).save(image)
+    twice, gap, ending = tmp_path / "twice.json", tmp_path / "gap.txt", tmp_path / "ending.txt"
+    twice.write_text('{"0": "a", "1": "b", "1": "c", "2": "d"}')
+    gap.write_text("a\n\nb\nc\n")
+    ending.write_text("a\r\nb\r\nc\r\n\r\n  \n")
+    for file, problem in ((twice, "the JSON key '1' is given 2 times; give it once"), (gap, "line 2 is blank")):
+        cli_error(capsys, "predict", "--model", model, "--classes", file, "--mean", 0, "--std", 1, image,
+                  fragments=[f"{file}: {problem}"])
+    assert convzoo.load(model, classes=str(ending), mean=0, std=1).classes == ["a", "b", "c"]
 
 
 def foreign_graph(shape, out_classes=10):

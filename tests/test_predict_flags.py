@@ -39,6 +39,16 @@ def test_predict_refuses_conflicting_flags_and_keeps_a_foreign_grid_png(tmp_path
               fragments=["--from-test 20000 is more than the 10,000 test images"])
 
 
+def test_data_path_without_from_test_is_refused(tmp_path, capsys):
+    """`predict --data-path /nonexistent mine.png` predicted the image and exited 0: --data-path names where
+    --from-test's images come from, and IMAGE files need none (as `export --data-path` without --int8)."""
+    image = tmp_path / "mine.png"
+    Image.new("L", (28, 28)).save(image)
+    for images in ([image], []):
+        cli_error(capsys, "predict", "--model", "lenet5:mnist", "--data-path", tmp_path / "nowhere", *images,
+                  fragments=["--data-path goes with --from-test N"])
+
+
 @pytest.mark.real_data
 def test_topk_beyond_the_classes_lists_all_of_them(tmp_path):
     """`--topk 11` on a 10-class model lists its 10 classes, best first, exit 0 and nothing on stderr

@@ -99,7 +99,8 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
     `splits`: the splits needed (None: all). A folder holding their files is enough (eval reads the
     test files alone); when none has them, the whole data set is downloaded as usual."""
     if data_path is not None and not Path(data_path).is_dir():
-        raise DataError("--data-path is not a folder", data_path)
+        raise DataError("--data-path is not a folder" if Path(data_path).exists() else "no such folder (--data-path)",
+                        data_path)
     if not spec.reader.official:  # the user's own folder: no files to find, verify or download
         if data_path is None:
             raise DataError(f"--dataset {spec.name} reads your own images: pass --data-path FOLDER (one sub-folder "

@@ -100,29 +100,37 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
     return Split(split.images[mask], lookup[split.labels[mask]], tuple(split.classes[c] for c in classes))
 
 
-def select_classes_by_name(split: Split, names, path=None) -> Split:
+def select_classes_by_name(split: Split, names, path, command: str) -> Split:
     """The part of `split` whose classes a model was trained on, relabelled to the model's order."""
     if list(split.classes) == list(names):
         return split
-    missing = [n for n in names if n not in split.classes]
-    if missing:  # at most a few names each: a 1,000-class model's list made a 13,000-character line
-        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
-        have = ", ".join(split.classes[:20]) + (", ..." if len(split.classes) > 20 else "")
-        raise DataError(f"the model's classes {shown} are not in this data set ({have}): eval scores a model on "
-                        "a data set whose class names it shares", path)
+    check_class_names(names, split.classes, path, command)
     return select_classes(split, [split.classes.index(n) for n in names])
 
 
-def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_path=None,
+def check_class_names(names, have, path, command: str) -> None:
+    """Every one of a model's class `names` among a data set's classes `have`; `command`, the one run
+    (eval, export --int8, ...), is named in the refusal."""
+    missing = [n for n in names if n not in have]
+    if missing:  # at most a few names each: a 1,000-class model's list made a 13,000-character line
+        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
+        listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "")
+        raise DataError(f"the model's classes {shown} are not in this data set ({listed}): {command} needs a data "
+                        "set whose class names the model shares", path)
+
+
+def load_model_data(meta: dict, path=None, *, command: str = "eval", dataset: str | None = None, data_path=None,
                     test_only: bool = False) -> tuple[Split | None, Split]:
     """(train, test) of the data set a model (checkpoint or ONNX description) was trained on, or of
     `dataset`, restricted and relabelled to the model's classes. An image folder is read again by
     the rule and from the folder the model records, or from `data_path`. test_only: train is None and
-    a catalog data set's training files are not needed (see load_dataset)."""
+    a catalog data set's training files are not needed (see load_dataset). command: the one run (eval,
+    export --int8, quantize, predict --from-test), named when the data set lacks the model's classes."""
     rule = meta.get("data")
     if not (dataset or meta.get("dataset")):
         raise ConfigError("the model names no data set to read its test images from (an ONNX file made elsewhere); "
                           "eval takes --dataset NAME, whose classes are matched to the model's by name", path)
+    names = meta["class_names"]
     if dataset is None and rule:
         recorded = rule.get("path")
         if data_path is None and recorded and not Path(recorded).is_dir():  # not the user's --data-path
@@ -130,12 +138,17 @@ def load_model_data(meta: dict, path=None, *, dataset: str | None = None, data_p
                             "deleted); pass --data-path FOLDER", recorded)
         train, test, located = load_dataset(meta["dataset"], data_path or recorded,
                                             folder=FolderRule.from_dict(rule), test_only=test_only)
-        warn_if_split_changed(rule.get("split"), located, meta["class_names"], path)
+        test = select_classes_by_name(test, names, path, command)
+        # after the class check: a folder without the model's classes has no split of them to compare
+        warn_if_split_changed(rule.get("split"), located, names, path)
     else:
+        spec = get_spec(dataset or meta["dataset"])
+        if not spec.folder:  # the catalog names its classes: refused before any file is located or downloaded
+            check_class_names(names, spec.classes, path, command)
         folder = FolderRule(channels=meta["input"]["channels"])  # a model of another data set on a folder
-        train, test, _ = load_dataset(dataset or meta["dataset"], data_path, folder=folder, test_only=test_only)
-    return (None if train is None else select_classes_by_name(train, meta["class_names"], path),
-            select_classes_by_name(test, meta["class_names"], path))
+        train, test, _ = load_dataset(spec.name, data_path, folder=folder, test_only=test_only)
+        test = select_classes_by_name(test, names, path, command)
+    return None if train is None else select_classes_by_name(train, names, path, command), test
 
 
 def warn_if_split_changed(recorded: dict | None, located: Located, class_names, path=None) -> None:

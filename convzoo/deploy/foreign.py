@@ -13,7 +13,7 @@ import math
 import re
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, repeated_key
 from ..metadata import (MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_NAME_CHARS, META_KEY, MetadataError,
                         ELEMENT_TYPES, check_graph_io, check_model_meta, image_input)
 
@@ -275,14 +275,26 @@ def read_classes(text: str) -> list[str]:
             return [name.strip() for name in text.split(",")]
         raise ConfigError(f"--classes {text[:80]!r} is neither a count, names separated by commas nor a file")
     content = read_text(path, MAX_CLASSES_FILE, "class names")
-    if path.suffix.lower() != ".json":  # lines end at \n (\r\n too), not at str.splitlines' U+2028 or U+0085
-        return checked_names([line.strip() for line in content.split("\n") if line.strip()], path)
+    if path.suffix.lower() != ".json":
+        return checked_names(name_lines(content, path), path)
     data = parse_json(content, path)
     if isinstance(data, dict) and "id2label" in data:  # a Hugging Face model's config.json
         data = data["id2label"]
     if isinstance(data, dict) and isinstance(data.get("label_names"), list):  # a timm hub config.json
         data = data["label_names"]
     return checked_names(indexed_names(data, "the class names", path), path)
+
+
+def name_lines(content: str, path) -> list[str]:
+    """A text file's class names, line i naming class i-1. Blank lines at the end are the file's ending;
+    one inside the list is refused: dropped, it moved every later name to the class before its own."""
+    lines = [line.strip() for line in content.split("\n")]  # \r\n too; not str.splitlines' U+2028 or U+0085
+    while lines and not lines[-1]:
+        lines.pop()
+    if "" in lines:
+        raise ConfigError(f"line {lines.index('') + 1} is blank: each line names one class, in the order of the "
+                          "model's outputs", path)
+    return lines
 
 
 def checked_names(names: list, path) -> list[str]:
@@ -321,9 +333,18 @@ def read_text(path: Path, limit: int, what: str) -> str:
 
 def parse_json(content: str, path):
     try:
-        return json.loads(content)
+        return json.loads(content, object_pairs_hook=lambda pairs: distinct_keys(pairs, path))
     except (ValueError, RecursionError):
         raise ConfigError("not valid JSON", path) from None
+
+
+def distinct_keys(pairs: list, path) -> dict:
+    """json.loads' object_pairs_hook: a key given twice is refused (JSON keeps the last: `"4": "e", "4": "f"`
+    named class 4 'f' without a word)."""
+    problem = repeated_key(pairs)
+    if problem:
+        raise ConfigError(problem, path)
+    return dict(pairs)
 
 
 def with_preprocessor(hints: dict, file) -> dict:

@@ -509,7 +509,8 @@ def predict_test_set(predictor: Predictor, count: int, *, data_path=None, topk: 
     from ..data.tensors import load_model_data
     from .preprocess import from_dataset
 
-    _, test = load_model_data(predictor.meta, predictor.path, data_path=data_path, test_only=True)
+    _, test = load_model_data(predictor.meta, predictor.path, command="predict --from-test",
+                              data_path=data_path, test_only=True)
     if count > len(test):  # it quietly gave the whole test set
         raise ConfigError(f"--from-test {count} is more than the {len(test):,} test images of the model's data set")
     images = test.images[:count].numpy()
@@ -535,7 +536,8 @@ def evaluate_model_file(path, *, dataset: str | None = None, data_path=None, thr
     from .preprocess import from_dataset
 
     predictor = Predictor(path, threads=threads, runtime=runtime, describe=describe)
-    _, test = load_model_data(predictor.meta, path, dataset=dataset, data_path=data_path, test_only=True)
+    _, test = load_model_data(predictor.meta, path, command="eval", dataset=dataset, data_path=data_path,
+                              test_only=True)
     test = test.subset(slice(0, limit or None))
     k = len(predictor.classes)
     images, labels = test.images.numpy(), test.labels.numpy()

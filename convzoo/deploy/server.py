@@ -25,7 +25,7 @@ import json
 import logging
 import tempfile
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from itertools import islice
@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from ..data.images import is_container
-from ..errors import ConfigError
+from ..errors import ConfigError, repeated_key
 from .heap import trim_heap
 from .predict import MAX_TOPK, Predictor
 from .preprocess import ImageError, ImageTooLarge, NotAnImage, decode_image, open_image, to_array
@@ -751,11 +751,10 @@ JSON_KEYS = ("images", "topk")
 
 def distinct_keys(pairs: list[tuple[str, object]]) -> dict:
     """json.loads' object_pairs_hook: a key given twice is a 422 (`"topk": 1, "topk": 5` silently meant 5)."""
-    obj = dict(pairs)
-    if len(obj) < len(pairs):
-        key, count = Counter(key for key, _ in pairs).most_common(1)[0]
-        raise RequestError(422, f"the JSON key {key[:40]!r} is given {count} times; give it once")
-    return obj
+    problem = repeated_key(pairs)
+    if problem:
+        raise RequestError(422, problem)
+    return dict(pairs)
 
 
 def from_json(body: bytes, topk: int | None) -> tuple[list[tuple[str, bytes]], int]:

@@ -91,7 +91,7 @@ def evaluate_checkpoint(path, *, dataset: str | None = None, data_path=None, dev
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     dev = resolve_device(device)
-    _, test = load_model_data(ckpt, path, dataset=dataset, data_path=data_path, test_only=True)
+    _, test = load_model_data(ckpt, path, command="eval", dataset=dataset, data_path=data_path, test_only=True)
     test = test.subset(slice(0, limit or None))
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     tta = tta or (config.get("tta") if config.get("tta") in TTA_CHOICES else "none")

@@ -61,7 +61,7 @@ def quantize_checked(out: Path, ckpt, ckpt_path, recipe: TrainConfig, *, method,
                      train_limit, data_path, threads, runtime, exist_ok, log):
     """The run once the checkpoint and folder are taken: its data, then the staged outputs."""
     spec = InputSpec.from_dict(ckpt["input"])
-    train, test = load_model_data(ckpt, ckpt_path, data_path=data_path)
+    train, test = load_model_data(ckpt, ckpt_path, command="quantize", data_path=data_path)
     if train_limit:
         train = train.subset(slice(0, train_limit))
     check_enough_training_images(len(train), recipe.batch_size, method, train_limit)

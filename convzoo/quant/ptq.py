@@ -224,7 +224,7 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
     check_target(out_path, inputs=[ckpt_path], suffixes=(".onnx",))
     ckpt = load_checkpoint(ckpt_path)
     check_quantizable(ckpt["model"], ckpt_path)
-    train, _ = load_model_data(ckpt, ckpt_path, data_path=data_path)
+    train, _ = load_model_data(ckpt, ckpt_path, command="export --int8", data_path=data_path)
     calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
     learned = checked_learned(ckpt.get("quantization"), ckpt_path)
     with scratch_folder() as tmp:

@@ -19,6 +19,8 @@ HTML_MARK = "<meta name='generator' content='convzoo report'>"
 
 def load_run(folder) -> dict:
     folder = Path(folder)
+    if not folder.exists():  # a mistyped name is not a folder that lacks a run
+        raise ConfigError("no such folder", folder)
     if not (folder / "metrics.csv").is_file():
         raise ConfigError("not a run directory (no metrics.csv)", folder)
     config = read_config(folder)
