@@ -700,7 +700,7 @@ def cmd_predict(args) -> int:
             name = os.fsencode(r["file"]).decode("utf-8", "backslashreplace")
             print(json.dumps({**r, "file": name}))
         else:
-            others = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["topk"][1:])
+            others = ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["topk"][1:])
             line = f"{r['file']}: {r['class']} ({r['probability']:.4f})" + (f"  [{others}]" if others else "")
             line += "  (blank image: nothing to read)" if r.get("blank") else ""
             print(printable(line))  # a file or class name with a newline stays on its line
