@@ -21,9 +21,10 @@ class EvalResult:
     classes: tuple[str, ...]
 
     @property
-    def per_class(self) -> list[float]:
-        totals = self.confusion.sum(1).clamp(min=1)
-        return (self.confusion.diag() / totals).tolist()
+    def per_class(self) -> list[float | None]:
+        """Each class's accuracy; None for a class with no test images (0 of 0 is no score, not 0.0)."""
+        pairs = zip(self.confusion.diag().tolist(), self.confusion.sum(1).tolist())
+        return [correct / total if total else None for correct, total in pairs]
 
     def table(self) -> str:
         from tqdm.utils import disp_len  # columns on a terminal: a CJK class name takes two per character
@@ -33,7 +34,8 @@ class EvalResult:
         lines = [f"{'class':<{width}}{'accuracy':>10}{'correct':>10}{'total':>8}"]
         for i, (name, acc) in enumerate(zip(names, self.per_class)):
             pad = " " * (width - disp_len(name))
-            lines.append(f"{name}{pad}{acc:>10.4f}{int(self.confusion[i, i]):>10}{int(self.confusion[i].sum()):>8}")
+            score = "n/a" if acc is None else f"{acc:.4f}"
+            lines.append(f"{name}{pad}{score:>10}{int(self.confusion[i, i]):>10}{int(self.confusion[i].sum()):>8}")
         return "\n".join(lines)
 
 
