@@ -114,7 +114,8 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
              mean=None, std=None, input_size: int | None = None, crop: float | None = None,
              interpolation: str | None = None, preprocessor=None, preprocess: str | None = None):
     """Test-set accuracy of a checkpoint, .safetensors, NAME:DATASET, ONNX file or loaded Model: an
-    EvalResult with .accuracy, .per_class, .classes, .confusion and .table(). As `convzoo eval`:
+    EvalResult with .accuracy, .per_class (None for a class with no test images), .classes, .confusion
+    and .table(). As `convzoo eval`:
     threads: CPU threads (0: leave torch's setting alone; onnxruntime then uses 2, as the CLI does).
     runtime: what runs an ONNX file, as in load(). test_limit: score the first N test images only (0: all).
     tta: a checkpoint's test-time augmentation (None: the one its run was scored with).

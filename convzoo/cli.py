@@ -731,8 +731,8 @@ def predict_test_images(predictor, args) -> int:
 
     images, truth, results = predict_test_set(predictor, args.from_test, data_path=args.data_path, topk=args.topk)
     for r in results:
-        print(json.dumps(r) if args.json else f"test[{r['index_in_test']}]: {r['class']} ({r['probability']:.4f}), "
-              f"true {r['true']}" + ("" if r["class"] == r["true"] else "  WRONG"))
+        print(json.dumps(r) if args.json else printable(f"test[{r['index_in_test']}]: {r['class']} "
+              f"({r['probability']:.4f}), true {r['true']}" + ("" if r["class"] == r["true"] else "  WRONG")))
     plot_grid(images, truth, [r["class"] for r in results], args.grid)
     if not args.json:
         print(f"grid: {args.grid}")

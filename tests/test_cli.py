@@ -44,6 +44,25 @@ def test_pretrained_name_and_safetensors_work_as_checkpoints(tmp_path):
     assert "restored from lenet5:mnist: loaded 8 tensors" in proc.stdout
 
 
+@pytest.mark.real_data
+def test_a_class_with_no_test_images_has_no_accuracy(capsys, monkeypatch):
+    """`eval --test-limit 3` (digits 7, 2, 1) scored the seven digits with no test image 0.0 ("0 correct of
+    0") beside an accuracy of 1.0: now null in --json, n/a in the table, None in the API's per_class."""
+    import convzoo
+    from convzoo.cli import main
+
+    monkeypatch.setenv("CONVZOO_DATA", str(need(MNIST_DIR).parent))
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", "lenet5:mnist", "--test-limit", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == 1.0 and result["per_class"] == {
+        str(d): 1.0 if d in (1, 2, 7) else None for d in range(10)}, result["per_class"]
+    assert main(["eval", "--ckpt", "lenet5:mnist", "--test-limit", "3"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["0"] == ["n/a", "0", "0"] and rows["7"] == ["1.0000", "1", "1"], rows
+    assert convzoo.evaluate("lenet5:mnist", test_limit=3, threads=1).per_class[:3] == [None, 1.0, 1.0]
+
+
 def test_safetensors_weights_are_read_whatever_their_file_name(tmp_path):
     """safetensors weights renamed weights.pt (or .SAFETENSORS) were handed to torch.load, which called
     them an unsafe pickle; the content decides, and a torch checkpoint named .safetensors is one line."""

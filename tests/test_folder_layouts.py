@@ -195,6 +195,31 @@ def test_an_unlabelled_test_folder_beside_val_is_passed_over(tmp_path, capsys):
               fragments=(str(root / "test"), "no class folders", "unlabelled"))
 
 
+def test_class_folders_beside_the_split_folders_are_refused(tmp_path, capsys):
+    """a/ and b/ (6 images each) beside train/ + test/ were left out without a word ("train 2 images");
+    now one line naming the folder, the split folders and the class folders, in data info and train.
+    Folders the loader skips (hidden, __MACOSX, a folder without images) beside the splits still read."""
+    root = tmp_path / "ds"
+    for i, c in enumerate(("a", "b")):
+        write_pngs(root / c, 6, i)
+        write_pngs(root / "train" / c, 1, 10 + i)
+        write_pngs(root / "test" / c, 1, 20 + i)
+    for args in (["data", "info", "folder"], ["train", "--epochs", "1", "--threads", "1", "--output-dir",
+                                              str(tmp_path / "run"), "--dataset", "folder"]):
+        cli_error(capsys, *args, "--data-path", root,
+                  fragments=(f"{root}: ambiguous: class folders a/, b/ (12 images)", "split folders train/ and test/",
+                             "ignored", "move them into train/"))
+    assert not (tmp_path / "run").exists()
+    for c in ("a", "b"):
+        shutil.rmtree(root / c)
+    write_pngs(root / ".cache", 2, 30)
+    write_pngs(root / "__MACOSX" / "a", 2, 31)
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("no images here")
+    data, _ = info(capsys, root)
+    assert data["classes"] == ["a", "b"] and data["counts"] == {"train": 2, "test": 2}, data
+
+
 def test_a_test_only_read_hashes_no_training_file(tmp_path, capsys, monkeypatch):
     """`data sample` (and eval) read only the test split: with no training digests remembered, every
     training file of a test file's size was read and hashed (all of them for fixed-size images); now

@@ -220,6 +220,30 @@ def test_data_info_quotes_class_names_holding_separators(tmp_path, digits, capsy
         "a,b", "c d", "it's", "plain", "x\ny"]
 
 
+def test_eval_table_escapes_control_characters_in_class_names(tmp_path, digits, capsys):
+    """Class folders 'a\\nb' and 'tab\\tc' were printed raw in eval's table, a row split over two lines
+    (and in predict --from-test's and data sample's lines); now escaped as predict writes file names."""
+    from convzoo.cli import main
+
+    root = tmp_path / "u"
+    write_folder(root, digits, classes=("a\nb", "tab\tc"), per_class=4)
+    assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(root), "--epochs", "1",
+                 "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    table = cli_ok(capsys, "eval", "--ckpt", tmp_path / "run" / "last.pt").splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("class "))
+    rows = table[header + 1:header + 3]
+    assert [row.split()[0] for row in rows] == ["a\\nb", "tab\\tc"], table
+    assert all(len(row.split()) == 4 and row.split()[3] == "1" for row in rows), table  # name, acc, correct, total
+    # predict --from-test's lines and data sample's file names carried them raw too
+    lines = cli_ok(capsys, "predict", "--model", tmp_path / "run" / "last.pt", "--from-test", 2,
+                   "--grid", tmp_path / "grid.png").splitlines()
+    assert len(lines) == 3 and all("\\nb" in line or "\\tc" in line for line in lines[:2]), lines
+    lines = cli_ok(capsys, "data", "sample", "folder", "--data-path", root, "--count", 2,
+                   "--output", tmp_path / "samples").splitlines()
+    assert [line.rsplit("-", 1)[1] for line in lines] == ["a\\nb.png", "tab\\tc.png"], lines
+
+
 def test_train_api_takes_paths_and_numpy_integers(tmp_path):
     """train() refused output_dir=pathlib.Path(...) and epochs=np.int64(1) while evaluate, export and
     predict take a Path and numpy integers."""

@@ -565,7 +565,8 @@ SPLIT_NAMES = frozenset(TRAIN_FOLDERS).union(*TEST_FOLDERS)
 def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
     """(training folder, test folder, the test-split folders passed over for holding no class folders)
     of a folder split by hand (train/ + test/, Train/ + Test/, training/ + testing/, train/ + val/,
-    valid/ or validation/), None for one folder per class."""
+    valid/ or validation/), None for one folder per class. Class folders with images beside the splits
+    are refused (check_no_stray_classes)."""
     by_name: dict[str, list[Path]] = {}
     for p in class_folders(root, root):
         by_name.setdefault(p.name.lower(), []).append(p)
@@ -581,8 +582,24 @@ def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
         if len(found) > 1:  # train/ and Training/: which one is meant cannot be guessed
             raise DataError(f"{' and '.join(p.name + '/' for p in found)} would both be the "
                             f"{'training' if found is train else 'test'} split; keep one", root)
+    check_no_stray_classes(root, train[0], test[0], {p for tier in tiers for p in tier})
     passed = [] if chosen is None else [p for tier in tiers[:chosen + 1] for p in tier if p not in test]
     return train[0], test[0], passed
+
+
+def check_no_stray_classes(root: Path, train: Path, test: Path, split_folders: set[Path]) -> None:
+    """Refuse class folders with images beside train/ + test/: only the split folders are read, so their
+    images would be left out without a word, and whether they are classes or a split is not ours to guess."""
+    others = [p for p in class_folders(root, root) if p != train and p not in split_folders]
+    counts = {p: n for p in others if (n := len(image_paths(p, root)))}
+    if not counts:
+        return
+    names = ", ".join(f"{printable(p.name)}/" for p in list(counts)[:5])
+    names += f" and {len(counts) - 5} more" * (len(counts) > 5)
+    train_name, test_name = printable(train.name), printable(test.name)
+    raise DataError(f"ambiguous: class folders {names} ({sum(counts.values())} images) sit beside the split folders "
+                    f"{train_name}/ and {test_name}/, which alone are read, so their images would be ignored; "
+                    f"move them into {train_name}/ (or {test_name}/), or out of this folder", root)
 
 
 def holds_class_folders(folder: Path, root: Path) -> bool:
@@ -771,22 +788,28 @@ def check_lookalikes(classes: tuple[str, ...], folder: Path) -> None:
 
 
 def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
-    """The image files under one class folder (sub-folders included), sorted; extensions matched in
-    any case. Skipped like hidden files and links leaving `root`: anything that is not a regular file
-    (a FIFO or device named *.png would block or never end when read, a broken link fails)."""
-    suffixes = set(image_files.image_suffixes())
-    found = []
-    if folder.is_dir():  # walk_files: no recursion (a deep tree), linked folders not entered
-        found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes
-                 and MACOS_METADATA not in f.relative_to(folder).parts]
-    found = sorted(f for f in found if inside(f, root) and f.is_file())  # is_file: regular, links followed
+    """The image files under one class folder (image_paths), each within the size an image may have;
+    none is an error if `required`."""
+    found = image_paths(folder, root)
     if not found and required:
-        raise DataError(f"no image files ({' '.join(sorted(suffixes))})", folder)
+        raise DataError(f"no image files ({' '.join(sorted(image_files.image_suffixes()))})", folder)
     for f in found:
         if f.stat().st_size > MAX_IMAGE_FILE_BYTES:
             raise DataError(f"{f.stat().st_size:,} bytes, more than the {MAX_IMAGE_FILE_BYTES >> 20} MB an image "
                             "file may have", f)
     return found
+
+
+def image_paths(folder: Path, root: Path) -> list[Path]:
+    """The image files under `folder` (sub-folders included), sorted; extensions matched in any case.
+    Skipped like hidden files and links leaving `root`: anything that is not a regular file (a FIFO or
+    device named *.png would block or never end when read, a broken link fails)."""
+    suffixes = set(image_files.image_suffixes())
+    found = []
+    if folder.is_dir():  # walk_files: no recursion (a deep tree), linked folders not entered
+        found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes
+                 and MACOS_METADATA not in f.relative_to(folder).parts]
+    return sorted(f for f in found if inside(f, root) and f.is_file())  # is_file: regular, links followed
 
 
 def inside(path: Path, root: Path) -> bool:

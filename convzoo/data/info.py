@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..atomic import atomic_open, write_error
+from ..errors import printable
 from . import formats
 from .fetch import Located
 from .tensors import read_split
@@ -46,7 +47,7 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
         with atomic_open(path) as f:
             Image.fromarray(pixels).save(f, format="PNG", pnginfo=mark)
         print(json.dumps({"path": str(path), "index": i, "class": test.classes[int(test.labels[i])]}) if as_json
-              else path)
+              else printable(str(path)))  # a class name with a newline stays on its line
     return 0
 
 

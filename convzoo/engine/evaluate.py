@@ -9,6 +9,7 @@ import torch
 
 from ..config import TTA_CHOICES
 from ..data.tensors import InputSpec, Split, batches, to_model_input
+from ..errors import printable
 from . import distributed
 
 
@@ -20,18 +21,21 @@ class EvalResult:
     classes: tuple[str, ...]
 
     @property
-    def per_class(self) -> list[float]:
-        totals = self.confusion.sum(1).clamp(min=1)
-        return (self.confusion.diag() / totals).tolist()
+    def per_class(self) -> list[float | None]:
+        """Each class's accuracy; None for a class with no test images (0 of 0 is no score, not 0.0)."""
+        pairs = zip(self.confusion.diag().tolist(), self.confusion.sum(1).tolist())
+        return [correct / total if total else None for correct, total in pairs]
 
     def table(self) -> str:
         from tqdm.utils import disp_len  # columns on a terminal: a CJK class name takes two per character
 
-        width = max(12, max(map(disp_len, self.classes)) + 2)
+        names = [printable(c) for c in self.classes]  # a newline or tab in a folder name would split a row
+        width = max(12, max(map(disp_len, names)) + 2)
         lines = [f"{'class':<{width}}{'accuracy':>10}{'correct':>10}{'total':>8}"]
-        for i, (name, acc) in enumerate(zip(self.classes, self.per_class)):
+        for i, (name, acc) in enumerate(zip(names, self.per_class)):
             pad = " " * (width - disp_len(name))
-            lines.append(f"{name}{pad}{acc:>10.4f}{int(self.confusion[i, i]):>10}{int(self.confusion[i].sum()):>8}")
+            score = "n/a" if acc is None else f"{acc:.4f}"
+            lines.append(f"{name}{pad}{score:>10}{int(self.confusion[i, i]):>10}{int(self.confusion[i].sum()):>8}")
         return "\n".join(lines)
 
 
