@@ -239,6 +239,7 @@ def test_eval_table_escapes_control_characters_in_class_names(tmp_path, digits, 
     lines = cli_ok(capsys, "predict", "--model", tmp_path / "run" / "last.pt", "--from-test", 2,
                    "--grid", tmp_path / "grid.png").splitlines()
     assert len(lines) == 3 and all("\\nb" in line or "\\tc" in line for line in lines[:2]), lines
+    assert Image.open(tmp_path / "grid.png").size == (320, 260)  # one row of two, not a 5x5 grid (800 x 900)
     lines = cli_ok(capsys, "data", "sample", "folder", "--data-path", root, "--count", 2,
                    "--output", tmp_path / "samples").splitlines()
     assert [line.rsplit("-", 1)[1] for line in lines] == ["a\\nb.png", "tab\\tc.png"], lines

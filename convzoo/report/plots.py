@@ -86,10 +86,13 @@ def plot_confusion(confusion, classes, out) -> Path:
 
 
 def plot_grid(images: np.ndarray, true: list[str], predicted: list[str], out, title: str = "") -> Path:
-    """The seeds' 5x5 grid: each image with its true and predicted label, wrong ones in red."""
+    """The seeds' 5x5 grid: each image with its true and predicted label, wrong ones in red; fewer
+    images get a smaller grid (9: 3x3), not a mostly empty 5x5 one."""
     plt = _pyplot()
     n = min(25, len(images))
-    fig, axes = plt.subplots(5, 5, figsize=(8, 9), dpi=100)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2, 1.6 * cols), 1.6 * rows + 1), dpi=100, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
