@@ -321,15 +321,19 @@ def test_sigterm_stops_any_command_with_one_line_and_no_temp_files(tmp_path):
     """A SIGTERM during `quantize` (or any command but train and serve, which handle it themselves)
     killed it silently: no message, and a temp file being written was left behind. It now stops as
     Ctrl-C does: the writer's cleanup runs, one line, exit 143."""
-    from convzoo.engine.rundir import LOCK_FILE
-
     out = tmp_path / "q"
     # model-fp32.onnx is written first (into the run's staging folder); QAT's fine-tune follows
     code, err = sigterm_when(["quantize", "--ckpt", "lenet5:mnist", "--method", "qat", *MNIST, "--output-dir", out],
                              lambda: any(out.glob(".quantize-*/model-fp32.onnx")), poll=0.05)
     assert code == 143 and "Traceback" not in err and err.strip().endswith("convzoo: terminated"), err[-2000:]
-    # the folder's lock file stays (as a run folder's); the staging folder and every temp go
-    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    # the folder it made goes with its staging folder, temps and lock file (the lock file stayed before)
+    assert not out.exists()
+    out.mkdir()  # a folder that was there keeps what it held
+    (out / "notes.txt").write_text("mine")
+    code, err = sigterm_when(["quantize", "--ckpt", "lenet5:mnist", "--method", "qat", *MNIST, "--output-dir", out],
+                             lambda: any(out.glob(".quantize-*/model-fp32.onnx")), poll=0.05)
+    assert code == 143 and "Traceback" not in err, err[-2000:]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # neither the lock file nor any temp
 
 
 @pytest.mark.real_data
