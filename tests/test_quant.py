@@ -241,7 +241,7 @@ def test_quantize_refuses_a_checkpoint_whose_training_settings_are_forged(tmp_pa
 
 
 @pytest.mark.real_data
-def test_quantize_refuses_fewer_training_images_than_one_qat_batch(tmp_path, mnist_run, capsys):
+def test_quantize_refuses_fewer_training_images_than_one_qat_batch(tmp_path, mnist_run, capsys, monkeypatch):
     """--train-limit under the run's batch size: QAT's fine-tune (full batches only) took no step at all
     and said nothing. PTQ's calibration takes a short batch, so it runs."""
     batch = torch.load(mnist_run / "best.pt", weights_only=False)["config"]["batch_size"]
@@ -255,6 +255,19 @@ def test_quantize_refuses_fewer_training_images_than_one_qat_batch(tmp_path, mni
     cli_error(capsys, "quantize", "--ckpt", mnist_run / "best.pt", "--train-limit", batch - 1,
               "--data-path", need(MNIST_DIR), "--output-dir", tmp_path / "mine", fragments=["--method ptq"])
     assert [f.name for f in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # a file the user saves in the folder while the run reads its data is theirs, not the run's: kept
+    from convzoo.quant import pipeline
+
+    real = pipeline.check_enough_training_images
+
+    def user_saves_then_check(*args):
+        (tmp_path / "mine" / "saved-meanwhile.txt").write_text("mine too")
+        real(*args)
+
+    monkeypatch.setattr(pipeline, "check_enough_training_images", user_saves_then_check)
+    cli_error(capsys, "quantize", "--ckpt", mnist_run / "best.pt", "--train-limit", batch - 1,
+              "--data-path", need(MNIST_DIR), "--output-dir", tmp_path / "mine", fragments=["--method ptq"])
+    assert sorted(f.name for f in (tmp_path / "mine").iterdir()) == ["notes.txt", "saved-meanwhile.txt"]
 
 
 @pytest.mark.real_data

@@ -93,15 +93,17 @@ def snapshot(path: Path) -> Snapshot:
     return Snapshot(path, created, set())
 
 
-def rollback(before: Snapshot) -> None:
+def rollback(before: Snapshot, owned: frozenset[str] | None = None) -> None:
     """Leave the run folder as it was before this run's start (a logger that failed once the folder
     was prepared): the entries it added go (its lock included), then the folders it created, each
     only while empty. A parent it created may have gained another run's folder meanwhile (`exp/a`
     failing while `exp/b` trains): removing that parent whole deleted the other run.
-    Only for a start that changed nothing else (prepare(clear=False), before train.log and config.yaml)."""
+    Only for a start that changed nothing else (prepare(clear=False), before train.log and config.yaml);
+    `owned`: the only names the run writes there (quantize's outputs; a file the user saved in the folder
+    meanwhile is not the run's), None for any."""
     unlock(before.path)
     for entry in before.path.iterdir() if before.path.is_dir() else ():
-        if entry.name not in before.names:
+        if entry.name not in before.names and (owned is None or entry.name in owned):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

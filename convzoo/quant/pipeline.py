@@ -50,7 +50,7 @@ def run_quantize(ckpt_path, *, method: str = "qat", epochs: int = 1, lr: float =
                                          calib_batches=calib_batches, train_limit=train_limit, data_path=data_path,
                                          threads=threads, runtime=runtime, exist_ok=exist_ok, log=log)
     except BaseException:  # a data error, too few images, Ctrl-C: the folder as it was (a new one goes)
-        rundir.rollback(before)
+        rundir.rollback(before, owned=frozenset({rundir.LOCK_FILE, *OUTPUTS}))  # staging folders: staged()'s
         raise
     log(table)
     log(f"int8 model: {out / 'model-int8.onnx'}; report: {out / 'int8-report.md'}")
