@@ -19,7 +19,7 @@ TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib
 def main(argv=None) -> int:
     keep_standard_streams_taken()
     parser = build_parser()
-    previous = None
+    previous = {}
     stdout, sys.stdout = sys.stdout, Output(sys.stdout)
     try:
         try:
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
             parser.print_help()
             return 2
         TERMINATED.clear()
+        INTERRUPTED.clear()
         previous = terminate_as_interrupt()
         empty = empty_option(args)
         if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
@@ -45,8 +46,8 @@ def main(argv=None) -> int:
         silence_stdout()
         return 2
     except ConvzooError as exc:
-        if TERMINATED.is_set():  # an error the SIGTERM caused (see TERMINATED)
-            return stopped_by(signal.SIGTERM)
+        if stop_signal():  # an error the SIGTERM or Ctrl-C caused (see TERMINATED)
+            return stopped_by(stop_signal())
         print(f"convzoo: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
@@ -67,9 +68,9 @@ def main(argv=None) -> int:
         if unusable is not None:
             print(f"convzoo: error: {unusable}", file=sys.stderr)
             return 2
-        if not TERMINATED.is_set():
+        if not stop_signal():
             raise
-        return stopped_by(signal.SIGTERM)  # the ImportError a SIGTERM mid-import became
+        return stopped_by(stop_signal())  # the ImportError a SIGTERM mid-import became, ...
     finally:
         sys.stdout = stdout
         try:  # what an error path printed: flushed now, or a full disk is Python's own error at exit (code 120)
@@ -77,8 +78,8 @@ def main(argv=None) -> int:
                 stdout.flush()
         except OSError:
             silence_stdout()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def stopped_by(signum: int) -> int:
@@ -142,25 +143,42 @@ def silence_stdout() -> None:
         pass
 
 
-def terminate_as_interrupt():
+def terminate_as_interrupt() -> dict:
     """A SIGTERM (docker stop, kubectl, timeout) ends any command as Ctrl-C does: half-written files are
     removed by the code that writes them, and the command says so and exits 143 (killed outright, it
-    left temp files and printed nothing). Train and serve set their own handlers while they run.
-    Returns the handler replaced, or None where none was (not the main thread, or the embedding
-    program has its own)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        return None
+    left temp files and printed nothing). Ctrl-C raises KeyboardInterrupt as Python's own handler does,
+    and is remembered (INTERRUPTED). Train and serve set their own handlers while they run. Returns the
+    handlers replaced by signal number; none where the embedding program has its own, or off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
     def terminate(signum, frame):
         TERMINATED.set()
         raise Terminated
 
-    return signal.signal(signal.SIGTERM, terminate)
+    def interrupt(signum, frame):
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    previous = {}
+    for signum, default, handler in ((signal.SIGTERM, signal.SIG_DFL, terminate),
+                                     (signal.SIGINT, signal.default_int_handler, interrupt)):
+        if signal.getsignal(signum) is default:
+            previous[signum] = signal.signal(signum, handler)
+    return previous
 
 
 # Set by the SIGTERM handler: raised inside a C extension's import (onnxruntime's), Terminated comes out
 # as ImportError("initialization failed"), which read as a traceback or "not a loadable ONNX model".
+# INTERRUPTED likewise for Ctrl-C: inside a lazy import in torch.onnx's exporter, KeyboardInterrupt left
+# a half-made module, and the exporter's TorchExportError (an AttributeError) was a traceback, exit 1.
 TERMINATED = threading.Event()
+INTERRUPTED = threading.Event()
+
+
+def stop_signal() -> int | None:
+    """The signal that stopped the command, if one did: SIGTERM, else Ctrl-C's SIGINT."""
+    return signal.SIGTERM if TERMINATED.is_set() else signal.SIGINT if INTERRUPTED.is_set() else None
 
 
 class Parser(argparse.ArgumentParser):

@@ -208,12 +208,14 @@ def saved_config(preset: str | dict | None, given: dict) -> tuple[dict, str, dic
 
 
 def own_run_folder(preset) -> str | None:
-    """The run folder a --config file lies in (a run's config.yaml: its last.pt beside it), or None."""
+    """The run folder whose own config.yaml --config names (the file every start writes there, last.pt
+    beside it), or None. Another YAML file kept in a run folder is a recipe: its output_dir says where
+    its run is (`runs/a/long.yaml` with `output_dir: runs/a-long` resumed runs/a)."""
     from ..config import is_config_file
 
-    if not isinstance(preset, str) or not is_config_file(preset):
+    if not isinstance(preset, str) or not is_config_file(preset) or Path(preset).name != "config.yaml":
         return None
-    folder = Path(preset).parent
+    folder = Path(os.path.abspath(Path(preset).parent))  # config.yaml then records where the run is, for any folder
     return str(folder) if (folder / "last.pt").is_file() else None
 
 
