@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,32 +33,43 @@ def cli_json(capsys, *args) -> list[dict]:
 def test_converted_state_dicts_score_and_predict_as_the_run(mnist_run, tmp_path, capsys):
     best = mnist_run / "best.pt"
     state = torch.load(best, weights_only=True)["state_dict"]
+    def converted(name):
+        return tmp_path / f"c-{Path(name).stem}.pt"
+
     forms = {"plain.pt": state, "wrapped.pt": {"model_state_dict": state, "epoch": 4},
-             "lightning.pt": {"state_dict": {f"model.{k}": v for k, v in state.items()}}}
+             "lightning.pt": {"state_dict": {f"model.{k}": v for k, v in state.items()}},
+             # torch.compile under DDP, and DataParallel's names in a .safetensors file: both were refused
+             "ddp-compiled.pt": {f"module._orig_mod.{k}": v for k, v in state.items()},
+             "dp.safetensors": {f"module.{k}": v.contiguous() for k, v in state.items()}}
     for name, obj in forms.items():
-        torch.save(obj, tmp_path / name)
+        if name.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file(obj, tmp_path / name)
+        else:
+            torch.save(obj, tmp_path / name)
     # the real command line once; the other forms in this process
     proc = run_cli("convert", tmp_path / "plain.pt", *TO_LENET, "--output", tmp_path / "c-plain.pt", check=0)
     assert proc.stdout.strip() == (f"wrote {tmp_path / 'c-plain.pt'}: lenet5 for mnist (10 classes, 10 tensors from "
                                    f"{tmp_path / 'plain.pt'})")
-    for name in ("wrapped.pt", "lightning.pt"):
-        [result] = cli_json(capsys, "convert", tmp_path / name, *TO_LENET, "--output", tmp_path / f"c-{name}")
-        assert result == {"output": str(tmp_path / f"c-{name}"), "source": str(tmp_path / name), "model": "lenet5",
+    for name in ("wrapped.pt", "lightning.pt", "ddp-compiled.pt", "dp.safetensors"):
+        [result] = cli_json(capsys, "convert", tmp_path / name, *TO_LENET, "--output", converted(name))
+        assert result == {"output": str(converted(name)), "source": str(tmp_path / name), "model": "lenet5",
                           "dataset": "mnist", "num_classes": 10, "tensors": 10}
 
     original = load_checkpoint(best)
     for name in forms:
-        converted = load_checkpoint(tmp_path / f"c-{name}")
+        ckpt = load_checkpoint(converted(name))
         for key in ("model", "dataset", "class_names", "num_classes", "input", "preprocess"):
-            assert converted[key] == original[key], key
-        assert converted["state_dict"].keys() == state.keys()
-        assert all(torch.equal(converted["state_dict"][k], v) for k, v in state.items())
+            assert ckpt[key] == original[key], key
+        assert ckpt["state_dict"].keys() == state.keys()
+        assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in state.items())
 
     score = ["--data-path", MNIST_DIR, "--test-limit", "1000"]
     [expected] = cli_json(capsys, "eval", "--ckpt", best, *score, "--confusion", tmp_path / "original.png")
     assert expected["accuracy"] > 0.9
     for name in forms:
-        [got] = cli_json(capsys, "eval", "--ckpt", tmp_path / f"c-{name}", *score)
+        [got] = cli_json(capsys, "eval", "--ckpt", converted(name), *score)
         assert got["accuracy"] == expected["accuracy"] and got["per_class"] == expected["per_class"], name
 
     assert main(["data", "sample", "mnist", "--count", "6", "--output", str(tmp_path / "digits"),

@@ -174,8 +174,12 @@ def test_restore_from_other_trainers_weights(tmp_path):
     torch.save({"net.conv1.weight": source["conv1.weight"]}, tmp_path / "other-names.pt")
     torch.save({**source, "fc1.weight": source["fc1.weight"].to(torch.float8_e4m3fn)}, tmp_path / "float8.pt")
     torch.save({"weights": source}, tmp_path / "elsewhere.pt")
+    huge = {k: v.double() for k, v in source.items()}
+    huge["fc3.bias"][0] = 1e300  # finite in float64, inf in the float32 the model runs in ("training diverged")
+    torch.save(huge, tmp_path / "float64-huge.pt")
     for name, fragments in (("other-names.pt", ["no tensor matches the model", "'net.conv1.weight'"]),
                             ("float8.pt", ["tensor 'fc1.weight' is float8_e4m3fn", "must be float16"]),
+                            ("float64-huge.pt", ["tensor 'fc3.bias' holds 1e+300, beyond float32's range"]),
                             ("elsewhere.pt", ["no weights found", "'model_state_dict'"])):
         with pytest.raises(CheckpointError) as caught:
             restore_weights(create_model("lenet5", 10, 1), tmp_path / name)

@@ -201,7 +201,8 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 def load_weights(path) -> dict[str, torch.Tensor]:
     """The tensors --restore starts from: a convzoo checkpoint or .safetensors (validated in full), or
     another trainer's weights: a plain state_dict, a dict holding one under STATE_DICT_KEYS, or a
-    .safetensors file without convzoo's description. A 'module.' prefix (DataParallel/DDP) is dropped;
+    .safetensors file without convzoo's description. A 'module.' or '_orig_mod.' prefix (DataParallel/DDP,
+    torch.compile) is dropped;
     a 'model.' one (Lightning, Hugging Face) by restore_weights, where the model's names are known."""
     return read_weights(path)[0]
 
@@ -212,7 +213,8 @@ def read_weights(path) -> tuple[dict[str, torch.Tensor], dict | None]:
     path = model_file(path)
     if path.suffix.lower() == ".safetensors" or looks_like_safetensors(path):
         found = load_safetensors(path, need_meta=False)
-        return found["state_dict"], ({k: v for k, v in found.items() if k != "state_dict"} or None)
+        described = {k: v for k, v in found.items() if k != "state_dict"} or None
+        return found["state_dict"] if described else without_run_prefixes(found["state_dict"]), described
     obj = read_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         ckpt = check_checkpoint(obj, path)
@@ -223,10 +225,25 @@ def read_weights(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         check_entries(candidates, path)
         raise CheckpointError("no weights found: expected a convzoo checkpoint, a state_dict (names to tensors) "
                               f"or a dict holding one under {', '.join(map(repr, STATE_DICT_KEYS))}", path)
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = without_run_prefixes(state)
     check_state_dict(state, path)
     return state, None
+
+
+# Added to every name by how a model ran, never part of its own names: DataParallel/DDP's 'module.',
+# torch.compile's '_orig_mod.' (both, in either order, for a compiled model under DDP).
+RUN_PREFIXES = ("module.", "_orig_mod.")
+
+
+def without_run_prefixes(state: dict) -> dict:
+    """Another trainer's state_dict without the RUN_PREFIXES all its names share."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in RUN_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state, stripped = {k.removeprefix(prefix): v for k, v in state.items()}, True
+    return state
 
 
 def check_entries(candidates: list, path) -> None:
@@ -308,6 +325,7 @@ def check_not_torch_file(path: Path, data: bytes | None = None) -> None:
 
 
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 COUNTERS = "num_batches_tracked"  # BatchNorm's step count, the zoo's only integer tensor
 
 
@@ -329,6 +347,10 @@ def check_state_dict(state, path) -> None:
             kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
             raise CheckpointError(f"tensor {name!r} holds {kind} values (a diverged training run?); weights "
                                   "must be finite", path)
+        if tensor.dtype == torch.float64 and tensor.numel() and float(tensor.abs().max()) > FLOAT32_MAX:
+            # the model runs in float32: 1e300 became inf there, found only by eval or as a "diverged" run
+            raise CheckpointError(f"tensor {name!r} holds {float(tensor.abs().max()):.3g}, beyond float32's range "
+                                  f"({FLOAT32_MAX:.3g}), in which the model runs", path)
 
 
 def check_resume_state(state: dict, path, optimizer: torch.optim.Optimizer | None = None) -> None:
