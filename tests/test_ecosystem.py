@@ -143,6 +143,19 @@ TRAIN = ["train", "--model", "lenet5", "--dataset", "mnist", "--train-limit", "5
 
 
 @pytest.mark.real_data
+def test_mlflow_store_refuses_a_folder_whose_path_reads_as_url_syntax(tmp_path, capsys, monkeypatch):
+    """`--output-dir 'runs/x#y'`: the store's sqlite:/// URL ended at '#', so mlflow.db went to `runs/x`
+    outside the run folder (with '?': a traceback). One line; the run folder it made is gone again."""
+    from conftest import cli_error
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "runs").mkdir()
+    cli_error(capsys, *TRAIN, "--data-path", need(MNIST_DIR), "--train-limit", "64", "--epochs", "1", "--logger",
+              "mlflow", "--output-dir", tmp_path / "runs" / "x#y", fragments=("x#y", "may not hold '#'",
+                                                                             "MLFLOW_TRACKING_URI"))
+    assert list((tmp_path / "runs").iterdir()) == []
+
+@pytest.mark.real_data
 def test_tensorboard_and_mlflow_logs_read_back_with_their_own_readers(tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -199,6 +199,7 @@ class MLflowLogger:
     artifacts. Default store: SQLite in the run directory (mlflow.db, artifacts in mlartifacts/)."""
 
     NAME = "MLflow"
+    URL_SYNTAX = ("#", "?", "%")
 
     def __init__(self, out: Path, config: dict, resumed_epoch: int | None):
         try:
@@ -211,6 +212,12 @@ class MLflowLogger:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.out = out.resolve()
         local = not os.environ.get("MLFLOW_TRACKING_URI")
+        if local and set(str(self.out)) & set(self.URL_SYNTAX):
+            # in the store's sqlite:/// URL '#' and '?' begin a fragment or query (the database went to
+            # `runs/x#`, beside the run) and '%' an escape; percent-encoded, MLflow made folders named so
+            raise ConfigError(f"--logger mlflow keeps its store in the run folder, whose path may not hold "
+                              f"{' or '.join(map(repr, self.URL_SYNTAX))} (a URL's syntax there); choose another "
+                              "--output-dir or set MLFLOW_TRACKING_URI", self.out)
         uri = f"sqlite:///{self.out / 'mlflow.db'}" if local else os.environ["MLFLOW_TRACKING_URI"]
         self.run_id = None
         try:
