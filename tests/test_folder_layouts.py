@@ -195,6 +195,27 @@ def test_an_unlabelled_test_folder_beside_val_is_passed_over(tmp_path, capsys):
               fragments=(str(root / "test"), "no class folders", "unlabelled"))
 
 
+def test_data_info_names_the_images_it_does_not_read(tmp_path, capsys):
+    """A labelled valid/ beside train/ + test/ (a Roboflow export), image files loose beside the class
+    folders at the top and in train/, and loose beside a flat layout's class folders: all passed over
+    without a word. data info now says what is not read."""
+    root = split_by_hand(tmp_path / "three", "train", "test")
+    write_pngs(root / "valid" / "a", 2, 40)
+    write_pngs(root / "valid" / "b", 2, 41)
+    write_pngs(root, 1, 42)
+    write_pngs(root / "train", 2, 43)
+    data, _ = info(capsys, root)
+    assert data["counts"] == {"train": 8, "test": 4}, data
+    said = data["test_split"]
+    assert said.startswith("test/ (training images: train/") and "valid/ (labelled) not used" in said, said
+    assert "1 image file directly in three/: in no class folder, not used" in said, said
+    assert "2 image files directly in train/" in said, said
+    flat = tmp_path / "flat"
+    for i, c in enumerate("ab"):
+        write_pngs(flat / c, 4, 50 + i)
+    write_pngs(flat, 3, 52)
+    assert "3 image files directly in flat/" in info(capsys, flat)[0]["test_split"]
+
 def test_class_folders_beside_the_split_folders_are_refused(tmp_path, capsys):
     """a/ and b/ (6 images each) beside train/ + test/ were left out without a word ("train 2 images");
     now one line naming the folder, the split folders and the class folders, in data info and train.

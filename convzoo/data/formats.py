@@ -662,14 +662,34 @@ def holds_only_folders(folder: Path) -> bool:
 
 
 def describe_test_split(root: Path, rule) -> str:
-    """Where an image folder's test images come from, for `data info`."""
-    layout = split_layout(Path(root))
+    """Where an image folder's test images come from, and which of its images are not read, for `data info`."""
+    root = Path(root)
+    layout = split_layout(root)
     if layout:
         train, test, passed = layout
         unlabelled = "".join(f"; {printable(p.name)}/ holds no class folders (unlabelled images): not used"
                              for p in passed)
-        return f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled})"
-    return f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
+        other = [p for p in class_folders(root, root) if p.name.lower() in SPLIT_NAMES and p not in (train, test)
+                 and p not in passed and holds_class_folders(p, root)]  # valid/ beside test/
+        labelled = "".join(f"; {printable(p.name)}/ (labelled) not used: {printable(test.name)}/ is the test split"
+                           for p in other)
+        loose = "".join(loose_images(folder) for folder in (root, train, test))
+        return f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled}{labelled}){loose}"
+    return (f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
+            f"{loose_images(root)}")
+
+
+def loose_images(folder: Path) -> str:
+    """'; N image files directly in FOLDER/: in no class folder, not used' (or ''): a class's images are
+    the files in its folder, so files beside the class folders belong to none."""
+    suffixes = set(image_files.image_suffixes())
+    try:
+        count = sum(1 for e in os.scandir(folder) if not skipped(e.name) and e.is_file()
+                    and Path(e.name).suffix.lower() in suffixes)
+    except OSError:
+        return ""
+    return f"; {count} image file{'s' * (count != 1)} directly in {printable(folder.name)}/: in no class folder, not used" \
+        if count else ""
 
 
 def unknown_test_class(folder: Path, classes: tuple[str, ...], train: str = "train") -> DataError:
