@@ -343,7 +343,7 @@ def test_half_precision_and_raw_pixel_inputs_run(tmp_path):
     assert np.abs(probabilities(raw, images) - expected / expected.sum(1, keepdims=True)).max() < 1e-6
     with pytest.raises(ConvzooError, match="--mean and --std do not apply"):
         convzoo.load(tmp_path / "u8.onnx", classes=10, mean=0.5, std=0.25)
-    with pytest.raises(ConvzooError, match=r"\): --std do not apply"):  # only the flag the user gave is named
+    with pytest.raises(ConvzooError, match=r"\): --std does not apply"):  # only the flag the user gave is named
         convzoo.load(tmp_path / "u8.onnx", classes=10, std=0.25)
     # A preprocessing file's mean and std are its training's, which a uint8 graph applies inside: not refused
     cfg = tmp_path / "config.json"
@@ -351,7 +351,7 @@ def test_half_precision_and_raw_pixel_inputs_run(tmp_path):
                                                      "crop_pct": 1.0, "interpolation": "bilinear"}}))
     from_file = convzoo.load(tmp_path / "u8.onnx", classes=10, preprocessor=cfg)
     assert np.abs(probabilities(from_file, images) - probabilities(raw, images)).max() < 1e-6
-    with pytest.raises(ConvzooError, match="--mean do not apply"):  # the user's own flag still is
+    with pytest.raises(ConvzooError, match="--mean does not apply"):  # the user's own flag still is
         convzoo.load(tmp_path / "u8.onnx", classes=10, preprocessor=cfg, mean=0.5)
     doubles = typed_graph(onnx.TensorProto.DOUBLE)
     with pytest.raises(ConvzooError, match="float64: convzoo feeds float32, float16 or uint8"):

@@ -173,6 +173,8 @@ def test_multipart_mistakes_are_named(served, digits):
         cut = {"content-type": "multipart/form-data; boundary=x"}
         r = client.post("/v1/predict", content=head + digit, headers=cut)
         assert r.status_code == 422 and "no closing boundary" in r.json()["error"], r.text
+        r = client.post("/v1/predict", content=head + digit + b"\n--x--\r\n", headers=cut)  # LF before the end
+        assert r.status_code == 422 and "no part could be read" in r.json()["error"], r.text  # was "no file"
         r = client.post("/v1/predict", content=head + digit + b"\r\n--x--\r\n", headers=cut)  # the same, closed
         assert r.status_code == 200 and r.json()["class"] == digits[0][1], r.text
 

@@ -69,7 +69,7 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
         given = [f"--{k}" for k in ("mean", "std") if k in hints and k not in from_file]
         if given:
             raise ConfigError("the model takes uint8 pixels 0..255 as they are (its normalisation is inside the "
-                              f"graph): {' and '.join(given)} do not apply", path)
+                              f"graph): {' and '.join(given)} {'do' if len(given) > 1 else 'does'} not apply", path)
         hints.update(RAW_PIXELS)
     layout, channels, size = input_layout(onnx_model.graph, path, hints.get("mean"))
     found = ultralytics_hints(onnx_model, path)

@@ -721,8 +721,10 @@ async def from_multipart(request: Request, body: bytes) -> tuple[list[tuple[str,
         if "file" in texts:  # curl -F 'file=<x.png' (the file's bytes as text) instead of -F 'file=@x.png'
             raise RequestError(422, "the multipart field 'file' holds text, not a file upload (curl: -F "
                                     "'file=@image.png', with @)")
-        if not parts and not closed_multipart(request, body):  # no part at all, and no closing boundary either
-            raise RequestError(422, "malformed multipart body (it never ends: no closing boundary)")
+        if not parts:  # nothing could be read as a part: not "no file", which sends the client to the field name
+            raise RequestError(422, "malformed multipart body (" + ("no part could be read: each begins with "
+                                    "--BOUNDARY and CRLF-ended header lines" if closed_multipart(request, body)
+                                    else "it never ends: no closing boundary") + ")")
         raise RequestError(422, "no file in the multipart body (send the image in a field named 'file')")
     unknown = [name for name in texts if name != "topk"]
     if unknown:  # `-F topK=1` was ignored without a word
