@@ -436,7 +436,12 @@ def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interrupt(tm
         raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
 
     monkeypatch.setattr(torch.onnx, "export", exporter_interrupted)
-    assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(tmp_path / "m.onnx")]) == 130
+    # Python's own handler, as in a shell (a pytest-xdist worker has another: the SIGINT killed the worker)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(tmp_path / "m.onnx")]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again afterwards
+    finally:
+        signal.signal(signal.SIGINT, outer)
     err = capsys.readouterr().err
     assert err.strip() == "convzoo: interrupted" and not list(tmp_path.iterdir()), err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again after the command
