@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -418,30 +419,31 @@ def test_quantize_config_trains_as_told_and_keeps_an_earlier_model(mnist_small, 
     assert files(run) == trained and not (tmp_path / "q2").exists()
 
 
-def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interrupt(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interrupt(tmp_path):
     """Ctrl-C landing inside a lazy import in torch.onnx's exporter left a half-made module; the exporter
     then failed with its own error (TorchExportError from an AttributeError): a traceback, exit 1. The
-    swallowing is torch's and depends on timing, so it is played here by the exporter itself: the real
-    SIGINT goes to this process, is caught inside, and another error comes out."""
-    import torch
+    swallowing is torch's and depends on timing, so it is played here by the exporter itself: a real
+    SIGINT goes to the command's process, is caught inside, and another error comes out. In a process of
+    its own, with Python's own SIGINT handler as a shell gives it (sent inside a pytest-xdist worker, the
+    signal killed the worker)."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        import torch
+        from convzoo.cli import main
 
-    from convzoo.cli import main
+        def exporter_interrupted(*args, **kwargs):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler runs at the next bytecode: never reached
+            except KeyboardInterrupt:
+                pass
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
 
-    def exporter_interrupted(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # the handler runs at the next bytecode: never reached
-        except KeyboardInterrupt:
-            pass
-        raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
-
-    monkeypatch.setattr(torch.onnx, "export", exporter_interrupted)
-    # Python's own handler, as in a shell (a pytest-xdist worker has another: the SIGINT killed the worker)
-    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(["export", "--ckpt", "lenet5:mnist", "--output", str(tmp_path / "m.onnx")]) == 130
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again afterwards
-    finally:
-        signal.signal(signal.SIGINT, outer)
-    err = capsys.readouterr().err
-    assert err.strip() == "convzoo: interrupted" and not list(tmp_path.iterdir()), err
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        torch.onnx.export = exporter_interrupted
+        sys.exit(main(["export", "--ckpt", "lenet5:mnist", "--output", sys.argv[1]]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().endswith("convzoo: interrupted") and not list(tmp_path.iterdir()), proc.stderr
