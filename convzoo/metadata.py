@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from .data.catalog import DATASETS, find_spec, image_side, preprocess_rule
+from .data.formats import MAX_CLASS_NAME_CHARS, MAX_CLASSES
 from .errors import CheckpointError
 
 
@@ -27,12 +28,11 @@ FORMAT_VERSION = 1  # of the description deployment_metadata writes; a reader re
 # 'none' takes the data set's images as they are (airbench, alexnet-cifar), so they must have the input's size.
 FITS = ("pad", "resize", "none")
 PREPROCESS_RULES = ("digit", "fashion", "resize")
-MAX_CLASSES = 100_000
 MAX_CHANNELS = 4
 # Every zoo model takes at most 227x227; a bigger claim is a forged file, and it would size every
 # batch buffer (a 12,000-pixel claim once asked for 15.9 GB).
 MAX_INPUT_SIZE = 512
-MAX_NAME_CHARS = 200
+MAX_NAME_CHARS = MAX_CLASS_NAME_CHARS  # model and data set names too
 # Normalisation: pixels are 0..1 when (x - mean) / std is taken, so real means lie in 0..1 and stds in
 # about 0.001..1 (a blank image folder's std is floored at 0.001). The bounds leave room for any real
 # convention (even 0..255 pixels' mean 127.5, std 64) while |(x - mean) / std| stays below ~1e10,

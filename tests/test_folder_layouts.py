@@ -58,6 +58,21 @@ def test_a_class_folder_named_in_latin1_is_refused_in_one_line(tmp_path, capsys)
     assert data["classes"] == ["a", "b"] and sum(data["counts"].values()) == 7
 
 
+def test_a_class_name_too_long_for_a_checkpoint_is_refused_when_read(tmp_path, capsys):
+    """data info listed a 250-character class folder that train refused only when writing the
+    checkpoint's description (200 characters a name): both refuse it when the folder is read, in one line;
+    200 characters still read."""
+    root = tmp_path / "d"
+    write_pngs(root / "plain", 4, 0)
+    write_pngs(root / ("x" * 250), 4, 1)
+    for args in (["data", "info", "folder"], ["train", "--epochs", "1", "--threads", "1", "--output-dir",
+                                              str(tmp_path / "run"), "--dataset", "folder"]):
+        cli_error(capsys, *args, "--data-path", root, fragments=(str(root), "a name of 250 characters", "at most 200"))
+    assert not (tmp_path / "run").exists()
+    (root / ("x" * 250)).rename(root / ("y" * 200))
+    assert info(capsys, root)[0]["classes"] == ["plain", "y" * 200]
+
+
 def test_a_macos_zips_metadata_folder_is_skipped(tmp_path, capsys):
     """A folder unzipped from a macOS zip holds __MACOSX/<class>/._N.png (AppleDouble metadata): it
     failed as a class with no image files; now skipped like hidden files, at the top and inside a class."""
@@ -198,14 +213,16 @@ def test_an_unlabelled_test_folder_beside_val_is_passed_over(tmp_path, capsys):
 def test_data_info_names_the_images_it_does_not_read(tmp_path, capsys):
     """A labelled valid/ beside train/ + test/ (a Roboflow export), image files loose beside the class
     folders at the top and in train/, and loose beside a flat layout's class folders: all passed over
-    without a word. data info now says what is not read."""
+    without a word. data info now says what is not read, and train warns of loose images."""
     root = split_by_hand(tmp_path / "three", "train", "test")
     write_pngs(root / "valid" / "a", 2, 40)
     write_pngs(root / "valid" / "b", 2, 41)
     write_pngs(root, 1, 42)
     write_pngs(root / "train", 2, 43)
-    data, _ = info(capsys, root)
+    data, err = info(capsys, root)
     assert data["counts"] == {"train": 8, "test": 4}, data
+    assert f"warning: {root}: 1 image file directly in three/: in no class folder, not used; 2 image files " \
+        "directly in train/" in err, err
     said = data["test_split"]
     assert said.startswith("test/ (training images: train/") and "valid/ (labelled) not used" in said, said
     assert "1 image file directly in three/: in no class folder, not used" in said, said
@@ -215,6 +232,13 @@ def test_data_info_names_the_images_it_does_not_read(tmp_path, capsys):
         write_pngs(flat / c, 4, 50 + i)
     write_pngs(flat, 3, 52)
     assert "3 image files directly in flat/" in info(capsys, flat)[0]["test_split"]
+    # train said nothing of the images it left out: one warning line, the run goes on
+    from convzoo.cli import main
+
+    assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(flat), "--epochs", "1",
+                 "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "in no class folder" in line]
+    assert warned == [f"warning: {flat}: 3 image files directly in flat/: in no class folder, not used"], warned
 
 def test_class_folders_beside_the_split_folders_are_refused(tmp_path, capsys):
     """a/ and b/ (6 images each) beside train/ + test/ were left out without a word ("train 2 images");

@@ -83,7 +83,7 @@ def qat_with_matching_qparams(path, data_path, tmp_path, *, images: int, lr: flo
     arithmetic). Returns (the converted model, the test split, the input spec)."""
     from convzoo.data.tensors import InputSpec, load_model_data
     from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from convzoo.quant.pipeline import qat_to_int8
+    from convzoo.quant.pipeline import qat_to_int8, run_recipe
     from convzoo.quant.ptq import calibration_batches
 
     torch.manual_seed(0)
@@ -91,7 +91,8 @@ def qat_with_matching_qparams(path, data_path, tmp_path, *, images: int, lr: flo
     train, test = load_model_data(ckpt, path, data_path=data_path)
     spec = InputSpec.from_dict(ckpt["input"])
     converted = qat_to_int8(ckpt, model_from_checkpoint(ckpt), train.subset(slice(0, images)),
-                            calibration_batches(train, spec, 2), tmp_path, epochs=1, lr=lr, log=lambda *_: None)
+                            calibration_batches(train, spec, 2), tmp_path, recipe=run_recipe(ckpt, path), epochs=1,
+                            lr=lr, log=lambda *_: None)
     torch_layers, onnx_layers = converted_qparams(converted), onnx_qparams(tmp_path / "model-int8.onnx")
     assert len(torch_layers) == len(onnx_layers) == layers
     for t, o in zip(torch_layers, onnx_layers):

@@ -204,6 +204,21 @@ def test_confusion_plot_of_many_classes_stays_bounded(tmp_path):
         assert plot_kind(path) == "confusion"
 
 
+def test_confusion_plot_greys_out_a_class_without_test_images(tmp_path):
+    """A class with no test images drew a white row, as if every one of its images had been missed:
+    now a grey row saying so; the other rows keep their colours (no grey in them)."""
+    from convzoo.report.plots import NO_IMAGES_GREY, plot_confusion
+
+    grey = tuple(int(NO_IMAGES_GREY[i:i + 2], 16) for i in (1, 3, 5))
+    counts = {}
+    for name, confusion in (("full", [[5, 1, 0], [0, 4, 2], [1, 0, 6]]), ("empty", [[5, 1, 0], [0, 0, 0], [1, 0, 6]])):
+        path = plot_confusion(np.array(confusion), ["cat", "dog", "eel"], tmp_path / f"{name}.png")
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        counts[name] = int((pixels == grey).all(1).sum())
+    assert counts["full"] < 200 and counts["empty"] > 20_000, counts
+
+
 @pytest.mark.real_data
 def test_eval_of_shipped_weights_by_path_writes_nothing_into_the_package(capsys):
     """`eval --ckpt .../convzoo/pretrained/lenet5-mnist.safetensors` wrote confusion.png into the

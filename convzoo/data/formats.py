@@ -463,6 +463,10 @@ def read_cifar_split(located, split: str):
 
 # ---------------------------------------------------------------- image folders
 
+# What a model's description (metadata.py) may hold: an image folder beyond it is refused when read,
+# not after training, when the checkpoint is written.
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME_CHARS = 200
 MAX_DECODED_BYTES = 2 << 30  # a folder decodes into memory at once: refused beyond this, before decoding
 MAX_IMAGE_FILE_BYTES = image_files.MAX_FILE_BYTES  # a single image file larger than this is not a photo
 MACOS_METADATA = "__MACOSX"  # skipped like hidden files (see skipped)
@@ -480,6 +484,7 @@ def read_folder_split(located, split: str):
         digests[path] = file_digest(path, data)
         images[i] = image_files.to_pixels(image_files.load_image(data, str(path)), rule.image_size, rule.channels)
     if split == "train":  # kept for the test split's read, which follows
+        warn_of_loose_images(located.root)
         _TRAIN_DIGESTS.clear()
         _TRAIN_DIGESTS.update(digests)
     else:
@@ -521,6 +526,14 @@ def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tu
     if copies and os.environ.get("RANK", "0") == "0":  # once per run: data-parallel ranks all read the folder
         print(f"warning: {printable(str(root))}: {copies} of {len(test)} test images are byte-identical to "
               "training images; the test accuracy measures memory", file=sys.stderr)
+
+
+def warn_of_loose_images(root: Path) -> None:
+    """One warning line when image files sit beside the class folders (read by no class): a class
+    folder forgotten while sorting would otherwise train on fewer images without a word."""
+    notes = loose_image_notes(root, split_layout(root))
+    if notes and os.environ.get("RANK", "0") == "0":
+        print(f"warning: {printable(str(root))}: {notes[2:]}", file=sys.stderr)
 
 
 def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
@@ -652,13 +665,22 @@ def either(names) -> str:
 
 def holds_only_folders(folder: Path) -> bool:
     """Does `folder` hold sub-folders and no image files of its own (hidden entries aside)?"""
-    suffixes = set(image_files.image_suffixes())
+    entries = listed(folder)
+    return any(e.is_dir() for e in entries) and not direct_images(entries)
+
+
+def listed(folder: Path) -> list[os.DirEntry]:
+    """The entries directly in `folder`, hidden ones and macOS zips' metadata aside."""
     try:
-        entries = [e for e in os.scandir(folder) if not skipped(e.name)]
+        return [e for e in os.scandir(folder) if not skipped(e.name)]
     except OSError as exc:
         raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
-    return (any(e.is_dir() for e in entries)
-            and not any(Path(e.name).suffix.lower() in suffixes and not e.is_dir() for e in entries))
+
+
+def direct_images(entries: list[os.DirEntry]) -> int:
+    """How many of a folder's `entries` are image files (by suffix, in any case)."""
+    suffixes = set(image_files.image_suffixes())
+    return sum(1 for e in entries if e.is_file() and Path(e.name).suffix.lower() in suffixes)
 
 
 def describe_test_split(root: Path, rule) -> str:
@@ -673,23 +695,28 @@ def describe_test_split(root: Path, rule) -> str:
                  and p not in passed and holds_class_folders(p, root)]  # valid/ beside test/
         labelled = "".join(f"; {printable(p.name)}/ (labelled) not used: {printable(test.name)}/ is the test split"
                            for p in other)
-        loose = "".join(loose_images(folder) for folder in (root, train, test))
-        return f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled}{labelled}){loose}"
+        return (f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled}{labelled})"
+                f"{loose_image_notes(root, layout)}")
     return (f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
-            f"{loose_images(root)}")
+            f"{loose_image_notes(root, None)}")
+
+
+def loose_image_notes(root: Path, layout) -> str:
+    """'; N image files directly in FOLDER/: ...' for the folder and, split by hand (`layout`,
+    split_layout's), its training and test folders; '' when there are none."""
+    return "".join(loose_images(folder) for folder in (root, *(layout or ())[:2]))
 
 
 def loose_images(folder: Path) -> str:
     """'; N image files directly in FOLDER/: in no class folder, not used' (or ''): a class's images are
     the files in its folder, so files beside the class folders belong to none."""
-    suffixes = set(image_files.image_suffixes())
     try:
-        count = sum(1 for e in os.scandir(folder) if not skipped(e.name) and e.is_file()
-                    and Path(e.name).suffix.lower() in suffixes)
-    except OSError:
+        count = direct_images(listed(folder))
+    except DataError:  # data info describes; reading the data says what is wrong with the folder
         return ""
-    return f"; {count} image file{'s' * (count != 1)} directly in {printable(folder.name)}/: in no class folder, not used" \
-        if count else ""
+    if not count:
+        return ""
+    return f"; {count} image file{'s' * (count != 1)} directly in {printable(folder.name)}/: in no class folder, not used"
 
 
 def unknown_test_class(folder: Path, classes: tuple[str, ...], train: str = "train") -> DataError:
@@ -736,6 +763,8 @@ def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
     if not classes:
         raise DataError("no class folders: expected one sub-folder of images per class (or train/ and test/ "
                         "holding them)", folder)
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{len(classes):,} class folders; a model has at most {MAX_CLASSES:,} classes", folder)
     if len(classes) == 1:
         raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
     # Two class folders that are one, or one inside the other, through a link in the data set (`kitty ->
@@ -786,8 +815,13 @@ def check_linked_files(files: dict, class_dirs: dict[Path, int], classes) -> Non
 
 
 def check_class_name(name: str, folder: Path) -> None:
-    """Class names are stored in checkpoints and ONNX metadata (UTF-8 JSON): a folder name that is not
-    UTF-8 (Latin-1 bytes from an old zip or tar archive) cannot be one."""
+    """Class names are stored in checkpoints and ONNX metadata (UTF-8 JSON, MAX_CLASS_NAME_CHARS a
+    name): a folder name that is not UTF-8 (Latin-1 bytes from an old zip or tar archive) or is longer
+    cannot be one."""
+    if len(name) > MAX_CLASS_NAME_CHARS:
+        raise DataError(f"class folder '{printable(name[:40])}...' has a name of {len(name)} characters; a class name "
+                        f"has at most {MAX_CLASS_NAME_CHARS} (they are stored in checkpoints and model files): "
+                        "rename it", folder)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:

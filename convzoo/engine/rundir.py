@@ -101,13 +101,17 @@ def rollback(before: Snapshot, owned: frozenset[str] | None = None) -> None:
     Only for a start that changed nothing else (prepare(clear=False), before train.log and config.yaml);
     `owned`: the only names the run writes there (quantize's outputs; a file the user saved in the folder
     meanwhile is not the run's), None for any."""
-    unlock(before.path)
+    # The lock is held until its entries are gone: released first, another run could take the folder
+    # and start writing entries this loop would then delete.
     for entry in before.path.iterdir() if before.path.is_dir() else ():
-        if entry.name not in before.names and (owned is None or entry.name in owned):
+        if entry.name not in before.names and entry.name != LOCK_FILE and (owned is None or entry.name in owned):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+    if LOCK_FILE not in before.names:
+        (before.path / LOCK_FILE).unlink(missing_ok=True)
+    unlock(before.path)
     for folder in before.created:  # innermost first; the first one not empty keeps itself and its parents
         try:
             folder.rmdir()

@@ -71,9 +71,9 @@ def quantize_checked(out: Path, ckpt, ckpt_path, recipe: TrainConfig, *, method,
 
     x_test = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, len(test), 1000)])
     with staged(out, exist_ok=exist_ok) as stage:
-        result, table = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, method=method,
-                                      epochs=epochs, lr=lr, calib_batches=calib_batches, threads=threads,
-                                      runtime=runtime, log=log)
+        result, table = quantize_into(stage, ckpt, ckpt_path, model, train, test, x_test, spec=spec, recipe=recipe,
+                                      method=method, epochs=epochs, lr=lr, calib_batches=calib_batches,
+                                      threads=threads, runtime=runtime, log=log)
     return result, table
 
 
@@ -95,19 +95,19 @@ def check_enough_training_images(count: int, batch: int, method: str, train_limi
                           f"{batch}, which QAT's fine-tune takes; raise --train-limit or use --method ptq")
 
 
-def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, method, epochs, lr, calib_batches,
-                  threads, runtime, log):
+def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, spec: InputSpec, recipe: TrainConfig,
+                  method, epochs, lr, calib_batches, threads, runtime, log):
     """Write every output of the run into the folder `out` (the staging folder); returns the report's
     dict and its table."""
     export_onnx(ckpt_path, out / "model-fp32.onnx", ckpt=ckpt)
-    calib = calibration_batches(train, InputSpec.from_dict(ckpt["input"]), calib_batches)
+    calib = calibration_batches(train, spec, calib_batches)
     # PTQ of the same fp32 checkpoint is cheap: --method qat builds it too, for the side-by-side accuracy.
     ptq_name = "model-int8.onnx" if method == "ptq" else "model-int8-ptq.onnx"
     quantize_onnx(out / "model-fp32.onnx", out / ptq_name, calib,
                   {**deployment_metadata(ckpt), "quantization": "ptq"})
     reference = None
     if method == "qat":
-        converted = qat_to_int8(ckpt, model, train, calib, out, epochs=epochs, lr=lr, log=log)
+        converted = qat_to_int8(ckpt, model, train, calib, out, recipe=recipe, epochs=epochs, lr=lr, log=log)
         with torch.no_grad():
             reference = converted(x_test[:1000]).numpy()
     result = compare(out / "model-fp32.onnx", out / "model-int8.onnx", x_test.numpy(), test.labels.numpy(),
@@ -190,13 +190,13 @@ def check_output_dir(out: Path, ckpt_path, *, exist_ok: bool) -> Path:
     return out
 
 
-def qat_to_int8(ckpt, model, train, calib, out, *, epochs, lr, log=print):
+def qat_to_int8(ckpt, model, train, calib, out, *, recipe: TrainConfig, epochs, lr, log=print):
     """QAT fine-tune -> qat.pt (float weights + learned qparams) -> model-int8.onnx carrying those qparams.
+    `recipe`: the checkpoint's training settings (run_recipe), repeated by the fine-tune.
     Returns PyTorch's converted int8 model, the reference for the ONNX file."""
-    run = run_recipe(ckpt, "the checkpoint")
     state, converted, learned = qat_finetune(model, train, InputSpec.from_dict(ckpt["input"]), epochs=epochs, lr=lr,
-                                             batch_size=run.batch_size, seed=run.seed, augment=run.augment,
-                                             shift_pad=run.shift_pad, log=log)
+                                             batch_size=recipe.batch_size, seed=recipe.seed, augment=recipe.augment,
+                                             shift_pad=recipe.shift_pad, log=log)
     model.load_state_dict(state)
     payload = {k: v for k, v in ckpt.items() if k not in ("format", "version", "optimizer", "scaler")}
     save_checkpoint(out / "qat.pt", {**payload, "state_dict": model.state_dict(),

@@ -57,6 +57,7 @@ def plot_curves(runs: dict[str, list[dict]] | list[dict], out: Path) -> Path:
 
 
 MAX_CONFUSION_INCHES = 20
+NO_IMAGES_GREY = "#d9d9d9"
 MAX_CONFUSION_LABELS = 28  # classes named along an axis of the largest figure (0.7 inch each)
 
 
@@ -65,12 +66,15 @@ def plot_confusion(confusion, classes, out) -> Path:
     plt = _pyplot()
     matrix = np.asarray(confusion, dtype=np.float64)
     normalised = matrix / np.clip(matrix.sum(1, keepdims=True), 1, None)
+    empty = np.flatnonzero(matrix.sum(1) == 0)  # a class with no test images: grey, not a row of zeros
+    normalised[empty] = np.nan
+    cmap = plt.get_cmap("Blues").with_extremes(bad=NO_IMAGES_GREY)
     k = len(classes)
     # 0.7 inch a class up to a 20-inch figure: one sized by the class count alone took 7.7 GB and a
     # 200-megapixel PNG for 200 classes, and failed for 1,000 (a 30 GiB canvas).
     side = min(0.7 * k, MAX_CONFUSION_INCHES)
     fig, ax = plt.subplots(figsize=(max(6, side + 2), max(5, side + 1.5)), dpi=100)
-    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    image = ax.imshow(normalised, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     step = math.ceil(k / MAX_CONFUSION_LABELS)  # every class named while names fit, then every step-th
     ax.set_xticks(range(0, k, step), labels=classes[::step], rotation=45 if step == 1 else 90,
@@ -81,6 +85,8 @@ def plot_confusion(confusion, classes, out) -> Path:
         for i, j in zip(*np.nonzero(normalised >= 0.005)):
             ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if normalised[i, j] > 0.5 else "black")
+        for i in empty:
+            ax.text((k - 1) / 2, i, "no test images", ha="center", va="center", fontsize=7, color="dimgrey")
     fig.tight_layout()
     return _save(fig, out, "confusion")
 
