@@ -338,7 +338,10 @@ def build_config(preset: str | dict | None, overrides: dict, base: dict | None =
         # A preset's threads are one process's; under --procs they are shared out (lenet5-fast's 2 threads
         # in each of 2 processes on 2 cores ran 6x slower than 1 each).
         values["threads"] = max(1, chosen["threads"] // values["procs"])
-    cfg = TrainConfig(**values).validate()
+    try:
+        cfg = TrainConfig(**values).validate()
+    except ConfigError as exc:
+        raise as_recipe_error(exc, chosen, overrides, preset) from None
     defaults = TrainConfig()  # a default given (a run's saved config.yaml passed back whole) changes nothing
     given = [k for k, v in overrides.items() if v is not None and v != getattr(defaults, k)]
     check_folder_flags(cfg, given)
@@ -346,6 +349,18 @@ def build_config(preset: str | dict | None, overrides: dict, base: dict | None =
     if isinstance(preset, dict) or preset and is_config_file(preset):
         warn_unused(cfg, chosen, given, RECIPE_SOURCE if isinstance(preset, dict) else preset)
     return cfg
+
+
+def as_recipe_error(exc: ConfigError, chosen: dict, overrides: dict, preset) -> ConfigError:
+    """A range error ("--batch-size must be >= 1") in a value the user's recipe gave, not a flag: named
+    as the recipe's key, after its file (the user typed no --batch-size)."""
+    message = str(exc)
+    for key in chosen:
+        flag = flag_name(key)
+        if overrides.get(key) is None and message.startswith(flag + " "):
+            source = preset if isinstance(preset, str) else RECIPE_SOURCE
+            return ConfigError(f"{source}: {key}{message[len(flag):]}")
+    return exc
 
 
 RECIPE_SOURCE = "train()'s config"  # how messages name a recipe passed to the API as a dict or TrainConfig

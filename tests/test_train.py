@@ -213,6 +213,16 @@ def test_bad_checkpoints(tmp_path, tiny_run, capsys):
     complex_weights = {**resized, "state_dict": {**resized["state_dict"], "fc1.bias": torch.zeros(120, dtype=torch.complex64)}}
     save_checkpoint(tmp_path / "complex.pt", complex_weights)
     cli_error(capsys, "eval", "--ckpt", tmp_path / "complex.pt", fragments=("complex.pt", "tensor 'fc1.bias' is complex"))
+    # A 300 KB file whose stride-0 view claims 10^12 values: the finiteness check asked for 4 TB (a traceback)
+    expanded = {"fc1.weight": torch.zeros(1).expand(10**6, 10**6), "fc1.bias": torch.zeros(120)}
+    torch.save({**resized, "state_dict": expanded}, tmp_path / "expanded.pt")
+    torch.save(expanded, tmp_path / "expanded-weights.pt")
+    for args in (["eval", "--ckpt", tmp_path / "expanded.pt"],
+                 ["convert", tmp_path / "expanded-weights.pt", "--model", "lenet5", "--dataset", "mnist", "--output",
+                  tmp_path / "converted.pt"]):
+        cli_error(capsys, *args, fragments=("expanded", "tensor 'fc1.weight' claims 1,000,000,000,000 values",
+                                            "stores 1 (an expanded or overlapping view)"))
+    assert not (tmp_path / "converted.pt").exists()
     resized["state_dict"]["extra"] = torch.zeros(1)  # ... and a second problem is counted
     save_checkpoint(tmp_path / "resized.pt", resized)
     cli_error(capsys, "eval", "--ckpt", tmp_path / "resized.pt", fragments=("resized.pt", '"extra"', "(and 1 more)"))

@@ -190,6 +190,26 @@ def test_config_file_keys_may_be_spelt_as_the_flags(tmp_path, capsys):
               fragments=("k.yaml has unknown keys: eval_every_step (did you mean 'eval_every_steps'?), foo",))
 
 
+def test_config_files_take_exponent_numbers_and_name_their_keys_in_range_errors(tmp_path, capsys):
+    """`lr: 1e-3` (PyYAML reads YAML 1.1, where a float needs a dot) was refused as "lr must be a finite
+    number, got '1e-3'"; and `batch_size: 0` in a file was "--batch-size must be >= 1", a flag the user
+    never typed, without the file's name."""
+    import convzoo
+    from convzoo.config import build_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5E-4\nmomentum: 9.0e-1\nlabel_smoothing: 1.e-1\n")
+    cfg = build_config(str(path), {})
+    assert (cfg.lr, cfg.weight_decay, cfg.momentum, cfg.label_smoothing) == (0.001, 0.0005, 0.9, 0.1)
+    for text, said in (("batch_size: 0", "batch_size must be >= 1, got 0"), ("lr: -1", "lr must be in (0, 10000]"),
+                       ("seed: -1", "seed must be in 0..4294967295")):
+        path.write_text(text + "\n")
+        cli_error(capsys, "train", "--config", path, fragments=(f"{path}: {said}",))
+    cli_error(capsys, "train", "--config", path, "--seed", "-2", fragments=("--seed must be in",))  # the flag's own
+    with pytest.raises(convzoo.ConvzooError, match=r"train\(\)'s config: batch_size must be >= 1"):
+        convzoo.train({"model": "lenet5", "batch_size": 0})
+
+
 @pytest.mark.parametrize("flag", ["--freeze", "--restore-exclude"])
 @pytest.mark.parametrize("text", ["", " ", ","])
 def test_an_empty_list_option_is_refused_like_any_empty_option(capsys, flag, text):

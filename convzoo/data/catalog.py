@@ -77,6 +77,9 @@ class FolderRule:
     channels: int = 1  # 1: grey, 3: RGB
     test_split: float = 0.2  # of each class held out for testing, unless the folder has train/ + test/
     seed: int = 0  # of that split
+    # image -> uint8 (channels, image_size, image_size) instead of the plain resize: a digit model scored
+    # on a folder of photos reads them as predict does (deploy/preprocess.py). Not recorded: eval's alone.
+    decode: Callable | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "channels": self.channels, "test_split": self.test_split,

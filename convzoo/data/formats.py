@@ -482,7 +482,8 @@ def read_folder_split(located, split: str):
     for i, (path, _) in enumerate(chosen):
         data = image_files.read_image_file(path)
         digests[path] = file_digest(path, data)
-        images[i] = image_files.to_pixels(image_files.load_image(data, str(path)), rule.image_size, rule.channels)
+        image = image_files.load_image(data, str(path))
+        images[i] = rule.decode(image) if rule.decode else image_files.to_pixels(image, rule.image_size, rule.channels)
     if split == "train":  # kept for the test split's read, which follows
         warn_of_loose_images(located.root)
         _TRAIN_DIGESTS.clear()

@@ -45,17 +45,26 @@ def to_array(image: Image.Image, meta: dict) -> np.ndarray:
     spec = meta["input"]
     rule = meta.get("preprocess", "resize")
     if spec["channels"] == 1 and rule in ("digit", "fashion"):
-        digit = rule == "digit"  # a digit's ink carries no shading; a garment's does, so its light is left as is
-        grey = np.asarray(flatten_alpha(standard_mode(image), None if digit else TRANSPARENT).convert("L"),
-                          dtype=np.float32)
-        pixels = mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
-        pixels = pixels[None] / 255.0
+        pixels = as_mnist(image, rule)[None] / 255.0
     else:
         if spec.get("crop"):  # a model made elsewhere (foreign.py): the centre square, as timm's crop_pct
             image = centre_square(image, spec["crop"])
         pixels = to_pixels(image, image_side(meta), spec["channels"], spec.get("interpolation", "bilinear"))
         pixels = pixels.astype(np.float32) / 255.0
     return normalise(fit(pixels, spec)[None], spec)
+
+
+def as_mnist(image: Image.Image, rule: str) -> np.ndarray:
+    """A digit ('digit') or garment ('fashion') photo -> float32 28x28 in 0..255, made as MNIST's and
+    Fashion-MNIST's images were (mnist_style)."""
+    digit = rule == "digit"  # a digit's ink carries no shading; a garment's does, so its light is left as is
+    grey = np.asarray(flatten_alpha(standard_mode(image), None if digit else TRANSPARENT).convert("L"), dtype=np.float32)
+    return mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
+
+
+def as_mnist_uint8(image: Image.Image, rule: str) -> np.ndarray:
+    """as_mnist as a uint8 (1, 28, 28) data-set image (an image folder scored by a digit model)."""
+    return np.clip(np.rint(as_mnist(image, rule)), 0, 255).astype(np.uint8)[None]
 
 
 def centre_square(image: Image.Image, fraction: float) -> Image.Image:

@@ -337,6 +337,12 @@ def check_state_dict(state, path) -> None:
         if not holds_values(tensor):  # torch.isfinite below cannot read them
             kind = "on the meta device (it holds no values)" if tensor.is_meta else f"sparse ({tensor.layout})"
             raise CheckpointError(f"tensor {name!r} is {kind}; weights must be dense tensors", path)
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            # an expanded view (stride 0): 300 KB on disk claiming 10^12 values, which the isfinite
+            # below would allocate (a 4 TB request and a traceback)
+            raise CheckpointError(f"tensor {name!r} claims {tensor.numel():,} values of shape {tuple(tensor.shape)} but "
+                                  f"stores {tensor.untyped_storage().nbytes() // tensor.element_size():,} (an expanded "
+                                  "or overlapping view); weights must be stored whole", path)
         if tensor.is_complex():  # loading would drop the imaginary parts, with only a warning
             raise CheckpointError(f"tensor {name!r} is complex ({tensor.dtype}); weights must be real", path)
         # Loading casts silently (uint16 weights predicted 0.1 for every class); float8 has no isfinite.
