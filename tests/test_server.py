@@ -1468,6 +1468,26 @@ def test_a_malformed_request_after_whole_ones_is_answered_after_them(guarded):
         assert "malformed" in json_error(read_all(sock), 400)
 
 
+def test_options_star_and_a_post_without_a_length(guarded):
+    """`OPTIONS * HTTP/1.1` (a question about the server) was 404 "no such path '/*'"; a POST with
+    neither Content-Length nor Transfer-Encoding was 422 "empty file (0 bytes)"."""
+    url = guarded[0]
+    close = b"Host: x\r\nConnection: close\r\n\r\n"
+    with raw(url) as sock:
+        sock.sendall(b"OPTIONS * HTTP/1.1\r\n" + close)
+        reply = read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 204 ") and b"allow: GET, HEAD, POST\r\n" in reply, reply
+    with raw(url) as sock:
+        sock.sendall(b"GET * HTTP/1.1\r\n" + close)
+        assert "only for OPTIONS" in json_error(read_all(sock), 400)
+    for ctype in (b"Content-Type: image/png\r\n", b""):
+        with raw(url) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\n" + ctype + close)
+            assert "Content-Length" in json_error(read_all(sock), 411)
+    r = httpx.post(url + "/v1/predict", content=b"", headers={"content-type": "image/png"})  # Content-Length: 0
+    assert r.status_code == 422 and "empty" in r.json()["error"], r.text
+
+
 def test_every_coding_header_line_counts(served, digits):
     """Only the first Content-Encoding line was read: `identity` then `gzip` served a gzipped body as an
     image (or an uncompressed one as if the gzip line were not there). Every line counts, as a
