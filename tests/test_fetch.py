@@ -115,6 +115,25 @@ def test_cli_every_mirror_404(tmp_path, file_server):
     assert line.count("HTTP 404") == 2
 
 
+def test_mirror_with_credentials_query_or_fragment_is_refused_before_any_request(tmp_path, file_server, capsys):
+    """`--mirror http://user:pw@host/` passed the check, then urllib looked 'user:pw@host' up as a host
+    name (gaierror) and the error printed the password; a ?query or #fragment had the file name appended
+    after it. Each is now one line before a request is sent, the password never in it."""
+    file_server.files = {f"/m/{k}": v for k, v in small_mnist_files().items()}
+    host = file_server.url.split("//", 1)[1]
+    for mirror, fragment in [(f"http://user:s3cret@{host}/m/", "credentials in mirror URLs are not supported"),
+                             (f"http://:s3cret@{host}/m/", "credentials"), ("http://s3cret@[::1/m/", "credentials"),
+                             (f"{file_server.url}/m/?token=s3cret", "without a ?query or #fragment"),
+                             (f"{file_server.url}/m/#part", "without a ?query or #fragment")]:
+        line = cli_error(capsys, "data", "download", "mnist", "--data-path", tmp_path, "--mirror", mirror,
+                         fragments=[fragment])
+        assert "s3cret" not in line or "?token" in line, line
+    assert file_server.hits == {} and list(tmp_path.iterdir()) == []
+    with pytest.raises(Exception, match="credentials") as info:  # the Python API checks its mirrors the same way
+        fetch.download_dataset(MNIST, tmp_path, mirrors=[f"https://u:s3cret@{host}/"])
+    assert "s3cret" not in str(info.value)
+
+
 def test_failed_download_removes_only_the_empty_folders_it_made(tmp_path, file_server):
     """A failed download leaves no empty mnist/ (nor a cache folder it made) behind; a folder that
     existed, other data sets' files and the files already downloaded stay."""

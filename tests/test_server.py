@@ -1402,6 +1402,92 @@ def test_pipelined_requests_never_read_keep_memory_flat(pretrained, tmp_path, mo
     assert "Traceback" not in log.read_text() and "Invalid HTTP" not in log.read_text(), log.read_text()
 
 
+@pytest.fixture(scope="module")
+def guarded(pretrained, tmp_path_factory):
+    """(url, process) of a server of the shipped weights for the protocol tests below (no training)."""
+    log = tmp_path_factory.mktemp("guarded") / "serve.log"
+    with serving(pretrained, log=log) as (url, proc):
+        yield url, proc
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+CHUNKED_HEAD = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+def test_trailer_fields_are_dropped_and_bounded_like_a_head(guarded):
+    """The trailer fields after a chunked body's last chunk were counted by no limit (not head, not
+    body): 1 GB of them took the server from 95 MB to 1.14 GB, kept after the 422. Now they get the
+    head's 64 KiB (431 JSON and close, the rest never read), and are dropped, not appended to the
+    request's headers (a `Content-Type` trailer changed nothing)."""
+    url, proc = guarded
+    digit = png_bytes(mnist_test(1)[0][0, 0])
+    label = httpx.post(url + "/v1/predict", content=digit, headers={"content-type": "image/png"}).json()["class"]
+    with raw(url) as sock:  # small trailers: served, and the request pipelined after them too
+        sock.sendall(CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\nX-Checksum: 1\r\nContent-Type: text/plain\r\n\r\n"
+                     % (len(digit), digit) + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = read_all(sock)
+        assert responses(reply) == [b"HTTP/1.1 200 OK"] * 2 and f'"class":"{label}"'.encode() in reply, reply[:600]
+    with raw(url) as sock:  # over the limit and one read's slack (256 KiB), then nothing: the 431 comes at once
+        with contextlib.suppress(OSError):
+            sock.sendall(CHUNKED_HEAD + b"0\r\n" + b"X-T: %s\r\n" % (b"a" * 1000) * (6 * HEAD_LIMIT // 1000))
+        sock.settimeout(5)
+        assert "trailer fields" in json_error(read_all(sock), 431)
+    start, total = rss_mb(proc.pid), 48 << 20
+    for trailer in (b"X-T: %s\r\n" % (b"a" * 8000), b"a"):  # many lines; one line that never ends
+        block, sent = trailer * ((1 << 20) // len(trailer)), 0
+        with raw(url) as sock, contextlib.suppress(OSError):
+            sock.sendall(CHUNKED_HEAD + b"0\r\nX-T: ")
+            while sent < total:
+                sock.sendall(block)
+                sent += len(block)
+        assert sent < total, "the server read 48 MB of trailer fields"  # (the kernels' buffers hold a few MB)
+    grown = rss_mb(proc.pid) - start
+    assert grown < 16, f"RSS grew {grown:.0f} MB while trailer fields were sent"
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+
+
+def test_a_malformed_request_after_whole_ones_is_answered_after_them(guarded):
+    """`GET /healthz` then garbage in one packet got only the 400: the valid request's answer was lost
+    (the 400 closed the connection first). Requests parsed whole are answered, in order, then the 400 and
+    close; one that asked for `connection: close` ends the connection itself, with no 400 after it."""
+    url = guarded[0]
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for count in (1, 3):
+        with raw(url) as sock:
+            sock.sendall(get * count + b"GARBAGE\r\n\r\n")
+            reply = read_all(sock)
+            assert responses(reply) == [b"HTTP/1.1 200 OK"] * count + [b"HTTP/1.1 400 Bad Request"], reply
+            assert reply.count(b'{"status":"ok"}') == count and reply.lower().count(b"connection: close") == 1
+            assert "malformed" in json_error(reply[reply.index(b"HTTP/1.1 400"):], 400)
+    with raw(url) as sock:
+        sock.sendall(get.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + b"GARBAGE\r\n\r\n")
+        assert responses(read_all(sock)) == [b"HTTP/1.1 200 OK"]
+    with raw(url) as sock:  # an error inside a body is that request's own 400, at once
+        sock.sendall(CHUNKED_HEAD + b"zz\r\n")
+        assert "malformed" in json_error(read_all(sock), 400)
+
+
+def test_options_star_and_a_post_without_a_length(guarded):
+    """`OPTIONS * HTTP/1.1` (a question about the server) was 404 "no such path '/*'"; a POST with
+    neither Content-Length nor Transfer-Encoding was 422 "empty file (0 bytes)"."""
+    url = guarded[0]
+    close = b"Host: x\r\nConnection: close\r\n\r\n"
+    with raw(url) as sock:
+        sock.sendall(b"OPTIONS * HTTP/1.1\r\n" + close)
+        reply = read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 204 ") and b"allow: GET, HEAD, POST\r\n" in reply, reply
+    with raw(url) as sock:
+        sock.sendall(b"GET * HTTP/1.1\r\n" + close)
+        assert "only for OPTIONS" in json_error(read_all(sock), 400)
+    for ctype in (b"Content-Type: image/png\r\n", b""):
+        with raw(url) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\n" + ctype + close)
+            assert "Content-Length" in json_error(read_all(sock), 411)
+    r = httpx.post(url + "/v1/predict", content=b"", headers={"content-type": "image/png"})  # Content-Length: 0
+    assert r.status_code == 422 and "empty" in r.json()["error"], r.text
+
+
 def test_every_coding_header_line_counts(served, digits):
     """Only the first Content-Encoding line was read: `identity` then `gzip` served a gzipped body as an
     image (or an uncompressed one as if the gzip line were not there). Every line counts, as a

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -354,7 +355,14 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
 
 def check_mirror(url) -> None:
     """A mirror is a base URL: http(s) with a host, or file:. Not ftp: its control connection is read
-    line by line, out of reach of the slow-download rule (a trickling FTP server hung the download)."""
+    line by line, out of reach of the slow-download rule (a trickling FTP server hung the download).
+    Nor user:password@ (urllib looked 'user:pw@host' up as a host name, and the error printed the
+    password: checked first, so no message shows it), nor a ?query or #fragment (the file name would be
+    appended after it)."""
+    credentials = re.match(r"[^:/?#]+://([^/?#]*)@([^/?#]*)", url) if isinstance(url, str) else None
+    if credentials:
+        raise ConfigError(f"--mirror ...@{credentials[2][:100]}: credentials in mirror URLs are not supported "
+                          "(serve the files without them, or from a folder: file:/path/)")
     try:  # urlsplit and .port raise ValueError on a malformed host ('http://[::1') or port ('h:99999')
         parts = urlsplit(url) if isinstance(url, str) else None
         ok = parts is not None and parts.scheme in ("http", "https", "file") and \
@@ -363,6 +371,9 @@ def check_mirror(url) -> None:
         ok = False
     if not ok:
         raise ConfigError(f"--mirror must be a base URL such as https://host/path/, got {str(url)[:100]!r}")
+    if "?" in url or "#" in url:
+        raise ConfigError(f"--mirror {url[:100]!r}: a mirror is a base URL without a ?query or #fragment "
+                          "(the file name is appended to it)")
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -8,7 +8,9 @@ and keeps a connection open forever while a client sends nothing, half a head, o
 This subclass, passed to uvicorn as `http=` (one worker or several), adds per connection:
 - MAX_HEAD_BYTES: a request line + headers must end within 64 KiB; beyond it the connection gets a
   431 JSON error and is closed, and nothing more is buffered (a request pipelined behind another in
-  one read is counted from the next read on: slack of one read, 256 KiB at most);
+  one read is counted from the next read on: slack of one read, 256 KiB at most); the trailer fields
+  after a chunked body's last chunk get the same limit (counted from the read after that chunk's size
+  line), and are dropped (uvicorn added them to the request's headers: 1 GB of them held 1 GB);
 - HEAD_TIMEOUT: a head must be complete within 10 s of the connection opening, or of its first byte
   for a later request on a kept-alive connection, else 408 and close;
 - BODY_TIMEOUT: a body is checked every 10 s (never while uvicorn itself paused reading because the
@@ -25,6 +27,8 @@ This subclass, passed to uvicorn as `http=` (one worker or several), adds per co
   `connection: close`, and the rest of that body is read and dropped (lingering close, so the client,
   still sending, gets the response rather than a reset) for up to LINGER seconds: never parsed as a
   next request, never answered twice.
+- bytes httptools cannot parse get a JSON 400 and close, after the answers to the whole requests parsed
+  before them (written at once, the 400 and close lost those answers).
 A 408 is written only when no response is under way on the connection; otherwise it just closes.
 The hot path adds counters and flags; one timer per connection fires every ~10 s at most.
 The timeouts can be set (seconds) with CONVZOO_HEAD_TIMEOUT, CONVZOO_BODY_TIMEOUT and
@@ -106,18 +110,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Per connection: _head_bytes counts the head being received (None while a body is), _head_started
     # is when it began (None while waiting for the next request), _received counts every byte (the
     # stalled-body check compares it with _mark, last moved at _mark_time), _timer is the one pending check.
-    # _stopped: no more requests are parsed on this connection (the pipeline overflowed, or a body is being
-    # dropped after its early response: _lingering); _write_timer: pending while the client reads nothing;
-    # _heavy: the connection queued many responses (the heap is trimmed once it goes); _answering: the
-    # cycle that last sent (a response under way).
+    # _stopped: no more requests are parsed on this connection (the pipeline overflowed, a body is being
+    # dropped after its early response: _lingering, or bytes after whole requests were malformed: the 400
+    # _after_answers waits for their answers); _trailer_bytes counts what follows a chunk's size line until
+    # its data (None: not there; after the last chunk, trailer fields); _write_timer: pending while the client
+    # reads nothing; _heavy: the connection queued many responses (the heap is trimmed once it goes);
+    # _answering: the cycle that last sent (a response under way).
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._head_bytes = 0
         self._head_started = self.loop.time()  # a client that sends nothing gets HEAD_TIMEOUT too
         self._received = self._mark = 0
+        self._trailer_bytes = None  # bytes after a chunked body's last chunk header (None: not there)
         self._stopped = self._lingering = self._heavy = False
-        self._write_timer = self._answering = None
+        self._write_timer = self._answering = self._after_answers = None
         self._timer = self.loop.call_later(HEAD_TIMEOUT, self._check)
 
     def connection_lost(self, exc) -> None:
@@ -155,12 +162,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         if self._stopped:  # nothing more is parsed: a lingering body is dropped, an overflow waits unread
             if not self._lingering:
                 self.flow.pause_reading()  # (uvicorn resumes reading after each response)
             return
-        if self._head_bytes is None:  # a body: uvicorn's flow control and the app's 413 bound it
-            super().data_received(data)
+        if self._head_bytes is None:
+            self._body_received(data)
             return
         if self._head_started is None:  # the first byte of the next request on this connection
             self._start_head()
@@ -176,6 +186,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, f"the request line and headers are larger than {MAX_HEAD_BYTES >> 10} KiB")
         else:  # ... and did: the rest is its body or the next request
             super().data_received(data[room:])
+
+    def _body_received(self, data: bytes) -> None:
+        """A body's bytes: uvicorn's flow control and the app's 413 bound it. The trailer fields after a
+        chunked body's last chunk are no body bytes: they get the head's limit (431 and close), counted
+        from the read after the last chunk's header (slack of one read), a piece at a time as a head is."""
+        while data and self._trailer_bytes is not None and self._head_bytes is None:
+            room = MAX_HEAD_BYTES - self._trailer_bytes
+            if room <= 0:
+                limit = MAX_HEAD_BYTES >> 10
+                self._refuse(431, f"the trailer fields after the chunked body are larger than {limit} KiB")
+                return
+            piece, data = data[:room], data[room:]
+            self._trailer_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing() or self._stopped:
+                return
+        if data and self._head_bytes is None:  # chunk data came (on_body): the rest is body
+            super().data_received(data)
+        elif data:  # the message ended: what follows is the next request's head
+            self._feed(data)
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line: its data clears this (on_body); the last chunk (size 0) has none, and
+        what follows it until the message ends is trailer fields."""
+        self._trailer_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._trailer_bytes = None
+        super().on_body(body)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """A trailer field (after the body) is dropped: uvicorn appended it to the request's headers, which
+        the app had read already (thousands held hundreds of MB), and RFC 9110 lets a server discard them."""
+        if self._head_bytes is not None:
+            super().on_header(name, value)
 
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= MAX_PIPELINED:  # one read held thousands of pipelined requests
@@ -242,14 +287,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes httptools cannot parse (a bad request line, HTTP/9.9, a bad
         header), as JSON like every other error instead of plain text; nothing when the parser was
-        stopped on purpose (_PipelineFull)."""
+        stopped on purpose (_PipelineFull). Bytes after whole requests not answered yet (`GET /healthz` then
+        garbage in one read) wait for those answers: written at once, the 400 and close lost them."""
         if self._stopped:
             return
-        self._write_error(400, f"{msg.rstrip('.')} (malformed request line or headers)")
+        message = f"{msg.rstrip('.')} (malformed request line or headers)"
+        if self._head_bytes is not None and self.cycle is not None and (
+                self.pipeline or not self.cycle.response_complete):  # (an error inside a body is that request's)
+            self._stopped = True  # nothing more is parsed; on_response_complete sends it after the last answer
+            self._after_answers = message
+            self.flow.pause_reading()
+            return
+        self._write_error(400, message)
         self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._after_answers and not self.pipeline and self.cycle.response_complete \
+                and not self.transport.is_closing():  # (closing: the last answer said `connection: close`)
+            self._write_error(400, self._after_answers)
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
+        self._trailer_bytes = None
         self._head_started = None
         super().on_message_complete()
 

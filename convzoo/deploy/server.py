@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -130,6 +130,10 @@ def create_app(model_path, *, max_upload: int = MAX_UPLOAD, threads: int = 1,
     @app.exception_handler(HTTPException)  # 404, 405, ...: the same {"error": ...} shape as ours
     async def http_error(request, exc: HTTPException):
         message = str(exc.detail)
+        if exc.status_code == 404 and request.scope.get("raw_path") == b"*":  # the target is the server (RFC 9110)
+            if request.method == "OPTIONS":  # `OPTIONS * HTTP/1.1`: what the server allows, no path implied
+                return Response(status_code=204, headers={"allow": "GET, HEAD, POST"})
+            return JSONResponse({"error": "the request target '*' is only for OPTIONS"}, status_code=400)
         if exc.status_code == 404:
             message = (f"no such path {request.url.path[:100]!r}; the paths are /v1/predict (POST), /v1/model, "
                        "/healthz, /metrics, / (the page) and /docs")
@@ -308,6 +312,9 @@ class UploadGate:
             return message
 
         try:
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" not in names and b"transfer-encoding" not in names:  # was "empty file (0 bytes)"
+                raise RequestError(411, "a POST to /v1/predict needs a Content-Length (or Transfer-Encoding: chunked)")
             declared = declared_size(scope["headers"], self.max_upload)
             check_codings(scope["headers"])
             if declared and not self.budget.fits(declared):  # would be refused part-way: refused now
