@@ -74,14 +74,19 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     """
     import dataclasses
 
-    from .config import TrainConfig, build_config, key_names
+    from .config import TrainConfig, build_config, is_config_file, key_names
     from .engine.launch import train as run_training
     from .errors import ConfigError, unknown
 
     for name, value in (("resume", resume), ("exist_ok", exist_ok), ("quiet", quiet)):
         _boolean(name, value)  # exist_ok="no" is truthy: it replaced the run it was meant to keep
+    if isinstance(config, os.PathLike):  # a path is a YAML file, whatever its name (a bare one reads as a preset's)
+        config = os.fspath(config)
+        if isinstance(config, str) and not is_config_file(config):
+            config = os.path.join(os.curdir, config)
     if not (config is None or isinstance(config, (str, dict, TrainConfig))):
-        raise ConfigError(f"config must be a preset name, a TrainConfig or a dict, not {type(config).__name__}")
+        raise ConfigError(f"config must be a preset name, a YAML file's path, a TrainConfig or a dict, not "
+                          f"{type(config).__name__}")
     fields, spellings = {f.name for f in dataclasses.fields(TrainConfig)}, key_names()
     for key in [*(config if isinstance(config, dict) else ()), *flags]:  # train()'s own keywords are choices too
         if not isinstance(key, str) or key not in spellings:
@@ -186,8 +191,8 @@ def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None,
     threads = _integer("threads", threads, 1, 1024)  # before the file: a bad count is not the file's fault
     describe = _description(classes=classes, mean=mean, std=std, input_size=input_size, crop=crop,
                             interpolation=interpolation, preprocessor=preprocessor, preprocess=preprocess)
-    return Model(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime, describe=describe),
-                 str(path_or_name))
+    return Model._made(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime, describe=describe),
+                       str(path_or_name))
 
 
 def _description(*, classes, mean, std, input_size, crop, interpolation, preprocessor, preprocess) -> dict:
@@ -267,13 +272,22 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
 class Model:
     """A loaded model: its description (.name, .dataset, .classes, .input, .preprocessing), the
     preprocessing itself (.preprocess(images) -> the float32 N x C x H x W batch it sees) and
-    .predict(images)."""
+    .predict(images). Made by convzoo.load(...), not by calling Model."""
 
-    def __init__(self, predictor, source: str):
-        self._predictor = predictor
-        self.source = source  # as given to load(): a path or NAME:DATASET
-        self.path = predictor.path
-        self.meta = dict(predictor.meta)
+    def __init__(self, *args, **kwargs):
+        # Model("lenet5:mnist") was a bare TypeError, Model("a", "b") an AttributeError: say what makes one
+        raise ConvzooError("a Model is made by convzoo.load(PATH_OR_NAME), e.g. convzoo.load(\"lenet5:mnist\") or "
+                           "convzoo.load(\"model.onnx\"), not by calling Model(...)")
+
+    @classmethod
+    def _made(cls, predictor, source: str) -> "Model":
+        """load()'s Model of a Predictor, bypassing __init__."""
+        model = cls.__new__(cls)
+        model._predictor = predictor
+        model.source = source  # as given to load(): a path or NAME:DATASET
+        model.path = predictor.path
+        model.meta = dict(predictor.meta)
+        return model
 
     name = property(lambda self: self.meta["model"])
     dataset = property(lambda self: self.meta.get("dataset"))

@@ -246,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action="append", help="base URL to download from (repeatable; tried in order)")
     p.add_argument("--timeout", type=number(float, 0.1, 3600), default=30, help="seconds per network read")
     p.add_argument("--json", action="store_true")
+    # How `folder` is read, as train reads it (a run with --test-split 0.5 holds out another split):
+    # checked as train checks them, and refused with a catalog data set (cmd_data's folder_rule).
+    p.add_argument("--test-split", type=float, help="folder: the fraction of each class held out (as train's)")
+    p.add_argument("--image-size", type=int, help="folder: the square size images are resized to (as train's)")
+    p.add_argument("--channels", type=int, help="folder: 1 (grey, the default here) or 3 (RGB), as train's")
     p.set_defaults(handler=cmd_data)
 
     p = sub.add_parser("train", help="train a model",
@@ -476,10 +481,14 @@ def cmd_data(args) -> int:
     from .data.info import print_info, save_samples
 
     spec = get_spec(args.name)
-    # A folder has no official files: verify printed nothing and exited 0 (download_dataset refuses it itself).
-    if args.action == "verify" and not spec.reader.official:
-        raise ConfigError(f"{args.name} reads your own images: there are no official files to verify; "
+    # A folder has no official files: verify printed nothing and exited 0, download 'already present and
+    # verified' (download_dataset refuses it itself, but a folder was first found "present").
+    if args.action in ("verify", "download") and not spec.reader.official:
+        raise ConfigError(f"{args.name} reads your own images: there are no official files to {args.action}; "
                           f"`convzoo data info {args.name} --data-path FOLDER` describes a folder")
+    rule = folder_rule(args)
+    if spec.folder:
+        spec = spec.reading(rule)
     if args.action == "sample":
         return save_samples(locate(spec, args.data_path, download=False), args.count, Path(args.output), args.json)
     located = present = verified_copy(spec, args.data_path) if args.action == "download" else None
@@ -504,6 +513,19 @@ def cmd_data(args) -> int:
     if not located.verified:
         print(located.warning(), file=sys.stderr)
     return 0 if located.verified else 1
+
+
+def folder_rule(args):
+    """data's --test-split, --image-size and --channels as a FolderRule, checked as train checks them
+    (ranges, a folder split by hand, refused with a catalog data set unless equal to the default)."""
+    from .config import FOLDER_ONLY, build_config
+    from .data.catalog import FolderRule
+
+    given = {name: getattr(args, name) for name in FOLDER_ONLY}
+    if all(value is None for value in given.values()):
+        return FolderRule()
+    cfg = build_config(None, {"dataset": args.name, "data_path": args.data_path, **given})
+    return FolderRule(cfg.image_size, cfg.channels or FolderRule.channels, cfg.test_split)
 
 
 def verified_copy(spec, data_path):

@@ -95,7 +95,9 @@ class TrainConfig:
     test_limit: int = opt(0, "score on the first N test images only (0: all): quick checks, whose accuracies are "
                              "then a subset's")
     classes: list[int] | None = opt(None, "train on these class indices only, relabelled 0..k-1, e.g. 0,1,2 "
-                                          "(default: all)",
+                                          "(default: all); --dataset folder: positions in its class folder names "
+                                          "sorted as text (1, 10, 11, 2, ...: as `convzoo data info folder` lists "
+                                          "them), and the run names the folders picked",
                                     parse=int_list)
     device: str = opt("auto", "auto | cpu | cuda | mps", "--device", "--device_target", "--device-target")
     threads: int = opt(0, "CPU threads per process (0: $OMP_NUM_THREADS if set, else the model's default; "

@@ -567,3 +567,30 @@ def test_summary_refuses_one_class_as_train_does(capsys):
 
     assert main(["summary", "--model", "lenet5", "--num-classes", "2"]) == 0
     assert "fc3" in capsys.readouterr().out
+
+
+def test_the_api_takes_a_path_object_as_config_and_model_is_made_by_load(tmp_path, monkeypatch):
+    """convzoo.train(Path("my.yaml")) said 'config must be a preset name, a TrainConfig or a dict, not
+    PosixPath' while the str worked; a Path without a .yaml suffix is the file too, not a preset's name.
+    convzoo.Model("lenet5:mnist") was a bare TypeError and Model("a", "b") an AttributeError: a
+    ConvzooError saying to use convzoo.load, which still makes one."""
+    from pathlib import Path
+
+    import convzoo
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    recipe = "model: lenet5\ndataset: folder\ndata_path: d\nepochs: 1\nbatch_size: 2\nthreads: 1\n"
+    for name in ("my.yaml", "recipe"):  # 'recipe' alone would be looked up as a shipped preset's name
+        Path(name).write_text(recipe + f"output_dir: run-{name}\n")
+        result = convzoo.train(Path(name), quiet=True)
+        assert Path(result["checkpoint"]) == Path(f"run-{name}") / "best.pt" and Path(result["checkpoint"]).is_file()
+    for args in (("lenet5:mnist",), ("a", "b"), ()):
+        with pytest.raises(convzoo.ConvzooError, match=r"^a Model is made by convzoo.load\(PATH_OR_NAME\)"):
+            convzoo.Model(*args)
+    model = convzoo.load("lenet5:mnist")
+    assert isinstance(model, convzoo.Model) and model.name == "lenet5" and len(model.classes) == 10

@@ -374,3 +374,127 @@ def test_a_test_class_folder_linking_into_another_training_class_is_refused(tmp_
     (split / "test" / "dog").symlink_to(Path("..") / "train" / "cat")
     cli_error(capsys, "data", "info", "folder", "--data-path", split,
               fragments=("test class folder 'dog' and training class folder 'cat' are the same images",))
+
+
+def test_classes_on_an_image_folder_names_the_class_folders_picked(tmp_path, capsys):
+    """--classes 10,11 on folders 1..12 picks by position in the names sorted as text (1, 10, 11, 12, 2,
+    ...): it trained '8' and '9' without a word. The run now names the folders its indices picked."""
+    from convzoo.cli import main
+    from convzoo.engine.checkpoint import load_checkpoint
+
+    root = tmp_path / "num"
+    for c in range(1, 13):
+        write_pngs(root / str(c), 2, c)
+    common = ["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(root), "--epochs", "1",
+              "--batch-size", "2", "--threads", "1"]
+    capsys.readouterr()
+    assert main([*common, "--classes", "10,11", "--output-dir", str(tmp_path / "run")]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("classes:")]
+    assert said == ["classes: --classes picks the class folders 10 = '8', 11 = '9' (positions in the 12 folder "
+                    "names sorted as text)"], said
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["class_names"] == ["8", "9"]
+    assert main([*common, "--classes", "0,1,2,3,4,5,6,7", "--output-dir", str(tmp_path / "many")]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("classes:")]
+    assert said == ["classes: --classes picks the class folders 0 = '1', 1 = '10', 2 = '11', 3 = '12', 4 = '2', "
+                    "5 = '3' and 2 more (positions in the 12 folder names sorted as text)"], said
+    assert main([*common, "--output-dir", str(tmp_path / "all")]) == 0  # no --classes: no line
+    assert "classes:" not in capsys.readouterr().out
+
+
+def test_data_info_and_sample_read_a_folder_as_train_would(tmp_path, capsys):
+    """data info/sample refused --test-split, --image-size and --channels ('unrecognized arguments'), so
+    they described the default split and shape only; data sample --count 100 of 4 test images wrote 4
+    without a word; data download folder said 'already present and verified'; data info --json called a
+    user's folder verified."""
+    from convzoo.cli import main
+
+    root = tmp_path / "d"
+    write_pngs(root / "a", 10, 0)
+    write_pngs(root / "b", 10, 1)
+    base = ["data", "info", "folder", "--data-path", str(root), "--json"]
+    data, _ = info(capsys, root)
+    assert data["counts"] == {"train": 16, "test": 4} and data["image_shape"] == [1, 32, 32]
+    assert data["verified"] is None  # no official checksums: neither verified nor failed
+    assert main([*base, "--test-split", "0.5", "--image-size", "16", "--channels", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"] == {"train": 10, "test": 10} and data["image_shape"] == [3, 16, 16], data
+    assert data["test_split"].startswith("50% of each class folder (--test-split 0.5")
+    # checked as train checks them
+    cli_error(capsys, *base, "--test-split", "1.5", fragments=("--test-split must be in (0, 1), got 1.5",))
+    cli_error(capsys, *base, "--image-size", "4", fragments=("--image-size must be in 8..512",))
+    cli_error(capsys, *base, "--channels", "2", fragments=("--channels must be 1 or 3",))
+    for action in ("info", "sample"):  # a catalog data set: refused before anything is located
+        cli_error(capsys, "data", action, "mnist", "--data-path", tmp_path / "none", "--test-split", "0.5",
+                  fragments=("--test-split applies to --dataset folder", "mnist has its own test split"))
+    split = split_by_hand(tmp_path / "split", "train", "test")
+    cli_error(capsys, "data", "info", "folder", "--data-path", split, "--test-split", "0.5",
+              fragments=("--test-split 0.5 does not apply", "folder is split by hand"))
+
+    out = tmp_path / "samples"
+    assert main(["data", "sample", "folder", "--data-path", str(root), "--count", "100", "--output", str(out),
+                 "--image-size", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: only 4 test images: writing 4 of the 100 asked for" in err, err
+    written = sorted(out.iterdir())
+    assert len(written) == 4 and Image.open(written[0]).size == (16, 16)
+    assert main(["data", "sample", "folder", "--data-path", str(root), "--count", "2", "--output", str(out)]) == 0
+    assert "only" not in capsys.readouterr().err
+
+    cli_error(capsys, "data", "download", "folder", "--data-path", root,
+              fragments=("folder reads your own images", "no official files to download"))
+
+
+def test_every_extension_pillow_registers_for_a_read_format_is_read(tmp_path, capsys):
+    """.jpe, .dib, .apng and .rgb files (JPEG, BMP, PNG and SGI, which convzoo reads) were skipped without
+    a word: the scan's extensions were a hand list. Now Pillow's own, but for editors' source files
+    (.psd beside the PNG exported from it would be a training image twice), which data info and train
+    now count instead of passing over in silence."""
+    from PIL import Image as PILImage
+
+    from convzoo.cli import main
+    from convzoo.data.images import SOURCE_FORMATS, image_suffixes, readable_formats
+
+    registered = {ext for ext, fmt in PILImage.registered_extensions().items()
+                  if fmt in readable_formats() and fmt not in SOURCE_FORMATS}
+    assert set(image_suffixes()) == registered
+    assert {".jpe", ".dib", ".apng", ".rgb", ".bw", ".jpc", ".icb"} <= registered
+    assert not {".psd", ".dds", ".icns"} & registered
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for suffix, fmt in ((".jpe", "JPEG"), (".DIB", "DIB"), (".apng", "PNG"), (".rgb", "SGI"), (".png", "PNG")):
+            PILImage.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / c / f"x{suffix}", fmt)
+    (root / "a" / "x.psd").write_bytes((root / "a" / "x.png").read_bytes())  # the editor's file beside its PNG
+    data, err = info(capsys, root)
+    assert sum(data["counts"].values()) == 10, data
+    note = "1 editors' source file (.psd) in the class folders: not read (export them as PNG to train on them)"
+    assert note in data["test_split"] and note in err, (data, err)
+    assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(root), "--epochs", "1",
+                 "--batch-size", "2", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "editors'" in line]
+    assert warned == [f"warning: {root}: {note}"], warned
+
+
+def test_an_image_folder_given_for_a_catalog_data_set_is_refused_before_any_download(tmp_path, capsys):
+    """`train --data-path small` (class folders of images, no --dataset: MNIST) tried to download MNIST into
+    the user's folder (and with a network would have trained on MNIST). Refused in one line, naming
+    --dataset folder, by every command that locates a catalog data set; nothing is created there."""
+    small = tmp_path / "small"
+    write_pngs(small / "a", 3, 0)
+    write_pngs(small / "b", 3, 1)
+    split = split_by_hand(tmp_path / "split", "train", "test")
+    fragments = ("holds class folders of images and none of MNIST's files", "--dataset folder")
+    for root in (small, split):
+        before = sorted(root.rglob("*"))
+        cli_error(capsys, "train", "--model", "lenet5", "--data-path", root, "--epochs", "1", "--threads", "1",
+                  "--output-dir", tmp_path / "run", fragments=(str(root), *fragments))
+        cli_error(capsys, "data", "info", "mnist", "--data-path", root, fragments=fragments)
+        cli_error(capsys, "data", "download", "mnist", "--data-path", root, "--mirror", "http://127.0.0.1:9/",
+                  fragments=fragments)
+        assert sorted(root.rglob("*")) == before and not (tmp_path / "run").exists()
+    other = tmp_path / "other"  # no images in it: the catalog's own message, as before
+    (other / "notes").mkdir(parents=True)
+    (other / "notes" / "readme.txt").write_text("x")
+    cli_error(capsys, "data", "info", "mnist", "--data-path", other, fragments=("MNIST not found",))

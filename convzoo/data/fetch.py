@@ -34,7 +34,7 @@ from ..atomic import atomic_path, remove_stale_temps
 from ..cache import cache_root
 from ..errors import ConfigError, DataError, DownloadError
 from .catalog import DatasetSpec, FileSpec
-from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzip_capped
+from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzip_capped, holds_image_classes
 
 MANIFEST = ".convzoo-verified.json"
 SYSTEM_ROOT = Path("/usr/share/datasets")
@@ -121,10 +121,21 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
             incomplete = incomplete_error(spec, root, splits)
             if incomplete is not None:
                 raise incomplete
+            refuse_image_folder(spec, root)
             break  # an explicit folder is the only place looked in
     if not download:
         raise missing_error(spec, data_path, splits)
     return download_dataset(spec, Path(data_path) if data_path else cache_root(), mirrors=mirrors, splits=splits)
+
+
+def refuse_image_folder(spec: DatasetSpec, root: Path) -> None:
+    """A --data-path of the user's own images (class folders) given for a catalog data set (no --dataset:
+    MNIST) is a mistake: MNIST was downloaded into it, and trained on. Called once none of `spec`'s files
+    is found there, before any download."""
+    if holds_image_classes(root):
+        raise DataError(f"holds class folders of images and none of {spec.title}'s files, so nothing is downloaded "
+                        f"into it: for your own images pass --dataset folder (`convzoo data info folder` for the data "
+                        "commands)", root)
 
 
 def needed_files(spec: DatasetSpec, splits=None) -> list[FileSpec]:
@@ -340,6 +351,7 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
         raise DataError(f"--dataset {spec.name} reads your own images: there is nothing to download", spec.name)
     for mirror in mirrors or ():
         check_mirror(mirror)
+    refuse_image_folder(spec, root)
     target = root / spec.name
     created = missing_folders(target)
     try:

@@ -530,9 +530,10 @@ def warn_if_test_copies_train(root: Path, train: list[Path], test: dict[Path, tu
 
 
 def warn_of_loose_images(root: Path) -> None:
-    """One warning line when image files sit beside the class folders (read by no class): a class
-    folder forgotten while sorting would otherwise train on fewer images without a word."""
-    notes = loose_image_notes(root, split_layout(root))
+    """One warning line when image files sit beside the class folders (read by no class), or editors'
+    source files lie in them: a class folder forgotten while sorting, or a class saved only as .psd, would
+    otherwise train on fewer images without a word."""
+    notes = unread_notes(root, split_layout(root))
     if notes and os.environ.get("RANK", "0") == "0":
         print(f"warning: {printable(str(root))}: {notes[2:]}", file=sys.stderr)
 
@@ -625,6 +626,23 @@ def holds_class_folders(folder: Path, root: Path) -> bool:
         raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
 
 
+def holds_image_classes(root: Path) -> bool:
+    """Does `root` look like a folder of the user's own images: a sub-folder holding image files, or a
+    split folder (train/, test/, ...) holding such sub-folders? For a catalog data set's --data-path
+    that holds none of its files (fetch.locate), where MNIST would otherwise be downloaded."""
+    try:
+        for sub in (Path(e.path) for e in listed(root) if e.is_dir()):
+            entries = listed(sub)
+            if direct_images(entries):
+                return True
+            if sub.name.lower() in SPLIT_NAMES and any(e.is_dir() and direct_images(listed(Path(e.path)))
+                                                       for e in entries):
+                return True
+    except DataError:  # unreadable: not ours to describe here
+        return False
+    return False
+
+
 def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
     """(class names, {split: [(file, label)]}) of a folder split by hand: the classes are the training
     folder's; the test folder may lack some, not add any."""
@@ -697,15 +715,33 @@ def describe_test_split(root: Path, rule) -> str:
         labelled = "".join(f"; {printable(p.name)}/ (labelled) not used: {printable(test.name)}/ is the test split"
                            for p in other)
         return (f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled}{labelled})"
-                f"{loose_image_notes(root, layout)}")
+                f"{unread_notes(root, layout)}")
     return (f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
-            f"{loose_image_notes(root, None)}")
+            f"{unread_notes(root, None)}")
 
 
-def loose_image_notes(root: Path, layout) -> str:
+def unread_notes(root: Path, layout) -> str:
     """'; N image files directly in FOLDER/: ...' for the folder and, split by hand (`layout`,
-    split_layout's), its training and test folders; '' when there are none."""
-    return "".join(loose_images(folder) for folder in (root, *(layout or ())[:2]))
+    split_layout's), its training and test folders, then '; N editors' source files ...'; '' when
+    there are none."""
+    return "".join(loose_images(folder) for folder in (root, *(layout or ())[:2])) + source_files_note(root)
+
+
+def source_files_note(root: Path) -> str:
+    """'; N editors' source files (.psd, ...) in the class folders: not read' (or ''): a folder's scan
+    skips images.SOURCE_FORMATS' files (see there), and a class saved only as .psd would lose its images
+    without a word."""
+    suffixes = set(image_files.source_suffixes())
+    try:
+        found = [f for f in image_files.walk_files(root, DataError) if f.suffix.lower() in suffixes
+                 and MACOS_METADATA not in f.relative_to(root).parts]
+    except DataError:  # data info describes; reading the data says what is wrong with the folder
+        return ""
+    if not found:
+        return ""
+    kinds = ", ".join(sorted({f.suffix.lower() for f in found}))
+    return (f"; {len(found)} editors' source file{'s' * (len(found) != 1)} ({kinds}) in the class folders: not read "
+            "(export them as PNG to train on them)")
 
 
 def loose_images(folder: Path) -> str:

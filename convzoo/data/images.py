@@ -42,7 +42,7 @@ MAX_FILE_BYTES = 256 << 20
 # Format -> its Pillow plugin, imported alone: Image.init() would import all ~45 (a tenth of a second).
 PLUGINS = {"PNG": "Png", "JPEG": "Jpeg", "BMP": "Bmp", "GIF": "Gif", "TIFF": "Tiff", "WEBP": "WebP", "AVIF": "Avif",
            "PPM": "Ppm", "TGA": "Tga", "QOI": "Qoi", "JPEG2000": "Jpeg2K", "ICO": "Ico", "ICNS": "Icns",
-           "PSD": "Psd", "DDS": "Dds", "PCX": "Pcx", "SGI": "Sgi"}
+           "PSD": "Psd", "DDS": "Dds", "PCX": "Pcx", "SGI": "Sgi", "DIB": "Bmp"}  # DIB: a BMP without its file header
 FORMATS = tuple(PLUGINS)
 MAX_SIDE = 2048  # larger images are box-reduced first: the model sees 32x32, numpy need not see 40 MP
 
@@ -328,18 +328,17 @@ def edge(solid: np.ndarray) -> np.ndarray:
     return solid & beside
 
 
-# The usual still-image extensions (lower case); a folder may hold other files, which are skipped.
-# (SGI's .rgb and .bw are left out: raw pixel dumps use them too.) Editors' and tools' source files
-# (.psd, .dds textures, .icns app icons) are left out too: they lie beside the PNGs exported from them,
-# and picked up they would be training images twice (and a folder's test split would change, so an
-# earlier run no longer resumes); `predict` still reads one named by its path, by its content.
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".pgm", ".ppm",
-                  ".pbm", ".pnm", ".tga", ".qoi", ".jp2", ".j2k", ".jpf", ".jpx", ".ico", ".pcx", ".sgi")
+# Editors' and tools' source files (.psd, .dds textures, .icns app icons), read by content but not picked up
+# by a folder's scan: they lie beside the PNGs exported from them, and picked up they would be training
+# images twice (and a folder's test split would change, so an earlier run no longer resumes). `train` and
+# `data info` say how many a folder holds (formats.source_files_note); `predict` reads one named by its path.
+SOURCE_FORMATS = ("PSD", "DDS", "ICNS")
 
 
 @functools.cache
 def readable_formats() -> tuple[str, ...]:
-    """FORMATS that this Pillow has a plugin for (imported, so registered)."""
+    """FORMATS that this Pillow has a plugin for (imported, so registered). Each decodes to pixels that
+    standard_mode makes grey or RGB (or refuses, naming the file): none is listed that only identifies."""
     for name in PLUGINS.values():
         try:
             importlib.import_module(f"PIL.{name}ImagePlugin")
@@ -348,11 +347,20 @@ def readable_formats() -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
-def image_suffixes() -> list[str]:
-    """PHOTO_SUFFIXES that this Pillow build can open."""
-    formats = readable_formats()
-    readable = {ext for ext, fmt in Image.EXTENSION.items() if fmt in formats}
-    return [ext for ext in PHOTO_SUFFIXES if ext in readable]
+@functools.cache
+def image_suffixes() -> tuple[str, ...]:
+    """The extensions (lower case) that a folder's scan reads: every one Pillow registers for a readable
+    format (.jpe, .dib, .apng, .rgb, ... as well as .png and .jpg), SOURCE_FORMATS' aside; in FORMATS'
+    order, so messages listing them start with the usual ones. From Pillow's own table (Image.EXTENSION,
+    filled as readable_formats imports the plugins), so it cannot drift from what Pillow opens."""
+    formats = [f for f in readable_formats() if f not in SOURCE_FORMATS]
+    found = [(formats.index(fmt), ext) for ext, fmt in Image.EXTENSION.items() if fmt in formats]
+    return tuple(ext for _, ext in sorted(found))
+
+
+def source_suffixes() -> tuple[str, ...]:
+    """The extensions of SOURCE_FORMATS (.psd, .dds, .icns) that this Pillow registers."""
+    return tuple(sorted(ext for ext, fmt in Image.EXTENSION.items() if fmt in SOURCE_FORMATS))
 
 
 def walk_files(folder, error=ImageError, hidden: bool = False) -> list[Path]:

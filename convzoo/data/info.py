@@ -27,6 +27,8 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
     if not located.spec.reader.official and formats.inside(folder, located.root):
         raise WriteError(f"is inside the data set's folder {located.root}: the samples would become its images; "
                          "choose a folder outside it", folder)
+    if count > len(test):  # else --count 100 of a 6-image test split wrote 6 without a word
+        print(f"warning: only {len(test)} test images: writing {len(test)} of the {count} asked for", file=sys.stderr)
     samples = []
     for i in range(min(count, len(test))):
         image = test.images[i].numpy()
@@ -64,7 +66,8 @@ def print_info(located: Located, as_json: bool) -> int:
     classes = splits["train"].classes  # an image folder's come from its sub-folders
     info = {
         "dataset": spec.name, "title": spec.title, "found_in": str(located.root), "source": located.source,
-        "verified": located.verified, "image_shape": list(spec.image_shape), "classes": list(classes),
+        # null for a folder of the user's own images: there are no official checksums to verify it against
+        "verified": located.verified if spec.reader.official else None, "image_shape": list(spec.image_shape), "classes": list(classes),
         "counts": {s: len(split) for s, split in splits.items()},
         "official_counts": spec.sizes,
         "class_counts": {s: split.labels.bincount(minlength=len(classes)).tolist() for s, split in splits.items()},

@@ -83,7 +83,11 @@ class TrainingRun:
         check_input_fit(info, data_spec, cfg.image_size)
         train_split, test_split, located = load_dataset(cfg.dataset, cfg.data_path, quiet=not main, folder=folder)
         data_spec = located.spec  # an image folder's classes, mean and std are found in it
+        every_class = train_split.classes
         train_split, test_split = select_classes(train_split, cfg.classes), select_classes(test_split, cfg.classes)
+        if cfg.classes and data_spec.folder:  # indices into folder names sorted as text: 10 is not folder 10/
+            notes.append((chosen_classes_line(cfg.classes, train_split.classes, len(every_class)),
+                          {"event": "classes", "indices": list(cfg.classes), "classes": list(train_split.classes)}))
         if cfg.train_limit:
             train_split = train_split.subset(slice(0, cfg.train_limit))
         if cfg.test_limit:
@@ -179,7 +183,7 @@ class TrainingRun:
             if main:
                 rundir.write_config(out, {**cfg.to_dict(), "threads": threads, "world_size": world,
                                           "device": str(device), "data_found_in": str(located.root),
-                                          "data_verified": located.verified})
+                                          "data_verified": located.verified if data_spec.reader.official else None})
         except BaseException:
             self.loggers.close(ok=False)
             raise
@@ -722,3 +726,13 @@ def format_restore(report: dict, path) -> str:
         parts.append(f"skipped (shape) {', '.join(report['shape_mismatch'])}")
     parts.append(f"newly initialised {', '.join(report['new']) or '-'}")
     return "; ".join(parts)
+
+
+def chosen_classes_line(indices: list[int], names, count: int, shown: int = 6) -> str:
+    """--classes on an image folder: the class folder each index picked (the first `shown` of them), by
+    position among the `count` folder names sorted as text (1, 10, 11, 12, 2, ...)."""
+    # repr: a name with a newline or a comma stays one name on this line
+    picked = ", ".join(f"{i} = {name!r}" for i, name in zip(indices[:shown], names[:shown]))
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (f"classes: --classes picks the class folders {picked}{more} (positions in the {count} folder names "
+            "sorted as text)")
