@@ -59,9 +59,10 @@ def test_a_class_folder_named_in_latin1_is_refused_in_one_line(tmp_path, capsys)
 
 
 def test_a_class_name_too_long_for_a_checkpoint_is_refused_when_read(tmp_path, capsys):
-    """data info listed a 250-character class folder that train refused only when writing the
-    checkpoint's description (200 characters a name): both refuse it when the folder is read, in one line;
-    200 characters still read."""
+    """A class folder named with over 200 characters (the model-description schema's limit) trained, then
+    its checkpoints were refused by eval, predict, export and --resume; train then refused it before
+    training, but data info still listed it. Both refuse it when the folder is read, in one line, with
+    nothing written; 200 characters still read."""
     root = tmp_path / "d"
     write_pngs(root / "plain", 4, 0)
     write_pngs(root / ("x" * 250), 4, 1)
