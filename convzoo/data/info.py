@@ -67,7 +67,8 @@ def print_info(located: Located, as_json: bool) -> int:
     info = {
         "dataset": spec.name, "title": spec.title, "found_in": str(located.root), "source": located.source,
         # null for a folder of the user's own images: there are no official checksums to verify it against
-        "verified": located.verified if spec.reader.official else None, "image_shape": list(spec.image_shape), "classes": list(classes),
+        "verified": located.verified if spec.reader.official else None,
+        "image_shape": list(spec.image_shape), "classes": list(classes),
         "counts": {s: len(split) for s, split in splits.items()},
         "official_counts": spec.sizes,
         "class_counts": {s: split.labels.bincount(minlength=len(classes)).tolist() for s, split in splits.items()},
