@@ -58,20 +58,26 @@ def test_a_class_folder_named_in_latin1_is_refused_in_one_line(tmp_path, capsys)
     assert data["classes"] == ["a", "b"] and sum(data["counts"].values()) == 7
 
 
-def test_a_class_name_too_long_for_a_checkpoint_is_refused_when_read(tmp_path, capsys):
+def test_a_class_name_too_long_for_a_checkpoint_is_named_before_training(tmp_path, capsys):
     """A class folder named with over 200 characters (the model-description schema's limit) trained, then
-    its checkpoints were refused by eval, predict, export and --resume; train then refused it before
-    training, but data info still listed it. Both refuse it when the folder is read, in one line, with
-    nothing written; 200 characters still read."""
+    its checkpoints were refused by eval, predict, export and --resume. train refuses it before training,
+    naming the folder, with nothing written, unless --classes leaves it out; data info, which listed it
+    without a word, warns of it."""
+    from convzoo.cli import main
+
     root = tmp_path / "d"
     write_pngs(root / "plain", 4, 0)
+    write_pngs(root / "other", 4, 2)
     write_pngs(root / ("x" * 250), 4, 1)
-    for args in (["data", "info", "folder"], ["train", "--epochs", "1", "--threads", "1", "--output-dir",
-                                              str(tmp_path / "run"), "--dataset", "folder"]):
-        cli_error(capsys, *args, "--data-path", root, fragments=(str(root), "a name of 250 characters", "at most 200"))
+    data, err = info(capsys, root)
+    assert data["classes"][:2] == ["other", "plain"], data
+    assert f"warning: {root}: class folder '{'x' * 40}...' has a name of 250 characters: a checkpoint holds at " \
+        "most 200 a class, so train refuses it unless --classes leaves it out" in err, err
+    train = ["train", "--epochs", "1", "--threads", "1", "--batch-size", "2", "--dataset", "folder", "--data-path", root]
+    cli_error(capsys, *train, "--output-dir", tmp_path / "run",
+              fragments=(str(root), "cannot be saved as the model's class names", "1..200 characters"))
     assert not (tmp_path / "run").exists()
-    (root / ("x" * 250)).rename(root / ("y" * 200))
-    assert info(capsys, root)[0]["classes"] == ["plain", "y" * 200]
+    assert main([*map(str, train), "--classes", "0,1", "--output-dir", str(tmp_path / "two")]) == 0
 
 
 def test_a_macos_zips_metadata_folder_is_skipped(tmp_path, capsys):
@@ -446,28 +452,29 @@ def test_data_info_and_sample_read_a_folder_as_train_would(tmp_path, capsys):
 
 
 def test_every_extension_pillow_registers_for_a_read_format_is_read(tmp_path, capsys):
-    """.jpe, .dib, .apng and .rgb files (JPEG, BMP, PNG and SGI, which convzoo reads) were skipped without
-    a word: the scan's extensions were a hand list. Now Pillow's own, but for editors' source files
-    (.psd beside the PNG exported from it would be a training image twice), which data info and train
-    now count instead of passing over in silence."""
+    """.jpe, .dib and .apng files (JPEG, BMP and PNG, which convzoo reads) were skipped without a word: the
+    scan's extensions were a hand list. Now Pillow's own, but for editors' source files (.psd beside the
+    PNG exported from it would be a training image twice), which data info and train now count instead of
+    passing over in silence, and SGI's .rgb/.bw, which raw pixel dumps use too (read, one failed the folder)."""
     from PIL import Image as PILImage
 
     from convzoo.cli import main
-    from convzoo.data.images import SOURCE_FORMATS, image_suffixes, readable_formats
+    from convzoo.data.images import RAW_DUMP_SUFFIXES, SOURCE_FORMATS, image_suffixes, readable_formats
 
     registered = {ext for ext, fmt in PILImage.registered_extensions().items()
-                  if fmt in readable_formats() and fmt not in SOURCE_FORMATS}
+                  if fmt in readable_formats() and fmt not in SOURCE_FORMATS} - set(RAW_DUMP_SUFFIXES)
     assert set(image_suffixes()) == registered
-    assert {".jpe", ".dib", ".apng", ".rgb", ".bw", ".jpc", ".icb"} <= registered
-    assert not {".psd", ".dds", ".icns"} & registered
+    assert {".jpe", ".dib", ".apng", ".sgi", ".jpc", ".icb"} <= registered
+    assert not {".psd", ".dds", ".icns", ".rgb", ".bw"} & registered
 
     rng = np.random.default_rng(0)
     root = tmp_path / "d"
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)
-        for suffix, fmt in ((".jpe", "JPEG"), (".DIB", "DIB"), (".apng", "PNG"), (".rgb", "SGI"), (".png", "PNG")):
+        for suffix, fmt in ((".jpe", "JPEG"), (".DIB", "DIB"), (".apng", "PNG"), (".SGI", "SGI"), (".png", "PNG")):
             PILImage.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / c / f"x{suffix}", fmt)
     (root / "a" / "x.psd").write_bytes((root / "a" / "x.png").read_bytes())  # the editor's file beside its PNG
+    (root / "b" / "dump.rgb").write_bytes(rng.integers(0, 256, 28 * 28 * 3, dtype=np.uint8).tobytes())  # raw pixels
     data, err = info(capsys, root)
     assert sum(data["counts"].values()) == 10, data
     note = "1 editors' source file (.psd) in the class folders: not read (export them as PNG to train on them)"
@@ -498,4 +505,8 @@ def test_an_image_folder_given_for_a_catalog_data_set_is_refused_before_any_down
     other = tmp_path / "other"  # no images in it: the catalog's own message, as before
     (other / "notes").mkdir(parents=True)
     (other / "notes" / "readme.txt").write_text("x")
+    cli_error(capsys, "data", "info", "mnist", "--data-path", other, fragments=("MNIST not found",))
+    write_pngs(other / "samples", 3, 2)  # a shared data folder: `data sample`'s output beside a data set's folder
+    cli_error(capsys, "data", "info", "mnist", "--data-path", other, fragments=("MNIST not found",))
+    write_pngs(other / "photos", 3, 3)
     cli_error(capsys, "data", "info", "mnist", "--data-path", other, fragments=("MNIST not found",))

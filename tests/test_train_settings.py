@@ -201,6 +201,10 @@ def test_config_files_take_exponent_numbers_and_name_their_keys_in_range_errors(
     path.write_text("lr: 1e-3\nweight_decay: 5E-4\nmomentum: 9.0e-1\nlabel_smoothing: 1.e-1\n")
     cfg = build_config(str(path), {})
     assert (cfg.lr, cfg.weight_decay, cfg.momentum, cfg.label_smoothing) == (0.001, 0.0005, 0.9, 0.1)
+    from convzoo.yamlfile import dump_settings, load_settings
+
+    record = {"output_dir": "1e3", "lr": 1e-05}  # a run's config.yaml: text that reads as a number is quoted
+    assert load_settings(dump_settings(record)) == record
     for text, said in (("batch_size: 0", "batch_size must be >= 1, got 0"), ("lr: -1", "lr must be in (0, 10000]"),
                        ("seed: -1", "seed must be in 0..4294967295")):
         path.write_text(text + "\n")

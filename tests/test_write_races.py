@@ -233,3 +233,27 @@ def test_cached_export_sweeps_temps_of_other_killed_exports(tmp_path, monkeypatc
         assert not stale.exists() and live.exists() and young.exists()
     finally:
         os.close(holder)
+
+
+def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_refused(tmp_path, monkeypatch):
+    """A run rolling back removes its lock file while it holds it: a second run that opened the file just
+    before, then locked it once released, held a lock on a removed file, and a third run could lock the new
+    one beside it (two writers). lock() now checks the file it locked is still the folder's."""
+    from convzoo.engine import rundir
+    from convzoo.errors import ConfigError
+
+    real_flock = fcntl.flock
+
+    def flock_after_removal(fd, operation):
+        (tmp_path / rundir.LOCK_FILE).unlink()  # the rolling-back run, between this run's open and flock
+        (tmp_path / rundir.LOCK_FILE).touch()  # and a third run's new lock file
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_removal)
+    with pytest.raises(ConfigError, match="another convzoo train is writing this output folder"):
+        rundir.lock(tmp_path)
+    assert tmp_path.resolve() not in rundir._locks
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    rundir.lock(tmp_path)  # the folder's own lock file: taken
+    assert tmp_path.resolve() in rundir._locks
+    rundir.unlock(tmp_path)

@@ -78,7 +78,7 @@ class FolderRule:
     test_split: float = 0.2  # of each class held out for testing, unless the folder has train/ + test/
     seed: int = 0  # of that split
     # image -> uint8 (channels, image_size, image_size) instead of the plain resize: a digit model scored
-    # on a folder of photos reads them as predict does (deploy/preprocess.py). Not recorded: eval's alone.
+    # on a folder of photos reads them as predict does (data/photos.py). Not recorded: eval's alone.
     decode: Callable | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:

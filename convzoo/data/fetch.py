@@ -351,7 +351,8 @@ def download_dataset(spec: DatasetSpec, root: Path, *, mirrors=None, timeout: fl
         raise DataError(f"--dataset {spec.name} reads your own images: there is nothing to download", spec.name)
     for mirror in mirrors or ():
         check_mirror(mirror)
-    refuse_image_folder(spec, root)
+    if root != cache_root():  # the user's --data-path (convzoo's own cache is no folder of theirs)
+        refuse_image_folder(spec, root)
     target = root / spec.name
     created = missing_folders(target)
     try:

@@ -627,20 +627,20 @@ def holds_class_folders(folder: Path, root: Path) -> bool:
 
 
 def holds_image_classes(root: Path) -> bool:
-    """Does `root` look like a folder of the user's own images: a sub-folder holding image files, or a
-    split folder (train/, test/, ...) holding such sub-folders? For a catalog data set's --data-path
-    that holds none of its files (fetch.locate), where MNIST would otherwise be downloaded."""
+    """Does `root` read as a folder of the user's own images: two or more sub-folders, every one holding
+    image files (one folder per class), or a training and a test folder each holding such class folders?
+    For a catalog data set's --data-path that holds none of its files (fetch.locate), where MNIST would
+    otherwise be downloaded. A shared data folder (mnist/ beside a samples/ of images) does not."""
     try:
-        for sub in (Path(e.path) for e in listed(root) if e.is_dir()):
-            entries = listed(sub)
-            if direct_images(entries):
-                return True
-            if sub.name.lower() in SPLIT_NAMES and any(e.is_dir() and direct_images(listed(Path(e.path)))
-                                                       for e in entries):
-                return True
+        subs = [Path(e.path) for e in listed(root) if e.is_dir()]
+        if len(subs) >= 2 and all(direct_images(listed(sub)) for sub in subs):
+            return True
+        names = {sub.name.lower(): sub for sub in subs}
+        splits = [next((names[n] for n in tier if n in names), None) for tier in (TRAIN_FOLDERS, sum(TEST_FOLDERS, ()))]
+        return all(split is not None and any(e.is_dir() and direct_images(listed(Path(e.path))) for e in listed(split))
+                   for split in splits)
     except DataError:  # unreadable: not ours to describe here
         return False
-    return False
 
 
 def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
@@ -800,8 +800,6 @@ def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
     if not classes:
         raise DataError("no class folders: expected one sub-folder of images per class (or train/ and test/ "
                         "holding them)", folder)
-    if len(classes) > MAX_CLASSES:
-        raise DataError(f"{len(classes):,} class folders; a model has at most {MAX_CLASSES:,} classes", folder)
     if len(classes) == 1:
         raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
     # Two class folders that are one, or one inside the other, through a link in the data set (`kitty ->
@@ -852,18 +850,24 @@ def check_linked_files(files: dict, class_dirs: dict[Path, int], classes) -> Non
 
 
 def check_class_name(name: str, folder: Path) -> None:
-    """Class names are stored in checkpoints and ONNX metadata (UTF-8 JSON, MAX_CLASS_NAME_CHARS a
-    name): a folder name that is not UTF-8 (Latin-1 bytes from an old zip or tar archive) or is longer
-    cannot be one."""
-    if len(name) > MAX_CLASS_NAME_CHARS:
-        raise DataError(f"class folder '{printable(name[:40])}...' has a name of {len(name)} characters; a class name "
-                        f"has at most {MAX_CLASS_NAME_CHARS} (they are stored in checkpoints and model files): "
-                        "rename it", folder)
+    """Class names are stored in checkpoints and ONNX metadata (UTF-8 JSON): a folder name that is not
+    UTF-8 (Latin-1 bytes from an old zip or tar archive) cannot be one. (A name over MAX_CLASS_NAME_CHARS
+    is refused by train only if --classes keeps it, and data info warns of it: long_class_names.)"""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise DataError(f"class folder '{name}' has a name that is not valid UTF-8 (an old zip or tar archive?); "
                         "rename it to UTF-8: class names are stored in checkpoints and model files", folder) from None
+
+
+def long_class_names(classes) -> str:
+    """'; class folder 'xxx...' has a name of 250 characters ...' for names no checkpoint can hold (or '')."""
+    long = [c for c in classes if len(c) > MAX_CLASS_NAME_CHARS]
+    if not long:
+        return ""
+    return (f"; class folder '{printable(long[0][:40])}...' has a name of {len(long[0])} characters"
+            f"{f' (and {len(long) - 1} more)' if len(long) > 1 else ''}: a checkpoint holds at most "
+            f"{MAX_CLASS_NAME_CHARS} a class, so train refuses it unless --classes leaves it out; rename it")
 
 
 def check_lookalikes(classes: tuple[str, ...], folder: Path) -> None:

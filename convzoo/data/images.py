@@ -333,6 +333,8 @@ def edge(solid: np.ndarray) -> np.ndarray:
 # images twice (and a folder's test split would change, so an earlier run no longer resumes). `train` and
 # `data info` say how many a folder holds (formats.source_files_note); `predict` reads one named by its path.
 SOURCE_FORMATS = ("PSD", "DDS", "ICNS")
+# SGI's other extensions name raw pixel dumps too: read, a folder holding one failed whole ("not an image").
+RAW_DUMP_SUFFIXES = (".rgb", ".rgba", ".bw")
 
 
 @functools.cache
@@ -350,11 +352,12 @@ def readable_formats() -> tuple[str, ...]:
 @functools.cache
 def image_suffixes() -> tuple[str, ...]:
     """The extensions (lower case) that a folder's scan reads: every one Pillow registers for a readable
-    format (.jpe, .dib, .apng, .rgb, ... as well as .png and .jpg), SOURCE_FORMATS' aside; in FORMATS'
+    format (.jpe, .dib, .apng, ... as well as .png and .jpg), SOURCE_FORMATS' and RAW_DUMP_SUFFIXES aside; in FORMATS'
     order, so messages listing them start with the usual ones. From Pillow's own table (Image.EXTENSION,
     filled as readable_formats imports the plugins), so it cannot drift from what Pillow opens."""
     formats = [f for f in readable_formats() if f not in SOURCE_FORMATS]
-    found = [(formats.index(fmt), ext) for ext, fmt in Image.EXTENSION.items() if fmt in formats]
+    found = [(formats.index(fmt), ext) for ext, fmt in Image.EXTENSION.items()
+             if fmt in formats and ext not in RAW_DUMP_SUFFIXES]
     return tuple(ext for _, ext in sorted(found))
 
 

@@ -64,6 +64,8 @@ def print_info(located: Located, as_json: bool) -> int:
     spec = located.spec
     splits = {s: read_split(located, s) for s in ("train", "test")}
     classes = splits["train"].classes  # an image folder's come from its sub-folders
+    if spec.folder and (long := formats.long_class_names(classes)):  # listed here, then refused by train
+        print(f"warning: {printable(str(located.root))}: {long[2:]}", file=sys.stderr)
     info = {
         "dataset": spec.name, "title": spec.title, "found_in": str(located.root), "source": located.source,
         # null for a folder of the user's own images: there are no official checksums to verify it against

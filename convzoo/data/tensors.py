@@ -159,7 +159,7 @@ def photo_folder_rule(meta: dict) -> FolderRule:
     channels = meta["input"]["channels"]
     photos = meta.get("preprocess") or preprocess_rule(meta.get("dataset", ""))
     if channels == 1 and photos in ("digit", "fashion"):
-        from ..deploy.preprocess import as_mnist_uint8
+        from .photos import as_mnist_uint8
 
         return FolderRule(image_size=28, channels=1, decode=functools.partial(as_mnist_uint8, rule=photos))
     return FolderRule(channels=channels)

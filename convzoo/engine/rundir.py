@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -12,8 +13,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from .. import yamlfile
 from ..atomic import atomic_write_bytes, remove_outputs, remove_stale_temps, write_error
@@ -110,7 +109,8 @@ def rollback(before: Snapshot, owned: frozenset[str] | None = None) -> None:
             else:
                 entry.unlink(missing_ok=True)
     if LOCK_FILE not in before.names:
-        (before.path / LOCK_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (the folder replaced by a file meanwhile: not ours to explain)
+            (before.path / LOCK_FILE).unlink()
     unlock(before.path)
     for folder in before.created:  # innermost first; the first one not empty keeps itself and its parents
         try:
@@ -149,6 +149,11 @@ def lock(path: Path, what: str = "train") -> None:
         raise ConfigError(f"output folder is not writable ({exc.strerror or exc})", path) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The file locked must still be the folder's: a run rolling back removes its lock file while holding
+        # it, and a lock taken on the removed file would let a third run lock a new one beside this one.
+        held, named = os.fstat(fd), os.stat(path / LOCK_FILE)
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            raise OSError
     except OSError:
         os.close(fd)
         raise busy(path, what) from None
@@ -280,7 +285,7 @@ def read_config(path: Path) -> dict:
 
 
 def write_config(path: Path, config: dict) -> None:
-    atomic_write_bytes(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    atomic_write_bytes(path / "config.yaml", yamlfile.dump_settings(config).encode())
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
