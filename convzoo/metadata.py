@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from .data.catalog import DATASETS, find_spec, image_side, preprocess_rule
-from .data.formats import MAX_CLASS_NAME_CHARS, MAX_CLASSES
+from .data.formats import MAX_CLASS_NAME_CHARS
 from .errors import CheckpointError
 
 
@@ -28,6 +28,7 @@ FORMAT_VERSION = 1  # of the description deployment_metadata writes; a reader re
 # 'none' takes the data set's images as they are (airbench, alexnet-cifar), so they must have the input's size.
 FITS = ("pad", "resize", "none")
 PREPROCESS_RULES = ("digit", "fashion", "resize")
+MAX_CLASSES = 100_000
 MAX_CHANNELS = 4
 # Every zoo model takes at most 227x227; a bigger claim is a forged file, and it would size every
 # batch buffer (a 12,000-pixel claim once asked for 15.9 GB).

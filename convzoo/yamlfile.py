@@ -31,14 +31,14 @@ SettingsLoader.add_constructor("tag:yaml.org,2002:int", SettingsLoader.construct
 # YAML 1.1 (PyYAML's) reads 1e-3, 5e4 and 1.0e3 as text (its floats need a dot and a signed exponent):
 # `lr: 1e-3` was refused as not a number. YAML 1.2's floats, as `--lr 1e-3` reads.
 EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-SettingsLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
 
 
 class SettingsDumper(yaml.SafeDumper):
     """safe_dump that quotes text SettingsLoader would read as a number (an output folder named 1e3)."""
 
 
-SettingsDumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+for _side in (SettingsLoader, SettingsDumper):  # read and written alike
+    _side.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def dump_settings(values: dict) -> str:

@@ -463,9 +463,8 @@ def read_cifar_split(located, split: str):
 
 # ---------------------------------------------------------------- image folders
 
-# What a model's description (metadata.py) may hold: an image folder beyond it is refused when read,
-# not after training, when the checkpoint is written.
-MAX_CLASSES = 100_000
+# A class name a model's description (metadata.py) may hold: data info warns of a longer folder name
+# (long_class_names), which train refuses before training unless --classes leaves it out.
 MAX_CLASS_NAME_CHARS = 200
 MAX_DECODED_BYTES = 2 << 30  # a folder decodes into memory at once: refused beyond this, before decoding
 MAX_IMAGE_FILE_BYTES = image_files.MAX_FILE_BYTES  # a single image file larger than this is not a photo

@@ -20,8 +20,8 @@ from ..data.catalog import image_side
 from ..data.photos import as_mnist
 from ..errors import first_line
 # Re-exported: predict and serve decode users' files through this module.
-from ..data.images import (TRANSPARENT, ImageError, ImageTooLarge, NotAnImage, decode_image,  # noqa: F401
-                           flatten_alpha, load_image, open_image, standard_mode, to_pixels)
+from ..data.images import (ImageError, ImageTooLarge, NotAnImage, decode_image, load_image,  # noqa: F401
+                           open_image, to_pixels)
 
 
 def read_pixels(image: Image.Image, name: str) -> Image.Image:
