@@ -19,19 +19,19 @@ CIFAR = ["--dataset", "cifar10", "--data-path", str(CIFAR_DIR)]
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_alexnet_cifar_learns_real_cifar10(tmp_path):
-    """2,000 real training images, 2 epochs (channels-last, as the preset trains), scored on the first
-    1,000 test images: chance is 10%; measured runs 0.409 (3 epochs: 0.436; 3,000 images: 0.471), and
-    0.42 on the 300 resized PNGs below (3 epochs: 0.43)."""
+    """1,000 real training images, 2 epochs (channels-last, as the preset trains), scored on the first
+    1,000 test images: chance is 10%; measured 0.326, and 0.303 on the 300 resized PNGs below (2,000
+    images: 0.409 and 0.42 in twice the training time; 3,000 images: 0.471)."""
     need(CIFAR_DIR)
     out = tmp_path / "run"
-    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "2000", "--epochs", "2", "--batch-size", "64",
+    run_cli("train", "--model", "alexnet-cifar", *CIFAR, "--train-limit", "1000", "--epochs", "2", "--batch-size", "64",
             "--schedule", "onecycle", "--lr", "0.05", "--weight-decay", "5e-4", "--eval-every", "2", "--channels-last",
             "--test-limit", "1000", "--output-dir", out, "--quiet", check=0,
-            timeout=1800)  # 144-185 s measured beside other tests: run_cli's 600 s is a thin margin under load
+            timeout=1800)  # 144-185 s measured beside other tests at 2,000 images: a margin under load
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["input"] == {"channels": 3, "size": 32, "fit": "none", "mean": [0.4914, 0.4822, 0.4465],
                              "std": [0.247, 0.2435, 0.2616]}
-    assert ckpt["history"][-1]["test_acc"] >= 0.33, ckpt["history"]
+    assert ckpt["history"][-1]["test_acc"] >= 0.25, ckpt["history"]
 
     # The trained CIFAR model through export, predict and serve (their CIFAR preprocessing: RGB, 32x32).
     from PIL import Image
@@ -50,7 +50,7 @@ def test_alexnet_cifar_learns_real_cifar10(tmp_path):
     lines = run_cli("predict", "--model", out / "m.onnx", shots, "--json", check=0).stdout.splitlines()
     predicted = [json.loads(line)["class"] for line in lines]
     hits = sum(p == names[label] for p, label in zip(predicted, labels[:300]))
-    assert len(predicted) == 300 and hits / 300 >= 0.30, hits
+    assert len(predicted) == 300 and hits / 300 >= 0.2, hits
     with serving(out / "m.onnx", "--workers", "2", log=tmp_path / "serve.log") as (url, _):
         import httpx
 

@@ -160,11 +160,11 @@ def test_airbench_qat_int8_on_real_cifar10(airbench_run, tmp_path):
         reference = converted(x).argmax(1).numpy()
     session = ort.InferenceSession(str(tmp_path / "model-int8.onnx"), providers=["CPUExecutionProvider"])
     int8 = session.run(None, {"input": x.numpy()})[0].argmax(1)
-    # A net trained for 16 steps (fp32 0.349 on these images) has small logit margins, so int8 moves more of
-    # its answers than a trained one's (measured: -2.7 points, 0.945 agreement with PyTorch's int8; the
-    # README's full run: -0.23 points, 0.988 agreement on all 10,000 test images).
-    assert fp32 >= 0.25 and (int8 == labels).mean() >= fp32 - 0.05, ((int8 == labels).mean(), fp32)
-    assert (int8 == reference).mean() >= 0.9
+    # A net trained for 16 steps (fp32 0.264 on these images, twice chance at least) has small logit margins,
+    # so int8 moves more of its answers than a trained one's (measured: int8 0.285, 0.925 agreement with
+    # PyTorch's int8; the README's full run: -0.23 points, 0.988 agreement on all 10,000 test images).
+    assert fp32 >= 0.2 and (int8 == labels).mean() >= fp32 - 0.05, ((int8 == labels).mean(), fp32)
+    assert (int8 == reference).mean() >= 0.88
 
 
 @pytest.mark.real_data

@@ -1,0 +1,76 @@
+"""`python -m convzoo ARGS` in a new process forked from a server process that imported torch once.
+
+A fresh interpreter spends 2.5-4 s of CPU importing torch before convzoo parses a flag; the suite starts
+some hundreds of them. Each call here still gets its own process (its own globals, locks, signal
+handlers, threads, exit code, stdout and stderr), with the environment and working folder asked for,
+and runs convzoo's real `__main__` as `python -m` would: only the imports that torch and numpy make
+are already done. What needs a truly new interpreter (an environment that changes how Python or its
+imports start: PYTHONPATH, PYTHONWARNINGS other than "ignore") gets one: see `run_cli(fresh=...)`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import multiprocessing
+import os
+import runpy
+import sys
+import warnings
+
+# Imported once in the server; every forked child starts with them loaded.
+PRELOAD = ["numpy", "torch", __name__]
+
+
+def _context():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path: str, err_path: str) -> None:
+    """In the forked child: become `python -m convzoo ARGS` with stdout/stderr to the two files."""
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    for fd, path in ((1, out_path), (2, err_path)):
+        target = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.dup2(target, fd)
+        os.close(target)
+    encoding = sys.__stdout__.encoding if sys.__stdout__ else "utf-8"
+    # As a new interpreter sets them up for a file or pipe: block-buffered stdout, line-buffered stderr.
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, "wb", closefd=False), encoding=encoding)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", closefd=False), encoding=encoding,
+                                                   errors="backslashreplace", line_buffering=True)
+    sys.stdin = open(os.devnull)
+    warnings.simplefilter("ignore")  # run_cli's PYTHONWARNINGS=ignore, which the server's start did not see
+    sys.argv = [sys.executable, *args]
+    code = 0
+    try:
+        runpy.run_module("convzoo", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        atexit._run_exitfuncs()  # multiprocessing ends its children with os._exit, which skips them
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(code)
+
+
+def run(args: list[str], cwd, env: dict[str, str], timeout: float, workdir) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python -m convzoo ARGS`; raises TimeoutError after `timeout` s
+    (the child killed first). `workdir`: a folder for the two output files."""
+    out_path, err_path = os.path.join(workdir, "stdout"), os.path.join(workdir, "stderr")
+    for path in (out_path, err_path):
+        open(path, "wb").close()
+    child = _context().Process(target=_run_convzoo, args=(args, None if cwd is None else str(cwd), env, out_path,
+                                                          err_path))
+    child.start()
+    child.join(timeout)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        raise TimeoutError(f"convzoo {' '.join(args)} ran past {timeout} s")
+    with open(out_path, newline=None) as out, open(err_path, newline=None) as err:
+        return child.exitcode, out.read(), err.read()
