@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import runpy
 import sys
+import tempfile
 import warnings
 
 # Imported once in the server; every forked child starts with them loaded.
@@ -28,14 +29,20 @@ def _context():
     return context
 
 
-def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path: str, err_path: str) -> None:
-    """In the forked child: become `python -m convzoo ARGS` with stdout/stderr to the two files."""
+def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path: str, err_path: str,
+                 preexec_fn) -> None:
+    """In the forked child: become `python -m convzoo ARGS` with stdout/stderr to the two paths."""
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # found again from $TMPDIR, as a new interpreter would
+    sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
     if cwd is not None:
         os.chdir(cwd)
+    sys.path.insert(0, os.getcwd())  # as `python -m` puts it first
+    if preexec_fn is not None:
+        preexec_fn()
     for fd, path in ((1, out_path), (2, err_path)):
-        target = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        target = os.open(path, os.O_WRONLY)
         os.dup2(target, fd)
         os.close(target)
     encoding = sys.__stdout__.encoding if sys.__stdout__ else "utf-8"
@@ -53,19 +60,27 @@ def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path
         code = stop.code
     finally:
         atexit._run_exitfuncs()  # multiprocessing ends its children with os._exit, which skips them
+    try:  # as the interpreter's shutdown does, with what it prints and its exit status when that fails
         sys.stdout.flush()
-        sys.stderr.flush()
+    except OSError as e:
+        sys.stderr.write(f"Exception ignored in: {sys.stdout!r}\n{type(e).__name__}: {e}\n")
+        code = 120
+        sys.stdout = open(os.devnull, "w")  # multiprocessing flushes again on the way out
+    sys.stderr.flush()
     sys.exit(code)
 
 
-def run(args: list[str], cwd, env: dict[str, str], timeout: float, workdir) -> tuple[int, str, str]:
+def run(args: list[str], cwd, env: dict[str, str], timeout: float, workdir: str, *, preexec_fn=None,
+        stdout: str | None = None) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `python -m convzoo ARGS`; raises TimeoutError after `timeout` s
-    (the child killed first). `workdir`: a folder for the two output files."""
+    (the child killed first). `workdir`: a folder for the output files; `stdout`: a path to write
+    stdout to instead (then "" is returned for it); `preexec_fn`: called in the child first (a
+    module-level function: it is sent to the server by name)."""
     out_path, err_path = os.path.join(workdir, "stdout"), os.path.join(workdir, "stderr")
     for path in (out_path, err_path):
         open(path, "wb").close()
-    child = _context().Process(target=_run_convzoo, args=(args, None if cwd is None else str(cwd), env, out_path,
-                                                          err_path))
+    child = _context().Process(target=_run_convzoo, args=(args, None if cwd is None else str(cwd), env,
+                                                          stdout or out_path, err_path, preexec_fn))
     child.start()
     child.join(timeout)
     if child.exitcode is None:
@@ -73,4 +88,4 @@ def run(args: list[str], cwd, env: dict[str, str], timeout: float, workdir) -> t
         child.join()
         raise TimeoutError(f"convzoo {' '.join(args)} ran past {timeout} s")
     with open(out_path, newline=None) as out, open(err_path, newline=None) as err:
-        return child.exitcode, out.read(), err.read()
+        return child.exitcode, "" if stdout else out.read(), err.read()

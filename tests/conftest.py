@@ -35,10 +35,13 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # Files in order of their measured time, longest first (`make test` passes --no-loadscope-reorder so
 # xdist keeps this order; its default would sort files by their number of tests): whole files go to
 # the workers, so a long file started last would run on alone while the other worker idles.
-LONGEST_FIRST = ["test_train.py", "test_cifar.py", "test_quant.py", "test_fast_training.py", "test_demo.py",
-                 "test_folder.py", "test_ecosystem.py", "test_distributed.py", "test_cli.py", "test_reuse.py",
-                 "test_fuzz_models.py", "test_deploy.py", "test_fetch.py", "test_server.py", "test_workers.py",
-                 "test_multinode.py", "test_models.py", "test_fuzz_data.py", "test_runtime.py", "test_fashion_deploy.py"]
+LONGEST_FIRST = ["test_train.py", "test_quant.py", "test_server.py", "test_distributed.py", "test_run_guards.py",
+                 "test_folder.py", "test_photos.py", "test_demo.py", "test_cifar.py", "test_predict_flags.py",
+                 "test_cli.py", "test_deploy.py", "test_run_records.py", "test_reuse.py", "test_write_races.py",
+                 "test_train_settings.py", "test_fuzz_models.py", "test_ecosystem.py", "test_fast_training.py",
+                 "test_images_decode.py", "test_hostile_onnx.py", "test_models.py", "test_fetch.py",
+                 "test_fashion_deploy.py", "test_workers.py", "test_fuzz_data.py", "test_runtime.py",
+                 "test_foreign_onnx.py"]
 
 
 def pytest_collection_modifyitems(items):
@@ -59,19 +62,31 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("CONVZOO_DATA", raising=False)
 
 
-def run_cli(*args, cwd=None, env=None, timeout=600, check=None, fresh=False) -> subprocess.CompletedProcess:
+# Variables a fork of a running interpreter can still honour (cli_process.py); any other PYTHON* setting
+# is read only as an interpreter starts, so its call gets a fresh one.
+FORKABLE_PYTHON_VARIABLES = {"PYTHONDONTWRITEBYTECODE"}
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, check=None, fresh=False, base_env=None, preexec_fn=None,
+            stdout=None) -> subprocess.CompletedProcess:
     """The real `convzoo` command line in its own process: forked from a server that has torch imported
     (cli_process.py: 2.5-4 s less per call), or in a fresh interpreter when `fresh` is true or `env` sets
-    a PYTHON* variable (which only a new interpreter would read)."""
+    a PYTHON* variable that only a new interpreter would read. The environment: `base_env` (default this
+    process's) with `env` over it; `preexec_fn` runs in the child first; `stdout`: a path to write stdout
+    to instead of capturing it."""
     args = [str(a) for a in args]
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    if fresh or any(name.startswith("PYTHON") for name in env or {}):
-        proc = subprocess.run([sys.executable, "-m", "convzoo", *args], capture_output=True, text=True,
-                              cwd=cwd, env=full_env, timeout=timeout)
+    full_env = {**(os.environ if base_env is None else base_env), "PYTHONWARNINGS": "ignore", **(env or {})}
+    if fresh or any(name.startswith("PYTHON") and name not in FORKABLE_PYTHON_VARIABLES for name in env or {}):
+        with open(stdout or os.devnull, "w") as sink:
+            proc = subprocess.run([sys.executable, "-m", "convzoo", *args], stdout=sink if stdout else subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=cwd, env=full_env, timeout=timeout,
+                                  preexec_fn=preexec_fn)
+        proc.stdout = proc.stdout or ""
     else:
         with tempfile.TemporaryDirectory(prefix="run-cli-") as workdir:
             try:
-                code, out, err = cli_process.run(args, cwd, full_env, timeout, workdir)
+                code, out, err = cli_process.run(args, cwd, full_env, timeout, workdir, preexec_fn=preexec_fn,
+                                                 stdout=stdout)
             except TimeoutError as e:
                 raise subprocess.TimeoutExpired(["convzoo", *args], timeout) from e
         proc = subprocess.CompletedProcess([sys.executable, "-m", "convzoo", *args], code, out, err)

@@ -95,21 +95,13 @@ def test_grid_path_that_is_a_fifo_or_in_an_unwritable_folder_is_refused_first(tm
 def test_output_that_cannot_be_written_is_one_line(tmp_path, args):
     """`> /dev/full` was a traceback ending in `print(...)` / OSError: [Errno 28], exit 1 (or, for
     output short enough to stay buffered, Python's own complaint at exit): one line, exit 2."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT, assert_user_error
+    from conftest import ROOT, assert_user_error, run_cli
     from convzoo.data import formats
 
     digit = tmp_path / "seven.png"
     Image.fromarray(formats.read_idx_images(need(MNIST_DIR) / "t10k-images-idx3-ubyte.gz")[0, 0]).save(digit)
     args = [str(digit) if a == "IMAGE" else str(tmp_path / "grid.png") if a == "GRID" else a for a in args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_DATA": str(MNIST_DIR.parent)}
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "convzoo", *args], stdout=full, stderr=subprocess.PIPE,
-                              text=True, cwd=ROOT, env=env, timeout=120)
-    proc.stdout = ""
+    proc = run_cli(*args, cwd=ROOT, env={"CONVZOO_DATA": str(MNIST_DIR.parent)}, stdout="/dev/full", timeout=120)
     assert_user_error(proc, "cannot write the output: No space left on device")
 
 

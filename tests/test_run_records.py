@@ -224,9 +224,8 @@ def test_a_save_that_failed_and_a_resume_record_each_evaluation_once(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "--data-path", need(MNIST_DIR), "--schedule", "constant", "--output-dir", run]
     run_cli(*args, "--epochs", "2", check=0)
-    proc = subprocess.run([sys.executable, "-m", "convzoo", *map(str, args), "--epochs", "3", "--resume"],
-                          capture_output=True, text=True, preexec_fn=small_files_only, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"})
+    proc = run_cli(*args, "--epochs", "3", "--resume", preexec_fn=small_files_only,
+                   env={"PYTHONDONTWRITEBYTECODE": "1"})
     assert_user_error(proc, ".pt: cannot write: File too large")  # best.pt, or last.pt if no better
     assert [row.split(",")[1] for row in (run / "evals.csv").read_text().splitlines()] == ["epoch", "1", "2", "3"]
     run_cli(*args, "--epochs", "3", "--resume", check=0)

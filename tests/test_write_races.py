@@ -90,9 +90,7 @@ def parent_env() -> dict:
 
 
 def limited_cli(*args, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convzoo", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=small_file_limit, env={**parent_env(), "PYTHONWARNINGS": "ignore", **env},
-                          timeout=600)
+    return run_cli(*args, base_env=parent_env(), env=env, preexec_fn=small_file_limit)
 
 
 @pytest.mark.real_data
