@@ -1,11 +1,12 @@
 """`python -m convzoo ARGS` in a new process forked from a server process that imported torch once.
 
-A fresh interpreter spends 2.5-4 s of CPU importing torch before convzoo parses a flag; the suite starts
-some hundreds of them. Each call here still gets its own process (its own globals, locks, signal
-handlers, threads, exit code, stdout and stderr), with the environment and working folder asked for,
-and runs convzoo's real `__main__` as `python -m` would: only the imports that torch and numpy make
-are already done. What needs a truly new interpreter (an environment that changes how Python or its
-imports start: PYTHONPATH, PYTHONWARNINGS other than "ignore") gets one: see `run_cli(fresh=...)`.
+A fresh interpreter spends 2.5-4 s of CPU importing torch before convzoo parses a flag, and as much
+again on what an export or a training imports after it; the suite starts some hundreds of them. Each
+call here still gets its own process (its own globals, locks, signal handlers, threads, exit code,
+stdout and stderr), with the environment and working folder asked for, and runs convzoo's real
+`__main__` as `python -m` would: only the PRELOAD imports below (none of convzoo's own) are done
+already. What needs a truly new interpreter (an environment that changes how Python or its imports
+start: PYTHONPATH, PYTHONWARNINGS other than "ignore") gets one: see conftest's `run_cli`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ import sys
 import tempfile
 import warnings
 
-# Imported once in the server; every forked child starts with them loaded.
-PRELOAD = ["numpy", "torch", __name__]
+# Imported once in the server; every forked child starts with them loaded. Beyond torch: what a short
+# `train` or `export` imports on its way (measured: a 640-image train 4.5 -> 2.7 s, an export of the
+# shipped LeNet-5 7.5 -> 4.2-5.0 s, against torch and numpy alone). Not onnxruntime: convzoo sets its
+# telemetry switch before importing it.
+PRELOAD = ["numpy", "torch", "torch._dynamo", "torch.distributed", "sympy", "networkx", "onnx", "onnxscript",
+           "torch.onnx._internal.exporter._core", "matplotlib.pyplot", "PIL.Image", "yaml", __name__]
 
 
 def _context():
