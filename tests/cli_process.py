@@ -16,6 +16,7 @@ import io
 import multiprocessing
 import os
 import runpy
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -94,3 +95,51 @@ def run(args: list[str], cwd, env: dict[str, str], timeout: float, workdir: str,
         raise TimeoutError(f"convzoo {' '.join(args)} ran past {timeout} s")
     with open(out_path, newline=None) as out, open(err_path, newline=None) as err:
         return child.exitcode, "" if stdout else out.read(), err.read()
+
+
+class Started:
+    """`python -m convzoo ARGS` started in the background, forked as `run` forks it, with the parts of
+    subprocess.Popen's interface the tests use (pid, poll, wait, send_signal, kill, terminate,
+    communicate, returncode); stdout and stderr go to files in a folder of its own."""
+
+    def __init__(self, args: list[str], cwd, env: dict[str, str]):
+        self._folder = tempfile.TemporaryDirectory(prefix="start-cli-")
+        self._out, self._err = (os.path.join(self._folder.name, name) for name in ("stdout", "stderr"))
+        for path in (self._out, self._err):
+            open(path, "wb").close()
+        self._child = _context().Process(target=_run_convzoo, args=(args, None if cwd is None else str(cwd), env,
+                                                                    self._out, self._err, None))
+        self._child.start()
+        self.pid = self._child.pid
+        self.args = args
+
+    @property
+    def returncode(self) -> int | None:
+        return self._child.exitcode
+
+    def poll(self) -> int | None:
+        return self._child.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._child.join(timeout)
+        if self._child.exitcode is None:
+            raise subprocess.TimeoutExpired(["convzoo", *self.args], timeout)
+        return self._child.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._child.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self._child.kill()
+
+    def terminate(self) -> None:
+        self._child.terminate()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """(stdout, stderr) once the command has ended."""
+        self.wait(timeout)
+        with open(self._out, newline=None) as out, open(self._err, newline=None) as err:
+            texts = out.read(), err.read()
+        self._folder.cleanup()
+        return texts

@@ -55,10 +55,34 @@ def need(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def shipped_exports(tmp_path_factory) -> Path:
+    """A cache folder holding convzoo's own cached ONNX exports of the shipped weights, made once per
+    test session (by whichever xdist worker asks first): an export takes 2.5-7 s, and about a hundred
+    tests predict or serve with `lenet5:mnist` or `lenet5:fashion-mnist`."""
+    from convzoo.deploy.predict import cached_onnx
+    from convzoo.models.pretrained import pretrained_path
+
+    folder, lock = shared_across_workers(tmp_path_factory, "shipped-exports")
+    with lock:
+        if not (folder / "made").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("CONVZOO_CACHE", str(folder))
+                for name in ("lenet5:mnist", "lenet5:fashion-mnist"):
+                    cached_onnx(pretrained_path(name))
+            (folder / "made").touch()
+    return folder / "onnx"
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's real cache; $CONVZOO_DATA is unset unless a test sets it."""
-    monkeypatch.setenv("CONVZOO_CACHE", str(tmp_path_factory.mktemp("cache")))
+def isolated_cache(tmp_path_factory, monkeypatch, shipped_exports):
+    """No test reads or writes the user's real cache; $CONVZOO_DATA is unset unless a test sets it.
+    Each test's cache starts with copies of the shipped weights' exports (as a user's cache holds them
+    after the first prediction); the export itself is tested where the cache is a test's own."""
+    cache = tmp_path_factory.mktemp("cache")
+    shutil.copytree(shipped_exports, cache / "onnx")
+    monkeypatch.setenv("CONVZOO_CACHE", str(cache))
     monkeypatch.delenv("CONVZOO_DATA", raising=False)
 
 
@@ -93,6 +117,12 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=None, fresh=False, bas
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+def start_cli(*args, cwd=None, env=None) -> cli_process.Started:
+    """`convzoo ARGS` started in the background (forked as run_cli forks it), for tests that signal,
+    kill or race it: a subprocess.Popen-like handle."""
+    return cli_process.Started([str(a) for a in args], cwd, {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

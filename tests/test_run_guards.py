@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import MNIST_DIR, cli_error, need, run_cli
+from conftest import MNIST_DIR, cli_error, need, run_cli, start_cli
 
 MNIST = ["--data-path", MNIST_DIR]
 SMALL = ["--model", "lenet5", "--epochs", "1", "--threads", "1"]
@@ -298,8 +298,7 @@ def test_freeze_and_restore_exclude_globs_must_match_a_parameter(tmp_path, capsy
 
 def sigterm_when(args, ready, poll: float = 0.1) -> tuple[int, str]:
     """`convzoo ARGS` in a subprocess, sent a SIGTERM as soon as `ready()` holds: (exit code, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "convzoo", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = start_cli(*args)
     deadline = time.time() + 120
     while not ready():
         assert time.time() < deadline and proc.poll() is None, f"convzoo {args[0]} did not get going"

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import resource
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path

@@ -6,15 +6,13 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, cli_error, need, run_cli
+from conftest import FASHION_DIR, MNIST_DIR, assert_user_error, cli_error, need, run_cli, start_cli
 
 MNIST = ["--dataset", "mnist", "--data-path", str(MNIST_DIR)]
 
@@ -49,9 +47,7 @@ RESUME_ARGS = ["--model", "lenet5", *MNIST, "--train-limit", "6400", "--test-lim
 
 
 def start_train(out, *extra):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "convzoo", "train", *RESUME_ARGS, "--output-dir", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return start_cli("train", *RESUME_ARGS, "--output-dir", out, *extra)
 
 
 def wait_for_mid_epoch_checkpoint(out, proc, timeout=120):
@@ -418,8 +414,7 @@ def test_one_training_at_a_time_per_run_folder(tmp_path):
     the second is one line while the first runs, and works once it has ended (even by SIGKILL)."""
     out = tmp_path / "run"
     common = ["--model", "lenet5", "--data-path", MNIST_DIR, "--train-limit", "512", "--output-dir", out]
-    first = subprocess.Popen([sys.executable, "-m", "convzoo", "train", *map(str, common), "--epochs", "1000"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start_cli("train", *common, "--epochs", "1000")
     try:
         deadline = time.monotonic() + 120
         while not (out / "metrics.csv").exists():  # training, holding the folder
@@ -438,10 +433,8 @@ def test_run_killed_before_its_first_checkpoint(tmp_path):
     """SIGKILL in the first epoch leaves config.yaml and train.log but no last.pt: a re-run was told
     to pass --resume, and --resume then said 'checkpoint not found'. Both now say to start over."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "convzoo", "train", "--model", "lenet5", *MNIST, "--train-limit",
-                             "6400", "--batch-size", "16", "--epochs", "1", "--threads", "1", "--print-freq", "0",
-                             "--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = start_cli("train", "--model", "lenet5", *MNIST, "--train-limit", "6400", "--batch-size", "16", "--epochs",
+                     "1", "--threads", "1", "--print-freq", "0", "--output-dir", out)
     deadline = time.time() + 120
     while not (out / "config.yaml").exists():  # written once training starts
         assert proc.poll() is None and time.time() < deadline, proc.communicate()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
+from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli, start_cli
 
 MNIST = ["--data-path", MNIST_DIR]
 
@@ -230,15 +230,12 @@ def test_an_empty_appended_option_is_refused(capsys):
 def test_a_folder_another_train_is_writing_is_named_as_such_first(tmp_path):
     """A second train into a folder whose run is in its first epoch was told that the folder 'holds a run
     that saved no checkpoint ...; pass --exist-ok' (only --exist-ok found the lock)."""
-    import os
     import time
 
     out = tmp_path / "run"
     common = ["--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "6400", "--batch-size", "16",
               "--threads", "1", "--print-freq", "0", "--output-dir", out]
-    first = subprocess.Popen([sys.executable, "-m", "convzoo", "train", *map(str, common), "--epochs", "1000"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    first = start_cli("train", *common, "--epochs", "1000")
     try:
         deadline = time.monotonic() + 120
         while not (out / "config.yaml").exists():  # training, holding the folder; no last.pt yet

@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -216,7 +215,7 @@ def test_cached_export_sweeps_temps_of_other_killed_exports(tmp_path, monkeypatc
     from convzoo.deploy.predict import Predictor
 
     folder = cache_root() / "onnx"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     stale, live, young = (folder / f".{c * 64}.onnx.{c * 8}.onnx" for c in "abc")
     for temp in (stale, live, young):
         temp.write_bytes(b"half an export")
