@@ -6,7 +6,9 @@ call here still gets its own process (its own globals, locks, signal handlers, t
 stdout and stderr), with the environment and working folder asked for, and runs convzoo's real
 `__main__` as `python -m` would: only the PRELOAD imports below (none of convzoo's own) are done
 already. What needs a truly new interpreter (an environment that changes how Python or its imports
-start: PYTHONPATH, PYTHONWARNINGS other than "ignore") gets one: see conftest's `run_cli`.
+start: PYTHONPATH, PYTHONWARNINGS other than "ignore") gets one: see conftest's `run_cli`. What a fork
+cannot show, a use of a preloaded module that convzoo never imports itself, the fresh interpreters of
+`make demo` (test_demo.py), of `convzoo serve` (test_deploy.serving) and of the import-blocking tests do.
 """
 
 from __future__ import annotations
