@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import io
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import subprocess
@@ -28,13 +29,20 @@ import warnings
 # shipped LeNet-5 7.5 -> 4.2-5.0 s, against torch and numpy alone). Not onnxruntime: convzoo sets its
 # telemetry switch before importing it.
 PRELOAD = ["numpy", "torch", "torch._dynamo", "torch.distributed", "sympy", "networkx", "onnx", "onnxscript",
-           "torch.onnx._internal.exporter._core", "matplotlib.pyplot", "PIL.Image", "yaml", __name__]
+           "torch.onnx._internal.exporter._core", "matplotlib.pyplot", "PIL.Image", "yaml"]
 
 
 def _context():
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def start_server() -> None:
+    """Start this process's fork server now: its imports run once, in the environment and folder of
+    this moment (conftest calls it before any test changes either)."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path: str, err_path: str,
@@ -47,17 +55,24 @@ def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path
     if cwd is not None:
         os.chdir(cwd)
     sys.path.insert(0, os.getcwd())  # as `python -m` puts it first
-    if preexec_fn is not None:
-        preexec_fn()
+    # multiprocessing made this child a "ForkServerProcess" whose default start method is forkserver:
+    # a new interpreter is the main process, with the platform's default (fork on Linux).
+    multiprocessing.set_start_method(None, force=True)
+    multiprocessing.process._parent_process = None
+    multiprocessing.current_process().name = "MainProcess"
     for fd, path in ((1, out_path), (2, err_path)):
-        target = os.open(path, os.O_WRONLY)
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(target, fd)
         os.close(target)
-    encoding = sys.__stdout__.encoding if sys.__stdout__ else "utf-8"
-    # As a new interpreter sets them up for a file or pipe: block-buffered stdout, line-buffered stderr.
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, "wb", closefd=False), encoding=encoding)
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", closefd=False), encoding=encoding,
+    # As the server's interpreter set them up at its start (the same locale and environment as a new
+    # one): block-buffered stdout, line-buffered stderr.
+    first = sys.__stdout__
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, "wb", closefd=False), encoding=first.encoding,
+                                                   errors=first.errors)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", closefd=False), encoding=first.encoding,
                                                    errors="backslashreplace", line_buffering=True)
+    if preexec_fn is not None:  # after the redirection, so what it prints is captured
+        preexec_fn()
     sys.stdin = open(os.devnull)
     warnings.simplefilter("ignore")  # run_cli's PYTHONWARNINGS=ignore, which the server's start did not see
     sys.argv = [sys.executable, *args]
@@ -127,6 +142,9 @@ class Started:
         if self._child.exitcode is None:
             raise subprocess.TimeoutExpired(["convzoo", *self.args], timeout)
         return self._child.exitcode
+
+    def __del__(self):
+        self._folder.cleanup()
 
     def send_signal(self, sig: int) -> None:
         if self._child.exitcode is None:

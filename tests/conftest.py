@@ -55,8 +55,16 @@ def need(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fork_server():
+    """run_cli's fork server, started before any test sets an environment variable or changes folder:
+    what torch and the other preloaded modules read or write as they are imported (TMPDIR, HOME,
+    OMP_NUM_THREADS) comes from this session's environment, not from the first test to call run_cli."""
+    cli_process.start_server()
+
+
 @pytest.fixture(scope="session")
-def shipped_exports(tmp_path_factory) -> Path:
+def shipped_exports(tmp_path_factory) -> Path | None:
     """A cache folder holding convzoo's own cached ONNX exports of the shipped weights, made once per
     test session (by whichever xdist worker asks first): an export takes 2.5-7 s, and about a hundred
     tests predict or serve with `lenet5:mnist` or `lenet5:fashion-mnist`."""
@@ -67,10 +75,14 @@ def shipped_exports(tmp_path_factory) -> Path:
     with lock:
         if not (folder / "made").is_file():
             shutil.rmtree(folder, ignore_errors=True)
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("CONVZOO_CACHE", str(folder))
-                for name in ("lenet5:mnist", "lenet5:fashion-mnist"):
-                    cached_onnx(pretrained_path(name))
+            try:
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setenv("CONVZOO_CACHE", str(folder))
+                    for name in ("lenet5:mnist", "lenet5:fashion-mnist"):
+                        cached_onnx(pretrained_path(name))
+            except Exception:  # noqa: BLE001 - the tests that export say why; the others run without the copies
+                shutil.rmtree(folder, ignore_errors=True)
+                return None
             (folder / "made").touch()
     return folder / "onnx"
 
@@ -81,7 +93,8 @@ def isolated_cache(tmp_path_factory, monkeypatch, shipped_exports):
     Each test's cache starts with copies of the shipped weights' exports (as a user's cache holds them
     after the first prediction); the export itself is tested where the cache is a test's own."""
     cache = tmp_path_factory.mktemp("cache")
-    shutil.copytree(shipped_exports, cache / "onnx")
+    if shipped_exports is not None:
+        shutil.copytree(shipped_exports, cache / "onnx")
     monkeypatch.setenv("CONVZOO_CACHE", str(cache))
     monkeypatch.delenv("CONVZOO_DATA", raising=False)
 

@@ -89,7 +89,8 @@ def parent_env() -> dict:
 
 
 def limited_cli(*args, env: dict) -> subprocess.CompletedProcess:
-    return run_cli(*args, base_env=parent_env(), env=env, preexec_fn=small_file_limit)
+    """A new interpreter: what its imports write (torch's caches in $TMPDIR, ~/.cache) is under test too."""
+    return run_cli(*args, base_env=parent_env(), env=env, preexec_fn=small_file_limit, fresh=True)
 
 
 @pytest.mark.real_data
