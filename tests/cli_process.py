@@ -93,42 +93,27 @@ def _run_convzoo(args: list[str], cwd: str | None, env: dict[str, str], out_path
     sys.exit(code)
 
 
-def run(args: list[str], cwd, env: dict[str, str], timeout: float, workdir: str, *, preexec_fn=None,
-        stdout: str | None = None) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `python -m convzoo ARGS`; raises TimeoutError after `timeout` s
-    (the child killed first). `workdir`: a folder for the output files; `stdout`: a path to write
-    stdout to instead (then "" is returned for it); `preexec_fn`: called in the child first (a
-    module-level function: it is sent to the server by name)."""
-    out_path, err_path = os.path.join(workdir, "stdout"), os.path.join(workdir, "stderr")
-    for path in (out_path, err_path):
-        open(path, "wb").close()
-    child = _context().Process(target=_run_convzoo, args=(args, None if cwd is None else str(cwd), env,
-                                                          stdout or out_path, err_path, preexec_fn))
-    child.start()
-    child.join(timeout)
-    if child.exitcode is None:
-        child.kill()
-        child.join()
-        raise TimeoutError(f"convzoo {' '.join(args)} ran past {timeout} s")
-    with open(out_path, newline=None) as out, open(err_path, newline=None) as err:
-        return child.exitcode, "" if stdout else out.read(), err.read()
-
-
 class Started:
-    """`python -m convzoo ARGS` started in the background, forked as `run` forks it, with the parts of
+    """`python -m convzoo ARGS` started in the background, forked from the server, with the parts of
     subprocess.Popen's interface the tests use (pid, poll, wait, send_signal, kill, terminate,
-    communicate, returncode); stdout and stderr go to files in a folder of its own."""
+    communicate, returncode); stdout and stderr go to files in a folder of its own, stdout to the path
+    `stdout` instead where one is given (communicate then returns "" for it). `preexec_fn` is called in
+    the child once its output is redirected (a module-level function: it is sent to the server by name)."""
 
-    def __init__(self, args: list[str], cwd, env: dict[str, str]):
-        self._folder = tempfile.TemporaryDirectory(prefix="start-cli-")
+    def __init__(self, args: list[str], cwd, env: dict[str, str], *, preexec_fn=None, stdout: str | None = None):
+        self._folder = tempfile.TemporaryDirectory(prefix="convzoo-cli-")
         self._out, self._err = (os.path.join(self._folder.name, name) for name in ("stdout", "stderr"))
-        for path in (self._out, self._err):
+        for path in (self._out, self._err):  # there to read even if the child dies before it opens them
             open(path, "wb").close()
+        self._own_stdout = stdout is None
         self._child = _context().Process(target=_run_convzoo, args=(args, None if cwd is None else str(cwd), env,
-                                                                    self._out, self._err, None))
+                                                                    stdout or self._out, self._err, preexec_fn))
         self._child.start()
         self.pid = self._child.pid
         self.args = args
+
+    def __del__(self):
+        self._folder.cleanup()
 
     @property
     def returncode(self) -> int | None:
@@ -142,9 +127,6 @@ class Started:
         if self._child.exitcode is None:
             raise subprocess.TimeoutExpired(["convzoo", *self.args], timeout)
         return self._child.exitcode
-
-    def __del__(self):
-        self._folder.cleanup()
 
     def send_signal(self, sig: int) -> None:
         if self._child.exitcode is None:
@@ -160,6 +142,18 @@ class Started:
         """(stdout, stderr) once the command has ended."""
         self.wait(timeout)
         with open(self._out, newline=None) as out, open(self._err, newline=None) as err:
-            texts = out.read(), err.read()
-        self._folder.cleanup()
-        return texts
+            return out.read() if self._own_stdout else "", err.read()
+
+
+def run(args: list[str], cwd, env: dict[str, str], timeout: float, *, preexec_fn=None,
+        stdout: str | None = None) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python -m convzoo ARGS` run to its end, as subprocess.run: past
+    `timeout` s the child is killed and subprocess.TimeoutExpired raised."""
+    started = Started(args, cwd, env, preexec_fn=preexec_fn, stdout=stdout)
+    try:
+        out, err = started.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        started.kill()
+        started.wait()
+        raise
+    return started.returncode, out, err

@@ -8,7 +8,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -104,15 +103,20 @@ def isolated_cache(tmp_path_factory, monkeypatch, shipped_exports):
 FORKABLE_PYTHON_VARIABLES = {"PYTHONDONTWRITEBYTECODE"}
 
 
+def cli_env(env: dict | None = None, base_env=None) -> dict:
+    """A convzoo command's environment: `base_env` (default this process's) with warnings off and `env`."""
+    return {**(os.environ if base_env is None else base_env), "PYTHONWARNINGS": "ignore", **(env or {})}
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600, check=None, fresh=False, base_env=None, preexec_fn=None,
             stdout=None) -> subprocess.CompletedProcess:
     """The real `convzoo` command line in its own process: forked from a server that has torch imported
     (cli_process.py: 2.5-4 s less per call), or in a fresh interpreter when `fresh` is true or `env` sets
-    a PYTHON* variable that only a new interpreter would read. The environment: `base_env` (default this
-    process's) with `env` over it; `preexec_fn` runs in the child first; `stdout`: a path to write stdout
-    to instead of capturing it."""
+    a PYTHON* variable that only a new interpreter would read. The environment: cli_env(env, base_env);
+    `preexec_fn` runs in the child before convzoo; `stdout`: a path to write stdout to instead of
+    capturing it."""
     args = [str(a) for a in args]
-    full_env = {**(os.environ if base_env is None else base_env), "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env = cli_env(env, base_env)
     if fresh or any(name.startswith("PYTHON") and name not in FORKABLE_PYTHON_VARIABLES for name in env or {}):
         with open(stdout or os.devnull, "w") as sink:
             proc = subprocess.run([sys.executable, "-m", "convzoo", *args], stdout=sink if stdout else subprocess.PIPE,
@@ -120,12 +124,7 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=None, fresh=False, bas
                                   preexec_fn=preexec_fn)
         proc.stdout = proc.stdout or ""
     else:
-        with tempfile.TemporaryDirectory(prefix="run-cli-") as workdir:
-            try:
-                code, out, err = cli_process.run(args, cwd, full_env, timeout, workdir, preexec_fn=preexec_fn,
-                                                 stdout=stdout)
-            except TimeoutError as e:
-                raise subprocess.TimeoutExpired(["convzoo", *args], timeout) from e
+        code, out, err = cli_process.run(args, cwd, full_env, timeout, preexec_fn=preexec_fn, stdout=stdout)
         proc = subprocess.CompletedProcess([sys.executable, "-m", "convzoo", *args], code, out, err)
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -135,7 +134,7 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=None, fresh=False, bas
 def start_cli(*args, cwd=None, env=None) -> cli_process.Started:
     """`convzoo ARGS` started in the background (forked as run_cli forks it), for tests that signal,
     kill or race it: a subprocess.Popen-like handle."""
-    return cli_process.Started([str(a) for a in args], cwd, {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    return cli_process.Started([str(a) for a in args], cwd, cli_env(env))
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
