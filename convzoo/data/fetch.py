@@ -121,7 +121,8 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
             incomplete = incomplete_error(spec, root, splits)
             if incomplete is not None:
                 raise incomplete
-            refuse_image_folder(spec, root)
+            if not download:  # (download_dataset refuses it before downloading: one scan of the folder)
+                refuse_image_folder(spec, root)
             break  # an explicit folder is the only place looked in
     if not download:
         raise missing_error(spec, data_path, splits)
