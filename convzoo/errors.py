@@ -86,9 +86,9 @@ def closest(name: str, choices) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def unknown(kind: str, name: str, choices) -> ConfigError:
+def unknown(kind: str, name: str, choices, hint: str = "") -> ConfigError:
     choices = sorted(choices)
-    return ConfigError(f"unknown {kind} {name!r}{closest(name, choices)}; choose from: {', '.join(choices)}")
+    return ConfigError(f"unknown {kind} {name!r}{closest(name, choices)}; choose from: {', '.join(choices)}{hint}")
 
 
 def repeated_key(pairs: list[tuple[str, object]]) -> str | None:

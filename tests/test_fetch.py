@@ -333,8 +333,13 @@ def test_cli_missing_data_says_how_to_fix(tmp_path):
     assert_user_error(proc, "not found", "convzoo data download mnist", "--data-path")
 
 
-def test_cli_unknown_dataset_suggests():
+def test_cli_unknown_dataset_suggests(tmp_path):
     assert_user_error(run_cli("data", "info", "minst"), "unknown dataset 'minst'", "did you mean 'mnist'")
+    proc = run_cli("data", "info", "minst")
+    assert "--data-path" not in proc.stderr, proc.stderr
+    # a folder given where the data set's name goes (`data info ./photos`) is told how to name it
+    assert_user_error(run_cli("data", "info", tmp_path), f"unknown dataset '{tmp_path}'",
+                      f"a folder of your own images is the data set 'folder', found by --data-path {tmp_path}")
 
 
 def torchvision_cifar(root, records: int = 400):

@@ -239,9 +239,14 @@ def test_data_info_names_the_images_it_does_not_read(tmp_path, capsys):
         write_pngs(flat / c, 4, 50 + i)
     write_pngs(flat, 3, 52)
     assert "3 image files directly in flat/" in info(capsys, flat)[0]["test_split"]
-    # train said nothing of the images it left out: one warning line, the run goes on
+    # the plain listing said it twice: in its test split line and in the warning
     from convzoo.cli import main
 
+    assert main(["data", "info", "folder", "--data-path", str(flat)]) == 0
+    out, err = capsys.readouterr()
+    assert (out + err).count("3 image files directly in flat/") == 1 and "warning" in err, (out, err)
+    assert "test split   20% of each class folder" in out, out
+    # train said nothing of the images it left out: one warning line, the run goes on
     assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(flat), "--epochs", "1",
                  "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "in no class folder" in line]

@@ -8,6 +8,7 @@ Torch-free (serving reads the preprocessing rules through metadata.py); the read
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -272,7 +273,10 @@ def check_class_indices(classes: list[int], count: int) -> None:
 def get_spec(name: str) -> DatasetSpec:
     spec = find_spec(name)
     if spec is None:
-        raise unknown("dataset", name, DATASETS)
+        # `data info ./photos`: the user's own folder given where a data set's name goes
+        mine = isinstance(name, str) and os.path.isdir(name)
+        raise unknown("dataset", name, DATASETS,
+                      f"; a folder of your own images is the data set 'folder', found by --data-path {name}" * mine)
     return spec
 
 

@@ -701,8 +701,9 @@ def direct_images(entries: list[os.DirEntry]) -> int:
     return sum(1 for e in entries if e.is_file() and Path(e.name).suffix.lower() in suffixes)
 
 
-def describe_test_split(root: Path, rule) -> str:
-    """Where an image folder's test images come from, and which of its images are not read, for `data info`."""
+def describe_test_split(root: Path, rule, *, unread: bool = True) -> str:
+    """Where an image folder's test images come from, and (`unread`) which of its images are not read (what
+    warn_of_loose_images warns of), for `data info`."""
     root = Path(root)
     layout = split_layout(root)
     if layout:
@@ -714,9 +715,9 @@ def describe_test_split(root: Path, rule) -> str:
         labelled = "".join(f"; {printable(p.name)}/ (labelled) not used: {printable(test.name)}/ is the test split"
                            for p in other)
         return (f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled}{labelled})"
-                f"{unread_notes(root, layout)}")
+                f"{unread_notes(root, layout) if unread else ''}")
     return (f"{rule.test_split:.0%} of each class folder (--test-split {rule.test_split}, seed {rule.seed})"
-            f"{unread_notes(root, None)}")
+            f"{unread_notes(root, None) if unread else ''}")
 
 
 def unread_notes(root: Path, layout) -> str:

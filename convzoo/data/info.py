@@ -92,8 +92,9 @@ def print_info(located: Located, as_json: bool) -> int:
         official = f" (official: {spec.sizes[s]:,})" if s in spec.sizes else ""
         print(f"  {s:<12} {n:,} images{official}; per class {info['class_counts'][s]}")
     print(f"  classes      {', '.join(map(class_label, classes))}")
-    if info["test_split"]:  # a folder's: say which folder (or share) is held out, e.g. val/ beside train/
-        print(f"  test split   {info['test_split']}")
+    if spec.folder:  # say which folder (or share) is held out, e.g. val/ beside train/; what it does not read
+        # was the warning above (reading the training split warns of it, as in train)
+        print(f"  test split   {formats.describe_test_split(located.root, spec.folder, unread=False)}")
     if spec.mean:
         print(f"  mean / std   {spec.mean} / {spec.std}")
     for c in located.checks:
