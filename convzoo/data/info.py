@@ -6,11 +6,19 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import atomic_open, write_error
 from ..errors import printable
 from . import formats
 from .fetch import Located
-from .tensors import read_split
+
+
+def decoded(located: Located, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(images, labels, classes) of a split as its reader decodes it (tensors.read_split without the
+    tensors): data info and data sample need no torch, whose import alone takes seconds."""
+    images, labels, classes = located.spec.reader.read(located, split)
+    return images, np.asarray(labels), tuple(classes)
 
 
 def save_samples(located: Located, count: int, folder: Path, as_json: bool = False) -> int:
@@ -23,16 +31,17 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
     from ..errors import WriteError
     from ..report.plots import KIND_KEY, plot_kind
 
-    test = read_split(located, "test")
+    images, labels, classes = decoded(located, "test")
     if not located.spec.reader.official and formats.inside(folder, located.root):
         raise WriteError(f"is inside the data set's folder {located.root}: the samples would become its images; "
                          "choose a folder outside it", folder)
-    if count > len(test):  # else --count 100 of a 6-image test split wrote 6 without a word
-        print(f"warning: only {len(test)} test images: writing {len(test)} of the {count} asked for", file=sys.stderr)
+    if count > len(labels):  # else --count 100 of a 6-image test split wrote 6 without a word
+        print(f"warning: only {len(labels)} test images: writing {len(labels)} of the {count} asked for",
+              file=sys.stderr)
     samples = []
-    for i in range(min(count, len(test))):
-        image = test.images[i].numpy()
-        label = test.classes[int(test.labels[i])].replace("/", "-").replace(" ", "_")
+    for i in range(min(count, len(labels))):
+        image = images[i]
+        label = classes[int(labels[i])].replace("/", "-").replace(" ", "_")
         pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
         samples.append((i, folder / f"test-{i:05d}-{label}.png", pixels))
     for _, path, _ in samples:
@@ -48,7 +57,7 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
     for i, path, pixels in samples:
         with atomic_open(path) as f:
             Image.fromarray(pixels).save(f, format="PNG", pnginfo=mark)
-        print(json.dumps({"path": str(path), "index": i, "class": test.classes[int(test.labels[i])]}) if as_json
+        print(json.dumps({"path": str(path), "index": i, "class": classes[int(labels[i])]}) if as_json
               else printable(str(path)))  # a class name with a newline stays on its line
     return 0
 
@@ -62,8 +71,8 @@ def class_label(name: str) -> str:
 
 def print_info(located: Located, as_json: bool) -> int:
     spec = located.spec
-    splits = {s: read_split(located, s) for s in ("train", "test")}
-    classes = splits["train"].classes  # an image folder's come from its sub-folders
+    splits = {s: decoded(located, s)[1:] for s in ("train", "test")}  # (labels, classes); train first: see formats
+    classes = splits["train"][1]  # an image folder's come from its sub-folders
     if spec.folder and (long := formats.long_class_names(classes)):  # listed here, then refused by train
         print(f"warning: {printable(str(located.root))}: {long[2:]}", file=sys.stderr)
     info = {
@@ -71,9 +80,9 @@ def print_info(located: Located, as_json: bool) -> int:
         # null for a folder of the user's own images: there are no official checksums to verify it against
         "verified": located.verified if spec.reader.official else None,
         "image_shape": list(spec.image_shape), "classes": list(classes),
-        "counts": {s: len(split) for s, split in splits.items()},
+        "counts": {s: len(labels) for s, (labels, _) in splits.items()},
         "official_counts": spec.sizes,
-        "class_counts": {s: split.labels.bincount(minlength=len(classes)).tolist() for s, split in splits.items()},
+        "class_counts": {s: np.bincount(labels, minlength=len(classes)).tolist() for s, (labels, _) in splits.items()},
         "test_split": formats.describe_test_split(located.root, spec.folder) if spec.folder else None,
         "files": {c.path.name: {"path": str(c.path), "status": c.status, "detail": c.detail} for c in located.checks},
     }
