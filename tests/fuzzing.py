@@ -6,10 +6,11 @@ traceback, so a test can assert "exit 0 or a one-line error, never a crash" for 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import cli_env
 
 RUNNER = r"""
 import contextlib, io, json, resource, sys, traceback
@@ -35,7 +36,7 @@ def run_cases(cases: list[list[str]], workdir: Path, *, limit_bytes: int = 3 << 
     """[{argv, rc, stderr}] for every case, run in order in one interpreter limited to `limit_bytes`."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "cases.json").write_text(json.dumps([[str(a) for a in argv] for argv in cases]))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = cli_env()
     proc = subprocess.run([sys.executable, "-c", RUNNER, workdir / "cases.json", workdir / "results.json",
                            str(limit_bytes)], capture_output=True, text=True, timeout=timeout, cwd=workdir, env=env)
     assert proc.returncode == 0, f"fuzz runner died (exit {proc.returncode}): {proc.stderr[-3000:]}"

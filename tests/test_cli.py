@@ -14,7 +14,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
+from conftest import MNIST_DIR, assert_user_error, cli_env, cli_error, need, run_cli
 
 
 @pytest.mark.real_data
@@ -334,7 +334,7 @@ def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
         Image.fromarray(d).save(tmp_path / f"{i:03d}.png")
     command = f"{sys.executable} -m convzoo predict --model lenet5:mnist --json {tmp_path} | head -1"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          env=cli_env())
     assert json.loads(proc.stdout)["class"] == "7"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 141), proc.returncode

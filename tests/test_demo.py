@@ -4,12 +4,11 @@ predict on the real MNIST files, every step's output checked."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 
-from conftest import MNIST_DIR, ROOT, need
+from conftest import MNIST_DIR, ROOT, cli_env, need
 
 
 @pytest.mark.real_data
@@ -20,7 +19,7 @@ def test_make_demo(tmp_path):
     # The preset's recipe in 4 epochs instead of 15 (about 99.1% instead of 99.4%), scored once: a shorter suite.
     proc = subprocess.run(["make", "--no-print-directory", "demo", f"DEMO={demo}",
                            "DEMO_TRAIN=--epochs 4 --eval-every 4", "DEMO_QUANT=--train-limit 6400"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          capture_output=True, text=True, timeout=1200, env=cli_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     accuracy = float(proc.stdout.split("'Accuracy': ")[1].split()[0])
     assert accuracy >= 0.99

@@ -23,7 +23,7 @@ from PIL import Image
 from convzoo.data import formats
 from convzoo.deploy.preprocess import from_dataset
 
-from conftest import MNIST_DIR, ROOT, assert_user_error, need, run_cli
+from conftest import MNIST_DIR, ROOT, assert_user_error, cli_env, need, run_cli
 
 
 def mnist_test(n: int):
@@ -193,7 +193,7 @@ def serving(model, *flags, log: Path, env: dict | None = None):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "convzoo", "serve", "--model", str(model), "--port", "0",
                                  *map(str, flags)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+                                env=cli_env(env))
     import httpx
 
     try:

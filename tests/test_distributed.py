@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MNIST_DIR, assert_user_error, cli_error, need, run_cli
+from conftest import MNIST_DIR, assert_user_error, cli_env, cli_error, need, run_cli
 
 ARGS = ["--model", "lenet5", "--dataset", "mnist", "--data-path", str(MNIST_DIR), "--train-limit", "1280",
         "--batch-size", "64", "--epochs", "2", "--seed", "3", "--augment", "shift", "--threads", "1",
@@ -24,7 +24,7 @@ def torchrun(nproc: int, *args, timeout=600):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "convzoo", "train", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+                          env=cli_env({"OMP_NUM_THREADS": "1"}))
 
 
 @pytest.mark.real_data
@@ -73,7 +73,7 @@ def kill_second_worker(cmd: list[str], run: Path) -> tuple[subprocess.Popen, lis
     """Start `cmd` (a launcher of 2 training workers), SIGKILL its second child once training has
     logged a step; the launcher, the workers' pids and the time of the kill."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env=cli_env())
     log = run / "train.log"
     deadline = time.time() + 120
     while not (log.exists() and "step:" in log.read_text()):

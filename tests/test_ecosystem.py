@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MNIST_DIR, ROOT, SHARED_DATA, assert_user_error, need, run_cli
+from conftest import MNIST_DIR, ROOT, SHARED_DATA, assert_user_error, cli_env, need, run_cli
 
 # A stand-in package that notes who tried to import it, then fails as a missing package does.
 BLOCKED = """import traceback
@@ -236,7 +236,7 @@ def test_readme_python_api_example_runs(tmp_path):
     code = readme_block("## Python API")
     need(MNIST_DIR)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_DATA": str(SHARED_DATA)})
+                          env=cli_env({"CONVZOO_DATA": str(SHARED_DATA)}))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert (tmp_path / "runs" / "api-demo" / "best.pt").is_file()
     assert (tmp_path / "runs" / "api-demo" / "model.onnx").is_file()

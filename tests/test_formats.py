@@ -26,7 +26,8 @@ from convzoo.data.catalog import CIFAR10, MNIST
 from convzoo.engine import rundir
 from convzoo.errors import DataError, WriteError
 
-from conftest import CIFAR_DIR, FASHION_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, need, run_cli
+from conftest import (CIFAR_DIR, FASHION_DIR, MNIST_DIR, ROOT, RunsCode, assert_user_error, cifar_pickle, cli_env, need,
+                      run_cli)
 
 
 @pytest.mark.real_data
@@ -470,7 +471,7 @@ def test_cli_sample_file_size_limit(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "convzoo", "data", "sample", "mnist",
                            "--data-path", str(need(MNIST_DIR)), "--output", str(tmp_path)],
                           capture_output=True, text=True, preexec_fn=limit,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
+                          env=cli_env({"PYTHONDONTWRITEBYTECODE": "1"}), timeout=300)
     assert_user_error(proc, "test-00000-7.png: cannot write: File too large")
     assert list(tmp_path.iterdir()) == []
 

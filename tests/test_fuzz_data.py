@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CIFAR_DIR, MNIST_DIR, ROOT, need
+from conftest import CIFAR_DIR, MNIST_DIR, ROOT, cli_env, need
 
 SEED = int(os.environ.get("CONVZOO_FUZZ_SEED", "1337"))
 IDX_CASES, CIFAR_CASES = 220, 130
@@ -49,8 +49,7 @@ def test_fuzz_data_files(tmp_path):
     proc = subprocess.run([sys.executable, __file__, str(SEED), str(tmp_path)], preexec_fn=limit, cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
                           # one thread, few malloc arenas: the address space then measures the data, not the cores
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "CONVZOO_FUZZ_CASE": "",
-                               "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"})
+                          env=cli_env({"CONVZOO_FUZZ_CASE": "", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}))
     assert proc.returncode == 0, f"fuzz worker died (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["cases"] >= 300 and report["refused"] >= 200 and report["accepted"] >= 20, report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MNIST_DIR, need, run_cli
+from conftest import MNIST_DIR, cli_env, need, run_cli
 
 ARGS = ["--model", "lenet5", "--dataset", "mnist", "--train-limit", "640", "--batch-size", "64", "--epochs", "1",
         "--seed", "5", "--augment", "shift", "--threads", "1", "--print-freq", "5", "--quiet", "--output-dir", "run"]
@@ -47,7 +46,7 @@ def test_two_torchrun_nodes_train_like_one_process(tmp_path):
     single = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
 
     port = free_port()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = cli_env({"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     launchers = []
     for folder in nodes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from conftest import MNIST_DIR, cli_error, need
+from conftest import MNIST_DIR, cli_env, cli_error, need
 from test_deploy import pretrained_onnx  # noqa: F401 - a fixture
 
 
@@ -117,7 +117,7 @@ def test_help_version_and_closed_stdout_are_one_line(tmp_path, args, stdout):
 
     from conftest import ROOT, assert_user_error
 
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = cli_env()
     command = [sys.executable, "-m", "convzoo", *args]
     if stdout == "full":
         with open("/dev/full", "w") as full:
@@ -191,7 +191,7 @@ def test_a_sigterm_inside_a_c_extensions_import_is_terminated(tmp_path, pretrain
     image = tmp_path / "one.png"
     Image.new("L", (28, 28)).save(image)
     argv = [str(pretrained_onnx) if a == "MODEL" else str(image) if a == "IMAGE" else a for a in command]
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHONWARNINGS": "ignore"}
+    env = cli_env({"PYTHONPATH": str(tmp_path / "site")})
     proc = subprocess.run([sys.executable, "-m", "convzoo", *argv], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and proc.stderr.strip() == "convzoo: terminated", proc.stderr
