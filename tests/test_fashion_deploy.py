@@ -84,6 +84,31 @@ def test_a_cut_out_garment_reads_as_on_white():
     assert np.mean(np.array(cut) == np.asarray(labels)) >= 0.8
 
 
+def test_a_light_garment_cut_out_reads_by_its_silhouette():
+    """A white or cream T-shirt cut out on a transparent canvas (a shop's product PNG) was 'blank image:
+    nothing to read' and a guess (Bag): on white, only the transparency held its shape. The same shirt
+    shaded by folds (225-255) too. A canvas with nothing on it stays blank."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    from convzoo.deploy.predict import Predictor
+    from convzoo.models.pretrained import pretrained_path
+
+    shirt = [(150, 80), (350, 80), (450, 180), (390, 230), (350, 190), (350, 450), (150, 450), (150, 190),
+             (110, 230), (50, 180)]
+    images = []
+    for colour in ((255, 255, 255, 255), (245, 240, 230, 255), (40, 40, 40, 255)):
+        image = Image.new("RGBA", (500, 500), (0, 0, 0, 0))
+        ImageDraw.Draw(image).polygon(shirt, fill=colour)
+        images.append(image)
+    folds = np.asarray(images[0]).copy()
+    folds[..., :3] = np.minimum(folds[..., :3], (225 + 30 * np.abs(np.sin(np.arange(500) / 40)))[:, None, None])
+    images += [Image.fromarray(folds, "RGBA"), Image.new("RGBA", (500, 500), (0, 0, 0, 0))]
+    got = Predictor(pretrained_path("lenet5:fashion-mnist")).predict_images(images, topk=1)
+    assert [(r["class"], r.get("blank", False)) for r in got[:4]] == [("T-shirt/top", False)] * 4, got
+    assert got[4]["blank"], got
+
+
 @pytest.mark.real_data
 @pytest.mark.parametrize("model, folder", [("lenet5:mnist", "mnist"), ("lenet5:fashion-mnist", "fashion")])
 def test_a_data_set_image_saved_as_png_reads_as_from_test(model, folder, tmp_path):

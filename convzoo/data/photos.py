@@ -17,8 +17,16 @@ def as_mnist(image: Image.Image, rule: str) -> np.ndarray:
     """A digit ('digit') or garment ('fashion') photo -> float32 28x28 in 0..255, made as MNIST's and
     Fashion-MNIST's images were (mnist_style)."""
     digit = rule == "digit"  # a digit's ink carries no shading; a garment's does, so its light is left as is
-    grey = np.asarray(flatten_alpha(standard_mode(image), None if digit else TRANSPARENT).convert("L"), dtype=np.float32)
-    return mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
+    image = standard_mode(image)
+    grey = np.asarray(flatten_alpha(image, None if digit else TRANSPARENT).convert("L"), dtype=np.float32)
+    made = mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
+    if not digit and not made.any() and image.mode in ("RGBA", "LA"):
+        # A light garment cut out of its photo (a white T-shirt): on white, its product photos' background,
+        # only the transparency held its shape, and it read as a blank image. Its silhouette on black is
+        # what there is to read (a garment that shows on white reads as on white: its shading is kept).
+        grey = np.asarray(flatten_alpha(image, 0.0).convert("L"), dtype=np.float32)
+        made = mnist_style(grey, box=28, by_mass=False)
+    return made
 
 
 def as_mnist_uint8(image: Image.Image, rule: str) -> np.ndarray:
