@@ -368,7 +368,7 @@ def test_data_without_the_models_classes_is_refused_first_naming_the_command(tmp
     with monkeypatch.context() as m:  # (eval --model FILE reads the data through the same function)
         m.setattr(tensors, "locate", lambda *a, **k: pytest.fail("the data set was located"))
         one_error(*cli(capsys, "eval", "--ckpt", best, "--dataset", "mnist"), f"{best}: {missing} (0, 1, 2,",
-                  "eval needs a data set whose class names the model shares")
+                  "eval needs images of the model's classes")
     code, err = cli(capsys, "eval", "--ckpt", best, "--data-path", tmp_path / "other")
     one_error(code, err, f"{missing} (ant, bee, cow): eval needs")
     assert "test split" not in err, err  # it said "0 test files now": the model's classes are not there
@@ -392,11 +392,38 @@ def test_a_digit_model_scores_a_folder_of_photos_as_predict_reads_them(tmp_path)
         photo = ImageOps.invert(Image.fromarray(image).resize((84, 84), Image.Resampling.BILINEAR))
         photo.save(root / str(label) / f"{i:03d}.png")
     result = convzoo.evaluate("lenet5:mnist", dataset="folder", data_path=root)
-    assert int(result.confusion.sum()) == 60 and result.accuracy >= 0.95, result.accuracy  # 20% of each class
+    # every image: the model was trained on none of them (it scored a 20% share, 60 images)
+    assert int(result.confusion.sum()) == 300 and result.accuracy >= 0.95, result.accuracy
     test_files = sorted(p for p in root.rglob("*.png"))
     predicted = [r["class"] for r in convzoo.predict("lenet5:mnist", test_files)]
     agree = np.mean([p == f.parent.name for p, f in zip(predicted, test_files)])
     assert agree >= 0.95, agree
+
+
+def test_a_digit_model_scores_a_folder_of_some_of_its_classes(tmp_path, capsys):
+    """A folder of 1s and 7s (or of 7s alone) scored by the MNIST model was refused ("the model's classes
+    '0', '2', ... are not in this data set (1, 7): eval needs a data set whose class names the model
+    shares"), and a class holding one photo was never scored. Now every image of the folder is scored, the
+    model's other classes n/a; a class the model does not have is refused, named."""
+    import convzoo
+
+    images, labels = mnist_test(200)
+    picked = [i for i in range(200) if labels[i] in (1, 7)][:21]
+    for i in picked:
+        (tmp_path / "some" / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "some" / str(labels[i]) / f"{i}.png").write_bytes(png_bytes(images[i, 0]))
+    result = convzoo.evaluate("lenet5:mnist", dataset="folder", data_path=tmp_path / "some", threads=1)
+    counts = result.confusion.sum(1).tolist()
+    assert sum(counts) == 21 and [k for k, n in enumerate(counts) if n] == [1, 7], counts
+    assert result.accuracy >= 0.9 and result.per_class[0] is None, result
+    seven = next(i for i in picked if labels[i] == 7)
+    (tmp_path / "one" / "7").mkdir(parents=True)
+    (tmp_path / "one" / "7" / "a.png").write_bytes(png_bytes(images[seven, 0]))
+    assert convzoo.evaluate("lenet5:mnist", dataset="folder", data_path=tmp_path / "one").confusion[7, 7] == 1
+    (tmp_path / "some" / "cat").mkdir()
+    (tmp_path / "some" / "cat" / "a.png").write_bytes(png_bytes(images[0, 0]))
+    one_error(*cli(capsys, "eval", "--model", "lenet5:mnist", "--dataset", "folder", "--data-path", tmp_path / "some"),
+              "the data set's classes 'cat' are not among the model's (0, 1, 2,", "eval scores images of the model's")
 
 
 def test_eval_of_a_folder_model_with_dataset_folder_keeps_its_split(tmp_path, capsys):

@@ -78,6 +78,9 @@ class FolderRule:
     channels: int = 1  # 1: grey, 3: RGB
     test_split: float = 0.2  # of each class held out for testing, unless the folder has train/ + test/
     seed: int = 0  # of that split
+    # Every image of a folder whose classes are not split by hand is a test image (none for training):
+    # how a model of another data set, trained on none of them, is scored on it. Not recorded.
+    every_image: bool = False
     # image -> uint8 (channels, image_size, image_size) instead of the plain resize: a digit model scored
     # on a folder of photos reads them as predict does (data/photos.py). Not recorded: eval's alone.
     decode: Callable | None = field(default=None, compare=False)

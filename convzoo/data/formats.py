@@ -551,10 +551,11 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
     else:
         folders = class_folders(root, root)
         check_not_split(folders, root)
-        classes = checked_classes(folders, root)
+        classes = checked_classes(folders, root, least=1 if rule.every_image else 2)
         files = {"train": [], "test": []}
         for i, c in enumerate(classes):
-            train, test = split_class(class_images(root / c, root), c, rule)
+            images = class_images(root / c, root)
+            train, test = ([], images) if rule.every_image else split_class(images, c, rule)
             files["train"] += [(f, i) for f in train]
             files["test"] += [(f, i) for f in test]
         if not files["test"]:  # eval would score nothing, training would report a test accuracy of 0
@@ -791,8 +792,9 @@ def skipped(name: str) -> bool:
     return name.startswith(".") or name == MACOS_METADATA
 
 
-def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
-    """The class names of `folders` (class_folders'), each checked, and the folders distinct."""
+def checked_classes(folders: list[Path], folder: Path, least: int = 2) -> tuple[str, ...]:
+    """The class names of `folders` (class_folders'), each checked, and the folders distinct; `least`: 2
+    for a classifier trained on them, 1 to score a model of another data set on them."""
     classes = tuple(p.name for p in folders)
     for name in classes:
         check_class_name(name, folder)
@@ -800,7 +802,7 @@ def checked_classes(folders: list[Path], folder: Path) -> tuple[str, ...]:
     if not classes:
         raise DataError("no class folders: expected one sub-folder of images per class (or train/ and test/ "
                         "holding them)", folder)
-    if len(classes) == 1:
+    if len(classes) < least:
         raise DataError(f"only one class folder ({classes[0]!r}); a classifier needs at least two", folder)
     # Two class folders that are one, or one inside the other, through a link in the data set (`kitty ->
     # cat`, `kitty -> cat/sub`, `all -> .`): their images would be two classes, labelled wrong half the time.

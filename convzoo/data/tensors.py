@@ -71,8 +71,8 @@ def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=No
         print(located.warning(), file=sys.stderr)
     train = None if test_only else read_split(located, "train")
     test = read_split(located, "test")
-    if spec.folder:  # statistics of the user's own images: their training split's
-        mean, std = formats.channel_stats(train.images.numpy())
+    if spec.folder:  # statistics of the user's own images: their training split's (all of them: every_image)
+        mean, std = formats.channel_stats((train if len(train) else test).images.numpy())
         located.spec = replace(spec, classes=train.classes, mean=mean, std=std, title=f"image folder {located.root}")
     return train, test, located
 
@@ -100,23 +100,44 @@ def select_classes(split: Split, classes: list[int] | None) -> Split:
     return Split(split.images[mask], lookup[split.labels[mask]], tuple(split.classes[c] for c in classes))
 
 
-def select_classes_by_name(split: Split, names, path, command: str) -> Split:
-    """The part of `split` whose classes a model was trained on, relabelled to the model's order."""
+def select_classes_by_name(split: Split, names, path, command: str, fewer: bool = False) -> Split:
+    """The part of `split` whose classes a model was trained on, relabelled to the model's order; with
+    `fewer` (scoring), a data set of only some of the model's classes is taken whole, each image labelled
+    by its class's place among the model's."""
     if list(split.classes) == list(names):
         return split
-    check_class_names(names, split.classes, path, command)
-    return select_classes(split, [split.classes.index(n) for n in names])
+    check_class_names(names, split.classes, path, command, fewer)
+    if all(n in split.classes for n in names):
+        return select_classes(split, [split.classes.index(n) for n in names])
+    lookup = torch.tensor([list(names).index(c) for c in split.classes], dtype=torch.long)
+    return Split(split.images, lookup[split.labels], tuple(names))
 
 
-def check_class_names(names, have, path, command: str) -> None:
-    """Every one of a model's class `names` among a data set's classes `have`; `command`, the one run
-    (eval, export --int8, ...), is named in the refusal."""
+def check_class_names(names, have, path, command: str, fewer: bool = False) -> None:
+    """Every one of a model's class `names` among a data set's classes `have`, or with `fewer` (scoring:
+    eval, predict --from-test) every one of `have` among `names`; `command`, the one run (eval, export
+    --int8, ...), is named in the refusal."""
     missing = [n for n in names if n not in have]
-    if missing:  # at most a few names each: a 1,000-class model's list made a 13,000-character line
-        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
-        listed = ", ".join(have[:20]) + (", ..." if len(have) > 20 else "")
-        raise DataError(f"the model's classes {shown} are not in this data set ({listed}): {command} needs a data "
-                        "set whose class names the model shares", path)
+    if not missing:
+        return
+    extra = [c for c in have if c not in names]
+    if fewer and not extra:  # a folder of some of the model's classes (photos of 1s and 7s for a digit model)
+        return
+    if fewer and len(extra) < len(have):
+        raise DataError(f"the data set's classes {few(extra)} are not among the model's ({some(names)}): {command} "
+                        "scores images of the model's classes only", path)
+    need = "images of the model's classes" if fewer else "a data set that holds every one of them"
+    raise DataError(f"the model's classes {few(missing)} are not in this data set ({some(have)}): {command} needs "
+                    f"{need}", path)
+
+
+def few(names) -> str:
+    """At most five names, quoted: a 1,000-class model's list made a 13,000-character line."""
+    return ", ".join(map(repr, names[:5])) + (f" and {len(names) - 5:,} more" if len(names) > 5 else "")
+
+
+def some(names) -> str:
+    return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
 
 
 def load_model_data(meta: dict, path=None, *, command: str = "eval", dataset: str | None = None, data_path=None,
@@ -138,31 +159,33 @@ def load_model_data(meta: dict, path=None, *, command: str = "eval", dataset: st
                             "deleted); pass --data-path FOLDER", recorded)
         train, test, located = load_dataset(meta["dataset"], data_path or recorded,
                                             folder=FolderRule.from_dict(rule), test_only=test_only)
-        test = select_classes_by_name(test, names, path, command)
+        test = select_classes_by_name(test, names, path, command, fewer=test_only)
         # after the class check: a folder without the model's classes has no split of them to compare
         warn_if_split_changed(rule.get("split"), located, names, path)
     else:
         spec = get_spec(dataset or meta["dataset"])
         if not spec.folder:  # the catalog names its classes: refused before any file is located or downloaded
-            check_class_names(names, spec.classes, path, command)
+            check_class_names(names, spec.classes, path, command, fewer=test_only)
         folder = photo_folder_rule(meta)  # a model of another data set on a folder
         train, test, _ = load_dataset(spec.name, data_path, folder=folder, test_only=test_only)
-        test = select_classes_by_name(test, names, path, command)
-    return None if train is None else select_classes_by_name(train, names, path, command), test
+        test = select_classes_by_name(test, names, path, command, fewer=test_only)
+    return None if train is None or test_only else select_classes_by_name(train, names, path, command), test
 
 
 def photo_folder_rule(meta: dict) -> FolderRule:
     """How an image folder is read for a model of another data set: as predict reads photos. A digit or
     garment model sees each image made MNIST-style (28x28, ink light on black, centred; scored on plain
     resizes, dark digits on white paper scored 0.18 where predict read every one right); any other model
-    sees it resized to its input, in its channels."""
+    sees it resized to its input, in its channels. The model was trained on none of the images: all of
+    them are scored (a folder split by hand: its test folder), not a held-out share."""
     channels = meta["input"]["channels"]
     photos = meta.get("preprocess") or preprocess_rule(meta.get("dataset", ""))
     if channels == 1 and photos in ("digit", "fashion"):
         from .photos import as_mnist_uint8
 
-        return FolderRule(image_size=28, channels=1, decode=functools.partial(as_mnist_uint8, rule=photos))
-    return FolderRule(channels=channels)
+        return FolderRule(image_size=28, channels=1, decode=functools.partial(as_mnist_uint8, rule=photos),
+                          every_image=True)
+    return FolderRule(channels=channels, every_image=True)
 
 
 def warn_if_split_changed(recorded: dict | None, located: Located, class_names, path=None) -> None:
