@@ -192,17 +192,17 @@ def bad_folders(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     (tmp / "one" / "cat").mkdir(parents=True)
     (tmp / "one" / "cat" / "a.png").write_bytes(digit_png())
     cases["one class"] = (tmp / "one", [str(tmp / "one"), "only one class folder ('cat')"])
-    for name in ("no images", "hidden and outside"):
+    for name in ("no images", "hidden and broken"):
         (tmp / name / "a").mkdir(parents=True)
         (tmp / name / "a" / "a.png").write_bytes(digit_png())
         (tmp / name / "b").mkdir()
     (tmp / "no images" / "b" / "readme.txt").write_text("hello")
     cases["no images"] = (tmp / "no images", [str(tmp / "no images" / "b"), "no image files"])
-    # A hidden image and a link to an image outside the folder count for nothing.
-    (tmp / "hidden and outside" / "b" / ".x.png").write_bytes(digit_png())
-    (tmp / "outside.png").write_bytes(digit_png())
-    (tmp / "hidden and outside" / "b" / "link.png").symlink_to(tmp / "outside.png")
-    cases["hidden and outside"] = (tmp / "hidden and outside", [str(tmp / "hidden and outside" / "b"),
+    # A hidden image, a broken link and a link loop count for nothing.
+    (tmp / "hidden and broken" / "b" / ".x.png").write_bytes(digit_png())
+    (tmp / "hidden and broken" / "b" / "link.png").symlink_to(tmp / "nowhere.png")
+    (tmp / "hidden and broken" / "b" / "loop.png").symlink_to("loop.png")
+    cases["hidden and broken"] = (tmp / "hidden and broken", [str(tmp / "hidden and broken" / "b"),
                                                                 "no image files"])
     png = digit_png()
     for name, payload, message in (("corrupt", png[:50] + b"\xff" * 20 + png[70:], "corrupt or truncated image"),
@@ -250,7 +250,7 @@ def test_fifos_devices_and_broken_links_are_skipped(tmp_path):
         (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
         (root / "ab"[i % 2] / f"{i}.png").write_bytes(digit_png(i))
     os.mkfifo(root / "b" / "fifo.png")
-    (root / "a" / "zero.png").symlink_to("/dev/zero")  # leaves the folder: skipped like any such link
+    (root / "a" / "zero.png").symlink_to("/dev/zero")  # a link to a device: no regular file
     for odd in ("fifo", "broken link"):
         if odd == "broken link":
             (root / "a" / "dangling.png").symlink_to(root / "a" / "nowhere.png")
@@ -259,6 +259,29 @@ def test_fifos_devices_and_broken_links_are_skipped(tmp_path):
     proc = run_cli("train", "--model", "lenet5", "--dataset", "folder", "--data-path", root, "--epochs", 1,
                    "--batch-size", 2, "--threads", 1, "--output-dir", tmp_path / "run", timeout=120, check=0)
     assert "(4 train / 2 test)" in proc.stdout and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_links_to_images_and_class_folders_elsewhere_are_read(tmp_path, capsys):
+    """A split made of links into one pool of images (a class folder linking to a folder elsewhere, image
+    files linking to files elsewhere), as torchvision's ImageFolder reads it: the links leaving the folder
+    were skipped without a word (48 of 72 images: "only one class folder ('2')" for a folder of three).
+    Two links in two classes to one image are refused, naming both."""
+    pool, root = tmp_path / "pool", tmp_path / "split"
+    for i in range(12):
+        (pool / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        (pool / "ab"[i % 2] / f"{i}.png").write_bytes(digit_png(i))
+    (root / "c").mkdir(parents=True)
+    for i in range(4):
+        (root / "c" / f"{i}.png").write_bytes(digit_png(12 + i))
+    (root / "a").symlink_to(pool / "a", target_is_directory=True)
+    (root / "b").mkdir()
+    for i in range(1, 12, 2):
+        (root / "b" / f"link{i}.png").symlink_to(pool / "b" / f"{i}.png")
+    info = json.loads(run_cli("data", "info", "folder", "--data-path", root, "--json").stdout)
+    assert info["classes"] == ["a", "b", "c"] and info["class_counts"] == {"train": [5, 5, 3], "test": [1, 1, 1]}, info
+    (root / "c" / "twin.png").symlink_to(pool / "b" / "1.png")
+    one_error(*cli(capsys, "data", "info", "folder", "--data-path", root), f"{root}/c/twin.png: links to",
+              "which a link in class folder 'b' links to as well", "two classes ('c' and 'b')")
 
 
 def test_too_much_to_decode_is_refused_before_decoding(tmp_path, capsys, monkeypatch):

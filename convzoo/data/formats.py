@@ -547,14 +547,14 @@ def list_folder(root: Path, rule) -> tuple[tuple[str, ...], dict[str, list[tuple
         raise DataError("not a folder", root)
     layout = split_layout(root)
     if layout:
-        classes, files = split_folder_files(root, *layout[:2])
+        classes, files = split_folder_files(*layout[:2])
     else:
-        folders = class_folders(root, root)
+        folders = class_folders(root)
         check_not_split(folders, root)
         classes = checked_classes(folders, root, least=1 if rule.every_image else 2)
         files = {"train": [], "test": []}
         for i, c in enumerate(classes):
-            images = class_images(root / c, root)
+            images = class_images(root / c)
             train, test = ([], images) if rule.every_image else split_class(images, c, rule)
             files["train"] += [(f, i) for f in train]
             files["test"] += [(f, i) for f in test]
@@ -583,13 +583,13 @@ def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
     valid/ or validation/), None for one folder per class. Class folders with images beside the splits
     are refused (check_no_stray_classes)."""
     by_name: dict[str, list[Path]] = {}
-    for p in class_folders(root, root):
+    for p in class_folders(root):
         by_name.setdefault(p.name.lower(), []).append(p)
     train = [p for name in TRAIN_FOLDERS for p in by_name.get(name, [])]
     tiers = [found for tier in TEST_FOLDERS if (found := [p for name in tier for p in by_name.get(name, [])])]
     if not train or not tiers:
         return None
-    labelled = [[p for p in tier if holds_class_folders(p, root)] for tier in tiers]
+    labelled = [[p for p in tier if holds_class_folders(p)] for tier in tiers]
     # None labelled: the first tier's, refused in split_folder_files for holding no class folders.
     chosen = next((i for i, tier in enumerate(labelled) if tier), None)
     test = tiers[0] if chosen is None else labelled[chosen]
@@ -605,8 +605,8 @@ def split_layout(root: Path) -> tuple[Path, Path, list[Path]] | None:
 def check_no_stray_classes(root: Path, train: Path, test: Path, split_folders: set[Path]) -> None:
     """Refuse class folders with images beside train/ + test/: only the split folders are read, so their
     images would be left out without a word, and whether they are classes or a split is not ours to guess."""
-    others = [p for p in class_folders(root, root) if p != train and p not in split_folders]
-    counts = {p: n for p in others if (n := len(image_paths(p, root)))}
+    others = [p for p in class_folders(root) if p != train and p not in split_folders]
+    counts = {p: n for p in others if (n := len(image_paths(p)))}
     if not counts:
         return
     names = ", ".join(f"{printable(p.name)}/" for p in list(counts)[:5])
@@ -617,11 +617,11 @@ def check_no_stray_classes(root: Path, train: Path, test: Path, split_folders: s
                     f"move them into {train_name}/ (or {test_name}/), or out of this folder", root)
 
 
-def holds_class_folders(folder: Path, root: Path) -> bool:
+def holds_class_folders(folder: Path) -> bool:
     """Does `folder` hold a class folder (a sub-folder, skipped ones aside)? Stops at the first: a flat
     test/ of thousands of unlabelled images costs one directory listing."""
     try:
-        return any(not skipped(e.name) and e.is_dir() and inside(Path(e.path), root) for e in os.scandir(folder))
+        return any(not skipped(e.name) and e.is_dir() for e in os.scandir(folder))
     except OSError as exc:
         raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
 
@@ -643,18 +643,18 @@ def holds_image_classes(root: Path) -> bool:
         return False
 
 
-def split_folder_files(root: Path, train_dir: Path, test_dir: Path):
+def split_folder_files(train_dir: Path, test_dir: Path):
     """(class names, {split: [(file, label)]}) of a folder split by hand: the classes are the training
     folder's; the test folder may lack some, not add any."""
-    train_folders, test_folders = class_folders(train_dir, root), class_folders(test_dir, root)
+    train_folders, test_folders = class_folders(train_dir), class_folders(test_dir)
     classes = checked_classes(train_folders, train_dir)
     unknown = [p for p in test_folders if p.name not in classes]
     if unknown:
         raise unknown_test_class(unknown[0], classes, train_dir.name)
     check_crossed_links(train_folders, test_folders, test_dir)
-    files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(d / c, root, s == "train")]
+    files = {s: [(f, i) for i, c in enumerate(classes) for f in class_images(d / c, s == "train")]
              for s, d in (("train", train_dir), ("test", test_dir))}
-    if not files["test"] and not holds_class_folders(test_dir, root):  # Kaggle's test/ without its val/
+    if not files["test"] and not holds_class_folders(test_dir):  # Kaggle's test/ without its val/
         raise DataError("no class folders: its images are unlabelled, so no accuracy can be taken from them; sort "
                         "them into one sub-folder per class (beside train/, a test/ or val/ holding class folders is "
                         "the test split)", test_dir)
@@ -711,8 +711,8 @@ def describe_test_split(root: Path, rule, *, unread: bool = True) -> str:
         train, test, passed = layout
         unlabelled = "".join(f"; {printable(p.name)}/ holds no class folders (unlabelled images): not used"
                              for p in passed)
-        other = [p for p in class_folders(root, root) if p.name.lower() in SPLIT_NAMES and p not in (train, test)
-                 and p not in passed and holds_class_folders(p, root)]  # valid/ beside test/
+        other = [p for p in class_folders(root) if p.name.lower() in SPLIT_NAMES and p not in (train, test)
+                 and p not in passed and holds_class_folders(p)]  # valid/ beside test/
         labelled = "".join(f"; {printable(p.name)}/ (labelled) not used: {printable(test.name)}/ is the test split"
                            for p in other)
         return (f"{printable(test.name)}/ (training images: {printable(train.name)}/{unlabelled}{labelled})"
@@ -779,11 +779,11 @@ def split_fingerprint(root: Path, rule, class_names) -> dict:
     return {"test_files": len(paths), "test_sha256": digest}
 
 
-def class_folders(folder: Path, root: Path) -> list[Path]:
-    """The class folders of `folder`, sorted by name: hidden ones, macOS zips' __MACOSX and links leaving
-    `root` skipped."""
-    return sorted((p for p in folder.iterdir() if not skipped(p.name) and p.is_dir() and inside(p, root)),
-                  key=lambda p: p.name)
+def class_folders(folder: Path) -> list[Path]:
+    """The class folders of `folder`, sorted by name: hidden ones and macOS zips' __MACOSX skipped. A link
+    to a folder elsewhere is a class folder, as in torchvision's ImageFolder (a split made of links into
+    one pool of images); a broken link or a loop is none."""
+    return sorted((p for p in folder.iterdir() if not skipped(p.name) and p.is_dir()), key=lambda p: p.name)
 
 
 def skipped(name: str) -> bool:
@@ -835,19 +835,25 @@ def check_crossed_links(train_folders: list[Path], test_folders: list[Path], tes
 
 
 def check_linked_files(files: dict, class_dirs: dict[Path, int], classes) -> None:
-    """A file link into another class's folder (a/link.png -> ../b/0.png) puts one image in two classes,
-    as a class folder linking to another would (checked_classes): refused, naming both. A link within
-    its class (test/a -> train/a, a copy held out) is left to the byte-identical warning."""
+    """A file link into another class's folder (a/link.png -> ../b/0.png), or two links in two classes to
+    one image elsewhere, puts one image in two classes, as a class folder linking to another would
+    (checked_classes): refused, naming both. A link within its class (test/a -> train/a, a copy held out)
+    is left to the byte-identical warning."""
     owners = [(d.resolve(), label) for d, label in class_dirs.items()]
+    elsewhere: dict[Path, int] = {}  # targets outside every class folder -> the class linking to them
     for chosen in files.values():
         for path, label in chosen:
             if not path.is_symlink():  # walk_files enters no linked folder: the file itself is the link
                 continue
             target = path.resolve()
-            other = next((y for d, y in owners if target.is_relative_to(d) and y != label), None)
-            if other is not None:
-                raise DataError(f"links to {printable(str(target))} in class folder '{printable(classes[other])}': "
-                                f"the same image would be two classes ('{printable(classes[label])}' and "
+            other = next((y for d, y in owners if target.is_relative_to(d)), None)
+            where = "in class folder"
+            if other is None:
+                other, where = elsewhere.setdefault(target, label), "which a link in class folder"
+            if other != label:
+                also = " links to as well" if where.startswith("which") else ""
+                raise DataError(f"links to {printable(str(target))} {where} '{printable(classes[other])}'{also}: the "
+                                f"same image would be two classes ('{printable(classes[label])}' and "
                                 f"'{printable(classes[other])}'); remove the link", path)
 
 
@@ -884,10 +890,10 @@ def check_lookalikes(classes: tuple[str, ...], folder: Path) -> None:
                             "normalisations (NFC and NFD), so they look identical; merge them or rename one", folder)
 
 
-def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
+def class_images(folder: Path, required: bool = True) -> list[Path]:
     """The image files under one class folder (image_paths), each within the size an image may have;
     none is an error if `required`."""
-    found = image_paths(folder, root)
+    found = image_paths(folder)
     if not found and required:
         raise DataError(f"no image files ({' '.join(sorted(image_files.image_suffixes()))})", folder)
     for f in found:
@@ -897,16 +903,16 @@ def class_images(folder: Path, root: Path, required: bool = True) -> list[Path]:
     return found
 
 
-def image_paths(folder: Path, root: Path) -> list[Path]:
+def image_paths(folder: Path) -> list[Path]:
     """The image files under `folder` (sub-folders included), sorted; extensions matched in any case.
-    Skipped like hidden files and links leaving `root`: anything that is not a regular file (a FIFO or
-    device named *.png would block or never end when read, a broken link fails)."""
+    Skipped like hidden files: anything that is not a regular file (a FIFO or device named *.png would
+    block or never end when read, a broken link or a loop fails); a link to an image elsewhere is read."""
     suffixes = set(image_files.image_suffixes())
     found = []
     if folder.is_dir():  # walk_files: no recursion (a deep tree), linked folders not entered
         found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes
                  and MACOS_METADATA not in f.relative_to(folder).parts]
-    return sorted(f for f in found if inside(f, root) and f.is_file())  # is_file: regular, links followed
+    return sorted(f for f in found if f.is_file())  # is_file: regular, links followed
 
 
 def inside(path: Path, root: Path) -> bool:
