@@ -188,10 +188,14 @@ class TrainingRun:
             self.loggers.close(ok=False)
             raise
         val_part = f" / {len(val_split)} val" if val_split is not None else ""
+        # Passes are of full batches (a BatchNorm net cannot train on a batch of one): say what a small folder loses
+        left = len(train_split) - natural * cfg.batch_size if world == 1 and not cfg.steps_per_epoch else 0
+        left_part = (f" ({left} of the {len(train_split)} images left out of each pass, the last partial batch, "
+                     "a different one each epoch)") if left else ""
         log.line(f"convzoo train: {cfg.model} on {data_spec.title} ({len(train_split)} train / {len(test_split)} test"
                  f"{val_part}), device {device}, threads {threads}, world size {world}"
                  f"{' (BatchNorm synchronised)' if cfg.sync_bn and world > 1 else ''}, {cfg.epochs} epochs x {spe} "
-                 f"steps, batch {cfg.batch_size}, output {out}",
+                 f"steps, batch {cfg.batch_size}{left_part}, output {out}",
                  event="start", model=cfg.model, dataset=data_spec.name, device=str(device), threads=threads,
                  world_size=world, epochs=cfg.epochs, steps_per_epoch=spe, output_dir=str(out))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
