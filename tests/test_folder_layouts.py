@@ -249,8 +249,11 @@ def test_data_info_names_the_images_it_does_not_read(tmp_path, capsys):
     # train said nothing of the images it left out: one warning line, the run goes on
     assert main(["train", "--model", "lenet5", "--dataset", "folder", "--data-path", str(flat), "--epochs", "1",
                  "--batch-size", "4", "--threads", "1", "--output-dir", str(tmp_path / "run")]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "in no class folder" in line]
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if "in no class folder" in line]
     assert warned == [f"warning: {flat}: 3 image files directly in flat/: in no class folder, not used"], warned
+    # 6 training images at batch 4: one step a pass, and the start line says what it leaves out
+    assert "1 epochs x 1 steps, batch 4 (2 of the 6 images left out of each pass" in out, out
 
 def test_class_folders_beside_the_split_folders_are_refused(tmp_path, capsys):
     """a/ and b/ (6 images each) beside train/ + test/ were left out without a word ("train 2 images");
