@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", "--data_path", dest="data_path")
     p.add_argument("--mirror", action="append", help="base URL to download from (repeatable; tried in order)")
     p.add_argument("--timeout", type=number(float, 0.1, 3600), default=30, help="seconds per network read")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout (sample: one per PNG, a line each: JSON Lines)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (sample: one per PNG, a line each: "
+                        "JSON Lines)")
     # How `folder` is read, as train reads it (a run with --test-split 0.5 holds out another split):
     # checked as train checks them, and refused with a catalog data set (cmd_data's folder_rule).
     p.add_argument("--test-split", type=float, help="folder: the fraction of each class held out (as train's)")
@@ -282,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_describe_flags(p)
     p.add_argument("--tta", choices=TTA_CHOICES, help="checkpoints: test-time augmentation (default: the one the "
                                                       "run was scored with, from its config)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout (accuracy, per_class, confusion) instead of the table")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (accuracy, per_class, confusion) "
+                        "instead of the table")
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and MACs")
@@ -327,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--data-path", "--data_path", dest="data_path", help="data for the int8 calibration and checks")
     p.add_argument("--exist-ok", action="store_true", help="overwrite an existing --output")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout (path, max_abs_diff or int8 details) instead of the line")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (path, max_abs_diff or int8 "
+                        "details) instead of the line")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("convert", help="another trainer's state_dict -> a convzoo checkpoint (for eval, predict, "
@@ -346,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model.onnx, a convzoo checkpoint, or NAME:DATASET")
     p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or quoted patterns like 'shots/*.jpg'")
     p.add_argument("--topk", type=number(int, 1, 1000), default=3, help="how many classes to list, 1..1000; a model with fewer classes lists all of them")
-    p.add_argument("--json", action="store_true", help="JSON Lines: one JSON object per image, one line each (python -m json.tool --json-lines reads them)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines: one JSON object per image, one line each (python "
+                        "-m json.tool --json-lines reads them)")
     p.add_argument("--from-test", type=number(int, 1, 100_000), metavar="N",
                    help="predict the first N test images instead")
     p.add_argument("--grid", help="with --from-test: where to write the 5x5 grid (default grid.png, which is not "

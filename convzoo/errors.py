@@ -68,6 +68,22 @@ UNUSABLE_PATH = {errno.ENAMETOOLONG: "file name too long (the file system's limi
                  errno.ELOOP: "a symbolic link loop (the link leads back to itself)"}
 
 
+def not_found(path, message: str) -> str:
+    """`message` ('checkpoint not found') for a path that is not there, unless it is a link: a link loop, or
+    a link to nothing, was 'not found' (a run's looping last.pt: 'start it over with --exist-ok')."""
+    import os
+
+    if not os.path.islink(path):
+        return message
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return UNUSABLE_PATH[errno.ELOOP]
+        return f"a broken link (to {os.readlink(path)}, which is not there)"
+    return message
+
+
 def path_error(exc: BaseException) -> PathError | None:
     """The PathError behind an OSError of that kind, or pathlib's RuntimeError for a link loop (Python
     3.11's resolve()), else None. Caught once where commands and API calls end, as any path the user

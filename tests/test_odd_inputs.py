@@ -302,9 +302,20 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
     Path("loop.onnx").symlink_to("loop.onnx")
     cli_error(capsys, "export", "--ckpt", "lenet5:mnist", "--output", "loop.onnx",
               fragments=("loop.onnx", "symbolic link loop"))
+    # read, a loop was "model file not found", "no such folder", and a run's looping last.pt "start it over
+    # with --exist-ok"; a link to nothing, "not found"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: lenet5\n")
+    (tmp_path / "run" / "last.pt").symlink_to("last.pt")
+    Path("gone.pt").symlink_to("nowhere.pt")
+    for args, path in ((["predict", "--model", "loop.onnx", "digit.png"], "loop.onnx"),
+                       (["eval", "--ckpt", "lenet5:mnist", "--data-path", "loop.onnx"], "loop.onnx"),
+                       (["eval", "--ckpt", tmp_path / "run" / "last.pt"], tmp_path / "run" / "last.pt")):
+        cli_error(capsys, *args, fragments=(f"{path}: a symbolic link loop",))
+    cli_error(capsys, "eval", "--ckpt", "gone.pt", fragments=("gone.pt: a broken link (to nowhere.pt, which is not there)",))
     for call in (lambda: convzoo.predict("lenet5:mnist", long_name(rng, ".png")),
                  lambda: convzoo.load(long_name(rng, ".onnx")),
                  lambda: convzoo.export("lenet5:mnist", long_name(rng, ".onnx"))):
         with pytest.raises(PathError, match="file name too long"):
             call()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "loop.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "gone.pt", "loop.onnx", "run"]

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from ..atomic import atomic_path, remove_stale_temps
 from ..cache import cache_root
-from ..errors import ConfigError, DataError, DownloadError
+from ..errors import ConfigError, DataError, DownloadError, not_found
 from .catalog import DatasetSpec, FileSpec
 from .formats import PICKLE_PROTO, cifar_pickle_limit, decode_cifar_batch, gunzip_capped, holds_image_classes
 
@@ -100,7 +100,8 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
     `splits`: the splits needed (None: all). A folder holding their files is enough (eval reads the
     test files alone); when none has them, the whole data set is downloaded as usual."""
     if data_path is not None and not Path(data_path).is_dir():
-        raise DataError("--data-path is not a folder" if Path(data_path).exists() else "no such folder (--data-path)",
+        raise DataError("--data-path is not a folder" if Path(data_path).exists()
+                        else not_found(data_path, "no such folder (--data-path)"),
                         data_path)
     if not spec.reader.official:  # the user's own folder: no files to find, verify or download
         if data_path is None:

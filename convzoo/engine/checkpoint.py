@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_open
-from ..errors import CheckpointError, ConfigError, first_line, printable
+from ..errors import CheckpointError, ConfigError, first_line, not_found, printable
 from ..metadata import META_KEY, check_model_meta, check_version, is_int, is_onnx, is_real, parse_json_meta
 from ..models import pretrained
 
@@ -64,14 +64,15 @@ def source(path: Path, data: bytes | None):
 def model_file(path) -> Path:
     """`path` (or a NAME:DATASET's shipped file), checked to be a file."""
     path = pretrained.resolve(path)
-    if path.name == "last.pt" and not path.exists() and (path.parent / "config.yaml").is_file():
+    if (path.name == "last.pt" and not path.exists() and not path.is_symlink()
+            and (path.parent / "config.yaml").is_file()):
         # A run killed in its first epoch: `train --resume` (which reads last.pt) has nothing to continue.
         raise CheckpointError("no checkpoint to resume from yet: the run in this folder stopped before writing "
                               "last.pt (at the end of its first epoch, or every --save-every steps); start it over "
                               "with --exist-ok", path)
     if not path.is_file():
-        raise CheckpointError("checkpoint not found" if not path.exists() else "not a regular file (a folder, "
-                              "device or pipe); give the checkpoint file itself", path)
+        raise CheckpointError(not_found(path, "checkpoint not found") if not path.exists() else
+                              "not a regular file (a folder, device or pipe); give the checkpoint file itself", path)
     return path
 
 
