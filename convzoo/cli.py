@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -188,6 +189,19 @@ class Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("convzoo").strip()  # none for the top level's own errors
         where = f"{command}: " if command else ""
         self.exit(2, f"convzoo: error: {where}{message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # each sub-command's parser is called with its own args
+        self.check_one_spelling(sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+    def check_one_spelling(self, args: list[str]) -> None:
+        """Two spellings of one setting (`--epochs 1 --epoch_size 2`: torchvision's and a seed's): argparse
+        kept the last without a word, where the API and config files refuse a setting given twice."""
+        options = [a for a in itertools.takewhile(lambda a: a != "--", args) if a.startswith("-")]
+        for action in self._actions:
+            used = [s for s in action.option_strings if any(a == s or a.startswith(s + "=") for a in options)]
+            if len(used) > 1:
+                self.error(f"{' and '.join(used)} are one setting, given twice; keep one")
 
 
 def number(kind, low=None, high=None):

@@ -185,6 +185,11 @@ def test_config_file_keys_may_be_spelt_as_the_flags(tmp_path, capsys):
     assert (cfg.eval_steps, cfg.step_size, cfg.gamma, cfg.batch_size, cfg.lr) == (5, 3, 0.5, 32, 0.02)
     path.write_text("model: lenet5\nepochs: 1\nepoch_size: 2\n")
     cli_error(capsys, "train", "--config", path, fragments=("k.yaml", "gives epochs twice (as epochs and epoch_size)"))
+    # the same on the command line: argparse kept the last spelling without a word (2 epochs were trained)
+    cli_error(capsys, "train", "--model", "lenet5", "--epochs", "1", "--epoch_size=2",
+              fragments=("--epochs and --epoch_size are one setting, given twice; keep one",))
+    cli_error(capsys, "eval", "--ckpt", "lenet5:mnist", "--ckpt_path", "lenet5:mnist",
+              fragments=("--ckpt and --ckpt_path are one setting",))
     path.write_text("model: lenet5\neval_every_step: 5\nfoo: 1\n")
     cli_error(capsys, "train", "--config", path,
               fragments=("k.yaml has unknown keys: eval_every_step (did you mean 'eval_every_steps'?), foo",))
