@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ConfigError, ConvzooError, path_error, shown
+from .errors import NOT_UTF8, ConfigError, ConvzooError, not_utf8, path_error, shown
 
 # onnxruntime 1.32's Linux builds upload usage events and keep a device id in ~/.cache/Microsoft unless
 # this is set before it starts (a `.ses` file in $TMPDIR per process too). convzoo runs offline models on
@@ -328,6 +328,8 @@ def _resolve(path_or_name) -> Path:
 
     if not isinstance(path_or_name, (str, os.PathLike)) or not str(path_or_name):
         raise ConfigError(f"model must be a file path or a NAME:DATASET name, got {shown(path_or_name)}")
+    if not_utf8(os.fspath(path_or_name)):
+        raise ConfigError(f"model: {os.fspath(path_or_name)} {NOT_UTF8}")
     return Path(resolve(os.fspath(path_or_name)))
 
 
@@ -456,6 +458,8 @@ def _path_or_none(name: str, value) -> None:
         raise ConfigError(f"{name} must be a path, got {shown(value)}")
     if value is not None and not str(value).strip():  # '' would quietly mean the default search
         raise ConfigError(f"{name} must not be empty")
+    if not_utf8(os.fspath(value) if value is not None else None):
+        raise ConfigError(f"{name}: {os.fspath(value)} {NOT_UTF8}")
 
 
 def _device(value) -> str:

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import ConfigError, ConvzooError, Terminated, WriteError, path_error, printable
+from .errors import NOT_UTF8, ConfigError, ConvzooError, Terminated, WriteError, not_utf8, path_error, printable
 
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
         empty = empty_option(args)
         if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
             raise ConfigError(f"argument {empty}: must not be empty")
+        check_utf8_options(args)
         code = args.handler(args) or 0
         sys.stdout.flush()  # here, not at exit: a failure then is a traceback-free line too
         return code
@@ -227,6 +228,18 @@ def empty_option(args) -> str | None:
         if action.option_strings and blank(value):
             return "/".join(action.option_strings[:1])
     return None
+
+
+def check_utf8_options(args) -> None:
+    """An option's text holding bytes that are not UTF-8 (a file name from an old Latin-1 archive, as the
+    shell passes it): checkpoints, config.yaml, reports and onnxruntime all need text, and such a path was a
+    traceback (train --output-dir, after it made half a run folder), or "not a loadable ONNX model". Image
+    files given to predict and the images inside a data set may have such names: they are read, not kept."""
+    for action in args.parser._actions:
+        value = getattr(args, action.dest, None)
+        for text in value if isinstance(value, list) else [value]:
+            if action.option_strings and not_utf8(text):
+                raise ConfigError(f"argument {action.option_strings[0]}: {text} {NOT_UTF8}")
 
 
 def blank(value) -> bool:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, closest, first_line, shown, unknown
+from .errors import NOT_UTF8, ConfigError, closest, first_line, not_utf8, shown, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
@@ -159,6 +159,7 @@ class TrainConfig:
             value = getattr(self, name, None)
             checks.append((not isinstance(value, str) or value.strip() != "",
                            f"--{name.replace('_', '-')} must not be empty"))
+            checks.append((not not_utf8(value), f"--{name.replace('_', '-')}: {value} {NOT_UTF8}"))
         checks.append((self.classes is None or len(self.classes) >= 2,  # one class scores 100%, says nothing
                        f"--classes needs at least two classes, got {self.classes}"))
         checks.append((self.restore or not self.restore_exclude,  # else the user's exclusions did nothing

@@ -68,6 +68,22 @@ UNUSABLE_PATH = {errno.ENAMETOOLONG: "file name too long (the file system's limi
                  errno.ELOOP: "a symbolic link loop (the link leads back to itself)"}
 
 
+NOT_UTF8 = "holds bytes that are not UTF-8 (a name from an old archive?); rename it, or choose another"
+
+
+def not_utf8(text) -> bool:
+    """Is `text` a str holding the surrogates Python decodes a file name's non-UTF-8 bytes to? Such a path
+    cannot go into a checkpoint, config.yaml, a report or onnxruntime (a traceback, or "not a loadable
+    ONNX model"). Image files and the images of a data set may have such names: they are read, not kept."""
+    if not isinstance(text, str) or text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def not_found(path, message: str) -> str:
     """`message` ('checkpoint not found') for a path that is not there, unless it is a link: a link loop, or
     a link to nothing, was 'not found' (a run's looping last.pt: 'start it over with --exist-ok')."""

@@ -282,7 +282,7 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
     convert, data info ...); an output path that is a link to itself was pathlib's RuntimeError. Both
     are one line naming the path, from the CLI and the API."""
     import convzoo
-    from convzoo.errors import PathError
+    from convzoo.errors import ConfigError, PathError
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONVZOO_DATA", str(need(MNIST_DIR).parent))
@@ -313,6 +313,16 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
                        (["eval", "--ckpt", tmp_path / "run" / "last.pt"], tmp_path / "run" / "last.pt")):
         cli_error(capsys, *args, fragments=(f"{path}: a symbolic link loop",))
     cli_error(capsys, "eval", "--ckpt", "gone.pt", fragments=("gone.pt: a broken link (to nowhere.pt, which is not there)",))
+    # a name from an old Latin-1 archive: train made half a run folder and traced back, export traced back in
+    # onnxruntime, predict said "not a loadable ONNX model"
+    latin = os.fsdecode(b"caf\xe9")
+    for args, flag in ((["train", "--model", "lenet5", "--output-dir", latin], "--output-dir"),
+                       (["export", "--ckpt", "lenet5:mnist", "--output", latin + ".onnx"], "--output"),
+                       (["predict", "--model", latin + ".onnx", "digit.png"], "--model"),
+                       (["eval", "--ckpt", latin + ".pt"], "--ckpt")):
+        cli_error(capsys, *args, fragments=(f"argument {flag}: caf\\xe9", "holds bytes that are not UTF-8"))
+    with pytest.raises(ConfigError, match="output: caf.xe9.onnx holds bytes that are not UTF-8"):
+        convzoo.export("lenet5:mnist", latin + ".onnx")
     for call in (lambda: convzoo.predict("lenet5:mnist", long_name(rng, ".png")),
                  lambda: convzoo.load(long_name(rng, ".onnx")),
                  lambda: convzoo.export("lenet5:mnist", long_name(rng, ".onnx"))):
