@@ -433,6 +433,19 @@ def test_cli_sample_full_and_read_only_folders(tmp_path, capsys):
         assert_one_error_line(code, err, "test-00000-7.png: cannot write: Read-only file system")
 
 
+def test_cli_sample_output_that_is_no_folder(tmp_path, capsys):
+    """--output naming a file, a device, a link loop or a broken link was "cannot write: File exists"."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for output, fragment in ((tmp_path / "notes.txt", "notes.txt: not a folder"), ("/dev/null", "/dev/null: not a folder"),
+                             (tmp_path / "loop", "loop: a symbolic link loop"), (tmp_path / "gone", "gone: a broken link")):
+        code, err = cli(capsys, "data", "sample", "mnist", "--data-path", need(MNIST_DIR), "--output", output)
+        assert_one_error_line(code, err, fragment)
+        assert "--output names the folder the PNG files go to" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.real_data
 def test_cli_sample_never_writes_over_a_users_file(tmp_path, capsys):
     """`data sample --output s3` replaced a user's s3/test-00001-2.png (notes, or their own PNG) in
