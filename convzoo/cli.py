@@ -626,9 +626,18 @@ def cmd_eval(args) -> int:
         from .report.plots import check_plot_target
 
         meta = model_meta(args.ckpt or args.model)
-        check_plot_target(confusion, "confusion", default="confusion.png",
-                          inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
-                          protected=image_folders(meta, args.data_path, args.dataset))
+        try:
+            check_plot_target(confusion, "confusion", default="confusion.png",
+                              inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
+                              protected=image_folders(meta, args.data_path, args.dataset))
+        except WriteError as exc:
+            if args.confusion:
+                raise
+            # the plot beside the checkpoint was not asked for: a read-only run folder (or a user's own
+            # confusion.png there) cost the score itself
+            print(f"note: no confusion matrix written: {exc}; --confusion PATH.png writes one elsewhere",
+                  file=sys.stderr)
+            confusion = None
     if args.model:
         from .deploy.predict import evaluate_model_file
 

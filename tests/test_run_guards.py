@@ -158,7 +158,10 @@ def test_confusion_and_grid_refuse_files_that_are_not_earlier_plots_of_their_kin
 @pytest.mark.real_data
 def test_eval_keeps_a_users_own_confusion_png_and_scores_one_model(tmp_path, capsys):
     """Beside a model file outside a run folder, an unmarked confusion.png is the user's, not an older
-    convzoo plot: it was replaced. `eval --ckpt A --model B` scored B alone without saying so."""
+    convzoo plot: it was replaced; then refused, with no score either (as for a read-only run folder):
+    the plot nobody asked for is now left out with a note, and the model scored. `eval --ckpt A --model B`
+    scored B alone without saying so."""
+    from convzoo.cli import main
     from convzoo.models.pretrained import pretrained_path
 
     folder = tmp_path / "mine"
@@ -166,8 +169,13 @@ def test_eval_keeps_a_users_own_confusion_png_and_scores_one_model(tmp_path, cap
     shutil.copy(pretrained_path("lenet5:mnist"), folder / "model.safetensors")
     Image.new("RGB", (64, 48), "red").save(folder / "confusion.png")
     before = (folder / "confusion.png").read_bytes()
-    cli_error(capsys, "eval", "--ckpt", folder / "model.safetensors", "--test-limit", "50", *MNIST,
-              fragments=["confusion.png", "a PNG convzoo did not write"])
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(folder / "model.safetensors"), "--test-limit", "50", *map(str, MNIST)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("'Accuracy': ") and "confusion matrix:" not in out, out
+    assert err.startswith("note: no confusion matrix written: ") and "a PNG convzoo did not write" in err, err
+    cli_error(capsys, "eval", "--ckpt", folder / "model.safetensors", "--test-limit", "50", *MNIST, "--confusion",
+              folder / "confusion.png", fragments=["confusion.png", "a PNG convzoo did not write"])  # asked for
     cli_error(capsys, "eval", "--ckpt", folder / "model.safetensors", "--model", "lenet5:mnist", *MNIST,
               fragments=["not both"])
     assert (folder / "confusion.png").read_bytes() == before
