@@ -155,7 +155,7 @@ class TrainConfig:
             (self.channels in (0, 1, 3), f"--channels must be 1 or 3 (0: the model's), got {self.channels}"),
             (0 < self.test_split < 1, f"--test-split must be in (0, 1), got {self.test_split}"),
         ]
-        for name in ("output_dir", "data_path", "restore"):  # '' would quietly mean the default
+        for name in ("output_dir", "data_path", "restore", "device"):  # '' would quietly mean the default
             value = getattr(self, name, None)
             checks.append((not isinstance(value, str) or value.strip() != "",
                            f"--{name.replace('_', '-')} must not be empty"))

@@ -429,6 +429,7 @@ def test_api_train_refuses_unknown_keys_of_a_config_dict(config, match):
     # '' meant the default folder (with exist_ok, another run's)
     ({"output_dir": ""}, "^--output-dir must not be empty$"),
     ({"data_path": " "}, "^--data-path must not be empty$"),
+    ({"device": ""}, "^--device must not be empty$"),  # (a config file's `device: ""` was "--device : convzoo runs on")
 ])
 def test_api_train_refuses_odd_switches_and_empty_paths(tmp_path, monkeypatch, kwargs, match):
     import convzoo

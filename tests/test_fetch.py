@@ -213,7 +213,7 @@ def test_cli_unwritable_cache(tmp_path, file_server):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     proc = run_cli("data", "download", "mnist", "--mirror", file_server.url + "/", env={"CONVZOO_CACHE": str(blocker / "sub")})
-    assert_user_error(proc, "cannot write to the data folder")
+    assert_user_error(proc, "cannot write to the data folder", f"set $CONVZOO_CACHE (now '{blocker / 'sub'}') to one")
 
 
 @pytest.mark.real_data

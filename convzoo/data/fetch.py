@@ -407,11 +407,10 @@ def download_into(spec: DatasetSpec, root: Path, target: Path, mirrors, timeout:
         probe = tempfile.NamedTemporaryFile(dir=target, prefix=".probe")
         probe.close()
     except OSError as exc:
-        raise DataError(
-            f"cannot write to the data folder ({exc.strerror or exc}); pass --data-path to a writable folder "
-            "or set $CONVZOO_CACHE",
-            target,
-        ) from None
+        cache = os.environ.get("CONVZOO_CACHE")  # where it is set, the folder it names may be what is wrong
+        where = f"set $CONVZOO_CACHE (now {cache!r}) to one" if cache else "set $CONVZOO_CACHE"
+        raise DataError(f"cannot write to the data folder ({exc.strerror or exc}); pass --data-path to a writable "
+                        f"folder or {where}", target) from None
     # What a killed download left: its .part files and half-extracted archives.
     remove_stale_temps(target, [f.name for f in spec.files] + ([spec.archive.name] if spec.archive else []))
     remove_stale_extractions(target)
