@@ -668,7 +668,7 @@ def cmd_eval(args) -> int:
 
         plot_confusion(result.confusion, result.classes, confusion)
         if not args.json:
-            print(f"confusion matrix: {confusion}")
+            print(printable(f"confusion matrix: {confusion}"))
     return 0
 
 
@@ -878,5 +878,5 @@ def cmd_report(args) -> int:
 
     text, out = build_report(args.runs, args.output, html_page=args.html)
     print(text)
-    print(f"report: {out}" + (f" and {out.with_suffix('.html')}" if args.html else ""))
+    print(printable(f"report: {out}" + (f" and {out.with_suffix('.html')}" if args.html else "")))
     return 0

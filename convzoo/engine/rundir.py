@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import yamlfile
 from ..atomic import atomic_write_bytes, remove_outputs, remove_stale_temps, write_error
-from ..errors import ConfigError, DataError, first_line
+from ..errors import ConfigError, DataError, first_line, printable
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time_s", "images_per_s",
                  "wall_s"]  # wall_s: seconds of training since the run began (time to accuracy); newer runs only
@@ -400,6 +400,7 @@ class RunLog:
     def line(self, text: str, event: str | None = None, **fields) -> None:
         """`text` to train.log and stdout; with --json, `{"event": event, **fields}` to stdout instead
         (every JSON line names its event; a line without one is text only)."""
+        text = printable(text)  # a run folder, data folder or class named with a newline stays on its line
         if self.file:
             try:
                 self.file.write(text + "\n")  # line-buffered: a full disk shows here, not at close
