@@ -17,6 +17,16 @@ from .errors import NOT_UTF8, ConfigError, ConvzooError, Terminated, WriteError,
 TRAIN_PACKAGES = ("torch", "torchao", "yaml", "tqdm", "safetensors", "matplotlib", "onnxscript")
 
 
+def run() -> int:
+    """The `convzoo` command (the console script and `python -m convzoo`): main, then Ctrl-C ignored. The
+    command is over, its output flushed: a Ctrl-C in the second or two the interpreter then takes to tear
+    torch down printed a traceback from an atexit callback. (Not in main: the API and tests call it.)"""
+    try:
+        return main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv=None) -> int:
     keep_standard_streams_taken()
     parser = build_parser()
@@ -630,13 +640,12 @@ def cmd_eval(args) -> int:
             check_plot_target(confusion, "confusion", default="confusion.png",
                               inputs=[p for p in (args.ckpt, args.model) if p and Path(p).exists()],
                               protected=image_folders(meta, args.data_path, args.dataset))
-        except WriteError as exc:
+        except ConvzooError as exc:
             if args.confusion:
                 raise
             # the plot beside the checkpoint was not asked for: a read-only run folder (or a user's own
             # confusion.png there) cost the score itself
-            print(f"note: no confusion matrix written: {exc}; --confusion PATH.png writes one elsewhere",
-                  file=sys.stderr)
+            unwritten(exc)
             confusion = None
     if args.model:
         from .deploy.predict import evaluate_model_file
@@ -666,10 +675,21 @@ def cmd_eval(args) -> int:
     if confusion:
         from .report.plots import plot_confusion
 
-        plot_confusion(result.confusion, result.classes, confusion)
+        try:
+            plot_confusion(result.confusion, result.classes, confusion)
+        except ConvzooError as exc:  # a full disk: the score is printed, and the plot was not asked for
+            if args.confusion:
+                raise
+            unwritten(exc)
+            return 0
         if not args.json:
             print(printable(f"confusion matrix: {confusion}"))
     return 0
+
+
+def unwritten(exc: ConvzooError) -> None:
+    """The note for the confusion.png eval writes beside a checkpoint unasked, when it cannot be written."""
+    print(f"note: no confusion matrix written: {exc}; --confusion PATH.png writes one elsewhere", file=sys.stderr)
 
 
 def cmd_summary(args) -> int:

@@ -599,12 +599,18 @@ def test_the_api_takes_a_path_object_as_config_and_model_is_made_by_load(tmp_pat
 def test_ctrl_c_after_the_command_is_over_prints_no_traceback(tmp_path):
     """A Ctrl-C in the second or two the interpreter takes to tear torch down after the command's last
     line printed 'Exception ignored in atexit callback ... KeyboardInterrupt' with a traceback. The
-    SIGINT is sent by an atexit callback registered before convzoo's, so it lands during the teardown."""
-    code = ("import atexit, os, runpy, signal, sys\n"
-            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
-            "sys.argv = ['convzoo', 'data', 'info', 'mnist', '--data-path', sys.argv[1], '--json']\n"
-            "runpy.run_module('convzoo', run_name='__main__', alter_sys=True)\n")
-    proc = subprocess.run([sys.executable, "-c", code, need(MNIST_DIR)], cwd=ROOT, env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["test"] == 10_000, proc.stderr
-    assert "KeyboardInterrupt" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    SIGINT is sent by an atexit callback registered before the command runs, so it lands during the
+    teardown; both ways the command is started (the console script, python -m) go through cli.run."""
+    import tomllib
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"] == {"convzoo": "convzoo.cli:run"}
+    assert "run()" in (ROOT / "convzoo" / "__main__.py").read_text()
+    for start in ("from convzoo.cli import run; sys.exit(run())",  # what the console script does
+                  "runpy.run_module('convzoo', run_name='__main__', alter_sys=True)"):
+        code = ("import atexit, os, runpy, signal, sys\n"
+                "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+                "sys.argv = ['convzoo', 'data', 'info', 'mnist', '--data-path', sys.argv[1], '--json']\n" + start)
+        proc = subprocess.run([sys.executable, "-c", code, need(MNIST_DIR)], cwd=ROOT, env=cli_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["counts"]["test"] == 10_000, proc.stderr
+        assert "KeyboardInterrupt" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
