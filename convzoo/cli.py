@@ -46,10 +46,7 @@ def main(argv=None) -> int:
         TERMINATED.clear()
         INTERRUPTED.clear()
         previous = terminate_as_interrupt()
-        empty = empty_option(args)
-        if empty:  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
-            raise ConfigError(f"argument {empty}: must not be empty")
-        check_utf8_options(args)
+        check_option_text(args)
         code = args.handler(args) or 0
         sys.stdout.flush()  # here, not at exit: a failure then is a traceback-free line too
         return code
@@ -230,26 +227,26 @@ def number(kind, low=None, high=None):
     return parse
 
 
-def empty_option(args) -> str | None:
-    """The first option given as empty text, which the commands would take as not given (`--config ""`
-    trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...)."""
-    for action in args.parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.option_strings and blank(value):
-            return "/".join(action.option_strings[:1])
-    return None
+# Options whose path convzoo keeps (checkpoints, config.yaml, reports) or hands to onnxruntime, which need
+# text: a name holding bytes that are not UTF-8 (from an old Latin-1 archive) was a traceback there (train
+# --output-dir after making half a run folder, export in onnxruntime) or "not a loadable ONNX model". Paths
+# only read or written (a data set to score, image files, PNG outputs) may have such names.
+KEPT_PATHS = {"": {"output_dir", "ckpt", "model", "restore", "config"}, "train": {"data_path"},
+              "export": {"output"}, "convert": {"output"}}
 
 
-def check_utf8_options(args) -> None:
-    """An option's text holding bytes that are not UTF-8 (a file name from an old Latin-1 archive, as the
-    shell passes it): checkpoints, config.yaml, reports and onnxruntime all need text, and such a path was a
-    traceback (train --output-dir, after it made half a run folder), or "not a loadable ONNX model". Image
-    files given to predict and the images inside a data set may have such names: they are read, not kept."""
-    for action in args.parser._actions:
+def check_option_text(args) -> None:
+    """Refuse an option given as empty text, which the commands would take as not given (`--config ""`
+    trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...), and
+    a kept path (KEPT_PATHS) that is not UTF-8."""
+    command = args.parser.prog.removeprefix("convzoo").strip()
+    kept = KEPT_PATHS[""] | KEPT_PATHS.get(command, set())
+    for action in (a for a in args.parser._actions if a.option_strings):
         value = getattr(args, action.dest, None)
-        for text in value if isinstance(value, list) else [value]:
-            if action.option_strings and not_utf8(text):
-                raise ConfigError(f"argument {action.option_strings[0]}: {text} {NOT_UTF8}")
+        if blank(value):  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder
+            raise ConfigError(f"argument {action.option_strings[0]}: must not be empty")
+        if action.dest in kept and any(map(not_utf8, value if isinstance(value, list) else [value])):
+            raise ConfigError(f"argument {action.option_strings[0]}: {value} {NOT_UTF8}")
 
 
 def blank(value) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,7 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
     convert, data info ...); an output path that is a link to itself was pathlib's RuntimeError. Both
     are one line naming the path, from the CLI and the API."""
     import convzoo
+    from convzoo.cli import main as cli_main
     from convzoo.errors import ConfigError, PathError
 
     monkeypatch.chdir(tmp_path)
@@ -323,9 +325,16 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
         cli_error(capsys, *args, fragments=(f"argument {flag}: caf\\xe9", "holds bytes that are not UTF-8"))
     with pytest.raises(ConfigError, match="output: caf.xe9.onnx holds bytes that are not UTF-8"):
         convzoo.export("lenet5:mnist", latin + ".onnx")
+    # a data set only read may sit in such a folder: scored as before
+    os.mkdir(latin)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(need(MNIST_DIR) / name, os.path.join(latin, name))
+    capsys.readouterr()
+    assert cli_main(["eval", "--ckpt", "lenet5:mnist", "--data-path", latin, "--test-limit", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9
     for call in (lambda: convzoo.predict("lenet5:mnist", long_name(rng, ".png")),
                  lambda: convzoo.load(long_name(rng, ".onnx")),
                  lambda: convzoo.export("lenet5:mnist", long_name(rng, ".onnx"))):
         with pytest.raises(PathError, match="file name too long"):
             call()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "gone.pt", "loop.onnx", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([latin, "digit.png", "gone.pt", "loop.onnx", "run"])
