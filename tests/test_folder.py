@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -447,6 +448,13 @@ def test_a_digit_model_scores_a_folder_of_some_of_its_classes(tmp_path, capsys):
     (tmp_path / "some" / "cat" / "a.png").write_bytes(png_bytes(images[0, 0]))
     one_error(*cli(capsys, "eval", "--model", "lenet5:mnist", "--dataset", "folder", "--data-path", tmp_path / "some"),
               "the data set's classes 'cat' are not among the model's (0, 1, 2,", "eval scores images of the model's")
+    for digit in range(10):  # every class of the model and one more: the extra one's images were dropped unsaid
+        i = int(np.flatnonzero(labels == digit)[0])
+        (tmp_path / "ten" / str(digit)).mkdir(parents=True)
+        (tmp_path / "ten" / str(digit) / f"{i}.png").write_bytes(png_bytes(images[i, 0]))
+    shutil.copytree(tmp_path / "some" / "cat", tmp_path / "ten" / "cat")
+    one_error(*cli(capsys, "eval", "--model", "lenet5:mnist", "--dataset", "folder", "--data-path", tmp_path / "ten"),
+              "the data set's classes 'cat' are not among the model's")
 
 
 def test_eval_of_a_folder_model_with_dataset_folder_keeps_its_split(tmp_path, capsys):

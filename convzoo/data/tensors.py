@@ -120,15 +120,20 @@ def check_class_names(names, have, path, command: str, fewer: bool = False) -> N
     missing = [n for n in names if n not in have]
     if not missing:
         return
-    extra = [c for c in have if c not in names]
-    if fewer and not extra:  # a folder of some of the model's classes (photos of 1s and 7s for a digit model)
+    if fewer and any(c in names for c in have):  # some of the model's classes (photos of 1s and 7s): no others
+        refuse_other_classes(names, have, path, command)
         return
-    if fewer and len(extra) < len(have):
-        raise DataError(f"the data set's classes {few(extra)} are not among the model's ({some(names)}): {command} "
-                        "scores images of the model's classes only", path)
     need = "images of the model's classes" if fewer else "a data set that holds every one of them"
     raise DataError(f"the model's classes {few(missing)} are not in this data set ({some(have)}): {command} needs "
                     f"{need}", path)
+
+
+def refuse_other_classes(names, have, path, command: str) -> None:
+    """A data set's classes `have` that a model's `names` lack: their images cannot be scored."""
+    extra = [c for c in have if c not in names]
+    if extra:
+        raise DataError(f"the data set's classes {few(extra)} are not among the model's ({some(names)}): {command} "
+                        "scores images of the model's classes only", path)
 
 
 def few(names) -> str:
@@ -168,6 +173,8 @@ def load_model_data(meta: dict, path=None, *, command: str = "eval", dataset: st
             check_class_names(names, spec.classes, path, command, fewer=test_only)
         folder = photo_folder_rule(meta)  # a model of another data set on a folder
         train, test, _ = load_dataset(spec.name, data_path, folder=folder, test_only=test_only)
+        if spec.folder:  # the user's own classes: one the model lacks was left out without a word
+            refuse_other_classes(names, test.classes, path, command)
         test = select_classes_by_name(test, names, path, command, fewer=test_only)
     return None if train is None or test_only else select_classes_by_name(train, names, path, command), test
 
