@@ -205,11 +205,22 @@ class Parser(argparse.ArgumentParser):
     def check_one_spelling(self, args: list[str]) -> None:
         """Two spellings of one setting (`--epochs 1 --epoch_size 2`: torchvision's and a seed's): argparse
         kept the last without a word, where the API and config files refuse a setting given twice."""
-        options = [a for a in itertools.takewhile(lambda a: a != "--", args) if a.startswith("-")]
+        used = {self.spelling(a) for a in itertools.takewhile(lambda a: a != "--", args) if a.startswith("-")}
         for action in self._actions:
-            used = [s for s in action.option_strings if any(a == s or a.startswith(s + "=") for a in options)]
-            if len(used) > 1:
-                self.error(f"{' and '.join(used)} are one setting, given twice; keep one")
+            given = [s for s in action.option_strings if s in used]
+            if len(given) > 1:
+                self.error(f"{' and '.join(given)} are one setting, given twice; keep one")
+
+    def spelling(self, arg: str) -> str | None:
+        """The option string `arg` stands for, as argparse reads it: `--lr=0.1`, a unique prefix (`--epoch_s`
+        for --epoch_size), a short option with its value attached (`-b64`)."""
+        name = arg.split("=", 1)[0]
+        if name in self._option_string_actions:
+            return name
+        if name.startswith("--"):
+            matches = [s for s in self._option_string_actions if s.startswith(name)]
+            return matches[0] if len(matches) == 1 else None
+        return name[:2] if name[:2] in self._option_string_actions else None
 
 
 def number(kind, low=None, high=None):

@@ -190,6 +190,8 @@ def test_config_file_keys_may_be_spelt_as_the_flags(tmp_path, capsys):
               fragments=("--epochs and --epoch_size are one setting, given twice; keep one",))
     cli_error(capsys, "eval", "--ckpt", "lenet5:mnist", "--ckpt_path", "lenet5:mnist",
               fragments=("--ckpt and --ckpt_path are one setting",))
+    for flags in (["--epochs", "1", "--epoch_s", "2"], ["-b64", "--batch-size", "32"], ["--lr=0.1", "--learning_rate=1"]):
+        cli_error(capsys, "train", "--model", "lenet5", *flags, fragments=("are one setting, given twice",))
     path.write_text("model: lenet5\neval_every_step: 5\nfoo: 1\n")
     cli_error(capsys, "train", "--config", path,
               fragments=("k.yaml has unknown keys: eval_every_step (did you mean 'eval_every_steps'?), foo",))
