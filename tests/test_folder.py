@@ -280,6 +280,16 @@ def test_links_to_images_and_class_folders_elsewhere_are_read(tmp_path, capsys):
         (root / "b" / f"link{i}.png").symlink_to(pool / "b" / f"{i}.png")
     info = json.loads(run_cli("data", "info", "folder", "--data-path", root, "--json").stdout)
     assert info["classes"] == ["a", "b", "c"] and info["class_counts"] == {"train": [5, 5, 3], "test": [1, 1, 1]}, info
+    # outputs in a folder a class folder links to would become its images: refused as inside the data set
+    one_error(*cli(capsys, "train", "--model", "lenet5", "--dataset", "folder", "--data-path", root, "--output-dir",
+                   pool / "a" / "run"), f"{pool / 'a' / 'run'}: output folder is inside the image folder {root}")
+    one_error(*cli(capsys, "data", "sample", "folder", "--data-path", root, "--output", pool / "a" / "s"),
+              f"{pool / 'a' / 's'}: is inside the data set's folder {root}")
+    assert sorted(p.name for p in (pool / "a").iterdir()) == [f"{i}.png" for i in (0, 10, 2, 4, 6, 8)]
+    # a link loop beside the class folders, or inside one, is skipped (beside them it was an error)
+    (root / "loop.png").symlink_to("loop.png")
+    (root / "c" / "loop.png").symlink_to("loop.png")
+    assert json.loads(run_cli("data", "info", "folder", "--data-path", root, "--json").stdout)["counts"]["test"] == 3
     (root / "c" / "twin.png").symlink_to(pool / "b" / "1.png")
     one_error(*cli(capsys, "data", "info", "folder", "--data-path", root), f"{root}/c/twin.png: links to",
               "which a link in class folder 'b' links to as well", "two classes ('c' and 'b')")

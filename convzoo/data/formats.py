@@ -621,7 +621,7 @@ def holds_class_folders(folder: Path) -> bool:
     """Does `folder` hold a class folder (a sub-folder, skipped ones aside)? Stops at the first: a flat
     test/ of thousands of unlabelled images costs one directory listing."""
     try:
-        return any(not skipped(e.name) and e.is_dir() for e in os.scandir(folder))
+        return any(not skipped(e.name) and safe_is_dir(e) for e in os.scandir(folder))
     except OSError as exc:
         raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
 
@@ -699,7 +699,7 @@ def listed(folder: Path) -> list[os.DirEntry]:
 def direct_images(entries: list[os.DirEntry]) -> int:
     """How many of a folder's `entries` are image files (by suffix, in any case)."""
     suffixes = set(image_files.image_suffixes())
-    return sum(1 for e in entries if e.is_file() and Path(e.name).suffix.lower() in suffixes)
+    return sum(1 for e in entries if Path(e.name).suffix.lower() in suffixes and safe_is_file(e))
 
 
 def describe_test_split(root: Path, rule, *, unread: bool = True) -> str:
@@ -913,6 +913,40 @@ def image_paths(folder: Path) -> list[Path]:
         found = [f for f in image_files.walk_files(folder, DataError) if f.suffix.lower() in suffixes
                  and MACOS_METADATA not in f.relative_to(folder).parts]
     return sorted(f for f in found if f.is_file())  # is_file: regular, links followed
+
+
+def within_data_set(path, root) -> bool:
+    """Does `path` lie in the image folder `root`, or in a folder elsewhere that a class (or split) folder
+    of it links to, whose images it reads? A file written there (a plot, samples, a run) becomes one."""
+    return any(inside(Path(path), folder) for folder in (Path(root), *linked_folders(Path(root))))
+
+
+def linked_folders(root: Path) -> list[Path]:
+    """The folders elsewhere that `root`'s sub-folders, or theirs (train/<class>), are links to."""
+    found = []
+    for here in (root, *(p for p in class_folders(root) if not p.is_symlink())) if root.is_dir() else ():
+        try:
+            with os.scandir(here) as entries:
+                found += [Path(e.path).resolve() for e in entries if e.is_symlink() and safe_is_dir(e)]
+        except OSError:  # a folder that cannot be listed: reading the data set says so
+            continue
+    return found
+
+
+def safe_is_dir(entry: os.DirEntry) -> bool:
+    """entry.is_dir(), False for a link loop (DirEntry raises ELOOP for it)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def safe_is_file(entry: os.DirEntry) -> bool:
+    """entry.is_file(), False for a link loop."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def inside(path: Path, root: Path) -> bool:

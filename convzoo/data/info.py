@@ -35,7 +35,7 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
         what = "not a folder" if folder.exists() else not_found(folder, "")  # a file or device; a loop, a broken link
         raise WriteError(f"{what}; --output names the folder the PNG files go to", folder)
     images, labels, classes = decoded(located, "test")
-    if not located.spec.reader.official and formats.inside(folder, located.root):
+    if not located.spec.reader.official and formats.within_data_set(folder, located.root):
         raise WriteError(f"is inside the data set's folder {located.root}: the samples would become its images; "
                          "choose a folder outside it", folder)
     if count > len(labels):  # else --count 100 of a 6-image test split wrote 6 without a word

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import RESUME_SAME, TrainConfig, flag_name
 from ..data.catalog import DatasetSpec, FolderRule, get_spec
-from ..data.formats import inside, split_fingerprint
+from ..data.formats import split_fingerprint, within_data_set
 from ..data.tensors import (InputSpec, Split, alternating_flips, batches, load_dataset, select_classes,
                             split_validation, step_generator, steps_per_epoch, to_model_input)
 from ..errors import CheckpointError, ConfigError, DataError, Terminated, first_line
@@ -73,10 +73,10 @@ class TrainingRun:
         if main:
             rundir.check(out, resume=resume, exist_ok=exist_ok)  # the folder is written only once all is checked
             check_loggers(cfg.logger)  # its packages, and a remote MLflow server that answers
-        if data_spec.folder and cfg.data_path and inside(out, Path(cfg.data_path)):
+        if data_spec.folder and cfg.data_path and within_data_set(out, cfg.data_path):
             # Its files would become a class: the next run on the folder read runs/ (its curves.png) as one.
-            raise ConfigError(f"output folder is inside the image folder {cfg.data_path}, whose sub-folders are its "
-                              "classes; pass an --output-dir outside it", out)
+            raise ConfigError(f"output folder is inside the image folder {cfg.data_path} (or a folder its class folders "
+                              "link to), whose sub-folders are its classes; pass an --output-dir outside it", out)
         notes = []  # (line, event) for train.log, which is opened only then
 
         folder = FolderRule(cfg.image_size, cfg.channels or info.in_channels, cfg.test_split)  # --dataset folder only

@@ -136,13 +136,13 @@ def check_plot_target(path, kind: str, *, default: str, inputs=(), protected=())
     PNG without convzoo's record (written before it existed) is replaced only under its `default` name
     in a run folder."""
     from ..atomic import check_target, check_writable_folder
-    from ..data.formats import inside
+    from ..data.formats import within_data_set
     from ..errors import WriteError
 
     path = check_target(path, inputs=inputs, suffixes=(".png",))
     check_writable_folder(path)
     for folder in protected:
-        if folder and Path(folder).is_dir() and inside(path, Path(folder)):
+        if folder and Path(folder).is_dir() and within_data_set(path, folder):
             raise WriteError(f"is inside the model's data set folder {folder}: a PNG there would become one of its "
                              "images; choose a path outside it", path)
     if path.exists():
