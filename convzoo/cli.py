@@ -747,9 +747,9 @@ def model_description(model) -> dict:
     from .metadata import read_onnx_metadata
 
     if not path.is_file():
-        from .errors import CheckpointError
+        from .errors import CheckpointError, not_a_file
 
-        raise CheckpointError("not found", path)
+        raise CheckpointError(not_a_file(path, "not found"), path)
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises many types for a bad file

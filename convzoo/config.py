@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import NOT_UTF8, ConfigError, closest, first_line, not_utf8, shown, unknown
+from .errors import NOT_UTF8, ConfigError, closest, first_line, not_a_file, not_utf8, shown, unknown
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")  # --logger takes one or a comma-separated list
@@ -282,7 +282,7 @@ def load_config_file(path: Path) -> dict:
 
     try:
         if not path.is_file():
-            raise ConfigError("config file not found" if not path.exists() else "not a regular file", path)
+            raise ConfigError(not_a_file(path, "config file not found"), path)
         if path.stat().st_size > MAX_CONFIG_FILE:
             raise ConfigError(f"larger than {MAX_CONFIG_FILE >> 20} MiB: not a training config", path)
         values = yamlfile.load_settings(path.read_text(encoding="utf-8-sig"))

@@ -100,6 +100,14 @@ def not_found(path, message: str) -> str:
     return message
 
 
+def not_a_file(path, missing: str, wrong: str = "not a regular file") -> str:
+    """Why `path`, not a regular file, cannot be read: `missing` where nothing is there (a link loop or a
+    link to nothing named as one: not_found), else `wrong` (a folder, a device, a pipe)."""
+    import os
+
+    return wrong if os.path.exists(path) else not_found(path, missing)
+
+
 def path_error(exc: BaseException) -> PathError | None:
     """The PathError behind an OSError of that kind, or pathlib's RuntimeError for a link loop (Python
     3.11's resolve()), else None. Caught once where commands and API calls end, as any path the user

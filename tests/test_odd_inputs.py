@@ -310,7 +310,9 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
     (tmp_path / "run" / "config.yaml").write_text("model: lenet5\n")
     (tmp_path / "run" / "last.pt").symlink_to("last.pt")
     Path("gone.pt").symlink_to("nowhere.pt")
+    Path("loop.yaml").symlink_to("loop.yaml")
     for args, path in ((["predict", "--model", "loop.onnx", "digit.png"], "loop.onnx"),
+                       (["train", "--config", "loop.yaml"], "loop.yaml"),
                        (["eval", "--ckpt", "lenet5:mnist", "--data-path", "loop.onnx"], "loop.onnx"),
                        (["eval", "--ckpt", tmp_path / "run" / "last.pt"], tmp_path / "run" / "last.pt")):
         cli_error(capsys, *args, fragments=(f"{path}: a symbolic link loop",))
@@ -337,4 +339,4 @@ def test_paths_no_file_can_have_are_one_line(tmp_path, capsys, shared_cache, mon
                  lambda: convzoo.export("lenet5:mnist", long_name(rng, ".onnx"))):
         with pytest.raises(PathError, match="file name too long"):
             call()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([latin, "digit.png", "gone.pt", "loop.onnx", "run"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([latin, "digit.png", "gone.pt", "loop.onnx", "loop.yaml", "run"])

@@ -13,7 +13,7 @@ import math
 import re
 from pathlib import Path
 
-from ..errors import ConfigError, repeated_key
+from ..errors import ConfigError, not_a_file, repeated_key
 from ..metadata import (MAX_CHANNELS, MAX_CLASSES, MAX_INPUT_SIZE, MAX_NAME_CHARS, META_KEY, MetadataError,
                         ELEMENT_TYPES, check_graph_io, check_model_meta, image_input)
 
@@ -368,7 +368,7 @@ def read_preprocessor(text: str) -> dict:
     the graph leaves its own open ('size_hint')."""
     path = Path(text)
     if not path.is_file():
-        raise ConfigError("preprocessing file not found" if not path.exists() else "not a regular file", path)
+        raise ConfigError(not_a_file(path, "preprocessing file not found"), path)
     data = parse_json(read_text(path, MAX_PREPROCESSOR_FILE, "preprocessing settings"), path)
     if isinstance(data, dict) and isinstance(data.get("pretrained_cfg"), dict):  # timm's hub config.json
         return timm_settings(data["pretrained_cfg"], path)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from ..data.images import image_suffixes, walk_files
-from ..errors import ConfigError, ConvzooError, WriteError, first_line, not_found
+from ..errors import ConfigError, ConvzooError, WriteError, first_line, not_a_file
 from ..metadata import META_KEY, image_input, is_onnx, parse_json_meta, read_onnx_metadata
 from .foreign import DESCRIBE_FLAGS, describe, has_convzoo_metadata, not_for_checkpoints
 from .graph_limits import check_deterministic, check_tensor_sizes, count
@@ -81,8 +81,8 @@ class Predictor:
         import onnx
 
         if not self.onnx_path.is_file():
-            raise ConfigError(not_found(self.onnx_path, "model file not found") if not self.onnx_path.exists() else
-                              "not a regular file (a folder, device or pipe); give the model file itself", self.path)
+            raise ConfigError(not_a_file(self.onnx_path, "model file not found", "not a regular file (a folder, device or "
+                                         "pipe); give the model file itself"), self.path)
         try:
             graph = onnx.load(str(self.onnx_path), load_external_data=False)
             check_opsets(graph, self.path)

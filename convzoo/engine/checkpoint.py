@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_open
-from ..errors import CheckpointError, ConfigError, first_line, not_found, printable
+from ..errors import CheckpointError, ConfigError, first_line, not_a_file, printable
 from ..metadata import META_KEY, check_model_meta, check_version, is_int, is_onnx, is_real, parse_json_meta
 from ..models import pretrained
 
@@ -71,8 +71,8 @@ def model_file(path) -> Path:
                               "last.pt (at the end of its first epoch, or every --save-every steps); start it over "
                               "with --exist-ok", path)
     if not path.is_file():
-        raise CheckpointError(not_found(path, "checkpoint not found") if not path.exists() else
-                              "not a regular file (a folder, device or pipe); give the checkpoint file itself", path)
+        raise CheckpointError(not_a_file(path, "checkpoint not found", "not a regular file (a folder, device or pipe); "
+                                         "give the checkpoint file itself"), path)
     return path
 
 
