@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
+
 from ..errors import ConfigError, unknown
 from . import formats
 from .formats import CIFAR_RECORD_BYTES
@@ -67,6 +69,16 @@ READERS = {
     "cifar": Reader(formats.read_cifar_split),
     "folder": Reader(formats.read_folder_split, official=False),
 }
+
+
+def decode_split(located, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(uint8 images, labels, class names) of one located split as its format's reader decodes it: numpy
+    only (data info and data sample need no torch, whose import alone takes seconds)."""
+    spec = located.spec
+    images, labels, classes = spec.reader.read(located, split)
+    if images.shape[1:] != spec.image_shape:  # a catalog entry whose files disagree with its shape is a bug
+        raise AssertionError(f"{spec.name}: decoded {images.shape[1:]}, catalog says {spec.image_shape}")
+    return images, np.asarray(labels), tuple(classes)
 
 
 @dataclass(frozen=True)

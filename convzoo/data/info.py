@@ -11,14 +11,8 @@ import numpy as np
 from ..atomic import atomic_open, write_error
 from ..errors import printable
 from . import formats
+from .catalog import decode_split
 from .fetch import Located
-
-
-def decoded(located: Located, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """(images, labels, classes) of a split as its reader decodes it (tensors.read_split without the
-    tensors): data info and data sample need no torch, whose import alone takes seconds."""
-    images, labels, classes = located.spec.reader.read(located, split)
-    return images, np.asarray(labels), tuple(classes)
 
 
 def save_samples(located: Located, count: int, folder: Path, as_json: bool = False) -> int:
@@ -34,7 +28,7 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
     if not folder.is_dir() and (folder.exists() or folder.is_symlink()):  # mkdir said "File exists" of them all
         what = "not a folder" if folder.exists() else not_found(folder, "")  # a file or device; a loop, a broken link
         raise WriteError(f"{what}; --output names the folder the PNG files go to", folder)
-    images, labels, classes = decoded(located, "test")
+    images, labels, classes = decode_split(located, "test")
     if not located.spec.reader.official and formats.within_data_set(folder, located.root):
         raise WriteError(f"is inside the data set's folder {located.root}: the samples would become its images; "
                          "choose a folder outside it", folder)
@@ -74,7 +68,7 @@ def class_label(name: str) -> str:
 
 def print_info(located: Located, as_json: bool) -> int:
     spec = located.spec
-    splits = {s: decoded(located, s)[1:] for s in ("train", "test")}  # (labels, classes); train first: see formats
+    splits = {s: decode_split(located, s)[1:] for s in ("train", "test")}  # (labels, classes); train first: see formats
     classes = splits["train"][1]  # an image folder's come from its sub-folders
     if spec.folder and (long := formats.long_class_names(classes)):  # listed here, then refused by train
         print(f"warning: {printable(str(located.root))}: {long[2:]}", file=sys.stderr)
@@ -86,7 +80,9 @@ def print_info(located: Located, as_json: bool) -> int:
         "counts": {s: len(labels) for s, (labels, _) in splits.items()},
         "official_counts": spec.sizes,
         "class_counts": {s: np.bincount(labels, minlength=len(classes)).tolist() for s, (labels, _) in splits.items()},
-        "test_split": formats.describe_test_split(located.root, spec.folder) if spec.folder else None,
+        # what it does not read: said in --json's, and in the warning above the listing (reading the
+        # training split warns of it, as in train)
+        "test_split": formats.describe_test_split(located.root, spec.folder, unread=as_json) if spec.folder else None,
         "files": {c.path.name: {"path": str(c.path), "status": c.status, "detail": c.detail} for c in located.checks},
     }
     if located.warning():
@@ -104,9 +100,8 @@ def print_info(located: Located, as_json: bool) -> int:
         official = f" (official: {spec.sizes[s]:,})" if s in spec.sizes else ""
         print(f"  {s:<12} {n:,} images{official}; per class {info['class_counts'][s]}")
     print(f"  classes      {', '.join(map(class_label, classes))}")
-    if spec.folder:  # say which folder (or share) is held out, e.g. val/ beside train/; what it does not read
-        # was the warning above (reading the training split warns of it, as in train)
-        print(f"  test split   {formats.describe_test_split(located.root, spec.folder, unread=False)}")
+    if info["test_split"]:  # a folder's: say which folder (or share) is held out, e.g. val/ beside train/
+        print(f"  test split   {info['test_split']}")
     if spec.mean:
         print(f"  mean / std   {spec.mean} / {spec.std}")
     for c in located.checks:

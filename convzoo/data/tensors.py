@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from . import formats
-from .catalog import DatasetSpec, FolderRule, check_class_indices, get_spec, preprocess_rule
+from .catalog import FolderRule, check_class_indices, decode_split, get_spec, preprocess_rule
 from .fetch import Located, locate
 
 
@@ -80,10 +80,7 @@ def load_dataset(name: str, data_path=None, *, download: bool = True, mirrors=No
 def read_split(located: Located, split: str) -> Split:
     """One split decoded by its format's reader (the catalog's READERS), every file checked before
     its records are allocated."""
-    spec: DatasetSpec = located.spec
-    images, labels, classes = spec.reader.read(located, split)
-    if images.shape[1:] != spec.image_shape:  # a catalog entry whose files disagree with its shape is a bug
-        raise AssertionError(f"{spec.name}: decoded {images.shape[1:]}, catalog says {spec.image_shape}")
+    images, labels, classes = decode_split(located, split)
     # Copies only what torch could not own as it is (CIFAR's record slices, read-only buffers).
     images, labels = (np.require(a, requirements=["C", "W"]) for a in (images, labels))
     return Split(torch.from_numpy(images), torch.from_numpy(labels), tuple(classes))
