@@ -198,7 +198,13 @@ def make_scratch(prefix: str):
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
-        raise write_error(tempfile.gettempdir(), exc) from None
+        raise scratch_error(tempfile.gettempdir(), exc) from None
+
+
+def scratch_error(folder, exc: OSError) -> WriteError:
+    """A write into the temp folder failed: named as that (under a file-size limit, the output's own
+    name was never reached, and a bare "/tmp: cannot write" read as a mistake in the path)."""
+    return WriteError(f"cannot write in this temporary folder ($TMPDIR): {exc.strerror or exc}", folder)
 
 
 @contextlib.contextmanager
@@ -212,7 +218,7 @@ def scratch_errors(folder):
         cause = write_failure(exc)
         if cause is None or (isinstance(exc, ConvzooError) and not inside(exc.path, folder)):
             raise
-        raise write_error(Path(folder).parent, cause) from None
+        raise scratch_error(Path(folder).parent, cause) from None
 
 
 def inside(path, folder) -> bool:

@@ -107,13 +107,13 @@ def test_writes_failing_in_the_temp_folder_are_one_line(tmp_path):
     # export --int8: its fp32 graph is written to the temp folder first
     proc = limited_cli("export", "--ckpt", "lenet5:mnist", "--int8", "--data-path", need(MNIST_DIR),
                        "--output", tmp_path / "q.onnx", env=env)
-    assert_user_error(proc, f"{tmp}: cannot write: File too large")
+    assert_user_error(proc, f"{tmp}: cannot write in this temporary folder ($TMPDIR): File too large")
     # predict from a checkpoint where the cache cannot be written: the export falls back to the temp folder
     (tmp_path / "cache").write_text("a file, not a folder")
     Image.new("L", (28, 28)).save(tmp_path / "digit.png")
     proc = limited_cli("predict", "--model", "lenet5:mnist", tmp_path / "digit.png",
                        env={**env, "CONVZOO_CACHE": str(tmp_path / "cache")})
-    assert_user_error(proc, f"{tmp}: cannot write: File too large")
+    assert_user_error(proc, f"{tmp}: cannot write in this temporary folder ($TMPDIR): File too large")
     assert list(tmp.iterdir()) == [] and not (tmp_path / "m.onnx").exists() and not (tmp_path / "q.onnx").exists()
     assert not (home / ".cache" / "Microsoft").exists()
 
