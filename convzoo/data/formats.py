@@ -924,11 +924,15 @@ def within_data_set(path, root) -> bool:
 def linked_folders(root: Path) -> list[Path]:
     """The folders elsewhere that `root`'s sub-folders, or theirs (train/<class>), are links to."""
     found = []
-    for here in (root, *(p for p in class_folders(root) if not p.is_symlink())) if root.is_dir() else ():
+    try:  # a folder that cannot be listed: reading the data set says so
+        tops = [root, *(p for p in class_folders(root) if not p.is_symlink())] if root.is_dir() else []
+    except OSError:
+        return found
+    for here in tops:
         try:
             with os.scandir(here) as entries:
                 found += [Path(e.path).resolve() for e in entries if e.is_symlink() and safe_is_dir(e)]
-        except OSError:  # a folder that cannot be listed: reading the data set says so
+        except OSError:
             continue
     return found
 
