@@ -847,7 +847,7 @@ def predict_test_images(predictor, args) -> int:
               f"({r['probability']:.4f}), true {r['true']}" + ("" if r["class"] == r["true"] else "  WRONG")))
     plot_grid(images, truth, [r["class"] for r in results], args.grid)
     if not args.json:
-        print(f"grid: {args.grid}")
+        print(printable(f"grid: {args.grid}"))
     return 0
 
 

@@ -488,7 +488,8 @@ def read_folder_split(located, split: str):
         _TRAIN_DIGESTS.clear()
         _TRAIN_DIGESTS.update(digests)
     else:
-        warn_if_test_copies_train(located.root, [p for p, _ in files["train"]], digests)
+        if not rule.every_image:  # scoring a model of another data set: the training folder trained nothing
+            warn_if_test_copies_train(located.root, [p for p, _ in files["train"]], digests)
         _TRAIN_DIGESTS.clear()  # used: a large folder's digests are not kept for the whole run
     return images, np.array([label for _, label in chosen], np.int64), classes
 
@@ -922,10 +923,11 @@ def within_data_set(path, root) -> bool:
 
 
 def linked_folders(root: Path) -> list[Path]:
-    """The folders elsewhere that `root`'s sub-folders, or theirs (train/<class>), are links to."""
+    """The folders elsewhere that `root`'s sub-folders, or theirs (train/<class>, also in a linked train/),
+    are links to."""
     found = []
     try:  # a folder that cannot be listed: reading the data set says so
-        tops = [root, *(p for p in class_folders(root) if not p.is_symlink())] if root.is_dir() else []
+        tops = [root, *class_folders(root)] if root.is_dir() else []  # train/ itself may be a link
     except OSError:
         return found
     for here in tops:
