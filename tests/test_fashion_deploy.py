@@ -110,6 +110,29 @@ def test_a_light_garment_cut_out_reads_by_its_silhouette():
 
 
 @pytest.mark.real_data
+def test_a_folder_of_garment_photos_names_t_shirt_top_as_a_folder_can(tmp_path, capsys):
+    """No folder can be named 'T-shirt/top': Fashion's class 0 could never be scored from a folder, and a
+    refused folder was named as the model's file. T-shirt-top/ (as `data sample` writes it) is that class;
+    a near miss in case is refused naming the folder, with the class it may mean."""
+    import convzoo
+    from convzoo.cli import main
+    from convzoo.data import formats
+
+    images = formats.read_idx_images(need(FASHION_DIR) / "t10k-images-idx3-ubyte.gz")[:100, 0]
+    labels = formats.read_idx_labels(FASHION_DIR / "t10k-labels-idx1-ubyte.gz", 10)[:100]
+    for name, label in (("T-shirt-top", 0), ("trouser", 1)):
+        (tmp_path / name).mkdir()
+        for i in [int(i) for i in (labels == label).nonzero()[0][:4]]:
+            Image.fromarray(images[i]).save(tmp_path / name / f"{i}.png")
+    assert main(["eval", "--model", "lenet5:fashion-mnist", "--dataset", "folder", "--data-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"convzoo: error: {tmp_path}: the data set's classes 'trouser' (did you mean 'Trouser'?)"), err
+    (tmp_path / "trouser").rename(tmp_path / "Trouser")
+    result = convzoo.evaluate("lenet5:fashion-mnist", dataset="folder", data_path=tmp_path)
+    assert result.confusion.sum(1).tolist()[:2] == [4, 4] and result.accuracy >= 0.75, result.confusion
+
+
+@pytest.mark.real_data
 @pytest.mark.parametrize("model, folder", [("lenet5:mnist", "mnist"), ("lenet5:fashion-mnist", "fashion")])
 def test_a_data_set_image_saved_as_png_reads_as_from_test(model, folder, tmp_path):
     """A test image saved as it is (`convzoo data sample`) is already in the recipe's format: it gets

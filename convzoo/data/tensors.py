@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, closest
 from . import formats
 from .catalog import FolderRule, check_class_indices, decode_split, get_spec, preprocess_rule
 from .fetch import Located, locate
@@ -125,12 +125,21 @@ def check_class_names(names, have, path, command: str, fewer: bool = False) -> N
                     f"{need}", path)
 
 
+def model_class_of(folder: str, names) -> str:
+    """The model's class a class folder stands for: its own name, or the name with '/' (which no folder
+    name can hold) written '-' as `data sample` writes it: T-shirt-top/ for Fashion's 'T-shirt/top'."""
+    if folder in names:
+        return folder
+    return next((n for n in names if "/" in n and n.replace("/", "-") == folder), folder)
+
+
 def refuse_other_classes(names, have, path, command: str) -> None:
     """A data set's classes `have` that a model's `names` lack: their images cannot be scored."""
     extra = [c for c in have if c not in names]
     if extra:
-        raise DataError(f"the data set's classes {few(extra)} are not among the model's ({some(names)}): {command} "
-                        "scores images of the model's classes only", path)
+        raise DataError(f"the data set's classes {few(extra)}{closest(extra[0], names)} are not among the model's "
+                        f"({some(names)}): {command} scores images of the model's classes only (a '/' in a class name "
+                        "is written '-' in a folder's)", path)
 
 
 def few(names) -> str:
@@ -169,9 +178,10 @@ def load_model_data(meta: dict, path=None, *, command: str = "eval", dataset: st
         if not spec.folder:  # the catalog names its classes: refused before any file is located or downloaded
             check_class_names(names, spec.classes, path, command, fewer=test_only)
         folder = photo_folder_rule(meta)  # a model of another data set on a folder
-        train, test, _ = load_dataset(spec.name, data_path, folder=folder, test_only=test_only)
+        train, test, located = load_dataset(spec.name, data_path, folder=folder, test_only=test_only)
         if spec.folder:  # the user's own classes: one the model lacks was left out without a word
-            refuse_other_classes(names, test.classes, path, command)
+            test = Split(test.images, test.labels, tuple(model_class_of(c, names) for c in test.classes))
+            refuse_other_classes(names, test.classes, located.root, command)
         test = select_classes_by_name(test, names, path, command, fewer=test_only)
     return None if train is None or test_only else select_classes_by_name(train, names, path, command), test
 
