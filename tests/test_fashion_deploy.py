@@ -87,7 +87,8 @@ def test_a_cut_out_garment_reads_as_on_white():
 def test_a_light_garment_cut_out_reads_by_its_silhouette():
     """A white or cream T-shirt cut out on a transparent canvas (a shop's product PNG) was 'blank image:
     nothing to read' and a guess (Bag): on white, only the transparency held its shape. The same shirt
-    shaded by folds (225-255) too. A canvas with nothing on it stays blank."""
+    shaded by folds (225-255) too; with a small dark print, the print was read (Bag); white trousers with
+    faint folds, the folds (Dress). A canvas with nothing on it stays blank."""
     import numpy as np
     from PIL import ImageDraw
 
@@ -103,10 +104,17 @@ def test_a_light_garment_cut_out_reads_by_its_silhouette():
         images.append(image)
     folds = np.asarray(images[0]).copy()
     folds[..., :3] = np.minimum(folds[..., :3], (225 + 30 * np.abs(np.sin(np.arange(500) / 40)))[:, None, None])
-    images += [Image.fromarray(folds, "RGBA"), Image.new("RGBA", (500, 500), (0, 0, 0, 0))]
+    logo = images[0].copy()  # a small dark print on a white shirt: only the print showed on white (Bag, 0.92)
+    ImageDraw.Draw(logo).rectangle((220, 150, 260, 180), fill=(20, 20, 20, 255))
+    trousers = Image.new("RGBA", (500, 500), (0, 0, 0, 0))
+    ImageDraw.Draw(trousers).polygon([(140, 60), (360, 60), (380, 460), (280, 460), (250, 200), (220, 460), (120, 460)],
+                                     fill=(255, 255, 255, 255))
+    for y in range(100, 450, 40):  # faint folds: read as the garment (Dress)
+        ImageDraw.Draw(trousers).line((150, y, 350, y + 10), fill=(238, 238, 238, 255), width=3)
+    images += [Image.fromarray(folds, "RGBA"), logo, trousers, Image.new("RGBA", (500, 500), (0, 0, 0, 0))]
     got = Predictor(pretrained_path("lenet5:fashion-mnist")).predict_images(images, topk=1)
-    assert [(r["class"], r.get("blank", False)) for r in got[:4]] == [("T-shirt/top", False)] * 4, got
-    assert got[4]["blank"], got
+    assert [(r["class"], r.get("blank", False)) for r in got[:6]] == [("T-shirt/top", False)] * 5 + [("Trouser", False)], got
+    assert got[6]["blank"], got
 
 
 @pytest.mark.real_data

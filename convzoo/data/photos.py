@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .images import TRANSPARENT, flatten_alpha, standard_mode
+from .images import PAPER_AND_INK, TRANSPARENT, flatten_alpha, standard_mode
 
 
 def as_mnist(image: Image.Image, rule: str) -> np.ndarray:
@@ -18,15 +18,31 @@ def as_mnist(image: Image.Image, rule: str) -> np.ndarray:
     Fashion-MNIST's images were (mnist_style)."""
     digit = rule == "digit"  # a digit's ink carries no shading; a garment's does, so its light is left as is
     image = standard_mode(image)
-    grey = np.asarray(flatten_alpha(image, None if digit else TRANSPARENT).convert("L"), dtype=np.float32)
-    made = mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
-    if not digit and not made.any() and image.mode in ("RGBA", "LA"):
-        # A light garment cut out of its photo (a white T-shirt): on white, its product photos' background,
-        # only the transparency held its shape, and it read as a blank image. Its silhouette on black is
-        # what there is to read (a garment that shows on white reads as on white: its shading is kept).
-        grey = np.asarray(flatten_alpha(image, 0.0).convert("L"), dtype=np.float32)
-        made = mnist_style(grey, box=28, by_mass=False)
-    return made
+    # A light garment cut out of its photo (a white T-shirt, with a logo or folds or none): on white, its
+    # product photos' background, only the transparency held its shape; it read as a blank image, or its
+    # logo as the garment. Its silhouette on black is read then; a garment that shows on white reads as on
+    # white, its shading kept.
+    background = None if digit else 0.0 if little_shows_on_white(image) else TRANSPARENT
+    grey = np.asarray(flatten_alpha(image, background).convert("L"), dtype=np.float32)
+    return mnist_style(grey, box=20 if digit else 28, by_mass=digit, even_light=digit, frames=digit)
+
+
+def little_shows_on_white(image: Image.Image) -> bool:
+    """Whether an image with transparency shows on white only in a small part of its opaque region: its
+    pixels darker than white by PAPER_AND_INK span under half of the opaque pixels' box (none at all: a
+    white garment; a logo or a print on one)."""
+    if image.mode not in ("RGBA", "LA"):
+        return False
+    alpha = np.asarray(image.getchannel("A")) > 127
+    if alpha.all() or not alpha.any():
+        return False
+    dark = alpha & (np.asarray(image.convert("L")) < 255 - PAPER_AND_INK)
+    return not dark.any() or box_area(dark) < 0.5 * box_area(alpha)
+
+
+def box_area(mask: np.ndarray) -> int:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1))
 
 
 def as_mnist_uint8(image: Image.Image, rule: str) -> np.ndarray:
