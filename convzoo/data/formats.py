@@ -725,25 +725,34 @@ def describe_test_split(root: Path, rule, *, unread: bool = True) -> str:
 def unread_notes(root: Path, layout) -> str:
     """'; N image files directly in FOLDER/: ...' for the folder and, split by hand (`layout`,
     split_layout's), its training and test folders, then '; N editors' source files ...'; '' when
-    there are none."""
-    return "".join(loose_images(folder) for folder in (root, *(layout or ())[:2])) + source_files_note(root)
+    there are none, and '; N linked folders inside class folders ...'."""
+    return "".join(loose_images(folder) for folder in (root, *(layout or ())[:2])) + walk_notes(root, layout)
 
 
-def source_files_note(root: Path) -> str:
-    """'; N editors' source files (.psd, ...) in the class folders: not read' (or ''): a folder's scan
-    skips images.SOURCE_FORMATS' files (see there), and a class saved only as .psd would lose its images
-    without a word."""
+def walk_notes(root: Path, layout) -> str:
+    """From one walk of the folder: '; N editors' source files (.psd, ...) in the class folders: not read'
+    (a folder's scan skips images.SOURCE_FORMATS' files, see there: a class saved only as .psd would lose
+    its images without a word), and '; N linked folders inside class folders: not entered' (a class's
+    sub-folders are walked as os.walk walks them; a link to a folder elsewhere is read as a class folder
+    or a split folder only); '' when there are neither."""
     suffixes = set(image_files.source_suffixes())
     try:
-        found = [f for f in image_files.walk_files(root, DataError) if f.suffix.lower() in suffixes
-                 and MACOS_METADATA not in f.relative_to(root).parts]
+        found = [f for f in image_files.walk_files(root, DataError) if MACOS_METADATA not in f.relative_to(root).parts]
     except DataError:  # data info describes; reading the data says what is wrong with the folder
         return ""
-    if not found:
-        return ""
-    kinds = ", ".join(sorted({f.suffix.lower() for f in found}))
-    return (f"; {len(found)} editors' source file{'s' * (len(found) != 1)} ({kinds}) in the class folders: not read "
-            "(export them as PNG to train on them)")
+    sources = [f for f in found if f.suffix.lower() in suffixes]
+    deep = 3 if layout else 2  # a class folder's own entries: root/class/x, or root/train/class/x
+    linked = [f for f in found if len(f.relative_to(root).parts) >= deep and f.is_symlink() and f.is_dir()]
+    notes = ""
+    if sources:
+        kinds = ", ".join(sorted({f.suffix.lower() for f in sources}))
+        notes += (f"; {len(sources)} editors' source file{'s' * (len(sources) != 1)} ({kinds}) in the class folders: "
+                  "not read (export them as PNG to train on them)")
+    if linked:
+        notes += (f"; {len(linked)} linked folder{'s' * (len(linked) != 1)} inside class folders "
+                  f"({printable(linked[0].relative_to(root).as_posix())}{', ...' * (len(linked) > 1)}): not entered "
+                  "(link the class folder itself, or the image files)")
+    return notes
 
 
 def loose_images(folder: Path) -> str:

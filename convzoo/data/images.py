@@ -331,7 +331,7 @@ def edge(solid: np.ndarray) -> np.ndarray:
 # Editors' and tools' source files (.psd, .dds textures, .icns app icons), read by content but not picked up
 # by a folder's scan: they lie beside the PNGs exported from them, and picked up they would be training
 # images twice (and a folder's test split would change, so an earlier run no longer resumes). `train` and
-# `data info` say how many a folder holds (formats.source_files_note); `predict` reads one named by its path.
+# `data info` say how many a folder holds (formats.walk_notes); `predict` reads one named by its path.
 SOURCE_FORMATS = ("PSD", "DDS", "ICNS")
 # SGI's other extensions name raw pixel dumps too: read, a folder holding one failed whole ("not an image").
 RAW_DUMP_SUFFIXES = (".rgb", ".rgba", ".bw")
