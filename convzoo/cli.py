@@ -193,9 +193,13 @@ def stop_signal() -> int | None:
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is the same one line as every other user error: `convzoo: error: ...`."""
 
+    @property
+    def command(self) -> str:
+        """The sub-command this parser reads ('train'); '' for the top level."""
+        return self.prog.removeprefix("convzoo").strip()
+
     def error(self, message):
-        command = self.prog.removeprefix("convzoo").strip()  # none for the top level's own errors
-        where = f"{command}: " if command else ""
+        where = f"{self.command}: " if self.command else ""
         self.exit(2, f"convzoo: error: {where}{message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):  # each sub-command's parser is called with its own args
@@ -250,8 +254,7 @@ def check_option_text(args) -> None:
     """Refuse an option given as empty text, which the commands would take as not given (`--config ""`
     trained the defaults, `--host ""` listened on every interface, `--output-dir ""` meant runs/...), and
     a kept path (KEPT_PATHS) that is not UTF-8."""
-    command = args.parser.prog.removeprefix("convzoo").strip()
-    kept = KEPT_PATHS[""] | KEPT_PATHS.get(command, set())
+    kept = KEPT_PATHS[""] | KEPT_PATHS.get(args.parser.command, set())
     for action in (a for a in args.parser._actions if a.option_strings):
         value = getattr(args, action.dest, None)
         if blank(value):  # `--output-dir "$OUT"` with OUT unset quietly meant the default folder

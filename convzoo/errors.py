@@ -1,6 +1,7 @@
 """User-facing errors: the CLI prints them as one line and exits 2; anything else is a bug."""
 
 import errno
+import os
 import re
 from collections import Counter
 
@@ -87,8 +88,6 @@ def not_utf8(text) -> bool:
 def not_found(path, message: str) -> str:
     """`message` ('checkpoint not found') for a path that is not there, unless it is a link: a link loop, or
     a link to nothing, was 'not found' (a run's looping last.pt: 'start it over with --exist-ok')."""
-    import os
-
     if not os.path.islink(path):
         return message
     try:
@@ -103,8 +102,6 @@ def not_found(path, message: str) -> str:
 def not_a_file(path, missing: str, wrong: str = "not a regular file") -> str:
     """Why `path`, not a regular file, cannot be read: `missing` where nothing is there (a link loop or a
     link to nothing named as one: not_found), else `wrong` (a folder, a device, a pipe)."""
-    import os
-
     return wrong if os.path.exists(path) else not_found(path, missing)
 
 

@@ -622,7 +622,7 @@ def holds_class_folders(folder: Path) -> bool:
     """Does `folder` hold a class folder (a sub-folder, skipped ones aside)? Stops at the first: a flat
     test/ of thousands of unlabelled images costs one directory listing."""
     try:
-        return any(not skipped(e.name) and safe_is_dir(e) for e in os.scandir(folder))
+        return any(not skipped(e.name) and safely(e.is_dir) for e in os.scandir(folder))
     except OSError as exc:
         raise DataError(f"cannot read folder: {exc.strerror or exc}", folder) from None
 
@@ -700,7 +700,7 @@ def listed(folder: Path) -> list[os.DirEntry]:
 def direct_images(entries: list[os.DirEntry]) -> int:
     """How many of a folder's `entries` are image files (by suffix, in any case)."""
     suffixes = set(image_files.image_suffixes())
-    return sum(1 for e in entries if Path(e.name).suffix.lower() in suffixes and safe_is_file(e))
+    return sum(1 for e in entries if Path(e.name).suffix.lower() in suffixes and safely(e.is_file))
 
 
 def describe_test_split(root: Path, rule, *, unread: bool = True) -> str:
@@ -942,24 +942,16 @@ def linked_folders(root: Path) -> list[Path]:
     for here in tops:
         try:
             with os.scandir(here) as entries:
-                found += [Path(e.path).resolve() for e in entries if e.is_symlink() and safe_is_dir(e)]
+                found += [Path(e.path).resolve() for e in entries if e.is_symlink() and safely(e.is_dir)]
         except OSError:
             continue
     return found
 
 
-def safe_is_dir(entry: os.DirEntry) -> bool:
-    """entry.is_dir(), False for a link loop (DirEntry raises ELOOP for it)."""
+def safely(test) -> bool:
+    """A DirEntry's is_dir or is_file, False for a link loop (DirEntry raises ELOOP for it)."""
     try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def safe_is_file(entry: os.DirEntry) -> bool:
-    """entry.is_file(), False for a link loop."""
-    try:
-        return entry.is_file()
+        return test()
     except OSError:
         return False
 

@@ -22,12 +22,12 @@ def save_samples(located: Located, count: int, folder: Path, as_json: bool = Fal
     that name was overwritten), and a folder inside the data set is refused (the PNGs would join it)."""
     from PIL import Image, PngImagePlugin
 
-    from ..errors import WriteError, not_found
+    from ..errors import WriteError, not_a_file
     from ..report.plots import KIND_KEY, plot_kind
 
     if not folder.is_dir() and (folder.exists() or folder.is_symlink()):  # mkdir said "File exists" of them all
-        what = "not a folder" if folder.exists() else not_found(folder, "")  # a file or device; a loop, a broken link
-        raise WriteError(f"{what}; --output names the folder the PNG files go to", folder)
+        raise WriteError(f"{not_a_file(folder, '', 'not a folder')}; --output names the folder the PNG files go to",
+                         folder)
     images, labels, classes = decode_split(located, "test")
     if not located.spec.reader.official and formats.within_data_set(folder, located.root):
         raise WriteError(f"is inside the data set's folder {located.root}: the samples would become its images; "
