@@ -37,6 +37,7 @@ class ConvzooError(Exception):
     """A mistake in the user's input (files, flags, data); never a bug in convzoo."""
 
     def __init__(self, message: str, path=None):
+        self.message = message  # without the path: the same problem can be told of another path
         self.path = str(path) if path is not None else None
         super().__init__(printable(f"{self.path}: {message}" if self.path else message))
 

@@ -16,7 +16,7 @@ from ..data.tensors import InputSpec, load_model_data
 from ..deploy.export import export_onnx
 from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..errors import CheckpointError, ConfigError, WriteError, printable
+from ..errors import CheckpointError, ConfigError, WriteError
 from ..metadata import deployment_metadata
 from .ptq import calibration_batches, check_quantizable, quantize_onnx
 from .qat import WEIGHT_RANGE, qat_finetune
@@ -156,7 +156,7 @@ def staged(out: Path, *, exist_ok: bool):
         written = Path(exc.path) if exc.path else None
         if written is None or not written.is_relative_to(stage):
             raise
-        raise WriteError(str(exc).removeprefix(f"{printable(exc.path)}: "), out / written.relative_to(stage)) from None
+        raise WriteError(exc.message, out / written.relative_to(stage)) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
