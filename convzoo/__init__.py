@@ -74,7 +74,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     """
     import dataclasses
 
-    from .config import TrainConfig, build_config, is_config_file, key_names
+    from .config import TrainConfig, build_config, check_value, is_config_file, key_names
     from .engine.launch import train as run_training
     from .errors import ConfigError, unknown
 
@@ -84,6 +84,8 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
         config = os.fspath(config)
         if isinstance(config, str) and not is_config_file(config):
             config = os.path.join(os.curdir, config)
+    if isinstance(config, str) and not config:  # as --config "" is refused: never the defaults unasked
+        raise ConfigError("config must not be empty (None trains with the defaults)")
     if not (config is None or isinstance(config, (str, dict, TrainConfig))):
         raise ConfigError(f"config must be a preset name, a YAML file's path, a TrainConfig or a dict, not "
                           f"{type(config).__name__}")
@@ -97,6 +99,8 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
         if name in given:
             raise ConfigError(f"train() was given {name} twice ({given[name][0]}= and {key}=); keep one")
         given[name] = key, _plain(value)
+        if value is None:  # the CLI's "not given": as a keyword it would silently be the default (epochs=None ran 10)
+            check_value(name, None, "train()")
     flags = {name: value for name, (_, value) in given.items()}
     if isinstance(config, TrainConfig):  # a recipe, as a dict is
         config = config.to_dict()
@@ -141,14 +145,15 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
         from .config import TTA_CHOICES
 
         _choice("tta", tta, TTA_CHOICES)
-    source = model.source if isinstance(model, Model) else str(model)
-    path = _resolve(source)
+    path = _resolve(model.source if isinstance(model, Model) else model)
     onnx_file = is_onnx(path)
     if tta is not None and onnx_file:
         raise ConfigError("tta applies to a checkpoint (scored in PyTorch); an ONNX file is scored as it is", path)
     given = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
              "interpolation": interpolation, "preprocessor": preprocessor, "preprocess": preprocess}
-    if any(v is not None for v in given.values()):  # as `convzoo eval` refuses them, before a class file is read
+    # a Model loaded with a description (an ONNX file made elsewhere) is scored as loaded; arguments add to it
+    loaded_with = model._predictor.describe if isinstance(model, Model) else {}
+    if loaded_with or any(v is not None for v in given.values()):  # as `convzoo eval` refuses them, before a class file is read
         if not onnx_file:
             from .deploy.foreign import not_for_checkpoints
 
@@ -164,7 +169,7 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
         from .deploy.predict import evaluate_model_file
 
         return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2, runtime=runtime,
-                                   limit=test_limit, describe=_description(**given))
+                                   limit=test_limit, describe={**loaded_with, **_description(**given)})
     from .engine.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size,
@@ -201,6 +206,7 @@ def _description(*, classes, mean, std, input_size, crop, interpolation, preproc
     are checked against the graph when it is read."""
     from .deploy.foreign import read_classes, with_preprocessor
 
+    classes, mean, std = _plain(classes), _plain(mean), _plain(std)  # np.float32(0.3), np.array([0.13]) as numbers
     if isinstance(classes, (str, int)) and not isinstance(classes, bool):
         classes = read_classes(str(classes))
     if input_size is not None:  # as --input-size takes it ('32' was compared with the graph's 32 and failed)
@@ -246,8 +252,9 @@ def export(checkpoint, output=None, *, format: str = "onnx", int8: bool = False,
     if data_path is not None and not int8:  # taken and ignored, its folder never even looked at
         raise ConfigError("--data-path goes with --int8 (the images its calibration and checks read); an fp32 "
                           "export reads no data")
-    source = checkpoint.source if isinstance(checkpoint, Model) else str(checkpoint)
-    path = _resolve(source)
+    source = checkpoint.source if isinstance(checkpoint, Model) else checkpoint
+    path = _resolve(source, "checkpoint")
+    source = str(source)
     from .metadata import is_onnx
 
     if is_onnx(path):
@@ -320,16 +327,20 @@ class Model:
                 f"input={self.input['channels']}x{self.input['size']}x{self.input['size']}, file={str(self.path)!r})")
 
 
-def _resolve(path_or_name) -> Path:
-    """NAME:DATASET -> the shipped weights file (verified); a path as is."""
+def _resolve(path_or_name, what: str = "model") -> Path:
+    """NAME:DATASET -> the shipped weights file (verified); a path as is. Anything else is refused, not
+    made a file name by str() (evaluate(None) scored a file named 'None')."""
     import os
 
     from .models.pretrained import resolve
 
+    if isinstance(path_or_name, dict) and "checkpoint" in path_or_name:
+        raise ConfigError(f"{what} must be a file path or a NAME:DATASET name, got train()'s result: pass its "
+                          "['checkpoint']")
     if not isinstance(path_or_name, (str, os.PathLike)) or not str(path_or_name):
-        raise ConfigError(f"model must be a file path or a NAME:DATASET name, got {shown(path_or_name)}")
+        raise ConfigError(f"{what} must be a file path or a NAME:DATASET name, got {shown(path_or_name)}")
     if not_utf8(os.fspath(path_or_name)):
-        raise ConfigError(f"model: {os.fspath(path_or_name)} {NOT_UTF8}")
+        raise ConfigError(f"{what}: {os.fspath(path_or_name)} {NOT_UTF8}")
     return Path(resolve(os.fspath(path_or_name)))
 
 
@@ -337,7 +348,7 @@ def _decoded(images) -> list:
     """(name, PIL image, is_file) for paths, folders, patterns, PIL images and numpy arrays."""
     from PIL import Image
 
-    from .data.images import orient
+    from .data.images import orient, standard_mode
     from .deploy.predict import expand_image_paths
     from .deploy.preprocess import ImageError, load_image, read_pixels
 
@@ -353,7 +364,8 @@ def _decoded(images) -> list:
             _check_pixels(item.size[1], item.size[0], f"image[{i}]")  # from the header, before reading pixels
             # Upright by its EXIF orientation, as a file given by path is (load_image): a phone photo
             # opened with Image.open is stored sideways.
-            out.append((f"image[{i}]", orient(read_pixels(item, f"image[{i}]"), f"image[{i}]"), False))
+            name = f"image[{i}]"  # grey or RGB now, so an image of NaN floats is named by its place
+            out.append((name, standard_mode(orient(read_pixels(item, name), name), name), False))
         elif type(item).__module__ == "numpy":
             out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))
         else:

@@ -127,8 +127,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         checks = [
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            # Upper bounds far beyond any useful value, below what float32 optimizer state overflows at.
+            # Upper bounds far beyond any useful value: 10**20 epochs started a run that could never end;
+            # lr and weight decay stay below what float32 optimizer state overflows at.
+            (1 <= self.epochs <= 10**6, f"--epochs must be in 1..1000000, got {self.epochs}"),
             (0 < self.lr <= 1e4, f"--lr must be in (0, 10000], got {self.lr}"),
             (0 <= self.weight_decay <= 1e4, f"--weight-decay must be in 0..10000, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),

@@ -295,6 +295,7 @@ def one_line_error(call, kind: str, match: str):
     # The files' 40-megapixel limit, from the shape: a broadcast array grew to 9.8 GB before failing.
     (3, "broadcast", "ImageError", r"^array\[0\]: image is 100000x100000 = 10000 megapixels; the limit is 40$"),
     (3, "pil 7000x7000", "ImageError", r"^image\[0\]: image is 7000x7000 = 49 megapixels; the limit is 40$"),
+    (3, "pil nan", "ImageError", r"^image\[0\]: image holds NaN or infinite pixel values$"),  # was "image: ..."
 ])
 def test_api_predict_refuses_bad_arguments(pretrained_model, topk, image, kind, match):
     import warnings
@@ -308,7 +309,8 @@ def test_api_predict_refuses_bad_arguments(pretrained_model, topk, image, kind, 
               "pil 0x5": Image.new("L", (0, 5)), "pil 7x0 RGB": Image.new("RGB", (7, 0)),
               "complex": np.zeros((28, 28), complex), "int 300": np.full((28, 28), 300),
               "broadcast": np.broadcast_to(np.float32(0.5), (100_000, 100_000)),
-              "pil 7000x7000": Image.new("L", (7000, 7000))}[image]
+              "pil 7000x7000": Image.new("L", (7000, 7000)),
+              "pil nan": Image.fromarray(np.full((28, 28), np.nan, np.float32))}[image]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's ComplexWarning is not an answer either
         one_line_error(lambda: convzoo.predict(pretrained_model, [images], topk=topk), kind, match)
@@ -370,14 +372,37 @@ def test_api_evaluate_takes_the_eval_commands_options(tmp_path):
                                  preprocess="digit", **data)
     assert described.accuracy == convzoo.evaluate(own, **data).accuracy >= 0.97
     assert int(described.confusion.sum()) == 300
+    # a Model loaded with that description is scored as loaded (evaluate re-read its file bare: "no metadata")
+    loaded = convzoo.load(tmp_path / "plain.onnx", classes=10, mean=0.1307, std=0.3081, preprocess="digit")
+    assert (convzoo.evaluate(loaded, dataset="mnist", **data).confusion == described.confusion).all()
     for model, kwargs, match in [
         (tmp_path / "plain.onnx", {"classes": 10, "mean": 0.1307, "std": 0.3081},
          "evaluate takes dataset='mnist'"),
-        (tmp_path / "plain.onnx", {"dataset": "mnist", "classes": 10, "mean": "x", "std": 1}, "input mean"),
+        (tmp_path / "plain.onnx", {"dataset": "mnist", "classes": 10, "mean": "x", "std": 1}, "mean must be one number or a list of 1"),
         ("lenet5:mnist", {"classes": 10}, "a convzoo checkpoint describes itself"),
         (own, {"tta": "flip"}, "tta applies to a checkpoint"),
     ]:
         one_line_error(lambda: convzoo.evaluate(model, **kwargs, **data), "ConvzooError", re.escape(match))
+
+
+@pytest.mark.parametrize("model, match", [
+    (None, "got 'None'"), (5, "got '5'"), (b"x.pt", "got \"b'x.pt'\""),
+    ({"best_acc": 0.9, "checkpoint": "runs/x/best.pt"}, "got train()'s result: pass its ['checkpoint']"),
+])
+def test_api_evaluate_and_export_take_no_object_as_a_file_name(tmp_path, monkeypatch, model, match):
+    """str(model) made any object a file name: evaluate(None) scored a file named 'None' there, export(None)
+    wrote None.onnx, and train()'s result dict was 'file name too long'."""
+    import re
+
+    import convzoo
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "None").write_bytes(b"not a checkpoint")  # what str(None) used to name
+    one_line_error(lambda: convzoo.evaluate(model), "ConfigError",
+                   f"^model must be a file path or a NAME:DATASET name, {re.escape(match)}$")
+    one_line_error(lambda: convzoo.export(model), "ConfigError",
+                   f"^checkpoint must be a file path or a NAME:DATASET name, {re.escape(match)}$")
+    assert [p.name for p in tmp_path.iterdir()] == ["None"]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -430,12 +455,18 @@ def test_api_train_refuses_unknown_keys_of_a_config_dict(config, match):
     ({"output_dir": ""}, "^--output-dir must not be empty$"),
     ({"data_path": " "}, "^--data-path must not be empty$"),
     ({"device": ""}, "^--device must not be empty$"),  # (a config file's `device: ""` was "--device : convzoo runs on")
+    # None was the CLI's "not given": epochs=None trained the default 10 epochs, lr=None the default lr
+    ({"epochs": None}, r"^train\(\): epochs must be a whole number, got 'None'$"),
+    ({"learning_rate": None}, r"^train\(\): lr must be a finite number, got 'None'$"),
+    ({"model": None}, r"^train\(\): model must be text, got 'None'$"),
+    ({"config": ""}, r"^config must not be empty \(None trains with the defaults\)$"),  # trained with the defaults
+    ({"epochs": 10**20}, r"^--epochs must be in 1\.\.1000000, got 100000000000000000000$"),  # a run that never ended
 ])
 def test_api_train_refuses_odd_switches_and_empty_paths(tmp_path, monkeypatch, kwargs, match):
     import convzoo
 
     monkeypatch.chdir(tmp_path)
-    one_line_error(lambda: convzoo.train(epochs=1, **kwargs), "ConfigError", match)
+    one_line_error(lambda: convzoo.train(**{"epochs": 1, **kwargs}), "ConfigError", match)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -451,6 +482,15 @@ def test_api_load_refuses_odd_class_names_and_sides(tmp_path):
     one_line_error(lambda: convzoo.load(path, classes=10, mean=0.5, std=0.25, input_size="8"), "ConfigError",
                    "^input_size must be an integer from 1 to 512, got '8'$")
     assert convzoo.load(path, classes=10, mean=0.5, std=0.25, input_size=8).input["size"] == 8
+    # numpy numbers as Python's, as train() and predict() take them ("must be a list of 3 numbers", a float
+    # being taken); a wrong count says a number or one per channel goes there
+    import numpy as np
+
+    loaded = convzoo.load(path, classes=np.int64(10), mean=np.float32(0.5), std=np.array([0.25, 0.25, 0.25]),
+                          input_size=np.int64(8))
+    assert loaded.input["mean"] == [0.5] * 3 and loaded.input["std"] == [0.25] * 3 and len(loaded.classes) == 10
+    one_line_error(lambda: convzoo.load(path, classes=10, mean=[0.5, 0.5], std=0.25, input_size=8), "ConfigError",
+                   r"mean must be one number or a list of 3 \(one per input channel\), got '\[0\.5, 0\.5\]'$")
 
 
 @pytest.mark.real_data

@@ -214,7 +214,7 @@ def test_bad_descriptions_are_one_line(files, tmp_path):
         ([files["plain"], "--classes", bad_json, *describe], "not valid JSON"),
         ([files["plain"], "--classes", "nothing-here", *describe], "neither a count"),
         ([files["plain"], "--classes", "a,,b", *describe], "class name"),
-        ([files["plain"], "--classes", "10", "--mean", "0.5,0.5,0.5", "--std", "1"], "input mean must be a list of 1"),
+        ([files["plain"], "--classes", "10", "--mean", "0.5,0.5,0.5", "--std", "1"], "mean must be one number or a list of 1 (one per input channel)"),
         ([files["plain"], "--classes", "10", "--mean", "0.5", "--std", "0"], "input std"),
         ([files["plain"], "--classes", "10", "--mean", "nan", "--std", "1"], "finite"),
         ([files["plain"], "--classes", "10", "--mean", "x", "--std", "1"], "--mean takes numbers"),

@@ -248,15 +248,27 @@ def test_eval_table_escapes_control_characters_in_class_names(tmp_path, digits, 
 
 def test_train_api_takes_paths_and_numpy_integers(tmp_path):
     """train() refused output_dir=pathlib.Path(...) and epochs=np.int64(1) while evaluate, export and
-    predict take a Path and numpy integers."""
+    predict take a Path and numpy integers. It also leaves the caller's own Ctrl-C handler in place (it
+    put Python's default back)."""
+    import signal
+
     import convzoo
     from convzoo.errors import ConfigError
 
     need(MNIST_DIR)
-    result = convzoo.train(model="lenet5", dataset="mnist", data_path=MNIST_DIR, output_dir=tmp_path / "run",
-                           epochs=np.int64(1), batch_size=np.int32(64), train_limit=np.int64(256),
-                           test_limit=np.int16(100), lr=np.float32(0.01), classes=[np.int64(0), 1, np.int8(2)],
-                           threads=1, quiet=True)
+
+    def own_handler(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGINT, own_handler)
+    try:
+        result = convzoo.train(model="lenet5", dataset="mnist", data_path=MNIST_DIR, output_dir=tmp_path / "run",
+                               epochs=np.int64(1), batch_size=np.int32(64), train_limit=np.int64(256),
+                               test_limit=np.int16(100), lr=np.float32(0.01), classes=[np.int64(0), 1, np.int8(2)],
+                               threads=1, quiet=True)
+        assert signal.getsignal(signal.SIGINT) is own_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert result["output_dir"] == str(tmp_path / "run") and Path(result["checkpoint"]).is_file()
     assert result["epoch"] == 1
     with pytest.raises(ConfigError, match="epochs"):  # still a range- and type-checked value

@@ -127,6 +127,9 @@ def test_every_setting_has_a_resume_rule():
     (["--test-limit", "300"], "--test-limit 300 differs from the run's 200"),
     (["--freeze", "conv1.*"], "--freeze conv1.* differs from the run's (not set)"),
     (["--restore", "other.pt"], "--restore other.pt does not go with --resume"),
+    # these blamed the run: "checkpoint was trained with a 1-epoch onecycle schedule" (the run's is constant)
+    (["--schedule", "onecycle"], "--schedule onecycle differs from the run's constant"),
+    (["--config", "lenet5-mnist"], "--batch-size 128 differs from the run's 64"),
 ])
 def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, capsys, flags, fragment):
     """Each was taken with rc 0 and written into config.yaml as if the whole run had used it (--restore was

@@ -104,7 +104,8 @@ def describe(onnx_model, path, hints: dict | None) -> dict:
         raise ConfigError(f"--preprocess {rule} reads grey images; the model takes {channels} channels", path)
     # A digit or garment is made 28x28 and centred on black, as in MNIST; a larger input gets it padded (LeNet-5's 32)
     spec = {"channels": channels, "size": size, "fit": "pad" if rule in ("digit", "fashion") else "resize",
-            "mean": per_channel(hints["mean"], channels), "std": per_channel(hints["std"], channels)}
+            "mean": per_channel(hints["mean"], channels, "mean", path),
+            "std": per_channel(hints["std"], channels, "std", path)}
     meta = check_model_meta({"model": Path(path).stem[:200] or "model", "class_names": hints["classes"],
                              "input": spec, "preprocess": rule}, path, need_num_classes=False, need_dataset=False)
     meta["input"]["layout"] = layout
@@ -235,9 +236,14 @@ def check_crop(crop, path) -> float:
     return float(crop)
 
 
-def per_channel(value, channels: int) -> list:
-    """One number for every channel, or a list (checked against the channel count with the description)."""
-    return [value] * channels if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+def per_channel(value, channels: int, key: str, path) -> list:
+    """One number for every channel, or a list of one per channel (its range is checked with the description)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value] * channels
+    if not isinstance(value, (list, tuple)) or len(value) != channels:
+        raise ConfigError(f"{key} must be one number or a list of {channels} (one per input channel), got "
+                          f"{str(value)[:60]!r}", path)
+    return list(value)
 
 
 def unique_names(names: list) -> list:

@@ -493,9 +493,9 @@ class InterruptFlag(threading.Event):
         return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
     def restore(self) -> None:
-        """The handlers from before the run (Ctrl-C: Python's KeyboardInterrupt)."""
+        """The handlers from before the run: a caller's own stays its own (None: one not set from Python)."""
         for signum, handler in self.previous.items():
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else handler or signal.SIG_DFL)
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def interrupt_flag() -> InterruptFlag:
@@ -674,6 +674,11 @@ def resumed_wall(state: dict) -> float:
 
 def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     old = state.get("config", {})
+    # first: a preset given on resume (its onecycle over a constant run) is named, not blamed on the run
+    for key in RESUME_SAME:  # config.py says why these, and not the others
+        if key in old and old[key] != getattr(cfg, key):
+            raise CheckpointError(f"{flag_name(key)} {setting(getattr(cfg, key))} differs from the run's "
+                                  f"{setting(old[key])}; resume needs the same setting", path)
     if old.get("epochs") != cfg.epochs and cfg.schedule != "constant":
         raise CheckpointError(f"checkpoint was trained with a {old.get('epochs')}-epoch {cfg.schedule} schedule; "
                               f"--resume cannot stretch it to {cfg.epochs} epochs (start a new run with --restore)", path)
@@ -688,10 +693,6 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     if cfg.restore and cfg.restore != old.get("restore"):  # the weights come from last.pt: another start is ignored
         raise CheckpointError(f"--restore {setting(cfg.restore)} does not go with --resume, which continues from the "
                               "run's last.pt; start a new run to begin from other weights", path)
-    for key in RESUME_SAME:  # config.py says why these, and not the others
-        if key in old and old[key] != getattr(cfg, key):
-            raise CheckpointError(f"{flag_name(key)} {setting(getattr(cfg, key))} differs from the run's "
-                                  f"{setting(old[key])}; resume needs the same setting", path)
 
 
 def setting(value) -> str:
