@@ -71,6 +71,24 @@ def test_restore_exclude_and_freeze(mnist_run, tmp_path):
 
 
 @pytest.mark.real_data
+def test_freeze_keeps_a_frozen_batch_norms_statistics(tmp_path):
+    """A frozen BatchNorm's weights stayed fixed but its running mean and variance moved with every
+    batch (training mode), so the "frozen" layer computed something else after the run."""
+    base = ["train", "--model", "lenet-quant", "--dataset", "mnist", "--data-path", need(MNIST_DIR), "--train-limit",
+            "256", "--test-limit", "100", "--epochs", "1", "--threads", "1", "--quiet"]
+    run_cli(*base, "--output-dir", tmp_path / "source", check=0)
+    run_cli(*base, "--restore", tmp_path / "source" / "best.pt", "--freeze", "conv1.*", "--output-dir",
+            tmp_path / "tuned", check=0)
+    source = torch.load(tmp_path / "source" / "best.pt", weights_only=True)["state_dict"]
+    tuned = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["state_dict"]
+    frozen = [k for k in source if k.startswith("conv1.")]
+    assert {"conv1.1.running_mean", "conv1.1.running_var", "conv1.1.num_batches_tracked"} <= set(frozen)
+    for name in frozen:
+        assert torch.equal(source[name], tuned[name]), name
+    assert not torch.equal(source["conv2.1.running_mean"], tuned["conv2.1.running_mean"])  # not frozen: adapts
+
+
+@pytest.mark.real_data
 def test_restore_to_class_subset_skips_mismatched_head(mnist_run, tmp_path):
     proc = run_cli("train", "--model", "lenet5", "--dataset", "mnist", "--data-path", MNIST_DIR, "--classes", "3,5,8",
                    "--train-limit", "6000", "--epochs", "1", "--restore", mnist_run / "best.pt",

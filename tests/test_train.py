@@ -99,6 +99,30 @@ def test_ctrl_c_leaves_valid_last_pt(tmp_path):
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.real_data
+def test_ctrl_c_after_the_last_epoch_lets_the_run_finish(tmp_path, monkeypatch):
+    """A Ctrl-C (or SIGTERM) while the finished run wrote summary.json and curves.png cut them off: no
+    curves, no done line, MLflow's run left RUNNING, and --resume refused a run that had finished. The
+    signal now only sets the flag until the run is written; the caller's handler is back afterwards."""
+    import convzoo
+    from convzoo.engine import trainer
+
+    real = trainer.finish_run
+
+    def interrupted_finish(out, summary):
+        os.kill(os.getpid(), signal.SIGINT)  # the real signal, delivered at this moment
+        real(out, summary)
+
+    monkeypatch.setattr(trainer, "finish_run", interrupted_finish)
+    out = tmp_path / "run"
+    result = convzoo.train(model="lenet5", dataset="mnist", data_path=need(MNIST_DIR), train_limit=256,
+                           test_limit=100, epochs=1, threads=1, output_dir=out, quiet=True)
+    assert result["epoch"] == 1
+    assert (out / "curves.png").is_file() and json.loads((out / "summary.json").read_text())["epoch"] == 1
+    assert "done: best test accuracy" in (out / "train.log").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("model,params,shapes", [
     ("lenet5", 61706, ["(None, 6, 28, 28)", "(None, 16, 5, 5)", "(None, 400)", "(None, 10)"]),
     ("lenet5-keras", 331214, ["(None, 6, 28, 28)", "(None, 16, 7, 7)", "(None, 32, 7, 7)", "(None, 1568)",

@@ -175,6 +175,7 @@ class TrainingRun:
             if state is not None:
                 self._load_state(state)
             self.ddp_model = wrap_ddp(model, device, sync_bn=cfg.sync_bn)
+            self.frozen_norms = frozen_norms(model, frozen)  # after wrap_ddp: SyncBatchNorm replaces them
             self.train_split, self.test_split = train_split.to(device), test_split.to(device)
             self.val_split = val_split.to(device) if val_split is not None else None
 
@@ -201,12 +202,20 @@ class TrainingRun:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def fit(self) -> dict:
-        cfg, out, log = self.cfg, self.out, self.log
         self.position = (self.start_epoch, self.start_step)
         # Wall clock of training, for time to accuracy: a resumed run goes on from the time last.pt recorded
         # (the steps after that checkpoint are redone; the time between the two processes is not counted).
         self.wall_start = time.perf_counter() - self.resumed_wall
         stop = interrupt_flag()  # the first Ctrl-C or SIGTERM: finish the step, write last.pt, stop
+        try:
+            return self._fit(stop)
+        finally:
+            # only now: a Ctrl-C once the last epoch ended only sets the flag, so summary.json, curves.png and
+            # the loggers' close are written whole (it cut them off, MLflow's run left RUNNING, not resumable)
+            stop.restore()
+
+    def _fit(self, stop: "InterruptFlag") -> dict:
+        cfg, out, log = self.cfg, self.out, self.log
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step if epoch == self.start_epoch else 0
@@ -232,7 +241,6 @@ class TrainingRun:
             self.loggers.close(ok=False)
             raise
         finally:
-            stop.restore()
             distributed.cleanup()
         final = self.history[-1] if self.history else {}
         summary = {"best_acc": self.best, **final, "target_acc": cfg.target_acc or None, "reached": self.reached,
@@ -300,7 +308,7 @@ class TrainingRun:
             if interrupted:
                 raise stop.interruption()
 
-        self.ddp_model.train()
+        self._train_mode()
         try:
             train_one_epoch(self.ddp_model, epoch_batches(self.train_split, cfg, epoch, first, spe), model_input,
                             self.optimizer, self.scaler, self.criterion, meter, amp_dtype=self.amp_dtype,
@@ -371,11 +379,18 @@ class TrainingRun:
         raise ConfigError(f"training diverged: the loss became {kind} at epoch {epoch + 1}, {steps}; try a lower "
                           f"--lr (it is {self.cfg.lr:g}); {kept}")
 
+    def _train_mode(self) -> None:
+        """Training mode, but a BatchNorm that --freeze fixed keeps its running statistics (in training mode
+        they moved with every batch: the "frozen" layers computed something else after the run)."""
+        self.ddp_model.train()
+        for norm in self.frozen_norms:
+            norm.eval()
+
     def _check_target(self, epoch: int, step: int, meter: "EpochMeter") -> None:
         """A mid-epoch evaluation (--eval-every-steps): record it, and stop once --target-acc is met."""
         split, name = (self.val_split, "val") if self.val_split is not None else (self.test_split, "test")
         accuracy = self._evaluate(split).accuracy
-        self.ddp_model.train()
+        self._train_mode()
         if self._record_eval(epoch, step, name, accuracy):
             raise TargetReached(meter)
 
@@ -700,6 +715,17 @@ def setting(value) -> str:
     if value is None or value == []:
         return "(not set)"
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def frozen_norms(model: nn.Module, frozen: list[str]) -> list[nn.Module]:
+    """The batch-norm layers whose every parameter --freeze fixed (names as `frozen` lists them)."""
+    frozen = set(frozen)
+    norms = []
+    for name, module in model.named_modules():
+        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+        if isinstance(module, nn.modules.batchnorm._NormBase) and params and frozen.issuperset(params):
+            norms.append(module)
+    return norms
 
 
 def wrap_ddp(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
