@@ -53,6 +53,8 @@ def check_target(path, *, inputs=(), suffixes: tuple[str, ...] = (), exist_ok: b
         if Path(source).exists() and (path.resolve() == Path(source).resolve()
                                       or (path.exists() and os.path.samefile(path, source))):
             raise WriteError(f"is also the input {source}: writing it would destroy that; choose another output", path)
+    if suffixes and path.name.lower() in suffixes:  # '.onnx' alone: a hidden file with no name, not a suffix
+        raise WriteError(f"the output needs a name before {path.name} (e.g. model{path.name})", path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise WriteError(f"the output must end in {' or '.join(suffixes)}", path)
     if path.is_dir():

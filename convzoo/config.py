@@ -112,11 +112,11 @@ class TrainConfig:
                                "setting is kept there) and for a model without BatchNorm")
     print_freq: int = opt(100, "log a step line every N steps")
     eval_every: int = opt(1, "evaluate on the test (and val) split every N epochs (the last one always)")
-    eval_steps: int = opt(0, "also evaluate every N steps within an epoch (0: at epoch ends only), so "
+    eval_steps: int = opt(0, "also evaluate every N training steps, counted over the run (0: at epoch ends only), so "
                              "--target-acc finds the moment", "--eval-every-steps")
     target_acc: float = opt(0.0, "stop as soon as the val (else test) accuracy reaches this, recording the "
                                  "wall time to get there (0: train every epoch)")
-    save_every: int = opt(0, "also write last.pt every N steps (0: at epoch ends only)")
+    save_every: int = opt(0, "also write last.pt every N training steps, counted over the run (0: at epoch ends only)")
     restore: str | None = opt(None, "initialise from this checkpoint's matching tensors", "--restore",
                               "--restore_path", "--restore-path")
     restore_exclude: list[str] = opt([], "comma-separated globs of tensors not to restore, e.g. 'fc3.*'",

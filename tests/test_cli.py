@@ -374,6 +374,7 @@ def test_outputs_that_would_destroy_an_input_or_cannot_be_written(tmp_path, caps
         (["export", "--ckpt", weights, "--output", tmp_path / "." / "w.safetensors", "--int8"], "is also the input"),
         (["export", "--ckpt", weights, "--format", "pt2", "--output", weights], "is also the input"),
         (["export", "--ckpt", weights, "--output", tmp_path / "w.txt"], "must end in .onnx"),
+        (["export", "--ckpt", weights, "--output", tmp_path / ".onnx"], "needs a name before .onnx (e.g. model.onnx)"),
         (["export", "--ckpt", weights, "--format", "pt2", "--int8", "--output", tmp_path / "w.pt2"], "--int8 makes an ONNX"),
         (["export", "--ckpt", weights, "--output", ""], "argument --output: must not be empty"),
         (["export", "--ckpt", weights, "--output", weights / "x.onnx"], "cannot create this folder"),

@@ -205,9 +205,14 @@ def test_tensorboard_and_mlflow_logs_read_back_with_their_own_readers(tmp_path, 
     (again,) = client.search_runs([found.info.experiment_id])
     assert again.info.run_id == found.info.run_id and again.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(found.info.run_id, "test_acc")] == [1, 2, 3]
+    # the run's params stay as it began (MLflow's cannot change); what the resume changed is a tag
+    assert again.data.params["epochs"] == "2" and again.data.tags["resumed.epochs"] == "3"
+    assert "resumed.model" not in again.data.tags
     events = EventAccumulator(str(run))
     events.Reload()
     assert [s.step for s in events.Scalars("accuracy/test")] == [1, 2, 3]
+    configs = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("config/text_summary")}
+    assert "epochs: 2" in configs[0] and "epochs: 3" in configs[2]  # the resume's settings at its first epoch
 
 
 def test_missing_tracking_package_is_a_convzoo_error(tmp_path, monkeypatch):

@@ -301,12 +301,14 @@ def test_onnxruntime_fuses_the_int8_graph_into_integer_kernels(qat_run, tmp_path
 
 @pytest.mark.real_data
 def test_ptq_method_and_export_int8(mnist_run, tmp_path):
-    """--method ptq (no fine-tune) and `export --int8` both give int8 files within a point of fp32."""
+    """--method ptq (no fine-tune) and `export --int8` both give int8 files within a point of fp32. The
+    report says what calibration read: 50 batches asked of 100 images is 2 (it said 50)."""
     out = tmp_path / "ptq"
-    run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--method", "ptq", "--calib-batches", "8",
-            "--data-path", MNIST_DIR, "--output-dir", out, check=0)
+    run_cli("quantize", "--ckpt", mnist_run / "best.pt", "--method", "ptq", "--calib-batches", "50",
+            "--train-limit", "100", "--data-path", MNIST_DIR, "--output-dir", out, check=0)
     report = json.loads((out / "int8-report.json").read_text())
     assert report["method"] == "ptq" and not (out / "qat.pt").exists()
+    assert "MinMax calibration on 2 training batches (100 images)" in (out / "int8-report.md").read_text()
     assert report["int8"]["accuracy"] >= report["fp32"]["accuracy"] - 0.01, report
     exported = tmp_path / "exported-int8.onnx"
     run_cli("export", "--ckpt", mnist_run / "best.pt", "--int8", "--output", exported, "--data-path", MNIST_DIR,

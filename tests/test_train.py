@@ -388,6 +388,20 @@ def test_target_acc_stops_at_the_target_and_records_the_time(tmp_path):
     assert len(rows) == reached["epoch"] < 5 and float(rows[-1]["wall_s"]) >= reached["wall_s"] > 0
 
 
+@pytest.mark.real_data
+def test_eval_and_save_steps_count_over_the_run(tmp_path):
+    """--eval-every-steps 12 with 8 steps an epoch never fired (the count restarted each epoch): no
+    evaluation between epoch ends, and no word of it (--save-every counts the same way)."""
+    import csv
+
+    out = tmp_path / "run"
+    run_cli("train", "--model", "lenet5", "--data-path", need(MNIST_DIR), "--train-limit", "512", "--test-limit",
+            "100", "--epochs", "3", "--threads", "1", "--eval-every-steps", "12", "--output-dir", out, "--quiet",
+            check=0)
+    evals = [(int(e["epoch"]), int(e["step"])) for e in csv.DictReader(open(out / "evals.csv"))]
+    assert evals == [(1, 8), (2, 4), (2, 8), (3, 8)]  # step 12 of the run, then each epoch's end (24 is one)
+
+
 def test_omp_num_threads_sets_the_default_thread_count(monkeypatch):
     from convzoo.engine.runtime import default_threads
 

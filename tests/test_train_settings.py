@@ -130,6 +130,8 @@ def test_every_setting_has_a_resume_rule():
     # these blamed the run: "checkpoint was trained with a 1-epoch onecycle schedule" (the run's is constant)
     (["--schedule", "onecycle"], "--schedule onecycle differs from the run's constant"),
     (["--config", "lenet5-mnist"], "--batch-size 128 differs from the run's 64"),
+    # a target the run had met before it was set: the time recorded was a later evaluation's
+    (["--target-acc", "0.1"], "so --target-acc 0.1 was met before this resume"),
 ])
 def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, capsys, flags, fragment):
     """Each was taken with rc 0 and written into config.yaml as if the whole run had used it (--restore was

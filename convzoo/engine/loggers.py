@@ -180,9 +180,10 @@ class TensorBoardLogger:
             raise missing("tensorboard", exc) from None
         # On resume, purge_step drops events the interrupted run wrote past its checkpoint.
         self.writer = SummaryWriter(str(out), purge_step=resumed_epoch + 1 if resumed_epoch is not None else None)
-        if resumed_epoch is None:
-            text = "\n".join(f"    {k}: {v}" for k, v in config.items())  # indented: markdown code block
-            self.writer.add_text("config", text, 0)
+        # A resume writes the settings it continues with at its first epoch: --epochs may have grown, and a
+        # --logger tensorboard first given on resume had no config text at all.
+        text = "\n".join(f"    {k}: {v}" for k, v in config.items())  # indented: markdown code block
+        self.writer.add_text("config", text, resumed_epoch or 0)
 
     def epoch(self, row: dict) -> None:
         for key, tag in TB_TAGS.items():
@@ -241,6 +242,14 @@ class MLflowLogger:
         if previous:  # --resume continues the same MLflow run
             self.run_id = previous[0].info.run_id
             client.update_run(self.run_id, status="RUNNING")
+            # a param cannot change in MLflow: a setting the resume changed (--epochs, --threads) is a tag
+            # `resumed.KEY` (config.yaml, uploaded at the end, holds them all)
+            logged = previous[0].data.params
+            for key, value in config.items():
+                if key in logged and logged[key] != str(value)[:6000]:
+                    client.set_tag(self.run_id, f"resumed.{key}", str(value)[:5000])
+                elif key not in logged:  # a setting newer than the run's start
+                    client.log_batch(self.run_id, params=[Param(key, str(value)[:6000])])
         else:
             self.run_id = client.create_run(exp_id, run_name=self.out.name, tags={RUN_TAG: str(self.out)}).info.run_id
             params = [Param(k, str(v)[:6000]) for k, v in config.items()]

@@ -288,9 +288,12 @@ class TrainingRun:
             if bar:
                 bar.update(1)
             logged = (cfg.print_freq and done % cfg.print_freq == 0) or done == spe
-            evaluated = cfg.eval_steps and done % cfg.eval_steps == 0 and done != spe
+            # counted over the whole run, so N beyond one epoch's steps still fires (it never did); epoch ends
+            # evaluate and save anyway
+            step_of_run = epoch * spe + done
+            evaluated = cfg.eval_steps and step_of_run % cfg.eval_steps == 0 and done != spe
             interrupted = stop.is_set() and done != spe
-            due = cfg.save_every and done % cfg.save_every == 0 and done != spe
+            due = cfg.save_every and step_of_run % cfg.save_every == 0 and done != spe
             saved = due or interrupted
             if logged or evaluated or due:  # steps that every rank reaches alike: a collective check
                 self._check_finite(epoch, done, meter)
@@ -705,6 +708,15 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
         raise CheckpointError(f"run already reached its target accuracy {old.get('target_acc')} ({reached.get('split')} "
                               f"accuracy {reached.get('accuracy')} in epoch {reached.get('epoch')}); nothing to "
                               "resume; start a new run with --restore", path)
+    if cfg.target_acc and cfg.target_acc != old.get("target_acc"):  # a target new to the run: met before?
+        split = "val" if cfg.val_split else "test"
+        for row in state.get("history") or []:
+            accuracy = row.get(f"{split}_acc") if isinstance(row, dict) else None
+            if isinstance(accuracy, float) and accuracy >= cfg.target_acc:  # else its time was that of a later one
+                raise CheckpointError(f"the run's {split} accuracy was already {accuracy:.4f} after epoch "
+                                      f"{row.get('epoch')}, so --target-acc {cfg.target_acc} was met before this "
+                                      "resume and its time cannot be recorded now; start a new run with --target-acc",
+                                      path)
     if cfg.restore and cfg.restore != old.get("restore"):  # the weights come from last.pt: another start is ignored
         raise CheckpointError(f"--restore {setting(cfg.restore)} does not go with --resume, which continues from the "
                               "run's last.pt; start a new run to begin from other weights", path)

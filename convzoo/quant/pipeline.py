@@ -18,7 +18,7 @@ from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..errors import CheckpointError, ConfigError, WriteError
 from ..metadata import deployment_metadata
-from .ptq import calibration_batches, check_quantizable, quantize_onnx
+from .ptq import calibrated, calibration_batches, check_quantizable, quantize_onnx
 from .qat import WEIGHT_RANGE, qat_finetune
 from .report import compare, format_table, onnx_accuracy
 
@@ -113,14 +113,14 @@ def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, spe
     result = compare(out / "model-fp32.onnx", out / "model-int8.onnx", x_test.numpy(), test.labels.numpy(),
                      threads=threads, runtime=runtime, reference_int8_logits=reference)
     if method == "qat":
-        result["ptq_int8"] = {"file": ptq_name, "calibration_batches": calib_batches,
+        result["ptq_int8"] = {"file": ptq_name, "calibration_batches": len(calib),
                               "accuracy": onnx_accuracy(out / ptq_name, x_test.numpy(), test.labels.numpy(), threads,
                                                         runtime)}
     result.update(method=method, model=ckpt["model"], dataset=ckpt["dataset"], checkpoint=str(ckpt_path))
     table = format_table(result)
     scheme = (f"per-channel symmetric int8 weights in {list(WEIGHT_RANGE)}, uint8 activations, scales and zero-points "
               "learned by the QAT observers" if method == "qat" else "per-channel symmetric int8 weights, uint8 "
-              f"activations, MinMax calibration on {calib_batches} training batches")
+              f"activations, MinMax calibration on {calibrated(calib)}")
     report = (f"# int8 report: {ckpt['model']} on {ckpt['dataset']} ({method.upper()})\n\n"
               f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, {scheme}).\n\n{table}\n")
     atomic_write_bytes(out / "int8-report.md", report.encode())
