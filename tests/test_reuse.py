@@ -49,6 +49,40 @@ def test_plots_and_report(short_run, mnist_run, tmp_path):
     assert_user_error(run_cli("report", tmp_path), "not a run directory")
 
 
+@pytest.mark.real_data
+def test_report_says_a_run_stopped_before_its_epochs(short_run, tmp_path, monkeypatch):
+    """A run interrupted after 1 of its 3 epochs was reported as a run of 1 epoch, with no word that it
+    had stopped; a finished run (short_run) and one stopped at its --target-acc get no such line."""
+    import os
+    import signal
+
+    import convzoo
+    from convzoo.engine import trainer
+    from convzoo.report.tables import build_report
+
+    end_epoch = trainer.TrainingRun._end_epoch
+
+    def then_ctrl_c(self, epoch, meter):
+        end_epoch(self, epoch, meter)
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C during epoch 1's end: the run stops after it
+
+    monkeypatch.setattr(trainer.TrainingRun, "_end_epoch", then_ctrl_c)
+    run = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        convzoo.train(model="lenet5", data_path=need(MNIST_DIR), train_limit=256, test_limit=100, epochs=3, threads=1,
+                      output_dir=run, quiet=True)
+    text, _ = build_report([run], tmp_path / "stopped.md")
+    assert "Stopped after 1 of its 3 epochs: interrupted, or still training" in text
+    compared, _ = build_report([run, short_run], tmp_path / "both.md")
+    assert "| 1 of 3 (stopped) |" in compared and "| 2 |" in compared
+    assert "Stopped" not in build_report([short_run], tmp_path / "short.md")[0]
+    monkeypatch.setattr(trainer.TrainingRun, "_end_epoch", end_epoch)
+    reached = tmp_path / "reached"
+    convzoo.train(model="lenet5", data_path=need(MNIST_DIR), train_limit=256, test_limit=100, epochs=3, threads=1,
+                  target_acc=0.05, output_dir=reached, quiet=True)
+    assert "Stopped" not in build_report([reached], tmp_path / "reached.md")[0]
+
+
 def json_events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 

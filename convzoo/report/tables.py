@@ -31,7 +31,26 @@ def load_run(folder) -> dict:
         raise ConfigError("run has no evaluated epoch yet", folder)
     best = max(scored, key=lambda h: h[key])
     return {"folder": folder, "name": folder.name, "config": config, "history": history, "select": key,
-            "best": best, "last": history[-1], "time_s": sum(h["epoch_time_s"] or 0 for h in history)}
+            "best": best, "last": history[-1], "time_s": sum(h["epoch_time_s"] or 0 for h in history),
+            "planned": unfinished(folder, config, history)}
+
+
+def unfinished(folder: Path, config: dict, history: list[dict]) -> int | None:
+    """The epochs a run was asked for when it has fewer rows and did not stop at its --target-acc
+    (interrupted, or still training; summary.json is written when a run ends), else None."""
+    import json
+
+    planned = config.get("epochs")
+    if not isinstance(planned, int) or isinstance(planned, bool) or len(history) >= planned:
+        return None
+    summary = folder / "summary.json"
+    try:
+        ended = json.loads(summary.read_bytes()[:1 << 20]) if summary.is_file() else {}
+    except (OSError, ValueError):
+        ended = {}
+    if isinstance(ended, dict) and ended.get("reached") and ended.get("epoch") == history[-1].get("epoch"):
+        return None  # stopped at its target
+    return planned
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -57,8 +76,14 @@ def epoch_table(run: dict) -> str:
     return markdown_table(["epoch", "train loss", "train acc", "val acc", "test acc", "lr", "time (s)", "img/s"], rows)
 
 
+def epochs_done(run: dict) -> str:
+    """Epochs in the run's history; "18 of 40 (stopped)" for a run that has not ended."""
+    done = len(run["history"])
+    return f"{done} of {run['planned']} (stopped)" if run["planned"] else str(done)
+
+
 def comparison_table(runs: list[dict]) -> str:
-    rows = [[shown(r["name"]), *(shown(r["config"].get(k, "?")) for k in ("model", "dataset")), len(r["history"]),
+    rows = [[shown(r["name"]), *(shown(r["config"].get(k, "?")) for k in ("model", "dataset")), epochs_done(r),
              *(shown(r["config"].get(k, "?")) for k in ("batch_size", "optimizer", "schedule")),
              fmt(r["best"]["test_acc"]), fmt(r["last"]["test_acc"]), fmt(r["time_s"], ".0f")] for r in runs]
     return markdown_table(["run", "model", "dataset", "epochs", "batch", "optimizer", "schedule", "best test acc",
@@ -85,7 +110,9 @@ def build_report(folders, output=None, *, html_page: bool = False) -> tuple[str,
         run = runs[0]
         curves = plot_curves(run["history"], curves_path)
         settings = ", ".join(f"{shown(k)}={shown(v)}" for k, v in run["config"].items() if v not in (None, [], ""))
-        text = (f"# Run {shown(run['name'])}\n\n{settings}\n\n"
+        stopped = (f"Stopped after {len(run['history'])} of its {run['planned']} epochs: interrupted, or "
+                   "still training (`convzoo train --resume` continues it).\n\n") if run["planned"] else ""
+        text = (f"# Run {shown(run['name'])}\n\n{settings}\n\n{stopped}"
                 f"Best {run['select'].replace('_', ' ')} at epoch {int(run['best']['epoch'])}: "
                 f"test accuracy {fmt(run['best']['test_acc'])}; last epoch: {fmt(run['last']['test_acc'])}; "
                 f"training time {run['time_s']:.0f} s.\n\n{epoch_table(run)}\n\n![curves]({rel(curves, out)})\n")
