@@ -322,9 +322,22 @@ class Model:
     def __call__(self, images, *, topk: int = 3) -> list[dict]:
         return self.predict(images, topk=topk)
 
+    def __reduce__(self):
+        """Pickled as where it was loaded from and how (multiprocessing, joblib): a copy loads the file again
+        (an onnxruntime session cannot be pickled), so the file must be there for it."""
+        p = self._predictor
+        return _reloaded, (self.source, p.threads, p.runtime, p.describe)
+
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, dataset={self.dataset!r}, classes={len(self.classes)}, "
                 f"input={self.input['channels']}x{self.input['size']}x{self.input['size']}, file={str(self.path)!r})")
+
+
+def _reloaded(source: str, threads: int, runtime: str, describe: dict) -> Model:
+    """An unpickled Model: load()'s work again, with the description it was loaded with."""
+    from .deploy.predict import Predictor
+
+    return Model._made(Predictor(_resolve(source), threads=threads, runtime=runtime, describe=describe), source)
 
 
 def _resolve(path_or_name, what: str = "model") -> Path:

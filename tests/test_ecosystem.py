@@ -475,6 +475,26 @@ def test_api_train_refuses_odd_switches_and_empty_paths(tmp_path, monkeypatch, k
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_loaded_model_pickles_for_other_processes(pretrained_model, tmp_path):
+    """pickle.dumps(convzoo.load(...)) failed on a local function (joblib, multiprocessing with spawn): a
+    Model now pickles as where and how it was loaded, and its copy answers as it does."""
+    import pickle
+
+    import numpy as np
+
+    import convzoo
+    from test_foreign_onnx import foreign_graph, write
+
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 13:16] = 255  # a stroke: a 1
+    copy = pickle.loads(pickle.dumps(pretrained_model))
+    assert copy.predict(digit) == pretrained_model.predict(digit) and copy.classes == pretrained_model.classes
+    path = write(foreign_graph(["N", 3, 8, 8]), tmp_path / "plain.onnx")
+    described = convzoo.load(path, classes=10, mean=0.5, std=0.25, threads=2)
+    again = pickle.loads(pickle.dumps(described))  # loaded with its description, not bare ("no metadata")
+    assert again.input == described.input and again._predictor.threads == 2
+
+
 def test_api_load_refuses_odd_class_names_and_sides(tmp_path):
     """classes=[None] * 10 became 'None (0)'..'None (9)' (the repeats numbered) and input_size='8' was
     compared with the graph's 8 and called a mismatch."""
