@@ -74,7 +74,7 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
     """
     import dataclasses
 
-    from .config import TrainConfig, build_config, check_value, is_config_file, key_names
+    from .config import TrainConfig, build_config, check_value, flag_name, is_config_file, key_names, recipe_settings
     from .engine.launch import train as run_training
     from .errors import ConfigError, unknown
 
@@ -100,12 +100,19 @@ def train(config=None, *, resume: bool = False, exist_ok: bool = False, quiet: b
             raise ConfigError(f"train() was given {name} twice ({given[name][0]}= and {key}=); keep one")
         given[name] = key, _plain(value)
         if value is None:  # the CLI's "not given": as a keyword it would silently be the default (epochs=None ran 10)
-            check_value(name, None, "train()")
+            check_value(name, None, flag_name(name))
     flags = {name: value for name, (_, value) in given.items()}
     if isinstance(config, TrainConfig):  # a recipe, as a dict is
         config = config.to_dict()
     if isinstance(config, dict):
         config = {k: _plain(v) for k, v in config.items()}
+    cleared = [name for name, value in flags.items() if value is None]  # output_dir, data_path, classes, restore
+    if cleared and config is not None:  # None is "not given": over a recipe's value it would keep that value
+        chosen = recipe_settings(config)
+        for name in cleared:
+            if chosen.get(name) is not None:
+                raise ConfigError(f"train(): {given[name][0]}=None cannot clear the recipe's {name} {chosen[name]!r}; "
+                                  "leave the keyword out, or give a value")
     base, source = (None, "")
     if resume:  # as `convzoo train --resume`: the run's own settings, then what is given (checked against them)
         from .engine.rundir import saved_config
@@ -151,9 +158,11 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
         raise ConfigError("tta applies to a checkpoint (scored in PyTorch); an ONNX file is scored as it is", path)
     given = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
              "interpolation": interpolation, "preprocessor": preprocessor, "preprocess": preprocess}
-    # a Model loaded with a description (an ONNX file made elsewhere) is scored as loaded; arguments add to it
-    loaded_with = model._predictor.describe if isinstance(model, Model) else {}
-    if loaded_with or any(v is not None for v in given.values()):  # as `convzoo eval` refuses them, before a class file is read
+    # a Model loaded with a description (an ONNX file made elsewhere) is scored as loaded; arguments given
+    # here win, and the whole is read once, as load() reads it (a preprocessor file's values and its own checks)
+    loaded_with = model._described_with if isinstance(model, Model) else {}
+    given = {k: loaded_with.get(k) if v is None else v for k, v in given.items()}
+    if any(v is not None for v in given.values()):  # as `convzoo eval` refuses them, before a class file is read
         if not onnx_file:
             from .deploy.foreign import not_for_checkpoints
 
@@ -169,7 +178,7 @@ def evaluate(model, *, dataset: str | None = None, data_path=None, device: str =
         from .deploy.predict import evaluate_model_file
 
         return evaluate_model_file(path, dataset=dataset, data_path=data_path, threads=threads or 2, runtime=runtime,
-                                   limit=test_limit, describe={**loaded_with, **_description(**given)})
+                                   limit=test_limit, describe=_description(**given))
     from .engine.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(path, dataset=dataset, data_path=data_path, device=device, batch_size=batch_size,
@@ -194,10 +203,12 @@ def load(path_or_name, *, threads: int = 1, runtime: str = "auto", classes=None,
     from .deploy.predict import Predictor
 
     threads = _integer("threads", threads, 1, 1024)  # before the file: a bad count is not the file's fault
-    describe = _description(classes=classes, mean=mean, std=std, input_size=input_size, crop=crop,
-                            interpolation=interpolation, preprocessor=preprocessor, preprocess=preprocess)
-    return Model._made(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime, describe=describe),
-                       str(path_or_name))
+    described_with = {"classes": classes, "mean": mean, "std": std, "input_size": input_size, "crop": crop,
+                      "interpolation": interpolation, "preprocessor": preprocessor, "preprocess": preprocess}
+    model = Model._made(Predictor(_resolve(path_or_name), threads=threads, runtime=runtime,
+                                  describe=_description(**described_with)), str(path_or_name))
+    model._described_with = described_with  # as given: evaluate(model) describes it again with its own arguments
+    return model
 
 
 def _description(*, classes, mean, std, input_size, crop, interpolation, preprocessor, preprocess) -> dict:
@@ -294,6 +305,7 @@ class Model:
         model.source = source  # as given to load(): a path or NAME:DATASET
         model.path = predictor.path
         model.meta = dict(predictor.meta)
+        model._described_with = {}
         return model
 
     name = property(lambda self: self.meta["model"])
@@ -325,19 +337,16 @@ class Model:
     def __reduce__(self):
         """Pickled as where it was loaded from and how (multiprocessing, joblib): a copy loads the file again
         (an onnxruntime session cannot be pickled), so the file must be there for it."""
-        p = self._predictor
-        return _reloaded, (self.source, p.threads, p.runtime, p.describe)
+        return _reloaded, (self.source, self._predictor.threads, self._predictor.runtime, self._described_with)
 
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, dataset={self.dataset!r}, classes={len(self.classes)}, "
                 f"input={self.input['channels']}x{self.input['size']}x{self.input['size']}, file={str(self.path)!r})")
 
 
-def _reloaded(source: str, threads: int, runtime: str, describe: dict) -> Model:
-    """An unpickled Model: load()'s work again, with the description it was loaded with."""
-    from .deploy.predict import Predictor
-
-    return Model._made(Predictor(_resolve(source), threads=threads, runtime=runtime, describe=describe), source)
+def _reloaded(source: str, threads: int, runtime: str, described_with: dict) -> Model:
+    """An unpickled Model: load() again, with the arguments it was loaded with."""
+    return load(source, threads=threads, runtime=runtime, **described_with)
 
 
 def _resolve(path_or_name, what: str = "model") -> Path:
@@ -377,7 +386,7 @@ def _decoded(images) -> list:
             _check_pixels(item.size[1], item.size[0], f"image[{i}]")  # from the header, before reading pixels
             # Upright by its EXIF orientation, as a file given by path is (load_image): a phone photo
             # opened with Image.open is stored sideways.
-            name = f"image[{i}]"  # grey or RGB now, so an image of NaN floats is named by its place
+            name = f"image[{i}]"  # 8-bit now (standard_mode), so an image of NaN floats is named by its place
             out.append((name, standard_mode(orient(read_pixels(item, name), name), name), False))
         elif type(item).__module__ == "numpy":
             out.append((f"array[{i}]", _array_image(item, f"array[{i}]"), False))

@@ -212,7 +212,7 @@ def test_tensorboard_and_mlflow_logs_read_back_with_their_own_readers(tmp_path, 
     events.Reload()
     assert [s.step for s in events.Scalars("accuracy/test")] == [1, 2, 3]
     configs = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("config/text_summary")}
-    assert "epochs: 2" in configs[0] and "epochs: 3" in configs[2]  # the resume's settings at its first epoch
+    assert "epochs: 2" in configs[0] and "epochs: 3" in configs[3]  # the resume's settings at its first epoch
 
 
 def test_missing_tracking_package_is_a_convzoo_error(tmp_path, monkeypatch):
@@ -461,9 +461,12 @@ def test_api_train_refuses_unknown_keys_of_a_config_dict(config, match):
     ({"data_path": " "}, "^--data-path must not be empty$"),
     ({"device": ""}, "^--device must not be empty$"),  # (a config file's `device: ""` was "--device : convzoo runs on")
     # None was the CLI's "not given": epochs=None trained the default 10 epochs, lr=None the default lr
-    ({"epochs": None}, r"^train\(\): epochs must be a whole number, got 'None'$"),
-    ({"learning_rate": None}, r"^train\(\): lr must be a finite number, got 'None'$"),
-    ({"model": None}, r"^train\(\): model must be text, got 'None'$"),
+    ({"epochs": None}, r"^--epochs: epochs must be a whole number, got 'None'$"),
+    ({"learning_rate": None}, r"^--lr: lr must be a finite number, got 'None'$"),
+    ({"model": None}, r"^--model: model must be text, got 'None'$"),
+    # where None is a setting's default, over a recipe that sets it it kept the recipe's value
+    ({"config": {"model": "lenet5", "classes": [1, 2]}, "classes": None},
+     r"^train\(\): classes=None cannot clear the recipe's classes \[1, 2\]; leave the keyword out, or give a value$"),
     ({"config": ""}, r"^config must not be empty \(None trains with the defaults\)$"),  # trained with the defaults
     ({"epochs": 10**20}, r"^--epochs must be in 1\.\.1000000, got 100000000000000000000$"),  # a run that never ended
 ])

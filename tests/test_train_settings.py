@@ -164,6 +164,20 @@ def test_resume_compares_the_training_images_not_their_path(finished_run, tmp_pa
 
 
 @pytest.mark.real_data
+def test_a_target_new_on_resume_is_taken_when_the_run_never_met_it(finished_run, tmp_path):
+    """The other side of refusing a --target-acc the run had met before the resume (parametrized above):
+    one it never met is a target like any other, timed from the run's start."""
+    import json
+    import shutil
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    run_cli("train", "--resume", "--output-dir", run, "--epochs", "2", *MNIST, "--target-acc", "0.9999", "--quiet",
+            check=0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["epoch"], summary["target_acc"], summary["reached"]) == (2, 0.9999, None)
+
+
+@pytest.mark.real_data
 def test_a_run_that_reached_its_target_is_not_resumed(tmp_path, capsys):
     """It resumed at the next epoch (skipping the rest of the one it stopped in), trained on and wrote
     over summary.json's `reached`."""

@@ -54,8 +54,10 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
 def result_line(result: dict) -> str:
     """The one line `convzoo export` prints (--json: `result` itself)."""
     if "scales" in result:  # int8 (quant/ptq.py)
-        return (f"wrote {result['path']}: int8, {result['scales']} scales, "
-                f"{result['calibration_batches']} calibration batches")
+        from ..quant.ptq import calibrated
+
+        return (f"wrote {result['path']}: int8, {result['scales']} scales, calibrated on "
+                f"{calibrated(result['calibration_batches'], result['calibration_images'])}")
     if "max_abs_diff" in result:
         return (f"wrote {result['path']}: checked in onnxruntime, max |logit difference| vs PyTorch "
                 f"{result['max_abs_diff']:.2g}")

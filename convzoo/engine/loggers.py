@@ -180,10 +180,11 @@ class TensorBoardLogger:
             raise missing("tensorboard", exc) from None
         # On resume, purge_step drops events the interrupted run wrote past its checkpoint.
         self.writer = SummaryWriter(str(out), purge_step=resumed_epoch + 1 if resumed_epoch is not None else None)
-        # A resume writes the settings it continues with at its first epoch: --epochs may have grown, and a
-        # --logger tensorboard first given on resume had no config text at all.
+        # A resume writes the settings it continues with at its first epoch (resumed_epoch + 1, where the
+        # purge begins): --epochs may have grown, and a --logger tensorboard first given on resume had no
+        # config text at all.
         text = "\n".join(f"    {k}: {v}" for k, v in config.items())  # indented: markdown code block
-        self.writer.add_text("config", text, resumed_epoch or 0)
+        self.writer.add_text("config", text, 0 if resumed_epoch is None else resumed_epoch + 1)
 
     def epoch(self, row: dict) -> None:
         for key, tag in TB_TAGS.items():
@@ -244,12 +245,16 @@ class MLflowLogger:
             client.update_run(self.run_id, status="RUNNING")
             # a param cannot change in MLflow: a setting the resume changed (--epochs, --threads) is a tag
             # `resumed.KEY` (config.yaml, uploaded at the end, holds them all)
-            logged = previous[0].data.params
+            logged, tags = previous[0].data.params, previous[0].data.tags
             for key, value in config.items():
+                tag = f"resumed.{key}"
                 if key in logged and logged[key] != str(value)[:6000]:
-                    client.set_tag(self.run_id, f"resumed.{key}", str(value)[:5000])
-                elif key not in logged:  # a setting newer than the run's start
-                    client.log_batch(self.run_id, params=[Param(key, str(value)[:6000])])
+                    client.set_tag(self.run_id, tag, str(value)[:5000])
+                elif tag in tags:  # set back to the run's first value by this resume
+                    client.delete_tag(self.run_id, tag)
+            new = [Param(k, str(v)[:6000]) for k, v in config.items() if k not in logged]  # settings newer than the run
+            if new:
+                client.log_batch(self.run_id, params=new)
         else:
             self.run_id = client.create_run(exp_id, run_name=self.out.name, tags={RUN_TAG: str(self.out)}).info.run_id
             params = [Param(k, str(v)[:6000]) for k, v in config.items()]

@@ -322,20 +322,41 @@ def trim_evals(path: Path, epoch: int, step: int) -> None:
     steps per epoch) comes before the checkpoint written after it (epoch + 1, step 0). Rows that are
     not numbers, and a file that is not the one append_eval writes, are left as they are."""
     file = path / "evals.csv"
-    try:
-        with open(file, newline="", encoding="utf-8") as f:
-            lines = list(csv.reader(f))
-    except (FileNotFoundError, UnicodeDecodeError, csv.Error):  # none, or not the file append_eval writes
-        return
-    except OSError as exc:  # a folder, no permission: appending to it would fail as well
-        raise DataError(f"cannot read evaluations ({exc.strerror or exc})", file) from None
-    if not lines or lines[0][1:3] != ["epoch", "step"]:  # not the file append_eval writes: left alone
+    lines = eval_lines(file)
+    if not lines:  # none, or not the file append_eval writes: left alone
         return
     kept = [lines[0]] + [row for row in lines[1:] if not _past(row, epoch, step)]
     if len(kept) < len(lines):
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\r\n").writerows(kept)  # as csv.DictWriter wrote them
         atomic_write_bytes(file, buf.getvalue().encode())
+
+
+def eval_lines(file: Path) -> list[list[str]] | None:
+    """evals.csv's rows, header first, or None where there is no such file or it is not the one
+    append_eval writes."""
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (FileNotFoundError, UnicodeDecodeError, csv.Error):
+        return None
+    except OSError as exc:  # a folder, no permission: appending to it would fail as well
+        raise DataError(f"cannot read evaluations ({exc.strerror or exc})", file) from None
+    return lines if lines and lines[0][1:5] == ["epoch", "step", "split", "accuracy"] else None
+
+
+def evals_before(path: Path, epoch: int, step: int) -> list[tuple[int, int, str, float]]:
+    """evals.csv's (epoch, step, split, accuracy) up to last.pt's position (`epoch` epochs done, `step`
+    steps into the next), as trim_evals keeps them; rows that are not numbers are left out."""
+    out = []
+    for row in (eval_lines(path / "evals.csv") or [])[1:]:
+        try:
+            point = int(row[1]), int(row[2]), row[3], float(row[4])
+        except (IndexError, ValueError):
+            continue
+        if not _past(row, epoch, step):
+            out.append(point)
+    return out
 
 
 def _past(row: list[str], epoch: int, step: int) -> bool:

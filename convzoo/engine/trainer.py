@@ -211,7 +211,8 @@ class TrainingRun:
             return self._fit(stop)
         finally:
             # only now: a Ctrl-C once the last epoch ended only sets the flag, so summary.json, curves.png and
-            # the loggers' close are written whole (it cut them off, MLflow's run left RUNNING, not resumable)
+            # the loggers' close are written whole (it cut them off, MLflow's run left RUNNING, not resumable);
+            # _fit then raises it
             stop.restore()
 
     def _fit(self, stop: "InterruptFlag") -> dict:
@@ -255,8 +256,12 @@ class TrainingRun:
         log.line(f"done: best {split_name} accuracy {self.best:.4f}, last test accuracy "
                  f"{final.get('test_acc', float('nan')):.4f}; run directory {out}", event="done", best_acc=self.best,
                  test_acc=final.get("test_acc"), output_dir=str(out))
+        if stop.is_set():  # pressed while the run's files were written: they are whole, and the command says so
+            log.line("interrupted once the run had ended: its files are complete", event="interrupted_at_end")
         log.close()
         self.loggers.close(ok=True)  # after curves.png and the last log line: they are uploaded
+        if stop.is_set():
+            raise stop.interruption()  # exit 130 (143), as README promises: `train && export` stops there
         return summary
 
     def _train_epoch(self, epoch: int, first: int, stop: threading.Event) -> "EpochMeter":
@@ -282,15 +287,15 @@ class TrainingRun:
 
         def after_step(step, loss):
             done = step + 1
+            # counted over the whole run, so an --eval-every-steps or --save-every N beyond one epoch's steps
+            # still fires (it never did); epoch ends evaluate and save anyway
+            step_of_run = epoch * spe + done
             self.position = (epoch, done)
             if self.lookahead:
-                self.lookahead.after_step(self.model, epoch * spe + done, self.total_steps)
+                self.lookahead.after_step(self.model, step_of_run, self.total_steps)
             if bar:
                 bar.update(1)
             logged = (cfg.print_freq and done % cfg.print_freq == 0) or done == spe
-            # counted over the whole run, so N beyond one epoch's steps still fires (it never did); epoch ends
-            # evaluate and save anyway
-            step_of_run = epoch * spe + done
             evaluated = cfg.eval_steps and step_of_run % cfg.eval_steps == 0 and done != spe
             interrupted = stop.is_set() and done != spe
             due = cfg.save_every and step_of_run % cfg.save_every == 0 and done != spe
@@ -691,8 +696,17 @@ def resumed_wall(state: dict) -> float:
 
 
 def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
+    """What a resume refuses, the reasons there is nothing to resume first, then a setting that would
+    change the run (a preset given on resume: its onecycle over a constant run is named, not the run)."""
     old = state.get("config", {})
-    # first: a preset given on resume (its onecycle over a constant run) is named, not blamed on the run
+    if state.get("reached"):  # its summary.json says so; continuing would train past it and redo the timing
+        reached = state["reached"]
+        raise CheckpointError(f"run already reached its target accuracy {old.get('target_acc')} ({reached.get('split')} "
+                              f"accuracy {reached.get('accuracy')} in epoch {reached.get('epoch')}); nothing to "
+                              "resume; start a new run with --restore", path)
+    if state["epoch"] >= cfg.epochs:
+        raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
+                              "schedule, or start a new run with --restore", path)
     for key in RESUME_SAME:  # config.py says why these, and not the others
         if key in old and old[key] != getattr(cfg, key):
             raise CheckpointError(f"{flag_name(key)} {setting(getattr(cfg, key))} differs from the run's "
@@ -700,26 +714,27 @@ def check_resumable(state: dict, cfg: TrainConfig, path) -> None:
     if old.get("epochs") != cfg.epochs and cfg.schedule != "constant":
         raise CheckpointError(f"checkpoint was trained with a {old.get('epochs')}-epoch {cfg.schedule} schedule; "
                               f"--resume cannot stretch it to {cfg.epochs} epochs (start a new run with --restore)", path)
-    if state["epoch"] >= cfg.epochs:
-        raise CheckpointError(f"run already finished its {state['epoch']} epochs; ask for more with a constant "
-                              "schedule, or start a new run with --restore", path)
-    if state.get("reached"):  # its summary.json says so; continuing would train past it and redo the timing
-        reached = state["reached"]
-        raise CheckpointError(f"run already reached its target accuracy {old.get('target_acc')} ({reached.get('split')} "
-                              f"accuracy {reached.get('accuracy')} in epoch {reached.get('epoch')}); nothing to "
-                              "resume; start a new run with --restore", path)
-    if cfg.target_acc and cfg.target_acc != old.get("target_acc"):  # a target new to the run: met before?
-        split = "val" if cfg.val_split else "test"
-        for row in state.get("history") or []:
-            accuracy = row.get(f"{split}_acc") if isinstance(row, dict) else None
-            if isinstance(accuracy, float) and accuracy >= cfg.target_acc:  # else its time was that of a later one
-                raise CheckpointError(f"the run's {split} accuracy was already {accuracy:.4f} after epoch "
-                                      f"{row.get('epoch')}, so --target-acc {cfg.target_acc} was met before this "
-                                      "resume and its time cannot be recorded now; start a new run with --target-acc",
-                                      path)
+    if cfg.target_acc and cfg.target_acc != old.get("target_acc"):
+        check_target_not_met(state, cfg, path)
     if cfg.restore and cfg.restore != old.get("restore"):  # the weights come from last.pt: another start is ignored
         raise CheckpointError(f"--restore {setting(cfg.restore)} does not go with --resume, which continues from the "
                               "run's last.pt; start a new run to begin from other weights", path)
+
+
+def check_target_not_met(state: dict, cfg: TrainConfig, path) -> None:
+    """A --target-acc new to a resumed run must not have been met by an evaluation before last.pt (each
+    epoch's in its history, mid-epoch ones in evals.csv): the time recorded would be a later one's."""
+    split = "val" if cfg.val_split else "test"
+    points = [(row.get("epoch"), None, row.get(f"{split}_acc")) for row in state.get("history") or []
+              if isinstance(row, dict)]
+    points += [(epoch, step, accuracy) for epoch, step, name, accuracy in
+               rundir.evals_before(Path(path).parent, state["epoch"], state["step"]) if name == split]
+    for epoch, step, accuracy in points:
+        if isinstance(accuracy, float) and accuracy >= cfg.target_acc:
+            when = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+            raise CheckpointError(f"the run's {split} accuracy was already {accuracy:.4f} in {when}, so --target-acc "
+                                  f"{cfg.target_acc} was met before this resume and its time cannot be recorded now; "
+                                  "start a new run with --target-acc", path)
 
 
 def setting(value) -> str:
@@ -730,12 +745,14 @@ def setting(value) -> str:
 
 
 def frozen_norms(model: nn.Module, frozen: list[str]) -> list[nn.Module]:
-    """The batch-norm layers whose every parameter --freeze fixed (names as `frozen` lists them)."""
+    """The BatchNorm layers left with nothing to train, one of their parameters by --freeze (names as
+    `frozen` lists them; airbench's BatchNorm weights are fixed by the model itself)."""
     frozen = set(frozen)
     norms = []
     for name, module in model.named_modules():
-        params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
-        if isinstance(module, nn.modules.batchnorm._NormBase) and params and frozen.issuperset(params):
+        params = dict(module.named_parameters(prefix=name, recurse=False))
+        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen & params.keys()
+                and not any(p.requires_grad for p in params.values())):
             norms.append(module)
     return norms
 

@@ -120,7 +120,7 @@ def quantize_into(out: Path, ckpt, ckpt_path, model, train, test, x_test, *, spe
     table = format_table(result)
     scheme = (f"per-channel symmetric int8 weights in {list(WEIGHT_RANGE)}, uint8 activations, scales and zero-points "
               "learned by the QAT observers" if method == "qat" else "per-channel symmetric int8 weights, uint8 "
-              f"activations, MinMax calibration on {calibrated(calib)}")
+              f"activations, MinMax calibration on {calibrated(len(calib), sum(map(len, calib)))}")
     report = (f"# int8 report: {ckpt['model']} on {ckpt['dataset']} ({method.upper()})\n\n"
               f"Checkpoint: `{ckpt_path}`; int8 model: `model-int8.onnx` (QDQ, {scheme}).\n\n{table}\n")
     atomic_write_bytes(out / "int8-report.md", report.encode())

@@ -179,10 +179,10 @@ def calibration_batches(train, spec, count: int, batch_size: int = 64, seed: int
     return out
 
 
-def calibrated(calib: list[np.ndarray]) -> str:
-    """What calibration read, as reports say it: the batches there were, not those asked for (a training
-    set of 100 images gives 2 of the default 32)."""
-    return f"{len(calib)} training batches ({sum(len(b) for b in calib):,} images)"
+def calibrated(batches: int, images: int) -> str:
+    """What calibration read, as the report and `export --int8` say it: the batches there were, not those
+    asked for (a training set of 100 images gives 2 of the default 32)."""
+    return f"{batches} training batches ({images:,} images)"
 
 
 def checked_learned(quantization, path) -> list[dict] | None:
@@ -240,7 +240,8 @@ def export_int8_from_checkpoint(ckpt_path, out_path, *, data_path=None, calib_ba
             quantize_onnx(fp32, out_path, calib, deployment_metadata(ckpt), learned=learned, replace=exist_ok)
         except RuntimeError as exc:  # the file's qparams do not fit its own model's graph
             raise CheckpointError(f"its QAT qparams do not fit the model: {first_line(exc)}", ckpt_path) from None
-    return {"path": str(out_path), "calibration_batches": len(calib), "scales": "QAT" if learned else "MinMax"}
+    return {"path": str(out_path), "calibration_batches": len(calib), "calibration_images": sum(map(len, calib)),
+            "scales": "QAT" if learned else "MinMax"}
 
 
 def check_quantizable(model_name: str, path=None) -> None:
