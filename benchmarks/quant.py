@@ -34,11 +34,11 @@ from convzoo.quant.ptq import calibration_batches, quantize_onnx
 
 # int8 files: name -> quantize_onnx options (onnxruntime quantize_static arguments).
 INT8_FILES = {
-    "int8 QDQ per-channel": {},
+    "int8 QDQ per-channel": {},  # convzoo's: 7-bit weights (quant/ptq.py)
     "int8 QDQ per-tensor": {"per_channel": False},
-    # 7-bit weights: onnxruntime's u8 x s8 kernels on CPUs without VNNI add product pairs in int16,
-    # which 8-bit weights can saturate (its documented reduce_range caveat).
-    "int8 QDQ 7-bit weights": {"reduce_range": True},
+    # full 8-bit weights (convzoo's files before 2026-11-30): onnxruntime's u8 x s8 kernels on CPUs without
+    # VNNI add product pairs in int16, which these can saturate (its documented reduce_range caveat).
+    "int8 QDQ 8-bit weights": {"reduce_range": False},
     "int8 mixed (Gemms only)": {"op_types_to_quantize": ["Gemm"]},
     "int8 QOperator": {"quant_format": "QOperator"},
 }

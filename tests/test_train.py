@@ -100,6 +100,14 @@ def test_ctrl_c_leaves_valid_last_pt(tmp_path):
 
 
 @pytest.mark.real_data
+def test_resume_cannot_stretch_a_schedule(mnist_run):
+    """A finished one-cycle run resumed for more epochs: its lr schedule was planned for 4 (refused before
+    anything is written: the shared run stays as it is)."""
+    assert_user_error(run_cli("train", "--resume", "--epochs", "5", "--output-dir", mnist_run, "--data-path", MNIST_DIR),
+                      "checkpoint was trained with a 4-epoch onecycle schedule; --resume cannot stretch it to 5 epochs")
+
+
+@pytest.mark.real_data
 def test_ctrl_c_after_the_last_epoch_lets_the_run_finish(tmp_path, monkeypatch):
     """A Ctrl-C (or SIGTERM) while the finished run wrote summary.json and curves.png cut them off: no
     curves, no done line, MLflow's run left RUNNING, and --resume refused a run that had finished. The
@@ -290,9 +298,9 @@ def test_output_dir_rules(tmp_path, tiny_run):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run_cli(*base, "--output-dir", blocker / "run"), "not writable")
-    # resume with a longer cosine schedule than the run was planned for
+    # resume with another schedule than the run's (it blamed the run: "trained with a 2-epoch cosine schedule")
     assert_user_error(run_cli(*base, "--epochs", "3", "--schedule", "cosine", "--output-dir", tiny_run, "--resume"),
-                      "cannot stretch")
+                      "--schedule cosine differs from the run's constant")
     # a last.pt of another model copied into the run: refused, the run's files unchanged
     import shutil
 

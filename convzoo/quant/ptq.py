@@ -1,5 +1,5 @@
 """int8 ONNX for onnxruntime: static quantization of a float ONNX graph (QDQ around every Conv and
-Gemm, per-channel symmetric int8 weights, uint8 activations), so onnxruntime fuses the pattern into
+Gemm, per-channel symmetric 7-bit int8 weights, uint8 activations), so onnxruntime fuses the pattern into
 integer kernels. The scales and zero-points come from MinMax calibration on training batches (PTQ)
 or, after QAT, from the fake-quant observers (qat.learned_qparams), passed to onnxruntime as
 TensorQuantOverrides."""
@@ -52,16 +52,21 @@ def quantize_onnx(fp32_path, int8_path, calibration: list[np.ndarray], meta: dic
             # No weight-scale adjustment for the int32 bias: the weight scales stay exactly QAT's.
             options.update(TensorQuantOverrides=learned_overrides(onnx.load(str(prepared)), learned),
                            QDQDisableWeightAdjustForInt32Bias=True)
+        # 7-bit weights (reduce_range), as QAT's (qat.WEIGHT_RANGE says why): with full 8-bit ones onnxruntime
+        # on AVX2 CPUs without VNNI saturated, so `predict` (onnxruntime) and `serve`/`eval` (OpenVINO) gave one
+        # file's images different classes (an airbench file: 10 of 25 CIFAR images alike)
         quantize_static(str(prepared), str(quantized), BatchReader("input", calibration),
                         **{"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
                            "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax,
-                           "op_types_to_quantize": INT8_OPS, "extra_options": options, **variant})
+                           "op_types_to_quantize": INT8_OPS, "reduce_range": not learned, "extra_options": options,
+                           **variant})
         model = onnx.load(str(quantized))
     if learned:
         clamp_weights(model, learned)
         drop_output_qdq(model)
     scales = ({"scales": "QAT observers", "weight_range": learned[0]["weight"]["range"]} if learned
-              else {"scales": "MinMax", "calibration_batches": len(calibration)})
+              else {"scales": "MinMax", "calibration_batches": len(calibration),
+                    "weight_range": [-64, 64] if variant.get("reduce_range", True) else [-127, 127]})
     set_metadata(model, {**meta, "int8": {"weights": "int8 per-channel symmetric", "activations": "uint8",
                                           "format": "QDQ", **scales, **{k: str(v) for k, v in variant.items()}}})
     save_onnx(model, int8_path, replace=replace)
