@@ -472,6 +472,26 @@ def test_killed_download_leftover_removed_by_next_run(tmp_path, capsys):
     assert list((tmp_path / "mnist").iterdir()) == []
 
 
+def test_a_failed_download_of_a_data_set_not_found_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A model trained with --data-path and used without it (`predict --from-test`) looked, found nothing,
+    tried to download and ended on a DNS error alone; the line now says where the data set was looked
+    for and how to point at it. An explicit --data-path's failure stays the download's own."""
+    from convzoo.data.catalog import get_spec
+
+    monkeypatch.setenv("CONVZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONVZOO_DATA", raising=False)
+    with pytest.raises(DownloadError) as caught:
+        fetch.locate(get_spec("mnist"), None, mirrors=["http://127.0.0.1:9/"])
+    assert "download failed on every mirror" in str(caught.value)
+    where = ", ".join(str(root) for _, root in fetch.search_roots(None))  # the cache, then the system's folder
+    assert str(tmp_path / "cache") in where
+    assert str(caught.value).endswith(f"; MNIST is not in {where} either: pass --data-path FOLDER where it is (or "
+                                      "set $CONVZOO_DATA)"), caught.value
+    with pytest.raises(DownloadError) as caught:
+        fetch.locate(get_spec("mnist"), tmp_path, mirrors=["http://127.0.0.1:9/"])
+    assert "either" not in str(caught.value)
+
+
 def test_only_convzoos_own_stale_extractions_are_removed(tmp_path, capsys):
     """Any unlocked `.extract*` folder over a second old in the data folder was removed with its files
     (a user's `.extract/important.txt`); now only one with convzoo's prefix and mark, as a killed

@@ -127,7 +127,15 @@ def locate(spec: DatasetSpec, data_path=None, *, download: bool = True, mirrors=
             break  # an explicit folder is the only place looked in
     if not download:
         raise missing_error(spec, data_path, splits)
-    return download_dataset(spec, Path(data_path) if data_path else cache_root(), mirrors=mirrors, splits=splits)
+    try:
+        return download_dataset(spec, Path(data_path) if data_path else cache_root(), mirrors=mirrors, splits=splits)
+    except DownloadError as exc:
+        if data_path is not None:
+            raise
+        # offline, a model trained with --data-path and used without it ended on a DNS error alone
+        where = ", ".join(str(r) for _, r in search_roots(None))
+        raise DownloadError(f"{exc.message}; {spec.title} is not in {where} either: pass --data-path FOLDER where it is (or "
+                            "set $CONVZOO_DATA)", exc.path) from None
 
 
 def refuse_image_folder(spec: DatasetSpec, root: Path) -> None:
