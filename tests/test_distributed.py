@@ -86,6 +86,27 @@ def kill_second_worker(cmd: list[str], run: Path) -> tuple[subprocess.Popen, lis
 
 
 @pytest.mark.real_data
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "convzoo: interrupted"),
+                                                (signal.SIGTERM, 143, "convzoo: terminated")])
+def test_a_signal_while_the_workers_start_is_an_interruption(tmp_path, signum, code, line):
+    """The launcher forwards a Ctrl-C or SIGTERM at once: a worker still importing torch printed a
+    KeyboardInterrupt traceback and the run was called crashed ("training process 0 of 2 was killed by
+    signal 2", exit 2). Sent once both workers exist (they import torch for seconds before they can train)."""
+    cmd = [sys.executable, "-m", "convzoo", "train", *ARGS, "--procs", "2", "--output-dir", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    while len(children.read_text().split()) < 2:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.3)  # the launcher is waiting on them, with its forwarding handlers set
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and "Traceback" not in err and line in err, err[-2000:]
+    assert "killed by signal" not in err
+
+
+@pytest.mark.real_data
 def test_procs_dead_worker_stops_the_job(tmp_path):
     """SIGKILL rank 1 of `--procs 2`: the launcher stops rank 0 at once and says which process died."""
     cmd = [sys.executable, "-m", "convzoo", "train", *ARGS[:-3], "--train-limit", "0", "--epochs", "20",

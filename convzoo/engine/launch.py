@@ -68,12 +68,12 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
         # Rank 0 talks to the terminal; the others' output is shown only if they fail alone.
         log = None if rank == 0 else tempfile.TemporaryFile()
         logs.append(log)
-        workers.append(subprocess.Popen([sys.executable, "-m", "convzoo.engine.launch"],
+        workers.append(subprocess.Popen([sys.executable, "-m", "convzoo.engine.worker"],
                                         env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                         stdout=log, stderr=log, start_new_session=True,
                                         preexec_fn=die_with_parent))
     with errors:
-        codes, first = wait_all(workers)
+        codes, first, forwarded = wait_all(workers)
         found = Path(errors.name)
         reported = sorted(found.glob("rank*.txt"))
         message = reported[0].read_text() if reported else None  # a user error: every rank finds the same
@@ -93,6 +93,9 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
         raise Terminated
     if 130 in codes:
         raise KeyboardInterrupt
+    if forwarded and all(c in (0, -signal.SIGINT, -signal.SIGTERM) for c in codes):
+        # a rank the forwarded signal ended before Python could handle it (its interpreter starting)
+        raise Terminated if forwarded[0] == signal.SIGTERM else KeyboardInterrupt
     if first is not None:
         code = codes[first]
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
@@ -100,10 +103,10 @@ def run_local(cfg: TrainConfig, *, resume: bool, exist_ok: bool, json_lines: boo
     return json.loads((Path(cfg.run_dir()) / "summary.json").read_text())
 
 
-def wait_all(workers: list[subprocess.Popen]) -> tuple[list[int], int | None]:
-    """Every worker's exit code, and the rank that failed first (None: none did). When one fails the
-    others are stopped (a dead peer would leave them waiting in a collective until its timeout);
-    Ctrl-C and SIGTERM are forwarded to them."""
+def wait_all(workers: list[subprocess.Popen]) -> tuple[list[int], int | None, list[int]]:
+    """Every worker's exit code, the rank that failed first (None: none did) and the signals forwarded.
+    When one fails the others are stopped (a dead peer would leave them waiting in a collective until
+    its timeout); Ctrl-C and SIGTERM are forwarded to them."""
     forwarded, first = [], None
 
     def forward(signum, frame):
@@ -121,7 +124,7 @@ def wait_all(workers: list[subprocess.Popen]) -> tuple[list[int], int | None]:
             if first is None and failed:  # seen together: a rank killed by a signal is the cause, its peers
                 first = min(failed, key=lambda rank: (codes[rank] > 0, rank))  # fail on the broken link
             if all(c is not None for c in codes):
-                return codes, first
+                return codes, first, forwarded
             if first is not None and not forwarded:  # after a Ctrl-C each rank saves and stops by itself
                 for w in workers:
                     if w.poll() is None:
@@ -133,7 +136,7 @@ def wait_all(workers: list[subprocess.Popen]) -> tuple[list[int], int | None]:
                     except subprocess.TimeoutExpired:
                         w.kill()
                         w.wait()
-                return [w.returncode for w in workers], first
+                return [w.returncode for w in workers], first, forwarded
             time.sleep(0.05)
     finally:
         for s, handler in previous.items():
@@ -155,6 +158,3 @@ def worker_main() -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(worker_main())
