@@ -326,6 +326,13 @@ def checked_settings(values: dict, source: str) -> dict:
     return settings
 
 
+def omp_threads() -> int | None:
+    """$OMP_NUM_THREADS where it is a whole number from 1 to 1024 (of OpenMP's nested form "4,2" the first),
+    else None: a shared machine, a job scheduler, torchrun or a parallel test runner asking for fewer."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isascii() and first.isdigit() and 1 <= int(first) <= 1024 else None
+
+
 def build_config(preset: str | dict | None, overrides: dict, base: dict | None = None,
                  base_source: str = "the resumed run's config") -> TrainConfig:
     """Defaults < `base` (a resumed run's own config) < preset (a shipped one, or the user's own recipe:
@@ -337,11 +344,14 @@ def build_config(preset: str | dict | None, overrides: dict, base: dict | None =
     chosen = recipe_settings(preset)
     values.update(chosen)
     values.update({k: check_value(k, v, flag_name(k)) for k, v in overrides.items() if v is not None})
-    if chosen.get("threads") and overrides.get("threads") is None and isinstance(values.get("procs"), int) \
-            and values["procs"] > 1:
-        # A preset's threads are one process's; under --procs they are shared out (lenet5-fast's 2 threads
-        # in each of 2 processes on 2 cores ran 6x slower than 1 each).
-        values["threads"] = max(1, chosen["threads"] // values["procs"])
+    if chosen.get("threads") and overrides.get("threads") is None:
+        # A preset's threads are its model's default, so $OMP_NUM_THREADS wins over them as README says (a
+        # scheduler's share; torchrun's 1 per rank: lenet5-fast ran 2 threads in each of 2 ranks on 2 cores),
+        # and under --procs they are shared out (2 each in 2 processes on 2 cores ran 6x slower than 1 each).
+        if omp_threads() is not None:
+            values["threads"] = omp_threads()
+        elif isinstance(values.get("procs"), int) and values["procs"] > 1:
+            values["threads"] = max(1, chosen["threads"] // values["procs"])
     try:
         cfg = TrainConfig(**values).validate()
     except ConfigError as exc:

@@ -48,14 +48,20 @@ def test_two_process_ddp_equals_one_process(tmp_path):
             p.name for p in (tmp_path / "single").iterdir())
 
 
-def test_a_presets_threads_are_shared_out_under_procs():
+def test_a_presets_threads_are_shared_out_under_procs(monkeypatch):
     """`train --config lenet5-fast --procs 2` (the README's example) gave each of the 2 processes the
-    preset's 2 threads: 4 threads on 2 cores, 6x slower than 1 each. --threads given stays as given."""
+    preset's 2 threads: 4 threads on 2 cores, 6x slower than 1 each. --threads given stays as given.
+    $OMP_NUM_THREADS wins over a preset's threads, as over any default (torchrun sets 1 per rank: each of
+    2 ranks ran lenet5-fast's 2)."""
     from convzoo.config import build_config
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert build_config("lenet5-fast", {}).threads == 2
     assert build_config("lenet5-fast", {"procs": 2}).threads == 1
     assert build_config("lenet5-fast", {"procs": 2, "threads": 2}).threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert build_config("lenet5-fast", {}).threads == 1
+    assert build_config("lenet5-fast", {"threads": 2}).threads == 2
 
 
 @pytest.mark.real_data

@@ -200,6 +200,7 @@ def tiny_run(tmp_path_factory):
     (["serve", "--model", "x.onnx", "--max-upload-mb", "1e308"], ["--max-upload-mb", "outside 0.001..4096"]),
     (["train", "--device_target", "Ascend"], ["Ascend", "available here: cpu"]),
     pytest.param(["train", "--device", "cuda"], ["no CUDA device", "available here: cpu"], marks=NEEDS_NO_GPU),
+    (["train", "--device", "cpu:x"], ["--device cpu:x: not a device name"]),  # torch's RuntimeError, exit 1
     pytest.param(["train", "--amp", "fp16"], ["--amp fp16 needs a CUDA GPU"], marks=NEEDS_NO_GPU),
     (["eval", "--ckpt", "/nonexistent/best.pt"], ["/nonexistent/best.pt", "checkpoint not found"]),
     (["train", "--shift-pad", "-5"], ["--shift-pad must be in 0..64"]),
@@ -217,6 +218,18 @@ def tiny_run(tmp_path_factory):
 def test_bad_input(tmp_path, args, fragments):
     assert_user_error(run_cli(*args, "--data-path", MNIST_DIR, cwd=tmp_path) if args[0] == "train"
                       else run_cli(*args, cwd=tmp_path), *fragments)
+
+
+@pytest.mark.parametrize("name", ["cpu:x", "cpu:-1", "cpu:0:1", "CPU:y"])
+def test_a_malformed_device_is_a_user_error(name):
+    """torch.device('cpu:x') raised "Invalid device string" (a traceback, exit 1; a RuntimeError from the
+    API's evaluate)."""
+    import convzoo
+    from convzoo.engine.runtime import resolve_device
+
+    with pytest.raises(convzoo.ConvzooError, match=f"^--device {name}: not a device name"):
+        resolve_device(name)
+    assert resolve_device("cpu:0").type == "cpu"
 
 
 def test_bad_checkpoints(tmp_path, tiny_run, capsys):

@@ -24,7 +24,14 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name}: convzoo runs on cpu, cuda or mps (available here: {', '.join(available)})")
     if base not in available:
         raise ConfigError(f"--device {name}: no {base.upper()} device is visible (available here: {', '.join(available)})")
-    return torch.device(key)
+    try:
+        device = torch.device(key)
+    except RuntimeError:  # cpu:x, cpu:-1, cuda:0:1 ("Invalid device string", a traceback)
+        raise ConfigError(f"--device {name}: not a device name (cpu, cuda, cuda:N with N a GPU's index, mps)") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"indices 0..{torch.cuda.device_count() - 1}")
+    return device
 
 
 def resolve_amp(amp: str, device: torch.device):
@@ -37,13 +44,11 @@ def resolve_amp(amp: str, device: torch.device):
 
 
 def default_threads(fallback: int) -> int:
-    """The CPU threads when --threads is not given: $OMP_NUM_THREADS where it is a whole number from 1 to
-    1024 (a shared machine, a job scheduler, torchrun or a parallel test runner asking for fewer; of
-    OpenMP's nested form "4,2" the first), else `fallback` (the model's or the command's own default)."""
-    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if first.isascii() and first.isdigit() and 1 <= int(first) <= 1024:
-        return int(first)
-    return fallback
+    """The CPU threads when --threads is not given: $OMP_NUM_THREADS where set (config.omp_threads), else
+    `fallback` (the model's or the command's own default)."""
+    from ..config import omp_threads
+
+    return omp_threads() or fallback
 
 
 def configure_threads(threads: int, device: torch.device) -> int:
