@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     except ConvzooError as exc:
         if stop_signal():  # an error the SIGTERM or Ctrl-C caused (see TERMINATED)
             return stopped_by(stop_signal())
-        print(f"convzoo: error: {exc}", file=sys.stderr)
+        tell(f"convzoo: error: {exc}")
         return 2
     except ModuleNotFoundError as exc:
         # The base install serves and predicts ONNX files; training needs the [train] extra.
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     except Exception as exc:
         unusable = path_error(exc)  # a 300-byte file name, a link loop: the user's path, not a bug
         if unusable is not None:
-            print(f"convzoo: error: {unusable}", file=sys.stderr)
+            tell(f"convzoo: error: {unusable}")
             return 2
         if not stop_signal():
             raise
@@ -93,8 +93,20 @@ def main(argv=None) -> int:
 
 def stopped_by(signum: int) -> int:
     """Ctrl-C or a SIGTERM ended the command: one line saying which, and the shell's exit code for it."""
-    print(f"convzoo: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+    tell(f"convzoo: {'terminated' if signum == signal.SIGTERM else 'interrupted'}")
     return 128 + signum
+
+
+def another_rank() -> bool:
+    """Whether this is torchrun's rank 1, 2, ...: every rank finds the same user error or signal, and
+    only rank 0 tells it (16 ranks printed 16 copies); each still exits with its code."""
+    return os.environ.get("RANK", "0") != "0" and "WORLD_SIZE" in os.environ
+
+
+def tell(line: str) -> None:
+    """One line to the user on stderr, from rank 0 only (another_rank)."""
+    if not another_rank():
+        print(line, file=sys.stderr)
 
 
 class OutputError(WriteError):
@@ -200,7 +212,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         where = f"{self.command}: " if self.command else ""
-        self.exit(2, f"convzoo: error: {where}{message} (see {self.prog} --help)\n")
+        self.exit(2, None if another_rank() else f"convzoo: error: {where}{message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):  # each sub-command's parser is called with its own args
         self.check_one_spelling(sys.argv[1:] if args is None else list(args))
