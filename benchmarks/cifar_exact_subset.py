@@ -14,6 +14,8 @@ from convzoo.data.tensors import InputSpec, load_model_data
 from convzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from convzoo.engine.evaluate import evaluate
 
+from arguments import at_least, run
+
 EXACT = 1017  # byte-exact test records (PROVENANCE.txt)
 
 
@@ -21,7 +23,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint")
     parser.add_argument("--data-path")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=at_least(1), default=2)
     parser.add_argument("--tta", help="default: the run's own")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,4 +40,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -32,6 +32,8 @@ from convzoo.models.pretrained import resolve
 from convzoo.models.registry import create_model, get_model_info
 from convzoo.quant.ptq import calibration_batches, quantize_onnx
 
+from arguments import at_least, run
+
 # int8 files: name -> quantize_onnx options (onnxruntime quantize_static arguments).
 INT8_FILES = {
     "int8 QDQ per-channel": {},  # convzoo's: 7-bit weights (quant/ptq.py)
@@ -164,11 +166,11 @@ def main():
     parser.add_argument("--model", default="lenet5", help="without --ckpt: random weights of this model")
     parser.add_argument("--int8", action="append", default=[], help="also measure this int8 ONNX file")
     parser.add_argument("--dataset", default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5,
+    parser.add_argument("--threads", type=at_least(1), default=2)
+    parser.add_argument("--rounds", type=at_least(1), default=5,
                         help="timing rounds: 30 batch-1 and 3 batch-256 calls of every path each")
-    parser.add_argument("--calib-batches", type=int, default=32)
-    parser.add_argument("--test-images", type=int, default=10000)
+    parser.add_argument("--calib-batches", type=at_least(1), default=32)
+    parser.add_argument("--test-images", type=at_least(1), default=10000)
     parser.add_argument("--data-path", default=os.environ.get("CONVZOO_DATA"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -181,7 +183,7 @@ def main():
         train, test, _ = load_dataset(ckpt["dataset"], args.data_path, quiet=True)
         files = make_files(ckpt_path, ckpt, train, tmp, args.calib_batches, args.int8)
         n = min(args.test_images, len(test))
-        x = torch.cat([to_model_input(test.images[i: i + 1000], spec) for i in range(0, n, 1000)]).numpy()
+        x = torch.cat([to_model_input(test.images[i: min(i + 1000, n)], spec) for i in range(0, n, 1000)]).numpy()
         rows = measure(files, x, test.labels[:n].numpy(), args.threads, args.rounds)
         default = pick_runtime("auto", files["int8 QDQ per-channel"])
     print(f"{ckpt['model']} ({'trained: ' + str(args.ckpt) if args.ckpt else 'random weights: speed only'}), "
@@ -194,4 +196,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

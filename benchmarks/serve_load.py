@@ -40,6 +40,8 @@ import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handler's annotations here
 from PIL import Image
 
+from arguments import run
+
 BASELINE_ENV = "SERVE_LOAD_BASELINE"  # "model path|onnxruntime threads" for the baseline's workers
 WRK_ERRORS = ("connect", "read", "write", "timeout", "non-2xx/3xx")
 
@@ -346,4 +348,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

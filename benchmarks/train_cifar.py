@@ -20,6 +20,8 @@ import torch
 from convzoo.data.tensors import InputSpec, load_dataset, to_model_input
 from convzoo.models.registry import create_model, get_model_info
 
+from arguments import at_least, run
+
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -67,8 +69,8 @@ def timed_steps(model, make_batch, steps, amp, channels_last):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=at_least(1), default=5)
+    parser.add_argument("--batch-size", type=at_least(1), default=128)
     parser.add_argument("--models", default="alexnet-cifar,alexnet")
     parser.add_argument("--ddp", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--data-path", default=os.environ.get("CONVZOO_DATA"))
@@ -120,4 +122,4 @@ def ddp_compare(args, b):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

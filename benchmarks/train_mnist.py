@@ -23,6 +23,8 @@ from convzoo.data.tensors import InputSpec, batches, load_dataset, to_model_inpu
 from convzoo.engine.evaluate import evaluate
 from convzoo.models.registry import create_model
 
+from arguments import at_least, run
+
 
 class PerSampleMNIST(torch.utils.data.Dataset):
     """pytorch/examples' data path: a PIL image per sample, ToTensor, pad to 32, Normalize."""
@@ -66,10 +68,10 @@ def convzoo_epoch(model, optimizer, train, spec, batch_size, epoch) -> tuple[flo
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the baseline")
+    parser.add_argument("--threads", type=at_least(1), default=1)
+    parser.add_argument("--epochs", type=at_least(1), default=1)
+    parser.add_argument("--batch-size", type=at_least(1), default=64)
+    parser.add_argument("--workers", type=at_least(0), default=0, help="DataLoader workers for the baseline")
     parser.add_argument("--data-path", default=os.environ.get("CONVZOO_DATA"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,4 +103,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from convzoo.models.registry import create_model, get_model_info
 
+from arguments import above_zero, at_least, run
+
 
 def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -56,24 +58,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["airbench:512", "alexnet-cifar:128,256", "lenet5:128"],
                     help="NAME:BATCH[,BATCH...]")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=20.0, help="time per model and batch size")
+    ap.add_argument("--threads", type=at_least(1), default=2)
+    ap.add_argument("--seconds", type=above_zero, default=20.0, help="time per model and batch size")
     args = ap.parse_args()
+    models = [model_batches(spec, ap) for spec in args.models]  # before the 10 s baseline
     torch.set_num_threads(args.threads)
 
     peak = matmul_gflops()
     print(f"threads {args.threads}; fp32 matmul 2048^3: {peak:.0f} GFLOP/s (the baseline)")
     print(f"{'model':<16}{'batch':>6}{'img/s':>9}{'GFLOP/s':>9}{'/ matmul':>10}")
-    for spec in args.models:
-        name, _, batches = spec.partition(":")
-        info = get_model_info(name)
-        macs = info.macs  # per image, with 10 classes (checked against the built model by the registry test)
-        for batch in [int(b) for b in (batches or "128").split(",")]:
+    for name, batches in models:
+        macs = get_model_info(name).macs  # per image, with 10 classes (checked against the built model by the registry test)
+        for batch in batches:
             rate = step_rate(name, batch, args.seconds)
             gflops = rate * 3 * macs * 2 / 1e9
             print(f"{name:<16}{batch:>6}{rate:>9.0f}{gflops:>9.0f}{gflops / peak:>9.2f}x", flush=True)
     print(f"fp32 matmul again: {matmul_gflops():.0f} GFLOP/s (a large change means the machine's speed moved)")
 
 
+def model_batches(spec: str, parser) -> tuple[str, list[int]]:
+    """NAME:BATCH[,BATCH...] -> the registered model's name and its batch sizes (each at least 1)."""
+    name, _, batches = spec.partition(":")
+    get_model_info(name)  # an unknown name: ConvzooError
+    try:
+        sizes = [at_least(1)(b) for b in (batches or "128").split(",")]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--models {spec}: batch size {exc}")
+    return name, sizes
+
+
 if __name__ == "__main__":
-    main()
+    run(main)
