@@ -51,11 +51,15 @@ def export_onnx(ckpt_path, out_path, *, opset: int = 18, dynamic_batch: bool = T
     return result
 
 
+def calibrated(batches: int, images: int) -> str:
+    """What an int8 file's calibration read, as the quantize report and `export --int8` say it: the batches
+    there were, not those asked for (a training set of 100 images gives 2 of the default 32)."""
+    return f"{batches} training batches ({images:,} images)"
+
+
 def result_line(result: dict) -> str:
     """The one line `convzoo export` prints (--json: `result` itself)."""
     if "scales" in result:  # int8 (quant/ptq.py)
-        from ..quant.ptq import calibrated
-
         return (f"wrote {result['path']}: int8, {result['scales']} scales, calibrated on "
                 f"{calibrated(result['calibration_batches'], result['calibration_images'])}")
     if "max_abs_diff" in result:

@@ -13,12 +13,12 @@ import torch
 from ..atomic import atomic_write_bytes, check_target, make_folder, publish, remove_outputs, write_error
 from ..config import TrainConfig, build_config
 from ..data.tensors import InputSpec, load_model_data
-from ..deploy.export import export_onnx
+from ..deploy.export import calibrated, export_onnx
 from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..errors import CheckpointError, ConfigError, WriteError
 from ..metadata import deployment_metadata
-from .ptq import calibrated, calibration_batches, check_quantizable, quantize_onnx
+from .ptq import calibration_batches, check_quantizable, quantize_onnx
 from .qat import WEIGHT_RANGE, qat_finetune
 from .report import compare, format_table, onnx_accuracy
 

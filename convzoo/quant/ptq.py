@@ -184,12 +184,6 @@ def calibration_batches(train, spec, count: int, batch_size: int = 64, seed: int
     return out
 
 
-def calibrated(batches: int, images: int) -> str:
-    """What calibration read, as the report and `export --int8` say it: the batches there were, not those
-    asked for (a training set of 100 images gives 2 of the default 32)."""
-    return f"{batches} training batches ({images:,} images)"
-
-
 def checked_learned(quantization, path) -> list[dict] | None:
     """A checkpoint's QAT qparams (qat.learned_qparams' layout), checked before anything is built from
     them: a list of Conv/Gemm layers, each with a positive finite input scale and uint8 zero-point,
