@@ -1,28 +1,23 @@
 """What every benchmark script shares at its boundary: option types with ranges (a count of 0 or -3 was a
-ZeroDivisionError or torch's RuntimeError deep in the run) and a main that prints a mistake in one line."""
+ZeroDivisionError or torch's RuntimeError deep in the run), built on the CLI's own `number`, and a main
+that prints a mistake in one line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from convzoo.cli import number
 
-def at_least(low: float, kind=int):
-    """An argparse type: a number of `kind` not below `low`."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"{text} is below {low}")
-        return value
-    return parse
+
+def at_least(low: int):
+    """An argparse type: a whole number not below `low` (the CLI's `number`)."""
+    return number(int, low)
 
 
 def above_zero(text: str) -> float:
-    """An argparse type: a number of seconds greater than 0."""
-    value = at_least(0.0, float)(text)
+    """An argparse type: a finite number of seconds greater than 0."""
+    value = number(float, 0.0)(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
     return value

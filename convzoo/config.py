@@ -348,8 +348,9 @@ def build_config(preset: str | dict | None, overrides: dict, base: dict | None =
         # A preset's threads are its model's default, so $OMP_NUM_THREADS wins over them as README says (a
         # scheduler's share; torchrun's 1 per rank: lenet5-fast ran 2 threads in each of 2 ranks on 2 cores),
         # and under --procs they are shared out (2 each in 2 processes on 2 cores ran 6x slower than 1 each).
-        if omp_threads() is not None:
-            values["threads"] = omp_threads()
+        machine = omp_threads()
+        if machine is not None:
+            values["threads"] = machine
         elif isinstance(values.get("procs"), int) and values["procs"] > 1:
             values["threads"] = max(1, chosen["threads"] // values["procs"])
     try:
